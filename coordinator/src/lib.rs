@@ -1,0 +1,1 @@
+//! kreach coordinator library.

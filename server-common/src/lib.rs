@@ -1,0 +1,11 @@
+//! kreach's domain, shared by the agent and the coordinator.
+//!
+//! Owns: the cluster spec and its validation ([`spec`]), the per-node desired state derived from it
+//! ([`desired`]), and the two pure editors that turn desired state into file content: the hosts block
+//! ([`hosts`]) and the listener keys of `server.properties` ([`properties`]). Nothing here does I/O.
+
+pub mod desired;
+pub mod diff;
+pub mod hosts;
+pub mod properties;
+pub mod spec;
