@@ -1,0 +1,245 @@
+//! Per-node desired state, derived from a validated [`ClusterSpec`].
+//!
+//! Owns the split-horizon decision: which names each host must resolve, to which address, and what
+//! each broker advertises. It does not render files (that is [`crate::hosts`] and
+//! [`crate::properties`]) and knows nothing about which files a host has: that lives in the agent's
+//! own config, never in what the coordinator sends.
+
+use std::net::IpAddr;
+
+use crate::hosts::HostsEntry;
+use crate::properties::{ListenerSettings, ListenerSpec};
+use crate::spec::{Advertise, BrokerSpec, ClusterSpec, View};
+
+/// What one node runs as.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum NodeRole {
+    Broker { id: i32 },
+    Client { view: View },
+}
+
+/// Everything one node must look like: its hosts block and, for a broker, its listener settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeSpec {
+    pub cluster: String,
+    pub node: String,
+    pub role: NodeRole,
+    /// The entries of kreach's hosts block, sorted by broker id. Empty ⇒ no block.
+    pub hosts_entries: Vec<HostsEntry>,
+    /// Present for brokers only.
+    pub listeners: Option<ListenerSettings>,
+    /// How long a restarted broker may take to pass its health checks.
+    pub health_timeout_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DesiredError {
+    #[error("node {node:?} is not in the spec of cluster {cluster:?} (its nodes: {known})")]
+    UnknownNode { node: String, cluster: String, known: String },
+}
+
+/// Derive `node`'s desired state from the spec.
+pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredError> {
+    let role = if let Some(broker) = spec.broker_by_node(node) {
+        NodeRole::Broker { id: broker.id }
+    } else if let Some(client) = spec.client_by_node(node) {
+        NodeRole::Client { view: client.view }
+    } else {
+        return Err(DesiredError::UnknownNode {
+            node: node.to_string(),
+            cluster: spec.name.clone(),
+            known: spec.nodes().join(", "),
+        });
+    };
+    let (hosts_entries, listeners) = match &role {
+        NodeRole::Broker { .. } => {
+            let broker = spec.broker_by_node(node).expect("role came from this broker");
+            (broker_hosts_entries(spec), Some(listener_settings(spec, broker)))
+        }
+        NodeRole::Client { view } => (client_hosts_entries(spec, *view), None),
+    };
+    Ok(NodeSpec {
+        cluster: spec.name.clone(),
+        node: node.to_string(),
+        role,
+        hosts_entries,
+        listeners,
+        health_timeout_ms: u64::try_from(spec.rollout.health_timeout.as_millis()).unwrap_or(u64::MAX),
+    })
+}
+
+/// Desired state of every node in the spec, brokers first.
+pub fn all_node_specs(spec: &ClusterSpec) -> Vec<NodeSpec> {
+    spec.nodes()
+        .into_iter()
+        .map(|node| node_spec(spec, node).expect("nodes() lists only known nodes"))
+        .collect()
+}
+
+/// What `broker` writes into its listener keys.
+pub fn listener_settings(spec: &ClusterSpec, broker: &BrokerSpec) -> ListenerSettings {
+    let advertised = |advertise: Advertise| -> String {
+        match advertise {
+            Advertise::PrivateIp => broker.private_ip.to_string(),
+            Advertise::PublicIp => broker.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            Advertise::Hostname => broker.hostname.clone().unwrap_or_default(),
+        }
+    };
+    let mut listeners = vec![ListenerSpec {
+        name: spec.internal.name.clone(),
+        bind_host: spec.internal.bind.clone(),
+        port: spec.internal.port,
+        advertised_host: advertised(spec.internal.advertise),
+        security_protocol: spec.internal.security_protocol.clone(),
+    }];
+    if spec.external.enabled {
+        listeners.push(ListenerSpec {
+            name: spec.external.name.clone(),
+            bind_host: spec.external.bind.clone(),
+            port: spec.external.port,
+            advertised_host: advertised(spec.external.advertise),
+            security_protocol: spec.external.security_protocol.clone(),
+        });
+    }
+    ListenerSettings {
+        owned_names: vec![spec.internal.name.clone(), spec.external.name.clone()],
+        listeners,
+        inter_broker_listener: spec.internal.name.clone(),
+    }
+}
+
+/// Brokers resolve their peers' advertised hostnames to private addresses (inter-broker traffic
+/// runs on the internal listener).
+fn broker_hosts_entries(spec: &ClusterSpec) -> Vec<HostsEntry> {
+    if spec.internal.advertise != Advertise::Hostname {
+        return Vec::new();
+    }
+    entries_for(spec, |broker| Some(broker.private_ip))
+}
+
+/// Clients need entries only where the listener their view uses advertises hostnames: the split
+/// horizon maps the same long name to the private address inside and the public one outside.
+fn client_hosts_entries(spec: &ClusterSpec, view: View) -> Vec<HostsEntry> {
+    match view {
+        View::Private if spec.internal.advertise == Advertise::Hostname => {
+            entries_for(spec, |broker| Some(broker.private_ip))
+        }
+        View::Public if spec.external.enabled && spec.external.advertise == Advertise::Hostname => {
+            entries_for(spec, |broker| broker.public_ip)
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn entries_for(spec: &ClusterSpec, address: impl Fn(&BrokerSpec) -> Option<IpAddr>) -> Vec<HostsEntry> {
+    let mut brokers: Vec<&BrokerSpec> = spec.brokers.iter().collect();
+    brokers.sort_by_key(|broker| broker.id);
+    brokers
+        .into_iter()
+        .filter_map(|broker| {
+            let hostname = broker.hostname.clone()?;
+            let mut names = vec![hostname];
+            names.extend(broker.short_name().map(str::to_string));
+            Some(HostsEntry {
+                ip: address(broker)?,
+                names,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOSTNAME_MODE: &str = r#"
+[cluster]
+name = "emr-48742"
+metadata = "zookeeper"
+[listeners.internal]
+advertise = "hostname"
+[listeners.external]
+advertise = "hostname"
+allow = ["203.0.113.0/24"]
+[[broker]]
+id = 2
+node = "w2"
+hostname = "emr-worker-2.cluster-48742"
+private_ip = "10.0.1.25"
+public_ip = "47.96.1.25"
+[[broker]]
+id = 1
+node = "w1"
+hostname = "emr-worker-1.cluster-48742"
+private_ip = "10.0.1.24"
+public_ip = "47.96.1.24"
+[[client]]
+node = "inside"
+view = "private"
+[[client]]
+node = "outside"
+view = "public"
+"#;
+
+    fn spec(text: &str) -> ClusterSpec {
+        ClusterSpec::parse(text).unwrap_or_else(|errors| panic!("{errors}"))
+    }
+
+    #[test]
+    fn split_horizon_maps_long_and_short_names_per_view() {
+        let spec = spec(HOSTNAME_MODE);
+        let inside = node_spec(&spec, "inside").unwrap();
+        let outside = node_spec(&spec, "outside").unwrap();
+        let ips = |node: &NodeSpec| node.hosts_entries.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>();
+        assert_eq!(ips(&inside), ["10.0.1.24", "10.0.1.25"]);
+        assert_eq!(ips(&outside), ["47.96.1.24", "47.96.1.25"]);
+        assert_eq!(inside.hosts_entries[0].names, ["emr-worker-1.cluster-48742", "emr-worker-1"]);
+        assert!(inside.listeners.is_none());
+    }
+
+    #[test]
+    fn brokers_advertise_hostnames_and_map_peers_privately() {
+        let spec = spec(HOSTNAME_MODE);
+        let w1 = node_spec(&spec, "w1").unwrap();
+        assert_eq!(w1.role, NodeRole::Broker { id: 1 });
+        assert_eq!(w1.hosts_entries.len(), 2);
+        assert!(w1.hosts_entries.iter().all(|e| e.ip.to_string().starts_with("10.0.1.")));
+        let listeners = w1.listeners.unwrap();
+        assert_eq!(listeners.owned_names, ["INTERNAL", "EXTERNAL"]);
+        assert_eq!(listeners.listeners.len(), 2);
+        assert_eq!(listeners.listeners[0].advertised_host, "emr-worker-1.cluster-48742");
+        assert_eq!(listeners.listeners[1].port, 9093);
+        assert_eq!(listeners.inter_broker_listener, "INTERNAL");
+    }
+
+    #[test]
+    fn private_ip_mode_needs_no_hosts_entries_and_external_off_drops_the_listener() {
+        let spec = spec(
+            "[cluster]\nname = \"c\"\n[[broker]]\nid = 1\nnode = \"b\"\nhostname = \"b.c\"\nprivate_ip = \"10.0.0.1\"\n[[client]]\nnode = \"k\"\n",
+        );
+        let broker = node_spec(&spec, "b").unwrap();
+        assert!(broker.hosts_entries.is_empty());
+        let listeners = broker.listeners.unwrap();
+        assert_eq!(listeners.listeners.len(), 1);
+        assert_eq!(listeners.listeners[0].advertised_host, "10.0.0.1");
+        assert_eq!(listeners.owned_names, ["INTERNAL", "EXTERNAL"], "EXTERNAL stays owned so it can be removed");
+        assert!(node_spec(&spec, "k").unwrap().hosts_entries.is_empty());
+    }
+
+    #[test]
+    fn public_ip_mode_advertises_public_addresses() {
+        let spec = spec(
+            "[cluster]\nname = \"c\"\n[listeners.external]\nallow = [\"0.0.0.0/0\"]\n[[broker]]\nid = 1\nnode = \"b\"\nprivate_ip = \"10.0.0.1\"\npublic_ip = \"198.51.100.1\"\n",
+        );
+        let listeners = node_spec(&spec, "b").unwrap().listeners.unwrap();
+        assert_eq!(listeners.listeners[1].advertised_host, "198.51.100.1");
+    }
+
+    #[test]
+    fn unknown_node_lists_the_known_ones() {
+        let spec = spec(HOSTNAME_MODE);
+        let error = node_spec(&spec, "nope").unwrap_err().to_string();
+        assert!(error.contains("\"nope\"") && error.contains("w2, w1, inside, outside"), "{error}");
+    }
+}

@@ -1,0 +1,1174 @@
+//! The cluster spec: the operator-authored TOML of DESIGN.md, compiled into a validated value.
+//!
+//! Owns parsing and validation only. Compilation walks the raw TOML tree by hand instead of
+//! deserializing with serde so that it can report **every** problem at once (a type error in one
+//! broker does not hide an unknown key in another), each naming the field and the broker or client
+//! it is about. What each node should look like is derived in [`crate::desired`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml::{Table, Value};
+
+/// Upper bound on a spec's size. A real spec is a few KiB; a bigger one is a mistake (or hostile).
+pub const MAX_SPEC_BYTES: usize = 4 * 1024 * 1024;
+
+/// One problem found in a spec. `field` is a path such as `broker[2].private_ip`; `subject` names the
+/// broker or client (`broker 3 (node "emr-worker-3")`) when the problem belongs to one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub field: String,
+    pub subject: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.subject {
+            Some(subject) => write!(f, "{}: {}: {}", self.field, subject, self.message),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// Every error found in a spec, in document order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for SpecErrors {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetadataMode {
+    Kraft,
+    Zookeeper,
+}
+
+/// What a listener puts into `advertised.listeners`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Advertise {
+    PrivateIp,
+    PublicIp,
+    Hostname,
+}
+
+/// Which broker addresses a client host resolves names to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum View {
+    Private,
+    Public,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpecConfig {
+    pub enabled: bool,
+    pub name: String,
+    pub port: u16,
+    pub bind: String,
+    pub advertise: Advertise,
+    pub security_protocol: String,
+    pub allow: Vec<IpNet>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSpec {
+    pub id: i32,
+    pub node: String,
+    pub hostname: Option<String>,
+    pub private_ip: IpAddr,
+    pub public_ip: Option<IpAddr>,
+}
+
+impl BrokerSpec {
+    /// The short alias of the long hostname (`emr-worker-1` for `emr-worker-1.cluster-48742`).
+    pub fn short_name(&self) -> Option<&str> {
+        short_name_of(self.hostname.as_deref())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSpec {
+    pub node: String,
+    pub view: View,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutSpec {
+    pub max_unavailable: u32,
+    pub health_timeout: Duration,
+    pub settle: Duration,
+}
+
+/// A spec that passed validation. Only [`ClusterSpec::parse`] builds one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterSpec {
+    pub name: String,
+    pub metadata: MetadataMode,
+    pub internal: ListenerSpecConfig,
+    /// Present even when disabled: kreach still owns its name so it can remove the listener.
+    pub external: ListenerSpecConfig,
+    pub brokers: Vec<BrokerSpec>,
+    pub clients: Vec<ClientSpec>,
+    pub rollout: RolloutSpec,
+}
+
+impl ClusterSpec {
+    /// Parse and validate a spec, returning every error found.
+    pub fn parse(text: &str) -> Result<ClusterSpec, SpecErrors> {
+        if text.len() > MAX_SPEC_BYTES {
+            return Err(SpecErrors(vec![SpecError {
+                field: "(spec)".into(),
+                subject: None,
+                message: format!(
+                    "the spec is {} bytes, over the limit of {} bytes; a cluster spec is a few KiB",
+                    text.len(),
+                    MAX_SPEC_BYTES
+                ),
+            }]));
+        }
+        let table: Table = text.parse().map_err(|error: toml::de::Error| {
+            SpecErrors(vec![SpecError {
+                field: "(syntax)".into(),
+                subject: None,
+                message: error.to_string().trim().replace('\n', " "),
+            }])
+        })?;
+        let mut compiler = Compiler::default();
+        let spec = compiler.compile(&table);
+        if compiler.errors.is_empty() {
+            Ok(spec.expect("a spec without errors compiles"))
+        } else {
+            Err(SpecErrors(compiler.errors))
+        }
+    }
+
+    pub fn broker_by_node(&self, node: &str) -> Option<&BrokerSpec> {
+        self.brokers.iter().find(|broker| broker.node == node)
+    }
+
+    pub fn client_by_node(&self, node: &str) -> Option<&ClientSpec> {
+        self.clients.iter().find(|client| client.node == node)
+    }
+
+    /// Every node named in the spec, brokers first.
+    pub fn nodes(&self) -> Vec<&str> {
+        let brokers = self.brokers.iter().map(|broker| broker.node.as_str());
+        brokers.chain(self.clients.iter().map(|client| client.node.as_str())).collect()
+    }
+}
+
+/// Parse durations as operators write them: `500ms`, `10s`, `3m`, `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration (write e.g. \"500ms\", \"10s\", \"3m\")"))?;
+    let millis = match unit {
+        "ms" => Some(value),
+        "s" => value.checked_mul(1_000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        _ => {
+            return Err(format!(
+                "{text:?} has no known unit (use ms, s, m or h, e.g. \"180s\")"
+            ))
+        }
+    };
+    millis
+        .map(Duration::from_millis)
+        .ok_or_else(|| format!("{text:?} is too long"))
+}
+
+/// A hostname as resolvers accept it: dot-separated labels of letters, digits and inner hyphens.
+pub fn is_valid_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        && name.parse::<IpAddr>().is_err()
+}
+
+/// Kafka listener names: upper-case letters, digits and underscores (Kafka upper-cases them anyway;
+/// we require the canonical spelling so that what we write is what Kafka reports).
+fn is_valid_listener_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+const SECURITY_PROTOCOLS: [&str; 4] = ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"];
+
+#[derive(Default)]
+struct Compiler {
+    errors: Vec<SpecError>,
+}
+
+/// Where a value sits, for messages: the field path and the broker/client it belongs to.
+#[derive(Clone)]
+struct Place {
+    path: String,
+    subject: Option<String>,
+}
+
+impl Place {
+    fn root(path: &str) -> Place {
+        Place {
+            path: path.to_string(),
+            subject: None,
+        }
+    }
+    fn field(&self, key: &str) -> Place {
+        Place {
+            path: if self.path.is_empty() {
+                key.to_string()
+            } else {
+                format!("{}.{}", self.path, key)
+            },
+            subject: self.subject.clone(),
+        }
+    }
+}
+
+impl Compiler {
+    fn error(&mut self, place: &Place, message: impl Into<String>) {
+        self.errors.push(SpecError {
+            field: place.path.clone(),
+            subject: place.subject.clone(),
+            message: message.into(),
+        });
+    }
+
+    fn unknown_keys(&mut self, table: &Table, place: &Place, known: &[&str]) {
+        for key in table.keys() {
+            if !known.contains(&key.as_str()) {
+                let message = format!("unknown key (known keys here: {})", known.join(", "));
+                self.error(&place.field(key), message);
+            }
+        }
+    }
+
+    fn table<'t>(&mut self, parent: &'t Table, key: &str, place: &Place) -> Option<&'t Table> {
+        match parent.get(key) {
+            None => None,
+            Some(Value::Table(table)) => Some(table),
+            Some(other) => {
+                let message = format!("expected a table, found {}", other.type_str());
+                self.error(&place.field(key), message);
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, table: &Table, key: &str, place: &Place) -> Option<String> {
+        match table.get(key)? {
+            Value::String(text) => Some(text.clone()),
+            other => {
+                let message = format!("expected a string, found {}", other.type_str());
+                self.error(&place.field(key), message);
+                None
+            }
+        }
+    }
+
+    fn required_string(&mut self, table: &Table, key: &str, place: &Place) -> Option<String> {
+        if !table.contains_key(key) {
+            self.error(&place.field(key), "missing (required)");
+            return None;
+        }
+        self.string(table, key, place)
+    }
+
+    fn integer(&mut self, table: &Table, key: &str, place: &Place) -> Option<i64> {
+        match table.get(key)? {
+            Value::Integer(value) => Some(*value),
+            other => {
+                let message = format!("expected an integer, found {}", other.type_str());
+                self.error(&place.field(key), message);
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, table: &Table, key: &str, place: &Place) -> Option<bool> {
+        match table.get(key)? {
+            Value::Boolean(value) => Some(*value),
+            other => {
+                let message = format!("expected true or false, found {}", other.type_str());
+                self.error(&place.field(key), message);
+                None
+            }
+        }
+    }
+
+    fn port(&mut self, table: &Table, key: &str, place: &Place, default: u16) -> Option<u16> {
+        match self.integer(table, key, place) {
+            None if table.contains_key(key) => None,
+            None => Some(default),
+            Some(value) => match u16::try_from(value) {
+                Ok(port) if port > 0 => Some(port),
+                _ => {
+                    self.error(&place.field(key), format!("{value} is not a port (1-65535)"));
+                    None
+                }
+            },
+        }
+    }
+
+    fn ip(&mut self, table: &Table, key: &str, place: &Place, required: bool) -> Option<IpAddr> {
+        let text = if required {
+            self.required_string(table, key, place)?
+        } else {
+            self.string(table, key, place)?
+        };
+        match text.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                let message = format!("{text:?} is not a valid IPv4 or IPv6 address");
+                self.error(&place.field(key), message);
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, table: &Table, key: &str, place: &Place, default: Duration) -> Option<Duration> {
+        if !table.contains_key(key) {
+            return Some(default);
+        }
+        let text = self.string(table, key, place)?;
+        match parse_duration(&text) {
+            Ok(duration) if !duration.is_zero() || key == "settle" => Some(duration),
+            Ok(_) => {
+                self.error(&place.field(key), "must be longer than zero");
+                None
+            }
+            Err(message) => {
+                self.error(&place.field(key), message);
+                None
+            }
+        }
+    }
+
+    fn compile(&mut self, root: &Table) -> Option<ClusterSpec> {
+        let top = Place::root("");
+        self.unknown_keys(root, &top, &["cluster", "listeners", "broker", "client", "rollout"]);
+
+        let (name, metadata) = self.compile_cluster(root);
+        let (internal, external) = self.compile_listeners(root);
+        let brokers = self.compile_brokers(root);
+        let clients = self.compile_clients(root);
+        let rollout = self.compile_rollout(root);
+
+        self.check_listeners_together(&internal, &external);
+        self.check_brokers_against_listeners(&brokers, &internal, &external);
+        self.check_clients_against_listeners(&clients, &external);
+        self.check_node_names(&brokers, &clients);
+
+        Some(ClusterSpec {
+            name: name?,
+            metadata: metadata?,
+            internal: internal.finish()?,
+            external: external.finish()?,
+            brokers: brokers.into_iter().map(|broker| broker.finish()).collect::<Option<Vec<_>>>()?,
+            clients: clients.into_iter().collect::<Option<Vec<_>>>()?,
+            rollout: rollout?,
+        })
+    }
+
+    fn compile_cluster(&mut self, root: &Table) -> (Option<String>, Option<MetadataMode>) {
+        let place = Place::root("cluster");
+        let Some(cluster) = self.table(root, "cluster", &Place::root("")) else {
+            if !root.contains_key("cluster") {
+                self.error(&place, "missing [cluster] table (it needs at least `name`)");
+            }
+            return (None, None);
+        };
+        self.unknown_keys(cluster, &place, &["name", "metadata"]);
+        let name = self.required_string(cluster, "name", &place).and_then(|name| {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if valid {
+                Some(name)
+            } else {
+                let message = format!("{name:?} is not a valid cluster name (letters, digits, '-', '_', '.')");
+                self.error(&place.field("name"), message);
+                None
+            }
+        });
+        let metadata = match self.string(cluster, "metadata", &place).as_deref() {
+            None if cluster.contains_key("metadata") => None,
+            None | Some("kraft") => Some(MetadataMode::Kraft),
+            Some("zookeeper") => Some(MetadataMode::Zookeeper),
+            Some(other) => {
+                let message = format!("{other:?} is not a metadata mode (\"kraft\" or \"zookeeper\")");
+                self.error(&place.field("metadata"), message);
+                None
+            }
+        };
+        (name, metadata)
+    }
+
+    fn compile_listeners(&mut self, root: &Table) -> (PartialListener, PartialListener) {
+        let place = Place::root("listeners");
+        let empty = Table::new();
+        let listeners = self.table(root, "listeners", &Place::root("")).unwrap_or(&empty);
+        self.unknown_keys(listeners, &place, &["internal", "external"]);
+        let internal_table = self.table(listeners, "internal", &place).unwrap_or(&empty);
+        let internal = self.compile_listener(internal_table, &place.field("internal"), ListenerKind::Internal);
+        let external = match listeners.get("external") {
+            Some(Value::Table(table)) => self.compile_listener(table, &place.field("external"), ListenerKind::External),
+            Some(_) => {
+                self.table(listeners, "external", &place);
+                PartialListener::default()
+            }
+            // Absent: public access is off, but kreach still owns the default name so that an
+            // EXTERNAL listener left from an earlier spec is removed.
+            None => PartialListener {
+                enabled: Some(false),
+                name: Some("EXTERNAL".into()),
+                port: Some(9093),
+                bind: Some("0.0.0.0".into()),
+                advertise: Some(Advertise::PublicIp),
+                security_protocol: Some("PLAINTEXT".into()),
+                allow: Some(Vec::new()),
+            },
+        };
+        (internal, external)
+    }
+
+    fn compile_listener(&mut self, table: &Table, place: &Place, kind: ListenerKind) -> PartialListener {
+        let (known, default_name, default_port, default_advertise): (&[&str], _, _, _) = match kind {
+            ListenerKind::Internal => (
+                &["name", "port", "bind", "advertise", "security_protocol"],
+                "INTERNAL",
+                9092,
+                Advertise::PrivateIp,
+            ),
+            ListenerKind::External => (
+                &["enabled", "name", "port", "bind", "advertise", "security_protocol", "allow"],
+                "EXTERNAL",
+                9093,
+                Advertise::PublicIp,
+            ),
+        };
+        self.unknown_keys(table, place, known);
+        let enabled = match kind {
+            ListenerKind::Internal => Some(true),
+            ListenerKind::External => match self.boolean(table, "enabled", place) {
+                None if table.contains_key("enabled") => None,
+                other => Some(other.unwrap_or(true)),
+            },
+        };
+        let name = match self.string(table, "name", place) {
+            None if table.contains_key("name") => None,
+            None => Some(default_name.to_string()),
+            Some(name) if is_valid_listener_name(&name) => Some(name),
+            Some(name) => {
+                let message = format!(
+                    "{name:?} is not a Kafka listener name (upper-case letters, digits and '_', e.g. \"{default_name}\")"
+                );
+                self.error(&place.field("name"), message);
+                None
+            }
+        };
+        let port = self.port(table, "port", place, default_port);
+        let bind = match self.string(table, "bind", place) {
+            None if table.contains_key("bind") => None,
+            None => Some("0.0.0.0".to_string()),
+            Some(bind) if bind.parse::<IpAddr>().is_ok() || is_valid_hostname(&bind) => Some(bind),
+            Some(bind) => {
+                let message = format!("{bind:?} is not an address or hostname to bind to (the default is \"0.0.0.0\")");
+                self.error(&place.field("bind"), message);
+                None
+            }
+        };
+        let advertise = match self.string(table, "advertise", place).as_deref() {
+            None if table.contains_key("advertise") => None,
+            None => Some(default_advertise),
+            Some("hostname") => Some(Advertise::Hostname),
+            Some("private_ip") if kind == ListenerKind::Internal => Some(Advertise::PrivateIp),
+            Some("public_ip") if kind == ListenerKind::External => Some(Advertise::PublicIp),
+            Some(other) => {
+                let allowed = match kind {
+                    ListenerKind::Internal => "\"private_ip\" or \"hostname\"",
+                    ListenerKind::External => "\"public_ip\" or \"hostname\"",
+                };
+                self.error(&place.field("advertise"), format!("{other:?} is not allowed here (use {allowed})"));
+                None
+            }
+        };
+        let security_protocol = match self.string(table, "security_protocol", place) {
+            None if table.contains_key("security_protocol") => None,
+            None => Some("PLAINTEXT".to_string()),
+            Some(protocol) if SECURITY_PROTOCOLS.contains(&protocol.as_str()) => Some(protocol),
+            Some(protocol) => {
+                let message = format!("{protocol:?} is not a Kafka security protocol ({})", SECURITY_PROTOCOLS.join(", "));
+                self.error(&place.field("security_protocol"), message);
+                None
+            }
+        };
+        let allow = self.compile_allow(table, place, enabled == Some(true) && kind == ListenerKind::External);
+        PartialListener {
+            enabled,
+            name,
+            port,
+            bind,
+            advertise,
+            security_protocol,
+            allow,
+        }
+    }
+
+    fn compile_allow(&mut self, table: &Table, place: &Place, required: bool) -> Option<Vec<IpNet>> {
+        let field = place.field("allow");
+        let items = match table.get("allow") {
+            None if required => {
+                self.error(
+                    &field,
+                    "missing: list the source CIDRs allowed to reach the external listener (write [\"0.0.0.0/0\", \"::/0\"] to allow everyone on purpose)",
+                );
+                return None;
+            }
+            None => return Some(Vec::new()),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                self.error(&field, format!("expected a list of CIDRs, found {}", other.type_str()));
+                return None;
+            }
+        };
+        if items.is_empty() && required {
+            self.error(&field, "empty: nobody could reach the external listener; list the allowed source CIDRs");
+            return None;
+        }
+        let mut nets = Vec::new();
+        let mut ok = true;
+        for (index, item) in items.iter().enumerate() {
+            let item_place = Place {
+                path: format!("{}[{}]", field.path, index),
+                subject: None,
+            };
+            match item {
+                Value::String(text) => match parse_cidr(text) {
+                    Ok(net) => nets.push(net),
+                    Err(message) => {
+                        self.error(&item_place, message);
+                        ok = false;
+                    }
+                },
+                other => {
+                    self.error(&item_place, format!("expected a CIDR string, found {}", other.type_str()));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(nets)
+    }
+
+    fn check_listeners_together(&mut self, internal: &PartialListener, external: &PartialListener) {
+        if external.enabled != Some(true) {
+            return;
+        }
+        if let (Some(port), true) = (external.port, internal.port == external.port) {
+            let message = format!("port {port} is also the internal listener's port; two listeners cannot share a port");
+            self.error(&Place::root("listeners.external.port"), message);
+        }
+        if let (Some(name), true) = (&external.name, internal.name == external.name) {
+            let message = format!("{name:?} is also the internal listener's name");
+            self.error(&Place::root("listeners.external.name"), message);
+        }
+    }
+
+    fn compile_brokers(&mut self, root: &Table) -> Vec<PartialBroker> {
+        let items = match root.get("broker") {
+            None => {
+                self.error(&Place::root("broker"), "no [[broker]] entries; a cluster needs at least one broker");
+                return Vec::new();
+            }
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                let message = format!("expected [[broker]] tables, found {}", other.type_str());
+                self.error(&Place::root("broker"), message);
+                return Vec::new();
+            }
+        };
+        let mut brokers = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let Value::Table(table) = item else {
+                let message = format!("expected a table, found {}", item.type_str());
+                self.error(&Place::root(&format!("broker[{index}]")), message);
+                brokers.push(PartialBroker::default());
+                continue;
+            };
+            let id_value = table.get("id").and_then(Value::as_integer);
+            let node_value = table.get("node").and_then(Value::as_str);
+            let place = Place {
+                path: format!("broker[{index}]"),
+                subject: Some(describe_broker(id_value, node_value)),
+            };
+            self.unknown_keys(table, &place, &["id", "node", "hostname", "private_ip", "public_ip"]);
+            let id = if table.contains_key("id") {
+                self.integer(table, "id", &place).and_then(|id| match i32::try_from(id) {
+                    Ok(id) if id >= 0 => Some(id),
+                    _ => {
+                        self.error(&place.field("id"), format!("{id} is not a Kafka broker id (0 to 2147483647)"));
+                        None
+                    }
+                })
+            } else {
+                self.error(&place.field("id"), "missing (required)");
+                None
+            };
+            let node = self.node_name(table, &place);
+            let hostname = self.string(table, "hostname", &place).and_then(|hostname| {
+                if is_valid_hostname(&hostname) {
+                    Some(hostname)
+                } else {
+                    let message = format!("{hostname:?} is not a valid hostname");
+                    self.error(&place.field("hostname"), message);
+                    None
+                }
+            });
+            let hostname_ok = !table.contains_key("hostname") || hostname.is_some();
+            let private_ip = self.ip(table, "private_ip", &place, true);
+            let public_ip = self.ip(table, "public_ip", &place, false);
+            let public_ok = !table.contains_key("public_ip") || public_ip.is_some();
+            brokers.push(PartialBroker {
+                place: Some(place),
+                has_hostname: table.contains_key("hostname"),
+                has_public_ip: table.contains_key("public_ip"),
+                complete: hostname_ok && public_ok,
+                id,
+                node,
+                hostname,
+                private_ip,
+                public_ip,
+            });
+        }
+        self.check_broker_duplicates(&brokers);
+        brokers
+    }
+
+    fn node_name(&mut self, table: &Table, place: &Place) -> Option<String> {
+        let node = self.required_string(table, "node", place)?;
+        if is_valid_hostname(&node) || node.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && !node.is_empty() {
+            Some(node)
+        } else {
+            self.error(&place.field("node"), format!("{node:?} is not a valid node name (letters, digits, '-', '_', '.')"));
+            None
+        }
+    }
+
+    fn check_broker_duplicates(&mut self, brokers: &[PartialBroker]) {
+        let valid: Vec<(usize, &PartialBroker)> = brokers.iter().enumerate().collect();
+        let keys: [(&str, fn(&PartialBroker) -> Option<String>); 5] = [
+            ("id", |b| b.id.map(|id| id.to_string())),
+            ("hostname", |b| b.hostname.as_ref().map(|h| h.to_ascii_lowercase())),
+            ("private_ip", |b| b.private_ip.map(|ip| ip.to_string())),
+            ("public_ip", |b| b.public_ip.map(|ip| ip.to_string())),
+            ("short hostname", |b| short_name_of(b.hostname.as_deref()).map(|s| s.to_ascii_lowercase())),
+        ];
+        for (field, key_of) in keys {
+            let mut first_seen: HashMap<String, usize> = HashMap::new();
+            for (index, broker) in &valid {
+                let Some(key) = key_of(broker) else { continue };
+                if let Some(first) = first_seen.get(&key) {
+                    let field_path = if field == "short hostname" { "hostname" } else { field };
+                    let message = if field == "short hostname" {
+                        format!("short name {key:?} is also broker[{first}]'s; the hosts alias would be ambiguous")
+                    } else {
+                        format!("{key:?} is also broker[{first}]'s {field}; each broker needs its own")
+                    };
+                    self.error(&broker.at().field(field_path), message);
+                } else {
+                    first_seen.insert(key, *index);
+                }
+            }
+        }
+        // A public address equal to another broker's private one would send clients to the wrong host.
+        let privates: BTreeMap<IpAddr, usize> =
+            valid.iter().filter_map(|(index, b)| Some((b.private_ip?, *index))).collect();
+        for (index, broker) in &valid {
+            let Some(public_ip) = broker.public_ip else { continue };
+            if let Some(other) = privates.get(&public_ip).filter(|other| *other != index) {
+                let message = format!("{public_ip} is broker[{other}]'s private_ip");
+                self.error(&broker.at().field("public_ip"), message);
+            }
+        }
+    }
+
+    fn check_brokers_against_listeners(
+        &mut self,
+        brokers: &[PartialBroker],
+        internal: &PartialListener,
+        external: &PartialListener,
+    ) {
+        let external_enabled = external.enabled == Some(true);
+        for broker in brokers {
+            let Some(place) = &broker.place else { continue };
+            let needs_hostname = if internal.advertise == Some(Advertise::Hostname) {
+                Some("listeners.internal.advertise")
+            } else if external_enabled && external.advertise == Some(Advertise::Hostname) {
+                Some("listeners.external.advertise")
+            } else {
+                None
+            };
+            if let Some(why) = needs_hostname {
+                if !broker.has_hostname {
+                    let message = format!("missing: {why} = \"hostname\" needs a hostname on every broker");
+                    self.error(&place.field("hostname"), message);
+                }
+            }
+            if external_enabled && !broker.has_public_ip {
+                let message = "missing: the external listener is enabled, so every broker needs a public_ip";
+                self.error(&place.field("public_ip"), message);
+            }
+        }
+    }
+
+    fn compile_clients(&mut self, root: &Table) -> Vec<Option<ClientSpec>> {
+        let items = match root.get("client") {
+            None => return Vec::new(),
+            Some(Value::Array(items)) => items,
+            Some(other) => {
+                let message = format!("expected [[client]] tables, found {}", other.type_str());
+                self.error(&Place::root("client"), message);
+                return Vec::new();
+            }
+        };
+        let mut clients = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let Value::Table(table) = item else {
+                let message = format!("expected a table, found {}", item.type_str());
+                self.error(&Place::root(&format!("client[{index}]")), message);
+                clients.push(None);
+                continue;
+            };
+            let node_value = table.get("node").and_then(Value::as_str);
+            let place = Place {
+                path: format!("client[{index}]"),
+                subject: node_value.map(|node| format!("client {node:?}")),
+            };
+            self.unknown_keys(table, &place, &["node", "view"]);
+            let node = self.node_name(table, &place);
+            let view = match self.string(table, "view", &place).as_deref() {
+                None if table.contains_key("view") => None,
+                None | Some("private") => Some(View::Private),
+                Some("public") => Some(View::Public),
+                Some(other) => {
+                    self.error(&place.field("view"), format!("{other:?} is not a view (\"private\" or \"public\")"));
+                    None
+                }
+            };
+            clients.push(match (node, view) {
+                (Some(node), Some(view)) => Some(ClientSpec { node, view }),
+                _ => None,
+            });
+        }
+        clients
+    }
+
+    fn check_clients_against_listeners(&mut self, clients: &[Option<ClientSpec>], external: &PartialListener) {
+        for (index, client) in clients.iter().enumerate() {
+            let Some(client) = client else { continue };
+            if client.view == View::Public && external.enabled == Some(false) {
+                self.error(
+                    &Place {
+                        path: format!("client[{index}].view"),
+                        subject: Some(format!("client {:?}", client.node)),
+                    },
+                    "\"public\" needs the external listener enabled ([listeners.external] enabled = true)",
+                );
+            }
+        }
+    }
+
+    fn check_node_names(&mut self, brokers: &[PartialBroker], clients: &[Option<ClientSpec>]) {
+        let mut seen: HashMap<&str, String> = HashMap::new();
+        let broker_nodes = brokers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, broker)| Some((format!("broker[{index}]"), broker.node.as_deref()?)));
+        let client_nodes = clients
+            .iter()
+            .enumerate()
+            .filter_map(|(index, client)| client.as_ref().map(|c| (format!("client[{index}]"), c.node.as_str())));
+        for (path, node) in broker_nodes.chain(client_nodes) {
+            if let Some(first) = seen.get(node) {
+                self.error(
+                    &Place {
+                        path: format!("{path}.node"),
+                        subject: Some(format!("node {node:?}")),
+                    },
+                    format!("also used by {first}; every node name must be unique"),
+                );
+            } else {
+                seen.insert(node, path);
+            }
+        }
+    }
+
+    fn compile_rollout(&mut self, root: &Table) -> Option<RolloutSpec> {
+        let place = Place::root("rollout");
+        let empty = Table::new();
+        let rollout = self.table(root, "rollout", &Place::root("")).unwrap_or(&empty);
+        self.unknown_keys(rollout, &place, &["max_unavailable", "health_timeout", "settle"]);
+        let max_unavailable = match self.integer(rollout, "max_unavailable", &place) {
+            None if rollout.contains_key("max_unavailable") => None,
+            None => Some(1),
+            Some(value) if (1..=1000).contains(&value) => Some(value as u32),
+            Some(value) => {
+                self.error(&place.field("max_unavailable"), format!("{value} is out of range (at least 1)"));
+                None
+            }
+        };
+        let health_timeout = self.duration(rollout, "health_timeout", &place, Duration::from_secs(180));
+        let settle = self.duration(rollout, "settle", &place, Duration::from_secs(10));
+        Some(RolloutSpec {
+            max_unavailable: max_unavailable?,
+            health_timeout: health_timeout?,
+            settle: settle?,
+        })
+    }
+}
+
+/// A listener as far as it compiled: every field that was valid, so that cross-checks still run
+/// when a sibling field is wrong.
+#[derive(Default)]
+struct PartialListener {
+    enabled: Option<bool>,
+    name: Option<String>,
+    port: Option<u16>,
+    bind: Option<String>,
+    advertise: Option<Advertise>,
+    security_protocol: Option<String>,
+    allow: Option<Vec<IpNet>>,
+}
+
+impl PartialListener {
+    fn finish(self) -> Option<ListenerSpecConfig> {
+        Some(ListenerSpecConfig {
+            enabled: self.enabled?,
+            name: self.name?,
+            port: self.port?,
+            bind: self.bind?,
+            advertise: self.advertise?,
+            security_protocol: self.security_protocol?,
+            allow: self.allow?,
+        })
+    }
+}
+
+/// A broker as far as it compiled (see [`PartialListener`]).
+#[derive(Default)]
+struct PartialBroker {
+    place: Option<Place>,
+    has_hostname: bool,
+    has_public_ip: bool,
+    /// False when an optional field was present but invalid.
+    complete: bool,
+    id: Option<i32>,
+    node: Option<String>,
+    hostname: Option<String>,
+    private_ip: Option<IpAddr>,
+    public_ip: Option<IpAddr>,
+}
+
+impl PartialBroker {
+    fn at(&self) -> Place {
+        self.place.clone().unwrap_or_else(|| Place::root("broker"))
+    }
+
+    fn finish(self) -> Option<BrokerSpec> {
+        if !self.complete {
+            return None;
+        }
+        Some(BrokerSpec {
+            id: self.id?,
+            node: self.node?,
+            hostname: self.hostname,
+            private_ip: self.private_ip?,
+            public_ip: self.public_ip,
+        })
+    }
+}
+
+fn short_name_of(hostname: Option<&str>) -> Option<&str> {
+    let (short, rest) = hostname?.split_once('.')?;
+    (!rest.is_empty()).then_some(short)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ListenerKind {
+    Internal,
+    External,
+}
+
+fn describe_broker(id: Option<i64>, node: Option<&str>) -> String {
+    match (id, node) {
+        (Some(id), Some(node)) => format!("broker {id} (node {node:?})"),
+        (Some(id), None) => format!("broker {id}"),
+        (None, Some(node)) => format!("broker (node {node:?})"),
+        (None, None) => "broker".to_string(),
+    }
+}
+
+/// A CIDR; a bare address means that single host.
+fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    if let Ok(net) = text.parse::<IpNet>() {
+        if net.trunc() != net {
+            return Err(format!(
+                "{text:?} has host bits set; did you mean {}?",
+                net.trunc()
+            ));
+        }
+        return Ok(net);
+    }
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(IpNet::from(ip));
+    }
+    Err(format!("{text:?} is not a CIDR (e.g. \"203.0.113.0/24\")"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) const EXAMPLE: &str = r#"
+[cluster]
+name = "emr-48742"
+metadata = "kraft"
+
+[listeners.internal]
+name = "INTERNAL"
+port = 9092
+bind = "0.0.0.0"
+advertise = "private_ip"
+
+[listeners.external]
+enabled = true
+name = "EXTERNAL"
+port = 9093
+advertise = "public_ip"
+allow = ["203.0.113.0/24"]
+
+[[broker]]
+id = 1
+node = "emr-worker-1"
+hostname = "emr-worker-1.cluster-48742"
+private_ip = "10.0.1.24"
+public_ip = "47.96.1.24"
+
+[[broker]]
+id = 2
+node = "emr-worker-2"
+hostname = "emr-worker-2.cluster-48742"
+private_ip = "10.0.1.25"
+public_ip = "47.96.1.25"
+
+[[client]]
+node = "etl-1"
+view = "private"
+
+[rollout]
+max_unavailable = 1
+health_timeout = "180s"
+settle = "10s"
+"#;
+
+    fn errors_of(text: &str) -> Vec<String> {
+        match ClusterSpec::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn the_design_example_is_valid() {
+        let spec = ClusterSpec::parse(EXAMPLE).expect("valid");
+        assert_eq!(spec.name, "emr-48742");
+        assert_eq!(spec.brokers.len(), 2);
+        assert_eq!(spec.brokers[0].short_name(), Some("emr-worker-1"));
+        assert!(spec.external.enabled);
+        assert_eq!(spec.rollout.health_timeout, Duration::from_secs(180));
+        assert_eq!(spec.nodes(), vec!["emr-worker-1", "emr-worker-2", "etl-1"]);
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_naming_field_and_broker() {
+        let text = r#"
+[cluster]
+name = "c"
+colour = "blue"
+
+[listeners.internal]
+advertise = "hostname"
+port = 9093
+
+[listeners.external]
+allow = ["203.0.113.7/24", "nonsense"]
+
+[[broker]]
+id = 1
+node = "a"
+private_ip = "10.0.0.1"
+public_ip = "10.0.0.300"
+
+[[broker]]
+id = 1
+node = "a"
+hostname = "bad_host!"
+private_ip = "10.0.0.1"
+
+[[client]]
+node = "c1"
+view = "sideways"
+
+[rollout]
+health_timeout = "3 parsecs"
+"#;
+        let errors = errors_of(text);
+        let expect = [
+            "cluster.colour: unknown key",
+            "listeners.external.allow[0]: \"203.0.113.7/24\" has host bits set",
+            "listeners.external.allow[1]: \"nonsense\" is not a CIDR",
+            "broker[0].public_ip: broker 1 (node \"a\"): \"10.0.0.300\" is not a valid IPv4 or IPv6 address",
+            "broker[1].hostname: broker 1 (node \"a\"): \"bad_host!\" is not a valid hostname",
+            "broker[1].id: broker 1 (node \"a\"): \"1\" is also broker[0]'s id",
+            "broker[1].private_ip: broker 1 (node \"a\"): \"10.0.0.1\" is also broker[0]'s private_ip",
+            "client[0].view: client \"c1\": \"sideways\" is not a view",
+            "listeners.external.port: port 9093 is also the internal listener's port",
+            "broker[0].hostname: broker 1 (node \"a\"): missing: listeners.internal.advertise = \"hostname\" needs a hostname",
+            "broker[1].public_ip: broker 1 (node \"a\"): missing: the external listener is enabled",
+            "broker[1].node: node \"a\": also used by broker[0]",
+            "rollout.health_timeout: \"3 parsecs\"",
+        ];
+        for expected in expect {
+            assert!(
+                errors.iter().any(|error| error.starts_with(expected)),
+                "missing error starting with {expected:?} in:\n{}",
+                errors.join("\n")
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_hostnames_public_ips_and_short_names_are_errors() {
+        let text = r#"
+[cluster]
+name = "c"
+[listeners.external]
+allow = ["0.0.0.0/0"]
+[[broker]]
+id = 1
+node = "a"
+hostname = "w1.one"
+private_ip = "10.0.0.1"
+public_ip = "198.51.100.1"
+[[broker]]
+id = 2
+node = "b"
+hostname = "W1.ONE"
+private_ip = "10.0.0.2"
+public_ip = "198.51.100.1"
+[[broker]]
+id = 3
+node = "c"
+hostname = "w1.two"
+private_ip = "10.0.0.3"
+public_ip = "10.0.0.1"
+"#;
+        let errors = errors_of(text).join("\n");
+        assert!(errors.contains("broker[1].hostname: broker 2 (node \"b\"): \"w1.one\" is also broker[0]'s hostname"), "{errors}");
+        assert!(errors.contains("broker[1].public_ip: broker 2 (node \"b\"): \"198.51.100.1\" is also broker[0]'s public_ip"), "{errors}");
+        assert!(errors.contains("broker[2].hostname: broker 3 (node \"c\"): short name \"w1\""), "{errors}");
+        assert!(errors.contains("broker[2].public_ip: broker 3 (node \"c\"): 10.0.0.1 is broker[0]'s private_ip"), "{errors}");
+    }
+
+    #[test]
+    fn public_clients_need_public_access_and_external_needs_allow() {
+        let text = r#"
+[cluster]
+name = "c"
+[[broker]]
+id = 1
+node = "a"
+private_ip = "10.0.0.1"
+[[client]]
+node = "laptop"
+view = "public"
+"#;
+        let errors = errors_of(text).join("\n");
+        assert!(errors.contains("client[0].view: client \"laptop\": \"public\" needs the external listener enabled"), "{errors}");
+
+        let text = "[cluster]\nname = \"c\"\n[listeners.external]\n[[broker]]\nid = 1\nnode = \"a\"\nprivate_ip = \"10.0.0.1\"\npublic_ip = \"198.51.100.1\"\n";
+        assert!(errors_of(text).join("\n").contains("listeners.external.allow: missing"));
+    }
+
+    #[test]
+    fn syntax_errors_and_type_errors_are_clear() {
+        let errors = errors_of("[cluster\nname = 1");
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("(syntax):"), "{errors:?}");
+        let errors = errors_of("[cluster]\nname = 1\n[[broker]]\nid = \"one\"\nnode = \"a\"\nprivate_ip = \"10.0.0.1\"\n");
+        assert!(errors.iter().any(|e| e.starts_with("cluster.name: expected a string, found integer")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("broker[0].id: broker (node \"a\"): expected an integer, found string")), "{errors:?}");
+    }
+
+    #[test]
+    fn missing_everything_is_reported() {
+        let errors = errors_of("");
+        assert!(errors.iter().any(|e| e.starts_with("cluster: missing")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("broker: no [[broker]]")), "{errors:?}");
+    }
+
+    #[test]
+    fn oversized_spec_is_refused() {
+        let text = format!("# {}\n", "x".repeat(MAX_SPEC_BYTES));
+        let errors = errors_of(&text);
+        assert!(errors[0].contains("over the limit"), "{errors:?}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
+        assert!(parse_duration("3").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn hostnames() {
+        assert!(is_valid_hostname("emr-worker-1.cluster-48742"));
+        assert!(!is_valid_hostname("-bad"));
+        assert!(!is_valid_hostname("a..b"));
+        assert!(!is_valid_hostname("10.0.0.1"));
+        assert!(!is_valid_hostname("under_score"));
+    }
+}
