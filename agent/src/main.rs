@@ -1,1 +1,275 @@
-fn main() {}
+//! `kreach-agent`: the node daemon and its one-shot `apply-local`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kreach_agent::config::{AgentConfig, ServiceManagerKind};
+use kreach_agent::engine::{Engine, Outcome};
+use kreach_agent::service::{CommandManager, ServiceManager, SystemdManager};
+use kreach_agent::verify::TcpProbe;
+use kreach_agent::{drift, state};
+use kreach_common::desired::{node_spec, NodeRole};
+use kreach_common::spec::ClusterSpec;
+
+/// Exit codes, documented in `--help`.
+const EXIT_FAILED: u8 = 1;
+const EXIT_INVALID: u8 = 2;
+const EXIT_ROLLED_BACK: u8 = 3;
+const EXIT_CONFLICTS: u8 = 4;
+
+#[derive(Parser)]
+#[command(
+    name = "kreach-agent",
+    version,
+    about = "Keeps this host's Kafka reachability in its desired state: the kreach block in the hosts file, the broker's listener settings, and Kafka restarts.",
+    after_help = "Exit codes: 0 converged; 1 failed (nothing half-written); 2 invalid spec or config; 3 a health gate failed and the previous config was restored; 4 applied, but unmanaged hosts lines shadow kreach's entries."
+)]
+struct Cli {
+    /// The agent's own config: node name, state directory, the files and unit it may manage.
+    #[arg(long, short, default_value = "/etc/kreach/agent.toml", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply a cluster spec to this node without a coordinator: print the plan (a unified diff per
+    /// file and the restarts it implies), then write, restart and verify.
+    ApplyLocal {
+        /// The cluster spec (TOML).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run as a daemon: enforce the last applied state and repair drift in the managed files.
+    Run,
+    /// Print the last applied state of this node (JSON).
+    State,
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("kreach-agent: error: {error:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KREACH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let config = match AgentConfig::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("kreach-agent: {error}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    match cli.command {
+        Command::ApplyLocal { spec, dry_run } => apply_local(config, &spec, dry_run),
+        Command::Run => run_daemon(config),
+        Command::State => {
+            match state::load(&config.state_dir)? {
+                Some(applied) => println!("{}", serde_json::to_string_pretty(&applied)?),
+                None => println!("null"),
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn service_manager(config: &AgentConfig) -> anyhow::Result<Box<dyn ServiceManager>> {
+    Ok(match config.service_manager.kind {
+        ServiceManagerKind::Systemd => Box::new(SystemdManager::connect().context("connecting to systemd over D-Bus")?),
+        ServiceManagerKind::Command => Box::new(CommandManager {
+            restart: config.service_manager.restart.clone(),
+            status: config.service_manager.status.clone(),
+        }),
+    })
+}
+
+fn apply_local(config: AgentConfig, spec_path: &Path, dry_run: bool) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(spec_path).with_context(|| format!("reading spec {}", spec_path.display()))?;
+    let spec = match ClusterSpec::parse(&text) {
+        Ok(spec) => spec,
+        Err(errors) => {
+            eprintln!("kreach-agent: {} is invalid; nothing was changed:", spec_path.display());
+            for error in &errors.0 {
+                eprintln!("  {}: {error}", spec_path.display());
+            }
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let desired = match node_spec(&spec, &config.node) {
+        Ok(desired) => desired,
+        Err(error) => {
+            eprintln!("kreach-agent: {error}; check `node` in {}", "agent.toml");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    let role = match &desired.role {
+        NodeRole::Broker { id } => format!("broker {id}"),
+        NodeRole::Client { view } => format!("client, {view:?} view").to_lowercase(),
+    };
+    println!("node {} ({role}) in cluster {}", desired.node, desired.cluster);
+
+    // The service manager is needed only when something restarts; a dry run or a client host
+    // must work without D-Bus.
+    let services: Box<dyn ServiceManager> = Box::new(LazyServices { config: config.clone() });
+    let engine = Engine::new(config, services, Box::new(TcpProbe));
+    let plan = match engine.plan(&desired) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("kreach-agent: {error}");
+            return Ok(EXIT_INVALID);
+        }
+    };
+    if plan.is_empty() {
+        println!("nothing to change: {} already matches the spec", desired.node);
+        for conflict in &plan.conflicts {
+            println!("conflict: {conflict}");
+        }
+        if !dry_run {
+            record_state_if_new(&engine, &desired)?;
+        }
+        return Ok(if plan.conflicts.is_empty() { 0 } else { EXIT_CONFLICTS });
+    }
+    print!("{}", plan.render());
+    if dry_run {
+        println!("dry run: nothing was changed");
+        return Ok(0);
+    }
+    match engine.apply(&plan, 0, "apply-local")? {
+        Outcome::Converged { written, restarted, checks } => {
+            for (path, method) in written {
+                let how = match method {
+                    kreach_agent::fsio::WriteMethod::Renamed => "atomic rename",
+                    kreach_agent::fsio::WriteMethod::InPlace => "locked in-place rewrite: the file is a mount point",
+                };
+                println!("wrote {} ({how})", path.display());
+            }
+            if let Some(unit) = restarted {
+                println!("restarted {unit}");
+            }
+            for check in checks {
+                println!("check passed: {check}");
+            }
+            if plan.conflicts.is_empty() {
+                println!("converged: {} matches the spec", desired.node);
+                Ok(0)
+            } else {
+                println!(
+                    "applied, but {} unmanaged hosts line(s) shadow kreach's entries (see conflicts above)",
+                    plan.conflicts.len()
+                );
+                Ok(EXIT_CONFLICTS)
+            }
+        }
+        Outcome::RolledBack { reason, restored } => {
+            println!("rolled back: {reason}");
+            for path in restored {
+                println!("restored {}", path.display());
+            }
+            Ok(EXIT_ROLLED_BACK)
+        }
+    }
+}
+
+/// Persist the desired state even when the files already match, so that `run` enforces it.
+fn record_state_if_new(engine: &Engine, desired: &kreach_common::desired::NodeSpec) -> anyhow::Result<()> {
+    let state_dir = &engine.config().state_dir;
+    let current = state::load(state_dir)?;
+    if current.as_ref().map(|applied| &applied.node_spec) != Some(desired) {
+        state::save(
+            state_dir,
+            &state::AppliedState {
+                generation: 0,
+                released_by: "apply-local".into(),
+                applied_at_unix_ms: state::now_unix_ms(),
+                node_spec: desired.clone(),
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Connects to the configured service manager on first use.
+struct LazyServices {
+    config: AgentConfig,
+}
+
+impl ServiceManager for LazyServices {
+    fn restart(&self, unit: &str, timeout: std::time::Duration) -> Result<(), kreach_agent::service::ServiceError> {
+        match service_manager(&self.config) {
+            Ok(services) => services.restart(unit, timeout),
+            Err(error) => Err(kreach_agent::service::ServiceError::Unavailable {
+                unit: unit.to_string(),
+                message: format!("{error:#}"),
+            }),
+        }
+    }
+    fn describe(&self) -> String {
+        format!("{:?}", self.config.service_manager.kind).to_lowercase()
+    }
+}
+
+fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
+    let _ = drift::SAFETY_CHECK_PERIOD;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel();
+        let services: Box<dyn ServiceManager> = Box::new(LazyServices { config: config.clone() });
+        let engine = Arc::new(Engine::new(config.clone(), services, Box::new(TcpProbe)));
+        let enforcer = {
+            let engine = Arc::clone(&engine);
+            let wake_tx = wake_tx.clone();
+            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                let Some(applied) = state::load(&engine.config().state_dir)? else {
+                    tracing::info!(node = %engine.config().node, "no applied state yet; waiting for a spec (apply-local or a coordinator)");
+                    // Nothing to enforce: wait for the stop signal.
+                    let _ = wake_rx.recv();
+                    return Ok(());
+                };
+                tracing::info!(
+                    node = %applied.node_spec.node,
+                    generation = applied.generation,
+                    "enforcing the last applied state (released by {})",
+                    applied.released_by
+                );
+                let mut watcher = drift::watch(&engine.managed_paths(), wake_tx).context("watching the managed files")?;
+                drift::enforce(&engine, &applied, &mut watcher, &wake_rx);
+                Ok(())
+            })
+        };
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+        let _ = wake_tx.send(drift::Wake::Stop);
+        enforcer.await.context("enforcer task")??;
+        Ok::<u8, anyhow::Error>(0)
+    })
+}

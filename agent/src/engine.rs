@@ -1,0 +1,363 @@
+//! The local engine: plan → backup → atomic write → restart if needed → verify → roll back on failure.
+//!
+//! Owns the order of side effects on one node. What to write comes from `kreach-common`'s pure
+//! editors; how bytes reach the disk is [`crate::fsio`]'s; how Kafka restarts is behind
+//! [`ServiceManager`]; how health is checked is behind [`ListenerProbe`]. Everything is rendered
+//! before anything is written, so a bad input changes nothing.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use kreach_common::desired::{NodeRole, NodeSpec};
+use kreach_common::diff::{content_hash, unified_diff};
+use kreach_common::hosts::{self, HostsConflict};
+use kreach_common::properties;
+
+use crate::config::AgentConfig;
+use crate::fsio::{self, WriteMethod};
+use crate::service::ServiceManager;
+use crate::state::{self, AppliedState};
+use crate::verify::ListenerProbe;
+
+/// How many previous versions of each managed file are kept under `state_dir/backups`.
+pub const BACKUPS_KEPT: usize = 10;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManagedFile {
+    Hosts,
+    KafkaProperties,
+}
+
+impl ManagedFile {
+    pub fn describe(self) -> &'static str {
+        match self {
+            ManagedFile::Hosts => "hosts block",
+            ManagedFile::KafkaProperties => "listener settings",
+        }
+    }
+}
+
+/// One file whose content will change.
+#[derive(Debug, Clone)]
+pub struct FileChange {
+    pub file: ManagedFile,
+    pub path: PathBuf,
+    /// None when the file does not exist yet.
+    pub old: Option<String>,
+    pub new: String,
+    /// For properties: the keys whose value changes.
+    pub changed_keys: Vec<String>,
+}
+
+/// Everything one apply would do, computed without side effects.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub node_spec: NodeSpec,
+    pub changes: Vec<FileChange>,
+    /// Unmanaged hosts lines that map our names elsewhere (the resolver takes the first match).
+    pub conflicts: Vec<HostsConflict>,
+    /// The unit to restart and why, when the listener settings change.
+    pub restart: Option<(String, String)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.changes.is_empty()
+    }
+
+    /// The plan as an operator reads it: a unified diff per file, then the restarts it implies.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for change in &self.changes {
+            let old = change.old.as_deref().unwrap_or("");
+            out.push_str(&unified_diff(&change.path.display().to_string(), old, &change.new));
+            if !out.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+        match &self.restart {
+            Some((unit, why)) => out.push_str(&format!("restart: {unit} ({why})\n")),
+            None if !self.changes.is_empty() => out.push_str("restart: none (no listener setting changes)\n"),
+            None => {}
+        }
+        for conflict in &self.conflicts {
+            out.push_str(&format!("conflict: {conflict}\n"));
+        }
+        out
+    }
+}
+
+/// How an apply ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The node matches its desired state; `written` lists the files that changed.
+    Converged { written: Vec<(PathBuf, WriteMethod)>, restarted: Option<String>, checks: Vec<String> },
+    /// A gate failed after the change; the previous bytes are back and Kafka was restarted on them.
+    RolledBack { reason: String, restored: Vec<PathBuf> },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Desired(#[from] kreach_common::desired::DesiredError),
+    #[error("{path} is not valid UTF-8 (at byte {offset}); kreach edits text files only and changed nothing")]
+    NotUtf8 { path: PathBuf, offset: usize },
+    #[error("cannot plan {path}: {message}; nothing was changed")]
+    Render { path: PathBuf, message: String },
+    #[error("node {node:?} is a broker in the spec, but this agent's config has no manage.kafka_properties; add the path of server.properties to agent.toml")]
+    NoPropertiesConfigured { node: String },
+    #[error("{path} does not exist; kreach edits Kafka's config but never creates it")]
+    PropertiesMissing { path: PathBuf },
+    #[error("the spec is for node {spec_node:?} but this agent is {agent_node:?}")]
+    WrongNode { spec_node: String, agent_node: String },
+    #[error(transparent)]
+    Fs(#[from] fsio::FsError),
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    #[error("writing {path} failed: {message}; the files already written were restored: {restored}")]
+    WriteFailedRestored { path: PathBuf, message: String, restored: String },
+    #[error("rollback failed: {message}; the node needs attention")]
+    RollbackFailed { message: String },
+}
+
+pub struct Engine {
+    config: AgentConfig,
+    services: Box<dyn ServiceManager>,
+    probe: Box<dyn ListenerProbe>,
+}
+
+impl Engine {
+    pub fn new(config: AgentConfig, services: Box<dyn ServiceManager>, probe: Box<dyn ListenerProbe>) -> Engine {
+        Engine { config, services, probe }
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The paths this engine may write: the hosts file and, on brokers, server.properties.
+    pub fn managed_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.config.manage.hosts_file.clone()];
+        paths.extend(self.config.manage.kafka_properties.clone());
+        paths
+    }
+
+    /// Render every managed file for `node_spec` and compare with what is on disk. No side effects.
+    pub fn plan(&self, node_spec: &NodeSpec) -> Result<Plan, EngineError> {
+        if node_spec.node != self.config.node {
+            return Err(EngineError::WrongNode {
+                spec_node: node_spec.node.clone(),
+                agent_node: self.config.node.clone(),
+            });
+        }
+        let mut changes = Vec::new();
+
+        let hosts_path = &self.config.manage.hosts_file;
+        let hosts_old = read_text(hosts_path)?;
+        let edit = hosts::apply_block(hosts_old.as_deref().unwrap_or(""), &node_spec.cluster, &node_spec.hosts_entries)
+            .map_err(|error| EngineError::Render {
+                path: hosts_path.clone(),
+                message: error.to_string(),
+            })?;
+        let conflicts = edit.conflicts;
+        if hosts_old.as_deref() != Some(edit.content.as_str()) && !(hosts_old.is_none() && edit.content.is_empty()) {
+            changes.push(FileChange {
+                file: ManagedFile::Hosts,
+                path: hosts_path.clone(),
+                old: hosts_old,
+                new: edit.content,
+                changed_keys: Vec::new(),
+            });
+        }
+
+        let mut restart = None;
+        if let (NodeRole::Broker { .. }, Some(listeners)) = (&node_spec.role, &node_spec.listeners) {
+            let path = self.config.manage.kafka_properties.clone().ok_or_else(|| EngineError::NoPropertiesConfigured {
+                node: node_spec.node.clone(),
+            })?;
+            let old = read_text(&path)?.ok_or_else(|| EngineError::PropertiesMissing { path: path.clone() })?;
+            let edit = properties::apply_listeners(&old, listeners).map_err(|error| EngineError::Render {
+                path: path.clone(),
+                message: error.to_string(),
+            })?;
+            if edit.content != old {
+                restart = Some((
+                    self.config.manage.kafka_unit.clone(),
+                    format!("{} changed", edit.changed_keys.join(", ")),
+                ));
+                changes.push(FileChange {
+                    file: ManagedFile::KafkaProperties,
+                    path,
+                    old: Some(old),
+                    new: edit.content,
+                    changed_keys: edit.changed_keys,
+                });
+            }
+        }
+        Ok(Plan {
+            node_spec: node_spec.clone(),
+            changes,
+            conflicts,
+            restart,
+        })
+    }
+
+    /// Carry out `plan`: back up and write every changed file, restart Kafka when its listener
+    /// settings changed, verify, and on a failed gate restore the previous bytes and restart again.
+    /// On success the node state is persisted as the last applied state.
+    pub fn apply(&self, plan: &Plan, generation: u64, released_by: &str) -> Result<Outcome, EngineError> {
+        let state_dir = &self.config.state_dir;
+        let _lock = state::lock_node(state_dir)?;
+        let written = self.write_all(plan, generation, released_by)?;
+
+        let mut checks = Vec::new();
+        if let Some((unit, why)) = &plan.restart {
+            let listeners = plan.node_spec.listeners.as_ref().map(|l| l.listeners.as_slice()).unwrap_or(&[]);
+            let timeout = Duration::from_millis(plan.node_spec.health_timeout_ms);
+            tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "restarting {unit}: {why}");
+            let started = Instant::now();
+            let gate = self
+                .services
+                .restart(unit, timeout)
+                .map_err(|error| format!("restart of {unit} failed: {error}"))
+                .and_then(|()| {
+                    let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
+                    self.probe.verify(listeners, remaining).map_err(|error| format!("health check failed: {error}"))
+                });
+            match gate {
+                Ok(passed) => {
+                    tracing::info!(unit = %unit, elapsed_ms = started.elapsed().as_millis() as u64, "{unit} is healthy");
+                    checks = passed;
+                }
+                Err(reason) => {
+                    tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "rolling back: {reason}");
+                    let restored = self.restore(&written, generation, "rollback")?;
+                    let previous = self.previous_listeners();
+                    let recovery = self.services.restart(unit, timeout).map_err(|e| e.to_string()).and_then(|()| {
+                        match &previous {
+                            Some(listeners) => self.probe.verify(listeners, timeout).map(|_| ()),
+                            None => Ok(()),
+                        }
+                    });
+                    if let Err(error) = recovery {
+                        return Err(EngineError::RollbackFailed {
+                            message: format!(
+                                "{reason}; the previous files were restored but {unit} did not come back healthy: {error}"
+                            ),
+                        });
+                    }
+                    return Ok(Outcome::RolledBack { reason, restored });
+                }
+            }
+        }
+        state::save(
+            state_dir,
+            &AppliedState {
+                generation,
+                released_by: released_by.to_string(),
+                applied_at_unix_ms: state::now_unix_ms(),
+                node_spec: plan.node_spec.clone(),
+            },
+        )?;
+        Ok(Outcome::Converged {
+            written: written.into_iter().map(|w| (w.path, w.method)).collect(),
+            restarted: plan.restart.as_ref().map(|(unit, _)| unit.clone()),
+            checks,
+        })
+    }
+
+    /// Write the plan's files without restarting anything: drift repair puts back bytes that the
+    /// running Kafka already runs with, so a restart would only cost availability.
+    pub fn repair(&self, plan: &Plan, generation: u64, released_by: &str) -> Result<Vec<PathBuf>, EngineError> {
+        let _lock = state::lock_node(&self.config.state_dir)?;
+        let written = self.write_all(plan, generation, released_by)?;
+        Ok(written.into_iter().map(|w| w.path).collect())
+    }
+
+    fn write_all(&self, plan: &Plan, generation: u64, released_by: &str) -> Result<Vec<Written>, EngineError> {
+        let mut written: Vec<Written> = Vec::new();
+        for change in &plan.changes {
+            match self.write_one(change, generation, released_by) {
+                Ok(method) => written.push(Written {
+                    path: change.path.clone(),
+                    old: change.old.clone(),
+                    method,
+                }),
+                Err(error) => {
+                    // Nothing half-done: put back what this apply already wrote.
+                    let restored = self.restore(&written, generation, "undo after failed write")?;
+                    if restored.is_empty() {
+                        return Err(error);
+                    }
+                    return Err(EngineError::WriteFailedRestored {
+                        path: change.path.clone(),
+                        message: error.to_string(),
+                        restored: restored.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                    });
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    fn write_one(&self, change: &FileChange, generation: u64, released_by: &str) -> Result<WriteMethod, EngineError> {
+        fsio::clean_stale_temp_files(&change.path)?;
+        if let Some(old) = &change.old {
+            fsio::save_backup(&self.config.state_dir, &change.path, old.as_bytes(), BACKUPS_KEPT)?;
+        }
+        let method = fsio::atomic_write(&change.path, change.new.as_bytes())?;
+        tracing::info!(
+            path = %change.path.display(),
+            node = %self.config.node,
+            generation,
+            released_by,
+            old_hash = %change.old.as_deref().map(|old| content_hash(old.as_bytes())).unwrap_or_default(),
+            new_hash = %content_hash(change.new.as_bytes()),
+            method = ?method,
+            "wrote {} ({})",
+            change.path.display(),
+            change.file.describe()
+        );
+        Ok(method)
+    }
+
+    fn restore(&self, written: &[Written], generation: u64, why: &str) -> Result<Vec<PathBuf>, EngineError> {
+        let mut restored = Vec::new();
+        for item in written.iter().rev() {
+            let result = match &item.old {
+                Some(old) => fsio::atomic_write(&item.path, old.as_bytes()).map(|_| ()).map_err(|e| e.to_string()),
+                // The file did not exist before this apply: restoring means removing it.
+                None => std::fs::remove_file(&item.path).map_err(|e| e.to_string()),
+            };
+            result.map_err(|error| EngineError::RollbackFailed {
+                message: format!("could not restore {}: {error}", item.path.display()),
+            })?;
+            tracing::warn!(path = %item.path.display(), generation, "restored previous {} ({why})", item.path.display());
+            restored.push(item.path.clone());
+        }
+        Ok(restored)
+    }
+
+    /// The listeners of the last applied state, to verify the rolled-back broker against.
+    fn previous_listeners(&self) -> Option<Vec<kreach_common::properties::ListenerSpec>> {
+        let applied = state::load(&self.config.state_dir).ok().flatten()?;
+        applied.node_spec.listeners.map(|settings| settings.listeners)
+    }
+}
+
+struct Written {
+    path: PathBuf,
+    old: Option<String>,
+    method: WriteMethod,
+}
+
+fn read_text(path: &Path) -> Result<Option<String>, EngineError> {
+    let Some(bytes) = fsio::read_file(path)? else {
+        return Ok(None);
+    };
+    String::from_utf8(bytes).map(Some).map_err(|error| EngineError::NotUtf8 {
+        path: path.to_path_buf(),
+        offset: error.utf8_error().valid_up_to(),
+    })
+}

@@ -1,0 +1,115 @@
+//! The agent's persisted state: the last node state it applied, and the lock that keeps two agents
+//! on one node from writing at once.
+//!
+//! Owns the files under `state_dir` other than backups (those are [`crate::fsio`]'s). The applied
+//! state is what a restarted agent enforces before any coordinator exists.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kreach_common::desired::NodeSpec;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::fsio;
+
+const STATE_FILE: &str = "applied.json";
+const LOCK_FILE: &str = "agent.lock";
+
+/// What the agent last converged to.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AppliedState {
+    /// The coordinator's generation, or 0 for a local `apply-local`.
+    pub generation: u64,
+    /// Who released it: "apply-local", or the coordinator's rollout id.
+    pub released_by: String,
+    pub applied_at_unix_ms: u64,
+    pub node_spec: NodeSpec,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot create the state directory {path}: {source}")]
+    CreateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Fs(#[from] fsio::FsError),
+    #[error("the applied state {path} is corrupt ({message}); move it away to start from scratch")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("another kreach-agent holds {path} (pid {holder}); two agents must not manage one node")]
+    Locked { path: PathBuf, holder: String },
+    #[error("cannot lock {path}: {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
+}
+
+pub fn ensure_state_dir(state_dir: &Path) -> Result<(), StateError> {
+    std::fs::create_dir_all(state_dir).map_err(|source| StateError::CreateDir {
+        path: state_dir.to_path_buf(),
+        source,
+    })
+}
+
+pub fn load(state_dir: &Path) -> Result<Option<AppliedState>, StateError> {
+    let path = state_dir.join(STATE_FILE);
+    let Some(bytes) = fsio::read_file(&path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| StateError::Corrupt {
+            path,
+            message: error.to_string(),
+        })
+}
+
+pub fn save(state_dir: &Path, state: &AppliedState) -> Result<(), StateError> {
+    ensure_state_dir(state_dir)?;
+    let bytes = serde_json::to_vec_pretty(state).expect("applied state serializes");
+    fsio::atomic_write(&state_dir.join(STATE_FILE), &bytes)?;
+    Ok(())
+}
+
+pub fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// An exclusive, non-blocking lock on `state_dir/agent.lock`, held for the guard's lifetime. The
+/// holder's pid is written into the file so the error can name it.
+pub struct NodeLock {
+    _lock: Flock<File>,
+}
+
+pub fn lock_node(state_dir: &Path) -> Result<NodeLock, StateError> {
+    ensure_state_dir(state_dir)?;
+    let path = state_dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|source| StateError::Lock {
+            path: path.clone(),
+            source,
+        })?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            use std::io::{Seek, Write};
+            let mut file: &File = &lock;
+            let _ = file.set_len(0);
+            let _ = file.seek(std::io::SeekFrom::Start(0));
+            let _ = write!(file, "{}", std::process::id());
+            Ok(NodeLock { _lock: lock })
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StateError::Locked {
+            holder: std::fs::read_to_string(&path).unwrap_or_default().trim().to_string(),
+            path,
+        }),
+        Err((_, errno)) => Err(StateError::Lock {
+            path,
+            source: std::io::Error::from(errno),
+        }),
+    }
+}
