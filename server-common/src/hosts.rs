@@ -1,32 +1,733 @@
-//! TEMPORARY interface copy; replaced by the real editor from branch wt-hosts.
+//! The pure editor for kreach's block in `/etc/hosts`.
+//!
+//! Owns: finding, rendering, replacing and removing the one marked block
+//! (`# BEGIN kreach cluster=…` … `# END kreach`), reading the entries back out of it, validating the
+//! names we are asked to write, and spotting unmanaged lines that would shadow our names.
+//!
+//! Does not own: reading or writing the file (atomic writes, backups and bind-mount handling live in
+//! the agent), deciding which entries a node needs (see [`crate::desired`]), or fixing conflicting
+//! lines — those belong to the operator, so we only report them.
+//!
+//! Everything outside the block is kept byte for byte (DESIGN.md rule 5). The editor is built so that,
+//! for any text `X` without a block, `strip_block(apply_block(X, c, e))` is `X` again and applying the
+//! same entries twice changes nothing; the tests check both over generated files.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+
+/// Every begin marker starts with this; the cluster name after it may differ between applies.
+const BEGIN_PREFIX: &str = "# BEGIN kreach";
+const END_MARKER: &str = "# END kreach";
+
+/// One managed line: an address and its names, long hostname first then short alias(es).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostsEntry {
-    pub ip: std::net::IpAddr,
+    pub ip: IpAddr,
     pub names: Vec<String>,
 }
+
+/// An unmanaged line outside our block that maps one of our names to a different address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostsConflict {
+    /// 1-based, counted in the text that was passed to [`apply_block`].
     pub line_number: usize,
+    /// The name as kreach writes it (the line may spell it in another case).
     pub name: String,
+    /// The address exactly as the line writes it.
     pub their_ip: String,
-    pub our_ip: std::net::IpAddr,
+    pub our_ip: IpAddr,
+    /// The whole line, without its line ending.
     pub line: String,
 }
-impl std::fmt::Display for HostsConflict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "line {} maps {}", self.line_number, self.name)
+
+impl fmt::Display for HostsConflict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "line {} maps {} to {}, but kreach manages it as {} \
+             (the resolver uses the first match; remove or fix that line)",
+            self.line_number, self.name, self.their_ip, self.our_ip
+        )
     }
 }
+
+/// The result of [`apply_block`]: the new file content and the lines that contradict it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostsEdit {
     pub content: String,
     pub conflicts: Vec<HostsConflict>,
 }
+
+/// Why a hosts file or a requested block cannot be handled. Line numbers are 1-based.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HostsError {
-    #[error("x")]
-    X,
+    #[error(
+        "line {line}: `{BEGIN_PREFIX}` has no matching `{END_MARKER}` line; \
+         add the END line after the kreach entries or delete the partial block by hand"
+    )]
+    UnterminatedBlock { line: usize },
+    #[error(
+        "line {line}: `{BEGIN_PREFIX}` inside the kreach block opened at line {open_line}; \
+         there must be exactly one block, fix the markers by hand"
+    )]
+    NestedBlock { line: usize, open_line: usize },
+    #[error(
+        "line {line}: a second kreach block (the first is at line {first_line}); \
+         delete one of them by hand"
+    )]
+    DuplicateBlock { line: usize, first_line: usize },
+    #[error(
+        "line {line}: `{END_MARKER}` without a `{BEGIN_PREFIX}` line before it; \
+         delete it or restore the missing BEGIN line"
+    )]
+    EndWithoutBegin { line: usize },
+    #[error("line {line}: inside the kreach block, {reason}")]
+    InvalidBlockLine { line: usize, reason: String },
+    #[error("entry {entry} ({ip}): name {name:?} {reason}")]
+    InvalidName {
+        /// 1-based position in the entries passed to [`apply_block`].
+        entry: usize,
+        ip: IpAddr,
+        name: String,
+        reason: String,
+    },
+    #[error("entry {entry} ({ip}) has no names; every hosts line needs at least one")]
+    EntryWithoutNames { entry: usize, ip: IpAddr },
+    #[error("cluster name {cluster:?} {reason}")]
+    InvalidClusterName { cluster: String, reason: String },
 }
-pub fn apply_block(original: &str, _cluster: &str, _entries: &[HostsEntry]) -> Result<HostsEdit, HostsError> {
-    Ok(HostsEdit { content: original.into(), conflicts: vec![] })
+
+/// Render `original` with kreach's block for `cluster` set to exactly `entries` (empty entries => the block is removed entirely).
+///
+/// An existing block is replaced where it stands; otherwise the block is appended. Conflicts are
+/// reported, never fixed, and do not stop the edit: our block is still correct for every name no
+/// unmanaged line shadows.
+pub fn apply_block(
+    original: &str,
+    cluster: &str,
+    entries: &[HostsEntry],
+) -> Result<HostsEdit, HostsError> {
+    validate_cluster(cluster)?;
+    validate_entries(entries)?;
+    let lines = split_lines(original);
+    let block = locate_block(&lines)?;
+    let conflicts = find_conflicts(&lines, block, entries);
+
+    let content = match (block, entries.is_empty()) {
+        (None, true) => original.to_owned(),
+        (Some(block), true) => remove_block(original, &lines, block),
+        (Some(block), false) => {
+            let eol = file_line_ending(&lines, Some(block));
+            let final_eol = !lines[block.end].ending.is_empty();
+            let (before, after) = (block.byte_start(&lines), block.byte_end(&lines));
+            let mut content = String::with_capacity(original.len() + 64 * entries.len());
+            content.push_str(&original[..before]);
+            content.push_str(&render_block(cluster, entries, eol, final_eol));
+            content.push_str(&original[after..]);
+            content
+        }
+        (None, false) if original.is_empty() => render_block(cluster, entries, LF, true),
+        (None, false) if original.ends_with('\n') => {
+            let eol = file_line_ending(&lines, None);
+            format!("{original}{}", render_block(cluster, entries, eol, true))
+        }
+        (None, false) => {
+            // The last line has no ending. We give it one and leave the END line without one, so that
+            // removing the block (which then takes exactly that ending along) restores the original.
+            // A file ending in a bare `\r` must get `\r\n`: a lone `\n` would merge with the `\r` into
+            // a CRLF ending that removal could not tell apart from one we added in full.
+            let file_eol = first_line_ending(&lines, None);
+            let separator = if file_eol == Some(CRLF) || original.ends_with('\r') {
+                CRLF
+            } else {
+                LF
+            };
+            // Decide as a later apply will, when it finds the separator as the file's first ending.
+            let eol = file_eol.unwrap_or(separator);
+            format!(
+                "{original}{separator}{}",
+                render_block(cluster, entries, eol, false)
+            )
+        }
+    };
+    Ok(HostsEdit { content, conflicts })
+}
+
+/// The entries currently inside kreach's block (None when there is no block).
+///
+/// Blank and comment lines inside the block are skipped; any other line that is not an address
+/// followed by names is an error, because it means someone edited the block and we will not guess
+/// what they meant.
+pub fn read_block(content: &str) -> Result<Option<Vec<HostsEntry>>, HostsError> {
+    let lines = split_lines(content);
+    let Some(block) = locate_block(&lines)? else {
+        return Ok(None);
+    };
+    let mut entries = Vec::with_capacity(block.end - block.begin);
+    for line in &lines[block.begin + 1..block.end] {
+        let mut tokens = strip_comment(line.text).split_whitespace();
+        let Some(address) = tokens.next() else {
+            continue;
+        };
+        let ip = address
+            .parse::<IpAddr>()
+            .map_err(|_| HostsError::InvalidBlockLine {
+                line: line.number,
+                reason: format!("{address:?} is not an IP address"),
+            })?;
+        let names: Vec<String> = tokens.map(str::to_owned).collect();
+        if names.is_empty() {
+            return Err(HostsError::InvalidBlockLine {
+                line: line.number,
+                reason: format!("address {address} has no names"),
+            });
+        }
+        entries.push(HostsEntry { ip, names });
+    }
+    Ok(Some(entries))
+}
+
+/// `content` with kreach's block (and only it) removed — the "outside region" used by tests and drift checks.
+pub fn strip_block(content: &str) -> Result<String, HostsError> {
+    let lines = split_lines(content);
+    Ok(match locate_block(&lines)? {
+        Some(block) => remove_block(content, &lines, block),
+        None => content.to_owned(),
+    })
+}
+
+const LF: &str = "\n";
+const CRLF: &str = "\r\n";
+
+/// One line of the file. `text` excludes the ending; a `\r` not followed by `\n` stays in `text`.
+#[derive(Debug, Clone, Copy)]
+struct Line<'a> {
+    /// 1-based.
+    number: usize,
+    /// Byte offset of `text` in the whole content.
+    start: usize,
+    text: &'a str,
+    /// `"\n"`, `"\r\n"`, or `""` for a last line without an ending.
+    ending: &'a str,
+}
+
+impl Line<'_> {
+    fn byte_end(&self) -> usize {
+        self.start + self.text.len() + self.ending.len()
+    }
+}
+
+fn split_lines(content: &str) -> Vec<Line<'_>> {
+    let mut lines = Vec::new();
+    let mut start = 0;
+    while start < content.len() {
+        let rest = &content[start..];
+        let (text, ending) = match rest.find('\n') {
+            Some(newline) if rest[..newline].ends_with('\r') => {
+                (&rest[..newline - 1], &rest[newline - 1..=newline])
+            }
+            Some(newline) => (&rest[..newline], &rest[newline..=newline]),
+            None => (rest, ""),
+        };
+        lines.push(Line {
+            number: lines.len() + 1,
+            start,
+            text,
+            ending,
+        });
+        start += text.len() + ending.len();
+    }
+    lines
+}
+
+/// Indices into the line list of the BEGIN and END marker lines.
+#[derive(Debug, Clone, Copy)]
+struct Block {
+    begin: usize,
+    end: usize,
+}
+
+impl Block {
+    fn byte_start(&self, lines: &[Line<'_>]) -> usize {
+        lines[self.begin].start
+    }
+
+    fn byte_end(&self, lines: &[Line<'_>]) -> usize {
+        lines[self.end].byte_end()
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        (self.begin..=self.end).contains(&index)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    Begin,
+    End,
+}
+
+fn marker(text: &str) -> Option<Marker> {
+    // Require a word boundary so that, say, `# BEGIN kreachy` from some other tool is not ours.
+    let starts_with_word = |prefix: &str| {
+        text.trim_start()
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+    };
+    if starts_with_word(BEGIN_PREFIX) {
+        Some(Marker::Begin)
+    } else if starts_with_word(END_MARKER) {
+        Some(Marker::End)
+    } else {
+        None
+    }
+}
+
+/// Finds the one block, rejecting every marker layout that would make us guess which lines are ours.
+fn locate_block(lines: &[Line<'_>]) -> Result<Option<Block>, HostsError> {
+    let mut open: Option<usize> = None;
+    let mut found: Option<Block> = None;
+    for (index, line) in lines.iter().enumerate() {
+        match (marker(line.text), open) {
+            (None, _) => {}
+            (Some(Marker::Begin), Some(open_index)) => {
+                return Err(HostsError::NestedBlock {
+                    line: line.number,
+                    open_line: lines[open_index].number,
+                })
+            }
+            (Some(Marker::Begin), None) => {
+                if let Some(first) = found {
+                    return Err(HostsError::DuplicateBlock {
+                        line: line.number,
+                        first_line: lines[first.begin].number,
+                    });
+                }
+                open = Some(index);
+            }
+            (Some(Marker::End), None) => {
+                return Err(HostsError::EndWithoutBegin { line: line.number })
+            }
+            (Some(Marker::End), Some(begin)) => {
+                found = Some(Block { begin, end: index });
+                open = None;
+            }
+        }
+    }
+    match open {
+        Some(begin) => Err(HostsError::UnterminatedBlock {
+            line: lines[begin].number,
+        }),
+        None => Ok(found),
+    }
+}
+
+fn remove_block(content: &str, lines: &[Line<'_>], block: Block) -> String {
+    let mut start = block.byte_start(lines);
+    // An END line without an ending sits at the end of the file; the line before it got its ending
+    // only because the block followed, so it goes too (this is what lets removal restore a file
+    // that had no final newline).
+    if lines[block.end].ending.is_empty() && block.begin > 0 {
+        start -= lines[block.begin - 1].ending.len();
+    }
+    let mut stripped = String::with_capacity(content.len());
+    stripped.push_str(&content[..start]);
+    stripped.push_str(&content[block.byte_end(lines)..]);
+    stripped
+}
+
+fn first_line_ending<'a>(lines: &[Line<'a>], skip: Option<Block>) -> Option<&'a str> {
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| !skip.is_some_and(|block| block.contains(*index)))
+        .map(|(_, line)| line.ending)
+        .find(|ending| !ending.is_empty())
+}
+
+/// The ending the block should use: the file's own (judged outside the block, so that a block that
+/// happens to come first does not decide for the operator's lines), else the block's, else LF.
+fn file_line_ending(lines: &[Line<'_>], block: Option<Block>) -> &'static str {
+    let found = first_line_ending(lines, block).or_else(|| first_line_ending(lines, None));
+    if found == Some(CRLF) {
+        CRLF
+    } else {
+        LF
+    }
+}
+
+fn render_block(cluster: &str, entries: &[HostsEntry], eol: &str, final_eol: bool) -> String {
+    let mut block = format!(
+        "{BEGIN_PREFIX} cluster={cluster} (managed by kreach-agent; manual edits inside are reverted){eol}"
+    );
+    for entry in entries {
+        block.push_str(&entry.ip.to_string());
+        block.push('\t');
+        block.push_str(&entry.names.join(" "));
+        block.push_str(eol);
+    }
+    block.push_str(END_MARKER);
+    if final_eol {
+        block.push_str(eol);
+    }
+    block
+}
+
+fn strip_comment(text: &str) -> &str {
+    text.split_once('#').map_or(text, |(before, _)| before)
+}
+
+/// Parses a hosts line as resolvers do: an address, then names; `None` for anything else.
+fn parse_hosts_line(text: &str) -> Option<(&str, IpAddr, Vec<&str>)> {
+    let mut tokens = strip_comment(text).split_whitespace();
+    let address = tokens.next()?;
+    // A zone (`fe80::1%eth0`) does not change which address a name points to.
+    let ip = address.split('%').next()?.parse::<IpAddr>().ok()?;
+    Some((address, ip, tokens.collect()))
+}
+
+fn find_conflicts(
+    lines: &[Line<'_>],
+    block: Option<Block>,
+    entries: &[HostsEntry],
+) -> Vec<HostsConflict> {
+    // Resolvers compare names case-insensitively, so index ours by their lowercase form.
+    let mut ours: HashMap<String, (&str, Vec<IpAddr>)> = HashMap::new();
+    for entry in entries {
+        for name in &entry.names {
+            ours.entry(name.to_ascii_lowercase())
+                .or_insert_with(|| (name.as_str(), Vec::new()))
+                .1
+                .push(entry.ip);
+        }
+    }
+    if ours.is_empty() {
+        return Vec::new();
+    }
+
+    let mut conflicts = Vec::new();
+    for (index, line) in lines.iter().enumerate() {
+        if block.is_some_and(|block| block.contains(index)) {
+            continue;
+        }
+        let Some((address, ip, names)) = parse_hosts_line(line.text) else {
+            continue;
+        };
+        let mut reported: Vec<String> = Vec::new();
+        for name in names {
+            let key = name.to_ascii_lowercase();
+            let Some((our_name, our_ips)) = ours.get(&key) else {
+                continue;
+            };
+            if our_ips.contains(&ip) || reported.contains(&key) {
+                continue;
+            }
+            conflicts.push(HostsConflict {
+                line_number: line.number,
+                name: (*our_name).to_owned(),
+                their_ip: address.to_owned(),
+                our_ip: our_ips[0],
+                line: line.text.to_owned(),
+            });
+            reported.push(key);
+        }
+    }
+    conflicts
+}
+
+fn validate_cluster(cluster: &str) -> Result<(), HostsError> {
+    let invalid = |reason: &str| {
+        Err(HostsError::InvalidClusterName {
+            cluster: cluster.to_owned(),
+            reason: reason.to_owned(),
+        })
+    };
+    if cluster.is_empty() {
+        return invalid("is empty");
+    }
+    // The name goes into the BEGIN marker line; whitespace would make it ambiguous and a line break
+    // would split the marker.
+    if cluster.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return invalid("contains whitespace or a control character");
+    }
+    Ok(())
+}
+
+fn validate_entries(entries: &[HostsEntry]) -> Result<(), HostsError> {
+    for (position, entry) in entries.iter().enumerate() {
+        let entry_number = position + 1;
+        if entry.names.is_empty() {
+            return Err(HostsError::EntryWithoutNames {
+                entry: entry_number,
+                ip: entry.ip,
+            });
+        }
+        for name in &entry.names {
+            if let Err(reason) = check_hostname(name) {
+                return Err(HostsError::InvalidName {
+                    entry: entry_number,
+                    ip: entry.ip,
+                    name: name.clone(),
+                    reason,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 1123 host names. Underscores are refused on purpose: the resolver would accept them, but
+/// Java's URI parsing (and so Kafka clients) cannot use such a host, so the entry would not help.
+fn check_hostname(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".to_owned());
+    }
+    if name.len() > 253 {
+        return Err(format!(
+            "is {} characters long; the limit is 253",
+            name.len()
+        ));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    for label in &labels {
+        if label.is_empty() {
+            return Err("has an empty label (a leading, trailing or doubled '.')".to_owned());
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "has the label {label:?} of {} characters; the limit is 63",
+                label.len()
+            ));
+        }
+        if let Some(bad) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
+        {
+            return Err(format!(
+                "contains {bad:?}; only ASCII letters, digits, '-' and '.' are allowed"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "has the label {label:?} starting or ending with '-'"
+            ));
+        }
+    }
+    // An all-digit last label reads as an address (`10.0.0.1`), not a name.
+    if labels
+        .last()
+        .is_some_and(|last| last.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err("ends in an all-numeric label, so it would read as an address".to_owned());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(ip: &str, names: &[&str]) -> HostsEntry {
+        HostsEntry {
+            ip: ip.parse().unwrap(),
+            names: names.iter().map(|name| (*name).to_owned()).collect(),
+        }
+    }
+
+    fn brokers() -> Vec<HostsEntry> {
+        vec![
+            entry("10.0.1.24", &["b-1.kafka.internal", "b-1"]),
+            entry("10.0.1.25", &["b-2.kafka.internal", "b-2"]),
+        ]
+    }
+
+    const MARKER: &str =
+        "# BEGIN kreach cluster=prod (managed by kreach-agent; manual edits inside are reverted)";
+
+    #[test]
+    fn empty_file_becomes_just_the_block_with_a_final_newline() {
+        let edit = apply_block("", "prod", &brokers()).unwrap();
+        assert_eq!(
+            edit.content,
+            format!(
+                "{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach\n"
+            )
+        );
+        assert!(edit.conflicts.is_empty());
+        assert_eq!(apply_block(&edit.content, "prod", &[]).unwrap().content, "");
+    }
+
+    #[test]
+    fn removing_when_there_is_no_block_changes_nothing() {
+        let original = "127.0.0.1 localhost\r\n::1 localhost";
+        let edit = apply_block(original, "prod", &[]).unwrap();
+        assert_eq!(edit.content, original);
+    }
+
+    #[test]
+    fn single_line_without_ending_gets_lf_and_round_trips() {
+        let original = "127.0.0.1 localhost";
+        let content = apply_block(original, "prod", &brokers()).unwrap().content;
+        assert!(content.starts_with("127.0.0.1 localhost\n# BEGIN kreach"));
+        assert!(content.ends_with("# END kreach"));
+        assert_eq!(strip_block(&content).unwrap(), original);
+        assert_eq!(
+            apply_block(&content, "prod", &brokers()).unwrap().content,
+            content
+        );
+    }
+
+    #[test]
+    fn trailing_bare_carriage_return_survives_a_round_trip() {
+        for original in ["x\r", "a\nb\r", "a\r\nb\r"] {
+            let content = apply_block(original, "prod", &brokers()).unwrap().content;
+            assert_eq!(strip_block(&content).unwrap(), original, "{original:?}");
+            assert_eq!(
+                apply_block(&content, "prod", &brokers()).unwrap().content,
+                content,
+                "{original:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn block_first_in_file_follows_the_operators_line_endings() {
+        // The operator's lines are LF even though the block (first in the file) is CRLF.
+        let content = format!("{MARKER}\r\n10.0.0.1\tx\r\n# END kreach\r\n127.0.0.1 localhost\n");
+        let edit = apply_block(&content, "prod", &brokers()).unwrap();
+        assert_eq!(
+            edit.content,
+            format!(
+                "{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach\n127.0.0.1 localhost\n"
+            )
+        );
+    }
+
+    #[test]
+    fn read_block_skips_comments_and_rejects_garbage() {
+        let content = format!("{MARKER}\n# note\n\n10.0.0.1 a b # why\n# END kreach\n");
+        assert_eq!(
+            read_block(&content).unwrap(),
+            Some(vec![entry("10.0.0.1", &["a", "b"])])
+        );
+        let content = format!("{MARKER}\nnot-an-ip a\n# END kreach\n");
+        assert_eq!(
+            read_block(&content).unwrap_err(),
+            HostsError::InvalidBlockLine {
+                line: 2,
+                reason: "\"not-an-ip\" is not an IP address".to_owned()
+            }
+        );
+        let content = format!("x\n{MARKER}\n10.0.0.1\n# END kreach\n");
+        assert!(matches!(
+            read_block(&content),
+            Err(HostsError::InvalidBlockLine { line: 3, .. })
+        ));
+        assert_eq!(read_block("127.0.0.1 localhost\n").unwrap(), None);
+    }
+
+    #[test]
+    fn manual_edits_inside_the_block_are_reverted() {
+        let content = format!("a\n{MARKER}\nnot-an-ip a\n# hand edit\n# END kreach\nz\n");
+        let edit = apply_block(&content, "prod", &brokers()).unwrap();
+        assert_eq!(
+            edit.content,
+            format!(
+                "a\n{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach\nz\n"
+            )
+        );
+    }
+
+    #[test]
+    fn markers_need_a_word_boundary_and_may_be_indented() {
+        assert_eq!(marker("# BEGIN kreachy"), None);
+        assert_eq!(marker("# END kreach2"), None);
+        assert_eq!(marker("  # BEGIN kreach cluster=x"), Some(Marker::Begin));
+        assert_eq!(marker("# END kreach  "), Some(Marker::End));
+        assert_eq!(marker("#BEGIN kreach"), None);
+    }
+
+    #[test]
+    fn conflicts_are_case_insensitive_once_per_name_and_ignore_same_address() {
+        let original = "10.9.9.9 B-1.KAFKA.internal b-1 b-1 # stale\n\
+                        10.0.1.25 b-2 # same address: fine\n\
+                        # 10.9.9.9 b-2 commented out: fine\n\
+                        fe80::1%eth0 b-2\n";
+        let edit = apply_block(original, "prod", &brokers()).unwrap();
+        let found: Vec<(usize, &str, &str)> = edit
+            .conflicts
+            .iter()
+            .map(|c| (c.line_number, c.name.as_str(), c.their_ip.as_str()))
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (1, "b-1.kafka.internal", "10.9.9.9"),
+                (1, "b-1", "10.9.9.9"),
+                (4, "b-2", "fe80::1%eth0"),
+            ]
+        );
+        assert_eq!(
+            edit.conflicts[0].line,
+            "10.9.9.9 B-1.KAFKA.internal b-1 b-1 # stale"
+        );
+        assert_eq!(
+            edit.conflicts[0].to_string(),
+            "line 1 maps b-1.kafka.internal to 10.9.9.9, but kreach manages it as 10.0.1.24 \
+             (the resolver uses the first match; remove or fix that line)"
+        );
+    }
+
+    #[test]
+    fn a_name_managed_at_two_addresses_conflicts_with_neither() {
+        let entries = vec![entry("10.0.0.1", &["b-1"]), entry("fd00::1", &["b-1"])];
+        let edit = apply_block("fd00::1 b-1\n10.0.0.1 b-1\n", "prod", &entries).unwrap();
+        assert!(edit.conflicts.is_empty());
+    }
+
+    #[test]
+    fn invalid_names_are_refused_with_their_entry() {
+        let cases: [(&str, &str); 8] = [
+            ("", "is empty"),
+            ("kafka_1", "contains '_'"),
+            ("-b", "starting or ending with '-'"),
+            ("b.", "empty label"),
+            ("a..b", "empty label"),
+            ("10.0.0.1", "all-numeric"),
+            ("bröker", "contains 'ö'"),
+            ("has space", "contains ' '"),
+        ];
+        for (name, expected) in cases {
+            let entries = vec![
+                entry("10.0.0.1", &["ok"]),
+                entry("10.0.0.2", &["ok2", name]),
+            ];
+            let error = apply_block("", "prod", &entries).unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.starts_with("entry 2 (10.0.0.2): name ") && message.contains(expected),
+                "{name:?}: {message}"
+            );
+        }
+        assert!(check_hostname(&format!("{}.x", "a".repeat(63))).is_ok());
+        assert!(check_hostname(&format!("{}.x", "a".repeat(64))).is_err());
+        assert!(check_hostname(&vec!["a"; 128].join(".")).is_err());
+        assert!(check_hostname("0day.example.com").is_ok());
+    }
+
+    #[test]
+    fn entries_without_names_and_bad_cluster_names_are_refused() {
+        let entries = vec![entry("10.0.0.1", &[])];
+        assert_eq!(
+            apply_block("", "prod", &entries).unwrap_err().to_string(),
+            "entry 1 (10.0.0.1) has no names; every hosts line needs at least one"
+        );
+        for cluster in ["", "a b", "a\nb"] {
+            assert!(matches!(
+                apply_block("", cluster, &brokers()),
+                Err(HostsError::InvalidClusterName { .. })
+            ));
+        }
+    }
 }
