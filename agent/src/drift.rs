@@ -84,7 +84,7 @@ pub fn enforce(
     wake: &Receiver<Wake>,
 ) {
     let managed = engine.managed_paths();
-    let mut check = |watcher: &mut notify::RecommendedWatcher| match check_and_repair(engine, applied) {
+    let check = |watcher: &mut notify::RecommendedWatcher| match check_and_repair(engine, applied) {
         Ok(repaired) => {
             for path in repaired {
                 rewatch_file(watcher, &path);

@@ -4,5 +4,10 @@
 //! restarting the Kafka unit through a service manager, verifying listeners, and repairing drift.
 //! The decisions themselves (what to write) come from `kreach-common`'s pure editors.
 
+pub mod config;
+pub mod drift;
+pub mod engine;
 pub mod fsio;
 pub mod service;
+pub mod state;
+pub mod verify;

@@ -1,6 +1,6 @@
 //! TEMPORARY stub; replaced by branch wt-svc.
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError { #[error("{0}")] Failed(String) }
+pub enum ServiceError { #[error("{0}")] Failed(String), #[error("{unit}: {message}")] Unavailable { unit: String, message: String } }
 pub trait ServiceManager: Send + Sync {
     fn restart(&self, unit: &str, timeout: std::time::Duration) -> Result<(), ServiceError>;
     fn describe(&self) -> String;
