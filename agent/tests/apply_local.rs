@@ -19,7 +19,7 @@ fn broker_plan_apply_and_second_run_changes_nothing() {
 
     let dry = host.agent(&["apply-local", "--spec", &spec, "--dry-run"]);
     assert_eq!(dry.code, 0, "{dry}");
-    assert!(dry.stdout.contains(&format!("+listeners=INTERNAL://127.0.0.1:{},CONTROLLER://127.0.0.1:{},EXTERNAL://127.0.0.1:{}", ports.internal, ports.controller, ports.external)), "{dry}");
+    assert!(dry.stdout.contains(&format!("+listeners=INTERNAL://127.0.0.1:{},EXTERNAL://127.0.0.1:{},CONTROLLER://127.0.0.1:{}", ports.internal, ports.external, ports.controller)), "{dry}");
     assert!(dry.stdout.contains("restart: kafka.service ("), "{dry}");
     assert!(dry.stdout.contains("dry run: nothing was changed"), "{dry}");
     assert_eq!(host.snapshot(), before, "a dry run must not change any file");
@@ -216,14 +216,19 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
     host.write_hosts(&padding);
     let spec_a = host.write_spec(&SpecOptions::new(&ports));
     let spec_b = host.write_file("b.toml", &std::fs::read_to_string(&spec_a).unwrap().replace("198.18.0.1", "198.18.1.1"));
+    // Time one whole apply, then kill at random moments across that span (and a little past it).
+    let started = std::time::Instant::now();
+    assert_eq!(host.agent(&["apply-local", "--spec", &spec_a]).code, 0);
+    let span = started.elapsed().as_micros() as u64 * 6 / 5;
     let mut rng = Lcg::seeded();
     let (mut torn, mut old_seen, mut new_seen) = (0, 0, 0);
     let iterations = 200;
     for iteration in 0..iterations {
-        let spec = if iteration % 2 == 0 { &spec_a } else { &spec_b };
+        let spec = if iteration % 2 == 0 { &spec_b } else { &spec_a };
         let before = host.hosts();
         let expected = expected_client_hosts(&before, spec);
-        let delay = Duration::from_micros(rng.below(40_000));
+        assert_ne!(before, expected);
+        let delay = Duration::from_micros(rng.below(span));
         let mut child = host.spawn_agent(&["apply-local", "--spec", spec]);
         std::thread::sleep(delay);
         child.kill();
@@ -236,7 +241,7 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
             torn += 1;
         }
     }
-    eprintln!("crash test: {iterations} SIGKILLs: {old_seen} old, {new_seen} new, {torn} torn");
+    eprintln!("crash test: {iterations} SIGKILLs within {span} us of start: {old_seen} old, {new_seen} new, {torn} torn");
     assert_eq!(torn, 0, "every SIGKILL leaves exactly the old or the new content");
     assert!(old_seen > 0 && new_seen > 0, "kills landed both before and after the write: {old_seen} old, {new_seen} new");
     // A later apply cleans up any temp file a killed writer left.
