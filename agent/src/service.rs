@@ -39,7 +39,7 @@ pub enum ServiceError {
     )]
     Connect {
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 
     /// systemd does not know the unit.
@@ -56,13 +56,14 @@ pub enum ServiceError {
     )]
     PermissionDenied { unit: String, detail: String },
 
-    /// Any other D-Bus failure while talking to systemd.
+    /// Any other D-Bus failure while talking to systemd. (`zbus::Error` is boxed: it is large and
+    /// every `Result` of this module would carry its size.)
     #[error("D-Bus call {operation} for {unit} failed: {source}; see `journalctl -u {unit}` and the system bus log")]
     Dbus {
         unit: String,
         operation: &'static str,
         #[source]
-        source: zbus::Error,
+        source: Box<zbus::Error>,
     },
 
     /// The restart finished but the unit is not running.
@@ -203,7 +204,9 @@ impl SystemdManager {
 
     /// Connect to the system bus.
     pub fn connect() -> Result<Self, ServiceError> {
-        let connection = Connection::system().map_err(|source| ServiceError::Connect { source })?;
+        let connection = Connection::system().map_err(|source| ServiceError::Connect {
+            source: Box::new(source),
+        })?;
         Ok(Self {
             connection,
             settle: Self::DEFAULT_SETTLE,
@@ -336,21 +339,29 @@ fn dbus_error(unit: &str, operation: &'static str, source: zbus::Error) -> Servi
     ServiceError::Dbus {
         unit: unit.to_owned(),
         operation,
-        source,
+        source: Box::new(source),
     }
 }
 
 /// The D-Bus error name and message, whichever way zbus surfaced them.
 fn error_name_and_detail(error: &zbus::Error) -> Option<(String, String)> {
     match error {
-        zbus::Error::MethodError(name, detail, _) => {
-            Some((name.as_str().to_owned(), detail.clone().unwrap_or_default()))
-        }
+        zbus::Error::MethodError(name, detail, _) => Some((
+            name.as_str().to_owned(),
+            detail
+                .as_deref()
+                .unwrap_or_default()
+                .trim_end_matches('.')
+                .to_owned(),
+        )),
         zbus::Error::FDO(fdo) => {
             use zbus::DBusError;
             Some((
                 fdo.name().to_string(),
-                fdo.description().unwrap_or_default().to_owned(),
+                fdo.description()
+                    .unwrap_or_default()
+                    .trim_end_matches('.')
+                    .to_owned(),
             ))
         }
         _ => None,
