@@ -97,9 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn service_manager(config: &AgentConfig) -> anyhow::Result<Box<dyn ServiceManager>> {
+fn service_manager(config: &AgentConfig) -> Result<Box<dyn ServiceManager>, kreach_agent::service::ServiceError> {
     Ok(match config.service_manager.kind {
-        ServiceManagerKind::Systemd => Box::new(SystemdManager::connect().context("connecting to systemd over D-Bus")?),
+        ServiceManagerKind::Systemd => Box::new(SystemdManager::connect()?),
         ServiceManagerKind::Command => Box::new(CommandManager {
             restart: config.service_manager.restart.clone(),
             status: config.service_manager.status.clone(),
@@ -219,13 +219,7 @@ struct LazyServices {
 
 impl ServiceManager for LazyServices {
     fn restart(&self, unit: &str, timeout: std::time::Duration) -> Result<(), kreach_agent::service::ServiceError> {
-        match service_manager(&self.config) {
-            Ok(services) => services.restart(unit, timeout),
-            Err(error) => Err(kreach_agent::service::ServiceError::Unavailable {
-                unit: unit.to_string(),
-                message: format!("{error:#}"),
-            }),
-        }
+        service_manager(&self.config)?.restart(unit, timeout)
     }
     fn describe(&self) -> String {
         format!("{:?}", self.config.service_manager.kind).to_lowercase()

@@ -1,1 +1,3 @@
 //! Shared helpers for kreach integration tests.
+
+pub mod nspawn;
