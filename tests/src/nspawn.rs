@@ -100,7 +100,7 @@ fn check_availability() -> Result<Availability> {
         }
         Some(2) => Ok(Availability::Unavailable(format!(
             "the rootfs cannot be prepared on this machine: {}",
-            tail(&stderr, 1500)
+            last_lines(&stderr, 4)
         ))),
         _ => bail!(
             "{} failed with {}: {}",
@@ -117,6 +117,16 @@ fn which(tool: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(tool))
             .find(|candidate| candidate.is_file())
     })
+}
+
+/// The last `n` non-empty lines on one line, for a one-line SKIPPED message.
+fn last_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
 fn tail(text: &str, max: usize) -> String {
