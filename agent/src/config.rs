@@ -65,7 +65,10 @@ fn default_kafka_unit() -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read agent config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("agent config {path} is invalid: {message}")]
     Invalid { path: PathBuf, message: String },
 }
@@ -84,7 +87,8 @@ impl AgentConfig {
 
     /// Parse and check the config; relative paths are kept as written.
     pub fn parse(text: &str) -> Result<AgentConfig, String> {
-        let config: AgentConfig = toml::from_str(text).map_err(|error| error.to_string().trim().replace('\n', " "))?;
+        let config: AgentConfig =
+            toml::from_str(text).map_err(|error| error.to_string().trim().replace('\n', " "))?;
         let mut problems = Vec::new();
         if config.node.trim().is_empty() {
             problems.push("node: must name this host's node in the cluster spec".to_string());
@@ -136,7 +140,8 @@ mod tests {
 
     #[test]
     fn typos_and_missing_commands_are_errors() {
-        let error = AgentConfig::parse("node = \"a\"\n[manage]\nkafka_propertes = \"/x\"\n").unwrap_err();
+        let error =
+            AgentConfig::parse("node = \"a\"\n[manage]\nkafka_propertes = \"/x\"\n").unwrap_err();
         assert!(error.contains("kafka_propertes"), "{error}");
         let error = AgentConfig::parse(
             "node = \"a\"\n[manage]\nkafka_properties = \"/x\"\n[service_manager]\nkind = \"command\"\n",

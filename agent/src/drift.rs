@@ -53,7 +53,10 @@ fn rewatch_file(watcher: &mut notify::RecommendedWatcher, path: &Path) {
 }
 
 /// Check once: if the managed files differ from `applied`, write them back. Returns the repaired paths.
-pub fn check_and_repair(engine: &Engine, applied: &AppliedState) -> Result<Vec<PathBuf>, EngineError> {
+pub fn check_and_repair(
+    engine: &Engine,
+    applied: &AppliedState,
+) -> Result<Vec<PathBuf>, EngineError> {
     let plan = engine.plan(&applied.node_spec)?;
     if plan.is_empty() {
         return Ok(Vec::new());
@@ -90,7 +93,9 @@ pub fn enforce(
                 rewatch_file(watcher, &path);
             }
         }
-        Err(error) => tracing::error!(node = %applied.node_spec.node, "cannot enforce the applied state: {error}"),
+        Err(error) => {
+            tracing::error!(node = %applied.node_spec.node, "cannot enforce the applied state: {error}")
+        }
     };
     check(watcher);
     loop {

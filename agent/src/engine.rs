@@ -71,14 +71,20 @@ impl Plan {
         let mut out = String::new();
         for change in &self.changes {
             let old = change.old.as_deref().unwrap_or("");
-            out.push_str(&unified_diff(&change.path.display().to_string(), old, &change.new));
+            out.push_str(&unified_diff(
+                &change.path.display().to_string(),
+                old,
+                &change.new,
+            ));
             if !out.ends_with('\n') {
                 out.push('\n');
             }
         }
         match &self.restart {
             Some((unit, why)) => out.push_str(&format!("restart: {unit} ({why})\n")),
-            None if !self.changes.is_empty() => out.push_str("restart: none (no listener setting changes)\n"),
+            None if !self.changes.is_empty() => {
+                out.push_str("restart: none (no listener setting changes)\n")
+            }
             None => {}
         }
         for conflict in &self.conflicts {
@@ -92,9 +98,16 @@ impl Plan {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The node matches its desired state; `written` lists the files that changed.
-    Converged { written: Vec<(PathBuf, WriteMethod)>, restarted: Option<String>, checks: Vec<String> },
+    Converged {
+        written: Vec<(PathBuf, WriteMethod)>,
+        restarted: Option<String>,
+        checks: Vec<String>,
+    },
     /// A gate failed after the change; the previous bytes are back and Kafka was restarted on them.
-    RolledBack { reason: String, restored: Vec<PathBuf> },
+    RolledBack {
+        reason: String,
+        restored: Vec<PathBuf>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,13 +123,22 @@ pub enum EngineError {
     #[error("{path} does not exist; kreach edits Kafka's config but never creates it")]
     PropertiesMissing { path: PathBuf },
     #[error("the spec is for node {spec_node:?} but this agent is {agent_node:?}")]
-    WrongNode { spec_node: String, agent_node: String },
+    WrongNode {
+        spec_node: String,
+        agent_node: String,
+    },
     #[error(transparent)]
     Fs(#[from] fsio::FsError),
     #[error(transparent)]
     State(#[from] state::StateError),
-    #[error("writing {path} failed: {message}; the files already written were restored: {restored}")]
-    WriteFailedRestored { path: PathBuf, message: String, restored: String },
+    #[error(
+        "writing {path} failed: {message}; the files already written were restored: {restored}"
+    )]
+    WriteFailedRestored {
+        path: PathBuf,
+        message: String,
+        restored: String,
+    },
     #[error("rollback failed: {message}; the node needs attention")]
     RollbackFailed { message: String },
 }
@@ -128,8 +150,16 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(config: AgentConfig, services: Box<dyn ServiceManager>, probe: Box<dyn ListenerProbe>) -> Engine {
-        Engine { config, services, probe }
+    pub fn new(
+        config: AgentConfig,
+        services: Box<dyn ServiceManager>,
+        probe: Box<dyn ListenerProbe>,
+    ) -> Engine {
+        Engine {
+            config,
+            services,
+            probe,
+        }
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -155,13 +185,19 @@ impl Engine {
 
         let hosts_path = &self.config.manage.hosts_file;
         let hosts_old = read_text(hosts_path)?;
-        let edit = hosts::apply_block(hosts_old.as_deref().unwrap_or(""), &node_spec.cluster, &node_spec.hosts_entries)
-            .map_err(|error| EngineError::Render {
-                path: hosts_path.clone(),
-                message: error.to_string(),
-            })?;
+        let edit = hosts::apply_block(
+            hosts_old.as_deref().unwrap_or(""),
+            &node_spec.cluster,
+            &node_spec.hosts_entries,
+        )
+        .map_err(|error| EngineError::Render {
+            path: hosts_path.clone(),
+            message: error.to_string(),
+        })?;
         let conflicts = edit.conflicts;
-        if hosts_old.as_deref() != Some(edit.content.as_str()) && !(hosts_old.is_none() && edit.content.is_empty()) {
+        if hosts_old.as_deref() != Some(edit.content.as_str())
+            && !(hosts_old.is_none() && edit.content.is_empty())
+        {
             changes.push(FileChange {
                 file: ManagedFile::Hosts,
                 path: hosts_path.clone(),
@@ -172,14 +208,20 @@ impl Engine {
         }
 
         let mut restart = None;
-        if let (NodeRole::Broker { .. }, Some(listeners)) = (&node_spec.role, &node_spec.listeners) {
-            let path = self.config.manage.kafka_properties.clone().ok_or_else(|| EngineError::NoPropertiesConfigured {
-                node: node_spec.node.clone(),
+        if let (NodeRole::Broker { .. }, Some(listeners)) = (&node_spec.role, &node_spec.listeners)
+        {
+            let path = self.config.manage.kafka_properties.clone().ok_or_else(|| {
+                EngineError::NoPropertiesConfigured {
+                    node: node_spec.node.clone(),
+                }
             })?;
-            let old = read_text(&path)?.ok_or_else(|| EngineError::PropertiesMissing { path: path.clone() })?;
-            let edit = properties::apply_listeners(&old, listeners).map_err(|error| EngineError::Render {
-                path: path.clone(),
-                message: error.to_string(),
+            let old = read_text(&path)?
+                .ok_or_else(|| EngineError::PropertiesMissing { path: path.clone() })?;
+            let edit = properties::apply_listeners(&old, listeners).map_err(|error| {
+                EngineError::Render {
+                    path: path.clone(),
+                    message: error.to_string(),
+                }
             })?;
             if edit.content != old {
                 restart = Some((
@@ -206,14 +248,24 @@ impl Engine {
     /// Carry out `plan`: back up and write every changed file, restart Kafka when its listener
     /// settings changed, verify, and on a failed gate restore the previous bytes and restart again.
     /// On success the node state is persisted as the last applied state.
-    pub fn apply(&self, plan: &Plan, generation: u64, released_by: &str) -> Result<Outcome, EngineError> {
+    pub fn apply(
+        &self,
+        plan: &Plan,
+        generation: u64,
+        released_by: &str,
+    ) -> Result<Outcome, EngineError> {
         let state_dir = &self.config.state_dir;
         let _lock = state::lock_node(state_dir)?;
         let written = self.write_all(plan, generation, released_by)?;
 
         let mut checks = Vec::new();
         if let Some((unit, why)) = &plan.restart {
-            let listeners = plan.node_spec.listeners.as_ref().map(|l| l.listeners.as_slice()).unwrap_or(&[]);
+            let listeners = plan
+                .node_spec
+                .listeners
+                .as_ref()
+                .map(|l| l.listeners.as_slice())
+                .unwrap_or(&[]);
             let timeout = Duration::from_millis(plan.node_spec.health_timeout_ms);
             tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "restarting {unit}: {why}");
             let started = Instant::now();
@@ -222,8 +274,12 @@ impl Engine {
                 .restart(unit, timeout)
                 .map_err(|error| format!("restart of {unit} failed: {error}"))
                 .and_then(|()| {
-                    let remaining = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(1));
-                    self.probe.verify(listeners, remaining).map_err(|error| format!("health check failed: {error}"))
+                    let remaining = timeout
+                        .saturating_sub(started.elapsed())
+                        .max(Duration::from_secs(1));
+                    self.probe
+                        .verify(listeners, remaining)
+                        .map_err(|error| format!("health check failed: {error}"))
                 });
             match gate {
                 Ok(passed) => {
@@ -234,12 +290,14 @@ impl Engine {
                     tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "rolling back: {reason}");
                     let restored = self.restore(&written, generation, "rollback")?;
                     let previous = self.previous_listeners();
-                    let recovery = self.services.restart(unit, timeout).map_err(|e| e.to_string()).and_then(|()| {
-                        match &previous {
+                    let recovery = self
+                        .services
+                        .restart(unit, timeout)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| match &previous {
                             Some(listeners) => self.probe.verify(listeners, timeout).map(|_| ()),
                             None => Ok(()),
-                        }
-                    });
+                        });
                     if let Err(error) = recovery {
                         return Err(EngineError::RollbackFailed {
                             message: format!(
@@ -269,13 +327,23 @@ impl Engine {
 
     /// Write the plan's files without restarting anything: drift repair puts back bytes that the
     /// running Kafka already runs with, so a restart would only cost availability.
-    pub fn repair(&self, plan: &Plan, generation: u64, released_by: &str) -> Result<Vec<PathBuf>, EngineError> {
+    pub fn repair(
+        &self,
+        plan: &Plan,
+        generation: u64,
+        released_by: &str,
+    ) -> Result<Vec<PathBuf>, EngineError> {
         let _lock = state::lock_node(&self.config.state_dir)?;
         let written = self.write_all(plan, generation, released_by)?;
         Ok(written.into_iter().map(|w| w.path).collect())
     }
 
-    fn write_all(&self, plan: &Plan, generation: u64, released_by: &str) -> Result<Vec<Written>, EngineError> {
+    fn write_all(
+        &self,
+        plan: &Plan,
+        generation: u64,
+        released_by: &str,
+    ) -> Result<Vec<Written>, EngineError> {
         let mut written: Vec<Written> = Vec::new();
         for change in &plan.changes {
             match self.write_one(change, generation, released_by) {
@@ -293,7 +361,11 @@ impl Engine {
                     return Err(EngineError::WriteFailedRestored {
                         path: change.path.clone(),
                         message: error.to_string(),
-                        restored: restored.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                        restored: restored
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
                     });
                 }
             }
@@ -301,10 +373,20 @@ impl Engine {
         Ok(written)
     }
 
-    fn write_one(&self, change: &FileChange, generation: u64, released_by: &str) -> Result<WriteMethod, EngineError> {
+    fn write_one(
+        &self,
+        change: &FileChange,
+        generation: u64,
+        released_by: &str,
+    ) -> Result<WriteMethod, EngineError> {
         fsio::clean_stale_temp_files(&change.path)?;
         if let Some(old) = &change.old {
-            fsio::save_backup(&self.config.state_dir, &change.path, old.as_bytes(), BACKUPS_KEPT)?;
+            fsio::save_backup(
+                &self.config.state_dir,
+                &change.path,
+                old.as_bytes(),
+                BACKUPS_KEPT,
+            )?;
         }
         let method = fsio::atomic_write(&change.path, change.new.as_bytes())?;
         tracing::info!(
@@ -322,11 +404,18 @@ impl Engine {
         Ok(method)
     }
 
-    fn restore(&self, written: &[Written], generation: u64, why: &str) -> Result<Vec<PathBuf>, EngineError> {
+    fn restore(
+        &self,
+        written: &[Written],
+        generation: u64,
+        why: &str,
+    ) -> Result<Vec<PathBuf>, EngineError> {
         let mut restored = Vec::new();
         for item in written.iter().rev() {
             let result = match &item.old {
-                Some(old) => fsio::atomic_write(&item.path, old.as_bytes()).map(|_| ()).map_err(|e| e.to_string()),
+                Some(old) => fsio::atomic_write(&item.path, old.as_bytes())
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
                 // The file did not exist before this apply: restoring means removing it.
                 None => std::fs::remove_file(&item.path).map_err(|e| e.to_string()),
             };
@@ -342,7 +431,10 @@ impl Engine {
     /// The listeners of the last applied state, to verify the rolled-back broker against.
     fn previous_listeners(&self) -> Option<Vec<kreach_common::properties::ListenerSpec>> {
         let applied = state::load(&self.config.state_dir).ok().flatten()?;
-        applied.node_spec.listeners.map(|settings| settings.listeners)
+        applied
+            .node_spec
+            .listeners
+            .map(|settings| settings.listeners)
     }
 }
 
@@ -356,8 +448,10 @@ fn read_text(path: &Path) -> Result<Option<String>, EngineError> {
     let Some(bytes) = fsio::read_file(path)? else {
         return Ok(None);
     };
-    String::from_utf8(bytes).map(Some).map_err(|error| EngineError::NotUtf8 {
-        path: path.to_path_buf(),
-        offset: error.utf8_error().valid_up_to(),
-    })
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|error| EngineError::NotUtf8 {
+            path: path.to_path_buf(),
+            offset: error.utf8_error().valid_up_to(),
+        })
 }

@@ -85,7 +85,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
     };
     match cli.command {
-        Command::ApplyLocal { spec, dry_run } => apply_local(config, &spec, dry_run),
+        Command::ApplyLocal { spec, dry_run } => apply_local(config, &cli.config, &spec, dry_run),
         Command::Run => run_daemon(config),
         Command::State => {
             match state::load(&config.state_dir)? {
@@ -97,7 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
-fn service_manager(config: &AgentConfig) -> Result<Box<dyn ServiceManager>, kreach_agent::service::ServiceError> {
+fn service_manager(
+    config: &AgentConfig,
+) -> Result<Box<dyn ServiceManager>, kreach_agent::service::ServiceError> {
     Ok(match config.service_manager.kind {
         ServiceManagerKind::Systemd => Box::new(SystemdManager::connect()?),
         ServiceManagerKind::Command => Box::new(CommandManager {
@@ -107,12 +109,21 @@ fn service_manager(config: &AgentConfig) -> Result<Box<dyn ServiceManager>, krea
     })
 }
 
-fn apply_local(config: AgentConfig, spec_path: &Path, dry_run: bool) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(spec_path).with_context(|| format!("reading spec {}", spec_path.display()))?;
+fn apply_local(
+    config: AgentConfig,
+    config_path: &Path,
+    spec_path: &Path,
+    dry_run: bool,
+) -> anyhow::Result<u8> {
+    let text = std::fs::read_to_string(spec_path)
+        .with_context(|| format!("reading spec {}", spec_path.display()))?;
     let spec = match ClusterSpec::parse(&text) {
         Ok(spec) => spec,
         Err(errors) => {
-            eprintln!("kreach-agent: {} is invalid; nothing was changed:", spec_path.display());
+            eprintln!(
+                "kreach-agent: {} is invalid; nothing was changed:",
+                spec_path.display()
+            );
             for error in &errors.0 {
                 eprintln!("  {}: {error}", spec_path.display());
             }
@@ -122,7 +133,10 @@ fn apply_local(config: AgentConfig, spec_path: &Path, dry_run: bool) -> anyhow::
     let desired = match node_spec(&spec, &config.node) {
         Ok(desired) => desired,
         Err(error) => {
-            eprintln!("kreach-agent: {error}; check `node` in {}", "agent.toml");
+            eprintln!(
+                "kreach-agent: {error}; check `node` in {}",
+                config_path.display()
+            );
             return Ok(EXIT_INVALID);
         }
     };
@@ -130,11 +144,16 @@ fn apply_local(config: AgentConfig, spec_path: &Path, dry_run: bool) -> anyhow::
         NodeRole::Broker { id } => format!("broker {id}"),
         NodeRole::Client { view } => format!("client, {view:?} view").to_lowercase(),
     };
-    println!("node {} ({role}) in cluster {}", desired.node, desired.cluster);
+    println!(
+        "node {} ({role}) in cluster {}",
+        desired.node, desired.cluster
+    );
 
     // The service manager is needed only when something restarts; a dry run or a client host
     // must work without D-Bus.
-    let services: Box<dyn ServiceManager> = Box::new(LazyServices { config: config.clone() });
+    let services: Box<dyn ServiceManager> = Box::new(LazyServices {
+        config: config.clone(),
+    });
     let engine = Engine::new(config, services, Box::new(TcpProbe));
     let plan = match engine.plan(&desired) {
         Ok(plan) => plan,
@@ -144,14 +163,21 @@ fn apply_local(config: AgentConfig, spec_path: &Path, dry_run: bool) -> anyhow::
         }
     };
     if plan.is_empty() {
-        println!("nothing to change: {} already matches the spec", desired.node);
+        println!(
+            "nothing to change: {} already matches the spec",
+            desired.node
+        );
         for conflict in &plan.conflicts {
             println!("conflict: {conflict}");
         }
         if !dry_run {
             record_state_if_new(&engine, &desired)?;
         }
-        return Ok(if plan.conflicts.is_empty() { 0 } else { EXIT_CONFLICTS });
+        return Ok(if plan.conflicts.is_empty() {
+            0
+        } else {
+            EXIT_CONFLICTS
+        });
     }
     print!("{}", plan.render());
     if dry_run {
@@ -159,11 +185,17 @@ fn apply_local(config: AgentConfig, spec_path: &Path, dry_run: bool) -> anyhow::
         return Ok(0);
     }
     match engine.apply(&plan, 0, "apply-local")? {
-        Outcome::Converged { written, restarted, checks } => {
+        Outcome::Converged {
+            written,
+            restarted,
+            checks,
+        } => {
             for (path, method) in written {
                 let how = match method {
                     kreach_agent::fsio::WriteMethod::Renamed => "atomic rename",
-                    kreach_agent::fsio::WriteMethod::InPlace => "locked in-place rewrite: the file is a mount point",
+                    kreach_agent::fsio::WriteMethod::InPlace => {
+                        "locked in-place rewrite: the file is a mount point"
+                    }
                 };
                 println!("wrote {} ({how})", path.display());
             }
@@ -195,7 +227,10 @@ fn apply_local(config: AgentConfig, spec_path: &Path, dry_run: bool) -> anyhow::
 }
 
 /// Persist the desired state even when the files already match, so that `run` enforces it.
-fn record_state_if_new(engine: &Engine, desired: &kreach_common::desired::NodeSpec) -> anyhow::Result<()> {
+fn record_state_if_new(
+    engine: &Engine,
+    desired: &kreach_common::desired::NodeSpec,
+) -> anyhow::Result<()> {
     let state_dir = &engine.config().state_dir;
     let current = state::load(state_dir)?;
     if current.as_ref().map(|applied| &applied.node_spec) != Some(desired) {
@@ -218,7 +253,11 @@ struct LazyServices {
 }
 
 impl ServiceManager for LazyServices {
-    fn restart(&self, unit: &str, timeout: std::time::Duration) -> Result<(), kreach_agent::service::ServiceError> {
+    fn restart(
+        &self,
+        unit: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), kreach_agent::service::ServiceError> {
         service_manager(&self.config)?.restart(unit, timeout)
     }
     fn describe(&self) -> String {
@@ -227,7 +266,6 @@ impl ServiceManager for LazyServices {
 }
 
 fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
-    let _ = drift::SAFETY_CHECK_PERIOD;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

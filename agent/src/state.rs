@@ -30,15 +30,23 @@ pub struct AppliedState {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot create the state directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: std::io::Error },
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Fs(#[from] fsio::FsError),
     #[error("the applied state {path} is corrupt ({message}); move it away to start from scratch")]
     Corrupt { path: PathBuf, message: String },
-    #[error("another kreach-agent holds {path} (pid {holder}); two agents must not manage one node")]
+    #[error(
+        "another kreach-agent holds {path} (pid {holder}); two agents must not manage one node"
+    )]
     Locked { path: PathBuf, holder: String },
     #[error("cannot lock {path}: {source}")]
-    Lock { path: PathBuf, source: std::io::Error },
+    Lock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub fn ensure_state_dir(state_dir: &Path) -> Result<(), StateError> {
@@ -104,7 +112,10 @@ pub fn lock_node(state_dir: &Path) -> Result<NodeLock, StateError> {
             Ok(NodeLock { _lock: lock })
         }
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(StateError::Locked {
-            holder: std::fs::read_to_string(&path).unwrap_or_default().trim().to_string(),
+            holder: std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
             path,
         }),
         Err((_, errno)) => Err(StateError::Lock {

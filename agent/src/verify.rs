@@ -49,10 +49,15 @@ impl ListenerProbe for TcpProbe {
             let mut last_error;
             loop {
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                let attempt = remaining.min(Duration::from_secs(2)).max(Duration::from_millis(50));
+                let attempt = remaining
+                    .min(Duration::from_secs(2))
+                    .max(Duration::from_millis(50));
                 match TcpStream::connect_timeout(&address, attempt) {
                     Ok(_) => {
-                        passed.push(format!("{} accepts connections on {address}", listener.name));
+                        passed.push(format!(
+                            "{} accepts connections on {address}",
+                            listener.name
+                        ));
                         break;
                     }
                     Err(error) => last_error = error,
@@ -93,19 +98,40 @@ mod tests {
             let temporary = TcpListener::bind("127.0.0.1:0").unwrap();
             temporary.local_addr().unwrap().port()
         };
-        let passed = TcpProbe.verify(&[listener("INTERNAL", open_port)], Duration::from_secs(1)).unwrap();
+        let passed = TcpProbe
+            .verify(&[listener("INTERNAL", open_port)], Duration::from_secs(1))
+            .unwrap();
         assert_eq!(passed.len(), 1);
         let error = TcpProbe
-            .verify(&[listener("INTERNAL", open_port), listener("EXTERNAL", closed_port)], Duration::from_millis(300))
+            .verify(
+                &[
+                    listener("INTERNAL", open_port),
+                    listener("EXTERNAL", closed_port),
+                ],
+                Duration::from_millis(300),
+            )
             .unwrap_err();
-        assert!(error.contains("listener EXTERNAL") && error.contains(&format!("127.0.0.1:{closed_port}")), "{error}");
+        assert!(
+            error.contains("listener EXTERNAL")
+                && error.contains(&format!("127.0.0.1:{closed_port}")),
+            "{error}"
+        );
     }
 
     #[test]
     fn wildcard_binds_are_probed_on_loopback() {
-        assert_eq!(probe_address("0.0.0.0", 9092).unwrap().to_string(), "127.0.0.1:9092");
-        assert_eq!(probe_address("", 9092).unwrap().to_string(), "127.0.0.1:9092");
+        assert_eq!(
+            probe_address("0.0.0.0", 9092).unwrap().to_string(),
+            "127.0.0.1:9092"
+        );
+        assert_eq!(
+            probe_address("", 9092).unwrap().to_string(),
+            "127.0.0.1:9092"
+        );
         assert_eq!(probe_address("::", 9092).unwrap().to_string(), "[::1]:9092");
-        assert_eq!(probe_address("198.18.0.5", 9093).unwrap().to_string(), "198.18.0.5:9093");
+        assert_eq!(
+            probe_address("198.18.0.5", 9093).unwrap().to_string(),
+            "198.18.0.5:9093"
+        );
     }
 }

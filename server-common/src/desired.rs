@@ -36,7 +36,11 @@ pub struct NodeSpec {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DesiredError {
     #[error("node {node:?} is not in the spec of cluster {cluster:?} (its nodes: {known})")]
-    UnknownNode { node: String, cluster: String, known: String },
+    UnknownNode {
+        node: String,
+        cluster: String,
+        known: String,
+    },
 }
 
 /// Derive `node`'s desired state from the spec.
@@ -54,8 +58,13 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
     };
     let (hosts_entries, listeners) = match &role {
         NodeRole::Broker { .. } => {
-            let broker = spec.broker_by_node(node).expect("role came from this broker");
-            (broker_hosts_entries(spec), Some(listener_settings(spec, broker)))
+            let broker = spec
+                .broker_by_node(node)
+                .expect("role came from this broker");
+            (
+                broker_hosts_entries(spec),
+                Some(listener_settings(spec, broker)),
+            )
         }
         NodeRole::Client { view } => (client_hosts_entries(spec, *view), None),
     };
@@ -65,7 +74,8 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
         role,
         hosts_entries,
         listeners,
-        health_timeout_ms: u64::try_from(spec.rollout.health_timeout.as_millis()).unwrap_or(u64::MAX),
+        health_timeout_ms: u64::try_from(spec.rollout.health_timeout.as_millis())
+            .unwrap_or(u64::MAX),
     })
 }
 
@@ -82,7 +92,10 @@ pub fn listener_settings(spec: &ClusterSpec, broker: &BrokerSpec) -> ListenerSet
     let advertised = |advertise: Advertise| -> String {
         match advertise {
             Advertise::PrivateIp => broker.private_ip.to_string(),
-            Advertise::PublicIp => broker.public_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            Advertise::PublicIp => broker
+                .public_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
             Advertise::Hostname => broker.hostname.clone().unwrap_or_default(),
         }
     };
@@ -132,7 +145,10 @@ fn client_hosts_entries(spec: &ClusterSpec, view: View) -> Vec<HostsEntry> {
     }
 }
 
-fn entries_for(spec: &ClusterSpec, address: impl Fn(&BrokerSpec) -> Option<IpAddr>) -> Vec<HostsEntry> {
+fn entries_for(
+    spec: &ClusterSpec,
+    address: impl Fn(&BrokerSpec) -> Option<IpAddr>,
+) -> Vec<HostsEntry> {
     let mut brokers: Vec<&BrokerSpec> = spec.brokers.iter().collect();
     brokers.sort_by_key(|broker| broker.id);
     brokers
@@ -191,10 +207,18 @@ view = "public"
         let spec = spec(HOSTNAME_MODE);
         let inside = node_spec(&spec, "inside").unwrap();
         let outside = node_spec(&spec, "outside").unwrap();
-        let ips = |node: &NodeSpec| node.hosts_entries.iter().map(|e| e.ip.to_string()).collect::<Vec<_>>();
+        let ips = |node: &NodeSpec| {
+            node.hosts_entries
+                .iter()
+                .map(|e| e.ip.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ips(&inside), ["10.0.1.24", "10.0.1.25"]);
         assert_eq!(ips(&outside), ["47.96.1.24", "47.96.1.25"]);
-        assert_eq!(inside.hosts_entries[0].names, ["emr-worker-1.cluster-48742", "emr-worker-1"]);
+        assert_eq!(
+            inside.hosts_entries[0].names,
+            ["emr-worker-1.cluster-48742", "emr-worker-1"]
+        );
         assert!(inside.listeners.is_none());
     }
 
@@ -204,11 +228,17 @@ view = "public"
         let w1 = node_spec(&spec, "w1").unwrap();
         assert_eq!(w1.role, NodeRole::Broker { id: 1 });
         assert_eq!(w1.hosts_entries.len(), 2);
-        assert!(w1.hosts_entries.iter().all(|e| e.ip.to_string().starts_with("10.0.1.")));
+        assert!(w1
+            .hosts_entries
+            .iter()
+            .all(|e| e.ip.to_string().starts_with("10.0.1.")));
         let listeners = w1.listeners.unwrap();
         assert_eq!(listeners.owned_names, ["INTERNAL", "EXTERNAL"]);
         assert_eq!(listeners.listeners.len(), 2);
-        assert_eq!(listeners.listeners[0].advertised_host, "emr-worker-1.cluster-48742");
+        assert_eq!(
+            listeners.listeners[0].advertised_host,
+            "emr-worker-1.cluster-48742"
+        );
         assert_eq!(listeners.listeners[1].port, 9093);
         assert_eq!(listeners.inter_broker_listener, "INTERNAL");
     }
@@ -223,7 +253,11 @@ view = "public"
         let listeners = broker.listeners.unwrap();
         assert_eq!(listeners.listeners.len(), 1);
         assert_eq!(listeners.listeners[0].advertised_host, "10.0.0.1");
-        assert_eq!(listeners.owned_names, ["INTERNAL", "EXTERNAL"], "EXTERNAL stays owned so it can be removed");
+        assert_eq!(
+            listeners.owned_names,
+            ["INTERNAL", "EXTERNAL"],
+            "EXTERNAL stays owned so it can be removed"
+        );
         assert!(node_spec(&spec, "k").unwrap().hosts_entries.is_empty());
     }
 
@@ -240,6 +274,9 @@ view = "public"
     fn unknown_node_lists_the_known_ones() {
         let spec = spec(HOSTNAME_MODE);
         let error = node_spec(&spec, "nope").unwrap_err().to_string();
-        assert!(error.contains("\"nope\"") && error.contains("w2, w1, inside, outside"), "{error}");
+        assert!(
+            error.contains("\"nope\"") && error.contains("w2, w1, inside, outside"),
+            "{error}"
+        );
     }
 }

@@ -33,7 +33,10 @@ mod tests {
     #[test]
     fn diff_names_the_file_and_the_changed_line() {
         let diff = unified_diff("/etc/hosts", "a\nb\n", "a\nc\n");
-        assert!(diff.starts_with("--- a/etc/hosts\n+++ b/etc/hosts\n"), "{diff}");
+        assert!(
+            diff.starts_with("--- a/etc/hosts\n+++ b/etc/hosts\n"),
+            "{diff}"
+        );
         assert!(diff.contains("-b\n+c\n"), "{diff}");
     }
 

@@ -170,18 +170,22 @@ impl ClusterSpec {
     /// Every node named in the spec, brokers first.
     pub fn nodes(&self) -> Vec<&str> {
         let brokers = self.brokers.iter().map(|broker| broker.node.as_str());
-        brokers.chain(self.clients.iter().map(|client| client.node.as_str())).collect()
+        brokers
+            .chain(self.clients.iter().map(|client| client.node.as_str()))
+            .collect()
     }
 }
 
 /// Parse durations as operators write them: `500ms`, `10s`, `3m`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (write e.g. \"500ms\", \"10s\", \"3m\")"))?;
+    let value: u64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration (write e.g. \"500ms\", \"10s\", \"3m\")")
+    })?;
     let millis = match unit {
         "ms" => Some(value),
         "s" => value.checked_mul(1_000),
@@ -205,7 +209,9 @@ pub fn is_valid_hostname(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -332,7 +338,10 @@ impl Compiler {
             Some(value) => match u16::try_from(value) {
                 Ok(port) if port > 0 => Some(port),
                 _ => {
-                    self.error(&place.field(key), format!("{value} is not a port (1-65535)"));
+                    self.error(
+                        &place.field(key),
+                        format!("{value} is not a port (1-65535)"),
+                    );
                     None
                 }
             },
@@ -355,7 +364,13 @@ impl Compiler {
         }
     }
 
-    fn duration(&mut self, table: &Table, key: &str, place: &Place, default: Duration) -> Option<Duration> {
+    fn duration(
+        &mut self,
+        table: &Table,
+        key: &str,
+        place: &Place,
+        default: Duration,
+    ) -> Option<Duration> {
         if !table.contains_key(key) {
             return Some(default);
         }
@@ -375,7 +390,11 @@ impl Compiler {
 
     fn compile(&mut self, root: &Table) -> Option<ClusterSpec> {
         let top = Place::root("");
-        self.unknown_keys(root, &top, &["cluster", "listeners", "broker", "client", "rollout"]);
+        self.unknown_keys(
+            root,
+            &top,
+            &["cluster", "listeners", "broker", "client", "rollout"],
+        );
 
         let (name, metadata) = self.compile_cluster(root);
         let (internal, external) = self.compile_listeners(root);
@@ -393,7 +412,10 @@ impl Compiler {
             metadata: metadata?,
             internal: internal.finish()?,
             external: external.finish()?,
-            brokers: brokers.into_iter().map(|broker| broker.finish()).collect::<Option<Vec<_>>>()?,
+            brokers: brokers
+                .into_iter()
+                .map(|broker| broker.finish())
+                .collect::<Option<Vec<_>>>()?,
             clients: clients.into_iter().collect::<Option<Vec<_>>>()?,
             rollout: rollout?,
         })
@@ -408,25 +430,30 @@ impl Compiler {
             return (None, None);
         };
         self.unknown_keys(cluster, &place, &["name", "metadata"]);
-        let name = self.required_string(cluster, "name", &place).and_then(|name| {
-            let valid = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-            if valid {
-                Some(name)
-            } else {
-                let message = format!("{name:?} is not a valid cluster name (letters, digits, '-', '_', '.')");
-                self.error(&place.field("name"), message);
-                None
-            }
-        });
+        let name = self
+            .required_string(cluster, "name", &place)
+            .and_then(|name| {
+                let valid = !name.is_empty()
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if valid {
+                    Some(name)
+                } else {
+                    let message = format!(
+                        "{name:?} is not a valid cluster name (letters, digits, '-', '_', '.')"
+                    );
+                    self.error(&place.field("name"), message);
+                    None
+                }
+            });
         let metadata = match self.string(cluster, "metadata", &place).as_deref() {
             None if cluster.contains_key("metadata") => None,
             None | Some("kraft") => Some(MetadataMode::Kraft),
             Some("zookeeper") => Some(MetadataMode::Zookeeper),
             Some(other) => {
-                let message = format!("{other:?} is not a metadata mode (\"kraft\" or \"zookeeper\")");
+                let message =
+                    format!("{other:?} is not a metadata mode (\"kraft\" or \"zookeeper\")");
                 self.error(&place.field("metadata"), message);
                 None
             }
@@ -437,12 +464,20 @@ impl Compiler {
     fn compile_listeners(&mut self, root: &Table) -> (PartialListener, PartialListener) {
         let place = Place::root("listeners");
         let empty = Table::new();
-        let listeners = self.table(root, "listeners", &Place::root("")).unwrap_or(&empty);
+        let listeners = self
+            .table(root, "listeners", &Place::root(""))
+            .unwrap_or(&empty);
         self.unknown_keys(listeners, &place, &["internal", "external"]);
         let internal_table = self.table(listeners, "internal", &place).unwrap_or(&empty);
-        let internal = self.compile_listener(internal_table, &place.field("internal"), ListenerKind::Internal);
+        let internal = self.compile_listener(
+            internal_table,
+            &place.field("internal"),
+            ListenerKind::Internal,
+        );
         let external = match listeners.get("external") {
-            Some(Value::Table(table)) => self.compile_listener(table, &place.field("external"), ListenerKind::External),
+            Some(Value::Table(table)) => {
+                self.compile_listener(table, &place.field("external"), ListenerKind::External)
+            }
             Some(_) => {
                 self.table(listeners, "external", &place);
                 PartialListener::default()
@@ -462,8 +497,14 @@ impl Compiler {
         (internal, external)
     }
 
-    fn compile_listener(&mut self, table: &Table, place: &Place, kind: ListenerKind) -> PartialListener {
-        let (known, default_name, default_port, default_advertise): (&[&str], _, _, _) = match kind {
+    fn compile_listener(
+        &mut self,
+        table: &Table,
+        place: &Place,
+        kind: ListenerKind,
+    ) -> PartialListener {
+        let (known, default_name, default_port, default_advertise): (&[&str], _, _, _) = match kind
+        {
             ListenerKind::Internal => (
                 &["name", "port", "bind", "advertise", "security_protocol"],
                 "INTERNAL",
@@ -471,7 +512,15 @@ impl Compiler {
                 Advertise::PrivateIp,
             ),
             ListenerKind::External => (
-                &["enabled", "name", "port", "bind", "advertise", "security_protocol", "allow"],
+                &[
+                    "enabled",
+                    "name",
+                    "port",
+                    "bind",
+                    "advertise",
+                    "security_protocol",
+                    "allow",
+                ],
                 "EXTERNAL",
                 9093,
                 Advertise::PublicIp,
@@ -519,7 +568,10 @@ impl Compiler {
                     ListenerKind::Internal => "\"private_ip\" or \"hostname\"",
                     ListenerKind::External => "\"public_ip\" or \"hostname\"",
                 };
-                self.error(&place.field("advertise"), format!("{other:?} is not allowed here (use {allowed})"));
+                self.error(
+                    &place.field("advertise"),
+                    format!("{other:?} is not allowed here (use {allowed})"),
+                );
                 None
             }
         };
@@ -528,12 +580,19 @@ impl Compiler {
             None => Some("PLAINTEXT".to_string()),
             Some(protocol) if SECURITY_PROTOCOLS.contains(&protocol.as_str()) => Some(protocol),
             Some(protocol) => {
-                let message = format!("{protocol:?} is not a Kafka security protocol ({})", SECURITY_PROTOCOLS.join(", "));
+                let message = format!(
+                    "{protocol:?} is not a Kafka security protocol ({})",
+                    SECURITY_PROTOCOLS.join(", ")
+                );
                 self.error(&place.field("security_protocol"), message);
                 None
             }
         };
-        let allow = self.compile_allow(table, place, enabled == Some(true) && kind == ListenerKind::External);
+        let allow = self.compile_allow(
+            table,
+            place,
+            enabled == Some(true) && kind == ListenerKind::External,
+        );
         PartialListener {
             enabled,
             name,
@@ -545,7 +604,12 @@ impl Compiler {
         }
     }
 
-    fn compile_allow(&mut self, table: &Table, place: &Place, required: bool) -> Option<Vec<IpNet>> {
+    fn compile_allow(
+        &mut self,
+        table: &Table,
+        place: &Place,
+        required: bool,
+    ) -> Option<Vec<IpNet>> {
         let field = place.field("allow");
         let items = match table.get("allow") {
             None if required => {
@@ -558,12 +622,18 @@ impl Compiler {
             None => return Some(Vec::new()),
             Some(Value::Array(items)) => items,
             Some(other) => {
-                self.error(&field, format!("expected a list of CIDRs, found {}", other.type_str()));
+                self.error(
+                    &field,
+                    format!("expected a list of CIDRs, found {}", other.type_str()),
+                );
                 return None;
             }
         };
         if items.is_empty() && required {
-            self.error(&field, "empty: nobody could reach the external listener; list the allowed source CIDRs");
+            self.error(
+                &field,
+                "empty: nobody could reach the external listener; list the allowed source CIDRs",
+            );
             return None;
         }
         let mut nets = Vec::new();
@@ -582,7 +652,10 @@ impl Compiler {
                     }
                 },
                 other => {
-                    self.error(&item_place, format!("expected a CIDR string, found {}", other.type_str()));
+                    self.error(
+                        &item_place,
+                        format!("expected a CIDR string, found {}", other.type_str()),
+                    );
                     ok = false;
                 }
             }
@@ -607,7 +680,10 @@ impl Compiler {
     fn compile_brokers(&mut self, root: &Table) -> Vec<PartialBroker> {
         let items = match root.get("broker") {
             None => {
-                self.error(&Place::root("broker"), "no [[broker]] entries; a cluster needs at least one broker");
+                self.error(
+                    &Place::root("broker"),
+                    "no [[broker]] entries; a cluster needs at least one broker",
+                );
                 return Vec::new();
             }
             Some(Value::Array(items)) => items,
@@ -631,15 +707,23 @@ impl Compiler {
                 path: format!("broker[{index}]"),
                 subject: Some(describe_broker(id_value, node_value)),
             };
-            self.unknown_keys(table, &place, &["id", "node", "hostname", "private_ip", "public_ip"]);
+            self.unknown_keys(
+                table,
+                &place,
+                &["id", "node", "hostname", "private_ip", "public_ip"],
+            );
             let id = if table.contains_key("id") {
-                self.integer(table, "id", &place).and_then(|id| match i32::try_from(id) {
-                    Ok(id) if id >= 0 => Some(id),
-                    _ => {
-                        self.error(&place.field("id"), format!("{id} is not a Kafka broker id (0 to 2147483647)"));
-                        None
-                    }
-                })
+                self.integer(table, "id", &place)
+                    .and_then(|id| match i32::try_from(id) {
+                        Ok(id) if id >= 0 => Some(id),
+                        _ => {
+                            self.error(
+                                &place.field("id"),
+                                format!("{id} is not a Kafka broker id (0 to 2147483647)"),
+                            );
+                            None
+                        }
+                    })
             } else {
                 self.error(&place.field("id"), "missing (required)");
                 None
@@ -676,33 +760,51 @@ impl Compiler {
 
     fn node_name(&mut self, table: &Table, place: &Place) -> Option<String> {
         let node = self.required_string(table, "node", place)?;
-        if is_valid_hostname(&node) || node.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) && !node.is_empty() {
+        if is_valid_hostname(&node)
+            || node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && !node.is_empty()
+        {
             Some(node)
         } else {
-            self.error(&place.field("node"), format!("{node:?} is not a valid node name (letters, digits, '-', '_', '.')"));
+            self.error(
+                &place.field("node"),
+                format!("{node:?} is not a valid node name (letters, digits, '-', '_', '.')"),
+            );
             None
         }
     }
 
     fn check_broker_duplicates(&mut self, brokers: &[PartialBroker]) {
         let valid: Vec<(usize, &PartialBroker)> = brokers.iter().enumerate().collect();
-        let keys: [(&str, fn(&PartialBroker) -> Option<String>); 5] = [
+        let keys: [(&str, BrokerKey); 5] = [
             ("id", |b| b.id.map(|id| id.to_string())),
-            ("hostname", |b| b.hostname.as_ref().map(|h| h.to_ascii_lowercase())),
+            ("hostname", |b| {
+                b.hostname.as_ref().map(|h| h.to_ascii_lowercase())
+            }),
             ("private_ip", |b| b.private_ip.map(|ip| ip.to_string())),
             ("public_ip", |b| b.public_ip.map(|ip| ip.to_string())),
-            ("short hostname", |b| short_name_of(b.hostname.as_deref()).map(|s| s.to_ascii_lowercase())),
+            ("short hostname", |b| {
+                short_name_of(b.hostname.as_deref()).map(|s| s.to_ascii_lowercase())
+            }),
         ];
         for (field, key_of) in keys {
             let mut first_seen: HashMap<String, usize> = HashMap::new();
             for (index, broker) in &valid {
                 let Some(key) = key_of(broker) else { continue };
                 if let Some(first) = first_seen.get(&key) {
-                    let field_path = if field == "short hostname" { "hostname" } else { field };
+                    let field_path = if field == "short hostname" {
+                        "hostname"
+                    } else {
+                        field
+                    };
                     let message = if field == "short hostname" {
                         format!("short name {key:?} is also broker[{first}]'s; the hosts alias would be ambiguous")
                     } else {
-                        format!("{key:?} is also broker[{first}]'s {field}; each broker needs its own")
+                        format!(
+                            "{key:?} is also broker[{first}]'s {field}; each broker needs its own"
+                        )
                     };
                     self.error(&broker.at().field(field_path), message);
                 } else {
@@ -711,10 +813,14 @@ impl Compiler {
             }
         }
         // A public address equal to another broker's private one would send clients to the wrong host.
-        let privates: BTreeMap<IpAddr, usize> =
-            valid.iter().filter_map(|(index, b)| Some((b.private_ip?, *index))).collect();
+        let privates: BTreeMap<IpAddr, usize> = valid
+            .iter()
+            .filter_map(|(index, b)| Some((b.private_ip?, *index)))
+            .collect();
         for (index, broker) in &valid {
-            let Some(public_ip) = broker.public_ip else { continue };
+            let Some(public_ip) = broker.public_ip else {
+                continue;
+            };
             if let Some(other) = privates.get(&public_ip).filter(|other| *other != index) {
                 let message = format!("{public_ip} is broker[{other}]'s private_ip");
                 self.error(&broker.at().field("public_ip"), message);
@@ -740,12 +846,14 @@ impl Compiler {
             };
             if let Some(why) = needs_hostname {
                 if !broker.has_hostname {
-                    let message = format!("missing: {why} = \"hostname\" needs a hostname on every broker");
+                    let message =
+                        format!("missing: {why} = \"hostname\" needs a hostname on every broker");
                     self.error(&place.field("hostname"), message);
                 }
             }
             if external_enabled && !broker.has_public_ip {
-                let message = "missing: the external listener is enabled, so every broker needs a public_ip";
+                let message =
+                    "missing: the external listener is enabled, so every broker needs a public_ip";
                 self.error(&place.field("public_ip"), message);
             }
         }
@@ -781,7 +889,10 @@ impl Compiler {
                 None | Some("private") => Some(View::Private),
                 Some("public") => Some(View::Public),
                 Some(other) => {
-                    self.error(&place.field("view"), format!("{other:?} is not a view (\"private\" or \"public\")"));
+                    self.error(
+                        &place.field("view"),
+                        format!("{other:?} is not a view (\"private\" or \"public\")"),
+                    );
                     None
                 }
             };
@@ -793,7 +904,11 @@ impl Compiler {
         clients
     }
 
-    fn check_clients_against_listeners(&mut self, clients: &[Option<ClientSpec>], external: &PartialListener) {
+    fn check_clients_against_listeners(
+        &mut self,
+        clients: &[Option<ClientSpec>],
+        external: &PartialListener,
+    ) {
         for (index, client) in clients.iter().enumerate() {
             let Some(client) = client else { continue };
             if client.view == View::Public && external.enabled == Some(false) {
@@ -810,14 +925,14 @@ impl Compiler {
 
     fn check_node_names(&mut self, brokers: &[PartialBroker], clients: &[Option<ClientSpec>]) {
         let mut seen: HashMap<&str, String> = HashMap::new();
-        let broker_nodes = brokers
-            .iter()
-            .enumerate()
-            .filter_map(|(index, broker)| Some((format!("broker[{index}]"), broker.node.as_deref()?)));
-        let client_nodes = clients
-            .iter()
-            .enumerate()
-            .filter_map(|(index, client)| client.as_ref().map(|c| (format!("client[{index}]"), c.node.as_str())));
+        let broker_nodes = brokers.iter().enumerate().filter_map(|(index, broker)| {
+            Some((format!("broker[{index}]"), broker.node.as_deref()?))
+        });
+        let client_nodes = clients.iter().enumerate().filter_map(|(index, client)| {
+            client
+                .as_ref()
+                .map(|c| (format!("client[{index}]"), c.node.as_str()))
+        });
         for (path, node) in broker_nodes.chain(client_nodes) {
             if let Some(first) = seen.get(node) {
                 self.error(
@@ -836,18 +951,28 @@ impl Compiler {
     fn compile_rollout(&mut self, root: &Table) -> Option<RolloutSpec> {
         let place = Place::root("rollout");
         let empty = Table::new();
-        let rollout = self.table(root, "rollout", &Place::root("")).unwrap_or(&empty);
-        self.unknown_keys(rollout, &place, &["max_unavailable", "health_timeout", "settle"]);
+        let rollout = self
+            .table(root, "rollout", &Place::root(""))
+            .unwrap_or(&empty);
+        self.unknown_keys(
+            rollout,
+            &place,
+            &["max_unavailable", "health_timeout", "settle"],
+        );
         let max_unavailable = match self.integer(rollout, "max_unavailable", &place) {
             None if rollout.contains_key("max_unavailable") => None,
             None => Some(1),
             Some(value) if (1..=1000).contains(&value) => Some(value as u32),
             Some(value) => {
-                self.error(&place.field("max_unavailable"), format!("{value} is out of range (at least 1)"));
+                self.error(
+                    &place.field("max_unavailable"),
+                    format!("{value} is out of range (at least 1)"),
+                );
                 None
             }
         };
-        let health_timeout = self.duration(rollout, "health_timeout", &place, Duration::from_secs(180));
+        let health_timeout =
+            self.duration(rollout, "health_timeout", &place, Duration::from_secs(180));
         let settle = self.duration(rollout, "settle", &place, Duration::from_secs(10));
         Some(RolloutSpec {
             max_unavailable: max_unavailable?,
@@ -883,6 +1008,9 @@ impl PartialListener {
         })
     }
 }
+
+/// Extracts the value of one field that must be unique across brokers.
+type BrokerKey = fn(&PartialBroker) -> Option<String>;
 
 /// A broker as far as it compiled (see [`PartialListener`]).
 #[derive(Default)]
@@ -1106,8 +1234,16 @@ public_ip = "10.0.0.1"
         let errors = errors_of(text).join("\n");
         assert!(errors.contains("broker[1].hostname: broker 2 (node \"b\"): \"w1.one\" is also broker[0]'s hostname"), "{errors}");
         assert!(errors.contains("broker[1].public_ip: broker 2 (node \"b\"): \"198.51.100.1\" is also broker[0]'s public_ip"), "{errors}");
-        assert!(errors.contains("broker[2].hostname: broker 3 (node \"c\"): short name \"w1\""), "{errors}");
-        assert!(errors.contains("broker[2].public_ip: broker 3 (node \"c\"): 10.0.0.1 is broker[0]'s private_ip"), "{errors}");
+        assert!(
+            errors.contains("broker[2].hostname: broker 3 (node \"c\"): short name \"w1\""),
+            "{errors}"
+        );
+        assert!(
+            errors.contains(
+                "broker[2].public_ip: broker 3 (node \"c\"): 10.0.0.1 is broker[0]'s private_ip"
+            ),
+            "{errors}"
+        );
     }
 
     #[test]
@@ -1124,10 +1260,17 @@ node = "laptop"
 view = "public"
 "#;
         let errors = errors_of(text).join("\n");
-        assert!(errors.contains("client[0].view: client \"laptop\": \"public\" needs the external listener enabled"), "{errors}");
+        assert!(
+            errors.contains(
+                "client[0].view: client \"laptop\": \"public\" needs the external listener enabled"
+            ),
+            "{errors}"
+        );
 
         let text = "[cluster]\nname = \"c\"\n[listeners.external]\n[[broker]]\nid = 1\nnode = \"a\"\nprivate_ip = \"10.0.0.1\"\npublic_ip = \"198.51.100.1\"\n";
-        assert!(errors_of(text).join("\n").contains("listeners.external.allow: missing"));
+        assert!(errors_of(text)
+            .join("\n")
+            .contains("listeners.external.allow: missing"));
     }
 
     #[test]
@@ -1136,15 +1279,32 @@ view = "public"
         assert_eq!(errors.len(), 1);
         assert!(errors[0].starts_with("(syntax):"), "{errors:?}");
         let errors = errors_of("[cluster]\nname = 1\n[[broker]]\nid = \"one\"\nnode = \"a\"\nprivate_ip = \"10.0.0.1\"\n");
-        assert!(errors.iter().any(|e| e.starts_with("cluster.name: expected a string, found integer")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("broker[0].id: broker (node \"a\"): expected an integer, found string")), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("cluster.name: expected a string, found integer")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e
+                .contains("broker[0].id: broker (node \"a\"): expected an integer, found string")),
+            "{errors:?}"
+        );
     }
 
     #[test]
     fn missing_everything_is_reported() {
         let errors = errors_of("");
-        assert!(errors.iter().any(|e| e.starts_with("cluster: missing")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.starts_with("broker: no [[broker]]")), "{errors:?}");
+        assert!(
+            errors.iter().any(|e| e.starts_with("cluster: missing")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.starts_with("broker: no [[broker]]")),
+            "{errors:?}"
+        );
     }
 
     #[test]

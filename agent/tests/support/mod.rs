@@ -14,7 +14,10 @@ use kreach_common::desired::node_spec;
 use kreach_common::spec::ClusterSpec;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_kreach-agent");
-pub const FAKE_KAFKA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/quickstart/fake-kafka.py");
+pub const FAKE_KAFKA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/quickstart/fake-kafka.py"
+);
 
 pub fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
@@ -35,7 +38,11 @@ pub struct Output {
 
 impl fmt::Display for Output {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -123,7 +130,10 @@ impl Host {
     pub fn start_kafka(&self) {
         let argv = self.restart_argv();
         let status = Command::new(&argv[0]).args(&argv[1..]).status().unwrap();
-        assert!(status.success(), "the stand-in Kafka starts on the initial config");
+        assert!(
+            status.success(),
+            "the stand-in Kafka starts on the initial config"
+        );
     }
 
     pub fn write_file(&self, name: &str, content: &str) -> String {
@@ -259,7 +269,10 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("no log line containing {needle:?} within {timeout:?}; log:\n{}", self.log());
+        panic!(
+            "no log line containing {needle:?} within {timeout:?}; log:\n{}",
+            self.log()
+        );
     }
 
     /// SIGTERM, then wait up to `timeout` for the exit code.
@@ -297,8 +310,9 @@ pub struct Ports {
 
 impl Ports {
     pub fn new() -> Ports {
-        let listeners: Vec<std::net::TcpListener> =
-            (0..3).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+        let listeners: Vec<std::net::TcpListener> = (0..3)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
         let port = |index: usize| listeners[index].local_addr().unwrap().port();
         Ports {
             internal: port(0),
@@ -395,7 +409,10 @@ pub struct Lcg(u64);
 
 impl Lcg {
     pub fn seeded() -> Lcg {
-        let seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         eprintln!("random seed {seed}");
         Lcg(seed | 1)
     }

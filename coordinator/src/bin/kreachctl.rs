@@ -58,14 +58,19 @@ fn main() -> ExitCode {
 
 /// Parse the spec; on errors print each as `SPEC: field: message` and return None.
 fn load_spec(path: &Path) -> anyhow::Result<Option<ClusterSpec>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     match ClusterSpec::parse(&text) {
         Ok(spec) => Ok(Some(spec)),
         Err(errors) => {
             for error in &errors.0 {
                 println!("{}: {error}", path.display());
             }
-            eprintln!("kreachctl: {} error(s) in {}", errors.0.len(), path.display());
+            eprintln!(
+                "kreachctl: {} error(s) in {}",
+                errors.0.len(),
+                path.display()
+            );
             Ok(None)
         }
     }
@@ -81,7 +86,11 @@ fn validate(path: &Path) -> anyhow::Result<u8> {
         spec.name,
         spec.brokers.len(),
         spec.clients.len(),
-        if spec.external.enabled { "enabled" } else { "disabled" }
+        if spec.external.enabled {
+            "enabled"
+        } else {
+            "disabled"
+        }
     );
     Ok(0)
 }
@@ -101,7 +110,10 @@ fn render(path: &Path, node: &str) -> anyhow::Result<u8> {
         NodeRole::Broker { id } => format!("broker {id}"),
         NodeRole::Client { view } => format!("client, {view:?} view").to_lowercase(),
     };
-    println!("# node {} ({role}) in cluster {}", desired.node, desired.cluster);
+    println!(
+        "# node {} ({role}) in cluster {}",
+        desired.node, desired.cluster
+    );
     println!("# hosts block");
     if desired.hosts_entries.is_empty() {
         println!("(none: this node needs no hosts entries; any kreach block is removed)");
@@ -112,7 +124,8 @@ fn render(path: &Path, node: &str) -> anyhow::Result<u8> {
     }
     if let Some(listeners) = &desired.listeners {
         println!("# listener settings (server.properties)");
-        let rendered = properties::apply_listeners("", listeners).context("rendering the listener settings")?;
+        let rendered = properties::apply_listeners("", listeners)
+            .context("rendering the listener settings")?;
         print!("{}", rendered.content);
     }
     Ok(0)
