@@ -183,7 +183,7 @@ fn a_listener_that_does_not_come_up_fails_the_health_check_and_rolls_back() {
     host.start_kafka();
     let spec = host.write_spec(&SpecOptions {
         external: true,
-        health_timeout: "2s",
+        health_timeout: "5s",
         ..SpecOptions::new(&ports)
     });
     let run = host.agent(&["apply-local", "--spec", &spec]);
