@@ -64,6 +64,15 @@ def pid_path(state_dir):
     return os.path.join(state_dir, "fake-kafka.pid")
 
 
+def is_gone(pid):
+    """Exited, or a zombie nobody reaps yet (our parent may be a shell that never waits)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def stop(state_dir):
     try:
         with open(pid_path(state_dir)) as handle:
@@ -72,8 +81,9 @@ def stop(state_dir):
         return
     try:
         os.kill(pid, signal.SIGTERM)
-        for _ in range(100):
-            os.kill(pid, 0)
+        for _ in range(250):
+            if is_gone(pid):
+                break
             time.sleep(0.02)
     except ProcessLookupError:
         pass

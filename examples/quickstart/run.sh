@@ -13,6 +13,7 @@ show() { printf '$ %s\n' "$*"; "$@"; }
 step "building kreach-agent and kreachctl"
 (cd "$root" && cargo build --quiet -p kreach-agent -p kreach-coordinator --bins)
 agent=$target/debug/kreach-agent
+export KREACH_LOG=${KREACH_LOG:-warn}   # the agent's audit log goes to stderr; KREACH_LOG=info shows it
 ctl=$target/debug/kreachctl
 
 sandbox=$(mktemp -d "${TMPDIR:-/tmp}/kreach-quickstart.XXXXXX")
@@ -23,6 +24,7 @@ make_host() { # NODE [broker]
   local node=$1 dir=$sandbox/$1
   mkdir -p "$dir/etc/kreach" "$dir/var/lib/kreach"
   cp "$here/hosts.sample" "$dir/etc/hosts"
+  if [ "${2:-}" = broker ]; then printf '\n# The cloud image'"'"'s own entry for this host.\n198.18.0.11\t%s.cluster-48742 %s\n' "$node" "$node" >> "$dir/etc/hosts"; fi
   {
     echo "node = \"$node\""
     echo "state_dir = \"$dir/var/lib/kreach\""
