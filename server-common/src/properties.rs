@@ -278,6 +278,31 @@ pub fn check_kafka_rules(content: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------------------------
 // Desired entries
 
+/// The values kreach owns, key by key, as they appear in `server.properties`: only the owned
+/// entries of each list (other entries such as `CONTROLLER://:9094` are kept where they are when
+/// applied to a real file). For showing a node's desired settings, e.g. `kreachctl render`.
+pub fn owned_values(
+    desired: &ListenerSettings,
+) -> Result<Vec<(&'static str, String)>, PropertiesError> {
+    let plan = DesiredEntries::new(desired)?;
+    let join = |entries: &[Entry]| {
+        entries
+            .iter()
+            .map(|e| e.text.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut values = vec![
+        (LISTENERS, join(&plan.bind)),
+        (ADVERTISED_LISTENERS, join(&plan.advertised)),
+        (PROTOCOL_MAP, join(&plan.protocols)),
+    ];
+    if !desired.inter_broker_listener.is_empty() {
+        values.push((INTER_BROKER_LISTENER, desired.inter_broker_listener.clone()));
+    }
+    Ok(values)
+}
+
 /// `desired`, validated and rendered into the text of each list's entries.
 struct DesiredEntries {
     /// Upper-cased owned names.

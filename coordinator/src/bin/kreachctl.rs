@@ -123,10 +123,12 @@ fn render(path: &Path, node: &str) -> anyhow::Result<u8> {
         print!("{}", block.content);
     }
     if let Some(listeners) = &desired.listeners {
-        println!("# listener settings (server.properties)");
-        let rendered = properties::apply_listeners("", listeners)
-            .context("rendering the listener settings")?;
-        print!("{}", rendered.content);
+        println!("# listener settings (server.properties; other listeners' entries, such as CONTROLLER's, are kept)");
+        let values =
+            properties::owned_values(listeners).context("rendering the listener settings")?;
+        for (key, value) in values {
+            println!("{key}={value}");
+        }
     }
     Ok(0)
 }
