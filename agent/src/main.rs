@@ -11,7 +11,7 @@ use kreach_agent::engine::{Engine, Outcome};
 use kreach_agent::service::{CommandManager, ServiceManager, SystemdManager};
 use kreach_agent::verify::TcpProbe;
 use kreach_agent::{drift, state};
-use kreach_common::desired::{node_spec, NodeRole};
+use kreach_common::desired::node_spec;
 use kreach_common::spec::ClusterSpec;
 
 /// Exit codes, documented in `--help`.
@@ -140,14 +140,7 @@ fn apply_local(
             return Ok(EXIT_INVALID);
         }
     };
-    let role = match &desired.role {
-        NodeRole::Broker { id } => format!("broker {id}"),
-        NodeRole::Client { view } => format!("client, {view:?} view").to_lowercase(),
-    };
-    println!(
-        "node {} ({role}) in cluster {}",
-        desired.node, desired.cluster
-    );
+    println!("node {}", desired.describe());
 
     // The service manager is needed only when something restarts; a dry run or a client host
     // must work without D-Bus.

@@ -33,6 +33,25 @@ pub struct NodeSpec {
     pub health_timeout_ms: u64,
 }
 
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeRole::Broker { id } => write!(f, "broker {id}"),
+            NodeRole::Client {
+                view: View::Private,
+            } => write!(f, "client, private view"),
+            NodeRole::Client { view: View::Public } => write!(f, "client, public view"),
+        }
+    }
+}
+
+impl NodeSpec {
+    /// `emr-worker-1 (broker 1) in cluster emr-48742`, for headers of plans and renders.
+    pub fn describe(&self) -> String {
+        format!("{} ({}) in cluster {}", self.node, self.role, self.cluster)
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DesiredError {
     #[error("node {node:?} is not in the spec of cluster {cluster:?} (its nodes: {known})")]

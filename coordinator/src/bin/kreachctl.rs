@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kreach_common::desired::{node_spec, NodeRole};
+use kreach_common::desired::node_spec;
 use kreach_common::spec::ClusterSpec;
 use kreach_common::{hosts, properties};
 
@@ -106,14 +106,7 @@ fn render(path: &Path, node: &str) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
-    let role = match &desired.role {
-        NodeRole::Broker { id } => format!("broker {id}"),
-        NodeRole::Client { view } => format!("client, {view:?} view").to_lowercase(),
-    };
-    println!(
-        "# node {} ({role}) in cluster {}",
-        desired.node, desired.cluster
-    );
+    println!("# node {}", desired.describe());
     println!("# hosts block");
     if desired.hosts_entries.is_empty() {
         println!("(none: this node needs no hosts entries; any kreach block is removed)");
