@@ -1,8 +1,18 @@
 //! The `kreach.v1` gRPC API between agents, the coordinator and `kreachctl`.
 //!
-//! Empty for now: the agent runs stand-alone (`kreach-agent apply-local`, `kreach-agent run`). The
-//! schema, its generated code and the services arrive with the control plane. The wire name is
-//! fixed here so that the domain types in `kreach-common` are shaped for it.
+//! Owns the wire schema (`proto/kreach/v1/kreach.proto`) and its generated code, checked in under
+//! `src/generated/` so that no build needs `protoc` (a test regenerates it and fails when stale).
+//! Conversion to and from the domain lives in `kreach-common`, at the edge, in one place.
+
+#[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
+mod generated {
+    include!("generated/kreach.v1.rs");
+}
+
+pub use generated::*;
 
 /// The API's package name, as it appears on the wire.
 pub const API_PACKAGE: &str = "kreach.v1";
+
+/// The largest message either side accepts (a NodeSpec for a big cluster is a few KiB).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

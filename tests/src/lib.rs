@@ -1,3 +1,4 @@
 //! Shared helpers for kreach integration tests.
 
+pub mod artifacts;
 pub mod nspawn;

@@ -217,6 +217,25 @@ fn cgroup_roots() -> Vec<PathBuf> {
     }
 }
 
+/// Boot a host for `test`, or print why the tier is skipped and return `None`.
+///
+/// The SKIPPED line goes straight to the process's stderr: libtest captures `eprintln!` of passing
+/// tests, and a skip must be seen. Panics when the rootfs recipe is broken or the boot fails: those
+/// are failures, not skips.
+pub fn boot_or_skip(test: &str) -> Option<Host> {
+    match availability().expect("preparing the e2e-systemd rootfs") {
+        Availability::Ready(_) => {}
+        Availability::Unavailable(reason) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED: e2e-systemd test {test}: {reason}"
+            );
+            return None;
+        }
+    }
+    Some(Host::boot(test).expect("booting a systemd-nspawn host"))
+}
+
 /// One booted systemd host. Everything it created is torn down on drop.
 pub struct Host {
     name: String,
@@ -456,6 +475,12 @@ impl Host {
             )
         })?;
         Ok(())
+    }
+
+    /// Read a file inside the host (through the overlay's merged dir).
+    pub fn read_file(&self, container_path: &str) -> Result<Vec<u8>> {
+        let target = self.container_path(container_path)?;
+        fs::read(&target).with_context(|| format!("read {}:{container_path}", self.name))
     }
 
     /// Write a file inside the host with the given mode.
