@@ -50,7 +50,7 @@ kafka_properties = \"/etc/kafka/server.properties\"\n\
 kafka_unit = \"kafka.service\"\n\
 \n\
 [service_manager]\n\
-kind = \"command\"\nrestart = [\"/bin/true\"]\n";
+kind = \"systemd\"\n";
 
 const KAFKA_UNIT: &str = "[Unit]\n\
 Description=Kafka stand-in (fake_broker) for the kreach e2e-systemd tier\n\
