@@ -4,6 +4,7 @@
 //! ([`desired`]), and the two pure editors that turn desired state into file content: the hosts block
 //! ([`hosts`]) and the listener keys of `server.properties` ([`properties`]). Nothing here does I/O.
 
+pub mod convert;
 pub mod desired;
 pub mod diff;
 pub mod hosts;

@@ -1,0 +1,210 @@
+//! Proto ↔ domain conversion, in one place.
+//!
+//! Invalid wire data is rejected here, at the edge, with an error naming the field, so that nothing
+//! deeper ever sees a half-valid value (an unparseable address, an out-of-range port).
+
+use std::net::IpAddr;
+
+use kreach_proto as pb;
+
+use crate::desired::{NodeRole, NodeSpec};
+use crate::hosts::HostsEntry;
+use crate::properties::{ListenerSettings, ListenerSpec};
+use crate::spec::View;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid {field} in a kreach.v1 message: {message}")]
+pub struct WireError {
+    pub field: String,
+    pub message: String,
+}
+
+fn wire_error(field: &str, message: impl Into<String>) -> WireError {
+    WireError {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+impl From<&NodeSpec> for pb::NodeSpec {
+    fn from(spec: &NodeSpec) -> pb::NodeSpec {
+        pb::NodeSpec {
+            cluster: spec.cluster.clone(),
+            node: spec.node.clone(),
+            role: Some(match &spec.role {
+                NodeRole::Broker { id } => pb::node_spec::Role::BrokerId(*id),
+                NodeRole::Client { view } => pb::node_spec::Role::ClientView(
+                    match view {
+                        View::Private => "private",
+                        View::Public => "public",
+                    }
+                    .to_string(),
+                ),
+            }),
+            hosts_entries: spec
+                .hosts_entries
+                .iter()
+                .map(|entry| pb::HostsEntry {
+                    ip: entry.ip.to_string(),
+                    names: entry.names.clone(),
+                })
+                .collect(),
+            listeners: spec
+                .listeners
+                .as_ref()
+                .map(|settings| pb::ListenerSettings {
+                    owned_names: settings.owned_names.clone(),
+                    listeners: settings
+                        .listeners
+                        .iter()
+                        .map(|listener| pb::Listener {
+                            name: listener.name.clone(),
+                            bind_host: listener.bind_host.clone(),
+                            port: u32::from(listener.port),
+                            advertised_host: listener.advertised_host.clone(),
+                            security_protocol: listener.security_protocol.clone(),
+                        })
+                        .collect(),
+                    inter_broker_listener: settings.inter_broker_listener.clone(),
+                }),
+            health_timeout_ms: spec.health_timeout_ms,
+        }
+    }
+}
+
+impl TryFrom<&pb::NodeSpec> for NodeSpec {
+    type Error = WireError;
+
+    fn try_from(wire: &pb::NodeSpec) -> Result<NodeSpec, WireError> {
+        if wire.node.is_empty() {
+            return Err(wire_error("NodeSpec.node", "empty"));
+        }
+        let role = match &wire.role {
+            Some(pb::node_spec::Role::BrokerId(id)) if *id >= 0 => NodeRole::Broker { id: *id },
+            Some(pb::node_spec::Role::BrokerId(id)) => {
+                return Err(wire_error(
+                    "NodeSpec.broker_id",
+                    format!("{id} is negative"),
+                ))
+            }
+            Some(pb::node_spec::Role::ClientView(view)) => NodeRole::Client {
+                view: match view.as_str() {
+                    "private" => View::Private,
+                    "public" => View::Public,
+                    other => {
+                        return Err(wire_error(
+                            "NodeSpec.client_view",
+                            format!("{other:?} is not \"private\" or \"public\""),
+                        ))
+                    }
+                },
+            },
+            None => return Err(wire_error("NodeSpec.role", "missing")),
+        };
+        let hosts_entries = wire
+            .hosts_entries
+            .iter()
+            .enumerate()
+            .map(|(index, entry)| {
+                let ip: IpAddr = entry.ip.parse().map_err(|_| {
+                    wire_error(
+                        &format!("NodeSpec.hosts_entries[{index}].ip"),
+                        format!("{:?} is not an address", entry.ip),
+                    )
+                })?;
+                if entry.names.is_empty() {
+                    return Err(wire_error(
+                        &format!("NodeSpec.hosts_entries[{index}].names"),
+                        "empty",
+                    ));
+                }
+                Ok(HostsEntry {
+                    ip,
+                    names: entry.names.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let listeners = match &wire.listeners {
+            None => None,
+            Some(settings) => Some(ListenerSettings {
+                owned_names: settings.owned_names.clone(),
+                listeners: settings
+                    .listeners
+                    .iter()
+                    .enumerate()
+                    .map(|(index, listener)| {
+                        let port = u16::try_from(listener.port)
+                            .ok()
+                            .filter(|port| *port > 0)
+                            .ok_or_else(|| {
+                                wire_error(
+                                    &format!("NodeSpec.listeners.listeners[{index}].port"),
+                                    format!("{} is not a port", listener.port),
+                                )
+                            })?;
+                        Ok(ListenerSpec {
+                            name: listener.name.clone(),
+                            bind_host: listener.bind_host.clone(),
+                            port,
+                            advertised_host: listener.advertised_host.clone(),
+                            security_protocol: listener.security_protocol.clone(),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, WireError>>()?,
+                inter_broker_listener: settings.inter_broker_listener.clone(),
+            }),
+        };
+        if matches!(role, NodeRole::Broker { .. }) != listeners.is_some() {
+            return Err(wire_error(
+                "NodeSpec.listeners",
+                "present exactly for brokers",
+            ));
+        }
+        Ok(NodeSpec {
+            cluster: wire.cluster.clone(),
+            node: wire.node.clone(),
+            role,
+            hosts_entries,
+            listeners,
+            health_timeout_ms: wire.health_timeout_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::all_node_specs;
+    use crate::spec::ClusterSpec;
+
+    #[test]
+    fn every_node_of_the_example_survives_the_wire() {
+        let spec = ClusterSpec::parse(include_str!("../../examples/cluster.toml")).unwrap();
+        for node in all_node_specs(&spec) {
+            let wire = pb::NodeSpec::from(&node);
+            assert_eq!(NodeSpec::try_from(&wire).unwrap(), node);
+        }
+    }
+
+    #[test]
+    fn invalid_wire_values_name_the_field() {
+        let spec = ClusterSpec::parse(include_str!("../../examples/cluster.toml")).unwrap();
+        let broker = all_node_specs(&spec).into_iter().next().unwrap();
+        let mut wire = pb::NodeSpec::from(&broker);
+        wire.hosts_entries[1].ip = "300.1.1.1".into();
+        let error = NodeSpec::try_from(&wire).unwrap_err();
+        assert_eq!(error.field, "NodeSpec.hosts_entries[1].ip");
+        let mut wire = pb::NodeSpec::from(&broker);
+        wire.listeners.as_mut().unwrap().listeners[0].port = 70000;
+        assert!(NodeSpec::try_from(&wire)
+            .unwrap_err()
+            .to_string()
+            .contains("70000 is not a port"));
+        let mut wire = pb::NodeSpec::from(&broker);
+        wire.role = None;
+        assert_eq!(
+            NodeSpec::try_from(&wire).unwrap_err().field,
+            "NodeSpec.role"
+        );
+    }
+}
