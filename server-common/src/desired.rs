@@ -98,6 +98,25 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
     })
 }
 
+/// A node's desired state as an operator reads it: its hosts block and, for a broker, the values of
+/// the listener keys kreach owns. Used by `kreachctl render` and for the per-node diffs of `plan`.
+pub fn render_node(node: &NodeSpec) -> Result<String, String> {
+    let mut out = String::from("# hosts block\n");
+    if node.hosts_entries.is_empty() {
+        out.push_str("(none: this node needs no hosts entries; any kreach block is removed)\n");
+    } else {
+        let block = crate::hosts::apply_block("", &node.cluster, &node.hosts_entries).map_err(|e| e.to_string())?;
+        out.push_str(&block.content);
+    }
+    if let Some(listeners) = &node.listeners {
+        out.push_str("# listener settings (server.properties; other listeners' entries, such as CONTROLLER's, are kept)\n");
+        for (key, value) in crate::properties::owned_values(listeners).map_err(|e| e.to_string())? {
+            out.push_str(&format!("{key}={value}\n"));
+        }
+    }
+    Ok(out)
+}
+
 /// Desired state of every node in the spec, brokers first.
 pub fn all_node_specs(spec: &ClusterSpec) -> Vec<NodeSpec> {
     spec.nodes()
@@ -108,6 +127,13 @@ pub fn all_node_specs(spec: &ClusterSpec) -> Vec<NodeSpec> {
 
 /// What `broker` writes into its listener keys.
 pub fn listener_settings(spec: &ClusterSpec, broker: &BrokerSpec) -> ListenerSettings {
+    let bind_host = |bind: &str| -> String {
+        if bind == crate::spec::BIND_PRIVATE_IP {
+            broker.private_ip.to_string()
+        } else {
+            bind.to_string()
+        }
+    };
     let advertised = |advertise: Advertise| -> String {
         match advertise {
             Advertise::PrivateIp => broker.private_ip.to_string(),
@@ -120,7 +146,7 @@ pub fn listener_settings(spec: &ClusterSpec, broker: &BrokerSpec) -> ListenerSet
     };
     let mut listeners = vec![ListenerSpec {
         name: spec.internal.name.clone(),
-        bind_host: spec.internal.bind.clone(),
+        bind_host: bind_host(&spec.internal.bind),
         port: spec.internal.port,
         advertised_host: advertised(spec.internal.advertise),
         security_protocol: spec.internal.security_protocol.clone(),
@@ -128,7 +154,7 @@ pub fn listener_settings(spec: &ClusterSpec, broker: &BrokerSpec) -> ListenerSet
     if spec.external.enabled {
         listeners.push(ListenerSpec {
             name: spec.external.name.clone(),
-            bind_host: spec.external.bind.clone(),
+            bind_host: bind_host(&spec.external.bind),
             port: spec.external.port,
             advertised_host: advertised(spec.external.advertise),
             security_protocol: spec.external.security_protocol.clone(),
@@ -278,6 +304,18 @@ view = "public"
             "EXTERNAL stays owned so it can be removed"
         );
         assert!(node_spec(&spec, "k").unwrap().hosts_entries.is_empty());
+    }
+
+    #[test]
+    fn bind_private_ip_binds_each_broker_to_its_own_address() {
+        let spec = spec(
+            "[cluster]\nname = \"c\"\n[listeners.internal]\nbind = \"private_ip\"\n[[broker]]\nid = 1\nnode = \"b\"\nprivate_ip = \"10.0.0.1\"\n[[broker]]\nid = 2\nnode = \"d\"\nprivate_ip = \"10.0.0.2\"\n",
+        );
+        let binds: Vec<String> = ["b", "d"]
+            .iter()
+            .map(|node| node_spec(&spec, node).unwrap().listeners.unwrap().listeners[0].bind_host.clone())
+            .collect();
+        assert_eq!(binds, ["10.0.0.1", "10.0.0.2"]);
     }
 
     #[test]

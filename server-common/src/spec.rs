@@ -13,6 +13,10 @@ use std::time::Duration;
 use ipnet::IpNet;
 use toml::{Table, Value};
 
+/// `bind = "private_ip"`: each broker binds the listener to its own private address instead of all
+/// addresses (keeps INTERNAL off other interfaces; lets several brokers share one host in tests).
+pub const BIND_PRIVATE_IP: &str = "private_ip";
+
 /// Upper bound on a spec's size. A real spec is a few KiB; a bigger one is a mistake (or hostile).
 pub const MAX_SPEC_BYTES: usize = 4 * 1024 * 1024;
 
@@ -550,9 +554,11 @@ impl Compiler {
         let bind = match self.string(table, "bind", place) {
             None if table.contains_key("bind") => None,
             None => Some("0.0.0.0".to_string()),
-            Some(bind) if bind.parse::<IpAddr>().is_ok() || is_valid_hostname(&bind) => Some(bind),
+            Some(bind) if bind == BIND_PRIVATE_IP || bind.parse::<IpAddr>().is_ok() || is_valid_hostname(&bind) => Some(bind),
             Some(bind) => {
-                let message = format!("{bind:?} is not an address or hostname to bind to (the default is \"0.0.0.0\")");
+                let message = format!(
+                    "{bind:?} is not an address or hostname to bind to, nor \"{BIND_PRIVATE_IP}\" (the default is \"0.0.0.0\")"
+                );
                 self.error(&place.field("bind"), message);
                 None
             }
