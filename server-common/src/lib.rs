@@ -10,3 +10,4 @@ pub mod diff;
 pub mod hosts;
 pub mod properties;
 pub mod spec;
+pub mod tls;
