@@ -1,1 +1,3 @@
 //! kreach coordinator library.
+
+pub mod rollout;
