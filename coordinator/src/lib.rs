@@ -1,3 +1,9 @@
-//! kreach coordinator library.
+//! The kreach coordinator: durable desired state, the rollout engine, and the gRPC services.
+
+pub mod config;
+pub mod core;
+pub mod ctl;
+pub mod grpc;
+pub mod store;
 
 pub mod rollout;

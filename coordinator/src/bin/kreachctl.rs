@@ -7,21 +7,51 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kreach_common::desired::node_spec;
 use kreach_common::spec::ClusterSpec;
-use kreach_common::{hosts, properties};
+use kreach_coordinator::ctl;
+use kreach_proto as pb;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_INVALID: u8 = 2;
+const EXIT_ROLLOUT_STOPPED: u8 = 3;
 
 #[derive(Parser)]
 #[command(
     name = "kreachctl",
     version,
-    about = "Operate kreach: validate a cluster spec and see what each node will look like.",
-    after_help = "Exit codes: 0 success; 1 failure (unreadable file); 2 the spec is invalid or the node is unknown."
+    about = "Operate kreach: validate and render cluster specs offline; plan, apply and follow rollouts on a coordinator; create the mutual-TLS certificates.",
+    after_help = "Exit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait)."
 )]
 struct Cli {
+    /// The coordinator's URL.
+    #[arg(
+        long,
+        global = true,
+        env = "KREACH_COORDINATOR",
+        default_value = "https://127.0.0.1:7443"
+    )]
+    coordinator: String,
+    /// Directory with ca.pem, admin.pem and admin.key (from `kreachctl certs init`).
+    #[arg(
+        long,
+        global = true,
+        env = "KREACH_CERTS",
+        default_value = "/etc/kreach/certs"
+    )]
+    certs: PathBuf,
+    /// Plaintext without certificates; only for a coordinator on a loopback address.
+    #[arg(long, global = true)]
+    insecure: bool,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -39,6 +69,93 @@ enum Command {
         #[arg(long)]
         node: String,
     },
+    /// Show what applying SPEC would change: per-node diffs and the rollout's step order. Changes nothing.
+    Plan { spec: PathBuf },
+    /// Apply SPEC as a new generation and start its rollout (shows the plan and asks first).
+    Apply {
+        spec: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long, short)]
+        yes: bool,
+        /// Apply even when host facts disagree with the spec.
+        #[arg(long)]
+        force: bool,
+        /// Follow the rollout until it completes, pauses or is aborted.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Every node: role, agent online, released and applied generation, phase, last error.
+    Status {
+        /// Follow the rollout live until it completes, pauses or is aborted.
+        #[arg(long, short)]
+        watch: bool,
+    },
+    /// Control the rollout in progress.
+    Rollout {
+        #[command(subcommand)]
+        action: RolloutAction,
+    },
+    /// Every applied generation.
+    History,
+    /// Roll out an earlier generation's spec again, as a new generation.
+    Rollback {
+        /// The generation to return to (see `kreachctl history`).
+        #[arg(long)]
+        to: u64,
+        #[arg(long, short)]
+        yes: bool,
+        #[arg(long)]
+        force: bool,
+    },
+    /// The host facts agents reported: hostname, FQDN, addresses, whether Kafka runs.
+    Nodes,
+    /// Create mutual-TLS certificates.
+    Certs {
+        #[command(subcommand)]
+        action: CertsAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutAction {
+    /// Stop releasing steps (what is released stays).
+    Pause,
+    /// Continue a paused rollout, retrying the step that paused it.
+    Resume,
+    /// Stop the rollout for good; nodes keep what they were released.
+    Abort,
+}
+
+#[derive(Subcommand)]
+enum CertsAction {
+    /// Create a CA, the coordinator's certificate, the admin certificate and one per node.
+    Init {
+        /// Where to write them (refused if they exist, unless --force).
+        #[arg(long)]
+        dir: PathBuf,
+        /// A node name from the spec (repeat for every node).
+        #[arg(long = "node", required = true)]
+        nodes: Vec<String>,
+        /// A DNS name or IP address the coordinator is reached at (repeat; default localhost and 127.0.0.1).
+        #[arg(long = "coordinator-name")]
+        coordinator_names: Vec<String>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a certificate for one more node from the CA in DIR.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -46,6 +163,14 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate { spec } => validate(spec),
         Command::Render { spec, node } => render(spec, node),
+        Command::Certs { action } => certs(action),
+        _ => match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(runtime) => runtime.block_on(remote(&cli)),
+            Err(error) => Err(error.into()),
+        },
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -107,21 +232,239 @@ fn render(path: &Path, node: &str) -> anyhow::Result<u8> {
         }
     };
     println!("# node {}", desired.describe());
-    println!("# hosts block");
-    if desired.hosts_entries.is_empty() {
-        println!("(none: this node needs no hosts entries; any kreach block is removed)");
-    } else {
-        let block = hosts::apply_block("", &desired.cluster, &desired.hosts_entries)
-            .context("rendering the hosts block")?;
-        print!("{}", block.content);
+    let rendered = kreach_common::desired::render_node(&desired)
+        .map_err(|message| anyhow::anyhow!("rendering node {}: {message}", desired.node))?;
+    print!("{rendered}");
+    Ok(0)
+}
+
+fn certs(action: &CertsAction) -> anyhow::Result<u8> {
+    let written = match action {
+        CertsAction::Init {
+            dir,
+            nodes,
+            coordinator_names,
+            days,
+            force,
+        } => {
+            let names = if coordinator_names.is_empty() {
+                vec!["localhost".to_string(), "127.0.0.1".to_string()]
+            } else {
+                coordinator_names.clone()
+            };
+            kreach_common::tls::init_certs(dir, &names, nodes, *days, *force)?
+        }
+        CertsAction::Issue {
+            dir,
+            node,
+            days,
+            force,
+        } => kreach_common::tls::issue_node_cert(dir, node, *days, *force)?,
+    };
+    for path in written {
+        println!("wrote {}", path.display());
     }
-    if let Some(listeners) = &desired.listeners {
-        println!("# listener settings (server.properties; other listeners' entries, such as CONTROLLER's, are kept)");
-        let values =
-            properties::owned_values(listeners).context("rendering the listener settings")?;
-        for (key, value) in values {
-            println!("{key}={value}");
+    println!("Give each host only its own nodes/NODE.pem and .key plus ca.pem; keep ca.key on this machine.");
+    Ok(0)
+}
+
+fn read_spec_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn print_value(cli: &Cli, text: String, json: serde_json::Value) {
+    match cli.output {
+        Output::Table => print!("{text}"),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&json).expect("json")),
+    }
+}
+
+/// Ask on the terminal; refuse when there is none (scripts say --yes).
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        anyhow::bail!("not asking without a terminal: pass --yes to apply");
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
+}
+
+async fn remote(cli: &Cli) -> anyhow::Result<u8> {
+    let connection = ctl::Connection {
+        url: cli.coordinator.clone(),
+        certs: cli.certs.clone(),
+        insecure: cli.insecure,
+    };
+    let mut admin = connection.admin().await?;
+    let fail = |status: tonic::Status| anyhow::anyhow!(ctl::status_message(&status));
+    match &cli.command {
+        Command::Plan { spec } => {
+            let plan = admin
+                .plan(pb::PlanRequest {
+                    spec_toml: read_spec_text(spec)?,
+                    force: false,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            print_value(cli, ctl::plan_text(&plan), ctl::plan_json(&plan));
+            Ok(0)
+        }
+        Command::Apply {
+            spec,
+            yes,
+            force,
+            wait,
+        } => {
+            let spec_toml = read_spec_text(spec)?;
+            let plan = admin
+                .plan(pb::PlanRequest {
+                    spec_toml: spec_toml.clone(),
+                    force: *force,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if cli.output == Output::Table {
+                print!("{}", ctl::plan_text(&plan));
+            }
+            if !*yes
+                && !confirm(&format!(
+                    "Apply {} as generation {}?",
+                    spec.display(),
+                    plan.from_generation + 1
+                ))?
+            {
+                println!("not applied");
+                return Ok(EXIT_FAILED);
+            }
+            let applied = admin
+                .apply(pb::ApplyRequest {
+                    spec_toml,
+                    force: *force,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            match cli.output {
+                Output::Table => println!(
+                    "applied generation {}; follow it with `kreachctl status --watch`",
+                    applied.generation
+                ),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"generation": applied.generation, "plan": applied.plan.as_ref().map(ctl::plan_json)})
+                ),
+            }
+            if *wait {
+                return follow(cli, &mut admin).await;
+            }
+            Ok(0)
+        }
+        Command::Status { watch } => {
+            if *watch {
+                return follow(cli, &mut admin).await;
+            }
+            let status = admin
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner();
+            print_value(cli, ctl::status_text(&status), ctl::status_json(&status));
+            Ok(0)
+        }
+        Command::Rollout { action } => {
+            let status = match action {
+                RolloutAction::Pause => admin.pause(pb::RolloutControl {}).await,
+                RolloutAction::Resume => admin.resume(pb::RolloutControl {}).await,
+                RolloutAction::Abort => admin.abort(pb::RolloutControl {}).await,
+            }
+            .map_err(fail)?
+            .into_inner();
+            print_value(cli, ctl::status_text(&status), ctl::status_json(&status));
+            Ok(0)
+        }
+        Command::History => {
+            let history = admin
+                .history(pb::HistoryRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner();
+            print_value(
+                cli,
+                ctl::history_text(&history),
+                ctl::history_json(&history),
+            );
+            Ok(0)
+        }
+        Command::Rollback { to, yes, force } => {
+            if !*yes
+                && !confirm(&format!(
+                    "Roll out generation {to}'s spec again as a new generation?"
+                ))?
+            {
+                println!("not applied");
+                return Ok(EXIT_FAILED);
+            }
+            let applied = admin
+                .rollback(pb::RollbackRequest {
+                    to: *to,
+                    force: *force,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if let (Output::Table, Some(plan)) = (cli.output, &applied.plan) {
+                print!("{}", ctl::plan_text(plan));
+            }
+            println!(
+                "applied generation {} (the spec of generation {to})",
+                applied.generation
+            );
+            Ok(0)
+        }
+        Command::Nodes => {
+            let nodes = admin
+                .nodes(pb::NodesRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner();
+            print_value(cli, ctl::nodes_text(&nodes), ctl::nodes_json(&nodes));
+            Ok(0)
+        }
+        Command::Validate { .. } | Command::Render { .. } | Command::Certs { .. } => {
+            unreachable!("local commands")
         }
     }
-    Ok(0)
+}
+
+/// Print status as it changes until the rollout completes (0), pauses or aborts (3).
+async fn follow(
+    cli: &Cli,
+    admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+) -> anyhow::Result<u8> {
+    use tokio_stream::StreamExt;
+    let mut stream = admin
+        .watch(pb::StatusRequest {})
+        .await
+        .map_err(|status| anyhow::anyhow!(ctl::status_message(&status)))?
+        .into_inner();
+    let mut last = String::new();
+    while let Some(update) = stream.next().await {
+        let status = update.map_err(|status| anyhow::anyhow!(ctl::status_message(&status)))?;
+        let text = ctl::status_text(&status);
+        if text != last {
+            print_value(cli, format!("{text}\n"), ctl::status_json(&status));
+            last = text;
+        }
+        match status.rollout.as_ref().map(|r| r.state.as_str()) {
+            Some("completed") => return Ok(0),
+            Some("paused") | Some("aborted") => return Ok(EXIT_ROLLOUT_STOPPED),
+            _ => {}
+        }
+    }
+    anyhow::bail!("the coordinator closed the status stream")
 }

@@ -139,6 +139,10 @@ pub struct HostFacts {
     pub kafka_running: bool,
     #[prost(string, tag = "6")]
     pub agent_version: ::prost::alloc::string::String,
+    /// Whether this broker is the cluster's active controller, as the agent last observed it; the
+    /// coordinator restarts the controller last.
+    #[prost(bool, tag = "7")]
+    pub kafka_controller: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

@@ -1,0 +1,144 @@
+//! `kreach-coordinator`: holds the desired state and sequences rolling changes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use kreach_coordinator::config::CoordinatorConfig;
+use kreach_coordinator::core::Core;
+use kreach_coordinator::grpc::{Auth, Services};
+use kreach_proto as pb;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "kreach-coordinator",
+    version,
+    about = "Holds kreach's desired state and rolls changes out across agents: one broker step at a time, health-gated, controller last, pausing on failure."
+)]
+struct Cli {
+    /// The coordinator's config (listen address, state directory, TLS files).
+    #[arg(long, short, default_value = "/etc/kreach/coordinator.toml")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KREACH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    let config = match CoordinatorConfig::load(&cli.config) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("kreach-coordinator: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("kreach-coordinator: cannot start the runtime: {error}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("kreach-coordinator: error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
+    let core = Core::open(&config.state_dir).context("opening the store")?;
+    let core = Arc::new(Mutex::new(core));
+    let auth = if config.tls.insecure {
+        Auth::Insecure
+    } else {
+        Auth::MutualTls
+    };
+    let services = Services {
+        core: Arc::clone(&core),
+        auth,
+    };
+
+    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(20)));
+    if !config.tls.insecure {
+        let (ca, cert, key) = (
+            config.tls.ca.as_ref().expect("validated"),
+            config.tls.cert.as_ref().expect("validated"),
+            config.tls.key.as_ref().expect("validated"),
+        );
+        let files = kreach_common::tls::load_tls_files(ca, cert, key)?;
+        builder = builder
+            .tls_config(
+                ServerTlsConfig::new()
+                    .identity(Identity::from_pem(&files.cert_pem, &files.key_pem))
+                    .client_ca_root(Certificate::from_pem(&files.ca_pem)),
+            )
+            .context("configuring TLS")?;
+    }
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let address = listener.local_addr()?;
+    tracing::info!(
+        address = %address,
+        tls = !config.tls.insecure,
+        "kreach-coordinator listening on {address}"
+    );
+
+    let ticker = {
+        let core = Arc::clone(&core);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                interval.tick().await;
+                let result = core.lock().unwrap_or_else(|p| p.into_inner()).tick();
+                if let Err(error) = result {
+                    tracing::error!("periodic work failed: {error}");
+                }
+            }
+        })
+    };
+
+    let shutdown = async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+    };
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    builder
+        .add_service(
+            pb::agent_service_server::AgentServiceServer::new(services.clone())
+                .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::admin_service_server::AdminServiceServer::new(services)
+                .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .context("serving")?;
+    ticker.abort();
+    // Flush what agents reported last.
+    let _ = core.lock().unwrap_or_else(|p| p.into_inner()).tick();
+    Ok(())
+}

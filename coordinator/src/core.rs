@@ -1,0 +1,639 @@
+//! The coordinator's state and decisions, behind one lock: the durable store, the rollout in
+//! progress, what has been released to each node, and what each agent last reported.
+//!
+//! gRPC handlers only call these methods (they are short and never await), so every transition is
+//! serialized; the rollout decisions themselves are the pure state machine in [`crate::rollout`].
+//! Ordering rule: a release is persisted before it is published to any agent, so a crash can never
+//! have released something the store does not know about.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use kreach_common::desired::{render_node, NodeRole, NodeSpec};
+use kreach_common::diff::unified_diff;
+use kreach_common::spec::ClusterSpec;
+use kreach_proto as pb;
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::rollout::{self, Event, ReleaseId, ReportOutcome, Rollout, RolloutState};
+use crate::store::{AgentRecord, GenerationRecord, Store, StoreError};
+
+/// Errors an operator or agent sees; converted to `tonic::Status` in exactly one place (grpc.rs).
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("the spec is invalid:\n{0}")]
+    InvalidSpec(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What is persisted about rollouts: the one in progress (or last finished) and what every node
+/// had been released before it started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct RolloutRecord {
+    rollout: Option<Rollout>,
+    base: BTreeMap<String, rollout::Release>,
+}
+
+#[derive(Default)]
+struct AgentEntry {
+    connections: u32,
+    status: Option<pb::NodeStatus>,
+    facts: Option<pb::HostFacts>,
+    last_seen_ms: u64,
+}
+
+pub struct Core {
+    store: Store,
+    record: RolloutRecord,
+    agents: BTreeMap<String, AgentEntry>,
+    channels: BTreeMap<String, watch::Sender<Option<pb::Release>>>,
+    status: watch::Sender<pb::StatusResponse>,
+    /// The spec of the newest generation, for roles.
+    spec: Option<ClusterSpec>,
+    dirty_agents: bool,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Core {
+    pub fn open(state_dir: &Path) -> Result<Core, CoreError> {
+        let store = Store::open(&state_dir.join("coordinator.redb"))?;
+        let record: RolloutRecord = store.load_rollout()?.unwrap_or_default();
+        let mut agents = BTreeMap::new();
+        for (node, saved) in store.agents()? {
+            agents.insert(
+                node,
+                AgentEntry {
+                    connections: 0,
+                    status: saved
+                        .status
+                        .and_then(|bytes| pb::NodeStatus::decode(bytes.as_slice()).ok()),
+                    facts: saved
+                        .facts
+                        .and_then(|bytes| pb::HostFacts::decode(bytes.as_slice()).ok()),
+                    last_seen_ms: saved.last_seen_ms,
+                },
+            );
+        }
+        let spec = store
+            .generations()?
+            .last()
+            .and_then(|newest| ClusterSpec::parse(&newest.spec_toml).ok());
+        let (status, _) = watch::channel(pb::StatusResponse::default());
+        let mut core = Core {
+            store,
+            record,
+            agents,
+            channels: BTreeMap::new(),
+            status,
+            spec,
+            dirty_agents: false,
+        };
+        if let Some(rollout) = &core.record.rollout {
+            tracing::info!(
+                generation = rollout.generation(),
+                state = rollout.state().name(),
+                step = ?rollout.current_step(),
+                "resuming the rollout from the store"
+            );
+        }
+        core.publish();
+        Ok(core)
+    }
+
+    /// Every node's latest release: the base overlaid with the rollout's releases.
+    fn effective_releases(&self) -> BTreeMap<String, rollout::Release> {
+        let mut releases = self.record.base.clone();
+        if let Some(rollout) = &self.record.rollout {
+            releases.extend(rollout.releases());
+        }
+        releases
+    }
+
+    /// Push every node's latest release to its channel (only where it changed) and refresh status.
+    fn publish(&mut self) {
+        for (node, release) in self.effective_releases() {
+            let wire = to_wire_release(&release);
+            let sender = self
+                .channels
+                .entry(node)
+                .or_insert_with(|| watch::channel(None).0);
+            sender.send_if_modified(|current| {
+                if current.as_ref() == Some(&wire) {
+                    false
+                } else {
+                    *current = Some(wire);
+                    true
+                }
+            });
+        }
+        let status = self.status_response();
+        self.status.send_replace(status);
+    }
+
+    fn persist_rollout(&self) -> Result<(), CoreError> {
+        Ok(self.store.save_rollout(&self.record)?)
+    }
+
+    fn handle_events(&mut self, events: Vec<Event>) -> Result<(), CoreError> {
+        let mut durable = false;
+        for event in &events {
+            match event {
+                Event::NodeConverged { .. } | Event::ReportIgnored { .. } => {
+                    tracing::debug!(event = ?event, "rollout event")
+                }
+                _ => {
+                    durable = true;
+                    tracing::info!(event = ?event, "rollout event")
+                }
+            }
+        }
+        if durable {
+            self.persist_rollout()?;
+        }
+        if let Some(Event::Completed | Event::Aborted { .. }) = events.last() {
+            self.mark_outcome()?;
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn mark_outcome(&self) -> Result<(), CoreError> {
+        let Some(rollout) = &self.record.rollout else {
+            return Ok(());
+        };
+        if let Some(mut record) = self.store.generation(rollout.generation())? {
+            record.summary = format!(
+                "{} ({})",
+                record.summary.split(" (").next().unwrap_or(""),
+                rollout.state().name()
+            );
+            self.store.record_generation(&record, &self.record)?;
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Agents
+
+    pub fn subscribe(&mut self, node: &str) -> watch::Receiver<Option<pb::Release>> {
+        let entry = self.agents.entry(node.to_string()).or_default();
+        entry.connections += 1;
+        entry.last_seen_ms = now_ms();
+        tracing::info!(node, connections = entry.connections, "agent subscribed");
+        let receiver = self
+            .channels
+            .entry(node.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        self.refresh_status();
+        receiver
+    }
+
+    pub fn disconnect(&mut self, node: &str) {
+        if let Some(entry) = self.agents.get_mut(node) {
+            entry.connections = entry.connections.saturating_sub(1);
+            tracing::info!(node, connections = entry.connections, "agent stream ended");
+        }
+        self.refresh_status();
+    }
+
+    fn refresh_status(&mut self) {
+        let status = self.status_response();
+        self.status.send_replace(status);
+    }
+
+    pub fn report_status(&mut self, status: pb::NodeStatus) -> Result<(), CoreError> {
+        let node = status.node.clone();
+        let phase = pb::Phase::try_from(status.phase).unwrap_or(pb::Phase::Unspecified);
+        let release = status.release;
+        let reason = status.reason.clone();
+        {
+            let entry = self.agents.entry(node.clone()).or_default();
+            entry.status = Some(status);
+            entry.last_seen_ms = now_ms();
+        }
+        self.dirty_agents = true;
+        let outcome = match phase {
+            pb::Phase::Converged => Some(ReportOutcome::Converged),
+            pb::Phase::RolledBack => Some(ReportOutcome::RolledBack { reason }),
+            pb::Phase::Failed => Some(ReportOutcome::Failed { reason }),
+            _ => None,
+        };
+        match (outcome, release, self.record.rollout.as_mut()) {
+            (Some(outcome), Some(release), Some(rollout)) => {
+                let id = ReleaseId {
+                    generation: release.generation,
+                    step: release.step,
+                    attempt: release.attempt,
+                };
+                let events = rollout.on_report(&node, id, outcome, now_ms());
+                self.handle_events(events)
+            }
+            _ => {
+                self.refresh_status();
+                Ok(())
+            }
+        }
+    }
+
+    pub fn report_facts(&mut self, facts: pb::HostFacts) {
+        let entry = self.agents.entry(facts.node.clone()).or_default();
+        entry.facts = Some(facts);
+        entry.last_seen_ms = now_ms();
+        self.dirty_agents = true;
+        self.refresh_status();
+    }
+
+    /// Periodic work: settle timers and health timeouts, and flushing agent records.
+    pub fn tick(&mut self) -> Result<(), CoreError> {
+        if let Some(rollout) = self.record.rollout.as_mut() {
+            let events = rollout.on_tick(now_ms());
+            if !events.is_empty() {
+                self.handle_events(events)?;
+            }
+        }
+        if self.dirty_agents {
+            self.dirty_agents = false;
+            for (node, entry) in &self.agents {
+                self.store.save_agent(
+                    node,
+                    &AgentRecord {
+                        status: entry.status.as_ref().map(Message::encode_to_vec),
+                        facts: entry.facts.as_ref().map(Message::encode_to_vec),
+                        last_seen_ms: entry.last_seen_ms,
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn watch_status(&self) -> watch::Receiver<pb::StatusResponse> {
+        self.status.subscribe()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Operators
+
+    fn controller(&self) -> Option<String> {
+        self.agents
+            .iter()
+            .find(|(_, entry)| {
+                entry
+                    .facts
+                    .as_ref()
+                    .is_some_and(|facts| facts.kafka_controller)
+            })
+            .map(|(node, _)| node.clone())
+    }
+
+    fn next_generation(&self) -> Result<u64, CoreError> {
+        Ok(self
+            .store
+            .generations()?
+            .last()
+            .map(|g| g.generation)
+            .unwrap_or(0)
+            + 1)
+    }
+
+    fn make_plan(
+        &self,
+        spec_toml: &str,
+    ) -> Result<(ClusterSpec, rollout::RolloutPlan, pb::PlanResponse), CoreError> {
+        let spec = ClusterSpec::parse(spec_toml)
+            .map_err(|errors| CoreError::InvalidSpec(errors.to_string()))?;
+        let current: BTreeMap<String, NodeSpec> = self
+            .effective_releases()
+            .into_iter()
+            .map(|(node, release)| (node, release.spec))
+            .collect();
+        let generation = self.next_generation()?;
+        let controller = self.controller();
+        let plan = rollout::plan_for_spec(generation, &current, &spec, controller.as_deref());
+        let mut nodes = Vec::new();
+        for desired in kreach_common::desired::all_node_specs(&spec) {
+            let old = current
+                .get(&desired.node)
+                .map(|old| render_node(old).unwrap_or_default())
+                .unwrap_or_default();
+            let new = render_node(&desired).map_err(CoreError::Refused)?;
+            let restart = current
+                .get(&desired.node)
+                .map(|old| old.listeners != desired.listeners)
+                .unwrap_or(desired.listeners.is_some());
+            nodes.push(pb::NodeDiff {
+                node: desired.node.clone(),
+                role: desired.role.to_string(),
+                diff: unified_diff(&format!("/{}", desired.node), &old, &new),
+                restart,
+            });
+        }
+        let response = pb::PlanResponse {
+            from_generation: generation - 1,
+            nodes,
+            steps: plan_steps(&plan),
+            warnings: self.fact_warnings(&spec),
+        };
+        Ok((spec, plan, response))
+    }
+
+    /// Brokers whose host facts disagree with the spec: the manual procedure's "sync host
+    /// information" step, checked instead of trusted.
+    fn fact_warnings(&self, spec: &ClusterSpec) -> Vec<String> {
+        let mut warnings = Vec::new();
+        for broker in &spec.brokers {
+            let Some(facts) = self
+                .agents
+                .get(&broker.node)
+                .and_then(|entry| entry.facts.as_ref())
+            else {
+                continue;
+            };
+            let private_ip = broker.private_ip.to_string();
+            if !facts.addresses.iter().any(|address| address == &private_ip) {
+                warnings.push(format!(
+                    "broker {} (node {:?}): private_ip {} is not an address of that host (it has {})",
+                    broker.id,
+                    broker.node,
+                    private_ip,
+                    if facts.addresses.is_empty() { "none".to_string() } else { facts.addresses.join(", ") }
+                ));
+            }
+            if let Some(hostname) = &broker.hostname {
+                let own = [&facts.hostname, &facts.fqdn];
+                if !own.iter().any(|name| name.eq_ignore_ascii_case(hostname)) {
+                    warnings.push(format!(
+                        "broker {} (node {:?}): hostname {hostname} is not the host's own name ({} / {})",
+                        broker.id, broker.node, facts.hostname, facts.fqdn
+                    ));
+                }
+            }
+        }
+        warnings
+    }
+
+    pub fn plan(&self, spec_toml: &str) -> Result<pb::PlanResponse, CoreError> {
+        Ok(self.make_plan(spec_toml)?.2)
+    }
+
+    pub fn apply(
+        &mut self,
+        spec_toml: &str,
+        force: bool,
+        who: &str,
+        rollback_of: Option<u64>,
+    ) -> Result<pb::ApplyResponse, CoreError> {
+        if let Some(rollout) = &self.record.rollout {
+            if !rollout.is_finished() {
+                return Err(CoreError::Refused(format!(
+                    "generation {} is still rolling out ({}); wait for it, or `kreachctl rollout abort` first",
+                    rollout.generation(),
+                    rollout.state().name()
+                )));
+            }
+        }
+        let (spec, plan, response) = self.make_plan(spec_toml)?;
+        if !response.warnings.is_empty() && !force {
+            return Err(CoreError::Refused(format!(
+                "host facts disagree with the spec (use --force to apply anyway):\n{}",
+                response.warnings.join("\n")
+            )));
+        }
+        let generation = plan.generation;
+        let summary = format!(
+            "cluster {}: {} step(s), {} node(s) change{}",
+            spec.name,
+            plan.steps.len(),
+            response.nodes.iter().filter(|n| !n.diff.is_empty()).count(),
+            rollback_of
+                .map(|n| format!(", rollback to generation {n}"))
+                .unwrap_or_default()
+        );
+        let base = self.effective_releases();
+        let (rollout, events) =
+            Rollout::start(plan, format!("{who}: generation {generation}"), now_ms());
+        self.record = RolloutRecord {
+            rollout: Some(rollout),
+            base,
+        };
+        self.store.record_generation(
+            &GenerationRecord {
+                generation,
+                spec_toml: spec_toml.to_string(),
+                applied_at_ms: now_ms(),
+                summary,
+                rollback_of,
+            },
+            &self.record,
+        )?;
+        self.spec = Some(spec);
+        tracing::info!(generation, who, "applied a new generation");
+        self.handle_events(events)?;
+        Ok(pb::ApplyResponse {
+            generation,
+            plan: Some(response),
+        })
+    }
+
+    fn with_rollout(
+        &mut self,
+        action: &str,
+        change: impl FnOnce(&mut Rollout) -> Vec<Event>,
+    ) -> Result<pb::StatusResponse, CoreError> {
+        let rollout = self
+            .record
+            .rollout
+            .as_mut()
+            .ok_or_else(|| CoreError::NotFound(format!("no rollout to {action}")))?;
+        if rollout.is_finished() {
+            return Err(CoreError::Refused(format!(
+                "generation {}'s rollout is {}; nothing to {action}",
+                rollout.generation(),
+                rollout.state().name()
+            )));
+        }
+        let events = change(rollout);
+        self.handle_events(events)?;
+        Ok(self.status_response())
+    }
+
+    pub fn pause(&mut self) -> Result<pb::StatusResponse, CoreError> {
+        self.with_rollout("pause", |rollout| rollout.pause("paused by the operator"))
+    }
+
+    pub fn resume(&mut self) -> Result<pb::StatusResponse, CoreError> {
+        if let Some(rollout) = &self.record.rollout {
+            if !matches!(rollout.state(), RolloutState::Paused { .. }) {
+                return Err(CoreError::Refused(format!(
+                    "the rollout is {}, not paused",
+                    rollout.state().name()
+                )));
+            }
+        }
+        self.with_rollout("resume", |rollout| rollout.resume(now_ms()))
+    }
+
+    pub fn abort(&mut self) -> Result<pb::StatusResponse, CoreError> {
+        self.with_rollout("abort", |rollout| rollout.abort())
+    }
+
+    pub fn rollback(
+        &mut self,
+        to: u64,
+        force: bool,
+        who: &str,
+    ) -> Result<pb::ApplyResponse, CoreError> {
+        let record = self.store.generation(to)?.ok_or_else(|| {
+            CoreError::NotFound(format!(
+                "there is no generation {to} (see `kreachctl history`)"
+            ))
+        })?;
+        self.apply(&record.spec_toml, force, who, Some(to))
+    }
+
+    pub fn history(&self) -> Result<pb::HistoryResponse, CoreError> {
+        let current = self
+            .record
+            .rollout
+            .as_ref()
+            .map(|r| (r.generation(), r.state().name()));
+        let generations = self
+            .store
+            .generations()?
+            .into_iter()
+            .map(|record| {
+                let outcome = match current {
+                    Some((generation, state)) if generation == record.generation => {
+                        state.to_string()
+                    }
+                    _ => "superseded".to_string(),
+                };
+                pb::GenerationRecord {
+                    generation: record.generation,
+                    applied_at_ms: record.applied_at_ms,
+                    summary: record.summary,
+                    outcome,
+                    rollback_of: record.rollback_of,
+                }
+            })
+            .collect();
+        Ok(pb::HistoryResponse { generations })
+    }
+
+    pub fn nodes(&self) -> pb::NodesResponse {
+        let mut response = pb::NodesResponse::default();
+        for (node, entry) in &self.agents {
+            let mut facts = entry.facts.clone().unwrap_or_default();
+            facts.node = node.clone();
+            response.nodes.push(facts);
+            response.online.push(entry.connections > 0);
+        }
+        response
+    }
+
+    pub fn status_response(&self) -> pb::StatusResponse {
+        let releases = self.effective_releases();
+        let mut roles: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(spec) = &self.spec {
+            for node in kreach_common::desired::all_node_specs(spec) {
+                roles.insert(node.node.clone(), node.role.to_string());
+            }
+        }
+        for (node, release) in &releases {
+            roles
+                .entry(node.clone())
+                .or_insert_with(|| release.spec.role.to_string());
+        }
+        for node in self.agents.keys() {
+            roles
+                .entry(node.clone())
+                .or_insert_with(|| "unknown (not in the spec)".to_string());
+        }
+        let nodes = roles
+            .into_iter()
+            .map(|(node, role)| {
+                let entry = self.agents.get(&node);
+                pb::NodeView {
+                    online: entry.is_some_and(|e| e.connections > 0),
+                    released: releases.get(&node).map(|r| pb::ReleaseId {
+                        generation: r.generation,
+                        step: r.step,
+                        attempt: r.attempt,
+                    }),
+                    status: entry.and_then(|e| e.status.clone()),
+                    node,
+                    role,
+                }
+            })
+            .collect();
+        let rollout = self.record.rollout.as_ref().map(|rollout| {
+            let status = rollout.status();
+            pb::RolloutView {
+                generation: status.generation,
+                state: status.state.clone(),
+                current_step: status.current_step.unwrap_or(status.total_steps),
+                total_steps: status.total_steps,
+                paused_node: status.paused_node.clone().unwrap_or_default(),
+                paused_reason: status.paused_reason.clone().unwrap_or_default(),
+                steps: plan_steps(rollout.plan()),
+            }
+        });
+        pb::StatusResponse {
+            applied_generation: rollout.as_ref().map(|r| r.generation).unwrap_or(0),
+            rollout,
+            nodes,
+        }
+    }
+}
+
+fn plan_steps(plan: &rollout::RolloutPlan) -> Vec<pb::PlannedStep> {
+    plan.steps
+        .iter()
+        .enumerate()
+        .map(|(index, step)| pb::PlannedStep {
+            index: index as u32,
+            kind: if step.controller {
+                format!("{} (controller)", step.kind)
+            } else {
+                step.kind.to_string()
+            },
+            nodes: step.nodes(),
+            restarts: step.restarts,
+        })
+        .collect()
+}
+
+fn to_wire_release(release: &rollout::Release) -> pb::Release {
+    pb::Release {
+        id: Some(pb::ReleaseId {
+            generation: release.generation,
+            step: release.step,
+            attempt: release.attempt,
+        }),
+        spec: Some(pb::NodeSpec::from(&release.spec)),
+        released_by: release.released_by.clone(),
+    }
+}
+
+/// The role of a node as a short word, for tables.
+pub fn role_word(role: &NodeRole) -> &'static str {
+    match role {
+        NodeRole::Broker { .. } => "broker",
+        NodeRole::Client { .. } => "client",
+    }
+}

@@ -1,0 +1,391 @@
+//! `kreachctl`'s side of the admin API: connecting with the admin certificate, and turning
+//! responses into tables for people and JSON for scripts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kreach_proto as pb;
+use pb::admin_service_client::AdminServiceClient;
+use serde_json::{json, Value};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// Where the coordinator is and how to authenticate.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub url: String,
+    /// Directory with `ca.pem`, `admin.pem` and `admin.key` (from `kreachctl certs init`).
+    pub certs: PathBuf,
+    pub insecure: bool,
+}
+
+impl Connection {
+    pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
+        let uri: tonic::transport::Uri = self
+            .url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("--coordinator {:?} is not a URL: {e}", self.url))?;
+        let host = uri
+            .host()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let mut endpoint = Endpoint::from(uri.clone()).connect_timeout(Duration::from_secs(5));
+        if self.insecure {
+            let loopback = host == "localhost"
+                || host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback());
+            if !loopback {
+                anyhow::bail!("--insecure is allowed only for a coordinator on a loopback address, not {host}");
+            }
+        } else {
+            let files = kreach_common::tls::load_tls_files(
+                &self.certs.join(kreach_common::tls::CA_CERT_FILE),
+                &self.certs.join(kreach_common::tls::ADMIN_CERT_FILE),
+                &self.certs.join(kreach_common::tls::ADMIN_KEY_FILE),
+            )?;
+            endpoint = endpoint.tls_config(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&files.ca_pem))
+                    .identity(Identity::from_pem(&files.cert_pem, &files.key_pem))
+                    .domain_name(host.clone()),
+            )?;
+        }
+        let channel = endpoint.connect().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the coordinator at {}: {e}{}",
+                self.url,
+                source_chain(&e)
+            )
+        })?;
+        Ok(AdminServiceClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES))
+    }
+}
+
+fn source_chain(error: &dyn std::error::Error) -> String {
+    let mut out = String::new();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        out.push_str(&format!(": {inner}"));
+        source = inner.source();
+    }
+    out
+}
+
+/// A gRPC error as an operator reads it.
+pub fn status_message(status: &tonic::Status) -> String {
+    let hint = match status.code() {
+        tonic::Code::Unavailable => " (is kreach-coordinator running, and is --coordinator right?)",
+        tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+            " (kreachctl needs the admin certificate: --certs DIR with ca.pem, admin.pem, admin.key)"
+        }
+        _ => "",
+    };
+    format!("{}{hint}", status.message())
+}
+
+fn release_text(release: &Option<pb::ReleaseId>) -> String {
+    match release {
+        Some(id) => format!("g{}/s{}/a{}", id.generation, id.step, id.attempt),
+        None => "-".to_string(),
+    }
+}
+
+fn phase_text(phase: i32) -> &'static str {
+    match pb::Phase::try_from(phase).unwrap_or(pb::Phase::Unspecified) {
+        pb::Phase::Unspecified => "-",
+        pb::Phase::Idle => "idle",
+        pb::Phase::Applying => "applying",
+        pb::Phase::Converged => "converged",
+        pb::Phase::RolledBack => "rolled-back",
+        pb::Phase::Failed => "failed",
+    }
+}
+
+/// Columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (index, cell) in row.iter().enumerate() {
+            widths[index] = widths[index].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (index, cell) in cells.iter().enumerate() {
+            if index + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[index]));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+pub fn steps_text(steps: &[pb::PlannedStep]) -> String {
+    if steps.is_empty() {
+        return "no steps: nothing to change\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|step| {
+            vec![
+                step.index.to_string(),
+                step.kind.clone(),
+                if step.restarts { "yes" } else { "no" }.to_string(),
+                step.nodes.join(", "),
+            ]
+        })
+        .collect();
+    table(&["STEP", "KIND", "RESTARTS", "NODES"], &rows)
+}
+
+pub fn plan_text(plan: &pb::PlanResponse) -> String {
+    let mut out = String::new();
+    for node in &plan.nodes {
+        if node.diff.is_empty() {
+            out.push_str(&format!("= {} ({}): unchanged\n", node.node, node.role));
+        } else {
+            out.push_str(&format!(
+                "~ {} ({}){}\n{}",
+                node.node,
+                node.role,
+                if node.restart { ": restarts Kafka" } else { "" },
+                node.diff
+            ));
+        }
+    }
+    out.push_str(&format!(
+        "\nrollout from generation {}:\n",
+        plan.from_generation
+    ));
+    out.push_str(&steps_text(&plan.steps));
+    for warning in &plan.warnings {
+        out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
+
+pub fn plan_json(plan: &pb::PlanResponse) -> Value {
+    json!({
+        "from_generation": plan.from_generation,
+        "nodes": plan.nodes.iter().map(|n| json!({"node": n.node, "role": n.role, "diff": n.diff, "restart": n.restart})).collect::<Vec<_>>(),
+        "steps": steps_json(&plan.steps),
+        "warnings": plan.warnings,
+    })
+}
+
+fn steps_json(steps: &[pb::PlannedStep]) -> Value {
+    Value::Array(
+        steps
+            .iter()
+            .map(|s| json!({"index": s.index, "kind": s.kind, "restarts": s.restarts, "nodes": s.nodes}))
+            .collect(),
+    )
+}
+
+pub fn status_text(status: &pb::StatusResponse) -> String {
+    let mut out = String::new();
+    match &status.rollout {
+        Some(rollout) => {
+            out.push_str(&format!(
+                "rollout: generation {} {} (step {} of {})",
+                rollout.generation,
+                rollout.state,
+                (rollout.current_step + 1).min(rollout.total_steps),
+                rollout.total_steps
+            ));
+            if rollout.state == "paused" {
+                let node = if rollout.paused_node.is_empty() {
+                    "operator"
+                } else {
+                    rollout.paused_node.as_str()
+                };
+                out.push_str(&format!(" at {node}: {}", rollout.paused_reason));
+            }
+            out.push('\n');
+        }
+        None => out.push_str("rollout: none (no spec applied yet)\n"),
+    }
+    let rows: Vec<Vec<String>> = status
+        .nodes
+        .iter()
+        .map(|node| {
+            let reported = node.status.as_ref();
+            vec![
+                node.node.clone(),
+                node.role.clone(),
+                if node.online { "online" } else { "OFFLINE" }.to_string(),
+                release_text(&node.released),
+                reported
+                    .map(|s| release_text(&s.release))
+                    .unwrap_or_else(|| "-".into()),
+                reported
+                    .map(|s| phase_text(s.phase))
+                    .unwrap_or("-")
+                    .to_string(),
+                reported
+                    .map(|s| s.reason.clone())
+                    .filter(|r| !r.is_empty())
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "NODE",
+            "ROLE",
+            "AGENT",
+            "RELEASED",
+            "APPLIED",
+            "PHASE",
+            "LAST ERROR",
+        ],
+        &rows,
+    ));
+    out
+}
+
+pub fn status_json(status: &pb::StatusResponse) -> Value {
+    let release = |id: &Option<pb::ReleaseId>| {
+        id.as_ref()
+            .map(|id| json!({"generation": id.generation, "step": id.step, "attempt": id.attempt}))
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "rollout": status.rollout.as_ref().map(|r| json!({
+            "generation": r.generation,
+            "state": r.state,
+            "current_step": r.current_step,
+            "total_steps": r.total_steps,
+            "paused_node": r.paused_node,
+            "paused_reason": r.paused_reason,
+            "steps": steps_json(&r.steps),
+        })),
+        "nodes": status.nodes.iter().map(|n| json!({
+            "node": n.node,
+            "role": n.role,
+            "online": n.online,
+            "released": release(&n.released),
+            "applied": n.status.as_ref().map(|s| release(&s.release)).unwrap_or(Value::Null),
+            "phase": n.status.as_ref().map(|s| phase_text(s.phase)).unwrap_or("-"),
+            "reason": n.status.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
+            "restart_started_ms": n.status.as_ref().map(|s| s.restart_started_ms).unwrap_or(0),
+            "restart_finished_ms": n.status.as_ref().map(|s| s.restart_finished_ms).unwrap_or(0),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn history_text(history: &pb::HistoryResponse) -> String {
+    let rows: Vec<Vec<String>> = history
+        .generations
+        .iter()
+        .map(|g| {
+            vec![
+                g.generation.to_string(),
+                format_ms(g.applied_at_ms),
+                g.outcome.clone(),
+                g.summary.clone(),
+            ]
+        })
+        .collect();
+    table(&["GEN", "APPLIED (UTC)", "OUTCOME", "SUMMARY"], &rows)
+}
+
+pub fn history_json(history: &pb::HistoryResponse) -> Value {
+    Value::Array(
+        history
+            .generations
+            .iter()
+            .map(|g| json!({"generation": g.generation, "applied_at_ms": g.applied_at_ms, "outcome": g.outcome, "summary": g.summary, "rollback_of": g.rollback_of}))
+            .collect(),
+    )
+}
+
+pub fn nodes_text(nodes: &pb::NodesResponse) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .nodes
+        .iter()
+        .zip(nodes.online.iter().chain(std::iter::repeat(&false)))
+        .map(|(facts, online)| {
+            vec![
+                facts.node.clone(),
+                if *online { "online" } else { "OFFLINE" }.to_string(),
+                facts.hostname.clone(),
+                facts.fqdn.clone(),
+                facts.addresses.join(","),
+                if facts.kafka_running { "running" } else { "-" }.to_string(),
+                if facts.kafka_controller { "yes" } else { "-" }.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NODE",
+            "AGENT",
+            "HOSTNAME",
+            "FQDN",
+            "ADDRESSES",
+            "KAFKA",
+            "CONTROLLER",
+        ],
+        &rows,
+    )
+}
+
+pub fn nodes_json(nodes: &pb::NodesResponse) -> Value {
+    Value::Array(
+        nodes
+            .nodes
+            .iter()
+            .zip(nodes.online.iter().chain(std::iter::repeat(&false)))
+            .map(|(f, online)| json!({"node": f.node, "online": online, "hostname": f.hostname, "fqdn": f.fqdn, "addresses": f.addresses, "kafka_running": f.kafka_running, "kafka_controller": f.kafka_controller, "agent_version": f.agent_version}))
+            .collect(),
+    )
+}
+
+/// `2026-11-25 16:36:11` from unix milliseconds (UTC), without a date crate.
+pub fn format_ms(ms: u64) -> String {
+    let seconds = ms / 1000;
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's published algorithm.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_render_in_utc() {
+        assert_eq!(format_ms(0), "1970-01-01 00:00:00");
+        assert_eq!(format_ms(1_795_624_571_000), "2026-11-25 16:36:11");
+    }
+
+    #[test]
+    fn tables_align_columns() {
+        let text = table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
+        assert_eq!(text, "A    LONG\nxyz  1\n");
+    }
+}

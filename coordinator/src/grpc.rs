@@ -1,0 +1,267 @@
+//! The gRPC edge: `AgentService` and `AdminService` over [`Core`], identity checks from mutual
+//! TLS, and the one place where errors become `tonic::Status`.
+//!
+//! Identity: with TLS, a peer's certificate names it (`kreach://node/NAME`, `kreach://admin`); an
+//! agent may subscribe and report only for its own node, and only the admin certificate reaches
+//! the admin service. Without TLS (`insecure`, loopback only) every caller is trusted.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kreach_common::tls::{peer_identity, PeerIdentity};
+use kreach_proto as pb;
+use pb::admin_service_server::AdminService;
+use pb::agent_service_server::AgentService;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::core::{Core, CoreError};
+
+pub type SharedCore = Arc<Mutex<Core>>;
+
+/// Whether callers are authenticated by certificate.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Auth {
+    MutualTls,
+    /// Plaintext on loopback: no identities.
+    Insecure,
+}
+
+#[derive(Clone)]
+pub struct Services {
+    pub core: SharedCore,
+    pub auth: Auth,
+}
+
+impl From<CoreError> for Status {
+    fn from(error: CoreError) -> Status {
+        match &error {
+            CoreError::InvalidSpec(_) => Status::invalid_argument(error.to_string()),
+            CoreError::Refused(_) => Status::failed_precondition(error.to_string()),
+            CoreError::NotFound(_) => Status::not_found(error.to_string()),
+            CoreError::Store(_) => Status::internal(error.to_string()),
+        }
+    }
+}
+
+impl Services {
+    fn core(&self) -> MutexGuard<'_, Core> {
+        self.core
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn identity<T>(&self, request: &Request<T>) -> Result<Option<PeerIdentity>, Status> {
+        if self.auth == Auth::Insecure {
+            return Ok(None);
+        }
+        let certs = request.peer_certs().ok_or_else(|| {
+            Status::unauthenticated(
+                "no client certificate: present the certificate from `kreachctl certs init`",
+            )
+        })?;
+        let first = certs.first().ok_or_else(|| {
+            Status::unauthenticated(
+                "no client certificate: present the certificate from `kreachctl certs init`",
+            )
+        })?;
+        peer_identity(first.as_ref()).map(Some).map_err(|error| {
+            Status::permission_denied(format!("unrecognised client certificate: {error}"))
+        })
+    }
+
+    /// The caller must be the agent of `node`.
+    fn require_node<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
+        match self.identity(request)? {
+            None => Ok(()),
+            Some(PeerIdentity::Node(name)) if name == node => Ok(()),
+            Some(PeerIdentity::Node(name)) => Err(Status::permission_denied(format!(
+                "the certificate of node {name:?} cannot act for node {node:?}"
+            ))),
+            Some(other) => Err(Status::permission_denied(format!(
+                "the agent service needs a node certificate, not {other:?}"
+            ))),
+        }
+    }
+
+    fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match self.identity(request)? {
+            None | Some(PeerIdentity::Admin) => Ok(()),
+            Some(other) => Err(Status::permission_denied(format!(
+                "the admin service needs the admin certificate; this one is {other:?}"
+            ))),
+        }
+    }
+
+    fn who<T>(&self, request: &Request<T>) -> String {
+        match request.remote_addr() {
+            Some(address) => format!("kreachctl from {address}"),
+            None => "kreachctl".to_string(),
+        }
+    }
+}
+
+type ReleaseStream = Pin<Box<dyn Stream<Item = Result<pb::Release, Status>> + Send>>;
+type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::StatusResponse, Status>> + Send>>;
+
+/// Marks the agent offline when its stream is dropped (the connection ended).
+struct Presence {
+    core: SharedCore,
+    node: String,
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        self.core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .disconnect(&self.node);
+    }
+}
+
+#[tonic::async_trait]
+impl AgentService for Services {
+    type SubscribeStream = ReleaseStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<ReleaseStream>, Status> {
+        let node = request.get_ref().node.clone();
+        if node.is_empty() {
+            return Err(Status::invalid_argument("SubscribeRequest.node is empty"));
+        }
+        self.require_node(&request, &node)?;
+        let receiver = self.core().subscribe(&node);
+        let presence = Presence {
+            core: Arc::clone(&self.core),
+            node,
+        };
+        let stream =
+            tokio_stream::wrappers::WatchStream::new(receiver).filter_map(move |release| {
+                let _alive = &presence;
+                release.map(Ok)
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_status(
+        &self,
+        request: Request<pb::NodeStatus>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let node = request.get_ref().node.clone();
+        self.require_node(&request, &node)?;
+        self.core().report_status(request.into_inner())?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn report_facts(
+        &self,
+        request: Request<pb::HostFacts>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let node = request.get_ref().node.clone();
+        self.require_node(&request, &node)?;
+        self.core().report_facts(request.into_inner());
+        Ok(Response::new(pb::Ack {}))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for Services {
+    type WatchStream = StatusStream;
+
+    async fn plan(
+        &self,
+        request: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        self.require_admin(&request)?;
+        Ok(Response::new(
+            self.core().plan(&request.get_ref().spec_toml)?,
+        ))
+    }
+
+    async fn apply(
+        &self,
+        request: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.require_admin(&request)?;
+        let who = self.who(&request);
+        let body = request.into_inner();
+        Ok(Response::new(self.core().apply(
+            &body.spec_toml,
+            body.force,
+            &who,
+            None,
+        )?))
+    }
+
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.require_admin(&request)?;
+        Ok(Response::new(self.core().status_response()))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<StatusStream>, Status> {
+        self.require_admin(&request)?;
+        let receiver = self.core().watch_status();
+        let stream = tokio_stream::wrappers::WatchStream::new(receiver).map(Ok);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn pause(
+        &self,
+        request: Request<pb::RolloutControl>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.require_admin(&request)?;
+        Ok(Response::new(self.core().pause()?))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<pb::RolloutControl>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.require_admin(&request)?;
+        Ok(Response::new(self.core().resume()?))
+    }
+
+    async fn abort(
+        &self,
+        request: Request<pb::RolloutControl>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.require_admin(&request)?;
+        Ok(Response::new(self.core().abort()?))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        self.require_admin(&request)?;
+        Ok(Response::new(self.core().history()?))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        self.require_admin(&request)?;
+        let who = self.who(&request);
+        let body = request.into_inner();
+        Ok(Response::new(
+            self.core().rollback(body.to, body.force, &who)?,
+        ))
+    }
+
+    async fn nodes(
+        &self,
+        request: Request<pb::NodesRequest>,
+    ) -> Result<Response<pb::NodesResponse>, Status> {
+        self.require_admin(&request)?;
+        Ok(Response::new(self.core().nodes()))
+    }
+}

@@ -1,0 +1,254 @@
+//! The coordinator's durable store (redb): every applied spec as a numbered generation, the
+//! rollout state, what was released to each node, and the last status and facts of every agent.
+//!
+//! Owns persistence only. Every write is one redb transaction, committed durably before the
+//! coordinator acts on it, so a `kill -9` at any point resumes exactly where it was: a release is
+//! stored before it is sent, never after.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+const GENERATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("generations");
+const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
+const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("agents");
+
+const ROLLOUT_KEY: &str = "rollout";
+
+/// One applied spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    pub generation: u64,
+    pub spec_toml: String,
+    pub applied_at_ms: u64,
+    pub summary: String,
+    /// Set when this generation re-applies an older one (`kreachctl rollback --to N`).
+    pub rollback_of: Option<u64>,
+}
+
+/// What the coordinator last heard from one agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRecord {
+    /// The last NodeStatus, protobuf-encoded (it is the wire value, kept as such).
+    pub status: Option<Vec<u8>>,
+    /// The last HostFacts, protobuf-encoded.
+    pub facts: Option<Vec<u8>>,
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open the coordinator store {path}: {message} (is another coordinator using it?)"
+    )]
+    Open { path: PathBuf, message: String },
+    #[error("coordinator store {path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("coordinator store {path}: record {key} is corrupt: {message}")]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl Store {
+    /// Open (or create) the store at `path`. redb holds an exclusive lock: a second coordinator on
+    /// the same state directory is refused.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|error| StoreError::Open {
+                path: path.to_path_buf(),
+                message: error.to_string(),
+            })?;
+        }
+        let db = Database::create(path).map_err(|error| StoreError::Open {
+            path: path.to_path_buf(),
+            message: error.to_string(),
+        })?;
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+        };
+        // Create the tables so that readers never meet a missing one.
+        store.write(|txn| {
+            txn.open_table(GENERATIONS)?;
+            txn.open_table(META)?;
+            txn.open_table(AGENTS)?;
+            Ok(())
+        })?;
+        Ok(store)
+    }
+
+    fn io(&self, error: impl std::fmt::Display) -> StoreError {
+        StoreError::Io {
+            path: self.path.clone(),
+            message: error.to_string(),
+        }
+    }
+
+    fn write(
+        &self,
+        body: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        body(&txn).map_err(|e| self.io(e))?;
+        txn.commit().map_err(|e| self.io(e))
+    }
+
+    fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+        serde_json::from_slice(bytes).map_err(|error| StoreError::Corrupt {
+            path: self.path.clone(),
+            key: key.to_string(),
+            message: error.to_string(),
+        })
+    }
+
+    /// Store a new generation and the rollout that rolls it out, in one transaction.
+    pub fn record_generation<R: Serialize>(
+        &self,
+        record: &GenerationRecord,
+        rollout: &R,
+    ) -> Result<(), StoreError> {
+        let generation = serde_json::to_vec(record).expect("serializable");
+        let rollout = serde_json::to_vec(rollout).expect("serializable");
+        self.write(|txn| {
+            txn.open_table(GENERATIONS)?
+                .insert(record.generation, generation.as_slice())?;
+            txn.open_table(META)?
+                .insert(ROLLOUT_KEY, rollout.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn save_rollout<R: Serialize>(&self, rollout: &R) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(rollout).expect("serializable");
+        self.write(|txn| {
+            txn.open_table(META)?
+                .insert(ROLLOUT_KEY, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn load_rollout<R: DeserializeOwned>(&self) -> Result<Option<R>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(META).map_err(|e| self.io(e))?;
+        match table.get(ROLLOUT_KEY).map_err(|e| self.io(e))? {
+            Some(value) => self.decode(ROLLOUT_KEY, value.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(GENERATIONS).map_err(|e| self.io(e))?;
+        let mut records = Vec::new();
+        for item in table.iter().map_err(|e| self.io(e))? {
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            records.push(self.decode(&format!("generation {}", key.value()), value.value())?);
+        }
+        Ok(records)
+    }
+
+    pub fn generation(&self, generation: u64) -> Result<Option<GenerationRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(GENERATIONS).map_err(|e| self.io(e))?;
+        match table.get(generation).map_err(|e| self.io(e))? {
+            Some(value) => self
+                .decode(&format!("generation {generation}"), value.value())
+                .map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn save_agent(&self, node: &str, record: &AgentRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).expect("serializable");
+        self.write(|txn| {
+            txn.open_table(AGENTS)?.insert(node, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    pub fn agents(&self) -> Result<Vec<(String, AgentRecord)>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(AGENTS).map_err(|e| self.io(e))?;
+        let mut records = Vec::new();
+        for item in table.iter().map_err(|e| self.io(e))? {
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            let node = key.value().to_string();
+            let record = self.decode(&format!("agent {node}"), value.value())?;
+            records.push((node, record));
+        }
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct FakeRollout {
+        step: u32,
+    }
+
+    #[test]
+    fn generations_rollout_and_agents_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let record = GenerationRecord {
+                generation: 1,
+                spec_toml: "[cluster]".into(),
+                applied_at_ms: 5,
+                summary: "first".into(),
+                rollback_of: None,
+            };
+            store
+                .record_generation(&record, &FakeRollout { step: 0 })
+                .unwrap();
+            store.save_rollout(&FakeRollout { step: 2 }).unwrap();
+            store
+                .save_agent(
+                    "w1",
+                    &AgentRecord {
+                        status: Some(vec![1, 2]),
+                        facts: None,
+                        last_seen_ms: 9,
+                    },
+                )
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.generations().unwrap().len(), 1);
+        assert_eq!(store.generation(1).unwrap().unwrap().summary, "first");
+        assert_eq!(store.generation(2).unwrap(), None);
+        assert_eq!(
+            store.load_rollout::<FakeRollout>().unwrap(),
+            Some(FakeRollout { step: 2 })
+        );
+        assert_eq!(store.agents().unwrap()[0].1.last_seen_ms, 9);
+    }
+
+    #[test]
+    fn a_second_coordinator_on_the_same_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.redb");
+        let _first = Store::open(&path).unwrap();
+        let error = Store::open(&path)
+            .err()
+            .expect("second open refused")
+            .to_string();
+        assert!(
+            error.contains("cannot open the coordinator store"),
+            "{error}"
+        );
+    }
+}
