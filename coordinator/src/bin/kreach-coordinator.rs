@@ -61,7 +61,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every agent holds one connection: lift the soft open-files limit to the hard one so a large
+/// fleet is not refused at the default 1,024.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                Ok(()) => tracing::debug!(soft, hard, "raised the open-files limit"),
+                Err(error) => tracing::warn!(soft, hard, "cannot raise the open-files limit: {error}"),
+            }
+        }
+    }
+}
+
 async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
+    raise_open_files_limit();
     let core = Core::open(&config.state_dir).context("opening the store")?;
     let core = Arc::new(Mutex::new(core));
     let auth = if config.tls.insecure {
