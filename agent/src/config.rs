@@ -19,6 +19,103 @@ pub struct AgentConfig {
     pub manage: ManageConfig,
     #[serde(default)]
     pub service_manager: ServiceManagerConfig,
+    /// Absent: the agent runs stand-alone and enforces what `apply-local` last applied.
+    pub coordinator: Option<CoordinatorConfig>,
+}
+
+/// Where the coordinator is and how this node proves who it is (mutual TLS).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    /// `https://host:port`; `http://` only with `insecure = true` on a loopback host.
+    pub url: String,
+    /// PEM: the CA that signed the coordinator's certificate.
+    pub ca: Option<PathBuf>,
+    /// PEM: this node's certificate (from `kreachctl certs init`), naming the node.
+    pub cert: Option<PathBuf>,
+    /// PEM: the private key of `cert`.
+    pub key: Option<PathBuf>,
+    /// Plaintext HTTP/2, for a coordinator on the same host (tests, a local sandbox).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+impl CoordinatorConfig {
+    /// The URL's host without brackets, for TLS server-name checks.
+    pub fn host(&self) -> Option<String> {
+        let uri: tonic::transport::Uri = self.url.parse().ok()?;
+        uri.host().map(|host| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        })
+    }
+
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let uri: tonic::transport::Uri = match self.url.parse() {
+            Ok(uri) => uri,
+            Err(error) => {
+                return vec![format!(
+                    "coordinator.url: {:?} is not a URL ({error}); write e.g. \"https://kreach-coordinator:7443\"",
+                    self.url
+                )]
+            }
+        };
+        let Some(host) = self.host().filter(|host| !host.is_empty()) else {
+            return vec![format!(
+                "coordinator.url: {:?} names no host; write e.g. \"https://kreach-coordinator:7443\"",
+                self.url
+            )];
+        };
+        let tls_files = [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)];
+        match (uri.scheme_str(), self.insecure) {
+            (Some("https"), false) => {
+                for (key, value) in tls_files {
+                    if value.is_none() {
+                        problems.push(format!(
+                            "coordinator.{key}: missing; mutual TLS needs ca, cert and key (PEM files from `kreachctl certs init`)"
+                        ));
+                    }
+                }
+            }
+            (Some("http"), true) => {
+                if !is_loopback_host(&host) {
+                    problems.push(format!(
+                        "coordinator.insecure: plaintext is allowed only to a loopback address, and {host:?} is not one; use https:// with ca, cert and key"
+                    ));
+                }
+                for (key, value) in tls_files {
+                    if value.is_some() {
+                        problems.push(format!(
+                            "coordinator.{key}: not used with insecure = true; remove it or use https://"
+                        ));
+                    }
+                }
+            }
+            (Some("http"), false) => problems.push(format!(
+                "coordinator.url: {:?} is plaintext; use https:// (or, for a coordinator on this host only, set insecure = true)",
+                self.url
+            )),
+            (Some("https"), true) => problems.push(
+                "coordinator.insecure: insecure = true needs an http:// URL; remove insecure to use TLS".to_string(),
+            ),
+            _ => problems.push(format!(
+                "coordinator.url: {:?} must start with https://",
+                self.url
+            )),
+        }
+        problems
+    }
+}
+
+/// `localhost` or a loopback IP literal. Other names are refused even when they resolve to
+/// loopback today: the check must not depend on what DNS says later.
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|address| address.is_loopback())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -109,6 +206,9 @@ impl AgentConfig {
             ),
             _ => {}
         }
+        if let Some(coordinator) = &config.coordinator {
+            problems.extend(coordinator.problems());
+        }
         if problems.is_empty() {
             Ok(config)
         } else {
@@ -128,6 +228,67 @@ mod tests {
         assert_eq!(config.node, "emr-worker-1");
         assert_eq!(config.manage.hosts_file, PathBuf::from("/etc/hosts"));
         assert_eq!(config.service_manager.kind, ServiceManagerKind::Systemd);
+        let coordinator = config.coordinator.expect("the example has a coordinator");
+        assert_eq!(coordinator.url, "https://kreach-coordinator:7443");
+        assert_eq!(coordinator.host().as_deref(), Some("kreach-coordinator"));
+        assert!(!coordinator.insecure);
+    }
+
+    fn with_coordinator(section: &str) -> Result<AgentConfig, String> {
+        AgentConfig::parse(&format!(
+            "node = \"etl-1\"\n[manage]\n[coordinator]\n{section}"
+        ))
+    }
+
+    #[test]
+    fn without_a_coordinator_section_the_agent_is_stand_alone() {
+        let config = AgentConfig::parse("node = \"etl-1\"\n[manage]\n").unwrap();
+        assert_eq!(config.coordinator, None);
+    }
+
+    #[test]
+    fn plaintext_is_allowed_only_to_loopback() {
+        for url in [
+            "http://127.0.0.1:7443",
+            "http://[::1]:7443",
+            "http://localhost:7443",
+        ] {
+            let config = with_coordinator(&format!("url = {url:?}\ninsecure = true\n"))
+                .unwrap_or_else(|error| panic!("{url}: {error}"));
+            assert!(config.coordinator.unwrap().insecure);
+        }
+        for url in [
+            "http://kreach-coordinator:7443",
+            "http://10.0.0.5:7443",
+            "http://127.0.0.1.example.com:7443",
+        ] {
+            let error = with_coordinator(&format!("url = {url:?}\ninsecure = true\n")).unwrap_err();
+            assert!(
+                error.contains("coordinator.insecure") && error.contains("loopback"),
+                "{url}: {error}"
+            );
+        }
+        let error = with_coordinator("url = \"http://127.0.0.1:7443\"\n").unwrap_err();
+        assert!(error.contains("plaintext"), "{error}");
+        let error =
+            with_coordinator("url = \"https://127.0.0.1:7443\"\ninsecure = true\n").unwrap_err();
+        assert!(error.contains("http://"), "{error}");
+    }
+
+    #[test]
+    fn tls_needs_all_three_files_and_unknown_keys_are_errors() {
+        let error = with_coordinator("url = \"https://c:7443\"\nca = \"/ca.pem\"\n").unwrap_err();
+        assert!(
+            error.contains("coordinator.cert") && error.contains("coordinator.key"),
+            "{error}"
+        );
+        let error = with_coordinator(
+            "url = \"https://c:7443\"\nca = \"/a\"\ncert = \"/b\"\nkey = \"/c\"\ntimeout = 3\n",
+        )
+        .unwrap_err();
+        assert!(error.contains("timeout"), "{error}");
+        let error = with_coordinator("url = \"ftp://c\"\n").unwrap_err();
+        assert!(error.contains("https://"), "{error}");
     }
 
     #[test]

@@ -1,19 +1,21 @@
 //! Drift repair: keep enforcing the last applied state while the agent runs.
 //!
-//! Owns watching the managed files and deciding when to re-check them. Every check is a fresh plan
-//! against the persisted desired state, so the editors decide what counts as drift: an edit inside
-//! kreach's hosts block or to a managed listener entry shows up as a change and is written back;
-//! edits anywhere else render to the same bytes and are left alone. Repairs never restart Kafka:
-//! they put back the bytes the running broker was started with.
+//! Owns watching the managed files and deciding when to re-check them, always against the applied
+//! state on disk (which the coordinator client replaces after each converged release). Every check
+//! is a fresh plan against the persisted desired state, so the editors decide what counts as drift:
+//! an edit inside kreach's hosts block or to a managed listener entry shows up as a change and is
+//! written back; edits anywhere else render to the same bytes and are left alone. Repairs never
+//! restart Kafka: they put back the bytes the running broker was started with.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 
 use crate::engine::{Engine, EngineError};
-use crate::state::AppliedState;
+use crate::state::{self, AppliedState, ReleaseRef};
 
 /// A full re-check happens at least this often even without file events (a missed event, a file
 /// system without inotify).
@@ -78,23 +80,62 @@ pub fn check_and_repair(
     Ok(repaired)
 }
 
-/// Enforce `applied` until [`Wake::Stop`] arrives: check at start, on every event about a managed
-/// path, and every [`SAFETY_CHECK_PERIOD`].
+/// Lock the engine; a panic in another holder leaves the engine usable (its state is on disk).
+pub fn lock_engine(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    engine.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Enforce the last applied state until [`Wake::Stop`] arrives: check at start, on every event
+/// about a managed path, and every [`SAFETY_CHECK_PERIOD`].
+///
+/// The applied state is read from the state directory at every check (a small JSON file), so the
+/// enforcer follows whatever the coordinator client applied last without being told. Every check
+/// holds the engine's mutex, so a repair never interleaves with an apply in this process.
 pub fn enforce(
-    engine: &Engine,
-    applied: &AppliedState,
+    engine: &Mutex<Engine>,
     watcher: &mut notify::RecommendedWatcher,
     wake: &Receiver<Wake>,
 ) {
-    let managed = engine.managed_paths();
-    let check = |watcher: &mut notify::RecommendedWatcher| match check_and_repair(engine, applied) {
-        Ok(repaired) => {
-            for path in repaired {
-                rewatch_file(watcher, &path);
+    let managed = lock_engine(engine).managed_paths();
+    let mut enforcing: Option<(ReleaseRef, String)> = None;
+    let mut waiting_logged = false;
+    let mut check = |watcher: &mut notify::RecommendedWatcher| {
+        let engine = lock_engine(engine);
+        let applied = match state::load(&engine.config().state_dir) {
+            Ok(Some(applied)) => applied,
+            Ok(None) => {
+                if !waiting_logged {
+                    tracing::info!(node = %engine.config().node, "no applied state yet; waiting for a spec (apply-local or a coordinator)");
+                    waiting_logged = true;
+                }
+                return;
             }
+            Err(error) => {
+                tracing::error!(node = %engine.config().node, "cannot enforce the applied state: {error}");
+                return;
+            }
+        };
+        let current = (applied.release(), applied.released_by.clone());
+        if enforcing.as_ref() != Some(&current) {
+            tracing::info!(
+                node = %applied.node_spec.node,
+                generation = applied.generation,
+                step = applied.step,
+                attempt = applied.attempt,
+                "enforcing the last applied state (released by {})",
+                applied.released_by
+            );
+            enforcing = Some(current);
         }
-        Err(error) => {
-            tracing::error!(node = %applied.node_spec.node, "cannot enforce the applied state: {error}")
+        match check_and_repair(&engine, &applied) {
+            Ok(repaired) => {
+                for path in repaired {
+                    rewatch_file(watcher, &path);
+                }
+            }
+            Err(error) => {
+                tracing::error!(node = %applied.node_spec.node, "cannot enforce the applied state: {error}")
+            }
         }
     };
     check(watcher);

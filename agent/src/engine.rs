@@ -6,7 +6,7 @@
 //! before anything is written, so a bad input changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use kreach_common::desired::{NodeRole, NodeSpec};
 use kreach_common::diff::{content_hash, unified_diff};
@@ -16,7 +16,7 @@ use kreach_common::properties;
 use crate::config::AgentConfig;
 use crate::fsio::{self, WriteMethod};
 use crate::service::ServiceManager;
-use crate::state::{self, AppliedState};
+use crate::state::{self, AppliedState, ReleaseRef};
 use crate::verify::ListenerProbe;
 
 /// How many previous versions of each managed file are kept under `state_dir/backups`.
@@ -102,12 +102,23 @@ pub enum Outcome {
         written: Vec<(PathBuf, WriteMethod)>,
         restarted: Option<String>,
         checks: Vec<String>,
+        /// When the restart of the unit began and ended; None when nothing restarted.
+        restart_window: Option<RestartWindow>,
     },
     /// A gate failed after the change; the previous bytes are back and Kafka was restarted on them.
     RolledBack {
         reason: String,
         restored: Vec<PathBuf>,
+        /// From the start of the failed restart to the end of the recovery restart.
+        restart_window: Option<RestartWindow>,
     },
+}
+
+/// The wall-clock span of a restart, for the coordinator's availability accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartWindow {
+    pub started: SystemTime,
+    pub finished: SystemTime,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -251,14 +262,16 @@ impl Engine {
     pub fn apply(
         &self,
         plan: &Plan,
-        generation: u64,
+        release: ReleaseRef,
         released_by: &str,
     ) -> Result<Outcome, EngineError> {
+        let generation = release.generation;
         let state_dir = &self.config.state_dir;
         let _lock = state::lock_node(state_dir)?;
         let written = self.write_all(plan, generation, released_by)?;
 
         let mut checks = Vec::new();
+        let mut restart_window = None;
         if let Some((unit, why)) = &plan.restart {
             let listeners = plan
                 .node_spec
@@ -269,9 +282,13 @@ impl Engine {
             let timeout = Duration::from_millis(plan.node_spec.health_timeout_ms);
             tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "restarting {unit}: {why}");
             let started = Instant::now();
-            let gate = self
-                .services
-                .restart(unit, timeout)
+            let restart_started = SystemTime::now();
+            let restarted = self.services.restart(unit, timeout);
+            let mut window = RestartWindow {
+                started: restart_started,
+                finished: SystemTime::now(),
+            };
+            let gate = restarted
                 .map_err(|error| format!("restart of {unit} failed: {error}"))
                 .and_then(|()| {
                     let remaining = timeout
@@ -285,19 +302,23 @@ impl Engine {
                 Ok(passed) => {
                     tracing::info!(unit = %unit, elapsed_ms = started.elapsed().as_millis() as u64, "{unit} is healthy");
                     checks = passed;
+                    restart_window = Some(window);
                 }
                 Err(reason) => {
                     tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "rolling back: {reason}");
                     let restored = self.restore(&written, generation, "rollback")?;
                     let previous = self.previous_listeners();
-                    let recovery = self
-                        .services
-                        .restart(unit, timeout)
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| match &previous {
-                            Some(listeners) => self.probe.verify(listeners, timeout).map(|_| ()),
-                            None => Ok(()),
-                        });
+                    let recovery = self.services.restart(unit, timeout);
+                    window.finished = SystemTime::now();
+                    let recovery =
+                        recovery
+                            .map_err(|e| e.to_string())
+                            .and_then(|()| match &previous {
+                                Some(listeners) => {
+                                    self.probe.verify(listeners, timeout).map(|_| ())
+                                }
+                                None => Ok(()),
+                            });
                     if let Err(error) = recovery {
                         return Err(EngineError::RollbackFailed {
                             message: format!(
@@ -305,7 +326,11 @@ impl Engine {
                             ),
                         });
                     }
-                    return Ok(Outcome::RolledBack { reason, restored });
+                    return Ok(Outcome::RolledBack {
+                        reason,
+                        restored,
+                        restart_window: Some(window),
+                    });
                 }
             }
         }
@@ -313,6 +338,8 @@ impl Engine {
             state_dir,
             &AppliedState {
                 generation,
+                step: release.step,
+                attempt: release.attempt,
                 released_by: released_by.to_string(),
                 applied_at_unix_ms: state::now_unix_ms(),
                 node_spec: plan.node_spec.clone(),
@@ -322,6 +349,7 @@ impl Engine {
             written: written.into_iter().map(|w| (w.path, w.method)).collect(),
             restarted: plan.restart.as_ref().map(|(unit, _)| unit.clone()),
             checks,
+            restart_window,
         })
     }
 

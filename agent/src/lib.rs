@@ -1,12 +1,15 @@
 //! The kreach node agent.
 //!
 //! Owns everything that touches the host: reading its own config, writing files atomically,
-//! restarting the Kafka unit through a service manager, verifying listeners, and repairing drift.
+//! restarting the Kafka unit through a service manager, verifying listeners, repairing drift, and
+//! (when configured) following the coordinator's releases.
 //! The decisions themselves (what to write) come from `kreach-common`'s pure editors.
 
+pub mod client;
 pub mod config;
 pub mod drift;
 pub mod engine;
+pub mod facts;
 pub mod fsio;
 pub mod service;
 pub mod state;

@@ -2,10 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kreach_agent::client::CoordinatorClient;
 use kreach_agent::config::{AgentConfig, ServiceManagerKind};
 use kreach_agent::engine::{Engine, Outcome};
 use kreach_agent::service::{CommandManager, ServiceManager, SystemdManager};
@@ -13,6 +14,8 @@ use kreach_agent::verify::TcpProbe;
 use kreach_agent::{drift, state};
 use kreach_common::desired::node_spec;
 use kreach_common::spec::ClusterSpec;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Exit codes, documented in `--help`.
 const EXIT_FAILED: u8 = 1;
@@ -47,7 +50,8 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// Run as a daemon: enforce the last applied state and repair drift in the managed files.
+    /// Run as a daemon: enforce the last applied state and repair drift in the managed files; with
+    /// [coordinator] in the config, also apply the releases the coordinator sends for this node.
     Run,
     /// Print the last applied state of this node (JSON).
     State,
@@ -177,11 +181,12 @@ fn apply_local(
         println!("dry run: nothing was changed");
         return Ok(0);
     }
-    match engine.apply(&plan, 0, "apply-local")? {
+    match engine.apply(&plan, state::ReleaseRef::LOCAL, "apply-local")? {
         Outcome::Converged {
             written,
             restarted,
             checks,
+            ..
         } => {
             for (path, method) in written {
                 let how = match method {
@@ -209,7 +214,9 @@ fn apply_local(
                 Ok(EXIT_CONFLICTS)
             }
         }
-        Outcome::RolledBack { reason, restored } => {
+        Outcome::RolledBack {
+            reason, restored, ..
+        } => {
             println!("rolled back: {reason}");
             for path in restored {
                 println!("restored {}", path.display());
@@ -231,6 +238,8 @@ fn record_state_if_new(
             state_dir,
             &state::AppliedState {
                 generation: 0,
+                step: 0,
+                attempt: 0,
                 released_by: "apply-local".into(),
                 applied_at_unix_ms: state::now_unix_ms(),
                 node_spec: desired.clone(),
@@ -265,34 +274,46 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let (wake_tx, wake_rx) = std::sync::mpsc::channel();
+        // Whoever changes files holds this mutex: the client's applies and the enforcer's repairs
+        // never interleave (the state dir's flock would refuse a second in-process holder).
         let services: Box<dyn ServiceManager> = Box::new(LazyServices { config: config.clone() });
-        let engine = Arc::new(Engine::new(config.clone(), services, Box::new(TcpProbe)));
-        let enforcer = {
+        let engine = Arc::new(Mutex::new(Engine::new(config.clone(), services, Box::new(TcpProbe))));
+        let (wake_tx, wake_rx) = std::sync::mpsc::channel();
+        let mut enforcer = {
             let engine = Arc::clone(&engine);
             let wake_tx = wake_tx.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let Some(applied) = state::load(&engine.config().state_dir)? else {
-                    tracing::info!(node = %engine.config().node, "no applied state yet; waiting for a spec (apply-local or a coordinator)");
-                    // Nothing to enforce: wait for the stop signal.
-                    let _ = wake_rx.recv();
-                    return Ok(());
-                };
-                tracing::info!(
-                    node = %applied.node_spec.node,
-                    generation = applied.generation,
-                    "enforcing the last applied state (released by {})",
-                    applied.released_by
-                );
-                let mut watcher = drift::watch(&engine.managed_paths(), wake_tx).context("watching the managed files")?;
-                drift::enforce(&engine, &applied, &mut watcher, &wake_rx);
+                let paths = drift::lock_engine(&engine).managed_paths();
+                let mut watcher = drift::watch(&paths, wake_tx).context("watching the managed files")?;
+                drift::enforce(&engine, &mut watcher, &wake_rx);
                 Ok(())
             })
         };
+
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        match config.coordinator.clone() {
+            Some(coordinator) => {
+                tracing::info!(node = %config.node, url = %coordinator.url, "following the coordinator's releases");
+                let client = CoordinatorClient::new(config.clone(), coordinator, Arc::clone(&engine));
+                tasks.spawn(client.run(cancel.clone()));
+            }
+            None => tracing::info!(node = %config.node, "no [coordinator] in the config: running stand-alone"),
+        }
+        tasks.close();
+
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        let early_end = tokio::select! {
+            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); None }
+            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); None }
+            ended = &mut enforcer => Some(ended),
+        };
+        // The client first: an apply in flight finishes and is reported; then the enforcer.
+        cancel.cancel();
+        tasks.wait().await;
+        if let Some(ended) = early_end {
+            ended.context("enforcer task")??;
+            anyhow::bail!("the drift enforcer stopped unexpectedly");
         }
         let _ = wake_tx.send(drift::Wake::Stop);
         enforcer.await.context("enforcer task")??;

@@ -21,10 +21,44 @@ const LOCK_FILE: &str = "agent.lock";
 pub struct AppliedState {
     /// The coordinator's generation, or 0 for a local `apply-local`.
     pub generation: u64,
+    /// The rollout step and attempt of the coordinator's release (0 for `apply-local`, and in
+    /// state files written before the agent had a coordinator client).
+    #[serde(default)]
+    pub step: u32,
+    #[serde(default)]
+    pub attempt: u32,
     /// Who released it: "apply-local", or the coordinator's rollout id.
     pub released_by: String,
     pub applied_at_unix_ms: u64,
     pub node_spec: NodeSpec,
+}
+
+impl AppliedState {
+    pub fn release(&self) -> ReleaseRef {
+        ReleaseRef {
+            generation: self.generation,
+            step: self.step,
+            attempt: self.attempt,
+        }
+    }
+}
+
+/// Which release a state came from: the coordinator's generation, step and attempt (all 0 for a
+/// local `apply-local`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReleaseRef {
+    pub generation: u64,
+    pub step: u32,
+    pub attempt: u32,
+}
+
+impl ReleaseRef {
+    /// The local one-shot `apply-local`.
+    pub const LOCAL: ReleaseRef = ReleaseRef {
+        generation: 0,
+        step: 0,
+        attempt: 0,
+    };
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,5 +156,41 @@ pub fn lock_node(state_dir: &Path) -> Result<NodeLock, StateError> {
             path,
             source: std::io::Error::from(errno),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_files_without_step_and_attempt_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = kreach_common::desired::NodeSpec {
+            cluster: "c".into(),
+            node: "etl-1".into(),
+            role: kreach_common::desired::NodeRole::Client {
+                view: kreach_common::spec::View::Private,
+            },
+            hosts_entries: Vec::new(),
+            listeners: None,
+            health_timeout_ms: 1000,
+        };
+        let mut old = serde_json::json!({
+            "generation": 3,
+            "released_by": "apply-local",
+            "applied_at_unix_ms": 1,
+        });
+        old["node_spec"] = serde_json::to_value(&spec).unwrap();
+        std::fs::write(dir.path().join(STATE_FILE), old.to_string()).unwrap();
+        let loaded = load(dir.path()).unwrap().unwrap();
+        assert_eq!(
+            loaded.release(),
+            ReleaseRef {
+                generation: 3,
+                step: 0,
+                attempt: 0
+            }
+        );
     }
 }

@@ -120,6 +120,13 @@ impl Host {
         std::fs::write(self.config_path(), text).unwrap();
     }
 
+    /// Append TOML to agent.toml (e.g. a `[coordinator]` section).
+    pub fn append_config(&self, text: &str) {
+        let mut config = std::fs::read_to_string(self.config_path()).unwrap();
+        config.push_str(text);
+        std::fs::write(self.config_path(), config).unwrap();
+    }
+
     /// Run the Kafka stand-in's restart command with an extra environment assignment.
     pub fn set_restart_env(&self, assignment: &str) {
         *self.restart_env.lock().unwrap() = Some(assignment.to_string());

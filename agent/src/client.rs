@@ -1,0 +1,565 @@
+//! The coordinator client: subscribe to this node's releases, apply each one, report what happened.
+//!
+//! Owns the connection to the coordinator (mutual TLS, or plaintext to loopback), reconnecting with
+//! backoff, and the translation between `kreach.v1` messages and the engine. It does not own the
+//! engine's side effects (those are [`crate::engine`]'s) nor drift repair ([`crate::drift`]), which
+//! keeps enforcing the last applied state on disk whether or not the coordinator is reachable.
+//! Only a release received from the coordinator is ever applied (Rule 7: offline is safe).
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::{BuildHasher, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use kreach_common::desired::NodeSpec;
+use kreach_proto as pb;
+use kreach_proto::agent_service_client::AgentServiceClient;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::config::{AgentConfig, CoordinatorConfig};
+use crate::drift::lock_engine;
+use crate::engine::{Engine, EngineError, Outcome, RestartWindow};
+use crate::facts::{self, HostFacts};
+use crate::state::{self, ReleaseRef};
+
+/// The first reconnect waits this long; each further failure doubles it up to [`BACKOFF_MAX`].
+pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Each delay is scaled by a random factor in 1 ± this, so that a fleet of agents does not
+/// reconnect in lockstep after a coordinator restart.
+pub const BACKOFF_JITTER: f64 = 0.2;
+/// A subscription that lasted longer than this was a working connection: the backoff starts over.
+pub const STABLE_SESSION: Duration = Duration::from_secs(10);
+/// How often the host facts are re-read (and reported when they changed).
+pub const FACTS_PERIOD: Duration = Duration::from_secs(30);
+/// Bound on each unary call and on connecting, so a half-dead coordinator cannot stall the client.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The delay before the reconnect that follows `failures` consecutive failed sessions (0 for the
+/// first): `BACKOFF_INITIAL · 2^failures`, capped at `BACKOFF_MAX`, times `1 + JITTER · (2u − 1)`
+/// for `unit` u in [0, 1]. Pure, so the bounds are testable.
+pub fn backoff_delay(failures: u32, unit: f64) -> Duration {
+    let base = BACKOFF_INITIAL
+        .saturating_mul(2u32.saturating_pow(failures.min(16)))
+        .min(BACKOFF_MAX);
+    let factor = 1.0 + BACKOFF_JITTER * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
+    base.mul_f64(factor)
+}
+
+/// A uniformly distributed number in [0, 1) from the standard library's per-process random keys;
+/// jitter needs no stronger source, nor a crate.
+fn random_unit() -> f64 {
+    let bits = RandomState::new().build_hasher().finish() >> 11;
+    bits as f64 / (1u64 << 53) as f64
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read coordinator.{key} {path}: {source}")]
+    TlsFile {
+        key: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("coordinator.url {url:?}: {source}")]
+    Endpoint {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to the coordinator at {url}: {detail}")]
+    Connect { url: String, detail: String },
+    #[error("{call} failed: {} ({:?})", .status.message(), .status.code())]
+    Rpc {
+        call: &'static str,
+        status: tonic::Status,
+    },
+    #[error("{call} got no answer within {CALL_TIMEOUT:?}")]
+    Timeout { call: &'static str },
+    #[error("the coordinator ended the release stream")]
+    StreamEnded,
+    #[error("the apply task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The coordinator client of one agent.
+pub struct CoordinatorClient {
+    config: AgentConfig,
+    coordinator: CoordinatorConfig,
+    engine: Arc<Mutex<Engine>>,
+    /// The last release that failed or rolled back, and what was reported for it: the same release
+    /// sent again (after a reconnect) is answered with that report, never applied again (Rule 4:
+    /// failure halts; the coordinator retries with the next attempt number).
+    failed: Option<(pb::ReleaseId, pb::NodeStatus)>,
+}
+
+impl CoordinatorClient {
+    pub fn new(
+        config: AgentConfig,
+        coordinator: CoordinatorConfig,
+        engine: Arc<Mutex<Engine>>,
+    ) -> CoordinatorClient {
+        CoordinatorClient {
+            config,
+            coordinator,
+            engine,
+            failed: None,
+        }
+    }
+
+    /// Connect, subscribe and apply releases until `cancel`; reconnect with backoff on any error or
+    /// end of stream. An apply in flight when `cancel` fires finishes (and is reported) first.
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let mut subscribed_at = None;
+            let result = self.session(&cancel, &mut subscribed_at).await;
+            if cancel.is_cancelled() {
+                break;
+            }
+            let reason = match result {
+                Ok(()) => break,
+                Err(error) => error,
+            };
+            if subscribed_at.is_some_and(|at: Instant| at.elapsed() > STABLE_SESSION) {
+                failures = 0;
+            }
+            let delay = backoff_delay(failures, random_unit());
+            failures = failures.saturating_add(1);
+            tracing::warn!(
+                node = %self.config.node,
+                url = %self.coordinator.url,
+                "coordinator connection lost: {reason}; reconnecting in {} ms (still enforcing the last applied state)",
+                delay.as_millis()
+            );
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        tracing::info!(node = %self.config.node, "coordinator client stopped");
+    }
+
+    /// One connection: report facts, subscribe, handle releases. `Ok(())` only when cancelled.
+    async fn session(
+        &mut self,
+        cancel: &CancellationToken,
+        subscribed_at: &mut Option<Instant>,
+    ) -> Result<(), ClientError> {
+        let endpoint = endpoint(&self.coordinator)?;
+        let channel = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Ok(()),
+            connected = tokio::time::timeout(CALL_TIMEOUT, endpoint.connect()) => match connected {
+                Ok(Ok(channel)) => channel,
+                Ok(Err(error)) => return Err(ClientError::Connect {
+                    url: self.coordinator.url.clone(),
+                    detail: error_chain(&error),
+                }),
+                Err(_) => return Err(ClientError::Connect {
+                    url: self.coordinator.url.clone(),
+                    detail: format!("no connection within {CALL_TIMEOUT:?}"),
+                }),
+            },
+        };
+        let mut client = AgentServiceClient::new(channel)
+            .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
+
+        let mut reported_facts = self.gather_facts().await?;
+        call(
+            "ReportFacts",
+            client.report_facts(self.facts_message(&reported_facts)),
+        )
+        .await?;
+
+        let applied = applied_release(&self.config.state_dir);
+        let mut stream = call(
+            "Subscribe",
+            client.subscribe(pb::SubscribeRequest {
+                node: self.config.node.clone(),
+                applied,
+                agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            }),
+        )
+        .await?;
+        *subscribed_at = Some(Instant::now());
+        tracing::info!(
+            node = %self.config.node,
+            url = %self.coordinator.url,
+            applied = %applied.map(|id| describe(&id)).unwrap_or_else(|| "nothing".into()),
+            "subscribed to the coordinator"
+        );
+
+        let mut facts_timer =
+            tokio::time::interval_at(tokio::time::Instant::now() + FACTS_PERIOD, FACTS_PERIOD);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                _ = facts_timer.tick() => {
+                    let facts = self.gather_facts().await?;
+                    if facts != reported_facts {
+                        tracing::info!(node = %self.config.node, "host facts changed; reporting them");
+                        call("ReportFacts", client.report_facts(self.facts_message(&facts))).await?;
+                        reported_facts = facts;
+                    }
+                }
+                message = stream.message() => match message {
+                    // Not raced against `cancel`: an apply, once started, finishes and is reported.
+                    Ok(Some(release)) => self.handle_release(&mut client, release).await?,
+                    Ok(None) => return Err(ClientError::StreamEnded),
+                    Err(status) => return Err(ClientError::Rpc { call: "Subscribe", status }),
+                },
+            }
+        }
+    }
+
+    async fn gather_facts(&self) -> Result<HostFacts, ClientError> {
+        let hosts_file = self.config.manage.hosts_file.clone();
+        Ok(tokio::task::spawn_blocking(move || facts::gather(&hosts_file)).await?)
+    }
+
+    fn facts_message(&self, facts: &HostFacts) -> pb::HostFacts {
+        pb::HostFacts {
+            node: self.config.node.clone(),
+            hostname: facts.hostname.clone(),
+            fqdn: facts.fqdn.clone(),
+            addresses: facts.addresses.clone(),
+            kafka_running: facts.kafka_running,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            // Fields this agent does not observe yet (e.g. whether it is the controller) stay at
+            // their defaults.
+            ..pb::HostFacts::default()
+        }
+    }
+
+    /// Validate, apply and report one release. Errors are only those of the connection; a release
+    /// that cannot be applied is reported as FAILED.
+    async fn handle_release(
+        &mut self,
+        client: &mut AgentServiceClient<Channel>,
+        release: pb::Release,
+    ) -> Result<(), ClientError> {
+        let node = self.config.node.clone();
+        let Some(id) = release.id else {
+            tracing::warn!(node = %node, "refusing a release without an id; nothing was applied");
+            let status = pb::NodeStatus {
+                node,
+                phase: pb::Phase::Failed as i32,
+                reason: "invalid Release.id in a kreach.v1 message: missing; nothing was applied"
+                    .into(),
+                ..pb::NodeStatus::default()
+            };
+            return report(client, status).await;
+        };
+        let reference = ReleaseRef {
+            generation: id.generation,
+            step: id.step,
+            attempt: id.attempt,
+        };
+        let status = |phase: pb::Phase, reason: String| pb::NodeStatus {
+            node: node.clone(),
+            release: Some(id),
+            phase: phase as i32,
+            reason,
+            ..pb::NodeStatus::default()
+        };
+        if let Some((failed_id, failed_status)) = &self.failed {
+            if *failed_id == id {
+                tracing::info!(node = %node, release = %describe(&id), "release already failed here; reporting that again instead of re-applying");
+                return report(client, failed_status.clone()).await;
+            }
+        }
+
+        let spec = match release.spec.as_ref() {
+            None => Err("invalid Release.spec in a kreach.v1 message: missing".to_string()),
+            Some(wire) => NodeSpec::try_from(wire).map_err(|error| error.to_string()),
+        }
+        .and_then(|spec| {
+            if spec.node == node {
+                Ok(spec)
+            } else {
+                Err(format!(
+                    "the release is for node {:?} but this agent is {node:?} (config node)",
+                    spec.node
+                ))
+            }
+        });
+        let spec = match spec {
+            Ok(spec) => spec,
+            Err(reason) => {
+                let reason = format!("{reason}; nothing was applied");
+                tracing::warn!(node = %node, release = %describe(&id), "refusing release: {reason}");
+                return self
+                    .report_failure(client, id, status(pb::Phase::Failed, reason))
+                    .await;
+            }
+        };
+
+        // Already applied and nothing drifted: say so without touching anything.
+        let engine = Arc::clone(&self.engine);
+        let check_spec = spec.clone();
+        let already = tokio::task::spawn_blocking(move || -> Result<bool, EngineError> {
+            let engine = lock_engine(&engine);
+            let applied = state::load(&engine.config().state_dir)?;
+            let same = applied.is_some_and(|applied| {
+                applied.release() == reference && applied.node_spec == check_spec
+            });
+            Ok(same && engine.plan(&check_spec)?.is_empty())
+        })
+        .await?;
+        match already {
+            Ok(true) => {
+                tracing::info!(node = %node, release = %describe(&id), "release already applied; nothing to change");
+                return report(client, status(pb::Phase::Converged, String::new())).await;
+            }
+            Ok(false) => {}
+            Err(error) => {
+                let reason = format!("{error}");
+                tracing::warn!(node = %node, release = %describe(&id), "cannot apply release: {reason}");
+                return self
+                    .report_failure(client, id, status(pb::Phase::Failed, reason))
+                    .await;
+            }
+        }
+
+        tracing::info!(node = %node, generation = id.generation, step = id.step, attempt = id.attempt, "applying release {} ({})", describe(&id), release.released_by);
+        report(client, status(pb::Phase::Applying, String::new())).await?;
+        let engine = Arc::clone(&self.engine);
+        let released_by = release.released_by.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let engine = lock_engine(&engine);
+            let plan = engine.plan(&spec)?;
+            let conflicts: Vec<String> = plan.conflicts.iter().map(ToString::to_string).collect();
+            if !plan.is_empty() {
+                tracing::info!(node = %spec.node, "plan:\n{}", plan.render().trim_end());
+            }
+            engine
+                .apply(&plan, reference, &released_by)
+                .map(|outcome| (outcome, conflicts))
+        })
+        .await?;
+
+        match result {
+            Ok((
+                Outcome::Converged {
+                    checks,
+                    restart_window,
+                    ..
+                },
+                conflicts,
+            )) => {
+                let reason = if conflicts.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "applied, but unmanaged hosts lines shadow kreach's entries: {}",
+                        conflicts.join("; ")
+                    )
+                };
+                tracing::info!(node = %node, generation = id.generation, step = id.step, attempt = id.attempt, "converged on release {}", describe(&id));
+                self.failed = None;
+                let mut converged = status(pb::Phase::Converged, reason);
+                converged.checks = checks.iter().map(|check| passed_check(check)).collect();
+                set_restart_window(&mut converged, restart_window);
+                report(client, converged).await
+            }
+            Ok((
+                Outcome::RolledBack {
+                    reason,
+                    restart_window,
+                    ..
+                },
+                _,
+            )) => {
+                tracing::warn!(node = %node, generation = id.generation, "release {} rolled back: {reason}", describe(&id));
+                let mut rolled_back = status(pb::Phase::RolledBack, reason);
+                set_restart_window(&mut rolled_back, restart_window);
+                self.report_failure(client, id, rolled_back).await
+            }
+            Err(error) => {
+                let reason = error.to_string();
+                tracing::error!(node = %node, generation = id.generation, "release {} failed: {reason}", describe(&id));
+                self.report_failure(client, id, status(pb::Phase::Failed, reason))
+                    .await
+            }
+        }
+    }
+
+    async fn report_failure(
+        &mut self,
+        client: &mut AgentServiceClient<Channel>,
+        id: pb::ReleaseId,
+        status: pb::NodeStatus,
+    ) -> Result<(), ClientError> {
+        self.failed = Some((id, status.clone()));
+        report(client, status).await
+    }
+}
+
+async fn report(
+    client: &mut AgentServiceClient<Channel>,
+    status: pb::NodeStatus,
+) -> Result<(), ClientError> {
+    call("ReportStatus", client.report_status(status))
+        .await
+        .map(|_| ())
+}
+
+/// A unary call (or the start of the stream) bounded by [`CALL_TIMEOUT`].
+async fn call<T>(
+    name: &'static str,
+    request: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ClientError> {
+    match tokio::time::timeout(CALL_TIMEOUT, request).await {
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(ClientError::Rpc { call: name, status }),
+        Err(_) => Err(ClientError::Timeout { call: name }),
+    }
+}
+
+/// The channel's endpoint; the PEM files are read at every connect so renewed files take effect.
+fn endpoint(coordinator: &CoordinatorConfig) -> Result<Endpoint, ClientError> {
+    let endpoint_error = |source| ClientError::Endpoint {
+        url: coordinator.url.clone(),
+        source,
+    };
+    let mut endpoint = Endpoint::from_shared(coordinator.url.clone())
+        .map_err(endpoint_error)?
+        .connect_timeout(CALL_TIMEOUT)
+        // Detect a coordinator that vanished without closing the connection.
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if !coordinator.insecure {
+        // Small files, read once per connection: blocking the runtime briefly is fine.
+        let read = |key: &'static str, path: &Option<PathBuf>| {
+            let path = path.clone().unwrap_or_default();
+            std::fs::read(&path).map_err(|source| ClientError::TlsFile { key, path, source })
+        };
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read("ca", &coordinator.ca)?))
+            .identity(Identity::from_pem(
+                read("cert", &coordinator.cert)?,
+                read("key", &coordinator.key)?,
+            ));
+        if let Some(host) = coordinator.host() {
+            tls = tls.domain_name(host);
+        }
+        endpoint = endpoint.tls_config(tls).map_err(endpoint_error)?;
+    }
+    Ok(endpoint)
+}
+
+/// The release this node last applied from a coordinator; none after only `apply-local`
+/// (generation 0), which the coordinator never released.
+fn applied_release(state_dir: &Path) -> Option<pb::ReleaseId> {
+    match state::load(state_dir) {
+        Ok(Some(applied)) if applied.generation > 0 => Some(pb::ReleaseId {
+            generation: applied.generation,
+            step: applied.step,
+            attempt: applied.attempt,
+        }),
+        Ok(_) => None,
+        Err(error) => {
+            tracing::error!(path = %state_dir.display(), "cannot read the applied state: {error}");
+            None
+        }
+    }
+}
+
+/// A check the engine passed, e.g. "INTERNAL accepts connections on 127.0.0.1:9092": named by
+/// its first word (the listener).
+fn passed_check(text: &str) -> pb::Check {
+    pb::Check {
+        name: text
+            .split_whitespace()
+            .next()
+            .unwrap_or("check")
+            .to_string(),
+        ok: true,
+        detail: text.to_string(),
+    }
+}
+
+fn set_restart_window(status: &mut pb::NodeStatus, window: Option<RestartWindow>) {
+    if let Some(window) = window {
+        status.restart_started_ms = unix_ms(window.started);
+        status.restart_finished_ms = unix_ms(window.finished);
+    }
+}
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn describe(id: &pb::ReleaseId) -> String {
+    format!(
+        "generation {} step {} attempt {}",
+        id.generation, id.step, id.attempt
+    )
+}
+
+/// The error and its sources on one line (tonic's transport errors hide the useful part below).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_200_ms_to_a_10_s_cap() {
+        let middle: Vec<u128> = (0..8).map(|n| backoff_delay(n, 0.5).as_millis()).collect();
+        assert_eq!(
+            middle,
+            vec![200, 400, 800, 1600, 3200, 6400, 10_000, 10_000]
+        );
+        assert_eq!(backoff_delay(u32::MAX, 0.5), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn jitter_stays_within_twenty_percent() {
+        assert_eq!(backoff_delay(0, 0.0), Duration::from_millis(160));
+        assert_eq!(backoff_delay(0, 1.0), Duration::from_millis(240));
+        assert_eq!(backoff_delay(40, 1.0), Duration::from_millis(12_000));
+        assert_eq!(backoff_delay(40, 0.0), Duration::from_millis(8_000));
+        // Out-of-range inputs are clamped, never a longer wait.
+        assert_eq!(backoff_delay(0, 7.0), Duration::from_millis(240));
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            let unit = random_unit();
+            assert!((0.0..1.0).contains(&unit), "{unit}");
+            let delay = backoff_delay(3, unit).as_millis();
+            assert!((1280..=1920).contains(&delay), "{delay}");
+            seen.push(unit);
+        }
+        // The source is not constant: jitter actually spreads agents out.
+        assert!(seen.iter().any(|unit| *unit < 0.3) && seen.iter().any(|unit| *unit > 0.7));
+    }
+
+    #[test]
+    fn checks_are_named_by_listener() {
+        let check = passed_check("INTERNAL accepts connections on 127.0.0.1:9092");
+        assert_eq!(check.name, "INTERNAL");
+        assert!(check.ok);
+        assert_eq!(
+            check.detail,
+            "INTERNAL accepts connections on 127.0.0.1:9092"
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Host facts reported to the coordinator: hostname, FQDN, addresses, whether Kafka runs here.
+//!
+//! Owns reading them from the OS ([`gather`]) and the pure decisions over what was read
+//! ([`facts_from`], [`fqdn`], [`is_kafka_process`]), which are unit-tested without a host. It does
+//! not decide anything from the facts: the coordinator compares them with the spec (a `private_ip`
+//! that is not one of the host's addresses, a broker node where no Kafka runs).
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::Path;
+
+/// What the agent reports about its host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub fqdn: String,
+    /// Every interface address except loopback, sorted, without duplicates.
+    pub addresses: Vec<String>,
+    pub kafka_running: bool,
+}
+
+/// What [`facts_from`] decides over, as read from the OS.
+#[derive(Debug, Clone, Default)]
+pub struct RawFacts {
+    pub hostname: String,
+    /// The hosts file's text (empty when unreadable).
+    pub hosts_file: String,
+    /// Every interface address, loopback included.
+    pub addresses: Vec<IpAddr>,
+    /// Every process: its name and its command line joined with spaces.
+    pub processes: Vec<(String, String)>,
+}
+
+/// Decide the facts from what was read. Pure.
+pub fn facts_from(raw: &RawFacts) -> HostFacts {
+    let addresses: BTreeSet<IpAddr> = raw
+        .addresses
+        .iter()
+        .copied()
+        .filter(|address| !address.is_loopback())
+        .collect();
+    let addresses: Vec<IpAddr> = addresses.into_iter().collect();
+    HostFacts {
+        hostname: raw.hostname.clone(),
+        fqdn: fqdn(&raw.hostname, &raw.hosts_file, &addresses),
+        addresses: addresses.iter().map(IpAddr::to_string).collect(),
+        kafka_running: raw
+            .processes
+            .iter()
+            .any(|(name, command_line)| is_kafka_process(name, command_line)),
+    }
+}
+
+/// The host's fully qualified name, best effort and without DNS (a resolver that hangs must not
+/// stall the agent, and DNS may not know the host at all):
+/// 1. the hostname itself when it already contains a dot;
+/// 2. else the canonical (first) name of a hosts-file line that lists the hostname as an alias and
+///    whose canonical name is `hostname.` + domain — what `hostname -f` finds on a typical
+///    `127.0.1.1 host.example.com host` line;
+/// 3. else the first dotted canonical name of a hosts-file line for one of the host's
+///    non-loopback addresses;
+/// 4. else the hostname.
+pub fn fqdn(hostname: &str, hosts_file: &str, addresses: &[IpAddr]) -> String {
+    if hostname.contains('.') || hostname.is_empty() {
+        return hostname.to_string();
+    }
+    let lines: Vec<(IpAddr, Vec<&str>)> = hosts_file
+        .lines()
+        .filter_map(|line| {
+            let line = line.split('#').next().unwrap_or("");
+            let mut fields = line.split_whitespace();
+            let address = fields.next()?.parse().ok()?;
+            let names: Vec<&str> = fields.collect();
+            (!names.is_empty()).then_some((address, names))
+        })
+        .collect();
+    let prefix = format!("{}.", hostname.to_ascii_lowercase());
+    let by_alias = lines.iter().find_map(|(_, names)| {
+        let canonical = names[0];
+        let lists_hostname = names.iter().any(|name| name.eq_ignore_ascii_case(hostname));
+        (lists_hostname && canonical.to_ascii_lowercase().starts_with(&prefix)).then_some(canonical)
+    });
+    let by_address = || {
+        lines.iter().find_map(|(address, names)| {
+            (addresses.contains(address) && names[0].contains('.')).then_some(names[0])
+        })
+    };
+    by_alias.or_else(by_address).unwrap_or(hostname).to_string()
+}
+
+/// A Kafka broker: the JVM running `kafka.Kafka`, or a process named `kafka` or `tansu`.
+pub fn is_kafka_process(name: &str, command_line: &str) -> bool {
+    name == "kafka" || name == "tansu" || command_line.contains("kafka.Kafka")
+}
+
+/// Read the facts from this host. Blocking (a walk over /proc); call it off the async runtime.
+/// `hosts_file` is the file the agent manages, which is the resolver's hosts file on a real host.
+pub fn gather(hosts_file: &Path) -> HostFacts {
+    facts_from(&RawFacts {
+        hostname: nix::unistd::gethostname()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        hosts_file: std::fs::read_to_string(hosts_file).unwrap_or_default(),
+        addresses: interface_addresses(),
+        processes: processes(),
+    })
+}
+
+fn interface_addresses() -> Vec<IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    interfaces
+        .filter_map(|interface| {
+            let address = interface.address?;
+            if let Some(v4) = address.as_sockaddr_in() {
+                Some(IpAddr::V4(v4.ip()))
+            } else {
+                address.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip()))
+            }
+        })
+        .collect()
+}
+
+fn processes() -> Vec<(String, String)> {
+    use sysinfo::{ProcessRefreshKind, ProcessesToUpdate, System, UpdateKind};
+    let mut system = System::new();
+    system.refresh_processes_specifics(
+        ProcessesToUpdate::All,
+        true,
+        ProcessRefreshKind::nothing().with_cmd(UpdateKind::Always),
+    );
+    system
+        .processes()
+        .values()
+        .map(|process| {
+            let command_line = process
+                .cmd()
+                .iter()
+                .map(|arg| arg.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ");
+            (process.name().to_string_lossy().into_owned(), command_line)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn loopback_addresses_are_left_out_and_the_rest_sorted_once() {
+        let raw = RawFacts {
+            hostname: "etl-1".into(),
+            addresses: vec![
+                ip("127.0.0.1"),
+                ip("10.0.1.9"),
+                ip("::1"),
+                ip("fe80::1"),
+                ip("10.0.1.5"),
+                ip("10.0.1.9"),
+            ],
+            ..RawFacts::default()
+        };
+        assert_eq!(
+            facts_from(&raw).addresses,
+            vec!["10.0.1.5", "10.0.1.9", "fe80::1"]
+        );
+    }
+
+    #[test]
+    fn fqdn_prefers_a_dotted_hostname_then_the_alias_line_then_an_address_line() {
+        let hosts = "127.0.0.1 localhost\n\
+                     # 127.0.1.1 etl-1.commented.example etl-1\n\
+                     10.0.1.5 emr-worker-1.cluster-48742 emr-worker-1\n\
+                     127.0.1.1 etl-1.corp.example etl-1\n";
+        assert_eq!(fqdn("etl-1.dc.example", hosts, &[]), "etl-1.dc.example");
+        assert_eq!(
+            fqdn("etl-1", hosts, &[ip("10.0.1.5")]),
+            "etl-1.corp.example"
+        );
+        assert_eq!(
+            fqdn(
+                "emr-worker-1",
+                "10.0.1.5 emr-worker-1.cluster-48742 emr-worker-1\n",
+                &[]
+            ),
+            "emr-worker-1.cluster-48742"
+        );
+        assert_eq!(
+            fqdn(
+                "host-a",
+                "10.0.1.5 node5.cluster-48742 node5\n",
+                &[ip("10.0.1.5")]
+            ),
+            "node5.cluster-48742"
+        );
+        // A line for another host's address, or an undotted name, is not ours.
+        assert_eq!(
+            fqdn(
+                "host-a",
+                "10.0.1.6 node6.cluster-48742\n10.0.1.5 node5\n",
+                &[ip("10.0.1.5")]
+            ),
+            "host-a"
+        );
+        assert_eq!(fqdn("etl-1", "", &[]), "etl-1");
+    }
+
+    #[test]
+    fn kafka_is_the_kafka_main_class_or_a_kafka_or_tansu_process() {
+        let java =
+            "/usr/bin/java -Xmx1G -cp /opt/kafka/libs/* kafka.Kafka /etc/kafka/server.properties";
+        assert!(is_kafka_process("java", java));
+        assert!(is_kafka_process("kafka", "/usr/local/bin/kafka"));
+        assert!(is_kafka_process("tansu", "tansu broker"));
+        assert!(!is_kafka_process("java", "java -jar zookeeper.jar"));
+        assert!(!is_kafka_process(
+            "kafka-console-c",
+            "kafka-console-consumer.sh"
+        ));
+        let raw = RawFacts {
+            hostname: "b".into(),
+            processes: vec![("bash".into(), "bash".into()), ("java".into(), java.into())],
+            ..RawFacts::default()
+        };
+        assert!(facts_from(&raw).kafka_running);
+        assert!(!facts_from(&RawFacts::default()).kafka_running);
+    }
+}
