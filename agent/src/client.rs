@@ -220,7 +220,11 @@ impl CoordinatorClient {
 
     async fn gather_facts(&self) -> Result<HostFacts, ClientError> {
         let hosts_file = self.config.manage.hosts_file.clone();
-        Ok(tokio::task::spawn_blocking(move || facts::gather(&hosts_file)).await?)
+        let controller_check = self.config.manage.controller_check.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            facts::gather(&hosts_file, controller_check.as_deref())
+        })
+        .await?)
     }
 
     fn facts_message(&self, facts: &HostFacts) -> pb::HostFacts {
@@ -231,9 +235,7 @@ impl CoordinatorClient {
             addresses: facts.addresses.clone(),
             kafka_running: facts.kafka_running,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            // Fields this agent does not observe yet (e.g. whether it is the controller) stay at
-            // their defaults.
-            ..pb::HostFacts::default()
+            kafka_controller: facts.kafka_controller,
         }
     }
 

@@ -127,6 +127,9 @@ pub struct ManageConfig {
     pub kafka_properties: Option<PathBuf>,
     #[serde(default = "default_kafka_unit")]
     pub kafka_unit: String,
+    /// Brokers only, optional: argv that exits 0 when this broker is the cluster's active
+    /// controller, so the coordinator restarts it last.
+    pub controller_check: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

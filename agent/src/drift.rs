@@ -17,6 +17,8 @@ use notify::{RecursiveMode, Watcher};
 use crate::engine::{Engine, EngineError};
 use crate::state::{self, AppliedState, ReleaseRef};
 
+/// How long a drifted file must stay unchanged before it is repaired.
+const STABLE_AFTER: Duration = Duration::from_millis(150);
 /// A full re-check happens at least this often even without file events (a missed event, a file
 /// system without inotify).
 pub const SAFETY_CHECK_PERIOD: Duration = Duration::from_secs(5);
@@ -59,8 +61,23 @@ pub fn check_and_repair(
     engine: &Engine,
     applied: &AppliedState,
 ) -> Result<Vec<PathBuf>, EngineError> {
+    let first = engine.plan(&applied.node_spec)?;
+    if first.is_empty() {
+        return Ok(Vec::new());
+    }
+    // An editor that saves in place (truncate, then write) shows a half-written file for a moment.
+    // Repair only what stays the same across two reads; a file still changing is looked at again
+    // on its next event.
+    std::thread::sleep(STABLE_AFTER);
     let plan = engine.plan(&applied.node_spec)?;
-    if plan.is_empty() {
+    let olds = |plan: &crate::engine::Plan| -> Vec<(PathBuf, Option<String>)> {
+        plan.changes
+            .iter()
+            .map(|c| (c.path.clone(), c.old.clone()))
+            .collect()
+    };
+    if plan.is_empty() || olds(&plan) != olds(&first) {
+        tracing::debug!("managed files still changing; checking again on the next event");
         return Ok(Vec::new());
     }
     for change in &plan.changes {

@@ -127,6 +127,8 @@ pub enum EngineError {
     Desired(#[from] kreach_common::desired::DesiredError),
     #[error("{path} is not valid UTF-8 (at byte {offset}); kreach edits text files only and changed nothing")]
     NotUtf8 { path: PathBuf, offset: usize },
+    #[error("{path} changed while kreach was planning its edit; nothing was written (it is checked again)")]
+    ChangedUnderneath { path: PathBuf },
     #[error("cannot plan {path}: {message}; nothing was changed")]
     Render { path: PathBuf, message: String },
     #[error("node {node:?} is a broker in the spec, but this agent's config has no manage.kafka_properties; add the path of server.properties to agent.toml")]
@@ -407,6 +409,14 @@ impl Engine {
         generation: u64,
         released_by: &str,
     ) -> Result<WriteMethod, EngineError> {
+        // Compare-and-swap: the plan was rendered from `change.old`; if another writer touched the
+        // file since, writing our render would drop their edit.
+        let current = fsio::read_file(&change.path)?;
+        if current.as_deref() != change.old.as_deref().map(str::as_bytes) {
+            return Err(EngineError::ChangedUnderneath {
+                path: change.path.clone(),
+            });
+        }
         fsio::clean_stale_temp_files(&change.path)?;
         if let Some(old) = &change.old {
             fsio::save_backup(

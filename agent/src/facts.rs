@@ -17,6 +17,8 @@ pub struct HostFacts {
     /// Every interface address except loopback, sorted, without duplicates.
     pub addresses: Vec<String>,
     pub kafka_running: bool,
+    /// Whether this broker is the active controller (from `manage.controller_check`).
+    pub kafka_controller: bool,
 }
 
 /// What [`facts_from`] decides over, as read from the OS.
@@ -29,6 +31,8 @@ pub struct RawFacts {
     pub addresses: Vec<IpAddr>,
     /// Every process: its name and its command line joined with spaces.
     pub processes: Vec<(String, String)>,
+    /// What the controller check said (false when there is none).
+    pub controller: bool,
 }
 
 /// Decide the facts from what was read. Pure.
@@ -48,6 +52,7 @@ pub fn facts_from(raw: &RawFacts) -> HostFacts {
             .processes
             .iter()
             .any(|(name, command_line)| is_kafka_process(name, command_line)),
+        kafka_controller: raw.controller,
     }
 }
 
@@ -95,8 +100,9 @@ pub fn is_kafka_process(name: &str, command_line: &str) -> bool {
 
 /// Read the facts from this host. Blocking (a walk over /proc); call it off the async runtime.
 /// `hosts_file` is the file the agent manages, which is the resolver's hosts file on a real host.
-pub fn gather(hosts_file: &Path) -> HostFacts {
+pub fn gather(hosts_file: &Path, controller_check: Option<&[String]>) -> HostFacts {
     facts_from(&RawFacts {
+        controller: controller_check.is_some_and(run_controller_check),
         hostname: nix::unistd::gethostname()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default(),
@@ -104,6 +110,39 @@ pub fn gather(hosts_file: &Path) -> HostFacts {
         addresses: interface_addresses(),
         processes: processes(),
     })
+}
+
+/// Run the configured controller check: exit 0 means "this broker is the active controller". It
+/// is killed after 5 s (a check that hangs answers "no").
+fn run_controller_check(argv: &[String]) -> bool {
+    let Some((program, args)) = argv.split_first() else {
+        return false;
+    };
+    let child = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else {
+        tracing::warn!(command = %program, "cannot run manage.controller_check");
+        return false;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.success(),
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::warn!(command = %program, "manage.controller_check did not finish within 5 s");
+                return false;
+            }
+        }
+    }
 }
 
 fn interface_addresses() -> Vec<IpAddr> {

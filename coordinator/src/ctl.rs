@@ -77,6 +77,10 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 pub fn status_message(status: &tonic::Status) -> String {
     let hint = match status.code() {
         tonic::Code::Unavailable => " (is kreach-coordinator running, and is --coordinator right?)",
+        // With TLS 1.3 a refused client certificate shows up only as a closed connection.
+        tonic::Code::Cancelled => {
+            " (the coordinator closed the connection: is --certs the admin certificate from the coordinator's own CA?)"
+        }
         tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
             " (kreachctl needs the admin certificate: --certs DIR with ca.pem, admin.pem, admin.key)"
         }

@@ -79,7 +79,7 @@ impl Services {
                 "the certificate of node {name:?} cannot act for node {node:?}"
             ))),
             Some(other) => Err(Status::permission_denied(format!(
-                "the agent service needs a node certificate, not {other:?}"
+                "the agent service needs a node certificate, not the {other} certificate"
             ))),
         }
     }
@@ -88,7 +88,7 @@ impl Services {
         match self.identity(request)? {
             None | Some(PeerIdentity::Admin) => Ok(()),
             Some(other) => Err(Status::permission_denied(format!(
-                "the admin service needs the admin certificate; this one is {other:?}"
+                "the admin service needs the admin certificate; this one is the {other} certificate"
             ))),
         }
     }

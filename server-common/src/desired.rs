@@ -105,7 +105,8 @@ pub fn render_node(node: &NodeSpec) -> Result<String, String> {
     if node.hosts_entries.is_empty() {
         out.push_str("(none: this node needs no hosts entries; any kreach block is removed)\n");
     } else {
-        let block = crate::hosts::apply_block("", &node.cluster, &node.hosts_entries).map_err(|e| e.to_string())?;
+        let block = crate::hosts::apply_block("", &node.cluster, &node.hosts_entries)
+            .map_err(|e| e.to_string())?;
         out.push_str(&block.content);
     }
     if let Some(listeners) = &node.listeners {
@@ -313,7 +314,11 @@ view = "public"
         );
         let binds: Vec<String> = ["b", "d"]
             .iter()
-            .map(|node| node_spec(&spec, node).unwrap().listeners.unwrap().listeners[0].bind_host.clone())
+            .map(|node| {
+                node_spec(&spec, node).unwrap().listeners.unwrap().listeners[0]
+                    .bind_host
+                    .clone()
+            })
             .collect();
         assert_eq!(binds, ["10.0.0.1", "10.0.0.2"]);
     }

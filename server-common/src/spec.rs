@@ -554,7 +554,13 @@ impl Compiler {
         let bind = match self.string(table, "bind", place) {
             None if table.contains_key("bind") => None,
             None => Some("0.0.0.0".to_string()),
-            Some(bind) if bind == BIND_PRIVATE_IP || bind.parse::<IpAddr>().is_ok() || is_valid_hostname(&bind) => Some(bind),
+            Some(bind)
+                if bind == BIND_PRIVATE_IP
+                    || bind.parse::<IpAddr>().is_ok()
+                    || is_valid_hostname(&bind) =>
+            {
+                Some(bind)
+            }
             Some(bind) => {
                 let message = format!(
                     "{bind:?} is not an address or hostname to bind to, nor \"{BIND_PRIVATE_IP}\" (the default is \"0.0.0.0\")"

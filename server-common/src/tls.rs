@@ -127,12 +127,14 @@ pub enum TlsError {
         requested_days: u32,
         max_days: i64,
     },
-    #[error("cannot read {path}: {source}; check that the file exists and this user may read it")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot write {path}: {source}; check that the directory is writable and has space")]
-    Write { path: PathBuf, source: io::Error },
-    #[error("cannot create directory {path}: {source}")]
-    CreateDir { path: PathBuf, source: io::Error },
+    // The io error is part of each message, so it is not also chained as a source (that printed
+    // it twice in `anyhow` chains).
+    #[error("cannot read {path}: {cause}; check that the file exists and this user may read it")]
+    Read { path: PathBuf, cause: io::Error },
+    #[error("cannot write {path}: {cause}; check that the directory is writable and has space")]
+    Write { path: PathBuf, cause: io::Error },
+    #[error("cannot create directory {path}: {cause}")]
+    CreateDir { path: PathBuf, cause: io::Error },
     #[error("{path} holds no PEM {expected} block; point at the right file (kreachctl certs init writes them)")]
     NoPem {
         path: PathBuf,
@@ -668,9 +670,9 @@ pub fn load_tls_files(ca: &Path, cert: &Path, key: &Path) -> Result<TlsFiles, Tl
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    fs::read(path).map_err(|source| TlsError::Read {
+    fs::read(path).map_err(|cause| TlsError::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 
@@ -719,9 +721,9 @@ fn create_dir(path: &Path) -> Result<(), TlsError> {
         .recursive(true)
         .mode(DIR_MODE)
         .create(path)
-        .map_err(|source| TlsError::CreateDir {
+        .map_err(|cause| TlsError::CreateDir {
             path: path.to_path_buf(),
-            source,
+            cause,
         })
 }
 
@@ -743,9 +745,9 @@ fn write_all(dir: &Path, files: Vec<PlannedFile>, force: bool) -> Result<Vec<Pat
 }
 
 fn write_file(file: &PlannedFile, force: bool) -> Result<(), TlsError> {
-    let write_error = |source| TlsError::Write {
+    let write_error = |cause| TlsError::Write {
         path: file.path.clone(),
-        source,
+        cause,
     };
     let name = file
         .path

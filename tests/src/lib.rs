@@ -1,4 +1,5 @@
 //! Shared helpers for kreach integration tests.
 
 pub mod artifacts;
+pub mod fleet;
 pub mod nspawn;

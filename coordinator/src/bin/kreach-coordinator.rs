@@ -69,7 +69,9 @@ fn raise_open_files_limit() {
         if soft < hard {
             match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
                 Ok(()) => tracing::debug!(soft, hard, "raised the open-files limit"),
-                Err(error) => tracing::warn!(soft, hard, "cannot raise the open-files limit: {error}"),
+                Err(error) => {
+                    tracing::warn!(soft, hard, "cannot raise the open-files limit: {error}")
+                }
             }
         }
     }

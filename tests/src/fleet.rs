@@ -1,0 +1,502 @@
+//! A fleet on one machine: a real `kreach-coordinator` and real `kreach-agent run` processes over
+//! real TCP on loopback, each agent on its own sandbox directory, brokers served by the stand-in
+//! Kafka (examples/quickstart/fake-kafka.py) that records every restart's start and end.
+//!
+//! Brokers get their own loopback addresses (127.0.N.id) and bind their listeners there
+//! (`bind = "private_ip"`), so three "brokers" share one machine without sharing a port.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::artifacts::build_artifact;
+
+pub const FAKE_KAFKA: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../examples/quickstart/fake-kafka.py"
+);
+
+pub fn agent_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        build_artifact(
+            &["-p", "kreach-agent", "--bin", "kreach-agent"],
+            "kreach-agent",
+        )
+        .unwrap()
+    })
+}
+
+pub fn coordinator_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        build_artifact(
+            &["-p", "kreach-coordinator", "--bin", "kreach-coordinator"],
+            "kreach-coordinator",
+        )
+        .unwrap()
+    })
+}
+
+pub fn kreachctl_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        build_artifact(
+            &["-p", "kreach-coordinator", "--bin", "kreachctl"],
+            "kreachctl",
+        )
+        .unwrap()
+    })
+}
+
+/// A child process whose stderr is collected; killed (by its pid) when dropped.
+pub struct Proc {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    pub fn spawn(command: &mut Command) -> Result<Proc> {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .env("KREACH_LOG", "info")
+            .spawn()
+            .with_context(|| format!("spawning {command:?}"))?;
+        let log = Arc::new(Mutex::new(String::new()));
+        let sink = Arc::clone(&log);
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        Ok(Proc { child, log })
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Wait until the log contains `needle`; returns the log line.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log().lines().find(|line| line.contains(needle)) {
+                return Ok(line.to_string());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "no log line containing {needle:?} within {timeout:?}; log:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid()),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One restart of a broker's Kafka, as the stand-in recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restart {
+    pub start_ns: u128,
+    pub end_ns: u128,
+    pub ok: bool,
+}
+
+pub struct Broker {
+    pub id: u32,
+    pub node: String,
+    pub ip: String,
+    pub dir: PathBuf,
+}
+
+impl Broker {
+    pub fn properties_path(&self) -> PathBuf {
+        self.dir.join("etc/kafka/server.properties")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+    pub fn restarts(&self) -> Vec<Restart> {
+        std::fs::read_to_string(self.state_dir().join("restarts.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                Some(Restart {
+                    start_ns: parts.next()?.parse().ok()?,
+                    end_ns: parts.next()?.parse().ok()?,
+                    ok: parts.next()? == "ok",
+                })
+            })
+            .collect()
+    }
+    pub fn properties(&self) -> String {
+        std::fs::read_to_string(self.properties_path()).unwrap_or_default()
+    }
+}
+
+pub struct Fleet {
+    pub dir: tempfile::TempDir,
+    /// The third octet of this fleet's loopback addresses, so fleets in parallel tests never meet.
+    pub net: u8,
+    pub port: u16,
+    pub coordinator_addr: String,
+    pub coordinator: Option<Proc>,
+    pub brokers: Vec<Broker>,
+    pub clients: Vec<(String, PathBuf)>,
+    pub agents: BTreeMap<String, Proc>,
+}
+
+pub struct Ctl {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Fleet {
+    /// `brokers` brokers (ids 1..) and the given clients (node, view). Nothing runs yet.
+    pub fn new(net: u8, brokers: u32, clients: &[(&str, &str)]) -> Result<Fleet> {
+        let dir = tempfile::tempdir()?;
+        // One port number for all brokers' INTERNAL listeners (their addresses differ).
+        let port = {
+            let probe = std::net::TcpListener::bind((format!("127.0.{net}.1").as_str(), 0))?;
+            probe.local_addr()?.port()
+        };
+        let mut fleet = Fleet {
+            dir,
+            net,
+            port,
+            coordinator_addr: String::new(),
+            coordinator: None,
+            brokers: Vec::new(),
+            clients: Vec::new(),
+            agents: BTreeMap::new(),
+        };
+        for id in 1..=brokers {
+            let node = format!("emr-worker-{id}");
+            let ip = format!("127.0.{net}.{id}");
+            let dir = fleet.dir.path().join(&node);
+            std::fs::create_dir_all(dir.join("etc/kafka"))?;
+            std::fs::create_dir_all(dir.join("state"))?;
+            std::fs::write(dir.join("etc/hosts"), "127.0.0.1\tlocalhost\n")?;
+            std::fs::write(
+                dir.join("etc/kafka/server.properties"),
+                format!(
+                    "# KRaft broker {id}\nnode.id={id}\nprocess.roles=broker,controller\ncontroller.listener.names=CONTROLLER\n\
+                     listeners=INTERNAL://{ip}:{p},CONTROLLER://{ip}:{c}\n\
+                     advertised.listeners=INTERNAL://{ip}:{p}\n\
+                     listener.security.protocol.map=INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                     inter.broker.listener.name=INTERNAL\n",
+                    p = port,
+                    c = port + 2
+                ),
+            )?;
+            fleet.brokers.push(Broker { id, node, ip, dir });
+        }
+        for (node, _view) in clients {
+            let dir = fleet.dir.path().join(node);
+            std::fs::create_dir_all(dir.join("etc"))?;
+            std::fs::create_dir_all(dir.join("state"))?;
+            std::fs::write(dir.join("etc/hosts"), "127.0.0.1\tlocalhost\n")?;
+            fleet.clients.push((node.to_string(), dir));
+        }
+        Ok(fleet)
+    }
+
+    pub fn spec(&self, options: &FleetSpec) -> String {
+        let net = self.net;
+        let mut text = format!(
+            "[cluster]\nname = \"fleet-{net}\"\n\n[listeners.internal]\nport = {}\nbind = \"private_ip\"\nadvertise = {:?}\n",
+            self.port,
+            if options.hostnames { "hostname" } else { "private_ip" }
+        );
+        if options.external {
+            text += &format!(
+                "\n[listeners.external]\nport = {}\nbind = \"private_ip\"\nadvertise = {:?}\nallow = [\"198.19.0.0/24\"]\n",
+                self.port + 1,
+                if options.hostnames { "hostname" } else { "public_ip" }
+            );
+        }
+        for broker in &self.brokers {
+            text += &format!(
+                "\n[[broker]]\nid = {}\nnode = \"{}\"\nhostname = \"{}.fleet-{net}\"\nprivate_ip = \"{}\"\npublic_ip = \"198.19.{net}.{}\"\n",
+                broker.id, broker.node, broker.node, broker.ip, broker.id
+            );
+        }
+        for (node, _) in &self.clients {
+            text += &format!("\n[[client]]\nnode = \"{node}\"\nview = \"private\"\n");
+        }
+        text += &format!(
+            "\n[rollout]\nmax_unavailable = {}\nhealth_timeout = \"{}\"\nsettle = \"{}\"\n",
+            options.max_unavailable, options.health_timeout, options.settle
+        );
+        text
+    }
+
+    pub fn write_spec(&self, name: &str, options: &FleetSpec) -> Result<PathBuf> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, self.spec(options))?;
+        Ok(path)
+    }
+
+    pub fn start_coordinator(&mut self) -> Result<()> {
+        let config = self.dir.path().join("coordinator.toml");
+        if !config.exists() {
+            // Port 0 first time; later starts reuse the port the agents know.
+            let listen = if self.coordinator_addr.is_empty() {
+                "127.0.0.1:0".to_string()
+            } else {
+                self.coordinator_addr.clone()
+            };
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = {listen:?}\nstate_dir = {:?}\n[tls]\ninsecure = true\n",
+                    self.dir.path().join("coordinator").display().to_string()
+                ),
+            )?;
+        }
+        let proc = Proc::spawn(
+            Command::new(coordinator_binary())
+                .arg("--config")
+                .arg(&config),
+        )?;
+        let line =
+            proc.wait_for_log("kreach-coordinator listening on ", Duration::from_secs(20))?;
+        let address = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .context("address in the log")?
+            .to_string();
+        if self.coordinator_addr.is_empty() {
+            self.coordinator_addr = address.clone();
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = {address:?}\nstate_dir = {:?}\n[tls]\ninsecure = true\n",
+                    self.dir.path().join("coordinator").display().to_string()
+                ),
+            )?;
+        }
+        self.coordinator = Some(proc);
+        Ok(())
+    }
+
+    /// Start the stand-in Kafka on every broker (its initial config) and every agent.
+    pub fn start_agents(&mut self, controller: Option<u32>) -> Result<()> {
+        for broker in &self.brokers {
+            let status = Command::new("python3")
+                .arg(FAKE_KAFKA)
+                .arg("restart")
+                .arg(broker.properties_path())
+                .arg(broker.state_dir())
+                .status()?;
+            if !status.success() {
+                bail!("the stand-in Kafka of {} did not start", broker.node);
+            }
+            let flag = broker.dir.join("is-controller");
+            if controller == Some(broker.id) {
+                std::fs::write(&flag, "")?;
+            }
+            let config = format!(
+                "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\n\
+                 controller_check = [\"test\", \"-e\", {flag:?}]\n\
+                 [service_manager]\nkind = \"command\"\nrestart = [\"python3\", {fake:?}, \"restart\", {props:?}, {state:?}]\n\
+                 [coordinator]\nurl = \"http://{addr}\"\ninsecure = true\n",
+                node = broker.node,
+                state = broker.state_dir().display().to_string(),
+                hosts = broker.dir.join("etc/hosts").display().to_string(),
+                props = broker.properties_path().display().to_string(),
+                flag = flag.display().to_string(),
+                fake = FAKE_KAFKA,
+                addr = self.coordinator_addr,
+            );
+            std::fs::write(broker.dir.join("agent.toml"), config)?;
+        }
+        for (node, dir) in &self.clients {
+            let config = format!(
+                "node = \"{node}\"\nstate_dir = {:?}\n[manage]\nhosts_file = {:?}\n[coordinator]\nurl = \"http://{}\"\ninsecure = true\n",
+                dir.join("state").display().to_string(),
+                dir.join("etc/hosts").display().to_string(),
+                self.coordinator_addr
+            );
+            std::fs::write(dir.join("agent.toml"), config)?;
+        }
+        let nodes: Vec<(String, PathBuf)> = self
+            .brokers
+            .iter()
+            .map(|b| (b.node.clone(), b.dir.clone()))
+            .chain(self.clients.iter().cloned())
+            .collect();
+        for (node, dir) in nodes {
+            let proc = Proc::spawn(
+                Command::new(agent_binary())
+                    .arg("--config")
+                    .arg(dir.join("agent.toml"))
+                    .arg("run"),
+            )?;
+            self.agents.insert(node, proc);
+        }
+        self.wait_until_online(Duration::from_secs(20))
+    }
+
+    pub fn wait_until_online(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let expected = self.brokers.len() + self.clients.len();
+        loop {
+            let status = self.status_json()?;
+            let online = status["nodes"]
+                .as_array()
+                .map(|nodes| nodes.iter().filter(|n| n["online"] == true).count())
+                .unwrap_or(0);
+            if online == expected {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("only {online} of {expected} agents online after {timeout:?}: {status}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Result<Ctl> {
+        let output = Command::new(kreachctl_binary())
+            .arg("--coordinator")
+            .arg(format!("http://{}", self.coordinator_addr))
+            .arg("--insecure")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(Ctl {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    pub fn status_json(&self) -> Result<serde_json::Value> {
+        let run = self.ctl(&["status", "--output", "json"])?;
+        if run.code != 0 {
+            bail!("kreachctl status failed: {}", run.stderr);
+        }
+        Ok(serde_json::from_str(&run.stdout)?)
+    }
+
+    /// Wait until the rollout reaches `state` ("completed", "paused", ...).
+    pub fn wait_for_rollout(&self, state: &str, timeout: Duration) -> Result<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status_json()?;
+            if status["rollout"]["state"] == state {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("rollout not {state} after {timeout:?}: {status:#}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn client_hosts(&self, node: &str) -> String {
+        let (_, dir) = self
+            .clients
+            .iter()
+            .find(|(n, _)| n == node)
+            .expect("client");
+        std::fs::read_to_string(dir.join("etc/hosts")).unwrap_or_default()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.agents.clear();
+        self.coordinator = None;
+        for broker in &self.brokers {
+            let _ = Command::new("python3")
+                .arg(FAKE_KAFKA)
+                .arg("stop")
+                .arg(broker.state_dir())
+                .status();
+        }
+    }
+}
+
+pub struct FleetSpec {
+    pub hostnames: bool,
+    pub external: bool,
+    pub max_unavailable: u32,
+    pub health_timeout: &'static str,
+    pub settle: &'static str,
+}
+
+impl Default for FleetSpec {
+    fn default() -> FleetSpec {
+        FleetSpec {
+            hostnames: false,
+            external: false,
+            max_unavailable: 1,
+            health_timeout: "20s",
+            settle: "0s",
+        }
+    }
+}
+
+/// The most restart windows open at any one moment.
+pub fn max_concurrent(restarts: &[Restart]) -> usize {
+    let mut edges: Vec<(u128, i32)> = Vec::new();
+    for restart in restarts {
+        edges.push((restart.start_ns, 1));
+        edges.push((restart.end_ns, -1));
+    }
+    // Ends sort before starts at the same instant: touching windows do not overlap.
+    edges.sort_by_key(|&(time, delta)| (time, delta));
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        open += delta;
+        most = most.max(open);
+    }
+    most as usize
+}

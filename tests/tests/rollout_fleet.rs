@@ -1,0 +1,395 @@
+//! A coordinator and five agents as real processes over real TCP. An observer that does not ask
+//! the coordinator — the stand-in Kafka's own restart log and the clients' hosts files — checks the
+//! rules: at most `max_unavailable` brokers down at once, the controller last, client names in place
+//! before any broker advertises them; a failing broker pauses the rollout and nothing else moves;
+//! a `kill -9` of the coordinator mid-rollout loses nothing and repeats nothing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kreach_tests::fleet::{max_concurrent, Fleet, FleetSpec, Restart};
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn restarts_since(fleet: &Fleet, since_ns: u128) -> Vec<(u32, Restart)> {
+    let mut all: Vec<(u32, Restart)> = fleet
+        .brokers
+        .iter()
+        .flat_map(|broker| broker.restarts().into_iter().map(move |r| (broker.id, r)))
+        .filter(|(_, r)| r.start_ns >= since_ns)
+        .collect();
+    all.sort_by_key(|(_, r)| r.start_ns);
+    all
+}
+
+/// Apply with `--force`: these "brokers" share one host, so their host facts never match the spec
+/// (the refusal itself is checked in the first test).
+fn apply(fleet: &Fleet, spec: &std::path::Path) {
+    let run = fleet
+        .ctl(&["apply", "--yes", "--force", spec.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+}
+
+/// Samples the clients' hosts files until stopped; records when each first held `needle`.
+struct HostsObserver {
+    stop: Arc<AtomicBool>,
+    seen: Arc<Mutex<Vec<(String, u128)>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HostsObserver {
+    fn start(files: Vec<(String, std::path::PathBuf)>, needle: String) -> HostsObserver {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, seen) = (Arc::clone(&stop), Arc::clone(&seen));
+            std::thread::spawn(move || {
+                let mut pending = files;
+                // Bounded: at most two minutes of sampling every 2 ms.
+                for _ in 0..60_000 {
+                    if stop.load(Ordering::Relaxed) || pending.is_empty() {
+                        return;
+                    }
+                    pending.retain(|(node, path)| {
+                        let text = std::fs::read_to_string(path).unwrap_or_default();
+                        if text.contains(&needle) {
+                            seen.lock().unwrap().push((node.clone(), now_ns()));
+                            false
+                        } else {
+                            true
+                        }
+                    });
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            })
+        };
+        HostsObserver {
+            stop,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<(String, u128)> {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().unwrap();
+        }
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expands_first() {
+    let mut fleet = Fleet::new(11, 3, &[("etl-1", "private"), ("etl-2", "private")]).unwrap();
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(Some(2)).unwrap();
+
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    // The agents reported host facts that disagree with the spec: refused without --force.
+    let refused = fleet
+        .ctl(&["apply", "--yes", gen1.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(refused.code, 1, "{}", refused.stdout);
+    assert!(
+        refused.stderr.contains("broker 1 (node \"emr-worker-1\"): private_ip 127.0.11.1 is not an address of that host"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        fleet.ctl(&["history"]).unwrap().stdout.lines().count(),
+        1,
+        "nothing was applied"
+    );
+    let nodes = fleet.ctl(&["nodes"]).unwrap();
+    assert_eq!(nodes.stdout.lines().count(), 6, "{}", nodes.stdout);
+    assert!(
+        nodes.stdout.contains("emr-worker-2") && nodes.stdout.contains("etl-2"),
+        "{}",
+        nodes.stdout
+    );
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+
+    // Generation 2: brokers advertise hostnames and open EXTERNAL. Clients must learn the names first.
+    let since = now_ns();
+    let observer = HostsObserver::start(
+        fleet
+            .clients
+            .iter()
+            .map(|(node, dir)| (node.clone(), dir.join("etc/hosts")))
+            .collect(),
+        "emr-worker-3.fleet-11".to_string(),
+    );
+    let gen2 = fleet
+        .write_spec(
+            "gen2.toml",
+            &FleetSpec {
+                hostnames: true,
+                external: true,
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap();
+    let plan = fleet.ctl(&["plan", gen2.to_str().unwrap()]).unwrap();
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    assert!(
+        plan.stdout.contains("restart brokers (controller)"),
+        "the plan shows the controller step:\n{}",
+        plan.stdout
+    );
+    apply(&fleet, &gen2);
+    let status = fleet
+        .wait_for_rollout("completed", Duration::from_secs(90))
+        .unwrap();
+    let seen = observer.finish();
+
+    let restarts = restarts_since(&fleet, since);
+    eprintln!("restarts since generation 2: {restarts:?}\nclients saw the names at: {seen:?}");
+    for broker in &fleet.brokers {
+        let mine: Vec<_> = restarts.iter().filter(|(id, _)| *id == broker.id).collect();
+        assert_eq!(
+            mine.len(),
+            1,
+            "broker {} restarted exactly once: {restarts:?}",
+            broker.id
+        );
+        assert!(mine[0].1.ok);
+        assert!(broker.properties().contains(&format!(
+            "EXTERNAL://{}.fleet-11:{}",
+            broker.node,
+            fleet.port + 1
+        )));
+    }
+    let windows: Vec<Restart> = restarts.iter().map(|(_, r)| *r).collect();
+    assert!(
+        max_concurrent(&windows) <= 1,
+        "never more than max_unavailable = 1 broker down: {restarts:?}"
+    );
+    let controller = restarts.iter().find(|(id, _)| *id == 2).unwrap().1;
+    for (id, restart) in &restarts {
+        if *id != 2 {
+            assert!(
+                restart.end_ns <= controller.start_ns,
+                "the controller (broker 2) goes last: {restarts:?}"
+            );
+        }
+    }
+    assert_eq!(seen.len(), 2, "both clients got the new names: {seen:?}");
+    let first_restart = restarts.first().unwrap().1.start_ns;
+    for (node, at) in &seen {
+        assert!(
+            *at < first_restart,
+            "{node} had the names before any broker restarted to advertise them"
+        );
+    }
+    assert!(
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["phase"] == "converged"),
+        "{status:#}"
+    );
+
+    let history = fleet.ctl(&["history"]).unwrap();
+    assert!(
+        history.stdout.lines().count() == 3,
+        "header + 2 generations:\n{}",
+        history.stdout
+    );
+}
+
+#[test]
+fn a_failing_broker_pauses_the_rollout_rolls_back_and_resume_and_abort_behave() {
+    let mut fleet = Fleet::new(12, 3, &[("etl-1", "private")]).unwrap();
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(None).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    let gen1_properties = fleet.brokers[1].properties();
+
+    // Broker 2's new EXTERNAL address is taken: its Kafka cannot start on the new config.
+    let squatter = std::net::TcpListener::bind(("127.0.12.2", fleet.port + 1)).unwrap();
+    let since = now_ns();
+    let gen2 = fleet
+        .write_spec(
+            "gen2.toml",
+            &FleetSpec {
+                external: true,
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap();
+    apply(&fleet, &gen2);
+    let status = fleet
+        .wait_for_rollout("paused", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        status["rollout"]["paused_node"], "emr-worker-2",
+        "{status:#}"
+    );
+    let reason = status["rollout"]["paused_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("cannot bind"),
+        "the reason carries the broker's own error: {reason}"
+    );
+    assert_eq!(
+        fleet.brokers[1].properties(),
+        gen1_properties,
+        "broker 2 is back on its old config"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.12.2", fleet.port)).is_ok(),
+        "and serving"
+    );
+    let restarts = restarts_since(&fleet, since);
+    assert!(
+        restarts.iter().all(|(id, _)| *id != 3),
+        "no other broker was touched after the failure: {restarts:?}"
+    );
+
+    // Resume retries the same broker; still failing, it pauses again.
+    let resumed = fleet.ctl(&["rollout", "resume"]).unwrap();
+    assert_eq!(resumed.code, 0, "{}", resumed.stderr);
+    std::thread::sleep(Duration::from_millis(300));
+    let status = fleet
+        .wait_for_rollout("paused", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(status["rollout"]["paused_node"], "emr-worker-2");
+    assert!(restarts_since(&fleet, since).iter().all(|(id, _)| *id != 3));
+
+    // With the port free, resume finishes the rollout.
+    drop(squatter);
+    assert_eq!(fleet.ctl(&["rollout", "resume"]).unwrap().code, 0);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        fleet.brokers[2].properties().contains("EXTERNAL://"),
+        "broker 3 got the change after the resume"
+    );
+
+    // A new failure, then abort: the rollout stops, later brokers are untouched, a new spec is accepted.
+    let squatter = std::net::TcpListener::bind(("127.0.12.1", fleet.port + 3)).unwrap();
+    let since = now_ns();
+    let mut text = std::fs::read_to_string(&gen2).unwrap();
+    text = text.replace(
+        &format!(
+            "port = {}\nbind = \"private_ip\"\nadvertise = \"public_ip\"",
+            fleet.port + 1
+        ),
+        &format!(
+            "port = {}\nbind = \"private_ip\"\nadvertise = \"public_ip\"",
+            fleet.port + 3
+        ),
+    );
+    let gen3 = fleet.dir.path().join("gen3.toml");
+    std::fs::write(&gen3, text).unwrap();
+    apply(&fleet, &gen3);
+    let status = fleet
+        .wait_for_rollout("paused", Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(
+        status["rollout"]["paused_node"], "emr-worker-1",
+        "{status:#}"
+    );
+    let refused = fleet
+        .ctl(&["apply", "--yes", "--force", gen1.to_str().unwrap()])
+        .unwrap();
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("still rolling out"),
+        "{}",
+        refused.stderr
+    );
+    let aborted = fleet.ctl(&["rollout", "abort"]).unwrap();
+    assert_eq!(aborted.code, 0, "{}", aborted.stderr);
+    assert!(aborted.stdout.contains("aborted"), "{}", aborted.stdout);
+    let restarts = restarts_since(&fleet, since);
+    assert!(
+        restarts.iter().all(|(id, _)| *id == 1),
+        "only broker 1 was touched: {restarts:?}"
+    );
+    drop(squatter);
+    apply(&fleet, &gen2);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+}
+
+#[test]
+fn kill_9_of_the_coordinator_mid_rollout_resumes_without_repeating_or_skipping_a_step() {
+    let mut fleet = Fleet::new(13, 3, &[("etl-1", "private")]).unwrap();
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(None).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+
+    let since = now_ns();
+    let gen2 = fleet
+        .write_spec(
+            "gen2.toml",
+            &FleetSpec {
+                external: true,
+                settle: "2s",
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap();
+    apply(&fleet, &gen2);
+    // As soon as the first broker has restarted, kill the coordinator without warning.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while restarts_since(&fleet, since).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker 1 never restarted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fleet.coordinator.as_mut().unwrap().kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    fleet.start_coordinator().unwrap();
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(90))
+        .unwrap();
+
+    let restarts = restarts_since(&fleet, since);
+    eprintln!("restarts: {restarts:?}");
+    let order: Vec<u32> = restarts.iter().map(|(id, _)| *id).collect();
+    assert_eq!(
+        order,
+        vec![1, 2, 3],
+        "every broker restarted exactly once, in order"
+    );
+    let windows: Vec<Restart> = restarts.iter().map(|(_, r)| *r).collect();
+    assert!(max_concurrent(&windows) <= 1);
+    for pair in restarts.windows(2) {
+        let gap_ms = (pair[1].1.start_ns.saturating_sub(pair[0].1.end_ns)) / 1_000_000;
+        assert!(
+            gap_ms >= 1_900,
+            "no step ran early: settle of 2 s between brokers, saw {gap_ms} ms ({restarts:?})"
+        );
+    }
+}
