@@ -176,11 +176,7 @@ impl Core {
             return Ok(());
         };
         if let Some(mut record) = self.store.generation(rollout.generation())? {
-            record.summary = format!(
-                "{} ({})",
-                record.summary.split(" (").next().unwrap_or(""),
-                rollout.state().name()
-            );
+            record.outcome = Some(rollout.state().name().to_string());
             self.store.record_generation(&record, &self.record)?;
         }
         Ok(())
@@ -438,6 +434,7 @@ impl Core {
                 applied_at_ms: now_ms(),
                 summary,
                 rollback_of,
+                outcome: None,
             },
             &self.record,
         )?;
@@ -517,10 +514,11 @@ impl Core {
             .generations()?
             .into_iter()
             .map(|record| {
-                let outcome = match current {
-                    Some((generation, state)) if generation == record.generation => {
+                let outcome = match (current, &record.outcome) {
+                    (Some((generation, state)), _) if generation == record.generation => {
                         state.to_string()
                     }
+                    (_, Some(outcome)) => outcome.clone(),
                     _ => "superseded".to_string(),
                 };
                 pb::GenerationRecord {

@@ -25,6 +25,9 @@ pub struct GenerationRecord {
     pub summary: String,
     /// Set when this generation re-applies an older one (`kreachctl rollback --to N`).
     pub rollback_of: Option<u64>,
+    /// How its rollout ended ("completed", "aborted"), once it has.
+    #[serde(default)]
+    pub outcome: Option<String>,
 }
 
 /// What the coordinator last heard from one agent.
@@ -210,6 +213,7 @@ mod tests {
                 applied_at_ms: 5,
                 summary: "first".into(),
                 rollback_of: None,
+                outcome: None,
             };
             store
                 .record_generation(&record, &FakeRollout { step: 0 })

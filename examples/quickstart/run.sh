@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# kreach quickstart: apply the example spec to sandbox copies of /etc on this machine — never the
-# real /etc. A broker host (with a stand-in Kafka service on loopback) and two client hosts, one
-# inside the VPC and one outside, each with its own hosts file and agent.toml.
+# kreach quickstart: a coordinator and five agents on sandbox directories of this machine — never
+# the real /etc. It creates mutual-TLS certificates, starts the coordinator and the agents (three
+# brokers, each with a stand-in Kafka service on its own loopback address, and two clients), shows
+# the plan, applies the spec and follows the rollout to the end: client names first, then one
+# broker at a time, the controller last.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -10,64 +12,116 @@ target=${CARGO_TARGET_DIR:-$root/target}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
 
-step "building kreach-agent and kreachctl"
+step "building kreach-agent, kreach-coordinator and kreachctl"
 (cd "$root" && cargo build --quiet -p kreach-agent -p kreach-coordinator --bins)
 agent=$target/debug/kreach-agent
-export KREACH_LOG=${KREACH_LOG:-warn}   # the agent's audit log goes to stderr; KREACH_LOG=info shows it
+coordinator=$target/debug/kreach-coordinator
 ctl=$target/debug/kreachctl
 
 sandbox=$(mktemp -d "${TMPDIR:-/tmp}/kreach-quickstart.XXXXXX")
-cleanup() { python3 "$here/fake-kafka.py" stop "$sandbox/emr-worker-1/var/lib/kreach" 2>/dev/null || true; }
-trap cleanup EXIT
-
-make_host() { # NODE [broker]
-  local node=$1 dir=$sandbox/$1
-  mkdir -p "$dir/etc/kreach" "$dir/var/lib/kreach"
-  cp "$here/hosts.sample" "$dir/etc/hosts"
-  if [ "${2:-}" = broker ]; then printf '\n# The cloud image'"'"'s own entry for this host.\n198.18.0.11\t%s.cluster-48742 %s\n' "$node" "$node" >> "$dir/etc/hosts"; fi
-  {
-    echo "node = \"$node\""
-    echo "state_dir = \"$dir/var/lib/kreach\""
-    echo "[manage]"
-    echo "hosts_file = \"$dir/etc/hosts\""
-    if [ "${2:-}" = broker ]; then
-      mkdir -p "$dir/etc/kafka"
-      cp "$here/server.properties.sample" "$dir/etc/kafka/server.properties"
-      echo "kafka_properties = \"$dir/etc/kafka/server.properties\""
-      echo "kafka_unit = \"kafka.service\""
-      echo "[service_manager]"
-      echo "kind = \"command\""
-      echo "restart = [\"python3\", \"$here/fake-kafka.py\", \"restart\", \"$dir/etc/kafka/server.properties\", \"$dir/var/lib/kreach\"]"
-    fi
-  } > "$dir/etc/kreach/agent.toml"
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for node in emr-worker-1 emr-worker-2 emr-worker-3; do
+    python3 "$here/fake-kafka.py" stop "$sandbox/$node/state" 2>/dev/null || true
+  done
 }
-make_host emr-worker-1 broker
-make_host etl-1
-make_host laptop-1
-# The broker is running on its old config before kreach arrives.
-python3 "$here/fake-kafka.py" restart "$sandbox/emr-worker-1/etc/kafka/server.properties" "$sandbox/emr-worker-1/var/lib/kreach"
+trap cleanup EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
-step "the spec is valid"
-show "$ctl" validate "$here/cluster.toml"
+step "certificates: a CA, the coordinator, the admin (kreachctl) and one per node"
+show "$ctl" certs init --dir "$sandbox/certs" --node emr-worker-1 --node emr-worker-2 --node emr-worker-3 --node etl-1 --node laptop-1 | tail -3
 
-step "what the broker emr-worker-1 should look like"
-show "$ctl" render "$here/cluster.toml" --node emr-worker-1
+step "the coordinator (mutual TLS on 127.0.0.1:$port)"
+cat > "$sandbox/coordinator.toml" <<TOML
+listen = "127.0.0.1:$port"
+state_dir = "$sandbox/coordinator"
+[tls]
+ca = "$sandbox/certs/ca.pem"
+cert = "$sandbox/certs/coordinator.pem"
+key = "$sandbox/certs/coordinator.key"
+TOML
+"$coordinator" --config "$sandbox/coordinator.toml" 2> "$sandbox/coordinator.log" &
+pids+=($!)
+export KREACH_COORDINATOR="https://127.0.0.1:$port" KREACH_CERTS="$sandbox/certs"
+for _ in $(seq 50); do grep -q "listening on" "$sandbox/coordinator.log" && break; sleep 0.1; done
 
-step "plan on the broker (dry run: nothing changes)"
-show "$agent" --config "$sandbox/emr-worker-1/etc/kreach/agent.toml" apply-local --spec "$here/cluster.toml" --dry-run
+step "five agents: three brokers (stand-in Kafka on 127.0.100.x) and two clients"
+for id in 1 2 3; do
+  node=emr-worker-$id dir=$sandbox/emr-worker-$id
+  mkdir -p "$dir/etc/kafka" "$dir/state"
+  cp "$here/hosts.sample" "$dir/etc/hosts"
+  cat > "$dir/etc/kafka/server.properties" <<PROPS
+# Kafka broker $id (KRaft), before kreach: INTERNAL only.
+node.id=$id
+process.roles=broker,controller
+controller.listener.names=CONTROLLER
+listeners=INTERNAL://127.0.100.$id:29092,CONTROLLER://127.0.100.$id:29094
+advertised.listeners=INTERNAL://127.0.100.$id:29092
+listener.security.protocol.map=INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=INTERNAL
+PROPS
+  python3 "$here/fake-kafka.py" restart "$dir/etc/kafka/server.properties" "$dir/state"
+  # Broker 2 plays the active controller.
+  [ "$id" = 2 ] && touch "$dir/is-controller"
+  cat > "$dir/agent.toml" <<TOML
+node = "$node"
+state_dir = "$dir/state"
+[manage]
+hosts_file = "$dir/etc/hosts"
+kafka_properties = "$dir/etc/kafka/server.properties"
+controller_check = ["test", "-e", "$dir/is-controller"]
+[service_manager]
+kind = "command"
+restart = ["python3", "$here/fake-kafka.py", "restart", "$dir/etc/kafka/server.properties", "$dir/state"]
+[coordinator]
+url = "https://127.0.0.1:$port"
+ca = "$sandbox/certs/ca.pem"
+cert = "$sandbox/certs/nodes/$node.pem"
+key = "$sandbox/certs/nodes/$node.key"
+TOML
+done
+for node in etl-1 laptop-1; do
+  dir=$sandbox/$node
+  mkdir -p "$dir/etc" "$dir/state"
+  cp "$here/hosts.sample" "$dir/etc/hosts"
+  cat > "$dir/agent.toml" <<TOML
+node = "$node"
+state_dir = "$dir/state"
+[manage]
+hosts_file = "$dir/etc/hosts"
+[coordinator]
+url = "https://127.0.0.1:$port"
+ca = "$sandbox/certs/ca.pem"
+cert = "$sandbox/certs/nodes/$node.pem"
+key = "$sandbox/certs/nodes/$node.key"
+TOML
+done
+for node in emr-worker-1 emr-worker-2 emr-worker-3 etl-1 laptop-1; do
+  KREACH_LOG=${KREACH_LOG:-warn} "$agent" --config "$sandbox/$node/agent.toml" run 2> "$sandbox/$node/agent.log" &
+  pids+=($!)
+done
+for _ in $(seq 100); do
+  [ "$("$ctl" status --output json | python3 -c 'import json,sys; print(sum(n["online"] for n in json.load(sys.stdin)["nodes"]))')" = 5 ] && break
+  sleep 0.1
+done
+show "$ctl" nodes
 
-step "apply on the broker: write, restart the Kafka service, verify every listener"
-show "$agent" --config "$sandbox/emr-worker-1/etc/kreach/agent.toml" apply-local --spec "$here/cluster.toml"
+step "the plan: per-node diffs and the step order (nothing changes yet)"
+show "$ctl" plan "$here/fleet.toml"
 
-step "apply again: nothing to change, nothing written"
-show "$agent" --config "$sandbox/emr-worker-1/etc/kreach/agent.toml" apply-local --spec "$here/cluster.toml"
-
-step "the clients: private view inside the VPC, public view outside (split horizon)"
-show "$agent" --config "$sandbox/etl-1/etc/kreach/agent.toml" apply-local --spec "$here/cluster.toml"
-show "$agent" --config "$sandbox/laptop-1/etc/kreach/agent.toml" apply-local --spec "$here/cluster.toml"
+step "apply and follow the rollout to the end"
+echo "(The warnings above are real: these five \"hosts\" are one machine, so the agents' host facts do"
+echo " not match the spec and kreach refuses to apply without --force. Here that is expected.)"
+show "$ctl" apply --yes --force --wait "$here/fleet.toml" | grep -E '^(rollout:|applied)' | uniq
 
 step "result"
-show cat "$sandbox/emr-worker-1/etc/kafka/server.properties"
+show "$ctl" status
+show "$ctl" history
+show cat "$sandbox/emr-worker-2/etc/kafka/server.properties"
 show cat "$sandbox/laptop-1/etc/hosts"
+printf '\nKafka restarts, as the stand-in services logged them (one at a time, the controller last):\n'
+for id in 1 2 3; do printf 'emr-worker-%s %s\n' "$id" "$(tail -1 "$sandbox/emr-worker-$id/state/restarts.log")"; done |
+  sort -k2 -n | awk 'NR == 1 { t0 = $2 } { printf "  +%6.0f ms  %s down for %.0f ms\n", ($2 - t0) / 1e6, $1, ($3 - $2) / 1e6 }'
 echo
-echo "The sandbox stays in $sandbox (remove it with: rm -rf $sandbox)."
+echo "Logs and files stay in $sandbox (remove it with: rm -rf $sandbox)."

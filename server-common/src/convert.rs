@@ -154,10 +154,12 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
                 inter_broker_listener: settings.inter_broker_listener.clone(),
             }),
         };
-        if matches!(role, NodeRole::Broker { .. }) != listeners.is_some() {
+        // A broker may come without listeners: the first release to a broker kreach never managed
+        // gives it its hosts entries and leaves its listener keys alone. Clients never have any.
+        if matches!(role, NodeRole::Client { .. }) && listeners.is_some() {
             return Err(wire_error(
                 "NodeSpec.listeners",
-                "present exactly for brokers",
+                "a client has no listener settings",
             ));
         }
         Ok(NodeSpec {
@@ -206,5 +208,15 @@ mod tests {
             NodeSpec::try_from(&wire).unwrap_err().field,
             "NodeSpec.role"
         );
+        let mut wire = pb::NodeSpec::from(&broker);
+        wire.role = Some(pb::node_spec::Role::ClientView("private".into()));
+        assert_eq!(
+            NodeSpec::try_from(&wire).unwrap_err().field,
+            "NodeSpec.listeners"
+        );
+        // A broker without listener settings (names only, listener keys left alone) is valid.
+        let mut wire = pb::NodeSpec::from(&broker);
+        wire.listeners = None;
+        assert!(NodeSpec::try_from(&wire).unwrap().listeners.is_none());
     }
 }
