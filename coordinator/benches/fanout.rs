@@ -1,0 +1,787 @@
+//! Fan-out benchmark: one real `kreach-coordinator` process, 1,000 simulated client agents and 3
+//! simulated brokers, each agent on its own gRPC connection, and a hosts-only change (the brokers'
+//! private addresses move) released to every node at once.
+//!
+//! It prints figures and asserts nothing: how long the agents took to connect, how long after the
+//! `Apply` call returned each agent had its new release (p50/p99/max), when the coordinator's
+//! status showed the rollout completed, and the coordinator's peak memory (VmHWM), next to the
+//! targets. Run it with `cargo bench -p kreach-coordinator --bench fanout`.
+//!
+//! The simulated agents touch no files: they report PHASE_CONVERGED for every release they
+//! receive. All traffic stays on 127.0.0.1, and every wait is bounded by one overall deadline.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use kreach_proto as pb;
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use pb::admin_service_client::AdminServiceClient;
+use pb::agent_service_client::AgentServiceClient;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+const CLIENTS: usize = 1000;
+const BROKERS: usize = 3;
+const AGENTS: usize = CLIENTS + BROKERS;
+/// The whole run, from starting the coordinator to reading its memory.
+const DEADLINE: Duration = Duration::from_secs(120);
+/// Connections opened at once: a burst of 1,000 SYNs can overflow the listen backlog, and a
+/// dropped SYN costs a one-second retransmit that would measure the kernel, not the coordinator.
+const CONNECT_CONCURRENCY: usize = 100;
+/// No agent of this run receives more than a handful of releases (gen 1: expand + a broker step;
+/// gen 2: one expand); the cap only bounds the loop.
+const MAX_RELEASES_PER_AGENT: usize = 32;
+/// File descriptors the coordinator needs: one socket per agent plus its own few.
+const COORDINATOR_FILES_NEEDED: u64 = AGENTS as u64 + 64;
+/// The limit the coordinator is started with (under prlimit) when its inherited hard limit is too
+/// low: it raises its soft limit to the hard one itself, but cannot go past the hard one.
+const PRLIMIT_NOFILE: u64 = 65536;
+
+const TARGET_P99: Duration = Duration::from_secs(2);
+const TARGET_MEMORY_MIB: f64 = 200.0;
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fanout: error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    // The coordinator starts first, so it inherits the limit a real deployment would give it, not
+    // the one this process raises for its 1,003 client sockets.
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
+    let coordinator = Coordinator::start(soft, hard)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising RLIMIT_NOFILE")?;
+    println!(
+        "fanout: bench process RLIMIT_NOFILE soft {soft} -> {hard}; coordinator pid {} on {} ({})",
+        coordinator.pid(),
+        coordinator.address,
+        coordinator.nofile_note
+    );
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let deadline = Instant::now() + DEADLINE;
+    let result = runtime.block_on(async {
+        tokio::time::timeout_at(deadline, measure(&coordinator, deadline))
+            .await
+            .unwrap_or_else(|_| bail!("the overall {}s deadline passed", DEADLINE.as_secs()))
+    });
+    // Peak memory is read after the run and before the kill.
+    let memory = read_memory(coordinator.pid());
+    let coordinator_log = coordinator.log_tail();
+    drop(coordinator);
+    // Dropping the runtime ends the agents' tasks and closes their connections.
+    drop(runtime);
+
+    let figures = match result {
+        Ok(figures) => figures,
+        Err(error) => {
+            eprintln!("fanout: the coordinator's last log lines:\n{coordinator_log}");
+            return Err(error);
+        }
+    };
+    print_report(&figures, &memory?);
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------
+// The spec
+
+fn node_name(index: usize) -> String {
+    if index < BROKERS {
+        format!("kafka-{}", index + 1)
+    } else {
+        format!("c{:04}", index - BROKERS)
+    }
+}
+
+/// The cluster: brokers advertise hostnames (so every client gets hosts entries) on 0.0.0.0;
+/// `subnet` is the third octet of the brokers' private addresses, the only thing that changes.
+fn spec_toml(subnet: u8) -> String {
+    let mut spec = String::from(
+        "[cluster]\nname = \"fanout-bench\"\nmetadata = \"kraft\"\n\n\
+         [listeners.internal]\nname = \"INTERNAL\"\nport = 9092\nadvertise = \"hostname\"\n\n\
+         [rollout]\nmax_unavailable = 1\nhealth_timeout = \"60s\"\nsettle = \"0s\"\n",
+    );
+    for broker in 1..=BROKERS {
+        spec.push_str(&format!(
+            "\n[[broker]]\nid = {broker}\nnode = \"kafka-{broker}\"\n\
+             hostname = \"kafka-{broker}.fanout-bench\"\n\
+             private_ip = \"198.18.{subnet}.{}\"\npublic_ip = \"198.19.0.{}\"\n",
+            10 + broker,
+            10 + broker
+        ));
+    }
+    for client in 0..CLIENTS {
+        spec.push_str(&format!(
+            "\n[[client]]\nnode = \"c{client:04}\"\nview = \"private\"\n"
+        ));
+    }
+    spec
+}
+
+// -------------------------------------------------------------------------------------------
+// The coordinator process
+
+struct Coordinator {
+    child: Child,
+    address: SocketAddr,
+    nofile_note: String,
+    log: Arc<Mutex<VecDeque<String>>>,
+    _state_dir: tempfile::TempDir,
+}
+
+impl Coordinator {
+    fn start(inherited_soft: u64, inherited_hard: u64) -> anyhow::Result<Coordinator> {
+        let binary = Path::new(env!("CARGO_BIN_EXE_kreach-coordinator"));
+        let state_dir = tempfile::tempdir().context("creating the state directory")?;
+        let config = state_dir.path().join("coordinator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n[tls]\ninsecure = true\n",
+                state_dir.path().join("state").display()
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+
+        // KREACH_BENCH_COORDINATOR_NOFILE=N starts the coordinator under `prlimit --nofile=N:N`,
+        // e.g. 1024 to see what a default soft limit does to it.
+        let forced: Option<u64> = std::env::var("KREACH_BENCH_COORDINATOR_NOFILE")
+            .ok()
+            .map(|value| value.parse())
+            .transpose()
+            .context("KREACH_BENCH_COORDINATOR_NOFILE must be a number")?;
+        let prlimit = find_in_path("prlimit");
+        let wanted = match forced {
+            Some(limit) => Some(limit),
+            None if inherited_hard < COORDINATOR_FILES_NEEDED => Some(PRLIMIT_NOFILE),
+            None => None,
+        };
+        let (mut command, nofile_note) = match (wanted, &prlimit) {
+            (None, _) => (
+                Command::new(binary),
+                format!("inherited RLIMIT_NOFILE {inherited_soft}:{inherited_hard}"),
+            ),
+            (Some(limit), Some(prlimit)) => {
+                let mut command = Command::new(prlimit);
+                command.arg(format!("--nofile={limit}:{limit}")).arg(binary);
+                (
+                    command,
+                    format!("started under prlimit --nofile={limit}:{limit}"),
+                )
+            }
+            (Some(limit), None) => {
+                println!(
+                    "fanout: WARNING: the coordinator gets RLIMIT_NOFILE hard {inherited_hard} \
+                     (needs ~{COORDINATOR_FILES_NEEDED}) and there is no prlimit to give it {limit}; \
+                     it may refuse connections"
+                );
+                (
+                    Command::new(binary),
+                    format!("inherited RLIMIT_NOFILE {inherited_soft}:{inherited_hard}, TOO LOW"),
+                )
+            }
+        };
+        let mut child = command
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+
+        // One thread drains stderr for the whole run (a full pipe would stall the coordinator),
+        // hands over the listen address, and keeps the last lines for error reports.
+        let stderr = child.stderr.take().expect("piped");
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let (address_sender, address_receiver) = std::sync::mpsc::channel();
+        {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                let marker = "kreach-coordinator listening on ";
+                for line in std::io::BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.split(marker).nth(1) {
+                        let address = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let _ = address_sender.send(address);
+                    }
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    if log.len() == 40 {
+                        log.pop_front();
+                    }
+                    log.push_back(line);
+                }
+            });
+        }
+        let mut coordinator = Coordinator {
+            child,
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
+            nofile_note,
+            log,
+            _state_dir: state_dir,
+        };
+        let address = address_receiver
+            .recv_timeout(Duration::from_secs(20))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the coordinator did not log its listen address within 20s:\n{}",
+                    coordinator.log_tail()
+                )
+            })?;
+        coordinator.address = address
+            .parse()
+            .with_context(|| format!("the coordinator logged an unparsable address {address:?}"))?;
+        // What it runs with, after raising its own soft limit (before it logged the address).
+        let limits_path = format!("/proc/{}/limits", coordinator.pid());
+        if let Some(line) = std::fs::read_to_string(&limits_path)
+            .ok()
+            .and_then(|limits| {
+                limits
+                    .lines()
+                    .find(|l| l.starts_with("Max open files"))
+                    .map(str::to_string)
+            })
+        {
+            let values: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+            coordinator.nofile_note += &format!("; running with {}", values.join(":"));
+        }
+        if !coordinator.address.ip().is_loopback() {
+            bail!(
+                "the coordinator listens on {}, not loopback",
+                coordinator.address
+            );
+        }
+        Ok(coordinator)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn log_tail(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        log.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        // SIGKILL to this pid only (prlimit execs the coordinator, so the pid is the same).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_in_path(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+struct Memory {
+    peak_kib: u64,
+    resident_kib: u64,
+}
+
+fn read_memory(pid: u32) -> anyhow::Result<Memory> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|kib| kib.parse().ok())
+            .with_context(|| format!("{path} has no {name} line"))
+    };
+    Ok(Memory {
+        peak_kib: field("VmHWM:")?,
+        resident_kib: field("VmRSS:")?,
+    })
+}
+
+// -------------------------------------------------------------------------------------------
+// The simulated agents
+
+enum AgentEvent {
+    Subscribed,
+    Received {
+        agent: usize,
+        generation: u64,
+        at: Instant,
+        /// For generation 2: whether the hosts entries carry the brokers' new addresses.
+        has_new_addresses: bool,
+    },
+    Reported {
+        agent: usize,
+        generation: u64,
+        at: Instant,
+    },
+    Failed {
+        agent: usize,
+        error: String,
+    },
+}
+
+async fn run_agent(
+    agent: usize,
+    address: SocketAddr,
+    connect_permits: Arc<Semaphore>,
+    events: mpsc::UnboundedSender<AgentEvent>,
+) {
+    if let Err(error) = agent_loop(agent, address, connect_permits, &events).await {
+        let _ = events.send(AgentEvent::Failed { agent, error });
+    }
+}
+
+async fn agent_loop(
+    agent: usize,
+    address: SocketAddr,
+    connect_permits: Arc<Semaphore>,
+    events: &mpsc::UnboundedSender<AgentEvent>,
+) -> Result<(), String> {
+    let node = node_name(agent);
+    let permit = connect_permits
+        .acquire_owned()
+        .await
+        .map_err(|e| e.to_string())?;
+    // Its own connection: one Endpoint::connect per agent, as separate agent hosts would have.
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = AgentServiceClient::new(channel);
+    let mut stream = client
+        .subscribe(pb::SubscribeRequest {
+            node: node.clone(),
+            applied: None,
+            agent_version: "fanout-bench".to_string(),
+        })
+        .await
+        .map_err(|status| format!("subscribe: {status}"))?
+        .into_inner();
+    drop(permit);
+    let _ = events.send(AgentEvent::Subscribed);
+
+    for _ in 0..MAX_RELEASES_PER_AGENT {
+        let release = match stream.message().await {
+            Ok(Some(release)) => release,
+            Ok(None) => return Err("the coordinator ended the release stream".to_string()),
+            Err(status) => return Err(format!("release stream: {status}")),
+        };
+        let at = Instant::now();
+        let id = release
+            .id
+            .ok_or_else(|| "a release without an id".to_string())?;
+        let has_new_addresses = release.spec.as_ref().is_some_and(|spec| {
+            spec.hosts_entries
+                .iter()
+                .filter(|entry| entry.ip.starts_with("198.18.1."))
+                .count()
+                == BROKERS
+        });
+        let _ = events.send(AgentEvent::Received {
+            agent,
+            generation: id.generation,
+            at,
+            has_new_addresses,
+        });
+        client
+            .report_status(pb::NodeStatus {
+                node: node.clone(),
+                release: Some(id),
+                phase: pb::Phase::Converged as i32,
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| format!("report_status: {status}"))?;
+        let _ = events.send(AgentEvent::Reported {
+            agent,
+            generation: id.generation,
+            at: Instant::now(),
+        });
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------
+// The measurement
+
+/// What one generation's rollout looked like from outside.
+struct GenerationFigures {
+    steps: Vec<pb::PlannedStep>,
+    apply_call: Duration,
+    /// Per agent, ms from the Apply call returning to the first release of this generation
+    /// (negative: it arrived before the Apply response did).
+    received_ms: Vec<f64>,
+    /// The last agent's CONVERGED report acknowledged, ms since Apply returned.
+    last_report_ms: f64,
+    /// The Watch stream showing this generation completed, ms since Apply returned.
+    completed_ms: f64,
+    wrong_addresses: usize,
+}
+
+struct Figures {
+    connect: Duration,
+    online: usize,
+    coordinator_open_files: Option<usize>,
+    first: GenerationFigures,
+    measured: GenerationFigures,
+}
+
+async fn measure(coordinator: &Coordinator, deadline: Instant) -> anyhow::Result<Figures> {
+    let address = coordinator.address;
+    let (sender, mut events) = mpsc::unbounded_channel();
+    let permits = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let mut agents = JoinSet::new();
+
+    let connect_started = Instant::now();
+    for agent in 0..AGENTS {
+        agents.spawn(run_agent(
+            agent,
+            address,
+            Arc::clone(&permits),
+            sender.clone(),
+        ));
+    }
+    drop(sender);
+    let mut subscribed = 0;
+    while subscribed < AGENTS {
+        match events.recv().await {
+            Some(AgentEvent::Subscribed) => subscribed += 1,
+            Some(AgentEvent::Failed { agent, error }) => bail!(
+                "agent {} failed after {subscribed}/{AGENTS} had subscribed: {error}",
+                node_name(agent)
+            ),
+            Some(_) => {}
+            None => bail!("every agent task ended"),
+        }
+    }
+    let connect = connect_started.elapsed();
+    println!(
+        "fanout: {AGENTS} agents subscribed in {:.0} ms",
+        connect.as_secs_f64() * 1e3
+    );
+
+    let admin_channel = Endpoint::from_shared(format!("http://{address}"))?
+        .connect()
+        .await
+        .context("connecting the admin client")?;
+    let mut admin = AdminServiceClient::new(admin_channel);
+    let status = admin
+        .status(pb::StatusRequest {})
+        .await
+        .context("Status")?
+        .into_inner();
+    let online = status.nodes.iter().filter(|node| node.online).count();
+    let coordinator_open_files = std::fs::read_dir(format!("/proc/{}/fd", coordinator.pid()))
+        .ok()
+        .map(|entries| entries.count());
+
+    let first = rollout(&mut admin, &mut events, 1, &spec_toml(0), deadline)
+        .await
+        .context("generation 1 (first apply)")?;
+    let measured = rollout(&mut admin, &mut events, 2, &spec_toml(1), deadline)
+        .await
+        .context("generation 2 (the brokers' private addresses move)")?;
+    agents.abort_all();
+    Ok(Figures {
+        connect,
+        online,
+        coordinator_open_files,
+        first,
+        measured,
+    })
+}
+
+/// Plan and apply `spec` as `generation`, then wait until every agent has its release and the
+/// coordinator's status shows the rollout completed.
+async fn rollout(
+    admin: &mut AdminServiceClient<Channel>,
+    events: &mut mpsc::UnboundedReceiver<AgentEvent>,
+    generation: u64,
+    spec: &str,
+    deadline: Instant,
+) -> anyhow::Result<GenerationFigures> {
+    let plan = admin
+        .plan(pb::PlanRequest {
+            spec_toml: spec.to_string(),
+            force: false,
+        })
+        .await
+        .context("Plan")?
+        .into_inner();
+    println!("fanout: generation {generation} plan:");
+    for step in &plan.steps {
+        println!(
+            "  step {}: {:<18} {:>4} node(s){}",
+            step.index,
+            step.kind,
+            step.nodes.len(),
+            if step.restarts { "  RESTARTS" } else { "" }
+        );
+    }
+    let mut watch = admin
+        .watch(pb::StatusRequest {})
+        .await
+        .context("Watch")?
+        .into_inner();
+
+    let apply_sent = Instant::now();
+    let applied = admin
+        .apply(pb::ApplyRequest {
+            spec_toml: spec.to_string(),
+            force: false,
+        })
+        .await
+        .context("Apply")?
+        .into_inner();
+    let apply_returned = Instant::now();
+    if applied.generation != generation {
+        bail!(
+            "the coordinator applied generation {}, expected {generation}",
+            applied.generation
+        );
+    }
+    let since = |at: Instant| -> f64 {
+        if at >= apply_returned {
+            (at - apply_returned).as_secs_f64() * 1e3
+        } else {
+            -(apply_returned - at).as_secs_f64() * 1e3
+        }
+    };
+
+    let mut received: Vec<Option<Instant>> = vec![None; AGENTS];
+    let mut received_count = 0;
+    let mut reported = vec![false; AGENTS];
+    let mut reported_count = 0;
+    let mut last_report: Option<Instant> = None;
+    let mut wrong_addresses = 0;
+    let mut completed: Option<Instant> = None;
+    let mut last_state = String::new();
+    while received_count < AGENTS || completed.is_none() {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(AgentEvent::Received { agent, generation: g, at, has_new_addresses })
+                    if g == generation && received[agent].is_none() =>
+                {
+                    received[agent] = Some(at);
+                    received_count += 1;
+                    if generation == 2 && !has_new_addresses {
+                        wrong_addresses += 1;
+                    }
+                }
+                Some(AgentEvent::Reported { agent, generation: g, at }) if g == generation => {
+                    last_report = Some(last_report.map_or(at, |last| last.max(at)));
+                    if !std::mem::replace(&mut reported[agent], true) {
+                        reported_count += 1;
+                    }
+                }
+                Some(AgentEvent::Failed { agent, error }) => {
+                    bail!("agent {} failed: {error}", node_name(agent))
+                }
+                Some(_) => {}
+                None => bail!("every agent task ended"),
+            },
+            message = watch.message(), if completed.is_none() => {
+                let status = message
+                    .context("Watch stream")?
+                    .context("the coordinator ended the Watch stream")?;
+                if let Some(view) = &status.rollout {
+                    last_state = format!("generation {} {}", view.generation, view.state);
+                    if view.generation == generation && view.state == "completed" {
+                        completed = Some(Instant::now());
+                    } else if view.generation == generation
+                        && matches!(view.state.as_str(), "paused" | "aborted")
+                    {
+                        bail!("the rollout is {} at node {:?}: {}", view.state,
+                            view.paused_node, view.paused_reason);
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(deadline) => bail!(
+                "deadline: {received_count}/{AGENTS} agents had the release; coordinator: {last_state}"
+            ),
+        }
+    }
+    // The last acks may still be in flight when the status turns completed (the coordinator
+    // processed the reports before it completed the rollout), so collect them, briefly.
+    let acks_until = Instant::now() + Duration::from_millis(500);
+    while reported_count < AGENTS {
+        match tokio::time::timeout_at(acks_until, events.recv()).await {
+            Ok(Some(AgentEvent::Reported {
+                agent,
+                generation: g,
+                at,
+            })) if g == generation => {
+                last_report = Some(last_report.map_or(at, |last| last.max(at)));
+                if !std::mem::replace(&mut reported[agent], true) {
+                    reported_count += 1;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let completed = completed.expect("loop ends only when completed");
+    Ok(GenerationFigures {
+        steps: plan.steps,
+        apply_call: apply_returned - apply_sent,
+        received_ms: received.into_iter().flatten().map(since).collect(),
+        last_report_ms: last_report.map(since).unwrap_or(f64::NAN),
+        completed_ms: since(completed),
+        wrong_addresses,
+    })
+}
+
+// -------------------------------------------------------------------------------------------
+// The report
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], fraction: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (fraction * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn print_report(figures: &Figures, memory: &Memory) {
+    let generation = &figures.measured;
+    let mut received = generation.received_ms.clone();
+    received.sort_by(f64::total_cmp);
+    let (p50, p99, max) = (
+        percentile(&received, 0.50),
+        percentile(&received, 0.99),
+        percentile(&received, 1.0),
+    );
+    let peak_mib = memory.peak_kib as f64 / 1024.0;
+    let target_p99_ms = TARGET_P99.as_secs_f64() * 1e3;
+    let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
+    let restarts = generation.steps.iter().any(|step| step.restarts);
+
+    println!();
+    println!(
+        "fanout: {CLIENTS} clients + {BROKERS} brokers, hosts-only change (brokers' private_ip moved)"
+    );
+    println!(
+        "  measured plan: {}{}",
+        generation
+            .steps
+            .iter()
+            .map(|step| format!("{} ({} nodes)", step.kind, step.nodes.len()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        if restarts {
+            "  -- UNEXPECTED: a step restarts brokers"
+        } else {
+            "  -- no broker restart"
+        }
+    );
+    println!("  {:<52} {:>12}  {:>10}", "figure", "measured", "target");
+    let row = |name: &str, value: String, target: &str| {
+        println!("  {name:<52} {value:>12}  {target:>10}");
+    };
+    row(
+        "agents connected + subscribed",
+        format!("{}/{AGENTS}", figures.online),
+        "",
+    );
+    row(
+        "  connecting took (ms)",
+        format!("{:.0}", figures.connect.as_secs_f64() * 1e3),
+        "",
+    );
+    row(
+        "Apply call (ms, sent -> returned)",
+        format!("{:.1}", generation.apply_call.as_secs_f64() * 1e3),
+        "",
+    );
+    row(
+        "agents with the new release",
+        format!("{}/{AGENTS}", generation.received_ms.len()),
+        "",
+    );
+    row(
+        "  release received p50 (ms since Apply)",
+        format!("{p50:.1}"),
+        "",
+    );
+    row(
+        "  release received p99 (ms since Apply)",
+        format!("{p99:.1}"),
+        &format!("< {target_p99_ms:.0} {}", verdict(p99 < target_p99_ms)),
+    );
+    row(
+        "  release received max (ms since Apply)",
+        format!("{max:.1}"),
+        "",
+    );
+    row(
+        "  releases missing the new addresses",
+        generation.wrong_addresses.to_string(),
+        "0",
+    );
+    row(
+        "last CONVERGED report acked (ms since Apply)",
+        format!("{:.1}", generation.last_report_ms),
+        "",
+    );
+    row(
+        "status shows rollout completed (ms since Apply)",
+        format!("{:.1}", generation.completed_ms),
+        "",
+    );
+    row(
+        "coordinator VmHWM (MiB, after the run)",
+        format!("{peak_mib:.1}"),
+        &format!(
+            "< {TARGET_MEMORY_MIB:.0} {}",
+            verdict(peak_mib < TARGET_MEMORY_MIB)
+        ),
+    );
+    row(
+        "  coordinator VmRSS at the end (MiB)",
+        format!("{:.1}", memory.resident_kib as f64 / 1024.0),
+        "",
+    );
+    if let Some(files) = figures.coordinator_open_files {
+        row(
+            "  coordinator open fds with all agents connected",
+            files.to_string(),
+            "",
+        );
+    }
+    let first = &figures.first;
+    let mut first_received = first.received_ms.clone();
+    first_received.sort_by(f64::total_cmp);
+    row(
+        "(gen 1, first apply) release p99 / completed (ms)",
+        format!(
+            "{:.0} / {:.0}",
+            percentile(&first_received, 0.99),
+            first.completed_ms
+        ),
+        "",
+    );
+}
