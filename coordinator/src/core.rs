@@ -58,7 +58,11 @@ pub struct Core {
     status: watch::Sender<pb::StatusResponse>,
     /// The spec of the newest generation, for roles.
     spec: Option<ClusterSpec>,
-    dirty_agents: bool,
+    /// Agents whose records changed since the last flush to the store.
+    dirty_agents: std::collections::BTreeSet<String>,
+    /// The published status is stale; rebuilt at the next tick (a rebuild walks every node, so it
+    /// is not done once per report of a 1,000-node fleet).
+    status_dirty: bool,
 }
 
 pub fn now_ms() -> u64 {
@@ -100,7 +104,8 @@ impl Core {
             channels: BTreeMap::new(),
             status,
             spec,
-            dirty_agents: false,
+            dirty_agents: Default::default(),
+            status_dirty: false,
         };
         if let Some(rollout) = &core.record.rollout {
             tracing::info!(
@@ -124,6 +129,7 @@ impl Core {
     }
 
     /// Push every node's latest release to its channel (only where it changed) and refresh status.
+    /// Walks every node: called when releases change, not per report.
     fn publish(&mut self) {
         for (node, release) in self.effective_releases() {
             let wire = to_wire_release(&release);
@@ -167,7 +173,11 @@ impl Core {
         if let Some(Event::Completed | Event::Aborted { .. }) = events.last() {
             self.mark_outcome()?;
         }
-        self.publish();
+        if durable {
+            self.publish();
+        } else {
+            self.refresh_status();
+        }
         Ok(())
     }
 
@@ -208,8 +218,7 @@ impl Core {
     }
 
     fn refresh_status(&mut self) {
-        let status = self.status_response();
-        self.status.send_replace(status);
+        self.status_dirty = true;
     }
 
     pub fn report_status(&mut self, status: pb::NodeStatus) -> Result<(), CoreError> {
@@ -222,7 +231,7 @@ impl Core {
             entry.status = Some(status);
             entry.last_seen_ms = now_ms();
         }
-        self.dirty_agents = true;
+        self.dirty_agents.insert(node.clone());
         let outcome = match phase {
             pb::Phase::Converged => Some(ReportOutcome::Converged),
             pb::Phase::RolledBack => Some(ReportOutcome::RolledBack { reason }),
@@ -247,10 +256,11 @@ impl Core {
     }
 
     pub fn report_facts(&mut self, facts: pb::HostFacts) {
-        let entry = self.agents.entry(facts.node.clone()).or_default();
+        let node = facts.node.clone();
+        let entry = self.agents.entry(node.clone()).or_default();
         entry.facts = Some(facts);
         entry.last_seen_ms = now_ms();
-        self.dirty_agents = true;
+        self.dirty_agents.insert(node);
         self.refresh_status();
     }
 
@@ -262,18 +272,28 @@ impl Core {
                 self.handle_events(events)?;
             }
         }
-        if self.dirty_agents {
-            self.dirty_agents = false;
-            for (node, entry) in &self.agents {
-                self.store.save_agent(
-                    node,
-                    &AgentRecord {
-                        status: entry.status.as_ref().map(Message::encode_to_vec),
-                        facts: entry.facts.as_ref().map(Message::encode_to_vec),
-                        last_seen_ms: entry.last_seen_ms,
-                    },
-                )?;
-            }
+        if !self.dirty_agents.is_empty() {
+            // One transaction for every changed record: one fsync per tick, not one per agent.
+            let records: Vec<(String, AgentRecord)> = std::mem::take(&mut self.dirty_agents)
+                .into_iter()
+                .filter_map(|node| {
+                    let entry = self.agents.get(&node)?;
+                    Some((
+                        node,
+                        AgentRecord {
+                            status: entry.status.as_ref().map(Message::encode_to_vec),
+                            facts: entry.facts.as_ref().map(Message::encode_to_vec),
+                            last_seen_ms: entry.last_seen_ms,
+                        },
+                    ))
+                })
+                .collect();
+            self.store.save_agents(&records)?;
+        }
+        if self.status_dirty {
+            self.status_dirty = false;
+            let status = self.status_response();
+            self.status.send_replace(status);
         }
         Ok(())
     }

@@ -178,6 +178,26 @@ impl Store {
         })
     }
 
+    /// Save many agent records in one transaction.
+    pub fn save_agents(&self, records: &[(String, AgentRecord)]) -> Result<(), StoreError> {
+        let encoded: Vec<(&str, Vec<u8>)> = records
+            .iter()
+            .map(|(node, record)| {
+                (
+                    node.as_str(),
+                    serde_json::to_vec(record).expect("serializable"),
+                )
+            })
+            .collect();
+        self.write(|txn| {
+            let mut table = txn.open_table(AGENTS)?;
+            for (node, bytes) in &encoded {
+                table.insert(*node, bytes.as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
     pub fn agents(&self) -> Result<Vec<(String, AgentRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(AGENTS).map_err(|e| self.io(e))?;

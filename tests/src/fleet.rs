@@ -372,15 +372,40 @@ impl Fleet {
             .chain(self.clients.iter().cloned())
             .collect();
         for (node, dir) in nodes {
-            let proc = Proc::spawn(
-                Command::new(agent_binary())
-                    .arg("--config")
-                    .arg(dir.join("agent.toml"))
-                    .arg("run"),
-            )?;
-            self.agents.insert(node, proc);
+            self.spawn_agent(&node, &dir)?;
         }
         self.wait_until_online(Duration::from_secs(20))
+    }
+
+    fn spawn_agent(&mut self, node: &str, dir: &Path) -> Result<()> {
+        let proc = Proc::spawn(
+            Command::new(agent_binary())
+                .arg("--config")
+                .arg(dir.join("agent.toml"))
+                .arg("run"),
+        )?;
+        self.agents.insert(node.to_string(), proc);
+        Ok(())
+    }
+
+    /// Stop one agent (SIGTERM): its node goes offline.
+    pub fn stop_agent(&mut self, node: &str) -> Option<i32> {
+        self.agents
+            .remove(node)
+            .and_then(|mut proc| proc.terminate(Duration::from_secs(10)))
+    }
+
+    /// Start a stopped agent again, with the config it had.
+    pub fn restart_agent(&mut self, node: &str) -> Result<()> {
+        let dir = self
+            .brokers
+            .iter()
+            .map(|b| (b.node.clone(), b.dir.clone()))
+            .chain(self.clients.iter().cloned())
+            .find(|(name, _)| name == node)
+            .map(|(_, dir)| dir)
+            .context("no such node")?;
+        self.spawn_agent(node, &dir)
     }
 
     pub fn wait_until_online(&self, timeout: Duration) -> Result<()> {

@@ -393,3 +393,67 @@ fn kill_9_of_the_coordinator_mid_rollout_resumes_without_repeating_or_skipping_a
         );
     }
 }
+
+#[test]
+fn an_offline_agent_blocks_its_step_and_is_shown_never_skipped() {
+    let mut fleet = Fleet::new(14, 2, &[("etl-1", "private"), ("etl-2", "private")]).unwrap();
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(None).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+
+    // etl-2's agent goes away; a change that gives every client new names must wait for it.
+    assert_eq!(fleet.stop_agent("etl-2"), Some(0));
+    let gen2 = fleet
+        .write_spec(
+            "gen2.toml",
+            &FleetSpec {
+                hostnames: true,
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap();
+    apply(&fleet, &gen2);
+    std::thread::sleep(Duration::from_secs(3));
+    let status = fleet.status_json().unwrap();
+    assert_eq!(status["rollout"]["state"], "running", "{status:#}");
+    assert_eq!(
+        status["rollout"]["current_step"], 0,
+        "still the expand step: {status:#}"
+    );
+    let etl2 = status["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "etl-2")
+        .unwrap();
+    assert_eq!(etl2["online"], false, "shown offline: {status:#}");
+    let table = fleet.ctl(&["status"]).unwrap().stdout;
+    assert!(
+        table
+            .lines()
+            .any(|line| line.starts_with("etl-2") && line.contains("OFFLINE")),
+        "{table}"
+    );
+    assert!(
+        fleet
+            .brokers
+            .iter()
+            .all(|b| !b.properties().contains("fleet-14:")),
+        "no broker advertises the new names while a client lacks them"
+    );
+
+    // Back online, it gets its release and the rollout goes on to the end.
+    fleet.restart_agent("etl-2").unwrap();
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(90))
+        .unwrap();
+    assert!(fleet
+        .client_hosts("etl-2")
+        .contains("emr-worker-1.fleet-14"));
+}
