@@ -209,6 +209,43 @@ fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expan
         "header + 2 generations:\n{}",
         history.stdout
     );
+
+    // rollback --to 1 rolls generation 1's spec out again as generation 3, like any spec.
+    let gen1_listeners: Vec<String> = fleet
+        .brokers
+        .iter()
+        .map(|b| format!("advertised.listeners=INTERNAL://{}:{}\n", b.ip, fleet.port))
+        .collect();
+    let rollback = fleet
+        .ctl(&["rollback", "--to", "1", "--yes", "--force"])
+        .unwrap();
+    assert_eq!(rollback.code, 0, "{}{}", rollback.stdout, rollback.stderr);
+    assert!(
+        rollback
+            .stdout
+            .contains("applied generation 3 (the spec of generation 1)"),
+        "{}",
+        rollback.stdout
+    );
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(90))
+        .unwrap();
+    for (broker, listeners) in fleet.brokers.iter().zip(&gen1_listeners) {
+        assert!(
+            broker.properties().contains(listeners.as_str()),
+            "{}: {}",
+            broker.node,
+            broker.properties()
+        );
+        assert!(
+            !broker.properties().contains("EXTERNAL"),
+            "EXTERNAL removed again"
+        );
+    }
+    let history = fleet.ctl(&["history", "--output", "json"]).unwrap();
+    let history: serde_json::Value = serde_json::from_str(&history.stdout).unwrap();
+    assert_eq!(history[2]["rollback_of"], 1, "{history:#}");
+    assert_eq!(history[1]["outcome"], "completed", "{history:#}");
 }
 
 #[test]
