@@ -772,12 +772,8 @@ impl Compiler {
 
     fn node_name(&mut self, table: &Table, place: &Place) -> Option<String> {
         let node = self.required_string(table, "node", place)?;
-        if is_valid_hostname(&node)
-            || node
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                && !node.is_empty()
-        {
+        // The same rule certificates use: a node's name is its identity in both.
+        if crate::tls::validate_node_name(&node).is_ok() {
             Some(node)
         } else {
             self.error(

@@ -6,30 +6,17 @@
 //! runs it there against real units. It skips, loudly, only when not root or when the rootfs
 //! cannot be prepared on this machine; everything else that goes wrong fails.
 
-use std::io::Write;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::OnceLock;
 
-use kreach_tests::nspawn::{availability, Availability, Host};
+use kreach_tests::artifacts::build_artifact;
+use kreach_tests::nspawn::{boot_or_skip, Host};
 
 const RESTART_UNIT: &str = "/usr/local/bin/restart_unit";
 
-/// Boot a host, or print why the tier is skipped and return `None`.
+/// Boot a host with `restart_unit` in it, or print why the tier is skipped and return `None`.
 fn host_or_skip(test: &str) -> Option<Host> {
-    match availability().expect("preparing the e2e-systemd rootfs") {
-        Availability::Ready(_) => {}
-        Availability::Unavailable(reason) => {
-            // Straight to the process's stderr: libtest captures eprintln! of passing tests, and
-            // a skip must be seen.
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: e2e-systemd test {test}: {reason}"
-            );
-            return None;
-        }
-    }
-    let host = Host::boot(test).expect("booting a systemd-nspawn host");
+    let host = boot_or_skip(test)?;
     host.copy_in(&restart_unit_binary(), RESTART_UNIT)
         .expect("copying restart_unit into the host");
     Some(host)
@@ -40,34 +27,11 @@ fn restart_unit_binary() -> PathBuf {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY
         .get_or_init(|| {
-            // .../target/<profile>/deps/e2e_systemd_backend-HASH
-            let exe = std::env::current_exe().expect("current_exe");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("profile dir");
-            let target_dir = profile_dir.parent().expect("target dir");
-            let release = profile_dir.file_name().is_some_and(|n| n == "release");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let mut build = Command::new(cargo);
-            build
-                .args(["build", "--example", "restart_unit", "-p", "kreach-agent"])
-                .arg("--target-dir")
-                .arg(target_dir)
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if release {
-                build.arg("--release");
-            }
-            let status = build
-                .status()
-                .expect("running cargo build for restart_unit");
-            assert!(
-                status.success(),
-                "cargo build --example restart_unit failed: {status}"
-            );
-            let binary = profile_dir.join("examples/restart_unit");
-            assert!(binary.is_file(), "{} missing after build", binary.display());
-            binary
+            build_artifact(
+                &["--example", "restart_unit", "-p", "kreach-agent"],
+                "examples/restart_unit",
+            )
+            .expect("building the restart_unit example")
         })
         .clone()
 }

@@ -37,6 +37,26 @@ fn apply(fleet: &Fleet, spec: &std::path::Path) {
     assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
 }
 
+/// A started fleet (coordinator, agents) with generation 1 — the default spec — rolled out.
+fn fleet_on_generation_1(
+    net: u8,
+    brokers: u32,
+    clients: &[(&str, &str)],
+    controller: Option<u32>,
+) -> (Fleet, std::path::PathBuf) {
+    let mut fleet = Fleet::new(net, brokers, clients).unwrap();
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(controller).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    (fleet, gen1)
+}
+
 /// Samples the clients' hosts files until stopped; records when each first held `needle`.
 struct HostsObserver {
     stop: Arc<AtomicBool>,
@@ -250,16 +270,7 @@ fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expan
 
 #[test]
 fn a_failing_broker_pauses_the_rollout_rolls_back_and_resume_and_abort_behave() {
-    let mut fleet = Fleet::new(12, 3, &[("etl-1", "private")]).unwrap();
-    fleet.start_coordinator().unwrap();
-    fleet.start_agents(None).unwrap();
-    let gen1 = fleet
-        .write_spec("gen1.toml", &FleetSpec::default())
-        .unwrap();
-    apply(&fleet, &gen1);
-    fleet
-        .wait_for_rollout("completed", Duration::from_secs(60))
-        .unwrap();
+    let (fleet, gen1) = fleet_on_generation_1(12, 3, &[("etl-1", "private")], None);
     let gen1_properties = fleet.brokers[1].properties();
 
     // Broker 2's new EXTERNAL address is taken: its Kafka cannot start on the new config.
@@ -373,16 +384,7 @@ fn a_failing_broker_pauses_the_rollout_rolls_back_and_resume_and_abort_behave() 
 
 #[test]
 fn kill_9_of_the_coordinator_mid_rollout_resumes_without_repeating_or_skipping_a_step() {
-    let mut fleet = Fleet::new(13, 3, &[("etl-1", "private")]).unwrap();
-    fleet.start_coordinator().unwrap();
-    fleet.start_agents(None).unwrap();
-    let gen1 = fleet
-        .write_spec("gen1.toml", &FleetSpec::default())
-        .unwrap();
-    apply(&fleet, &gen1);
-    fleet
-        .wait_for_rollout("completed", Duration::from_secs(60))
-        .unwrap();
+    let (mut fleet, _) = fleet_on_generation_1(13, 3, &[("etl-1", "private")], None);
 
     let since = now_ns();
     let gen2 = fleet
@@ -433,16 +435,8 @@ fn kill_9_of_the_coordinator_mid_rollout_resumes_without_repeating_or_skipping_a
 
 #[test]
 fn an_offline_agent_blocks_its_step_and_is_shown_never_skipped() {
-    let mut fleet = Fleet::new(14, 2, &[("etl-1", "private"), ("etl-2", "private")]).unwrap();
-    fleet.start_coordinator().unwrap();
-    fleet.start_agents(None).unwrap();
-    let gen1 = fleet
-        .write_spec("gen1.toml", &FleetSpec::default())
-        .unwrap();
-    apply(&fleet, &gen1);
-    fleet
-        .wait_for_rollout("completed", Duration::from_secs(60))
-        .unwrap();
+    let (mut fleet, _) =
+        fleet_on_generation_1(14, 2, &[("etl-1", "private"), ("etl-2", "private")], None);
 
     // etl-2's agent goes away; a change that gives every client new names must wait for it.
     assert_eq!(fleet.stop_agent("etl-2"), Some(0));
