@@ -6,7 +6,7 @@
 //!   must be definitions of managed keys only (the idea of tests/properties_proptest.rs, stated for
 //!   arbitrary text with an independent java.util.Properties line reader);
 //! - no change means the very same bytes, and every non-managed key reads back unchanged;
-//! - the result obeys Kafka's rules, and applying again changes nothing.
+//! - a changed result obeys Kafka's rules, and applying again changes nothing.
 #![no_main]
 
 #[path = "common/mod.rs"]
@@ -332,7 +332,14 @@ fuzz_target!(|data: &[u8]| {
     let oracle = logical_lines(file);
     let mut keys: Vec<String> = MANAGED_KEYS.iter().map(|k| k.to_string()).collect();
     if let Some(lines) = &oracle {
-        keys.extend(lines.iter().take(64).map(|l| l.key.clone()));
+        for line in lines {
+            if keys.len() >= 16 {
+                break;
+            }
+            if !keys.contains(&line.key) {
+                keys.push(line.key.clone());
+            }
+        }
     }
     let before: Vec<_> = keys.iter().map(|k| get_property(file, k)).collect();
     for value in &before {
@@ -368,7 +375,9 @@ fuzz_target!(|data: &[u8]| {
 
     check_outside_survives(file, output, &edit.changed_keys);
 
-    let violations = check_kafka_rules(output);
+    // An edit is validated against Kafka's rules; a file that needs no change is returned as it is
+    // (nothing is written), even if it already broke them.
+    let violations = if edit.changed_keys.is_empty() { Vec::new() } else { check_kafka_rules(output) };
     assert!(violations.is_empty(), "the accepted result breaks Kafka's rules: {violations:?}\noutput: {output:?}");
 
     let again = apply_listeners(output, &settings).expect("re-applying must succeed");
