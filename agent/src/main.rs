@@ -72,12 +72,51 @@ fn main() -> ExitCode {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KREACH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .init();
+        .with_target(false);
+    // KREACH_LOG_FORMAT=json: one JSON object per line with the event's fields (node, generation,
+    // path, ...) at the top level, for a log shipper or `journalctl -o cat | jq`.
+    if std::env::var("KREACH_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
+}
+
+/// systemd's service notifications for the `Type=notify` unit. Every call is a no-op without
+/// `NOTIFY_SOCKET`, so the daemon behaves the same under a shell or a test harness.
+mod systemd_notify {
+    use sd_notify::NotifyState;
+    use std::time::Duration;
+
+    pub fn ready(status: &str) {
+        send(&[NotifyState::Ready, NotifyState::Status(status)]);
+    }
+
+    pub fn stopping() {
+        send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
+    }
+
+    pub fn watchdog() {
+        send(&[NotifyState::Watchdog]);
+    }
+
+    /// Half of the unit's `WatchdogSec=`, as systemd recommends; `None` without a watchdog.
+    pub fn watchdog_interval() -> Option<Duration> {
+        let mut usec = 0;
+        (sd_notify::watchdog_enabled(false, &mut usec) && usec > 1)
+            .then(|| Duration::from_micros(usec / 2))
+    }
+
+    fn send(states: &[NotifyState<'_>]) {
+        if let Err(error) = sd_notify::notify(false, states) {
+            tracing::warn!("cannot notify systemd: {error}");
+        }
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -279,12 +318,15 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         let services: Box<dyn ServiceManager> = Box::new(LazyServices { config: config.clone() });
         let engine = Arc::new(Mutex::new(Engine::new(config.clone(), services, Box::new(TcpProbe))));
         let (wake_tx, wake_rx) = std::sync::mpsc::channel();
+        // READY waits for the enforcer's watches: before them, drift would go unnoticed.
+        let (watching_tx, watching_rx) = tokio::sync::oneshot::channel();
         let mut enforcer = {
             let engine = Arc::clone(&engine);
             let wake_tx = wake_tx.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let paths = drift::lock_engine(&engine).managed_paths();
                 let mut watcher = drift::watch(&paths, wake_tx).context("watching the managed files")?;
+                let _ = watching_tx.send(());
                 drift::enforce(&engine, &mut watcher, &wake_rx);
                 Ok(())
             })
@@ -302,12 +344,24 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         }
         tasks.close();
 
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let early_end = tokio::select! {
-            _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); None }
-            _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); None }
-            ended = &mut enforcer => Some(ended),
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        // A failed watch drops the sender; the loop below then reports the enforcer's error.
+        if watching_rx.await.is_ok() {
+            systemd_notify::ready(&startup_status(&config));
+        }
+        // Watchdog pings come from this loop, so they stop when it or the enforcer does.
+        let mut watchdog = systemd_notify::watchdog_interval().map(tokio::time::interval);
+        let early_end = loop {
+            tokio::select! {
+                _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break None }
+                _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break None }
+                ended = &mut enforcer => break Some(ended),
+                _ = next_tick(&mut watchdog) => systemd_notify::watchdog(),
+            }
         };
+        systemd_notify::stopping();
         // The client first: an apply in flight finishes and is reported; then the enforcer.
         cancel.cancel();
         tasks.wait().await;
@@ -319,4 +373,29 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         enforcer.await.context("enforcer task")??;
         Ok::<u8, anyhow::Error>(0)
     })
+}
+
+/// The unit's status line at READY: what the agent enforces from now on.
+fn startup_status(config: &AgentConfig) -> String {
+    match state::load(&config.state_dir) {
+        Ok(Some(applied)) => format!(
+            "enforcing generation {} (released by {})",
+            applied.generation, applied.released_by
+        ),
+        Ok(None) => "no applied state yet; waiting for a spec".to_string(),
+        Err(error) => {
+            tracing::error!(node = %config.node, "cannot load the last applied state: {error}");
+            format!("cannot load the last applied state: {error}")
+        }
+    }
+}
+
+/// The next watchdog tick; never, without a watchdog.
+async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
