@@ -1,11 +1,12 @@
 //! `kreach-agent`: the node daemon and its one-shot `apply-local`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
+use kreach_agent::cli::{Cli, Command};
 use kreach_agent::client::CoordinatorClient;
 use kreach_agent::config::{AgentConfig, ServiceManagerKind};
 use kreach_agent::engine::{Engine, Outcome};
@@ -22,40 +23,6 @@ const EXIT_FAILED: u8 = 1;
 const EXIT_INVALID: u8 = 2;
 const EXIT_ROLLED_BACK: u8 = 3;
 const EXIT_CONFLICTS: u8 = 4;
-
-#[derive(Parser)]
-#[command(
-    name = "kreach-agent",
-    version,
-    about = "Keeps this host's Kafka reachability in its desired state: the kreach block in the hosts file, the broker's listener settings, and Kafka restarts.",
-    after_help = "Exit codes: 0 converged; 1 failed (nothing half-written); 2 invalid spec or config; 3 a health gate failed and the previous config was restored; 4 applied, but unmanaged hosts lines shadow kreach's entries."
-)]
-struct Cli {
-    /// The agent's own config: node name, state directory, the files and unit it may manage.
-    #[arg(long, short, default_value = "/etc/kreach/agent.toml", global = true)]
-    config: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Apply a cluster spec to this node without a coordinator: print the plan (a unified diff per
-    /// file and the restarts it implies), then write, restart and verify.
-    ApplyLocal {
-        /// The cluster spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
-        /// Print the plan and change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Run as a daemon: enforce the last applied state and repair drift in the managed files; with
-    /// [coordinator] in the config, also apply the releases the coordinator sends for this node.
-    Run,
-    /// Print the last applied state of this node (JSON).
-    State,
-}
 
 fn main() -> ExitCode {
     init_logging();

@@ -1,29 +1,17 @@
 //! `kreach-coordinator`: holds the desired state and sequences rolling changes.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use kreach_coordinator::cli::coordinator::Cli;
 use kreach_coordinator::config::CoordinatorConfig;
 use kreach_coordinator::core::Core;
 use kreach_coordinator::grpc::{Auth, Services};
 use kreach_proto as pb;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-
-#[derive(Parser)]
-#[command(
-    name = "kreach-coordinator",
-    version,
-    about = "Holds kreach's desired state and rolls changes out across agents: one broker step at a time, health-gated, controller last, pausing on failure."
-)]
-struct Cli {
-    /// The coordinator's config (listen address, state directory, TLS files).
-    #[arg(long, short, default_value = "/etc/kreach/coordinator.toml")]
-    config: PathBuf,
-}
 
 fn main() -> ExitCode {
     init_logging();

@@ -1,162 +1,19 @@
 //! `kreachctl`: the operator's command line.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use kreach_common::desired::node_spec;
 use kreach_common::spec::ClusterSpec;
+use kreach_coordinator::cli::kreachctl::{CertsAction, Cli, Command, Output, RolloutAction};
 use kreach_coordinator::ctl;
 use kreach_proto as pb;
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_INVALID: u8 = 2;
 const EXIT_ROLLOUT_STOPPED: u8 = 3;
-
-#[derive(Parser)]
-#[command(
-    name = "kreachctl",
-    version,
-    about = "Operate kreach: validate and render cluster specs offline; plan, apply and follow rollouts on a coordinator; create the mutual-TLS certificates.",
-    after_help = "Exit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait)."
-)]
-struct Cli {
-    /// The coordinator's URL.
-    #[arg(
-        long,
-        global = true,
-        env = "KREACH_COORDINATOR",
-        default_value = "https://127.0.0.1:7443"
-    )]
-    coordinator: String,
-    /// Directory with ca.pem, admin.pem and admin.key (from `kreachctl certs init`).
-    #[arg(
-        long,
-        global = true,
-        env = "KREACH_CERTS",
-        default_value = "/etc/kreach/certs"
-    )]
-    certs: PathBuf,
-    /// Plaintext without certificates; only for a coordinator on a loopback address.
-    #[arg(long, global = true)]
-    insecure: bool,
-    /// Output format.
-    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
-    output: Output,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Check a cluster spec and print every error, one per line (exit 2 when any).
-    Validate {
-        /// The cluster spec (TOML).
-        spec: PathBuf,
-    },
-    /// Print a node's desired hosts block and listener settings.
-    Render {
-        /// The cluster spec (TOML).
-        spec: PathBuf,
-        /// The node, as named in the spec's [[broker]] or [[client]] `node`.
-        #[arg(long)]
-        node: String,
-    },
-    /// Show what applying SPEC would change: per-node diffs and the rollout's step order. Changes nothing.
-    Plan { spec: PathBuf },
-    /// Apply SPEC as a new generation and start its rollout (shows the plan and asks first).
-    Apply {
-        spec: PathBuf,
-        /// Do not ask for confirmation.
-        #[arg(long, short)]
-        yes: bool,
-        /// Apply even when host facts disagree with the spec.
-        #[arg(long)]
-        force: bool,
-        /// Follow the rollout until it completes, pauses or is aborted.
-        #[arg(long)]
-        wait: bool,
-    },
-    /// Every node: role, agent online, released and applied generation, phase, last error.
-    Status {
-        /// Follow the rollout live until it completes, pauses or is aborted.
-        #[arg(long, short)]
-        watch: bool,
-    },
-    /// Control the rollout in progress.
-    Rollout {
-        #[command(subcommand)]
-        action: RolloutAction,
-    },
-    /// Every applied generation.
-    History,
-    /// Roll out an earlier generation's spec again, as a new generation.
-    Rollback {
-        /// The generation to return to (see `kreachctl history`).
-        #[arg(long)]
-        to: u64,
-        #[arg(long, short)]
-        yes: bool,
-        #[arg(long)]
-        force: bool,
-    },
-    /// The host facts agents reported: hostname, FQDN, addresses, whether Kafka runs.
-    Nodes,
-    /// Create mutual-TLS certificates.
-    Certs {
-        #[command(subcommand)]
-        action: CertsAction,
-    },
-}
-
-#[derive(Subcommand)]
-enum RolloutAction {
-    /// Stop releasing steps (what is released stays).
-    Pause,
-    /// Continue a paused rollout, retrying the step that paused it.
-    Resume,
-    /// Stop the rollout for good; nodes keep what they were released.
-    Abort,
-}
-
-#[derive(Subcommand)]
-enum CertsAction {
-    /// Create a CA, the coordinator's certificate, the admin certificate and one per node.
-    Init {
-        /// Where to write them (refused if they exist, unless --force).
-        #[arg(long)]
-        dir: PathBuf,
-        /// A node name from the spec (repeat for every node).
-        #[arg(long = "node", required = true)]
-        nodes: Vec<String>,
-        /// A DNS name or IP address the coordinator is reached at (repeat; default localhost and 127.0.0.1).
-        #[arg(long = "coordinator-name")]
-        coordinator_names: Vec<String>,
-        /// Validity in days.
-        #[arg(long, default_value_t = 825)]
-        days: u32,
-        #[arg(long)]
-        force: bool,
-    },
-    /// Issue a certificate for one more node from the CA in DIR.
-    Issue {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        node: String,
-        #[arg(long, default_value_t = 825)]
-        days: u32,
-        #[arg(long)]
-        force: bool,
-    },
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

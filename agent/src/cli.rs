@@ -1,0 +1,40 @@
+//! The `kreach-agent` command line, kept in the library so that the man page and shell completions
+//! (packaging/gen-docs) are generated from the same definition the binary parses.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "kreach-agent",
+    version,
+    about = "Keeps this host's Kafka reachability in its desired state: the kreach block in the hosts file, the broker's listener settings, and Kafka restarts.",
+    after_help = "Exit codes: 0 converged; 1 failed (nothing half-written); 2 invalid spec or config; 3 a health gate failed and the previous config was restored; 4 applied, but unmanaged hosts lines shadow kreach's entries."
+)]
+pub struct Cli {
+    /// The agent's own config: node name, state directory, the files and unit it may manage.
+    #[arg(long, short, default_value = "/etc/kreach/agent.toml", global = true)]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Apply a cluster spec to this node without a coordinator: print the plan (a unified diff per
+    /// file and the restarts it implies), then write, restart and verify.
+    ApplyLocal {
+        /// The cluster spec (TOML).
+        #[arg(long)]
+        spec: PathBuf,
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Run as a daemon: enforce the last applied state and repair drift in the managed files; with
+    /// [coordinator] in the config, also apply the releases the coordinator sends for this node.
+    Run,
+    /// Print the last applied state of this node (JSON).
+    State,
+}
