@@ -25,63 +25,13 @@ const EXIT_ROLLED_BACK: u8 = 3;
 const EXIT_CONFLICTS: u8 = 4;
 
 fn main() -> ExitCode {
-    init_logging();
+    kreach_common::daemon::init_logging();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("kreach-agent: error: {error:#}");
             ExitCode::from(EXIT_FAILED)
-        }
-    }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KREACH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    // KREACH_LOG_FORMAT=json: one JSON object per line with the event's fields (node, generation,
-    // path, ...) at the top level, for a log shipper or `journalctl -o cat | jq`.
-    if std::env::var("KREACH_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
-}
-
-/// systemd's service notifications for the `Type=notify` unit. Every call is a no-op without
-/// `NOTIFY_SOCKET`, so the daemon behaves the same under a shell or a test harness.
-mod systemd_notify {
-    use sd_notify::NotifyState;
-    use std::time::Duration;
-
-    pub fn ready(status: &str) {
-        send(&[NotifyState::Ready, NotifyState::Status(status)]);
-    }
-
-    pub fn stopping() {
-        send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-    }
-
-    pub fn watchdog() {
-        send(&[NotifyState::Watchdog]);
-    }
-
-    /// Half of the unit's `WatchdogSec=`, as systemd recommends; `None` without a watchdog.
-    pub fn watchdog_interval() -> Option<Duration> {
-        let mut usec = 0;
-        (sd_notify::watchdog_enabled(false, &mut usec) && usec > 1)
-            .then(|| Duration::from_micros(usec / 2))
-    }
-
-    fn send(states: &[NotifyState<'_>]) {
-        if let Err(error) = sd_notify::notify(false, states) {
-            tracing::warn!("cannot notify systemd: {error}");
         }
     }
 }
@@ -316,19 +266,19 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         // A failed watch drops the sender; the loop below then reports the enforcer's error.
         if watching_rx.await.is_ok() {
-            systemd_notify::ready(&startup_status(&config));
+            kreach_common::daemon::systemd_notify::ready(&startup_status(&config));
         }
         // Watchdog pings come from this loop, so they stop when it or the enforcer does.
-        let mut watchdog = systemd_notify::watchdog_interval().map(tokio::time::interval);
+        let mut watchdog = kreach_common::daemon::systemd_notify::watchdog_interval().map(tokio::time::interval);
         let early_end = loop {
             tokio::select! {
                 _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break None }
                 _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break None }
                 ended = &mut enforcer => break Some(ended),
-                _ = next_tick(&mut watchdog) => systemd_notify::watchdog(),
+                _ = next_tick(&mut watchdog) => kreach_common::daemon::systemd_notify::watchdog(),
             }
         };
-        systemd_notify::stopping();
+        kreach_common::daemon::systemd_notify::stopping();
         // The client first: an apply in flight finishes and is reported; then the enforcer.
         cancel.cancel();
         tasks.wait().await;

@@ -14,7 +14,7 @@ use kreach_proto as pb;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 fn main() -> ExitCode {
-    init_logging();
+    kreach_common::daemon::init_logging();
     let cli = Cli::parse();
     let config = match CoordinatorConfig::load(&cli.config) {
         Ok(config) => config,
@@ -38,56 +38,6 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("kreach-coordinator: error: {error:#}");
             ExitCode::from(1)
-        }
-    }
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KREACH_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    // KREACH_LOG_FORMAT=json: one JSON object per line with the event's fields (node, generation,
-    // path, ...) at the top level, for a log shipper or `journalctl -o cat | jq`.
-    if std::env::var("KREACH_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init();
-    }
-}
-
-/// systemd's service notifications for the `Type=notify` unit. Every call is a no-op without
-/// `NOTIFY_SOCKET`, so the daemon behaves the same under a shell or a test harness.
-mod systemd_notify {
-    use sd_notify::NotifyState;
-    use std::time::Duration;
-
-    pub fn ready(status: &str) {
-        send(&[NotifyState::Ready, NotifyState::Status(status)]);
-    }
-
-    pub fn stopping() {
-        send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
-    }
-
-    pub fn watchdog() {
-        send(&[NotifyState::Watchdog]);
-    }
-
-    /// Half of the unit's `WatchdogSec=`, as systemd recommends; `None` without a watchdog.
-    pub fn watchdog_interval() -> Option<Duration> {
-        let mut usec = 0;
-        (sd_notify::watchdog_enabled(false, &mut usec) && usec > 1)
-            .then(|| Duration::from_micros(usec / 2))
-    }
-
-    fn send(states: &[NotifyState<'_>]) {
-        if let Err(error) = sd_notify::notify(false, states) {
-            tracing::warn!("cannot notify systemd: {error}");
         }
     }
 }
@@ -150,7 +100,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     );
 
     // Watchdog pings come from the rollout ticker: a wedged core (its mutex, the store) stops them.
-    let watchdog_every = systemd_notify::watchdog_interval();
+    let watchdog_every = kreach_common::daemon::systemd_notify::watchdog_interval();
     let ticker = {
         let core = Arc::clone(&core);
         tokio::spawn(async move {
@@ -163,7 +113,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
                     tracing::error!("periodic work failed: {error}");
                 }
                 if watchdog_every.is_some_and(|every| last_ping.elapsed() >= every) {
-                    systemd_notify::watchdog();
+                    kreach_common::daemon::systemd_notify::watchdog();
                     last_ping = tokio::time::Instant::now();
                 }
             }
@@ -178,11 +128,11 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
             _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         }
-        systemd_notify::stopping();
+        kreach_common::daemon::systemd_notify::stopping();
     };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     // The store is open and the listener bound: connections queue in the backlog until serving.
-    systemd_notify::ready(&format!("listening on {address}"));
+    kreach_common::daemon::systemd_notify::ready(&format!("listening on {address}"));
     builder
         .add_service(
             pb::agent_service_server::AgentServiceServer::new(services.clone())
