@@ -126,9 +126,12 @@ pub enum PropertiesError {
     },
 }
 
-/// Render `original` with the managed listener entries set to `desired`. Validates the RESULT
-/// against Kafka's rules (see [`check_kafka_rules`]) before returning; on violation returns Err and
-/// the caller writes nothing.
+/// Render `original` with the managed listener entries set to `desired`. When anything changes,
+/// validates the RESULT against Kafka's rules (see [`check_kafka_rules`]) before returning; on
+/// violation returns Err and the caller writes nothing. When nothing changes the original is
+/// returned as it is, unchecked: kreach writes nothing then, and the file is the operator's (the
+/// fuzzer found this distinction; callers wanting a lint of an untouched file call
+/// [`check_kafka_rules`] themselves).
 ///
 /// Where a key is defined more than once, only the last definition is edited: it is the one
 /// `java.util.Properties` (and so Kafka) uses. Earlier ones are dead text the operator wrote;
