@@ -58,12 +58,8 @@ fn random_unit() -> f64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot read coordinator.{key} {path}: {source}")]
-    TlsFile {
-        key: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("coordinator.ca/cert/key: {0}")]
+    TlsFiles(#[from] kreach_common::tls::TlsError),
     #[error("coordinator.url {url:?}: {source}")]
     Endpoint {
         url: String,
@@ -438,17 +434,18 @@ fn endpoint(coordinator: &CoordinatorConfig) -> Result<Endpoint, ClientError> {
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     if !coordinator.insecure {
-        // Small files, read once per connection: blocking the runtime briefly is fine.
-        let read = |key: &'static str, path: &Option<PathBuf>| {
-            let path = path.clone().unwrap_or_default();
-            std::fs::read(&path).map_err(|source| ClientError::TlsFile { key, path, source })
-        };
+        // Small files, read once per connection: blocking the runtime briefly is fine. The shared
+        // loader (as kreachctl and the coordinator use) also catches a key that does not belong to
+        // the certificate, or a certificate from another CA, naming the file.
+        let path = |path: &Option<PathBuf>| path.clone().unwrap_or_default();
+        let files = kreach_common::tls::load_tls_files(
+            &path(&coordinator.ca),
+            &path(&coordinator.cert),
+            &path(&coordinator.key),
+        )?;
         let mut tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read("ca", &coordinator.ca)?))
-            .identity(Identity::from_pem(
-                read("cert", &coordinator.cert)?,
-                read("key", &coordinator.key)?,
-            ));
+            .ca_certificate(Certificate::from_pem(&files.ca_pem))
+            .identity(Identity::from_pem(&files.cert_pem, &files.key_pem));
         if let Some(host) = coordinator.host() {
             tls = tls.domain_name(host);
         }
