@@ -479,7 +479,7 @@ fn validate_entries(entries: &[HostsEntry]) -> Result<(), HostsError> {
 
 /// RFC 1123 host names. Underscores are refused on purpose: the resolver would accept them, but
 /// Java's URI parsing (and so Kafka clients) cannot use such a host, so the entry would not help.
-fn check_hostname(name: &str) -> Result<(), String> {
+pub fn check_hostname(name: &str) -> Result<(), String> {
     if name.is_empty() {
         return Err("is empty".to_owned());
     }

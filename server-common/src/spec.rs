@@ -206,20 +206,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long"))
 }
 
-/// A hostname as resolvers accept it: dot-separated labels of letters, digits and inner hyphens.
+/// A hostname as resolvers accept it and the hosts-file editor will write it: dot-separated labels
+/// of letters, digits and inner hyphens, not ending in an all-numeric label. One rule with
+/// [`crate::hosts::check_hostname`], so a spec that validates always renders.
 pub fn is_valid_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-        && name.parse::<IpAddr>().is_err()
+    crate::hosts::check_hostname(name).is_ok() && name.parse::<IpAddr>().is_err()
 }
 
 /// Kafka listener names: upper-case letters, digits and underscores (Kafka upper-cases them anyway;
@@ -742,12 +733,22 @@ impl Compiler {
             };
             let node = self.node_name(table, &place);
             let hostname = self.string(table, "hostname", &place).and_then(|hostname| {
-                if is_valid_hostname(&hostname) {
-                    Some(hostname)
-                } else {
-                    let message = format!("{hostname:?} is not a valid hostname");
-                    self.error(&place.field("hostname"), message);
-                    None
+                let problem = match crate::hosts::check_hostname(&hostname) {
+                    Err(reason) => Some(reason),
+                    // The short alias (the first label) is written to hosts files too.
+                    Ok(()) => short_name_of(Some(&hostname))
+                        .filter(|short| short.bytes().all(|b| b.is_ascii_digit()))
+                        .map(|short| {
+                            format!("has the all-numeric first label {short:?}, and that short alias would read as an address")
+                        }),
+                };
+                match problem {
+                    None => Some(hostname),
+                    Some(reason) => {
+                        let message = format!("{hostname:?} is not a valid hostname: it {reason}");
+                        self.error(&place.field("hostname"), message);
+                        None
+                    }
                 }
             });
             let hostname_ok = !table.contains_key("hostname") || hostname.is_some();
@@ -1338,5 +1339,31 @@ view = "public"
         assert!(!is_valid_hostname("a..b"));
         assert!(!is_valid_hostname("10.0.0.1"));
         assert!(!is_valid_hostname("under_score"));
+        assert!(!is_valid_hostname("emr-worker-3.ce-r4tls.8742"));
+    }
+
+    /// Found by the spec_parser fuzzer: a hostname the spec accepted but the hosts editor refused,
+    /// so a validated spec failed to render. Both now share one rule, and the error says why.
+    #[test]
+    fn hostnames_the_hosts_editor_would_refuse_are_spec_errors() {
+        let text = EXAMPLE.replacen(
+            "hostname = \"emr-worker-1.cluster-48742\"",
+            "hostname = \"emr-worker-1.cluster.48742\"",
+            1,
+        );
+        assert_ne!(text, EXAMPLE);
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("broker[0].hostname"), "{errors:?}");
+        assert!(errors[0].contains("all-numeric label"), "{errors:?}");
+
+        let text = EXAMPLE.replacen(
+            "hostname = \"emr-worker-1.cluster-48742\"",
+            "hostname = \"1024.cluster-48742\"",
+            1,
+        );
+        let errors = errors_of(&text);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains("short alias would read as an address"), "{errors:?}");
     }
 }
