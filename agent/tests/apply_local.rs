@@ -225,6 +225,42 @@ fn broker_without_properties_in_its_config_and_binary_hosts_files_are_refused() 
 }
 
 #[test]
+fn a_hosts_file_with_nul_bytes_and_properties_with_an_absurd_line_are_refused_unchanged() {
+    let ports = Ports::new();
+    let client = Host::client("etl-1");
+    let binary = b"127.0.0.1 localhost\n\0\0\0\0 corrupted\n".to_vec();
+    std::fs::write(client.hosts_path(), &binary).unwrap();
+    let spec = client.write_spec(&SpecOptions::new(&ports));
+    let run = client.agent(&["apply-local", "--spec", &spec]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(
+        run.stderr.contains("hosts"),
+        "the error names the file: {run}"
+    );
+    assert!(
+        run.stderr.contains("line 2 contains a NUL byte"),
+        "the error names the line: {run}"
+    );
+    assert_eq!(std::fs::read(client.hosts_path()).unwrap(), binary);
+
+    let broker = Host::broker("emr-worker-1");
+    let absurd = format!(
+        "{}ssl.truststore.certificates={}\n",
+        ports.initial_properties(),
+        "A".repeat(2 * 1024 * 1024)
+    );
+    broker.write_properties(&absurd);
+    let spec = broker.write_spec(&SpecOptions::new(&ports));
+    let before = broker.snapshot();
+    let run = broker.agent(&["apply-local", "--spec", &spec]);
+    assert_eq!(run.code, 2, "{run}");
+    assert!(run.stderr.contains("server.properties"), "{run}");
+    assert!(run.stderr.contains("bytes long"), "{run}");
+    assert_eq!(broker.snapshot(), before, "nothing was written");
+    assert!(broker.restarts().is_empty(), "Kafka was not restarted");
+}
+
+#[test]
 fn the_daemon_repairs_drift_in_its_own_block_and_leaves_other_edits_alone() {
     let host = Host::broker("emr-worker-1");
     let ports = Ports::new();

@@ -96,6 +96,8 @@ pub enum HostsError {
     EntryWithoutNames { entry: usize, ip: IpAddr },
     #[error("cluster name {cluster:?} {reason}")]
     InvalidClusterName { cluster: String, reason: String },
+    #[error(transparent)]
+    NotText(#[from] crate::limits::TextError),
 }
 
 /// Render `original` with kreach's block for `cluster` set to exactly `entries` (empty entries => the block is removed entirely).
@@ -110,6 +112,7 @@ pub fn apply_block(
 ) -> Result<HostsEdit, HostsError> {
     validate_cluster(cluster)?;
     validate_entries(entries)?;
+    crate::limits::check_text(original)?;
     let lines = split_lines(original);
     let block = locate_block(&lines)?;
     let conflicts = find_conflicts(&lines, block, entries);

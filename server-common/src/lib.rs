@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod desired;
 pub mod diff;
 pub mod hosts;
+pub mod limits;
 pub mod properties;
 pub mod spec;
 pub mod tls;

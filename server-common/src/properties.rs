@@ -111,6 +111,9 @@ pub enum PropertiesError {
         line: usize,
         entry: String,
     },
+    /// The file is not text kreach will edit (a NUL byte, an absurdly long line).
+    #[error("server.properties {0}")]
+    NotText(#[from] crate::limits::TextError),
     /// The desired settings themselves are inconsistent; a bug in whoever derived them.
     #[error("invalid listener settings: {0}")]
     InvalidSettings(String),
@@ -155,6 +158,7 @@ pub fn apply_listeners(
     desired: &ListenerSettings,
 ) -> Result<PropertiesEdit, PropertiesError> {
     let plan = DesiredEntries::new(desired)?;
+    crate::limits::check_text(original)?;
     let doc = Document::parse(original)?;
     let controller_names = csv_names(doc.value(CONTROLLER_LISTENER_NAMES).unwrap_or(""));
 
