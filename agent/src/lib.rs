@@ -12,6 +12,7 @@ pub mod drift;
 pub mod engine;
 pub mod facts;
 pub mod fsio;
+pub mod kafka;
 pub mod service;
 pub mod state;
 pub mod verify;

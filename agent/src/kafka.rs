@@ -1,0 +1,604 @@
+//! A small blocking Kafka client for the agent's probes: ApiVersions, Metadata, DescribeConfigs
+//! and DescribeQuorum against one broker address.
+//!
+//! Owns the wire exchange: size-prefixed frames, request headers, version negotiation from
+//! ApiVersions, timeouts, and turning the answers into `kreach_common::gates` values. The message
+//! encodings come from the `kafka-protocol` crate (generated from Kafka's own message specs); no
+//! Kafka message is hand-encoded here. Does not decide anything: the gates do.
+//!
+//! Blocking on purpose: the engine that restarts Kafka is synchronous, and a probe is a handful of
+//! round trips with a deadline. Every read and write is bounded by the connection's timeout, and a
+//! response frame larger than [`MAX_RESPONSE_BYTES`] is refused as "not Kafka" before anything is
+//! allocated for it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
+use kafka_protocol::messages::describe_configs_request::{
+    DescribeConfigsRequest, DescribeConfigsResource,
+};
+use kafka_protocol::messages::describe_quorum_request::{
+    DescribeQuorumRequest, PartitionData, TopicData,
+};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, MetadataRequest, RequestHeader, ResponseHeader, TopicName,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes, VersionRange};
+use kafka_protocol::ResponseError;
+use kreach_common::gates::{AdvertisedBroker, ClusterMetadata, PartitionState, TopicMinIsr};
+
+/// The client id every request carries, so broker logs show who probed.
+pub const CLIENT_ID: &str = "kreach-agent";
+/// The largest response frame accepted. Kafka's own metadata answers for large clusters are a
+/// few MiB; a size prefix beyond this is garbage (e.g. an HTTP or SSH banner read as a length).
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+/// The ApiVersions version sent first: v3 is what Kafka 2.4+ and tansu answer; an older broker
+/// answers UNSUPPORTED_VERSION with its range, and the request is repeated in a version it knows.
+const FIRST_API_VERSIONS_VERSION: i16 = 3;
+/// Kafka's resource type for topics in DescribeConfigs.
+const RESOURCE_TYPE_TOPIC: i8 = 2;
+/// KRaft's metadata log, whose leader is the active controller.
+const CLUSTER_METADATA_TOPIC: &str = "__cluster_metadata";
+/// Kafka's error code for a request version the broker does not support.
+const UNSUPPORTED_VERSION: i16 = 35;
+
+/// Why a probe failed. Every variant names the address it talked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{addr} did not answer {api:?} within {timeout:?}")]
+    Timeout {
+        addr: SocketAddr,
+        api: ApiKey,
+        timeout: Duration,
+    },
+    #[error("{addr} closed the connection during {api:?}: it does not serve Kafka there, or refused the request")]
+    Closed { addr: SocketAddr, api: ApiKey },
+    #[error("{addr} does not support {api:?} ({detail})")]
+    Unsupported {
+        addr: SocketAddr,
+        api: ApiKey,
+        detail: String,
+    },
+    #[error("{addr} answered {api:?} with something that is not Kafka: {message}")]
+    Protocol {
+        addr: SocketAddr,
+        api: ApiKey,
+        message: String,
+    },
+    #[error("{addr} answered {api:?} with Kafka error {code} ({name})")]
+    Kafka {
+        addr: SocketAddr,
+        api: ApiKey,
+        code: i16,
+        name: String,
+    },
+    #[error("i/o error with {addr} during {api:?}: {source}")]
+    Io {
+        addr: SocketAddr,
+        api: ApiKey,
+        source: std::io::Error,
+    },
+}
+
+impl ProbeError {
+    /// True when nothing answers at the address (refused, unreachable, timed out connecting):
+    /// the broker is not serving there at all.
+    pub fn is_not_listening(&self) -> bool {
+        matches!(self, ProbeError::Connect { .. })
+    }
+}
+
+/// One broker's API range as its ApiVersions answer lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BrokerApi {
+    key: i16,
+    min: i16,
+    max: i16,
+}
+
+/// A connection to one broker address that has completed the ApiVersions handshake.
+pub struct KafkaConnection {
+    addr: SocketAddr,
+    stream: TcpStream,
+    timeout: Duration,
+    next_correlation_id: i32,
+    apis: Vec<BrokerApi>,
+}
+
+impl KafkaConnection {
+    /// Connect and exchange ApiVersions. `timeout` bounds the connect and each request after it.
+    pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ProbeError> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|source| ProbeError::Connect { addr, source })?;
+        let _ = stream.set_nodelay(true);
+        let mut connection = KafkaConnection {
+            addr,
+            stream,
+            timeout,
+            next_correlation_id: 1,
+            apis: Vec::new(),
+        };
+        connection.api_versions()?;
+        Ok(connection)
+    }
+
+    /// The address this connection talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether the broker's ApiVersions answer lists `api` (in any version).
+    pub fn supports(&self, api: ApiKey) -> bool {
+        self.apis.iter().any(|entry| entry.key == api as i16)
+    }
+
+    /// How many APIs the broker listed.
+    pub fn api_count(&self) -> usize {
+        self.apis.len()
+    }
+
+    /// The highest version both the broker and kreach speak, or why there is none.
+    pub fn negotiated_version(&self, api: ApiKey) -> Result<i16, ProbeError> {
+        let ours = api.valid_versions();
+        let Some(theirs) = self.apis.iter().find(|entry| entry.key == api as i16) else {
+            return Err(ProbeError::Unsupported {
+                addr: self.addr,
+                api,
+                detail: "its ApiVersions answer does not list it".to_string(),
+            });
+        };
+        pick_version(ours, theirs.min, theirs.max).ok_or_else(|| ProbeError::Unsupported {
+            addr: self.addr,
+            api,
+            detail: format!(
+                "the broker speaks versions {}..{}, kreach {}",
+                theirs.min, theirs.max, ours
+            ),
+        })
+    }
+
+    /// Metadata for all topics, as this listener advertises it.
+    pub fn metadata(&mut self) -> Result<ClusterMetadata, ProbeError> {
+        let api = ApiKey::Metadata;
+        let version = self.negotiated_version(api)?;
+        let mut request = MetadataRequest::default();
+        // v0 asks for all topics with an empty list; v1+ with null.
+        request.topics = if version >= 1 { None } else { Some(Vec::new()) };
+        // Asking for all topics creates none, but say so where the field exists.
+        request.allow_auto_topic_creation = version < 4;
+        let response = self.send(api, version, &request)?;
+        if response.error_code != 0 {
+            return Err(self.kafka_error(api, response.error_code));
+        }
+        let mut metadata = ClusterMetadata {
+            cluster_id: response.cluster_id.map(|id| id.to_string()),
+            controller_id: (response.controller_id.0 >= 0).then_some(response.controller_id.0),
+            ..ClusterMetadata::default()
+        };
+        for broker in response.brokers {
+            let port = u16::try_from(broker.port).map_err(|_| ProbeError::Protocol {
+                addr: self.addr,
+                api,
+                message: format!(
+                    "broker {} has port {} outside 0..65535",
+                    broker.node_id.0, broker.port
+                ),
+            })?;
+            metadata.brokers.push(AdvertisedBroker {
+                id: broker.node_id.0,
+                host: broker.host.to_string(),
+                port,
+                rack: broker.rack.map(|rack| rack.to_string()),
+            });
+        }
+        for topic in response.topics {
+            let name = topic
+                .name
+                .map(|name| name.0.to_string())
+                .unwrap_or_default();
+            if topic.error_code != 0 {
+                metadata
+                    .topic_errors
+                    .push(format!("topic {name:?}: {}", error_name(topic.error_code)));
+                continue;
+            }
+            for partition in topic.partitions {
+                metadata.partitions.push(PartitionState {
+                    topic: name.clone(),
+                    partition: partition.partition_index,
+                    leader: partition.leader_id.0,
+                    replicas: partition.replica_nodes.iter().map(|id| id.0).collect(),
+                    isr: partition.isr_nodes.iter().map(|id| id.0).collect(),
+                    offline_replicas: partition.offline_replicas.iter().map(|id| id.0).collect(),
+                });
+            }
+        }
+        Ok(metadata)
+    }
+
+    /// Each topic's `min.insync.replicas`. When the broker does not support DescribeConfigs, or
+    /// answers a topic with an error, those topics get Kafka's default (1) and a note says why.
+    pub fn min_insync_replicas(&mut self, topics: &[String]) -> Result<TopicMinIsr, ProbeError> {
+        let api = ApiKey::DescribeConfigs;
+        let mut result = TopicMinIsr::default();
+        if topics.is_empty() {
+            return Ok(result);
+        }
+        let version = match self.negotiated_version(api) {
+            Ok(version) => version,
+            Err(unsupported @ ProbeError::Unsupported { .. }) => {
+                result.notes.push(format!(
+                    "{unsupported}; using Kafka's default min.insync.replicas={} for every topic",
+                    kreach_common::gates::DEFAULT_MIN_INSYNC_REPLICAS
+                ));
+                return Ok(result);
+            }
+            Err(other) => return Err(other),
+        };
+        let mut request = DescribeConfigsRequest::default();
+        request.resources = topics
+            .iter()
+            .map(|topic| {
+                let mut resource = DescribeConfigsResource::default();
+                resource.resource_type = RESOURCE_TYPE_TOPIC;
+                resource.resource_name = StrBytes::from_string(topic.clone());
+                // All keys (null), filtered here: tansu cannot parse a key list, and a topic's
+                // config set is small.
+                resource.configuration_keys = None;
+                resource
+            })
+            .collect();
+        let response = self.send(api, version, &request)?;
+        for answer in response.results {
+            let topic = answer.resource_name.to_string();
+            if answer.error_code != 0 {
+                result.notes.push(format!(
+                    "DescribeConfigs for topic {topic:?} on {}: {}; using Kafka's default min.insync.replicas={}",
+                    self.addr,
+                    error_name(answer.error_code),
+                    kreach_common::gates::DEFAULT_MIN_INSYNC_REPLICAS
+                ));
+                continue;
+            }
+            let value = answer
+                .configs
+                .iter()
+                .find(|config| config.name.as_str() == "min.insync.replicas")
+                .and_then(|config| config.value.as_ref());
+            match value.map(|value| value.trim().parse::<i32>()) {
+                Some(Ok(parsed)) => {
+                    result.by_topic.insert(topic, parsed);
+                }
+                Some(Err(_)) | None => result.notes.push(format!(
+                    "{} did not report a numeric min.insync.replicas for topic {topic:?}; using Kafka's default {}",
+                    self.addr,
+                    kreach_common::gates::DEFAULT_MIN_INSYNC_REPLICAS
+                )),
+            }
+        }
+        Ok(result)
+    }
+
+    /// The KRaft quorum leader (the active controller) from DescribeQuorum; `Ok(None)` when the
+    /// quorum has no leader right now. `Err(Unsupported)` when ApiVersions does not list it
+    /// (ZooKeeper-mode Kafka, other implementations): callers fall back to Metadata's controller.
+    pub fn quorum_leader(&mut self) -> Result<Option<i32>, ProbeError> {
+        let api = ApiKey::DescribeQuorum;
+        let version = self.negotiated_version(api)?;
+        let mut partition = PartitionData::default();
+        partition.partition_index = 0;
+        let mut topic = TopicData::default();
+        topic.topic_name = TopicName(StrBytes::from_static_str(CLUSTER_METADATA_TOPIC));
+        topic.partitions = vec![partition];
+        let mut request = DescribeQuorumRequest::default();
+        request.topics = vec![topic];
+        let response = self.send(api, version, &request)?;
+        if response.error_code != 0 {
+            return Err(self.kafka_error(api, response.error_code));
+        }
+        let leader = response
+            .topics
+            .iter()
+            .flat_map(|topic| topic.partitions.iter())
+            .find(|partition| partition.partition_index == 0)
+            .ok_or_else(|| ProbeError::Protocol {
+                addr: self.addr,
+                api,
+                message: format!("no partition 0 of {CLUSTER_METADATA_TOPIC} in the answer"),
+            })?;
+        if leader.error_code != 0 {
+            return Err(self.kafka_error(api, leader.error_code));
+        }
+        Ok((leader.leader_id.0 >= 0).then_some(leader.leader_id.0))
+    }
+
+    fn api_versions(&mut self) -> Result<(), ProbeError> {
+        let api = ApiKey::ApiVersions;
+        let mut version = FIRST_API_VERSIONS_VERSION;
+        // At most two rounds: our first choice, then the broker's highest if it refused ours.
+        for _ in 0..2 {
+            let mut request = ApiVersionsRequest::default();
+            if version >= 3 {
+                request.client_software_name = StrBytes::from_static_str(CLIENT_ID);
+                request.client_software_version =
+                    StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
+            }
+            let frame = self.exchange(api, version, &request)?;
+            // A broker that does not know our version answers in v0 with UNSUPPORTED_VERSION.
+            let response = decode_body::<ApiVersionsResponse>(frame.clone(), version)
+                .ok()
+                .filter(|response| response.error_code != UNSUPPORTED_VERSION)
+                .map(Ok)
+                .unwrap_or_else(|| decode_body::<ApiVersionsResponse>(frame, 0))
+                .map_err(|message| ProbeError::Protocol {
+                    addr: self.addr,
+                    api,
+                    message,
+                })?;
+            let apis: Vec<BrokerApi> = response
+                .api_keys
+                .iter()
+                .map(|entry| BrokerApi {
+                    key: entry.api_key,
+                    min: entry.min_version,
+                    max: entry.max_version,
+                })
+                .collect();
+            if response.error_code == UNSUPPORTED_VERSION {
+                let retry = apis
+                    .iter()
+                    .find(|entry| entry.key == api as i16)
+                    .and_then(|entry| pick_version(api.valid_versions(), entry.min, entry.max))
+                    .filter(|&retry| retry != version);
+                match retry {
+                    Some(retry) => {
+                        version = retry;
+                        continue;
+                    }
+                    None => return Err(self.kafka_error(api, response.error_code)),
+                }
+            }
+            if response.error_code != 0 {
+                return Err(self.kafka_error(api, response.error_code));
+            }
+            if apis.is_empty() {
+                return Err(ProbeError::Protocol {
+                    addr: self.addr,
+                    api,
+                    message: "the answer lists no APIs".to_string(),
+                });
+            }
+            self.apis = apis;
+            return Ok(());
+        }
+        Err(ProbeError::Unsupported {
+            addr: self.addr,
+            api,
+            detail: "no ApiVersions version both sides speak".to_string(),
+        })
+    }
+
+    /// Send one request and decode its response.
+    fn send<R: Request>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &R,
+    ) -> Result<R::Response, ProbeError> {
+        let frame = self.exchange(api, version, request)?;
+        decode_body::<R::Response>(frame, version).map_err(|message| ProbeError::Protocol {
+            addr: self.addr,
+            api,
+            message,
+        })
+    }
+
+    /// Write one request frame and read its response frame; returns the body after the header.
+    fn exchange<R: Encodable>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &R,
+    ) -> Result<Bytes, ProbeError> {
+        let deadline = Instant::now() + self.timeout;
+        let correlation_id = self.next_correlation_id;
+        self.next_correlation_id = self.next_correlation_id.wrapping_add(1);
+        let mut header = RequestHeader::default();
+        header.request_api_key = api as i16;
+        header.request_api_version = version;
+        header.correlation_id = correlation_id;
+        header.client_id = Some(StrBytes::from_static_str(CLIENT_ID));
+        let protocol = |message: String| ProbeError::Protocol {
+            addr: self.addr,
+            api,
+            message,
+        };
+        let mut body = BytesMut::new();
+        header
+            .encode(&mut body, api.request_header_version(version))
+            .map_err(|error| protocol(format!("cannot encode the request header: {error}")))?;
+        request
+            .encode(&mut body, version)
+            .map_err(|error| protocol(format!("cannot encode v{version}: {error}")))?;
+        let length = i32::try_from(body.len())
+            .map_err(|_| protocol("the request is too large".to_string()))?;
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&length.to_be_bytes());
+        frame.extend_from_slice(&body);
+        self.write_all(api, &frame, deadline)?;
+
+        let mut size = [0u8; 4];
+        self.read_exact(api, &mut size, deadline)?;
+        let size = i32::from_be_bytes(size);
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|&size| size <= MAX_RESPONSE_BYTES)
+            .ok_or_else(|| ProbeError::Protocol {
+                addr: self.addr,
+                api,
+                message: format!(
+                    "the response claims {size} bytes (the limit is {MAX_RESPONSE_BYTES}); this is not a Kafka response"
+                ),
+            })?;
+        let mut payload = vec![0u8; size];
+        self.read_exact(api, &mut payload, deadline)?;
+        let mut payload = Bytes::from(payload);
+        let response_header =
+            decode_guarded::<ResponseHeader>(&mut payload, api.response_header_version(version))
+                .map_err(|message| ProbeError::Protocol {
+                    addr: self.addr,
+                    api,
+                    message: format!("bad response header: {message}"),
+                })?;
+        if response_header.correlation_id != correlation_id {
+            return Err(ProbeError::Protocol {
+                addr: self.addr,
+                api,
+                message: format!(
+                    "the answer is for request {} but request {correlation_id} was sent",
+                    response_header.correlation_id
+                ),
+            });
+        }
+        Ok(payload)
+    }
+
+    fn write_all(
+        &mut self,
+        api: ApiKey,
+        mut data: &[u8],
+        deadline: Instant,
+    ) -> Result<(), ProbeError> {
+        while !data.is_empty() {
+            let remaining = self.remaining(api, deadline)?;
+            self.stream
+                .set_write_timeout(Some(remaining))
+                .map_err(|source| self.io_error(api, source))?;
+            match self.stream.write(data) {
+                Ok(0) => {
+                    return Err(ProbeError::Closed {
+                        addr: self.addr,
+                        api,
+                    })
+                }
+                Ok(written) => data = &data[written..],
+                Err(error) => return Err(self.classify(api, error)),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_exact(
+        &mut self,
+        api: ApiKey,
+        mut buffer: &mut [u8],
+        deadline: Instant,
+    ) -> Result<(), ProbeError> {
+        while !buffer.is_empty() {
+            let remaining = self.remaining(api, deadline)?;
+            self.stream
+                .set_read_timeout(Some(remaining))
+                .map_err(|source| self.io_error(api, source))?;
+            match self.stream.read(buffer) {
+                Ok(0) => {
+                    return Err(ProbeError::Closed {
+                        addr: self.addr,
+                        api,
+                    })
+                }
+                Ok(read) => buffer = &mut buffer[read..],
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(self.classify(api, error)),
+            }
+        }
+        Ok(())
+    }
+
+    fn remaining(&self, api: ApiKey, deadline: Instant) -> Result<Duration, ProbeError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(ProbeError::Timeout {
+                addr: self.addr,
+                api,
+                timeout: self.timeout,
+            });
+        }
+        Ok(remaining)
+    }
+
+    fn classify(&self, api: ApiKey, error: std::io::Error) -> ProbeError {
+        use std::io::ErrorKind;
+        match error.kind() {
+            ErrorKind::WouldBlock | ErrorKind::TimedOut => ProbeError::Timeout {
+                addr: self.addr,
+                api,
+                timeout: self.timeout,
+            },
+            ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof => ProbeError::Closed {
+                addr: self.addr,
+                api,
+            },
+            _ => self.io_error(api, error),
+        }
+    }
+
+    fn io_error(&self, api: ApiKey, source: std::io::Error) -> ProbeError {
+        ProbeError::Io {
+            addr: self.addr,
+            api,
+            source,
+        }
+    }
+
+    fn kafka_error(&self, api: ApiKey, code: i16) -> ProbeError {
+        ProbeError::Kafka {
+            addr: self.addr,
+            api,
+            code,
+            name: error_name(code),
+        }
+    }
+}
+
+/// The highest version in both kreach's range and the broker's `min..=max`.
+fn pick_version(ours: VersionRange, min: i16, max: i16) -> Option<i16> {
+    let both = ours.intersect(&VersionRange { min, max });
+    (!both.is_empty()).then_some(both.max)
+}
+
+/// Kafka's name for an error code, e.g. `LEADER_NOT_AVAILABLE`-style text from the crate.
+fn error_name(code: i16) -> String {
+    match ResponseError::try_from_code(code) {
+        Some(error) => format!("{error:?}: {error}"),
+        None => "no error".to_string(),
+    }
+}
+
+fn decode_body<T: Decodable>(mut payload: Bytes, version: i16) -> Result<T, String> {
+    decode_guarded::<T>(&mut payload, version)
+}
+
+/// Decode, turning both errors and any panic inside the decoder into an error: what a broker
+/// sends is input, and input never crashes the agent.
+fn decode_guarded<T: Decodable>(payload: &mut Bytes, version: i16) -> Result<T, String> {
+    let outcome =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::decode(payload, version)));
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(error)) => Err(format!("cannot decode v{version}: {error}")),
+        Err(_) => Err(format!(
+            "cannot decode v{version}: the decoder gave up on malformed bytes"
+        )),
+    }
+}
