@@ -167,3 +167,28 @@ fn a_missing_spec_file_is_a_clear_error() {
         run.stderr
     );
 }
+
+#[test]
+fn a_huge_or_binary_file_given_as_the_spec_gets_a_clear_error_not_a_hang() {
+    // /dev/zero never ends: kreachctl must stop reading at the size limit.
+    let run = kreachctl(&["validate", "/dev/zero"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("/dev/zero is over 4 MiB, the limit for a cluster spec"),
+        "{}",
+        run.stderr
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("spec.toml");
+    std::fs::write(&binary, b"[cluster]\nname = \"\xff\xfe\"\n").unwrap();
+    let run = kreachctl(&["render", binary.to_str().unwrap(), "--node", "w1"]);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr
+            .contains("is not UTF-8 text (invalid byte at offset 18)"),
+        "{}",
+        run.stderr
+    );
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use kreach_common::desired::node_spec;
-use kreach_common::spec::ClusterSpec;
+use kreach_common::spec::{ClusterSpec, MAX_SPEC_BYTES};
 use kreach_coordinator::cli::kreachctl::{CertsAction, Cli, Command, Output, RolloutAction};
 use kreach_coordinator::ctl;
 use kreach_proto as pb;
@@ -40,8 +40,7 @@ fn main() -> ExitCode {
 
 /// Parse the spec; on errors print each as `SPEC: field: message` and return None.
 fn load_spec(path: &Path) -> anyhow::Result<Option<ClusterSpec>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = read_spec_text(path)?;
     match ClusterSpec::parse(&text) {
         Ok(spec) => Ok(Some(spec)),
         Err(errors) => {
@@ -125,8 +124,29 @@ fn certs(action: &CertsAction) -> anyhow::Result<u8> {
     Ok(0)
 }
 
+/// Read a spec file, refusing (without reading it all) anything over the spec size limit — a
+/// mistyped path to a log, an image or `/dev/zero` gets a clear error, not an out-of-memory.
 fn read_spec_text(path: &Path) -> anyhow::Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() > MAX_SPEC_BYTES {
+        anyhow::bail!(
+            "{} is over {} MiB, the limit for a cluster spec (a real one is a few KiB); is this the right file?",
+            path.display(),
+            MAX_SPEC_BYTES / (1024 * 1024)
+        );
+    }
+    String::from_utf8(bytes).map_err(|error| {
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (invalid byte at offset {}); a cluster spec is TOML",
+            path.display(),
+            error.utf8_error().valid_up_to()
+        )
+    })
 }
 
 fn print_value(cli: &Cli, text: String, json: serde_json::Value) {
