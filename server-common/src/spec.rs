@@ -1364,6 +1364,9 @@ view = "public"
         );
         let errors = errors_of(&text);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].contains("short alias would read as an address"), "{errors:?}");
+        assert!(
+            errors[0].contains("short alias would read as an address"),
+            "{errors:?}"
+        );
     }
 }
