@@ -175,6 +175,8 @@ mod tests {
             hosts_entries: Vec::new(),
             listeners: None,
             health_timeout_ms: 1000,
+            bootstrap: Vec::new(),
+            external_filter: None,
         };
         let mut old = serde_json::json!({
             "generation": 3,

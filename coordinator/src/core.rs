@@ -615,6 +615,7 @@ impl Core {
             applied_generation: rollout.as_ref().map(|r| r.generation).unwrap_or(0),
             rollout,
             nodes,
+            reachability: Vec::new(),
         }
     }
 }

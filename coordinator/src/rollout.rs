@@ -1057,8 +1057,9 @@ mod tests {
                 (StepKind::Expand, names(&["c1", "c2", "w1", "w2"])),
                 (StepKind::RestartBrokers, names(&["w1"])),
                 (StepKind::RestartBrokers, names(&["w2"])),
+                (StepKind::Contract, names(&["c1", "c2"])),
             ],
-            "nothing to contract: no old names existed"
+            "no old names to remove; the contract only gives the clients the endpoints the brokers now advertise"
         );
         let current = before.node_specs();
         let desired = after.node_specs();

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use kreach_proto as pb;
 
-use crate::desired::{NodeRole, NodeSpec};
+use crate::desired::{BootstrapEndpoint, ExternalFilter, NodeRole, NodeSpec};
 use crate::hosts::HostsEntry;
 use crate::properties::{ListenerSettings, ListenerSpec};
 use crate::spec::View;
@@ -68,8 +68,31 @@ impl From<&NodeSpec> for pb::NodeSpec {
                     inter_broker_listener: settings.inter_broker_listener.clone(),
                 }),
             health_timeout_ms: spec.health_timeout_ms,
+            bootstrap: spec
+                .bootstrap
+                .iter()
+                .map(|endpoint| pb::BootstrapEndpoint {
+                    broker_id: endpoint.broker_id,
+                    host: endpoint.host.clone(),
+                    port: u32::from(endpoint.port),
+                })
+                .collect(),
+            external_filter: spec
+                .external_filter
+                .as_ref()
+                .map(|filter| pb::ExternalFilter {
+                    port: u32::from(filter.port),
+                    allow: filter.allow.iter().map(ToString::to_string).collect(),
+                }),
         }
     }
+}
+
+fn wire_port(field: &str, port: u32) -> Result<u16, WireError> {
+    u16::try_from(port)
+        .ok()
+        .filter(|port| *port > 0)
+        .ok_or_else(|| wire_error(field, format!("{port} is not a port")))
 }
 
 impl TryFrom<&pb::NodeSpec> for NodeSpec {
@@ -154,6 +177,43 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
                 inter_broker_listener: settings.inter_broker_listener.clone(),
             }),
         };
+        let bootstrap = wire
+            .bootstrap
+            .iter()
+            .enumerate()
+            .map(|(index, endpoint)| {
+                if endpoint.host.trim().is_empty() {
+                    return Err(wire_error(
+                        &format!("NodeSpec.bootstrap[{index}].host"),
+                        "empty",
+                    ));
+                }
+                Ok(BootstrapEndpoint {
+                    broker_id: endpoint.broker_id,
+                    host: endpoint.host.clone(),
+                    port: wire_port(&format!("NodeSpec.bootstrap[{index}].port"), endpoint.port)?,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let external_filter = match &wire.external_filter {
+            None => None,
+            Some(filter) => Some(ExternalFilter {
+                port: wire_port("NodeSpec.external_filter.port", filter.port)?,
+                allow: filter
+                    .allow
+                    .iter()
+                    .enumerate()
+                    .map(|(index, cidr)| {
+                        cidr.parse().map_err(|_| {
+                            wire_error(
+                                &format!("NodeSpec.external_filter.allow[{index}]"),
+                                format!("{cidr:?} is not a CIDR"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            }),
+        };
         // A broker may come without listeners: the first release to a broker kreach never managed
         // gives it its hosts entries and leaves its listener keys alone. Clients never have any.
         if matches!(role, NodeRole::Client { .. }) && listeners.is_some() {
@@ -162,6 +222,21 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
                 "a client has no listener settings",
             ));
         }
+        match role {
+            NodeRole::Client { .. } if external_filter.is_some() => {
+                return Err(wire_error(
+                    "NodeSpec.external_filter",
+                    "a client has no EXTERNAL port to filter",
+                ))
+            }
+            NodeRole::Broker { .. } if !bootstrap.is_empty() => {
+                return Err(wire_error(
+                    "NodeSpec.bootstrap",
+                    "a broker has no bootstrap endpoints (they are a client's)",
+                ))
+            }
+            _ => {}
+        }
         Ok(NodeSpec {
             cluster: wire.cluster.clone(),
             node: wire.node.clone(),
@@ -169,6 +244,8 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
             hosts_entries,
             listeners,
             health_timeout_ms: wire.health_timeout_ms,
+            bootstrap,
+            external_filter,
         })
     }
 }
@@ -213,6 +290,21 @@ mod tests {
         assert_eq!(
             NodeSpec::try_from(&wire).unwrap_err().field,
             "NodeSpec.listeners"
+        );
+        let mut wire = pb::NodeSpec::from(&broker);
+        wire.external_filter.as_mut().unwrap().allow[0] = "10.0.0.1/33".into();
+        let error = NodeSpec::try_from(&wire).unwrap_err();
+        assert_eq!(error.field, "NodeSpec.external_filter.allow[0]");
+        assert!(error.to_string().contains("\"10.0.0.1/33\" is not a CIDR"));
+        let mut wire = pb::NodeSpec::from(&broker);
+        wire.bootstrap.push(pb::BootstrapEndpoint {
+            broker_id: 1,
+            host: "b".into(),
+            port: 9092,
+        });
+        assert_eq!(
+            NodeSpec::try_from(&wire).unwrap_err().field,
+            "NodeSpec.bootstrap"
         );
         // A broker without listener settings (names only, listener keys left alone) is valid.
         let mut wire = pb::NodeSpec::from(&broker);

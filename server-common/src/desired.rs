@@ -7,6 +7,8 @@
 
 use std::net::IpAddr;
 
+use ipnet::IpNet;
+
 use crate::hosts::HostsEntry;
 use crate::properties::{ListenerSettings, ListenerSpec};
 use crate::spec::{Advertise, BrokerSpec, ClusterSpec, View};
@@ -31,6 +33,46 @@ pub struct NodeSpec {
     pub listeners: Option<ListenerSettings>,
     /// How long a restarted broker may take to pass its health checks.
     pub health_timeout_ms: u64,
+    /// Clients only: every broker's endpoint on the listener of this client's view, by broker id.
+    /// Empty for a public client while public access is disabled.
+    #[serde(default)]
+    pub bootstrap: Vec<BootstrapEndpoint>,
+    /// Brokers only: the source filter on the EXTERNAL port; `None` while public access is
+    /// disabled (an agent that manages the firewall then removes its table).
+    #[serde(default)]
+    pub external_filter: Option<ExternalFilter>,
+}
+
+/// One broker as a client reaches it: the host:port it advertises on the client's view's listener.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct BootstrapEndpoint {
+    pub broker_id: i32,
+    /// An IP address or a hostname, as the listener's `advertise` says.
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for BootstrapEndpoint {
+    /// `host:port`, with an IPv6 address in brackets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", host_port(&self.host, self.port))
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets (`[2001:db8::1]:9093`).
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Which sources may reach the EXTERNAL port (`listeners.external.allow`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExternalFilter {
+    pub port: u16,
+    pub allow: Vec<IpNet>,
 }
 
 impl std::fmt::Display for NodeRole {
@@ -75,7 +117,7 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
             known: spec.nodes().join(", "),
         });
     };
-    let (hosts_entries, listeners) = match &role {
+    let (hosts_entries, listeners, bootstrap, external_filter) = match &role {
         NodeRole::Broker { .. } => {
             let broker = spec
                 .broker_by_node(node)
@@ -83,9 +125,16 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
             (
                 broker_hosts_entries(spec),
                 Some(listener_settings(spec, broker)),
+                Vec::new(),
+                external_filter(spec),
             )
         }
-        NodeRole::Client { view } => (client_hosts_entries(spec, *view), None),
+        NodeRole::Client { view } => (
+            client_hosts_entries(spec, *view),
+            None,
+            bootstrap_endpoints(spec, *view),
+            None,
+        ),
     };
     Ok(NodeSpec {
         cluster: spec.name.clone(),
@@ -95,6 +144,45 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
         listeners,
         health_timeout_ms: u64::try_from(spec.rollout.health_timeout.as_millis())
             .unwrap_or(u64::MAX),
+        bootstrap,
+        external_filter,
+    })
+}
+
+/// Every broker's endpoint on the listener a client of `view` uses: INTERNAL for the private view,
+/// EXTERNAL for the public one (none while public access is disabled), advertised as the listener
+/// says. Sorted by broker id. Brokers without the address the listener advertises are left out
+/// (the spec's validation refuses such specs).
+pub fn bootstrap_endpoints(spec: &ClusterSpec, view: View) -> Vec<BootstrapEndpoint> {
+    let listener = match view {
+        View::Private => &spec.internal,
+        View::Public if spec.external.enabled => &spec.external,
+        View::Public => return Vec::new(),
+    };
+    let mut brokers: Vec<&BrokerSpec> = spec.brokers.iter().collect();
+    brokers.sort_by_key(|broker| broker.id);
+    brokers
+        .into_iter()
+        .filter_map(|broker| {
+            let host = match listener.advertise {
+                Advertise::PrivateIp => Some(broker.private_ip.to_string()),
+                Advertise::PublicIp => broker.public_ip.map(|ip| ip.to_string()),
+                Advertise::Hostname => broker.hostname.clone(),
+            }?;
+            Some(BootstrapEndpoint {
+                broker_id: broker.id,
+                host,
+                port: listener.port,
+            })
+        })
+        .collect()
+}
+
+/// The EXTERNAL port's filter on every broker host; `None` while public access is disabled.
+pub fn external_filter(spec: &ClusterSpec) -> Option<ExternalFilter> {
+    spec.external.enabled.then(|| ExternalFilter {
+        port: spec.external.port,
+        allow: spec.external.allow.clone(),
     })
 }
 
@@ -305,6 +393,85 @@ view = "public"
             "EXTERNAL stays owned so it can be removed"
         );
         assert!(node_spec(&spec, "k").unwrap().hosts_entries.is_empty());
+        assert_eq!(broker.external_filter, None, "no public access, no filter");
+        let client = node_spec(&spec, "k").unwrap();
+        assert_eq!(
+            client.bootstrap,
+            [BootstrapEndpoint {
+                broker_id: 1,
+                host: "10.0.0.1".into(),
+                port: 9092
+            }]
+        );
+    }
+
+    #[test]
+    fn each_view_bootstraps_through_its_listener_as_advertised() {
+        let endpoints = |text: &str, node: &str| -> Vec<String> {
+            node_spec(&spec(text), node)
+                .unwrap()
+                .bootstrap
+                .iter()
+                .map(|endpoint| format!("{}={endpoint}", endpoint.broker_id))
+                .collect()
+        };
+        // Hostname mode: both views see the long names, on their own listener's port.
+        assert_eq!(
+            endpoints(HOSTNAME_MODE, "inside"),
+            [
+                "1=emr-worker-1.cluster-48742:9092",
+                "2=emr-worker-2.cluster-48742:9092"
+            ]
+        );
+        assert_eq!(
+            endpoints(HOSTNAME_MODE, "outside"),
+            [
+                "1=emr-worker-1.cluster-48742:9093",
+                "2=emr-worker-2.cluster-48742:9093"
+            ]
+        );
+        // IP mode: private addresses inside, public ones outside.
+        let ip_mode = HOSTNAME_MODE
+            .replace(
+                "[listeners.internal]\nadvertise = \"hostname\"",
+                "[listeners.internal]\nadvertise = \"private_ip\"",
+            )
+            .replace(
+                "[listeners.external]\nadvertise = \"hostname\"",
+                "[listeners.external]\nadvertise = \"public_ip\"\nport = 19093",
+            );
+        assert_eq!(
+            endpoints(&ip_mode, "inside"),
+            ["1=10.0.1.24:9092", "2=10.0.1.25:9092"]
+        );
+        assert_eq!(
+            endpoints(&ip_mode, "outside"),
+            ["1=47.96.1.24:19093", "2=47.96.1.25:19093"]
+        );
+        // Brokers bootstrap nothing; clients filter nothing.
+        assert!(endpoints(&ip_mode, "w1").is_empty());
+        assert_eq!(
+            node_spec(&spec(&ip_mode), "inside")
+                .unwrap()
+                .external_filter,
+            None
+        );
+    }
+
+    #[test]
+    fn brokers_filter_the_external_port_with_the_allow_list() {
+        let filter = node_spec(&spec(HOSTNAME_MODE), "w2")
+            .unwrap()
+            .external_filter
+            .expect("public access is enabled");
+        assert_eq!(filter.port, 9093);
+        assert_eq!(filter.allow, ["203.0.113.0/24".parse::<IpNet>().unwrap()]);
+    }
+
+    #[test]
+    fn ipv6_endpoints_are_bracketed() {
+        assert_eq!(host_port("2001:db8::1", 9093), "[2001:db8::1]:9093");
+        assert_eq!(host_port("b.c", 9092), "b.c:9092");
     }
 
     #[test]

@@ -46,6 +46,15 @@ pub struct NodeSpec {
     pub listeners: ::core::option::Option<ListenerSettings>,
     #[prost(uint64, tag = "7")]
     pub health_timeout_ms: u64,
+    /// Clients only: every broker's endpoint on the listener of this client's view (private view:
+    /// INTERNAL; public view: EXTERNAL, none while public access is disabled), sorted by broker id.
+    /// The client agent bootstraps through them to check what the brokers advertise.
+    #[prost(message, repeated, tag = "8")]
+    pub bootstrap: ::prost::alloc::vec::Vec<BootstrapEndpoint>,
+    /// Brokers only: the source filter on the EXTERNAL port. Absent: no filter (public access is
+    /// disabled); an agent that manages the firewall removes its table.
+    #[prost(message, optional, tag = "9")]
+    pub external_filter: ::core::option::Option<ExternalFilter>,
     #[prost(oneof = "node_spec::Role", tags = "3, 4")]
     pub role: ::core::option::Option<node_spec::Role>,
 }
@@ -60,6 +69,28 @@ pub mod node_spec {
         #[prost(string, tag = "4")]
         ClientView(::prost::alloc::string::String),
     }
+}
+/// One broker as a client reaches it: its id and the host:port it advertises for the client's view
+/// (an IP address or a hostname, as the listener's `advertise` says).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BootstrapEndpoint {
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    #[prost(string, tag = "2")]
+    pub host: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub port: u32,
+}
+/// Which sources may reach the EXTERNAL port (listeners.external.allow).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExternalFilter {
+    #[prost(uint32, tag = "1")]
+    pub port: u32,
+    /// CIDRs, e.g. "203.0.113.0/24"; empty allows nobody.
+    #[prost(string, repeated, tag = "2")]
+    pub allow: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Identifies one release of desired state to one node: generation N, step S of its rollout,
 /// attempt A (a resumed step is released again with the next attempt).
@@ -123,6 +154,35 @@ pub struct NodeStatus {
     pub restart_started_ms: u64,
     #[prost(uint64, tag = "7")]
     pub restart_finished_ms: u64,
+    /// Clients only: each advertised broker endpoint as this client reached it. A status whose phase
+    /// is PHASE_UNSPECIFIED is a reachability report only: the coordinator replaces the node's
+    /// reachability with it and keeps the rest of its last status. Reports with a phase leave the
+    /// reachability as it was.
+    #[prost(message, repeated, tag = "8")]
+    pub reachability: ::prost::alloc::vec::Vec<Reachability>,
+}
+/// One broker endpoint, checked from a client host: resolved with the system resolver (the hosts
+/// file counts), connected to, and asked who it is.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Reachability {
+    #[prost(int32, tag = "1")]
+    pub broker_id: i32,
+    /// host:port as advertised (or as the spec gives it, when no broker advertised it).
+    #[prost(string, tag = "2")]
+    pub endpoint: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub ok: bool,
+    /// Empty when ok; otherwise short: "does not resolve", "no route", "refused", "timed out",
+    /// "wrong broker", "not advertised", "not kafka", "unknown".
+    #[prost(string, tag = "4")]
+    pub reason: ::prost::alloc::string::String,
+    /// Unix milliseconds of the check.
+    #[prost(uint64, tag = "5")]
+    pub checked_at_ms: u64,
+    /// The longer story: the address tried, the error, what the broker behind it advertises.
+    #[prost(string, tag = "6")]
+    pub detail: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -255,6 +315,26 @@ pub struct StatusResponse {
     pub nodes: ::prost::alloc::vec::Vec<NodeView>,
     #[prost(uint64, tag = "3")]
     pub applied_generation: u64,
+    /// One row per client of the newest spec: every broker it should reach, as it last reported.
+    #[prost(message, repeated, tag = "4")]
+    pub reachability: ::prost::alloc::vec::Vec<ReachabilityRow>,
+}
+/// One client's row of the reachability matrix.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ReachabilityRow {
+    #[prost(string, tag = "1")]
+    pub client: ::prost::alloc::string::String,
+    /// "private" or "public".
+    #[prost(string, tag = "2")]
+    pub view: ::prost::alloc::string::String,
+    /// One cell per broker this client should reach, by broker id. A broker it never reported on is
+    /// a cell with ok = false and reason "unknown".
+    #[prost(message, repeated, tag = "3")]
+    pub brokers: ::prost::alloc::vec::Vec<Reachability>,
+    /// False: the client has not reported any reachability yet.
+    #[prost(bool, tag = "4")]
+    pub reported: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
