@@ -267,6 +267,13 @@ impl Net {
             .unwrap_or_else(|| panic!("no daemon {name}"))
     }
 
+    pub fn daemon_mut(&mut self, name: &str) -> &mut Daemon {
+        self.daemons
+            .iter_mut()
+            .find(|d| d.name == name)
+            .unwrap_or_else(|| panic!("no daemon {name}"))
+    }
+
     /// SIGTERM the daemon `name`, wait (bounded), SIGKILL if needed; returns its exit code.
     pub fn stop(&mut self, name: &str) -> Option<i32> {
         let index = self.daemons.iter().position(|d| d.name == name)?;

@@ -1019,3 +1019,183 @@ fn enabling_public_access_rolls_out_without_losing_acknowledged_messages() {
         Ok(())
     })
 }
+
+/// A hosts file's lines that map `address` to `name` (outside comments).
+fn maps(hosts: &str, address: &str, name: &str) -> bool {
+    hosts.lines().any(|line| {
+        let line = line.split('#').next().unwrap_or("");
+        let mut fields = line.split_whitespace();
+        fields.next() == Some(address) && fields.any(|field| field == name)
+    })
+}
+
+fn modified_ns(path: &Path) -> Result<u128> {
+    let modified = std::fs::metadata(path)?.modified()?;
+    Ok(modified
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos())
+}
+
+/// Hostname mode (brokers advertise long hostnames on both listeners): each client's hosts file
+/// maps the names to the addresses of its view — private inside, public outside — and was last
+/// written before any broker restarted; both clients work through the names afterwards; a producer
+/// on the private client that runs throughout loses no acknowledged message.
+#[test]
+fn hostname_mode_maps_names_per_view_before_any_broker_switches() {
+    scenario("hostname_mode", |cluster| {
+        let private = cluster.bootstrap(false);
+        let producer = cluster.start_producer("during-hostname-rollout", "etl", &private)?;
+        let before: Vec<usize> = cluster.brokers.iter().map(|b| b.restarts().len()).collect();
+
+        let applied = cluster.apply(&SpecOptions {
+            hostnames: true,
+            ..SpecOptions::public_access()
+        })?;
+        ensure!(
+            applied.code == 0,
+            "switching to hostname mode did not complete (kreachctl apply --wait exit {}):\n{}{}",
+            applied.code,
+            applied.stdout,
+            applied.stderr
+        );
+
+        // Names for each view, in place before the first broker restarted.
+        let first_restart = cluster
+            .brokers
+            .iter()
+            .zip(&before)
+            .filter_map(|(broker, &before)| broker.restarts().get(before).map(|r| r.0))
+            .min()
+            .context("no broker restarted its Kafka for hostname mode")?;
+        for (host, view) in [("etl", "private"), ("laptop", "public")] {
+            let path = cluster.net.hosts_file(host);
+            let hosts = std::fs::read_to_string(&path)?;
+            for broker in &cluster.brokers {
+                let address = if view == "private" {
+                    broker.private_ip()
+                } else {
+                    broker.public_ip()
+                };
+                ensure!(
+                    maps(&hosts, &address, &broker.hostname()),
+                    "the {view} client's /etc/hosts does not map {} to {address}:\n{hosts}",
+                    broker.hostname()
+                );
+            }
+            let written = modified_ns(&path)?;
+            ensure!(
+                written < first_restart,
+                "the {view} client's /etc/hosts was last written {} ms after the first broker restarted",
+                (written - first_restart) / 1_000_000
+            );
+        }
+
+        cluster.check_producer(&producer, "etl", &private)?;
+        for (host, port) in [("etl", 9092), ("laptop", 9093)] {
+            let by_name = |b: &Broker| format!("{}:{port}", b.hostname());
+            let bootstrap = cluster
+                .brokers
+                .iter()
+                .map(by_name)
+                .collect::<Vec<_>>()
+                .join(",");
+            cluster.produce_and_consume(host, &bootstrap, &format!("hostnames-{host}"), 200)?;
+            for broker in &cluster.brokers {
+                let endpoint = by_name(broker);
+                let advertised = cluster.advertised(host, &endpoint)?;
+                ensure!(
+                    advertised == BTreeSet::from([endpoint.clone()]),
+                    "through {endpoint} the {host} client sees {advertised:?} advertised"
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+/// A broker whose new config cannot start (another process holds the new EXTERNAL port on
+/// emr-worker-1, the first broker of the rollout): the rollout pauses naming the node and the
+/// reason; that broker is back on its old config and serving; the other brokers were not restarted.
+#[test]
+fn a_broker_whose_new_config_cannot_start_pauses_the_rollout_and_keeps_serving() {
+    scenario("config_cannot_start", |cluster| {
+        let squatter = "squatter-emr-worker-1-9093";
+        let mut command = cluster.net.command("brk1", "python3");
+        command.args([
+            "-c",
+            "import socket, time\n\
+             s = socket.socket(); s.bind(('0.0.0.0', 9093)); s.listen()\n\
+             print('listening', flush=True); time.sleep(600)",
+        ]);
+        cluster.net.spawn(squatter, &mut command)?;
+        cluster
+            .net
+            .daemon_mut(squatter)
+            .wait_for_log("listening", Duration::from_secs(10))?;
+        let properties: Vec<String> = cluster.brokers.iter().map(Broker::properties).collect();
+        let before: Vec<usize> = cluster.brokers.iter().map(|b| b.restarts().len()).collect();
+
+        let applied = cluster.apply(&SpecOptions::public_access())?;
+        ensure!(
+            applied.code == 3,
+            "kreachctl apply --wait should exit 3 (paused), got {}:\n{}{}",
+            applied.code,
+            applied.stdout,
+            applied.stderr
+        );
+        let status = cluster.status_json()?;
+        let rollout = &status["rollout"];
+        ensure!(
+            rollout["state"] == "paused" && rollout["paused_node"] == "emr-worker-1",
+            "the rollout should be paused at emr-worker-1: {status:#}"
+        );
+        let reason = rollout["paused_reason"].as_str().unwrap_or("");
+        ensure!(
+            reason.contains("9093") && reason.contains("EXTERNAL"),
+            "the pause reason should name the listener and port that failed: {reason:?}"
+        );
+        let table = cluster.ctl(&["status"])?;
+        ensure!(
+            table.stdout.contains("emr-worker-1") && table.stdout.contains("paused"),
+            "kreachctl status does not show the pause:\n{}",
+            table.stdout
+        );
+
+        let first = &cluster.brokers[0];
+        ensure!(
+            first.properties() == properties[0],
+            "emr-worker-1 is not back on its old server.properties:\n{}",
+            first.properties()
+        );
+        let restarts = first.restarts();
+        ensure!(
+            restarts.len() >= before[0] + 2
+                && !restarts[before[0]].2
+                && restarts.last().is_some_and(|r| r.2),
+            "emr-worker-1's Kafka should have failed to start on the new config and then started on the old one: {:?}",
+            &restarts[before[0]..]
+        );
+        for (index, broker) in cluster.brokers.iter().enumerate().skip(1) {
+            ensure!(
+                broker.restarts().len() == before[index],
+                "{} was restarted although the rollout paused before it",
+                broker.node
+            );
+            ensure!(
+                broker.properties() == properties[index],
+                "{}'s server.properties changed although the rollout paused before it",
+                broker.node
+            );
+        }
+        // Serving on its old config: the private client works through emr-worker-1 alone.
+        let endpoint = format!("{}:9092", first.private_ip());
+        let advertised = cluster.advertised("etl", &endpoint)?;
+        ensure!(
+            advertised == BTreeSet::from([endpoint.clone()]),
+            "emr-worker-1 advertises {advertised:?} after the rollback"
+        );
+        cluster.produce_and_consume("etl", &endpoint, "after-rollback", 100)?;
+        Ok(())
+    })
+}
