@@ -5,7 +5,8 @@
 //! - a private network 198.18.0.0/24: brokers `emr-worker-1..3` at .1–.3, the private client
 //!   `etl-1` at .10, the store broker at .100, the coordinator at .250;
 //! - a public side 198.19.0.0/24: the brokers' public addresses .1–.3, the coordinator's .250, and
-//!   the public client `laptop-1` at .10/32 — routed only to those four addresses;
+//!   the public clients `laptop-1` at .10/32 and `laptop-2` at .20/32 — routed only to those four
+//!   addresses (the coordinator's too: their agents must report somewhere);
 //! - each broker host's "Kafka" is `tests/e2e-net/kafka-launcher.py` (restart and status commands
 //!   of `service_manager.kind = "command"`): it serves the listeners of the server.properties the
 //!   agent wrote as `tansu proxy` processes in front of one shared store broker, so data survives
@@ -241,6 +242,7 @@ impl Cluster {
         }
         net.add_host("etl", &[Link::new(Segment::Private, "198.18.0.10/24")])?;
         net.add_host("laptop", &[laptop_link("198.19.0.10")])?;
+        net.add_host("laptop2", &[laptop_link("198.19.0.20")])?;
 
         let kcat_libs = net.dir().join("kcat-libs");
         std::fs::create_dir_all(&kcat_libs)?;
@@ -255,6 +257,7 @@ impl Cluster {
             clients: vec![
                 ("etl-1".into(), "etl".into(), "private"),
                 ("laptop-1".into(), "laptop".into(), "public"),
+                ("laptop-2".into(), "laptop2".into(), "public"),
             ],
             certs,
             kcat_libs,
@@ -1068,7 +1071,11 @@ fn hostname_mode_maps_names_per_view_before_any_broker_switches() {
             .filter_map(|(broker, &before)| broker.restarts().get(before).map(|r| r.0))
             .min()
             .context("no broker restarted its Kafka for hostname mode")?;
-        for (host, view) in [("etl", "private"), ("laptop", "public")] {
+        for (host, view) in [
+            ("etl", "private"),
+            ("laptop", "public"),
+            ("laptop2", "public"),
+        ] {
             let path = cluster.net.hosts_file(host);
             let hosts = std::fs::read_to_string(&path)?;
             for broker in &cluster.brokers {
@@ -1079,14 +1086,14 @@ fn hostname_mode_maps_names_per_view_before_any_broker_switches() {
                 };
                 ensure!(
                     maps(&hosts, &address, &broker.hostname()),
-                    "the {view} client's /etc/hosts does not map {} to {address}:\n{hosts}",
+                    "{host} ({view} view): /etc/hosts does not map {} to {address}:\n{hosts}",
                     broker.hostname()
                 );
             }
             let written = modified_ns(&path)?;
             ensure!(
                 written < first_restart,
-                "the {view} client's /etc/hosts was last written {} ms after the first broker restarted",
+                "{host} ({view} view): /etc/hosts was last written {} ms after the first broker restarted",
                 (written - first_restart) / 1_000_000
             );
         }
