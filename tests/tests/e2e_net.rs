@@ -1159,13 +1159,18 @@ fn a_broker_whose_new_config_cannot_start_pauses_the_rollout_and_keeps_serving()
         );
         let reason = rollout["paused_reason"].as_str().unwrap_or("");
         ensure!(
-            reason.contains("9093") && reason.contains("EXTERNAL"),
+            reason.contains("9093")
+                && reason.contains("EXTERNAL")
+                && reason.contains("Address already in use"),
             "the pause reason should name the listener and port that failed: {reason:?}"
         );
+        eprintln!("e2e-net config_cannot_start: paused at emr-worker-1: {reason}");
         let table = cluster.ctl(&["status"])?;
         ensure!(
-            table.stdout.contains("emr-worker-1") && table.stdout.contains("paused"),
-            "kreachctl status does not show the pause:\n{}",
+            table.stdout.contains("paused")
+                && table.stdout.contains("at emr-worker-1: ")
+                && table.stdout.contains("9093"),
+            "kreachctl status does not show the paused node and the reason:\n{}",
             table.stdout
         );
 
