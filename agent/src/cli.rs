@@ -37,4 +37,15 @@ pub enum Command {
     Run,
     /// Print the last applied state of this node (JSON).
     State,
+    /// Print the audit trail: every change the agent made to a managed file on this host (file,
+    /// old and new sha256, action, reason, generation, who released it), oldest first. Kept in
+    /// STATE_DIR/audit.jsonl.
+    Audit {
+        /// Only the last N entries.
+        #[arg(long, value_name = "N")]
+        last: Option<usize>,
+        /// One JSON object per line, as stored.
+        #[arg(long)]
+        json: bool,
+    },
 }

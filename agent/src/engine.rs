@@ -13,6 +13,7 @@ use kreach_common::diff::{content_hash, unified_diff};
 use kreach_common::hosts::{self, HostsConflict};
 use kreach_common::properties;
 
+use crate::audit::{AuditAction, AuditEntry, AuditLog};
 use crate::config::AgentConfig;
 use crate::fsio::{self, WriteMethod};
 use crate::service::ServiceManager;
@@ -270,7 +271,7 @@ impl Engine {
         let generation = release.generation;
         let state_dir = &self.config.state_dir;
         let _lock = state::lock_node(state_dir)?;
-        let written = self.write_all(plan, generation, released_by)?;
+        let written = self.write_all(plan, generation, released_by, AuditAction::Apply)?;
 
         let mut checks = Vec::new();
         let mut restart_window = None;
@@ -308,7 +309,13 @@ impl Engine {
                 }
                 Err(reason) => {
                     tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "rolling back: {reason}");
-                    let restored = self.restore(&written, generation, "rollback")?;
+                    let restored = self.restore(
+                        &written,
+                        generation,
+                        released_by,
+                        AuditAction::Rollback,
+                        &reason,
+                    )?;
                     let previous = self.previous_listeners();
                     let recovery = self.services.restart(unit, timeout);
                     window.finished = SystemTime::now();
@@ -364,7 +371,7 @@ impl Engine {
         released_by: &str,
     ) -> Result<Vec<PathBuf>, EngineError> {
         let _lock = state::lock_node(&self.config.state_dir)?;
-        let written = self.write_all(plan, generation, released_by)?;
+        let written = self.write_all(plan, generation, released_by, AuditAction::Repair)?;
         Ok(written.into_iter().map(|w| w.path).collect())
     }
 
@@ -373,18 +380,23 @@ impl Engine {
         plan: &Plan,
         generation: u64,
         released_by: &str,
+        action: AuditAction,
     ) -> Result<Vec<Written>, EngineError> {
         let mut written: Vec<Written> = Vec::new();
         for change in &plan.changes {
-            match self.write_one(change, generation, released_by) {
+            match self.write_one(change, generation, released_by, action) {
                 Ok(method) => written.push(Written {
                     path: change.path.clone(),
+                    file: change.file,
                     old: change.old.clone(),
+                    new_hash: content_hash(change.new.as_bytes()),
                     method,
                 }),
                 Err(error) => {
                     // Nothing half-done: put back what this apply already wrote.
-                    let restored = self.restore(&written, generation, "undo after failed write")?;
+                    let why = format!("writing {} failed: {error}", change.path.display());
+                    let restored =
+                        self.restore(&written, generation, released_by, AuditAction::Undo, &why)?;
                     if restored.is_empty() {
                         return Err(error);
                     }
@@ -408,6 +420,7 @@ impl Engine {
         change: &FileChange,
         generation: u64,
         released_by: &str,
+        action: AuditAction,
     ) -> Result<WriteMethod, EngineError> {
         // Compare-and-swap: the plan was rendered from `change.old`; if another writer touched the
         // file since, writing our render would drop their edit.
@@ -439,13 +452,49 @@ impl Engine {
             change.path.display(),
             change.file.describe()
         );
+        let reason = match action {
+            AuditAction::Repair => format!(
+                "drift: the {} no longer matched the last applied state",
+                change.file.describe()
+            ),
+            _ if change.changed_keys.is_empty() => {
+                format!("desired {} changed", change.file.describe())
+            }
+            _ => format!("changed {}", change.changed_keys.join(", ")),
+        };
+        self.audit(AuditEntry {
+            seq: 0,
+            at_ms: 0,
+            node: self.config.node.clone(),
+            file: change.file.describe().to_string(),
+            path: change.path.display().to_string(),
+            action,
+            old_hash: change
+                .old
+                .as_deref()
+                .map(|old| content_hash(old.as_bytes())),
+            new_hash: Some(content_hash(change.new.as_bytes())),
+            reason,
+            generation,
+            released_by: released_by.to_string(),
+        });
         Ok(method)
+    }
+
+    /// Keep `entry` in the audit trail. A trail that cannot be written (a full disk) must not
+    /// stop a rollback or leave the node half-changed: the change is in the journal either way.
+    fn audit(&self, entry: AuditEntry) {
+        if let Err(error) = AuditLog::new(&self.config.state_dir).append(entry) {
+            tracing::error!(%error, "the audit trail misses a change");
+        }
     }
 
     fn restore(
         &self,
         written: &[Written],
         generation: u64,
+        released_by: &str,
+        action: AuditAction,
         why: &str,
     ) -> Result<Vec<PathBuf>, EngineError> {
         let mut restored = Vec::new();
@@ -461,6 +510,19 @@ impl Engine {
                 message: format!("could not restore {}: {error}", item.path.display()),
             })?;
             tracing::warn!(path = %item.path.display(), generation, "restored previous {} ({why})", item.path.display());
+            self.audit(AuditEntry {
+                seq: 0,
+                at_ms: 0,
+                node: self.config.node.clone(),
+                file: item.file.describe().to_string(),
+                path: item.path.display().to_string(),
+                action,
+                old_hash: Some(item.new_hash.clone()),
+                new_hash: item.old.as_deref().map(|old| content_hash(old.as_bytes())),
+                reason: why.to_string(),
+                generation,
+                released_by: released_by.to_string(),
+            });
             restored.push(item.path.clone());
         }
         Ok(restored)
@@ -478,7 +540,9 @@ impl Engine {
 
 struct Written {
     path: PathBuf,
+    file: ManagedFile,
     old: Option<String>,
+    new_hash: String,
     method: WriteMethod,
 }
 

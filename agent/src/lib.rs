@@ -5,6 +5,7 @@
 //! (when configured) following the coordinator's releases.
 //! The decisions themselves (what to write) come from `kreach-common`'s pure editors.
 
+pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -54,6 +54,27 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
+        Command::Audit { last, json } => {
+            let log = kreach_agent::audit::AuditLog::new(&config.state_dir);
+            let mut entries = log.read_since(0)?;
+            if let Some(last) = last {
+                entries.drain(..entries.len().saturating_sub(last));
+            }
+            if entries.is_empty() && !json {
+                eprintln!(
+                    "kreach-agent: no changes recorded in {}",
+                    log.path().display()
+                );
+            }
+            for entry in &entries {
+                if json {
+                    println!("{}", serde_json::to_string(entry)?);
+                } else {
+                    println!("{}", kreach_agent::audit::render(entry));
+                }
+            }
+            Ok(0)
+        }
     }
 }
 

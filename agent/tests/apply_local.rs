@@ -76,6 +76,30 @@ fn broker_plan_apply_and_second_run_changes_nothing() {
     assert!(again.stdout.contains("nothing to change"), "{again}");
     assert_eq!(host.mtimes(), mtimes, "the second run writes nothing");
     assert_eq!(host.restarts().len(), 2, "and restarts nothing");
+
+    // The audit trail answers "what did kreach change here, and why": one line per file written.
+    let audit = host.agent(&["audit"]);
+    assert_eq!(audit.code, 0, "{audit}");
+    let lines: Vec<&str> = audit.stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "the hosts block and the listener settings: {audit}"
+    );
+    let properties_line = lines
+        .iter()
+        .find(|line| line.contains("(listener settings)"))
+        .unwrap_or_else(|| panic!("{audit}"));
+    assert!(
+        properties_line.contains(" gen 0 apply ")
+            && properties_line.contains("changed listeners, advertised.listeners")
+            && properties_line.ends_with("[released by apply-local]"),
+        "{properties_line}"
+    );
+    let json = host.agent(&["audit", "--json", "--last", "1"]);
+    let entry: serde_json::Value = serde_json::from_str(json.stdout.trim()).expect("one JSON line");
+    assert_eq!(entry["seq"], 2, "{json}");
+    assert_eq!(entry["new_hash"].as_str().map(str::len), Some(64), "{json}");
 }
 
 #[test]
@@ -171,6 +195,19 @@ fn a_broker_that_cannot_start_on_the_new_config_is_rolled_back_and_serving() {
         "serving on the old config"
     );
     drop(squatter);
+
+    let audit = host.agent(&["audit"]);
+    let actions: Vec<&str> = audit
+        .stdout
+        .lines()
+        .filter(|line| line.contains("(listener settings)"))
+        .collect();
+    assert_eq!(actions.len(), 2, "the write and its rollback: {audit}");
+    assert!(actions[0].contains(" apply "), "{audit}");
+    assert!(
+        actions[1].contains(" rollback ") && actions[1].contains("restart of kafka.service failed"),
+        "the rollback names the failed gate: {audit}"
+    );
 }
 
 #[test]
