@@ -245,6 +245,8 @@ impl ServiceManager for LazyServices {
 }
 
 fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
+    // One daemon per node: a second one (same state directory) stops here with the first's pid.
+    let _daemon_lock = state::lock_daemon(&config.state_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

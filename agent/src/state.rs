@@ -15,6 +15,9 @@ use crate::fsio;
 
 const STATE_FILE: &str = "applied.json";
 const LOCK_FILE: &str = "agent.lock";
+/// Held by `kreach-agent run` for its whole life (the engine's `agent.lock` is taken per apply, so
+/// it cannot be this one: a second flock from the same process would be refused).
+const DAEMON_LOCK_FILE: &str = "daemon.lock";
 
 /// What the agent last converged to.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -117,15 +120,26 @@ pub fn now_unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// An exclusive, non-blocking lock on `state_dir/agent.lock`, held for the guard's lifetime. The
-/// holder's pid is written into the file so the error can name it.
+/// An exclusive, non-blocking lock on a file in the state directory (`agent.lock` per apply,
+/// `daemon.lock` for the daemon's life), held for the guard's lifetime. The holder's pid is written
+/// into the file so the error can name it.
 pub struct NodeLock {
     _lock: Flock<File>,
 }
 
 pub fn lock_node(state_dir: &Path) -> Result<NodeLock, StateError> {
-    ensure_state_dir(state_dir)?;
-    let path = state_dir.join(LOCK_FILE);
+    lock_file(&state_dir.join(LOCK_FILE))
+}
+
+/// The daemon's lock, held while `kreach-agent run` runs: a second daemon for the same node (same
+/// state directory) refuses to start, naming the pid of the one that runs.
+pub fn lock_daemon(state_dir: &Path) -> Result<NodeLock, StateError> {
+    lock_file(&state_dir.join(DAEMON_LOCK_FILE))
+}
+
+fn lock_file(path: &Path) -> Result<NodeLock, StateError> {
+    ensure_state_dir(path.parent().unwrap_or(Path::new(".")))?;
+    let path = path.to_path_buf();
     let file = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -162,6 +176,20 @@ pub fn lock_node(state_dir: &Path) -> Result<NodeLock, StateError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_daemon_is_refused_and_the_first_can_still_apply() {
+        let dir = tempfile::tempdir().unwrap();
+        let _daemon = lock_daemon(dir.path()).unwrap();
+        match lock_daemon(dir.path()) {
+            Err(StateError::Locked { holder, .. }) => {
+                assert_eq!(holder, std::process::id().to_string())
+            }
+            other => panic!("expected Locked, got {:?}", other.err()),
+        }
+        // The per-apply lock is another file: the daemon holding its own lock can still apply.
+        drop(lock_node(dir.path()).unwrap());
+    }
 
     #[test]
     fn state_files_without_step_and_attempt_still_load() {
