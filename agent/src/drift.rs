@@ -116,10 +116,34 @@ pub fn enforce(
     let managed = lock_engine(engine).managed_paths();
     let mut enforcing: Option<(ReleaseRef, String)> = None;
     let mut waiting_logged = false;
+    // The last applied state seen on disk: if its file disappears (the state directory removed
+    // under us), enforcing goes on from memory and the file is written back.
+    let mut last_applied: Option<AppliedState> = None;
     let mut check = |watcher: &mut notify::RecommendedWatcher| {
         let engine = lock_engine(engine);
-        let applied = match state::load(&engine.config().state_dir) {
+        let state_dir = &engine.config().state_dir;
+        let applied = match state::load(state_dir) {
             Ok(Some(applied)) => applied,
+            Ok(None) if last_applied.is_some() => {
+                let applied = last_applied.clone().expect("checked");
+                match state::save(state_dir, &applied) {
+                    Ok(()) => tracing::error!(
+                        node = %engine.config().node,
+                        path = %state_dir.display(),
+                        generation = applied.generation,
+                        "the applied state in {} disappeared (state directory removed?); wrote it back from memory and keep enforcing generation {}",
+                        state_dir.display(),
+                        applied.generation
+                    ),
+                    Err(error) => tracing::error!(
+                        node = %engine.config().node,
+                        generation = applied.generation,
+                        "the applied state disappeared and cannot be written back ({error}); enforcing generation {} from memory",
+                        applied.generation
+                    ),
+                }
+                applied
+            }
             Ok(None) => {
                 if !waiting_logged {
                     tracing::info!(node = %engine.config().node, "no applied state yet; waiting for a spec (apply-local or a coordinator)");
@@ -132,6 +156,7 @@ pub fn enforce(
                 return;
             }
         };
+        last_applied = Some(applied.clone());
         let current = (applied.release(), applied.released_by.clone());
         if enforcing.as_ref() != Some(&current) {
             tracing::info!(
