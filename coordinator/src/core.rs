@@ -65,11 +65,20 @@ pub struct Core {
     status_dirty: bool,
 }
 
+/// Milliseconds since the epoch as read once at start, advanced by the monotonic clock from then
+/// on: a wall-clock step (NTP, `date -s`) must neither end a settle early nor stretch it, nor fire
+/// a health timeout (found by the fault suite, tests/tests/faults.rs). Stored times stay roughly
+/// wall-clock, so a restarted coordinator still resumes a settle or a timeout where it was.
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    static START: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    let (started, wall_ms) = *START.get_or_init(|| {
+        let wall_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        (std::time::Instant::now(), wall_ms)
+    });
+    wall_ms.saturating_add(started.elapsed().as_millis() as u64)
 }
 
 impl Core {
