@@ -107,6 +107,25 @@ impl Proc {
         }
     }
 
+    /// The exit status, if the process has ended (does not wait).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Wait at most `timeout` for the process to end on its own; None if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -187,6 +206,12 @@ pub struct Fleet {
     pub brokers: Vec<Broker>,
     pub clients: Vec<(String, PathBuf)>,
     pub agents: BTreeMap<String, Proc>,
+    /// Extra environment for the coordinator (key "coordinator") or one agent (key: its node), set
+    /// before it starts; e.g. to run it under a faked clock.
+    pub env: BTreeMap<String, Vec<(String, String)>>,
+    /// A command put in front of a broker's restart command (key: its node), e.g. `sh -c '"$@" &&
+    /// sleep 2' sh` to keep a restart in progress for a while.
+    pub restart_wrapper: BTreeMap<String, Vec<String>>,
 }
 
 pub struct Ctl {
@@ -213,6 +238,8 @@ impl Fleet {
             brokers: Vec::new(),
             clients: Vec::new(),
             agents: BTreeMap::new(),
+            env: BTreeMap::new(),
+            restart_wrapper: BTreeMap::new(),
         };
         for id in 1..=brokers {
             let node = format!("emr-worker-{id}");
@@ -298,11 +325,12 @@ impl Fleet {
                 ),
             )?;
         }
-        let proc = Proc::spawn(
-            Command::new(coordinator_binary())
-                .arg("--config")
-                .arg(&config),
-        )?;
+        let mut command = Command::new(coordinator_binary());
+        command.arg("--config").arg(&config);
+        for (key, value) in self.env.get("coordinator").into_iter().flatten() {
+            command.env(key, value);
+        }
+        let proc = Proc::spawn(&mut command)?;
         let line =
             proc.wait_for_log("kreach-coordinator listening on ", Duration::from_secs(20))?;
         let address = line
@@ -341,17 +369,28 @@ impl Fleet {
             if controller == Some(broker.id) {
                 std::fs::write(&flag, "")?;
             }
+            let mut restart = self
+                .restart_wrapper
+                .get(&broker.node)
+                .cloned()
+                .unwrap_or_default();
+            restart.extend([
+                "python3".to_string(),
+                FAKE_KAFKA.to_string(),
+                "restart".to_string(),
+                broker.properties_path().display().to_string(),
+                broker.state_dir().display().to_string(),
+            ]);
             let config = format!(
                 "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\n\
                  controller_check = [\"test\", \"-e\", {flag:?}]\n\
-                 [service_manager]\nkind = \"command\"\nrestart = [\"python3\", {fake:?}, \"restart\", {props:?}, {state:?}]\n\
+                 [service_manager]\nkind = \"command\"\nrestart = {restart:?}\n\
                  [coordinator]\nurl = \"http://{addr}\"\ninsecure = true\n",
                 node = broker.node,
                 state = broker.state_dir().display().to_string(),
                 hosts = broker.dir.join("etc/hosts").display().to_string(),
                 props = broker.properties_path().display().to_string(),
                 flag = flag.display().to_string(),
-                fake = FAKE_KAFKA,
                 addr = self.coordinator_addr,
             );
             std::fs::write(broker.dir.join("agent.toml"), config)?;
@@ -378,12 +417,15 @@ impl Fleet {
     }
 
     fn spawn_agent(&mut self, node: &str, dir: &Path) -> Result<()> {
-        let proc = Proc::spawn(
-            Command::new(agent_binary())
-                .arg("--config")
-                .arg(dir.join("agent.toml"))
-                .arg("run"),
-        )?;
+        let mut command = Command::new(agent_binary());
+        command
+            .arg("--config")
+            .arg(dir.join("agent.toml"))
+            .arg("run");
+        for (key, value) in self.env.get(node).into_iter().flatten() {
+            command.env(key, value);
+        }
+        let proc = Proc::spawn(&mut command)?;
         self.agents.insert(node.to_string(), proc);
         Ok(())
     }
