@@ -128,8 +128,23 @@ pub struct ManageConfig {
     #[serde(default = "default_kafka_unit")]
     pub kafka_unit: String,
     /// Brokers only, optional: argv that exits 0 when this broker is the cluster's active
-    /// controller, so the coordinator restarts it last.
+    /// controller, so the coordinator restarts it last. Overrides the Kafka probe's answer
+    /// (DescribeQuorum's leader, else Metadata's controller id).
     pub controller_check: Option<Vec<String>>,
+    /// Brokers only: how health is judged around a restart. `"kafka"` (the default) asks the
+    /// broker over its plaintext listeners (ApiVersions, Metadata, DescribeConfigs) and gates the
+    /// restart on partitions and advertised endpoints; `"tcp"` only checks that each listener
+    /// accepts connections, for services that do not speak Kafka.
+    #[serde(default)]
+    pub probe: ProbeKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeKind {
+    #[default]
+    Kafka,
+    Tcp,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -300,6 +315,14 @@ mod tests {
         assert_eq!(config.manage.kafka_properties, None);
         assert_eq!(config.state_dir, PathBuf::from("/var/lib/kreach"));
         assert_eq!(config.manage.kafka_unit, "kafka.service");
+        assert_eq!(config.manage.probe, ProbeKind::Kafka);
+        let tcp = AgentConfig::parse("node = \"b\"\n[manage]\nprobe = \"tcp\"\n").unwrap();
+        assert_eq!(tcp.manage.probe, ProbeKind::Tcp);
+        let error = AgentConfig::parse("node = \"b\"\n[manage]\nprobe = \"http\"\n").unwrap_err();
+        assert!(
+            error.contains("probe") && error.contains("kafka"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -2,14 +2,17 @@
 //!
 //! Owns the order of side effects on one node. What to write comes from `kreach-common`'s pure
 //! editors; how bytes reach the disk is [`crate::fsio`]'s; how Kafka restarts is behind
-//! [`ServiceManager`]; how health is checked is behind [`ListenerProbe`]. Everything is rendered
-//! before anything is written, so a bad input changes nothing.
+//! [`ServiceManager`]; how health is checked is behind [`ListenerProbe`]: a pre-restart gate before
+//! anything is written (a refusal changes nothing), a post-restart gate after the restart (a
+//! failure restores the previous bytes). Everything is rendered before anything is written, so a
+//! bad input changes nothing.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use kreach_common::desired::{NodeRole, NodeSpec};
 use kreach_common::diff::{content_hash, unified_diff};
+use kreach_common::gates;
 use kreach_common::hosts::{self, HostsConflict};
 use kreach_common::properties;
 
@@ -38,6 +41,9 @@ impl ManagedFile {
         }
     }
 }
+
+/// The most the pre-restart gate may spend probing the running broker.
+pub const PRE_RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One file whose content will change.
 #[derive(Debug, Clone)]
@@ -153,6 +159,8 @@ pub enum EngineError {
         message: String,
         restored: String,
     },
+    #[error("the pre-restart gate refused to restart {unit}, so nothing was written: {reason}")]
+    PreRestartRefused { unit: String, reason: String },
     #[error("rollback failed: {message}; the node needs attention")]
     RollbackFailed { message: String },
 }
@@ -271,9 +279,38 @@ impl Engine {
         let generation = release.generation;
         let state_dir = &self.config.state_dir;
         let _lock = state::lock_node(state_dir)?;
+        let broker_id = match plan.node_spec.role {
+            NodeRole::Broker { id } => id,
+            NodeRole::Client { .. } => 0,
+        };
+        let mut checks = Vec::new();
+        if let Some((unit, _)) = &plan.restart {
+            // The broker as it runs now: what the current server.properties configures.
+            let running = plan
+                .changes
+                .iter()
+                .find(|change| change.file == ManagedFile::KafkaProperties)
+                .and_then(|change| change.old.as_deref())
+                .map(gates::running_listeners)
+                .unwrap_or_default();
+            let timeout =
+                Duration::from_millis(plan.node_spec.health_timeout_ms).min(PRE_RESTART_TIMEOUT);
+            match self.probe.before_restart(broker_id, &running, timeout) {
+                Ok(passed) => {
+                    tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "pre-restart gate passed");
+                    checks.extend(passed);
+                }
+                Err(reason) => {
+                    tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "not restarting {unit}, nothing written: {reason}");
+                    return Err(EngineError::PreRestartRefused {
+                        unit: unit.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
         let written = self.write_all(plan, generation, released_by, AuditAction::Apply)?;
 
-        let mut checks = Vec::new();
         let mut restart_window = None;
         if let Some((unit, why)) = &plan.restart {
             let listeners = plan
@@ -298,13 +335,13 @@ impl Engine {
                         .saturating_sub(started.elapsed())
                         .max(Duration::from_secs(1));
                     self.probe
-                        .verify(listeners, remaining)
+                        .verify(broker_id, listeners, remaining)
                         .map_err(|error| format!("health check failed: {error}"))
                 });
             match gate {
                 Ok(passed) => {
                     tracing::info!(unit = %unit, elapsed_ms = started.elapsed().as_millis() as u64, "{unit} is healthy");
-                    checks = passed;
+                    checks.extend(passed);
                     restart_window = Some(window);
                 }
                 Err(reason) => {
@@ -324,7 +361,7 @@ impl Engine {
                             .map_err(|e| e.to_string())
                             .and_then(|()| match &previous {
                                 Some(listeners) => {
-                                    self.probe.verify(listeners, timeout).map(|_| ())
+                                    self.probe.verify(broker_id, listeners, timeout).map(|_| ())
                                 }
                                 None => Ok(()),
                             });

@@ -7,7 +7,12 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use kreach_common::desired::NodeRole;
+
+use crate::verify::KafkaProbe;
 
 /// What the agent reports about its host.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +22,8 @@ pub struct HostFacts {
     /// Every interface address except loopback, sorted, without duplicates.
     pub addresses: Vec<String>,
     pub kafka_running: bool,
-    /// Whether this broker is the active controller (from `manage.controller_check`).
+    /// Whether this broker is the active controller: `manage.controller_check` when configured,
+    /// else the Kafka probe's answer (see [`use_kafka_probe_for_controller`]).
     pub kafka_controller: bool,
 }
 
@@ -98,11 +104,28 @@ pub fn is_kafka_process(name: &str, command_line: &str) -> bool {
     name == "kafka" || name == "tansu" || command_line.contains("kafka.Kafka")
 }
 
-/// Read the facts from this host. Blocking (a walk over /proc); call it off the async runtime.
-/// `hosts_file` is the file the agent manages, which is the resolver's hosts file on a real host.
+/// The state dir whose last applied broker listeners the Kafka probe asks who the controller is.
+/// Set once by the daemon when `manage.probe = "kafka"` on a broker; a process-wide setting
+/// because [`gather`]'s callers pass only the hosts file and the explicit controller check.
+static KAFKA_CONTROLLER_STATE_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Detect the controller with the Kafka probe when no `manage.controller_check` is configured.
+pub fn use_kafka_probe_for_controller(state_dir: PathBuf) {
+    let _ = KAFKA_CONTROLLER_STATE_DIR.set(state_dir);
+}
+
+/// Read the facts from this host. Blocking (a walk over /proc, a Kafka probe); call it off the
+/// async runtime. `hosts_file` is the file the agent manages, which is the resolver's hosts file
+/// on a real host. An explicit `controller_check` overrides the Kafka probe.
 pub fn gather(hosts_file: &Path, controller_check: Option<&[String]>) -> HostFacts {
+    let controller = match controller_check {
+        Some(argv) => run_controller_check(argv),
+        None => KAFKA_CONTROLLER_STATE_DIR
+            .get()
+            .is_some_and(|state_dir| kafka_controller(state_dir)),
+    };
     facts_from(&RawFacts {
-        controller: controller_check.is_some_and(run_controller_check),
+        controller,
         hostname: nix::unistd::gethostname()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_default(),
@@ -110,6 +133,32 @@ pub fn gather(hosts_file: &Path, controller_check: Option<&[String]>) -> HostFac
         addresses: interface_addresses(),
         processes: processes(),
     })
+}
+
+/// Ask this broker, on the listeners it last applied, whether it is the active controller.
+fn kafka_controller(state_dir: &Path) -> bool {
+    let Ok(Some(applied)) = crate::state::load(state_dir) else {
+        return false;
+    };
+    let (NodeRole::Broker { id }, Some(settings)) =
+        (&applied.node_spec.role, &applied.node_spec.listeners)
+    else {
+        return false;
+    };
+    let probe = KafkaProbe {
+        request_timeout: std::time::Duration::from_secs(3),
+        ..KafkaProbe::default()
+    };
+    match probe.controller(*id, &settings.listeners) {
+        Some((is_controller, detail)) => {
+            tracing::debug!(node = %applied.node_spec.node, "{detail}");
+            is_controller
+        }
+        None => {
+            tracing::debug!(node = %applied.node_spec.node, "controller: no plaintext listener answered Metadata");
+            false
+        }
+    }
 }
 
 /// Run the configured controller check: exit 0 means "this broker is the active controller". It

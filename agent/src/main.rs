@@ -8,10 +8,10 @@ use anyhow::Context;
 use clap::Parser;
 use kreach_agent::cli::{Cli, Command};
 use kreach_agent::client::CoordinatorClient;
-use kreach_agent::config::{AgentConfig, ServiceManagerKind};
+use kreach_agent::config::{AgentConfig, ProbeKind, ServiceManagerKind};
 use kreach_agent::engine::{Engine, Outcome};
 use kreach_agent::service::{CommandManager, ServiceManager, SystemdManager};
-use kreach_agent::verify::TcpProbe;
+use kreach_agent::verify::{KafkaProbe, ListenerProbe, TcpProbe};
 use kreach_agent::{drift, state};
 use kreach_common::desired::node_spec;
 use kreach_common::spec::ClusterSpec;
@@ -90,6 +90,14 @@ fn service_manager(
     })
 }
 
+/// The health probe `manage.probe` chooses.
+fn health_probe(config: &AgentConfig) -> Box<dyn ListenerProbe> {
+    match config.manage.probe {
+        ProbeKind::Kafka => Box::new(KafkaProbe::default()),
+        ProbeKind::Tcp => Box::new(TcpProbe),
+    }
+}
+
 fn apply_local(
     config: AgentConfig,
     config_path: &Path,
@@ -128,7 +136,8 @@ fn apply_local(
     let services: Box<dyn ServiceManager> = Box::new(LazyServices {
         config: config.clone(),
     });
-    let engine = Engine::new(config, services, Box::new(TcpProbe));
+    let probe = health_probe(&config);
+    let engine = Engine::new(config, services, probe);
     let plan = match engine.plan(&desired) {
         Ok(plan) => plan,
         Err(error) => {
@@ -158,7 +167,15 @@ fn apply_local(
         println!("dry run: nothing was changed");
         return Ok(0);
     }
-    match engine.apply(&plan, state::ReleaseRef::LOCAL, "apply-local")? {
+    let outcome = match engine.apply(&plan, state::ReleaseRef::LOCAL, "apply-local") {
+        Ok(outcome) => outcome,
+        Err(refused @ kreach_agent::engine::EngineError::PreRestartRefused { .. }) => {
+            println!("refused: {refused}");
+            return Ok(EXIT_FAILED);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    match outcome {
         Outcome::Converged {
             written,
             restarted,
@@ -256,7 +273,10 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         // Whoever changes files holds this mutex: the client's applies and the enforcer's repairs
         // never interleave (the state dir's flock would refuse a second in-process holder).
         let services: Box<dyn ServiceManager> = Box::new(LazyServices { config: config.clone() });
-        let engine = Arc::new(Mutex::new(Engine::new(config.clone(), services, Box::new(TcpProbe))));
+        if config.manage.probe == ProbeKind::Kafka && config.manage.kafka_properties.is_some() {
+            kreach_agent::facts::use_kafka_probe_for_controller(config.state_dir.clone());
+        }
+        let engine = Arc::new(Mutex::new(Engine::new(config.clone(), services, health_probe(&config))));
         let (wake_tx, wake_rx) = std::sync::mpsc::channel();
         // READY waits for the enforcer's watches: before them, drift would go unnoticed.
         let (watching_tx, watching_rx) = tokio::sync::oneshot::channel();

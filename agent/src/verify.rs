@@ -1,18 +1,45 @@
-//! Health checks after a restart: does every listener accept TCP connections?
+//! Health gates around a restart: may the broker go down now, and did it come back right?
 //!
-//! Owns the local, protocol-free check. Kafka-aware probes (ApiVersions, Metadata) come later and
-//! plug in behind the same [`ListenerProbe`] seam.
+//! Owns the [`ListenerProbe`] seam between the engine and the network, and its two real
+//! implementations: [`KafkaProbe`] (the default: ApiVersions, Metadata and DescribeConfigs through
+//! [`crate::kafka`], judged by `kreach_common::gates`) and [`TcpProbe`] (only "does the port
+//! accept TCP", for services that do not speak Kafka, chosen with `manage.probe = "tcp"`). The
+//! decisions are the gates' pure functions; this module only gathers what they decide over, polls
+//! until the health timeout, and turns verdicts into check lines.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
+use kafka_protocol::messages::ApiKey;
+use kreach_common::gates::{
+    self, GateVerdict, ListenerAnswer, ListenerObservation, RunningBroker, RunningListener,
+};
 use kreach_common::properties::ListenerSpec;
 
+use crate::kafka::KafkaConnection;
+
 /// The seam between the engine and the network, so the engine's unit tests need no listeners.
+/// Check lines read `name: detail`; a refusal or failure is one reason naming the check, the
+/// listener and the address.
 pub trait ListenerProbe: Send + Sync {
-    /// Ok when every listener accepts a connection before `timeout`; otherwise the reason, naming
-    /// the listener and the address that failed.
-    fn verify(&self, listeners: &[ListenerSpec], timeout: Duration) -> Result<Vec<String>, String>;
+    /// Before a restart, against the broker as it runs now (`running`, from the current
+    /// `server.properties`): Ok with the checks that passed when the broker may go down now,
+    /// otherwise the reason to refuse.
+    fn before_restart(
+        &self,
+        broker_id: i32,
+        running: &[RunningListener],
+        timeout: Duration,
+    ) -> Result<Vec<String>, String>;
+
+    /// After a restart: Ok with the checks that passed once every listener is healthy within
+    /// `timeout`; otherwise the reason, naming the listener and the address that failed.
+    fn verify(
+        &self,
+        broker_id: i32,
+        listeners: &[ListenerSpec],
+        timeout: Duration,
+    ) -> Result<Vec<String>, String>;
 }
 
 /// Connects with TCP to each listener's bind address (a wildcard bind is probed on loopback).
@@ -40,7 +67,23 @@ pub fn probe_address(bind_host: &str, port: u16) -> Result<SocketAddr, String> {
 }
 
 impl ListenerProbe for TcpProbe {
-    fn verify(&self, listeners: &[ListenerSpec], timeout: Duration) -> Result<Vec<String>, String> {
+    fn before_restart(
+        &self,
+        _broker_id: i32,
+        _running: &[RunningListener],
+        _timeout: Duration,
+    ) -> Result<Vec<String>, String> {
+        Ok(vec![
+            "pre-restart: not checked (manage.probe = \"tcp\": the service is not asked about Kafka partitions)".to_string(),
+        ])
+    }
+
+    fn verify(
+        &self,
+        _broker_id: i32,
+        listeners: &[ListenerSpec],
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + timeout;
         let mut passed = Vec::new();
         for listener in listeners {
@@ -75,6 +118,218 @@ impl ListenerProbe for TcpProbe {
     }
 }
 
+/// The Kafka-aware probe: the pre- and post-restart gates of `kreach_common::gates` over what
+/// ApiVersions, Metadata and DescribeConfigs answer on the broker's own listeners.
+pub struct KafkaProbe {
+    /// Bounds each connect and each request; the gates' overall deadline is the health timeout.
+    pub request_timeout: Duration,
+    /// Pause between rounds while waiting for the broker to become healthy.
+    pub poll_interval: Duration,
+}
+
+impl Default for KafkaProbe {
+    fn default() -> Self {
+        KafkaProbe {
+            request_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// kreach speaks Kafka in plaintext only; other listeners get a TCP check and say so.
+fn speaks_plaintext(security_protocol: &str) -> bool {
+    security_protocol.eq_ignore_ascii_case("PLAINTEXT")
+}
+
+impl KafkaProbe {
+    fn connect(
+        &self,
+        address: SocketAddr,
+        budget: Duration,
+    ) -> Result<KafkaConnection, crate::kafka::ProbeError> {
+        KafkaConnection::connect(
+            address,
+            self.request_timeout
+                .min(budget)
+                .max(Duration::from_millis(200)),
+        )
+    }
+
+    /// What the broker as it runs now answers, for the pre-restart gate.
+    pub fn observe_running(&self, running: &[RunningListener], timeout: Duration) -> RunningBroker {
+        let deadline = Instant::now() + timeout;
+        let mut why_not = Vec::new();
+        for listener in running.iter().filter(|l| !l.controller) {
+            if !speaks_plaintext(&listener.security_protocol) {
+                why_not.push(format!(
+                    "listener {} uses {} (not probed)",
+                    listener.name, listener.security_protocol
+                ));
+                continue;
+            }
+            let address = match probe_address(&listener.bind_host, listener.port) {
+                Ok(address) => address,
+                Err(error) => {
+                    why_not.push(format!("listener {}: {error}", listener.name));
+                    continue;
+                }
+            };
+            let budget = deadline.saturating_duration_since(Instant::now());
+            let answer = self.connect(address, budget).and_then(|mut connection| {
+                let metadata = connection.metadata()?;
+                let topics: std::collections::BTreeSet<String> = metadata
+                    .partitions
+                    .iter()
+                    .map(|p| p.topic.clone())
+                    .collect();
+                let topics: Vec<String> = topics.into_iter().collect();
+                let min_isr = connection.min_insync_replicas(&topics)?;
+                Ok((metadata, min_isr))
+            });
+            match answer {
+                Ok((metadata, min_isr)) => {
+                    return RunningBroker::Serving {
+                        listener: listener.name.clone(),
+                        probed: address.to_string(),
+                        advertised: listener.advertised.clone(),
+                        metadata: Box::new(metadata),
+                        min_isr,
+                    }
+                }
+                Err(error) => why_not.push(format!("listener {}: {error}", listener.name)),
+            }
+        }
+        if why_not.is_empty() {
+            why_not.push("server.properties lists no broker listener".to_string());
+        }
+        RunningBroker::NotServing {
+            detail: why_not.join("; "),
+        }
+    }
+
+    /// One round over every desired listener, for the post-restart gate.
+    pub fn observe_listeners(
+        &self,
+        listeners: &[ListenerSpec],
+        deadline: Instant,
+    ) -> Vec<ListenerObservation> {
+        listeners
+            .iter()
+            .map(|listener| {
+                let address = probe_address(&listener.bind_host, listener.port);
+                let probed = address
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|_| gates::endpoint_text(&listener.bind_host, listener.port));
+                let budget = deadline.saturating_duration_since(Instant::now());
+                let answer = match address {
+                    Err(error) => ListenerAnswer::NotServing(error),
+                    Ok(address) if !speaks_plaintext(&listener.security_protocol) => {
+                        match TcpStream::connect_timeout(&address, self.request_timeout.min(budget).max(Duration::from_millis(200))) {
+                            Ok(_) => ListenerAnswer::Unprobed(format!(
+                                "uses {}, which the probe does not speak; it accepts TCP connections",
+                                listener.security_protocol
+                            )),
+                            Err(error) => ListenerAnswer::NotServing(format!("cannot connect to {address}: {error}")),
+                        }
+                    }
+                    Ok(address) => match self.connect(address, budget).and_then(|mut c| c.metadata()) {
+                        Ok(metadata) => ListenerAnswer::Kafka(metadata),
+                        Err(error) => ListenerAnswer::NotServing(error.to_string()),
+                    },
+                };
+                ListenerObservation {
+                    listener: listener.name.clone(),
+                    probed,
+                    desired_host: listener.advertised_host.clone(),
+                    desired_port: listener.port,
+                    answer,
+                }
+            })
+            .collect()
+    }
+
+    /// Is this broker the active controller? None when no plaintext listener answers.
+    pub fn controller(&self, broker_id: i32, listeners: &[ListenerSpec]) -> Option<(bool, String)> {
+        for listener in listeners
+            .iter()
+            .filter(|l| speaks_plaintext(&l.security_protocol))
+        {
+            let Ok(address) = probe_address(&listener.bind_host, listener.port) else {
+                continue;
+            };
+            let Ok(mut connection) = self.connect(address, self.request_timeout) else {
+                continue;
+            };
+            let Ok(metadata) = connection.metadata() else {
+                continue;
+            };
+            let quorum = if connection.supports(ApiKey::DescribeQuorum) {
+                connection
+                    .quorum_leader()
+                    .map_err(|error| error.to_string())
+            } else {
+                Err(format!("{address} does not support DescribeQuorum"))
+            };
+            let advertised = (!listener.advertised_host.is_empty())
+                .then_some((listener.advertised_host.as_str(), listener.port));
+            let (is_controller, check) =
+                gates::is_controller(broker_id, &metadata, advertised, quorum);
+            return Some((is_controller, check.to_string()));
+        }
+        None
+    }
+}
+
+fn check_lines(verdict: &GateVerdict) -> Vec<String> {
+    verdict.checks.iter().map(ToString::to_string).collect()
+}
+
+impl ListenerProbe for KafkaProbe {
+    fn before_restart(
+        &self,
+        broker_id: i32,
+        running: &[RunningListener],
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
+        let observed = self.observe_running(running, timeout);
+        let verdict = gates::pre_restart_gate(broker_id, &observed);
+        match verdict.failure_reason() {
+            None => Ok(check_lines(&verdict)),
+            Some(reason) => Err(reason),
+        }
+    }
+
+    fn verify(
+        &self,
+        broker_id: i32,
+        listeners: &[ListenerSpec],
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
+        let deadline = Instant::now() + timeout;
+        // Bounded in time by the deadline and in count by the rounds that fit in it.
+        let rounds = 2 + timeout.as_millis() / self.poll_interval.as_millis().max(1);
+        let mut last = GateVerdict::default();
+        for _ in 0..rounds {
+            last =
+                gates::post_restart_gate(broker_id, &self.observe_listeners(listeners, deadline));
+            if last.passed() {
+                return Ok(check_lines(&last));
+            }
+            if Instant::now() + self.poll_interval >= deadline {
+                break;
+            }
+            std::thread::sleep(self.poll_interval);
+        }
+        Err(format!(
+            "not healthy within {:.0?}: {}",
+            timeout,
+            last.failure_reason()
+                .unwrap_or_else(|| "no check ran".to_string())
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,11 +354,16 @@ mod tests {
             temporary.local_addr().unwrap().port()
         };
         let passed = TcpProbe
-            .verify(&[listener("INTERNAL", open_port)], Duration::from_secs(1))
+            .verify(
+                1,
+                &[listener("INTERNAL", open_port)],
+                Duration::from_secs(1),
+            )
             .unwrap();
         assert_eq!(passed.len(), 1);
         let error = TcpProbe
             .verify(
+                1,
                 &[
                     listener("INTERNAL", open_port),
                     listener("EXTERNAL", closed_port),

