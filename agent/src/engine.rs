@@ -594,3 +594,182 @@ fn read_text(path: &Path) -> Result<Option<String>, EngineError> {
             offset: error.utf8_error().valid_up_to(),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::ServiceError;
+    use crate::verify::ListenerProbe;
+    use kreach_common::gates::RunningListener;
+    use kreach_common::properties::ListenerSpec;
+    use std::sync::{Arc, Mutex};
+
+    /// What the pre-restart gate was asked: the broker id and the running listeners.
+    type Asked = Arc<Mutex<Vec<(i32, Vec<RunningListener>)>>>;
+
+    /// Records restarts; never fails.
+    struct CountingServices(Arc<Mutex<u32>>);
+
+    impl ServiceManager for CountingServices {
+        fn restart(&self, _unit: &str, _timeout: Duration) -> Result<(), ServiceError> {
+            *self.0.lock().unwrap() += 1;
+            Ok(())
+        }
+        fn describe(&self) -> String {
+            "counting".into()
+        }
+    }
+
+    /// Answers the gates as told, and records what the pre-restart gate was asked about.
+    struct ScriptedProbe {
+        refuse: Option<String>,
+        post: Result<Vec<String>, String>,
+        asked: Asked,
+    }
+
+    impl ListenerProbe for ScriptedProbe {
+        fn before_restart(
+            &self,
+            broker_id: i32,
+            running: &[RunningListener],
+            _timeout: Duration,
+        ) -> Result<Vec<String>, String> {
+            self.asked
+                .lock()
+                .unwrap()
+                .push((broker_id, running.to_vec()));
+            match &self.refuse {
+                Some(reason) => Err(reason.clone()),
+                None => Ok(vec!["min.insync.replicas: fine".into()]),
+            }
+        }
+        fn verify(
+            &self,
+            _broker_id: i32,
+            _listeners: &[ListenerSpec],
+            _timeout: Duration,
+        ) -> Result<Vec<String>, String> {
+            self.post.clone()
+        }
+    }
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+        restarts: Arc<Mutex<u32>>,
+        asked: Asked,
+    }
+
+    const INITIAL: &str = "listeners=INTERNAL://127.0.0.1:9092\nadvertised.listeners=INTERNAL://old-name:9092\nlistener.security.protocol.map=INTERNAL:PLAINTEXT\n";
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("hosts"), "127.0.0.1 localhost\n").unwrap();
+            std::fs::write(dir.path().join("server.properties"), INITIAL).unwrap();
+            Fixture {
+                dir,
+                restarts: Arc::new(Mutex::new(0)),
+                asked: Arc::new(Mutex::new(Vec::new())),
+            }
+        }
+
+        fn engine(&self, refuse: Option<&str>, post: Result<Vec<String>, String>) -> Engine {
+            let root = self.dir.path().display().to_string();
+            let config = AgentConfig::parse(&format!(
+                "node = \"emr-worker-2\"\nstate_dir = \"{root}/state\"\n[manage]\nhosts_file = \"{root}/hosts\"\nkafka_properties = \"{root}/server.properties\"\n"
+            ))
+            .unwrap();
+            Engine::new(
+                config,
+                Box::new(CountingServices(Arc::clone(&self.restarts))),
+                Box::new(ScriptedProbe {
+                    refuse: refuse.map(str::to_string),
+                    post,
+                    asked: Arc::clone(&self.asked),
+                }),
+            )
+        }
+
+        fn node_spec(&self) -> NodeSpec {
+            let spec = kreach_common::spec::ClusterSpec::parse(
+                "[cluster]\nname = \"c\"\n[listeners.internal]\nport = 9092\nbind = \"127.0.0.1\"\nadvertise = \"hostname\"\n\
+                 [[broker]]\nid = 2\nnode = \"emr-worker-2\"\nhostname = \"emr-worker-2.c\"\nprivate_ip = \"198.18.0.12\"\n",
+            )
+            .unwrap();
+            kreach_common::desired::node_spec(&spec, "emr-worker-2").unwrap()
+        }
+
+        fn read(&self, name: &str) -> String {
+            std::fs::read_to_string(self.dir.path().join(name)).unwrap()
+        }
+    }
+
+    #[test]
+    fn a_refused_pre_restart_gate_writes_nothing_and_restarts_nothing() {
+        let fixture = Fixture::new();
+        let engine = fixture.engine(
+            Some("min.insync.replicas: restarting broker 2 now would drop partition orders-0 to 1"),
+            Ok(vec![]),
+        );
+        let plan = engine.plan(&fixture.node_spec()).unwrap();
+        assert!(plan.restart.is_some());
+        let error = engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap_err();
+        assert!(
+            matches!(error, EngineError::PreRestartRefused { .. })
+                && error.to_string().contains("refused to restart kafka.service, so nothing was written: min.insync.replicas: restarting broker 2"),
+            "{error}"
+        );
+        assert_eq!(fixture.read("server.properties"), INITIAL);
+        assert_eq!(fixture.read("hosts"), "127.0.0.1 localhost\n");
+        assert_eq!(*fixture.restarts.lock().unwrap(), 0);
+        assert!(state::load(&fixture.dir.path().join("state"))
+            .unwrap()
+            .is_none());
+        // The gate was asked about the broker as it runs now: the current file's listener.
+        let asked = fixture.asked.lock().unwrap();
+        assert_eq!(asked[0].0, 2);
+        assert_eq!(
+            asked[0].1[0].advertised,
+            Some(("old-name".to_string(), 9092))
+        );
+    }
+
+    #[test]
+    fn both_gates_checks_are_reported_and_a_failed_post_gate_rolls_back() {
+        let fixture = Fixture::new();
+        let engine = fixture.engine(None, Ok(vec!["advertised endpoint: right".into()]));
+        let plan = engine.plan(&fixture.node_spec()).unwrap();
+        match engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap() {
+            Outcome::Converged { checks, .. } => assert_eq!(
+                checks,
+                vec![
+                    "min.insync.replicas: fine".to_string(),
+                    "advertised endpoint: right".to_string()
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
+
+        let fixture = Fixture::new();
+        let engine = fixture.engine(
+            None,
+            Err("advertised endpoint: listener INTERNAL on 127.0.0.1:9092 advertises x".into()),
+        );
+        let plan = engine.plan(&fixture.node_spec()).unwrap();
+        match engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap() {
+            Outcome::RolledBack { reason, .. } => {
+                assert!(
+                    reason.contains("advertised endpoint: listener INTERNAL"),
+                    "{reason}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(fixture.read("server.properties"), INITIAL);
+        assert_eq!(
+            *fixture.restarts.lock().unwrap(),
+            2,
+            "the restart and the recovery restart"
+        );
+    }
+}

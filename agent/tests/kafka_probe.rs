@@ -5,7 +5,7 @@
 //! failure: CI must never go green without having talked to a real broker.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -92,13 +92,17 @@ impl Tansu {
     }
 
     fn create_topic(&self, binary: &PathBuf, name: &str, partitions: u32) {
+        Tansu::create_topic_at(binary, self.addr, name, partitions);
+    }
+
+    fn create_topic_at(binary: &PathBuf, addr: SocketAddr, name: &str, partitions: u32) {
         let status = Command::new(binary)
             .args([
                 "topic",
                 "create",
                 name,
                 "--broker",
-                &format!("tcp://{}", self.addr),
+                &format!("tcp://{addr}"),
                 "--partitions",
                 &partitions.to_string(),
             ])
@@ -314,5 +318,205 @@ fn a_tcp_server_that_speaks_no_kafka_fails_with_a_clear_reason() {
     assert!(
         reason.contains(&format!("kafka serving: listener INTERNAL on {http} does not serve Kafka: {http} answered ApiVersions")),
         "{reason}"
+    );
+}
+
+/// The test host's "kafka service": (re)starts tansu from the INTERNAL entries of the
+/// server.properties the agent wrote. A one-shot `advertise-once` file in the state dir makes the
+/// next start advertise its content instead, to emulate a broker that comes back wrong.
+const RESTART_SCRIPT: &str = r#"#!/bin/bash
+set -eu
+props=$1 state=$2 tansu=$3
+value() { sed -n "s/^$1=//p" "$props" | tail -n 1; }
+internal() { tr ',' '\n' <<<"$1" | sed -n 's#^INTERNAL://##p' | head -n 1; }
+listen=$(internal "$(value listeners)")
+advertised=$(internal "$(value advertised.listeners)")
+if [ -f "$state/advertise-once" ]; then
+  advertised=$(cat "$state/advertise-once")
+  rm -f "$state/advertise-once"
+fi
+if [ -f "$state/tansu.pid" ]; then
+  pid=$(cat "$state/tansu.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+fi
+setsid "$tansu" broker --listener-url "tcp://$listen" --advertised-listener-url "tcp://$advertised" \
+  --storage-engine memory://tansu/ >>"$state/tansu.log" 2>&1 </dev/null &
+echo $! >"$state/tansu.pid"
+echo "$listen $advertised" >>"$state/restarts.log"
+"#;
+
+/// A broker host in a temp dir: hosts file, server.properties, agent.toml (probe = kafka, the
+/// default) and the restart script above. The tansu it started is killed by PID on drop.
+struct BrokerHost {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl BrokerHost {
+    fn new(binary: &Path, health_timeout: &str) -> BrokerHost {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let host = BrokerHost { dir, port };
+        std::fs::create_dir_all(host.path("etc/kafka")).unwrap();
+        std::fs::create_dir_all(host.path("state")).unwrap();
+        std::fs::write(host.path("etc/hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+        std::fs::write(
+            host.path("etc/kafka/server.properties"),
+            format!(
+                "listeners=INTERNAL://127.0.0.1:{port}\n\
+                 advertised.listeners=INTERNAL://old-name.cluster-48742:{port}\n\
+                 listener.security.protocol.map=INTERNAL:PLAINTEXT\n\
+                 inter.broker.listener.name=INTERNAL\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(host.path("restart-kafka"), RESTART_SCRIPT).unwrap();
+        let restart = vec![
+            "bash".to_string(),
+            host.path("restart-kafka"),
+            host.path("etc/kafka/server.properties"),
+            host.path("state"),
+            binary.display().to_string(),
+        ];
+        std::fs::write(
+            host.path("agent.toml"),
+            format!(
+                "node = \"emr-worker-1\"\nstate_dir = {:?}\n[manage]\nhosts_file = {:?}\nkafka_properties = {:?}\n\
+                 [service_manager]\nkind = \"command\"\nrestart = {restart:?}\n",
+                host.path("state"),
+                host.path("etc/hosts"),
+                host.path("etc/kafka/server.properties"),
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            host.path("spec.toml"),
+            format!(
+                "[cluster]\nname = \"emr-48742\"\n\n[listeners.internal]\nport = {port}\nbind = \"127.0.0.1\"\nadvertise = \"hostname\"\n\n\
+                 [[broker]]\nid = 1\nnode = \"emr-worker-1\"\nhostname = \"emr-worker-1.cluster-48742\"\nprivate_ip = \"198.18.0.11\"\n\n\
+                 [rollout]\nhealth_timeout = {health_timeout:?}\n"
+            ),
+        )
+        .unwrap();
+        // Kafka runs on the initial config before kreach arrives.
+        let status = Command::new("bash").args(&restart[1..]).status().unwrap();
+        assert!(status.success(), "the restart script starts tansu");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        host
+    }
+
+    fn path(&self, relative: &str) -> String {
+        self.dir.path().join(relative).display().to_string()
+    }
+
+    fn apply(&self) -> (i32, String) {
+        let output = Command::new(env!("CARGO_BIN_EXE_kreach-agent"))
+            .args([
+                "--config",
+                &self.path("agent.toml"),
+                "apply-local",
+                "--spec",
+                &self.path("spec.toml"),
+            ])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}\n--- stderr\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code().unwrap_or(-1), text)
+    }
+
+    fn properties(&self) -> String {
+        std::fs::read_to_string(self.path("etc/kafka/server.properties")).unwrap()
+    }
+}
+
+impl Drop for BrokerHost {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.path("state/tansu.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn an_apply_through_the_engine_restarts_tansu_and_lists_the_kafka_checks() {
+    let Some(binary) = tansu_binary() else { return };
+    let host = BrokerHost::new(&binary, "20s");
+    let port = host.port;
+    let tansu: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    Tansu::create_topic_at(&binary, tansu, "orders", 3);
+    let (code, output) = host.apply();
+    eprintln!("{output}");
+    assert_eq!(code, 0, "{output}");
+    for expected in [
+        format!("check passed: kafka serving: listener INTERNAL on {tansu} answers Metadata"),
+        "check passed: min.insync.replicas: 3 partition(s) have a replica on node 111 (the spec calls it broker 1)".to_string(),
+        format!("check passed: advertised endpoint: listener INTERNAL on {tansu} advertises emr-worker-1.cluster-48742:{port} for node 111 (answers as node 111; the spec calls it broker 1)"),
+        "check passed: under-replicated partitions: none".to_string(),
+        "converged".to_string(),
+    ] {
+        assert!(output.contains(&expected), "missing {expected:?} in:\n{output}");
+    }
+    assert!(host.properties().contains(&format!(
+        "advertised.listeners=INTERNAL://emr-worker-1.cluster-48742:{port}"
+    )));
+    // tansu really runs on what the agent wrote.
+    let mut connection = KafkaConnection::connect(tansu, Duration::from_secs(5)).unwrap();
+    let advertised: Vec<String> = connection
+        .metadata()
+        .unwrap()
+        .brokers
+        .iter()
+        .map(|b| b.endpoint())
+        .collect();
+    assert_eq!(
+        advertised,
+        vec![format!("emr-worker-1.cluster-48742:{port}")]
+    );
+}
+
+#[test]
+fn a_broker_that_comes_back_advertising_the_wrong_address_is_rolled_back() {
+    let Some(binary) = tansu_binary() else { return };
+    let host = BrokerHost::new(&binary, "4s");
+    let port = host.port;
+    let before = host.properties();
+    std::fs::write(
+        host.path("state/advertise-once"),
+        format!("127.0.0.9:{port}"),
+    )
+    .unwrap();
+    let (code, output) = host.apply();
+    assert_eq!(code, 3, "exit code 3 means rolled back:\n{output}");
+    assert!(
+        output.contains(&format!(
+            "advertised endpoint: listener INTERNAL on 127.0.0.1:{port} advertises 127.0.0.9:{port} for broker 111 (the spec calls it broker 1), desired emr-worker-1.cluster-48742:{port}"
+        )),
+        "{output}"
+    );
+    assert_eq!(
+        host.properties(),
+        before,
+        "the previous server.properties is back"
+    );
+    let restarts = std::fs::read_to_string(host.path("state/restarts.log")).unwrap();
+    assert_eq!(
+        restarts.lines().last(),
+        Some(format!("127.0.0.1:{port} old-name.cluster-48742:{port}").as_str()),
+        "tansu was restarted on the old config:\n{restarts}"
     );
 }
