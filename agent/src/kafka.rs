@@ -602,3 +602,152 @@ fn decode_guarded<T: Decodable>(payload: &mut Bytes, version: i16) -> Result<T, 
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::messages::api_versions_response::ApiVersion;
+    use kafka_protocol::messages::metadata_response::{MetadataResponse, MetadataResponseBroker};
+    use kafka_protocol::messages::BrokerId;
+    use kafka_protocol::protocol::decode_request_header_from_buffer;
+    use std::net::TcpListener;
+
+    /// A broker that speaks just enough Kafka for the handshake: ApiVersions up to
+    /// `api_versions_max` (above it: UNSUPPORTED_VERSION in a v0 body, as Kafka does), listing
+    /// `apis`, and Metadata with one broker (7 at broker-7.example:9092). Anything else: it hangs up.
+    fn fake_broker(api_versions_max: i16, apis: Vec<(ApiKey, i16, i16)>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                for _ in 0..16 {
+                    let mut size = [0u8; 4];
+                    if stream.read_exact(&mut size).is_err() {
+                        break;
+                    }
+                    let mut frame = vec![0u8; i32::from_be_bytes(size) as usize];
+                    if stream.read_exact(&mut frame).is_err() {
+                        break;
+                    }
+                    let header =
+                        decode_request_header_from_buffer(&mut Bytes::from(frame)).unwrap();
+                    let api = ApiKey::try_from(header.request_api_key).unwrap();
+                    let version = header.request_api_version;
+                    let mut body = BytesMut::new();
+                    match api {
+                        ApiKey::ApiVersions => {
+                            let mut response = ApiVersionsResponse::default();
+                            response.api_keys = apis
+                                .iter()
+                                .map(|(key, min, max)| {
+                                    ApiVersion::default()
+                                        .with_api_key(*key as i16)
+                                        .with_min_version(*min)
+                                        .with_max_version(*max)
+                                })
+                                .collect();
+                            let answer_version = if version > api_versions_max {
+                                response.error_code = UNSUPPORTED_VERSION;
+                                0
+                            } else {
+                                version
+                            };
+                            response.encode(&mut body, answer_version).unwrap();
+                        }
+                        ApiKey::Metadata => {
+                            let mut broker = MetadataResponseBroker::default();
+                            broker.node_id = BrokerId(7);
+                            broker.host = StrBytes::from_static_str("broker-7.example");
+                            broker.port = 9092;
+                            let mut response = MetadataResponse::default();
+                            response.brokers = vec![broker];
+                            response.controller_id = BrokerId(7);
+                            response.encode(&mut body, version).unwrap();
+                        }
+                        _ => break,
+                    }
+                    let mut response_header = ResponseHeader::default();
+                    response_header.correlation_id = header.correlation_id;
+                    let mut out = BytesMut::new();
+                    response_header
+                        .encode(&mut out, api.response_header_version(version))
+                        .unwrap();
+                    out.extend_from_slice(&body);
+                    let mut framed = (out.len() as i32).to_be_bytes().to_vec();
+                    framed.extend_from_slice(&out);
+                    if stream.write_all(&framed).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn an_older_broker_refusing_our_api_versions_version_is_asked_in_its_own() {
+        let addr = fake_broker(
+            2,
+            vec![(ApiKey::ApiVersions, 0, 2), (ApiKey::Metadata, 0, 8)],
+        );
+        let mut connection = KafkaConnection::connect(addr, Duration::from_secs(5)).unwrap();
+        assert!(connection.supports(ApiKey::Metadata));
+        assert_eq!(connection.negotiated_version(ApiKey::Metadata).unwrap(), 8);
+        let metadata = connection.metadata().unwrap();
+        assert_eq!(metadata.brokers[0].endpoint(), "broker-7.example:9092");
+        assert_eq!(metadata.controller_id, Some(7));
+    }
+
+    #[test]
+    fn requests_the_broker_does_not_list_fall_back_or_say_unsupported() {
+        let addr = fake_broker(
+            3,
+            vec![(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 20)],
+        );
+        let mut connection = KafkaConnection::connect(addr, Duration::from_secs(5)).unwrap();
+        // The broker knows newer Metadata than kreach: the highest both speak.
+        assert_eq!(
+            connection.negotiated_version(ApiKey::Metadata).unwrap(),
+            ApiKey::Metadata.valid_versions().max
+        );
+        assert_eq!(connection.metadata().unwrap().brokers.len(), 1);
+        let min_isr = connection
+            .min_insync_replicas(&["orders".to_string()])
+            .unwrap();
+        assert_eq!(min_isr.get("orders"), 1);
+        assert!(
+            min_isr.notes[0].contains(&addr.to_string())
+                && min_isr.notes[0].contains("does not support DescribeConfigs")
+                && min_isr.notes[0].contains("default min.insync.replicas=1"),
+            "{:?}",
+            min_isr.notes
+        );
+        let error = connection.quorum_leader().unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ProbeError::Unsupported {
+                    api: ApiKey::DescribeQuorum,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn versions_are_the_highest_both_sides_speak() {
+        let ours = VersionRange { min: 0, max: 13 };
+        assert_eq!(pick_version(ours, 0, 12), Some(12));
+        assert_eq!(pick_version(ours, 3, 20), Some(13));
+        assert_eq!(pick_version(ours, 14, 20), None);
+        let describe_configs = ApiKey::DescribeConfigs.valid_versions();
+        assert_eq!(
+            pick_version(describe_configs, 0, 0),
+            None,
+            "v0 is gone from kreach's side"
+        );
+    }
+}
