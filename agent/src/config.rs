@@ -21,6 +21,40 @@ pub struct AgentConfig {
     pub service_manager: ServiceManagerConfig,
     /// Absent: the agent runs stand-alone and enforces what `apply-local` last applied.
     pub coordinator: Option<CoordinatorConfig>,
+    /// Client hosts: how often reachability is checked (see [`crate::reach`]).
+    #[serde(default)]
+    pub reachability: ReachabilityConfig,
+}
+
+/// `[reachability]`: a client agent checks every broker endpoint after each apply and every
+/// `period` (e.g. "30s"), and reports only what changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReachabilityConfig {
+    #[serde(
+        default = "default_reachability_period",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub period: std::time::Duration,
+}
+
+impl Default for ReachabilityConfig {
+    fn default() -> Self {
+        ReachabilityConfig {
+            period: default_reachability_period(),
+        }
+    }
+}
+
+fn default_reachability_period() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    kreach_common::spec::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 /// Where the coordinator is and how this node proves who it is (mutual TLS).
@@ -137,6 +171,10 @@ pub struct ManageConfig {
     /// accepts connections, for services that do not speak Kafka.
     #[serde(default)]
     pub probe: ProbeKind,
+    /// Brokers only: who enforces `listeners.external.allow` on the EXTERNAL port. Default
+    /// "none" (the host's own firewall does); "nftables" makes the agent keep a table of its own.
+    #[serde(default)]
+    pub firewall: FirewallKind,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -145,6 +183,15 @@ pub enum ProbeKind {
     #[default]
     Kafka,
     Tcp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FirewallKind {
+    #[default]
+    None,
+    /// `table inet kreach`, replaced atomically with `nft -f` (see [`crate::firewall`]).
+    Nftables,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -223,6 +270,12 @@ impl AgentConfig {
                 "service_manager.restart/status: only used with kind = \"command\"; remove them or set kind = \"command\"".to_string(),
             ),
             _ => {}
+        }
+        if config.reachability.period < std::time::Duration::from_secs(1) {
+            problems.push(
+                "reachability.period: must be at least \"1s\" (each check connects to every broker)"
+                    .to_string(),
+            );
         }
         if let Some(coordinator) = &config.coordinator {
             problems.extend(coordinator.problems());
@@ -307,6 +360,32 @@ mod tests {
         assert!(error.contains("timeout"), "{error}");
         let error = with_coordinator("url = \"ftp://c\"\n").unwrap_err();
         assert!(error.contains("https://"), "{error}");
+    }
+
+    #[test]
+    fn firewall_and_reachability_period_are_opt_in_settings() {
+        let config = AgentConfig::parse("node = \"b\"\n[manage]\n").unwrap();
+        assert_eq!(config.manage.firewall, FirewallKind::None);
+        assert_eq!(
+            config.reachability.period,
+            std::time::Duration::from_secs(30)
+        );
+        let config = AgentConfig::parse(
+            "node = \"b\"\n[manage]\nfirewall = \"nftables\"\n[reachability]\nperiod = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.manage.firewall, FirewallKind::Nftables);
+        assert_eq!(
+            config.reachability.period,
+            std::time::Duration::from_secs(2)
+        );
+        let error =
+            AgentConfig::parse("node = \"b\"\n[manage]\nfirewall = \"iptables\"\n").unwrap_err();
+        assert!(error.contains("iptables"), "{error}");
+        let error =
+            AgentConfig::parse("node = \"b\"\n[manage]\n[reachability]\nperiod = \"soon\"\n")
+                .unwrap_err();
+        assert!(error.contains("soon"), "{error}");
     }
 
     #[test]

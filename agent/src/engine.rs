@@ -161,6 +161,8 @@ pub enum EngineError {
     },
     #[error("the pre-restart gate refused to restart {unit}, so nothing was written: {reason}")]
     PreRestartRefused { unit: String, reason: String },
+    #[error(transparent)]
+    Firewall(#[from] crate::firewall::FirewallError),
     #[error("rollback failed: {message}; the node needs attention")]
     RollbackFailed { message: String },
 }
@@ -309,7 +311,11 @@ impl Engine {
                 }
             }
         }
-        let written = self.write_all(plan, generation, released_by, AuditAction::Apply)?;
+        // The EXTERNAL filter before any file (brokers with `manage.firewall`): if nft refuses, nothing changed.
+        let firewall_check = crate::firewall::enforce_for(&self.config, &plan.node_spec)?;
+        let written = self
+            .write_all(plan, generation, released_by, AuditAction::Apply)
+            .inspect_err(|_| crate::firewall::restore_previous(&self.config))?;
 
         let mut restart_window = None;
         if let Some((unit, why)) = &plan.restart {
@@ -353,6 +359,7 @@ impl Engine {
                         AuditAction::Rollback,
                         &reason,
                     )?;
+                    crate::firewall::restore_previous(&self.config);
                     let previous = self.previous_listeners();
                     let recovery = self.services.restart(unit, timeout);
                     window.finished = SystemTime::now();
@@ -380,6 +387,7 @@ impl Engine {
                 }
             }
         }
+        checks.extend(firewall_check);
         state::save(
             state_dir,
             &AppliedState {
