@@ -89,6 +89,11 @@ pub struct CoordinatorClient {
     /// sent again (after a reconnect) is answered with that report, never applied again (Rule 4:
     /// failure halts; the coordinator retries with the next attempt number).
     failed: Option<(pb::ReleaseId, pb::NodeStatus)>,
+    /// Wakes the reachability check at once (after an apply).
+    check_now: Arc<tokio::sync::Notify>,
+    /// The latest reachability result of this client host (None: not checked, or not a client).
+    reachability: tokio::sync::watch::Receiver<Option<Vec<pb::Reachability>>>,
+    reachability_sender: Option<tokio::sync::watch::Sender<Option<Vec<pb::Reachability>>>>,
 }
 
 impl CoordinatorClient {
@@ -97,21 +102,43 @@ impl CoordinatorClient {
         coordinator: CoordinatorConfig,
         engine: Arc<Mutex<Engine>>,
     ) -> CoordinatorClient {
+        let (sender, receiver) = tokio::sync::watch::channel(None);
         CoordinatorClient {
             config,
             coordinator,
             engine,
             failed: None,
+            check_now: Arc::new(tokio::sync::Notify::new()),
+            reachability: receiver,
+            reachability_sender: Some(sender),
         }
     }
 
     /// Connect, subscribe and apply releases until `cancel`; reconnect with backoff on any error or
     /// end of stream. An apply in flight when `cancel` fires finishes (and is reported) first.
     pub async fn run(mut self, cancel: CancellationToken) {
+        // Reachability is checked whether or not the coordinator is there; the latest result is
+        // reported by whichever session is up.
+        let checker = self.reachability_sender.take().map(|sender| {
+            tokio::spawn(check_reachability(
+                self.config.clone(),
+                Arc::clone(&self.check_now),
+                sender,
+                cancel.clone(),
+            ))
+        });
+        self.follow(&cancel).await;
+        if let Some(checker) = checker {
+            let _ = checker.await;
+        }
+        tracing::info!(node = %self.config.node, "coordinator client stopped");
+    }
+
+    async fn follow(&mut self, cancel: &CancellationToken) {
         let mut failures = 0u32;
         loop {
             let mut subscribed_at = None;
-            let result = self.session(&cancel, &mut subscribed_at).await;
+            let result = self.session(cancel, &mut subscribed_at).await;
             if cancel.is_cancelled() {
                 break;
             }
@@ -136,7 +163,6 @@ impl CoordinatorClient {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        tracing::info!(node = %self.config.node, "coordinator client stopped");
     }
 
     /// One connection: report facts, subscribe, handle releases. `Ok(())` only when cancelled.
@@ -190,12 +216,35 @@ impl CoordinatorClient {
             "subscribed to the coordinator"
         );
 
+        // A new session reports the latest reachability again: the coordinator may have restarted.
+        let mut reported_reachability: Option<Vec<pb::Reachability>> = None;
+        self.reachability.mark_changed();
         let mut facts_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + FACTS_PERIOD, FACTS_PERIOD);
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
+                changed = self.reachability.changed() => {
+                    if changed.is_err() {
+                        // The checker ended: only on cancel, which the next turn sees.
+                        continue;
+                    }
+                    let latest = self.reachability.borrow_and_update().clone();
+                    if let Some(latest) = latest {
+                        if reported_reachability.as_ref().is_none_or(|reported| !same_reachability(reported, &latest)) {
+                            let failing = latest.iter().filter(|reach| !reach.ok).count();
+                            tracing::info!(node = %self.config.node, endpoints = latest.len(), failing, "reachability changed; reporting it");
+                            report(&mut client, pb::NodeStatus {
+                                node: self.config.node.clone(),
+                                phase: pb::Phase::Unspecified as i32,
+                                reachability: latest.clone(),
+                                ..pb::NodeStatus::default()
+                            }).await?;
+                            reported_reachability = Some(latest);
+                        }
+                    }
+                }
                 _ = facts_timer.tick() => {
                     let facts = self.gather_facts().await?;
                     if facts != reported_facts {
@@ -307,7 +356,12 @@ impl CoordinatorClient {
             let same = applied.is_some_and(|applied| {
                 applied.release() == reference && applied.node_spec == check_spec
             });
-            Ok(same && engine.plan(&check_spec)?.is_empty())
+            if !(same && engine.plan(&check_spec)?.is_empty()) {
+                return Ok(false);
+            }
+            // The files match, but a reboot empties the kernel's ruleset: the filter again.
+            crate::firewall::enforce_for(engine.config(), &check_spec)?;
+            Ok(true)
         })
         .await?;
         match already {
@@ -361,6 +415,7 @@ impl CoordinatorClient {
                 };
                 tracing::info!(node = %node, generation = id.generation, step = id.step, attempt = id.attempt, "converged on release {}", describe(&id));
                 self.failed = None;
+                self.check_now.notify_one();
                 let mut converged = status(pb::Phase::Converged, reason);
                 converged.checks = checks.iter().map(|check| passed_check(check)).collect();
                 set_restart_window(&mut converged, restart_window);
@@ -397,6 +452,85 @@ impl CoordinatorClient {
         self.failed = Some((id, status.clone()));
         report(client, status).await
     }
+}
+
+/// Check reachability after each apply (`check_now`) and every `reachability.period`, on client
+/// hosts only (the applied state says which role this node has), and publish each result.
+async fn check_reachability(
+    config: AgentConfig,
+    check_now: Arc<tokio::sync::Notify>,
+    results: tokio::sync::watch::Sender<Option<Vec<pb::Reachability>>>,
+    cancel: CancellationToken,
+) {
+    let mut timer = tokio::time::interval(config.reachability.period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = check_now.notified() => {}
+            _ = timer.tick() => {}
+        }
+        let state_dir = config.state_dir.clone();
+        let node = config.node.clone();
+        let checked = tokio::task::spawn_blocking(move || {
+            let applied = match state::load(&state_dir) {
+                Ok(applied) => applied?,
+                Err(error) => {
+                    tracing::warn!(node = %node, "reachability: cannot read the applied state: {error}");
+                    return None;
+                }
+            };
+            let spec = applied.node_spec;
+            if !matches!(spec.role, kreach_common::desired::NodeRole::Client { .. }) {
+                return None;
+            }
+            let network = crate::reach::SystemNetwork {
+                timeout: crate::reach::CONNECT_TIMEOUT,
+            };
+            let checked_at_ms = unix_ms(SystemTime::now());
+            Some(
+                crate::reach::check(&network, &spec.bootstrap)
+                    .into_iter()
+                    .map(|reach| pb::Reachability {
+                        broker_id: reach.broker_id,
+                        ok: reach.ok(),
+                        reason: reach
+                            .failure
+                            .map(|failure| failure.reason().to_string())
+                            .unwrap_or_default(),
+                        endpoint: reach.endpoint,
+                        checked_at_ms,
+                        detail: reach.detail,
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await;
+        match checked {
+            Ok(Some(result)) => {
+                results.send_replace(Some(result));
+            }
+            Ok(None) => {}
+            Err(error) => {
+                tracing::error!(node = %config.node, "reachability check failed: {error}")
+            }
+        }
+    }
+}
+
+/// Equal apart from when they were checked: only a change is reported.
+fn same_reachability(a: &[pb::Reachability], b: &[pb::Reachability]) -> bool {
+    let key = |reach: &pb::Reachability| {
+        (
+            reach.broker_id,
+            reach.endpoint.clone(),
+            reach.ok,
+            reach.reason.clone(),
+            reach.detail.clone(),
+        )
+    };
+    a.len() == b.len() && a.iter().map(key).eq(b.iter().map(key))
 }
 
 async fn report(

@@ -13,7 +13,7 @@ pub mod kreachctl {
         name = "kreachctl",
         version,
         about = "Operate kreach: validate and render cluster specs offline; plan, apply and follow rollouts on a coordinator; create the mutual-TLS certificates.",
-        after_help = "Exit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait)."
+        after_help = "Exit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
     )]
     pub struct Cli {
         /// The coordinator's URL.
@@ -78,12 +78,17 @@ pub mod kreachctl {
             #[arg(long)]
             wait: bool,
         },
-        /// Every node: role, agent online, released and applied generation, phase, last error.
+        /// Every node: role, agent online, released and applied generation, phase, last error;
+        /// then the reachability matrix, client × broker (✓ or why not).
         Status {
             /// Follow the rollout live until it completes, pauses or is aborted.
             #[arg(long, short)]
             watch: bool,
         },
+        /// Check that every client reaches every broker it should, as the client agents last
+        /// reported it. Exit 0 when all do; exit 4 listing each failure (a client that has not
+        /// reported yet counts as a failure: unknown).
+        Check,
         /// Control the rollout in progress.
         Rollout {
             #[command(subcommand)]

@@ -10,9 +10,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kreach_common::desired::{render_node, NodeRole, NodeSpec};
+use kreach_common::desired::{
+    bootstrap_endpoints, render_node, BootstrapEndpoint, NodeRole, NodeSpec,
+};
 use kreach_common::diff::unified_diff;
-use kreach_common::spec::ClusterSpec;
+use kreach_common::spec::{ClusterSpec, View};
 use kreach_proto as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -230,13 +232,39 @@ impl Core {
         self.status_dirty = true;
     }
 
-    pub fn report_status(&mut self, status: pb::NodeStatus) -> Result<(), CoreError> {
+    pub fn report_status(&mut self, mut status: pb::NodeStatus) -> Result<(), CoreError> {
         let node = status.node.clone();
         let phase = pb::Phase::try_from(status.phase).unwrap_or(pb::Phase::Unspecified);
+        if phase == pb::Phase::Unspecified {
+            // A reachability report only: replace the node's reachability, keep the rest.
+            let entry = self.agents.entry(node.clone()).or_default();
+            let failing = status.reachability.iter().filter(|r| !r.ok).count();
+            tracing::info!(
+                node,
+                endpoints = status.reachability.len(),
+                failing,
+                "reachability reported"
+            );
+            entry
+                .status
+                .get_or_insert_with(|| pb::NodeStatus {
+                    node: node.clone(),
+                    ..pb::NodeStatus::default()
+                })
+                .reachability = status.reachability;
+            entry.last_seen_ms = now_ms();
+            self.dirty_agents.insert(node);
+            self.refresh_status();
+            return Ok(());
+        }
         let release = status.release;
         let reason = status.reason.clone();
         {
             let entry = self.agents.entry(node.clone()).or_default();
+            // Release reports carry no reachability: the last reachability report stands.
+            if let Some(previous) = entry.status.take() {
+                status.reachability = previous.reachability;
+            }
             entry.status = Some(status);
             entry.last_seen_ms = now_ms();
         }
@@ -624,9 +652,135 @@ impl Core {
             applied_generation: rollout.as_ref().map(|r| r.generation).unwrap_or(0),
             rollout,
             nodes,
-            reachability: Vec::new(),
+            reachability: self.reachability_rows(),
         }
     }
+
+    /// The reachability matrix: one row per client of the newest spec, one cell per broker it
+    /// should reach (its view's bootstrap endpoints), from what the client last reported.
+    fn reachability_rows(&self) -> Vec<pb::ReachabilityRow> {
+        let Some(spec) = &self.spec else {
+            return Vec::new();
+        };
+        spec.clients
+            .iter()
+            .map(|client| {
+                let entry = self.agents.get(&client.node);
+                let reported: &[pb::Reachability] = entry
+                    .and_then(|entry| entry.status.as_ref())
+                    .map(|status| status.reachability.as_slice())
+                    .unwrap_or(&[]);
+                let addresses: Vec<String> = entry
+                    .and_then(|entry| entry.facts.as_ref())
+                    .map(|facts| facts.addresses.clone())
+                    .unwrap_or_default();
+                let expected = bootstrap_endpoints(spec, client.view);
+                let brokers = expected
+                    .iter()
+                    .map(|endpoint| {
+                        let mut cell = reachability_cell(endpoint, reported, &client.node);
+                        if client.view == View::Public && cell.reason == "timed out" {
+                            if let Some(note) = dropped_note(&addresses, &spec.external.allow) {
+                                cell.detail = format!("{note}; {}", cell.detail);
+                            }
+                        }
+                        cell
+                    })
+                    .collect();
+                pb::ReachabilityRow {
+                    client: client.node.clone(),
+                    view: match client.view {
+                        View::Private => "private",
+                        View::Public => "public",
+                    }
+                    .to_string(),
+                    brokers,
+                    reported: !reported.is_empty(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// One cell of the matrix: the client's report on `expected`'s broker, judged against the spec.
+/// Pure.
+pub fn reachability_cell(
+    expected: &BootstrapEndpoint,
+    reported: &[pb::Reachability],
+    client: &str,
+) -> pb::Reachability {
+    let endpoint = expected.to_string();
+    let same = |reach: &&pb::Reachability| reach.endpoint.eq_ignore_ascii_case(&endpoint);
+    let about: Vec<&pb::Reachability> = reported
+        .iter()
+        .filter(|reach| reach.broker_id == expected.broker_id)
+        .collect();
+    if let Some(ok) = about.iter().find(|reach| reach.ok && same(reach)) {
+        return (*ok).clone();
+    }
+    if let Some(failed) = about
+        .iter()
+        .find(|reach| !reach.ok && same(reach))
+        .or_else(|| about.iter().find(|reach| !reach.ok))
+    {
+        return (*failed).clone();
+    }
+    let (reason, detail, checked_at_ms) = match about.first() {
+        Some(reached) => (
+            "stale",
+            format!(
+                "{client} reached broker {} at {}, but the spec advertises {endpoint} for its view (not checked since)",
+                expected.broker_id, reached.endpoint
+            ),
+            reached.checked_at_ms,
+        ),
+        None if reported.is_empty() => (
+            "unknown",
+            format!("{client} has not reported its reachability yet (is its agent running?)"),
+            0,
+        ),
+        None => (
+            "unknown",
+            format!(
+                "{client} has not reported on broker {} yet (it checks after each apply and periodically)",
+                expected.broker_id
+            ),
+            0,
+        ),
+    };
+    pb::Reachability {
+        broker_id: expected.broker_id,
+        endpoint,
+        ok: false,
+        reason: reason.to_string(),
+        checked_at_ms,
+        detail,
+    }
+}
+
+/// "dropped: 198.19.0.50 is not in listeners.external.allow", when none of the client's own
+/// addresses is allowed (its packets to the EXTERNAL port are dropped, which looks like a timeout).
+pub fn dropped_note(addresses: &[String], allow: &[ipnet::IpNet]) -> Option<String> {
+    let parsed: Vec<std::net::IpAddr> = addresses
+        .iter()
+        .filter_map(|address| address.parse().ok())
+        .collect();
+    if parsed.is_empty()
+        || parsed
+            .iter()
+            .any(|ip| allow.iter().any(|net| net.contains(ip)))
+    {
+        return None;
+    }
+    let list = parsed
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "dropped: {list} {} not in listeners.external.allow",
+        if parsed.len() == 1 { "is" } else { "are" }
+    ))
 }
 
 fn plan_steps(plan: &rollout::RolloutPlan) -> Vec<pb::PlannedStep> {
@@ -663,5 +817,73 @@ pub fn role_word(role: &NodeRole) -> &'static str {
     match role {
         NodeRole::Broker { .. } => "broker",
         NodeRole::Client { .. } => "client",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(id: i32, host: &str) -> BootstrapEndpoint {
+        BootstrapEndpoint {
+            broker_id: id,
+            host: host.to_string(),
+            port: 9093,
+        }
+    }
+
+    fn reach(id: i32, endpoint: &str, reason: &str) -> pb::Reachability {
+        pb::Reachability {
+            broker_id: id,
+            endpoint: endpoint.to_string(),
+            ok: reason.is_empty(),
+            reason: reason.to_string(),
+            checked_at_ms: 7,
+            detail: "d".to_string(),
+        }
+    }
+
+    #[test]
+    fn cells_judge_reports_against_the_spec() {
+        let expected = endpoint(1, "B1.c");
+        let cell = |reported: &[pb::Reachability]| reachability_cell(&expected, reported, "etl");
+        assert!(
+            cell(&[reach(1, "b1.c:9093", "")]).ok,
+            "names compare case-insensitively"
+        );
+        assert_eq!(cell(&[reach(1, "b1.c:9093", "refused")]).reason, "refused");
+        // Reached, but at an endpoint the spec no longer advertises for this view.
+        let stale = cell(&[reach(1, "198.19.0.11:9093", "")]);
+        assert_eq!((stale.ok, stale.reason.as_str()), (false, "stale"));
+        // Never reported at all, or not on this broker.
+        let unknown = cell(&[]);
+        assert_eq!(unknown.reason, "unknown");
+        assert!(
+            unknown
+                .detail
+                .contains("has not reported its reachability yet"),
+            "{}",
+            unknown.detail
+        );
+        let unknown = cell(&[reach(2, "b2.c:9093", "")]);
+        assert!(
+            unknown.detail.contains("not reported on broker 1"),
+            "{}",
+            unknown.detail
+        );
+    }
+
+    #[test]
+    fn a_client_outside_allow_is_told_it_is_dropped() {
+        let allow: Vec<ipnet::IpNet> = vec!["198.19.0.0/28".parse().unwrap()];
+        assert_eq!(
+            dropped_note(&["198.19.0.50".into()], &allow).as_deref(),
+            Some("dropped: 198.19.0.50 is not in listeners.external.allow")
+        );
+        assert_eq!(
+            dropped_note(&["198.19.0.5".into(), "10.0.0.1".into()], &allow),
+            None
+        );
+        assert_eq!(dropped_note(&[], &allow), None, "no facts: no guess");
     }
 }

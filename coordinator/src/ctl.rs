@@ -254,7 +254,97 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
         ],
         &rows,
     ));
+    out.push_str(&reachability_text(&status.reachability));
     out
+}
+
+/// The reachability matrix, client × broker: ✓ or the short reason; then one line per failure
+/// with its detail. Empty when the spec has no clients.
+pub fn reachability_text(rows: &[pb::ReachabilityRow]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut brokers: Vec<i32> = rows
+        .iter()
+        .flat_map(|row| row.brokers.iter().map(|cell| cell.broker_id))
+        .collect();
+    brokers.sort_unstable();
+    brokers.dedup();
+    let header: Vec<String> = ["CLIENT".to_string(), "VIEW".to_string()]
+        .into_iter()
+        .chain(brokers.iter().map(|id| format!("BROKER {id}")))
+        .collect();
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let mut line = vec![row.client.clone(), row.view.clone()];
+            for id in &brokers {
+                line.push(
+                    match row.brokers.iter().find(|cell| cell.broker_id == *id) {
+                        Some(cell) if cell.ok => "✓".to_string(),
+                        Some(cell) => cell.reason.clone(),
+                        None => "-".to_string(),
+                    },
+                );
+            }
+            line
+        })
+        .collect();
+    let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
+    let mut out = String::from("\nreachability (client × broker):\n");
+    out.push_str(&table(&header_refs, &cells));
+    let failures = check_failures(rows);
+    for failure in &failures {
+        out.push_str(&format!("  ✗ {failure}\n"));
+    }
+    out
+}
+
+/// Every client × broker pair that is not reachable, as a line an operator can act on. Empty ⇒
+/// every client reaches every broker it should. Pure.
+pub fn check_failures(rows: &[pb::ReachabilityRow]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for row in rows {
+        for cell in row.brokers.iter().filter(|cell| !cell.ok) {
+            failures.push(format!(
+                "{} ({} view) → broker {} at {}: {}: {}",
+                row.client, row.view, cell.broker_id, cell.endpoint, cell.reason, cell.detail
+            ));
+        }
+    }
+    failures
+}
+
+fn reachability_json(rows: &[pb::ReachabilityRow]) -> Value {
+    Value::Array(
+        rows.iter()
+            .map(|row| {
+                json!({
+                    "client": row.client,
+                    "view": row.view,
+                    "reported": row.reported,
+                    "brokers": row.brokers.iter().map(|cell| json!({
+                        "broker_id": cell.broker_id,
+                        "endpoint": cell.endpoint,
+                        "ok": cell.ok,
+                        "reason": cell.reason,
+                        "detail": cell.detail,
+                        "checked_at_ms": cell.checked_at_ms,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// `kreachctl check --output json`: whether every client reaches every broker, and what fails.
+pub fn check_json(rows: &[pb::ReachabilityRow]) -> Value {
+    let failures = check_failures(rows);
+    json!({
+        "ok": failures.is_empty(),
+        "failures": failures,
+        "reachability": reachability_json(rows),
+    })
 }
 
 pub fn status_json(status: &pb::StatusResponse) -> Value {
@@ -284,6 +374,7 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
             "restart_started_ms": n.status.as_ref().map(|s| s.restart_started_ms).unwrap_or(0),
             "restart_finished_ms": n.status.as_ref().map(|s| s.restart_finished_ms).unwrap_or(0),
         })).collect::<Vec<_>>(),
+        "reachability": reachability_json(&status.reachability),
     })
 }
 
@@ -385,6 +476,66 @@ mod tests {
     fn timestamps_render_in_utc() {
         assert_eq!(format_ms(0), "1970-01-01 00:00:00");
         assert_eq!(format_ms(1_795_624_571_000), "2026-11-25 16:36:11");
+    }
+
+    fn cell(id: i32, reason: &str) -> pb::Reachability {
+        pb::Reachability {
+            broker_id: id,
+            endpoint: format!("b{id}.c:9093"),
+            ok: reason.is_empty(),
+            reason: reason.to_string(),
+            checked_at_ms: 1,
+            detail: if reason.is_empty() {
+                "fine".into()
+            } else {
+                format!("why {id}")
+            },
+        }
+    }
+
+    fn rows() -> Vec<pb::ReachabilityRow> {
+        vec![
+            pb::ReachabilityRow {
+                client: "etl-1".into(),
+                view: "private".into(),
+                brokers: vec![cell(1, ""), cell(2, "")],
+                reported: true,
+            },
+            pb::ReachabilityRow {
+                client: "laptop-2".into(),
+                view: "public".into(),
+                brokers: vec![cell(1, "timed out"), cell(2, "")],
+                reported: true,
+            },
+        ]
+    }
+
+    #[test]
+    fn the_matrix_shows_a_tick_or_the_reason_and_lists_failures() {
+        let text = reachability_text(&rows());
+        assert_eq!(
+            text,
+            "\nreachability (client × broker):\n\
+             CLIENT    VIEW     BROKER 1   BROKER 2\n\
+             etl-1     private  ✓          ✓\n\
+             laptop-2  public   timed out  ✓\n  \
+             ✗ laptop-2 (public view) → broker 1 at b1.c:9093: timed out: why 1\n"
+        );
+        assert_eq!(reachability_text(&[]), "", "no clients, no matrix");
+    }
+
+    #[test]
+    fn check_passes_only_when_every_cell_is_reachable() {
+        let mut all = rows();
+        assert_eq!(check_failures(&all).len(), 1);
+        assert_eq!(check_json(&all)["ok"], false);
+        all[1].brokers[0] = cell(1, "");
+        assert!(check_failures(&all).is_empty());
+        assert_eq!(check_json(&all)["ok"], true);
+        assert_eq!(
+            check_json(&all)["reachability"][1]["brokers"][0]["ok"],
+            true
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use kreach_proto as pb;
 const EXIT_FAILED: u8 = 1;
 const EXIT_INVALID: u8 = 2;
 const EXIT_ROLLOUT_STOPPED: u8 = 3;
+const EXIT_UNREACHABLE: u8 = 4;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -252,6 +253,43 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .into_inner();
             print_value(cli, ctl::status_text(&status), ctl::status_json(&status));
             Ok(0)
+        }
+        Command::Check => {
+            let status = admin
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner();
+            if status.rollout.is_none() {
+                anyhow::bail!("no spec applied yet: nothing to check (kreachctl apply SPEC first)");
+            }
+            let failures = ctl::check_failures(&status.reachability);
+            match cli.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&ctl::check_json(&status.reachability))?
+                ),
+                Output::Table if failures.is_empty() => {
+                    let pairs: usize = status
+                        .reachability
+                        .iter()
+                        .map(|row| row.brokers.len())
+                        .sum();
+                    println!(
+                        "ok: {} client(s) reach every broker they should ({pairs} client × broker pair(s))",
+                        status.reachability.len()
+                    );
+                }
+                Output::Table => {
+                    print!("{}", ctl::reachability_text(&status.reachability));
+                    println!("{} failure(s)", failures.len());
+                }
+            }
+            Ok(if failures.is_empty() {
+                0
+            } else {
+                EXIT_UNREACHABLE
+            })
         }
         Command::Rollout { action } => {
             let status = match action {
