@@ -183,7 +183,14 @@ impl KafkaProbe {
                     .map(|p| p.topic.clone())
                     .collect();
                 let topics: Vec<String> = topics.into_iter().collect();
-                let min_isr = connection.min_insync_replicas(&topics)?;
+                // Metadata answered, so the broker serves: a failed DescribeConfigs must not
+                // turn into "not serving, nothing to protect". The gate decides what it blocks.
+                let min_isr = connection
+                    .min_insync_replicas(&topics)
+                    .unwrap_or_else(|error| gates::TopicMinIsr {
+                        unreadable: Some(error.to_string()),
+                        ..gates::TopicMinIsr::default()
+                    });
                 Ok((metadata, min_isr))
             });
             match answer {

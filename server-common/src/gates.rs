@@ -60,6 +60,11 @@ pub struct TopicMinIsr {
     /// Why some or all topics use Kafka's default instead of an answer (the request is not
     /// supported, or the broker returned an error for a topic). Shown in the check detail.
     pub notes: Vec<String>,
+    /// Set when the broker supports DescribeConfigs but the request failed: the values are
+    /// unknown, so a partition whose replication factor exceeds the default blocks the restart
+    /// (guessing 1 could let a restart drop a partition below its real minimum).
+    #[serde(default)]
+    pub unreadable: Option<String>,
 }
 
 impl TopicMinIsr {
@@ -430,6 +435,21 @@ pub fn pre_restart_gate(spec_id: i32, running: &RunningBroker) -> GateVerdict {
                 ids(&partition.isr),
                 ids(&partition.replicas)
             ));
+        }
+    }
+    if let Some(error) = &min_isr.unreadable {
+        let at_risk = metadata
+            .partitions
+            .iter()
+            .filter(|p| p.replicas.contains(&me) && p.replicas.len() > 1)
+            .count();
+        if at_risk > 0 {
+            blocking.insert(
+                0,
+                format!(
+                    "an unknown number of {at_risk} partition(s) with more than one replica: their min.insync.replicas could not be read from listener {listener} on {probed} ({error})"
+                ),
+            );
         }
     }
     let identity = if me == spec_id {
@@ -834,7 +854,7 @@ mod tests {
                 .iter()
                 .map(|(topic, value)| (topic.to_string(), *value))
                 .collect(),
-            notes: Vec::new(),
+            ..TopicMinIsr::default()
         }
     }
 
@@ -1114,6 +1134,26 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_min_isr_blocks_only_where_it_could_matter() {
+        let unreadable = TopicMinIsr {
+            unreadable: Some("127.0.0.1:9092 closed the connection during DescribeConfigs".into()),
+            ..TopicMinIsr::default()
+        };
+        let replicated = three_brokers(vec![partition("orders", 0, 1, &[1, 2, 3], &[1, 2, 3])]);
+        let reason = pre_restart_gate(1, &serving(replicated, unreadable.clone()))
+            .failure_reason()
+            .unwrap();
+        assert!(
+            reason.starts_with("min.insync.replicas: restarting broker 1 now would drop an unknown number of 1 partition(s)")
+                && reason.contains("could not be read from listener INTERNAL on 127.0.0.1:9092 (127.0.0.1:9092 closed the connection during DescribeConfigs)"),
+            "{reason}"
+        );
+        // Single-replica partitions cannot drop below any minimum by this restart's choice.
+        let single = three_brokers(vec![partition("logs", 0, 1, &[1], &[1])]);
+        assert!(pre_restart_gate(1, &serving(single, unreadable)).passed());
+    }
+
+    #[test]
     fn min_isr_equal_to_the_replication_factor_does_not_block() {
         let metadata = three_brokers(vec![partition("strict", 0, 1, &[1, 2, 3], &[1, 2, 3])]);
         let verdict = pre_restart_gate(1, &serving(metadata, min_isr(&[("strict", 3)])));
@@ -1159,6 +1199,7 @@ mod tests {
         let fallback = TopicMinIsr {
             by_topic: BTreeMap::new(),
             notes: vec!["127.0.0.1:9092 does not support DescribeConfigs; using Kafka's default min.insync.replicas=1 for every topic".into()],
+            unreadable: None,
         };
         assert_eq!(fallback.get("orders"), DEFAULT_MIN_INSYNC_REPLICAS);
         let verdict = pre_restart_gate(1, &serving(metadata, fallback));
