@@ -48,7 +48,9 @@ pub enum FirewallError {
 /// `table inet kreach {}` followed by `delete table inet kreach` deletes the table whether or not
 /// it exists, and because the whole script is one transaction the port is never unfiltered in
 /// between. Sources outside `allow` are dropped on the port, per family: with no IPv6 CIDR in
-/// `allow`, every IPv6 source is dropped there (and likewise for IPv4).
+/// `allow`, every IPv6 source is dropped there (and likewise for IPv4). Connections from the host
+/// itself (they arrive on `lo`) are accepted first: the agent's own post-restart probe of a
+/// listener bound to a wildcard address connects through loopback, and so do local health checks.
 pub fn ruleset(filter: Option<&ExternalFilter>) -> String {
     let mut script = format!("table {TABLE} {{}}\ndelete table {TABLE}\n");
     let Some(filter) = filter else {
@@ -86,6 +88,7 @@ pub fn ruleset(filter: Option<&ExternalFilter>) -> String {
          \tcomment \"kreach: sources allowed to reach the EXTERNAL port (listeners.external.allow); managed by kreach-agent\"\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority filter; policy accept;\n\
+         \t\tiif \"lo\" accept\n\
          \t\t{v4_rule}\n\
          \t\t{v6_rule}\n\
          \t}}\n\
@@ -215,6 +218,12 @@ mod tests {
             "{script}"
         );
         assert!(script.contains("type filter hook input priority filter; policy accept;"));
+        // The host's own connections (the agent's probe of 0.0.0.0:9093 goes to 127.0.0.1) pass.
+        assert!(
+            script.find("iif \"lo\" accept").expect("loopback accepted")
+                < script.find("tcp dport 9093").expect("the port's rule"),
+            "{script}"
+        );
         assert!(
             script.contains("tcp dport 9093 ip saddr != { 198.19.0.0/24, 203.0.113.7/32 } drop"),
             "{script}"
