@@ -350,6 +350,7 @@ impl Cluster {
             ];
             let config = format!(
                 "node = {:?}\nstate_dir = {:?}\n[manage]\nhosts_file = \"/etc/hosts\"\nkafka_properties = {:?}\n\
+                 probe = \"kafka\"\nfirewall = \"nftables\"\n\
                  [service_manager]\nkind = \"command\"\nrestart = {restart:?}\nstatus = {status:?}\n{}",
                 broker.node,
                 broker.dir.join("agent-state"),
@@ -442,7 +443,8 @@ impl Cluster {
         std::fs::write(
             dir.join("agent.toml"),
             format!(
-                "node = {node:?}\nstate_dir = {:?}\n[manage]\nhosts_file = \"/etc/hosts\"\n{}",
+                "node = {node:?}\nstate_dir = {:?}\n[manage]\nhosts_file = \"/etc/hosts\"\n\
+                 [reachability]\nperiod = \"2s\"\n{}",
                 dir.join("agent-state"),
                 self.coordinator_section(node, coordinator)
             ),
@@ -1208,6 +1210,108 @@ fn a_broker_whose_new_config_cannot_start_pauses_the_rollout_and_keeps_serving()
             "emr-worker-1 advertises {advertised:?} after the rollback"
         );
         cluster.produce_and_consume("etl", &endpoint, "after-rollback", 100)?;
+        Ok(())
+    })
+}
+
+/// The reachability matrix's cells for `client`: (broker id, ok, reason), from `kreachctl status`.
+fn reachability_row(status: &serde_json::Value, client: &str) -> Option<Vec<(i64, bool, String)>> {
+    let row = status["reachability"]
+        .as_array()?
+        .iter()
+        .find(|row| row["client"] == client)?;
+    if row["reported"] != true {
+        return None;
+    }
+    Some(
+        row["brokers"]
+            .as_array()?
+            .iter()
+            .map(|cell| {
+                (
+                    cell["broker_id"].as_i64().unwrap_or(-1),
+                    cell["ok"] == true,
+                    cell["reason"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A public client outside `allow`: the brokers' nftables filter drops its packets to 9093, so
+/// it cannot use the cluster, and its reachability report (kreachctl status, kreachctl check) says
+/// so broker by broker; a public client inside `allow` works and is reported reachable.
+#[test]
+fn a_public_client_outside_allow_is_dropped_and_reported() {
+    scenario("allow_list", |cluster| {
+        // laptop-1 (198.19.0.10) is inside 198.19.0.0/28, laptop-2 (198.19.0.20) is not.
+        let applied = cluster.apply(&SpecOptions {
+            allow: vec!["198.19.0.0/28"],
+            ..SpecOptions::public_access()
+        })?;
+        ensure!(
+            applied.code == 0,
+            "enabling public access for 198.19.0.0/28 did not complete (exit {}):\n{}{}",
+            applied.code,
+            applied.stdout,
+            applied.stderr
+        );
+        let public = cluster.bootstrap(true);
+        cluster.produce_and_consume("laptop", &public, "inside-allow", 100)?;
+        let (code, _, _) = cluster.client(
+            "laptop2",
+            &["metadata", "--bootstrap", &public, "--timeout", "5"],
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            code != 0,
+            "laptop-2 (outside allow) got metadata through the public endpoints: nothing was dropped"
+        );
+
+        // The report: laptop-2 cannot reach any broker, timed out (dropped, not refused);
+        // laptop-1 reaches every broker.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut status = cluster.status_json()?;
+        loop {
+            let outside = reachability_row(&status, "laptop-2");
+            let inside = reachability_row(&status, "laptop-1");
+            let dropped = outside.as_ref().is_some_and(|cells| {
+                cells.len() == 3
+                    && cells
+                        .iter()
+                        .all(|(_, ok, reason)| !ok && reason == "timed out")
+            });
+            let reachable = inside
+                .as_ref()
+                .is_some_and(|cells| cells.len() == 3 && cells.iter().all(|(_, ok, _)| *ok));
+            if dropped && reachable {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "within 60 s the reachability report did not show laptop-2 dropped (timed out) at every broker and laptop-1 reaching every broker; laptop-2: {outside:?}, laptop-1: {inside:?}\n{:#}",
+                    status["reachability"]
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            status = cluster.status_json()?;
+        }
+        let check = cluster.ctl(&["check"])?;
+        ensure!(
+            check.code == 4
+                && format!("{}{}", check.stdout, check.stderr).contains("laptop-2")
+                && format!("{}{}", check.stdout, check.stderr).contains("timed out"),
+            "kreachctl check should exit 4 naming laptop-2 and the drop (exit {}):\n{}{}",
+            check.code,
+            check.stdout,
+            check.stderr
+        );
+        let table = cluster.ctl(&["status"])?;
+        ensure!(
+            table.stdout.contains("laptop-2") && table.stdout.contains("timed out"),
+            "kreachctl status does not show laptop-2's drop:\n{}",
+            table.stdout
+        );
         Ok(())
     })
 }
