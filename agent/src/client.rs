@@ -454,8 +454,9 @@ impl CoordinatorClient {
     }
 }
 
-/// Check reachability after each apply (`check_now`) and every `reachability.period`, on client
-/// hosts only (the applied state says which role this node has), and publish each result.
+/// Check reachability after each apply (`check_now`) and every `reachability.period` on client
+/// hosts (the applied state says which role this node has), and publish each result. On brokers
+/// the same timer repairs the EXTERNAL filter when it went missing.
 async fn check_reachability(
     config: AgentConfig,
     check_now: Arc<tokio::sync::Notify>,
@@ -473,6 +474,7 @@ async fn check_reachability(
         }
         let state_dir = config.state_dir.clone();
         let node = config.node.clone();
+        let config_for_check = config.clone();
         let checked = tokio::task::spawn_blocking(move || {
             let applied = match state::load(&state_dir) {
                 Ok(applied) => applied?,
@@ -483,6 +485,10 @@ async fn check_reachability(
             };
             let spec = applied.node_spec;
             if !matches!(spec.role, kreach_common::desired::NodeRole::Client { .. }) {
+                // Brokers: the same timer keeps the EXTERNAL filter in place (drift repair).
+                if let Err(error) = crate::firewall::repair(&config_for_check, &spec) {
+                    tracing::error!(node = %node, "cannot repair the EXTERNAL filter: {error}");
+                }
                 return None;
             }
             let network = crate::reach::SystemNetwork {

@@ -141,6 +141,30 @@ pub fn enforce_for(config: &AgentConfig, node: &NodeSpec) -> Result<Option<Strin
     }
 }
 
+/// Drift repair for the filter: on a broker whose config enables the firewall, put the table back
+/// when it is missing while a filter is desired (a reboot, `nft flush ruleset`), or remove it when
+/// it is there while none is. `Ok(Some(what))` when something was repaired.
+pub fn repair(config: &AgentConfig, node: &NodeSpec) -> Result<Option<String>, FirewallError> {
+    if config.manage.firewall != FirewallKind::Nftables
+        || !matches!(node.role, NodeRole::Broker { .. })
+    {
+        return Ok(None);
+    }
+    let program = Path::new(NFT);
+    let present = run(program, &["list", "table", "inet", "kreach"], None).is_ok();
+    match (&node.external_filter, present) {
+        (Some(filter), false) => {
+            tracing::warn!(node = %config.node, table = TABLE, "the EXTERNAL filter is missing (a reboot or a flushed ruleset?); putting it back");
+            enforce(program, Some(filter)).map(Some)
+        }
+        (None, true) => {
+            tracing::warn!(node = %config.node, table = TABLE, "table {TABLE} is there but public access is disabled; removing it");
+            enforce(program, None).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Put back the filter of the last applied state (after a rollback or a failed write), so the
 /// filter and Kafka's listeners stay from the same release. Errors are logged: the rollback itself
 /// must go on.

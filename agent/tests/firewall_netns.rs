@@ -40,6 +40,23 @@ fn netns_helper() {
                 Err(error) => println!("RESULT: error: {error}"),
             }
         }
+        "repair" => {
+            let config = kreach_agent::config::AgentConfig::parse(
+                "node = \"w1\"\n[manage]\nfirewall = \"nftables\"\n",
+            )
+            .unwrap();
+            let spec = kreach_common::spec::ClusterSpec::parse(&format!(
+                "[cluster]\nname = \"c\"\n[listeners.external]\nport = {PORT}\nallow = [\"{ALLOWED}/32\"]\n\
+                 [[broker]]\nid = 1\nnode = \"w1\"\nprivate_ip = \"{BROKER_FOR_ALLOWED}\"\npublic_ip = \"{BROKER_FOR_OTHER}\"\n"
+            ))
+            .unwrap();
+            let node = kreach_common::desired::node_spec(&spec, "w1").unwrap();
+            match firewall::repair(&config, &node) {
+                Ok(Some(check)) => println!("RESULT: repaired: {check}"),
+                Ok(None) => println!("RESULT: nothing to repair"),
+                Err(error) => println!("RESULT: error: {error}"),
+            }
+        }
         "listen" => {
             let listener = TcpListener::bind(("0.0.0.0", PORT)).unwrap();
             listener.set_nonblocking(true).unwrap();
@@ -255,6 +272,18 @@ fn only_allowed_sources_reach_the_external_port_and_nothing_else_is_touched() {
     let both = enforce(&hosts, "198.18.0.0/15,2001:db8::/32");
     assert!(both.starts_with("ok:"), "{both}");
     assert_eq!(connect(&hosts, "outside", BROKER_FOR_OTHER), "connected");
+
+    // Someone flushes the ruleset (or the host rebooted): the agent's repair puts the filter back.
+    enforce(&hosts, &format!("{ALLOWED}/32"));
+    assert_eq!(helper(&hosts, "broker", "repair", &[]), "nothing to repair");
+    in_ns(&hosts, "broker", "nft delete table inet kreach");
+    assert_eq!(connect(&hosts, "outside", BROKER_FOR_OTHER), "connected");
+    let repaired = helper(&hosts, "broker", "repair", &[]);
+    assert!(
+        repaired.starts_with("repaired: firewall: nftables table inet kreach"),
+        "{repaired}"
+    );
+    assert_eq!(connect(&hosts, "outside", BROKER_FOR_OTHER), "timed out");
 
     // Public access disabled: the table goes, everyone connects, the operator's table stays.
     enforce(&hosts, &format!("{ALLOWED}/32"));
