@@ -2,8 +2,9 @@
 # Prepare (once) the Debian bookworm rootfs that the e2e-systemd tier boots with systemd-nspawn.
 #
 # Idempotent: installs debootstrap and systemd-container when missing, builds a minbase rootfs with
-# systemd, dbus and iproute2, and caches it as a tarball OUTSIDE the git checkout. When the cache
-# already exists it does nothing but print its path.
+# the packages below, and caches it as a tarball OUTSIDE the git checkout. When the cache already
+# exists and was built from the same package list (kept beside it in CACHE.packages) it does nothing
+# but print its path; a changed list rebuilds it once.
 #
 #   KREACH_ROOTFS_CACHE  cache tarball (default /var/cache/kreach-ci/rootfs-bookworm.tar.zst)
 #   KREACH_DEBIAN_MIRROR mirror URL (default: the first http(s) deb.debian.org-style URI apt uses here)
@@ -14,15 +15,18 @@ set -euo pipefail
 
 cache="${KREACH_ROOTFS_CACHE:-/var/cache/kreach-ci/rootfs-bookworm.tar.zst}"
 suite=bookworm
-packages=systemd,systemd-sysv,dbus,iproute2
+# python3: the e2e-net tier's kafka launcher runs inside the hosts as their kafka.service
+# (e2e_systemd_packages). Changing this list rebuilds the cache (see CACHE.packages below).
+packages=systemd,systemd-sysv,dbus,iproute2,python3
 
 log() { printf 'prepare-rootfs: %s\n' "$*" >&2; }
 
-if [[ -s "$cache" ]]; then
+if [[ -s "$cache" && "$(cat "$cache.packages" 2>/dev/null)" == "$packages" ]]; then
     log "cache present: $cache"
     echo "$cache"
     exit 0
 fi
+[[ -s "$cache" ]] && log "cache $cache was built from other packages than $packages: rebuilding it"
 
 if [[ "$(id -u)" != 0 ]]; then
     log "must run as root (debootstrap, mknod); cannot prepare $cache"
@@ -89,5 +93,6 @@ case "$cache" in
     *) tar --numeric-owner --xattrs -C "$work/rootfs" -cf "$tmp" . ;;
 esac
 mv -f "$tmp" "$cache"
+echo "$packages" >"$cache.packages"
 log "cached $(du -h "$cache" | cut -f1) at $cache"
 echo "$cache"

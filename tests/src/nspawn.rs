@@ -165,7 +165,9 @@ fn extract_lower(tarball: &Path) -> Result<PathBuf> {
     // Remove lower dirs of older caches: they are only ever read by hosts of a finished run.
     for entry in fs::read_dir(root)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("lower-") && entry.path() != lower {
+        // ...unless a host of another run still has it mounted as its lower dir (tests of another
+        // checkout may run at the same time on a shared machine).
+        if name.starts_with("lower-") && entry.path() != lower && !is_overlay_lower(&entry.path()) {
             let _ = fs::remove_dir_all(entry.path());
         }
     }
@@ -201,6 +203,18 @@ fn extract_lower(tarball: &Path) -> Result<PathBuf> {
         started.elapsed()
     );
     Ok(lower)
+}
+
+/// Whether any overlay mount on this machine uses `dir` as a lower dir.
+fn is_overlay_lower(dir: &Path) -> bool {
+    let needle = format!("lowerdir={}", dir.display());
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|mounts| {
+            mounts
+                .lines()
+                .any(|line| line.split([',', ' ']).any(|option| option == needle))
+        })
+        .unwrap_or(true)
 }
 
 /// The cgroup hierarchies a launcher must be placed in: both the unified (v2) and the named
@@ -577,6 +591,94 @@ impl Drop for Host {
                 self.name,
                 problems.join("\n  ")
             );
+        }
+    }
+}
+
+/// A layer-2 segment between hosts: a bridge in a network namespace of its own (nothing is created
+/// in the machine's namespace). Each attached host gets an `eth0` veth whose peer is a bridge port;
+/// dropping the bridge deletes its namespace, which removes every veth pair with it.
+pub struct Bridge {
+    netns: String,
+    ports: u32,
+}
+
+impl Bridge {
+    /// A namespace `kreach-<test>-br-<n>` holding the bridge `br0`, up.
+    pub fn new(test: &str) -> Result<Bridge> {
+        let bridge = Bridge {
+            netns: create_netns(&format!("{test}-br"))?,
+            ports: 0,
+        };
+        run(Command::new("ip").args(["-n", &bridge.netns, "link", "set", "lo", "up"]))?;
+        run(Command::new("ip").args([
+            "-n",
+            &bridge.netns,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+        ]))?;
+        run(Command::new("ip").args(["-n", &bridge.netns, "link", "set", "br0", "up"]))?;
+        Ok(bridge)
+    }
+
+    /// Give `host` an `eth0` on this bridge with `addresses` (CIDR; 198.18.0.0/15 only).
+    pub fn attach(&mut self, host: &Host, addresses: &[&str]) -> Result<()> {
+        for address in addresses {
+            let ip: std::net::Ipv4Addr = address
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .with_context(|| format!("{address} is not an IPv4 CIDR"))?;
+            let octets = ip.octets();
+            if octets[0] != 198 || !(18..=19).contains(&octets[1]) {
+                bail!("{address} is outside 198.18.0.0/15, the only range these tests may use");
+            }
+        }
+        self.ports += 1;
+        let port = format!("port{}", self.ports);
+        run(Command::new("ip").args([
+            "link",
+            "add",
+            "eth0",
+            "netns",
+            &host.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &port,
+            "netns",
+            &self.netns,
+        ]))?;
+        run(Command::new("ip").args([
+            "-n",
+            &self.netns,
+            "link",
+            "set",
+            &port,
+            "master",
+            "br0",
+            "up",
+        ]))?;
+        for address in addresses {
+            run(Command::new("ip").args(["-n", &host.name, "addr", "add", address, "dev", "eth0"]))?;
+        }
+        run(Command::new("ip").args(["-n", &host.name, "link", "set", "eth0", "up"]))?;
+        Ok(())
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let output = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+        if !output.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!("nspawn: ip netns del {} failed: {output:?}", self.netns);
         }
     }
 }
