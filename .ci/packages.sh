@@ -97,6 +97,18 @@ for rpm in "$out"/*.rpm; do
   rm -f "$out/rpmlint.log"
 done
 
+echo "== gate: a man page for every binary (rpmlint 2.4.0's own check is broken; see rpmlint.toml)"
+for pkg in "$out"/*.deb "$out"/*.rpm; do
+  case "$pkg" in
+    *.deb) files=$(dpkg-deb -c "$pkg" | awk '{print $NF}' | sed 's|^\./|/|') ;;
+    *) files=$(rpm -qlp "$pkg" 2>/dev/null) ;;
+  esac
+  for bin in $(printf '%s\n' "$files" | sed -n 's|^/usr/bin/||p'); do
+    printf '%s\n' "$files" | grep -Eq "^/usr/share/man/man[18]/$bin\.[18]\.gz$" \
+      || { echo "FAILED: $pkg has /usr/bin/$bin but no man page for it"; failed=1; }
+  done
+done
+
 echo "== gate: package contents"
 for pkg in kreach-agent kreach-coordinator; do
   expected=packaging/expected-contents/$pkg.txt
