@@ -13,7 +13,10 @@
 //!   the rolling restarts (design in the launcher's header);
 //! - agents run inside their hosts (`ip netns exec`, their own UTS namespace and hostname), edit
 //!   `/etc/hosts` there (the bind-mounted `/etc/netns/<ns>/hosts`) and talk mutual TLS to the
-//!   coordinator; `kreachctl` runs in the coordinator's namespace.
+//!   coordinator; `kreachctl` runs in the coordinator's namespace. Broker agents run with
+//!   `probe = "kafka"` (the gates ask every listener over the Kafka protocol, including whether it
+//!   advertises exactly the desired endpoint) and `firewall = "nftables"`; client agents check
+//!   reachability every 2 s.
 //!
 //! Each test starts from generation 1 — private access only, what the brokers ran before — and
 //! asserts what a user would see. Bounded waits everywhere; on failure the last `kreachctl status`
