@@ -1243,7 +1243,8 @@ fn reachability_row(status: &serde_json::Value, client: &str) -> Option<Vec<(i64
 
 /// A public client outside `allow`: the brokers' nftables filter drops its packets to 9093, so
 /// it cannot use the cluster, and its reachability report (kreachctl status, kreachctl check) says
-/// so broker by broker; a public client inside `allow` works and is reported reachable.
+/// so broker by broker; a public client inside `allow` works and is reported reachable. Disabling
+/// public access afterwards removes the filter: the port is closed, not filtered.
 #[test]
 fn a_public_client_outside_allow_is_dropped_and_reported() {
     scenario("allow_list", |cluster| {
@@ -1315,6 +1316,46 @@ fn a_public_client_outside_allow_is_dropped_and_reported() {
             "kreachctl status does not show laptop-2's drop:\n{}",
             table.stdout
         );
+
+        // Disabling public access removes the filter with the listener: from laptop-2 the port is
+        // now closed (refused), no longer silently dropped, and no broker keeps kreach's table.
+        let applied = cluster.apply(&SpecOptions::private_only())?;
+        ensure!(
+            applied.code == 0,
+            "disabling public access did not complete (exit {}):\n{}{}",
+            applied.code,
+            applied.stdout,
+            applied.stderr
+        );
+        for broker in &cluster.brokers {
+            let listing = cluster.net.exec(
+                &broker.host,
+                &["nft", "list", "table", "inet", "kreach"],
+                Duration::from_secs(10),
+            )?;
+            ensure!(
+                !listing.status.success(),
+                "{} still has table inet kreach after public access was disabled:\n{}",
+                broker.node,
+                String::from_utf8_lossy(&listing.stdout)
+            );
+            let connect = format!(
+                "import socket\ntry:\n    socket.create_connection(('{}', 9093), timeout=3).close(); print('connected')\n\
+                 except ConnectionRefusedError:\n    print('refused')\nexcept OSError as error:\n    print(error)",
+                broker.public_ip()
+            );
+            let output = cluster.net.exec(
+                "laptop2",
+                &["python3", "-c", &connect],
+                Duration::from_secs(15),
+            )?;
+            let outcome = String::from_utf8_lossy(&output.stdout).trim().to_string();
+            ensure!(
+                outcome == "refused",
+                "after public access was disabled, laptop-2 connecting to {}:9093 got {outcome:?}, expected refused",
+                broker.public_ip()
+            );
+        }
         Ok(())
     })
 }
