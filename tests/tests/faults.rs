@@ -174,6 +174,7 @@ fn run_fault(fault: &'static str, needs_root: bool, body: fn(&mut Row) -> Result
                 .unwrap_or_default()
         ),
     };
+    row.sees = tidy_paths(&row.sees);
     loud(&format!(
         "faults: == {fault}: {} ({:.1} s)\n   user sees: {}\n   files: {}\n   max_unavailable: {}",
         row.result,
@@ -183,6 +184,21 @@ fn run_fault(fault: &'static str, needs_root: bool, body: fn(&mut Row) -> Result
         row.max_unavailable
     ));
     row
+}
+
+/// The fleets' temp directories (`/tmp/.tmpAbC123`) as `$FLEET`, so the table shows what matters.
+fn tidy_paths(text: &str) -> String {
+    let prefix = format!("{}/.tmp", std::env::temp_dir().display());
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(&prefix) {
+        out.push_str(&rest[..at]);
+        out.push_str("$FLEET");
+        let after = &rest[at + prefix.len()..];
+        rest = &after[after.find('/').unwrap_or(after.len())..];
+    }
+    out.push_str(rest);
+    out
 }
 
 fn print_table(rows: &[Row]) {
@@ -198,19 +214,23 @@ fn print_table(rows: &[Row]) {
     };
     let mut out = String::from("\nfault-injection suite (issue 6 item 3)\n");
     out += &format!(
-        "{:<36} | {:<90} | {:<44} | {:<34} | result\n",
+        "{:<34} | {:<110} | {:<38} | {:<38} | result\n",
         "fault", "what the user sees", "files intact", "max_unavailable respected"
     );
-    out += &format!("{}\n", "-".repeat(36 + 90 + 44 + 34 + 20));
+    out += &format!("{}\n", "-".repeat(34 + 110 + 38 + 38 + 20));
     for row in rows {
         out += &format!(
-            "{:<36} | {:<90} | {:<44} | {:<34} | {}\n",
+            "{:<34} | {:<110} | {:<38} | {:<38} | {}\n",
             row.fault,
-            cut(&row.sees, 90),
-            cut(&row.intact, 44),
-            cut(&row.max_unavailable, 34),
+            cut(&row.sees, 110),
+            cut(&row.intact, 38),
+            cut(&row.max_unavailable, 38),
             cut(&row.result, 60)
         );
+    }
+    out += "\nwhat the user sees, in full:\n";
+    for row in rows {
+        out += &format!("  {}: {}\n", row.fault, row.sees);
     }
     loud(&out);
 }
@@ -435,6 +455,22 @@ impl Drop for Sampler {
             let _ = thread.join();
         }
     }
+}
+
+/// Every version the sampler saw of `path` was exactly `old` or exactly `new`: never a mix.
+fn only_old_or_new(sampled: &[Sampled], path: &Path, old: &str, new: &str) -> Result<usize> {
+    let seen = sampled
+        .iter()
+        .find(|s| s.path == path)
+        .with_context(|| format!("{} was sampled", path.display()))?;
+    for (version, _) in &seen.versions {
+        ensure!(
+            version == old || version == new,
+            "{} was neither the old nor the new content at one point:\n{version}",
+            path.display()
+        );
+    }
+    Ok(seen.versions.len())
 }
 
 fn restarts_since(fleet: &Fleet, since_ns: u128) -> Vec<(u32, Restart)> {
@@ -693,7 +729,8 @@ fn fault_disk_full(row: &mut Row) -> Result<()> {
     ensure!(fleet.brokers[1].properties().contains("EXTERNAL://"));
     check_files_now(&fleet, "after resume")?;
     row.sees += "; resume after freeing space: completed";
-    sampler.finish(row)?;
+    let sampled = sampler.finish(row)?;
+    only_old_or_new(&sampled, &props, &old, &fleet.brokers[0].properties())?;
     check_max_unavailable(row, &fleet, since, 1)?;
     drop(fleet);
     drop(tmpfs);
@@ -820,7 +857,8 @@ fn fault_immutable(row: &mut Row) -> Result<()> {
     ensure!(fleet.brokers[0].properties().contains("EXTERNAL://"));
     check_files_now(&fleet, "after resume")?;
     row.sees += "; chattr -i + resume: completed";
-    sampler.finish(row)?;
+    let sampled = sampler.finish(row)?;
+    only_old_or_new(&sampled, &props, &old, &fleet.brokers[0].properties())?;
     check_max_unavailable(row, &fleet, since, 1)
 }
 
@@ -884,7 +922,7 @@ fn fault_state_dir_removed(row: &mut Row) -> Result<()> {
         } else {
             "NOT recreated"
         },
-        short(said.trim(), 120)
+        short(said.trim(), 200)
     );
     ensure!(
         recreated,
@@ -1377,7 +1415,9 @@ fn fault_agent_killed(row: &mut Row) -> Result<()> {
         "kill -9 {pid} mid-restart: status {while_dead}; agent restarted -> converged on generation 2, completed ({restarts_of_1} restarts of broker 1)"
     );
     check_files_now(&fleet, "completed")?;
-    sampler.finish(row)?;
+    let sampled = sampler.finish(row)?;
+    let versions = only_old_or_new(&sampled, &props, &old, &fleet.brokers[0].properties())?;
+    row.sees += &format!("; server.properties went through {versions} versions, each old or new");
     check_max_unavailable(row, &fleet, since, 1)
 }
 
