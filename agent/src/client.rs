@@ -19,6 +19,7 @@ use kreach_proto::agent_service_client::AgentServiceClient;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::audit::{AuditEntry, AuditLog};
 use crate::config::{AgentConfig, CoordinatorConfig};
 use crate::drift::lock_engine;
 use crate::engine::{Engine, EngineError, Outcome, RestartWindow};
@@ -37,6 +38,8 @@ pub const STABLE_SESSION: Duration = Duration::from_secs(10);
 pub const FACTS_PERIOD: Duration = Duration::from_secs(30);
 /// Bound on each unary call and on connecting, so a half-dead coordinator cannot stall the client.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Audit entries per ReportAudit (the coordinator takes up to 1,000).
+const AUDIT_BATCH: usize = 500;
 
 /// The delay before the reconnect that follows `failures` consecutive failed sessions (0 for the
 /// first): `BACKOFF_INITIAL · 2^failures`, capped at `BACKOFF_MAX`, times `1 + JITTER · (2u − 1)`
@@ -197,6 +200,7 @@ impl CoordinatorClient {
             client.report_facts(self.facts_message(&reported_facts)),
         )
         .await?;
+        self.sync_audit(&mut client).await?;
 
         let applied = applied_release(&self.config.state_dir);
         let mut stream = call(
@@ -252,15 +256,69 @@ impl CoordinatorClient {
                         call("ReportFacts", client.report_facts(self.facts_message(&facts))).await?;
                         reported_facts = facts;
                     }
+                    // Drift repairs happen between releases: hand over their audit entries too.
+                    self.sync_audit(&mut client).await?;
                 }
                 message = stream.message() => match message {
                     // Not raced against `cancel`: an apply, once started, finishes and is reported.
-                    Ok(Some(release)) => self.handle_release(&mut client, release).await?,
+                    Ok(Some(release)) => {
+                        self.handle_release(&mut client, release).await?;
+                        self.sync_audit(&mut client).await?;
+                    }
                     Ok(None) => return Err(ClientError::StreamEnded),
                     Err(status) => return Err(ClientError::Rpc { call: "Subscribe", status }),
                 },
             }
         }
+    }
+
+    /// Hand the coordinator the audit entries it does not have yet (for `kreachctl history
+    /// --node`). The local trail stays the record; failing to read it never ends the session.
+    async fn sync_audit(
+        &self,
+        client: &mut AgentServiceClient<Channel>,
+    ) -> Result<(), ClientError> {
+        let node = self.config.node.clone();
+        let log = AuditLog::new(&self.config.state_dir);
+        let ack = call(
+            "ReportAudit",
+            client.report_audit(pb::AuditReport {
+                node: node.clone(),
+                records: Vec::new(),
+                restarted: false,
+            }),
+        )
+        .await?;
+        let pending = log.last_seq().and_then(|local_last| {
+            // A local trail behind the coordinator's started over (state dir recreated).
+            let restarted = local_last < ack.last_seq;
+            let after = if restarted { 0 } else { ack.last_seq };
+            Ok((log.read_since(after)?, restarted))
+        });
+        let (entries, mut restarted) = match pending {
+            Ok(pending) => pending,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the audit trail to report it");
+                return Ok(());
+            }
+        };
+        for batch in entries.chunks(AUDIT_BATCH) {
+            let records = batch.iter().map(audit_record).collect();
+            call(
+                "ReportAudit",
+                client.report_audit(pb::AuditReport {
+                    node: node.clone(),
+                    records,
+                    restarted,
+                }),
+            )
+            .await?;
+            restarted = false;
+        }
+        if !entries.is_empty() {
+            tracing::debug!(node = %node, entries = entries.len(), "audit entries reported");
+        }
+        Ok(())
     }
 
     async fn gather_facts(&self) -> Result<HostFacts, ClientError> {
@@ -548,6 +606,22 @@ async fn report(
         .map(|_| ())
 }
 
+fn audit_record(entry: &AuditEntry) -> pb::AuditRecord {
+    pb::AuditRecord {
+        seq: entry.seq,
+        at_ms: entry.at_ms,
+        file: entry.file.clone(),
+        path: entry.path.clone(),
+        action: entry.action.as_str().to_string(),
+        old_hash: entry.old_hash.clone().unwrap_or_default(),
+        new_hash: entry.new_hash.clone().unwrap_or_default(),
+        reason: entry.reason.clone(),
+        generation: entry.generation,
+        released_by: entry.released_by.clone(),
+        node: entry.node.clone(),
+    }
+}
+
 /// A unary call (or the start of the stream) bounded by [`CALL_TIMEOUT`].
 async fn call<T>(
     name: &'static str,
@@ -613,15 +687,18 @@ fn applied_release(state_dir: &Path) -> Option<pb::ReleaseId> {
 
 /// A check the engine passed, e.g. "INTERNAL accepts connections on 127.0.0.1:9092": named by
 /// its first word (the listener).
+/// A passed check's line as the engine gives it: the gates' `name: detail` ("advertised endpoint:
+/// listener EXTERNAL on ..."), or a TCP check's "INTERNAL accepts connections on ...", named by
+/// its listener.
 fn passed_check(text: &str) -> pb::Check {
+    let (name, detail) = match text.split_once(": ") {
+        Some((name, detail)) if !name.contains(':') && name.len() <= 40 => (name, detail),
+        _ => (text.split_whitespace().next().unwrap_or("check"), text),
+    };
     pb::Check {
-        name: text
-            .split_whitespace()
-            .next()
-            .unwrap_or("check")
-            .to_string(),
+        name: name.to_string(),
         ok: true,
-        detail: text.to_string(),
+        detail: detail.to_string(),
     }
 }
 
@@ -699,6 +776,14 @@ mod tests {
         assert_eq!(
             check.detail,
             "INTERNAL accepts connections on 127.0.0.1:9092"
+        );
+        let check = passed_check(
+            "advertised endpoint: listener EXTERNAL on 198.19.0.11:9093 advertises 198.19.0.11:9093",
+        );
+        assert_eq!(check.name, "advertised endpoint");
+        assert_eq!(
+            check.detail,
+            "listener EXTERNAL on 198.19.0.11:9093 advertises 198.19.0.11:9093"
         );
     }
 }

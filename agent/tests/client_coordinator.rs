@@ -21,6 +21,7 @@ struct Recorded {
     subscribes: Vec<pb::SubscribeRequest>,
     statuses: Vec<pb::NodeStatus>,
     facts: Vec<pb::HostFacts>,
+    audit: Vec<pb::AuditRecord>,
 }
 
 type Streams = Arc<Mutex<Vec<mpsc::Sender<Result<pb::Release, Status>>>>>;
@@ -76,6 +77,16 @@ impl AgentService for TestAgentService {
             .facts
             .push(request.into_inner());
         Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn report_audit(
+        &self,
+        request: Request<pb::AuditReport>,
+    ) -> Result<Response<pb::AuditAck>, Status> {
+        let mut recorded = self.recorded.lock().unwrap();
+        recorded.audit.extend(request.into_inner().records);
+        let last_seq = recorded.audit.iter().map(|r| r.seq).max().unwrap_or(0);
+        Ok(Response::new(pb::AuditAck { last_seq }))
     }
 }
 
@@ -190,6 +201,29 @@ fn the_agent_applies_releases_reports_them_and_keeps_enforcing_while_the_coordin
         agent.log()
     );
     assert_eq!(host.hosts(), expected);
+    // The change is handed over from the agent's audit trail right after the release.
+    wait_until(Duration::from_secs(15), || {
+        !coordinator.recorded.lock().unwrap().audit.is_empty()
+    });
+    {
+        let recorded = coordinator.recorded.lock().unwrap();
+        let audit = &recorded.audit;
+        assert_eq!(audit.len(), 1, "one file written: {audit:?}");
+        assert_eq!(
+            (
+                audit[0].seq,
+                audit[0].action.as_str(),
+                audit[0].file.as_str()
+            ),
+            (1, "apply", "hosts block"),
+            "{audit:?}"
+        );
+        assert_eq!(audit[0].generation, id.generation, "{audit:?}");
+        assert!(
+            audit[0].old_hash.len() == 64 && audit[0].new_hash.len() == 64,
+            "{audit:?}"
+        );
+    }
     {
         let recorded = coordinator.recorded.lock().unwrap();
         let facts = recorded.facts.first().expect("facts reported on connect");

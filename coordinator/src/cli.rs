@@ -94,8 +94,16 @@ pub mod kreachctl {
             #[command(subcommand)]
             action: RolloutAction,
         },
-        /// Every applied generation.
-        History,
+        /// Every applied generation; with --node, what kreach changed on that node and why (its
+        /// agent's audit trail: file, old and new hash, action, reason, generation, releaser).
+        History {
+            /// Show this node's changes instead of the generations.
+            #[arg(long, value_name = "NODE")]
+            node: Option<String>,
+            /// With --node: only the last N changes.
+            #[arg(long, value_name = "N", requires = "node")]
+            last: Option<u32>,
+        },
         /// Roll out an earlier generation's spec again, as a new generation.
         Rollback {
             /// The generation to return to (see `kreachctl history`).

@@ -560,7 +560,45 @@ impl Core {
         self.apply(&record.spec_toml, force, who, Some(to))
     }
 
-    pub fn history(&self) -> Result<pb::HistoryResponse, CoreError> {
+    /// Keep the audit entries an agent hands over; answer with the highest seq kept for its node
+    /// (an empty report only asks).
+    pub fn report_audit(&mut self, report: pb::AuditReport) -> Result<pb::AuditAck, CoreError> {
+        let node = report.node;
+        let last_seq = if report.records.is_empty() {
+            self.store.audit_last_seq(&node)?
+        } else {
+            let entries: Vec<(u64, Vec<u8>)> = report
+                .records
+                .into_iter()
+                .map(|mut record| {
+                    record.node = node.clone();
+                    (record.seq, record.encode_to_vec())
+                })
+                .collect();
+            self.store.append_audit(&node, &entries, report.restarted)?
+        };
+        Ok(pb::AuditAck { last_seq })
+    }
+
+    /// The generations, or with `request.node` that node's changes as its agent reported them.
+    pub fn history(&self, request: &pb::HistoryRequest) -> Result<pb::HistoryResponse, CoreError> {
+        if request.node.is_empty() {
+            return self.generations();
+        }
+        let last = (request.last > 0).then_some(request.last as usize);
+        let changes = self
+            .store
+            .audit(&request.node, last)?
+            .into_iter()
+            .filter_map(|bytes| pb::AuditRecord::decode(bytes.as_slice()).ok())
+            .collect();
+        Ok(pb::HistoryResponse {
+            generations: Vec::new(),
+            changes,
+        })
+    }
+
+    fn generations(&self) -> Result<pb::HistoryResponse, CoreError> {
         let current = self
             .record
             .rollout
@@ -587,7 +625,10 @@ impl Core {
                 }
             })
             .collect();
-        Ok(pb::HistoryResponse { generations })
+        Ok(pb::HistoryResponse {
+            generations,
+            changes: Vec::new(),
+        })
     }
 
     pub fn nodes(&self) -> pb::NodesResponse {

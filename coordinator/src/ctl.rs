@@ -404,6 +404,59 @@ pub fn history_json(history: &pb::HistoryResponse) -> Value {
     )
 }
 
+/// A node's changes (its agent's audit trail), one row each.
+pub fn changes_text(node: &str, changes: &[pb::AuditRecord]) -> String {
+    if changes.is_empty() {
+        return format!("no changes reported by node {node}\n");
+    }
+    let short = |hash: &str| {
+        if hash.is_empty() {
+            "(none)".to_string()
+        } else {
+            hash.chars().take(12).collect()
+        }
+    };
+    let rows: Vec<Vec<String>> = changes
+        .iter()
+        .map(|c| {
+            vec![
+                format_ms(c.at_ms),
+                c.generation.to_string(),
+                c.action.clone(),
+                c.path.clone(),
+                format!("{} -> {}", short(&c.old_hash), short(&c.new_hash)),
+                c.reason.clone(),
+                c.released_by.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "AT (UTC)",
+            "GEN",
+            "ACTION",
+            "FILE",
+            "SHA256 BEFORE -> AFTER",
+            "REASON",
+            "RELEASED BY",
+        ],
+        &rows,
+    )
+}
+
+pub fn changes_json(changes: &[pb::AuditRecord]) -> Value {
+    Value::Array(
+        changes
+            .iter()
+            .map(|c| {
+                json!({"node": c.node, "seq": c.seq, "at_ms": c.at_ms, "file": c.file, "path": c.path,
+                       "action": c.action, "old_hash": c.old_hash, "new_hash": c.new_hash,
+                       "reason": c.reason, "generation": c.generation, "released_by": c.released_by})
+            })
+            .collect(),
+    )
+}
+
 pub fn nodes_text(nodes: &pb::NodesResponse) -> String {
     let rows: Vec<Vec<String>> = nodes
         .nodes

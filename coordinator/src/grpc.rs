@@ -17,6 +17,9 @@ use tonic::{Request, Response, Status};
 
 use crate::core::{Core, CoreError};
 
+/// The most audit entries one AuditReport may carry (agents send batches of 500).
+pub const MAX_AUDIT_BATCH: usize = 1000;
+
 pub type SharedCore = Arc<Mutex<Core>>;
 
 /// Whether callers are authenticated by certificate.
@@ -155,6 +158,23 @@ impl AgentService for Services {
         Ok(Response::new(pb::Ack {}))
     }
 
+    async fn report_audit(
+        &self,
+        request: Request<pb::AuditReport>,
+    ) -> Result<Response<pb::AuditAck>, Status> {
+        let node = request.get_ref().node.clone();
+        self.require_node(&request, &node)?;
+        let records = request.get_ref().records.len();
+        if records > MAX_AUDIT_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "AuditReport carries {records} records; send at most {MAX_AUDIT_BATCH} at a time"
+            )));
+        }
+        Ok(Response::new(
+            self.core().report_audit(request.into_inner())?,
+        ))
+    }
+
     async fn report_facts(
         &self,
         request: Request<pb::HostFacts>,
@@ -242,7 +262,7 @@ impl AdminService for Services {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         self.require_admin(&request)?;
-        Ok(Response::new(self.core().history()?))
+        Ok(Response::new(self.core().history(request.get_ref())?))
     }
 
     async fn rollback(

@@ -13,6 +13,19 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 const GENERATIONS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("generations");
 const META: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("meta");
 const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("agents");
+/// Each node's audit trail as its agent handed it over: (node, ordinal) → encoded entry.
+const AUDIT: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("audit");
+/// Per node: the highest agent seq kept and the next ordinal.
+const AUDIT_CURSORS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("audit_cursors");
+
+/// How many audit entries are kept per node (the agent keeps its own full trail).
+pub const AUDIT_KEPT_PER_NODE: u64 = 1000;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct AuditCursor {
+    last_seq: u64,
+    next_ordinal: u64,
+}
 
 const ROLLOUT_KEY: &str = "rollout";
 
@@ -84,6 +97,8 @@ impl Store {
             txn.open_table(GENERATIONS)?;
             txn.open_table(META)?;
             txn.open_table(AGENTS)?;
+            txn.open_table(AUDIT)?;
+            txn.open_table(AUDIT_CURSORS)?;
             Ok(())
         })?;
         Ok(store)
@@ -198,6 +213,78 @@ impl Store {
         })
     }
 
+    /// Keep a node's audit entries `(agent seq, encoded entry)`, in one transaction: entries at or
+    /// below the highest seq already kept are duplicates of a resend and skipped, unless the
+    /// agent's trail `restarted`. Only the latest [`AUDIT_KEPT_PER_NODE`] stay. Returns the
+    /// highest seq kept.
+    pub fn append_audit(
+        &self,
+        node: &str,
+        entries: &[(u64, Vec<u8>)],
+        restarted: bool,
+    ) -> Result<u64, StoreError> {
+        let mut last_seq = 0;
+        self.write(|txn| {
+            let mut cursors = txn.open_table(AUDIT_CURSORS)?;
+            let mut cursor: AuditCursor = cursors
+                .get(node)?
+                .and_then(|value| serde_json::from_slice(value.value()).ok())
+                .unwrap_or_default();
+            let mut table = txn.open_table(AUDIT)?;
+            for (index, (seq, bytes)) in entries.iter().enumerate() {
+                let fresh = if restarted && index == 0 {
+                    true
+                } else {
+                    *seq > cursor.last_seq
+                };
+                if !fresh {
+                    continue;
+                }
+                table.insert((node, cursor.next_ordinal), bytes.as_slice())?;
+                cursor.next_ordinal += 1;
+                cursor.last_seq = *seq;
+            }
+            if cursor.next_ordinal > AUDIT_KEPT_PER_NODE {
+                let below = cursor.next_ordinal - AUDIT_KEPT_PER_NODE;
+                table.retain_in((node, 0)..(node, below), |_, _| false)?;
+            }
+            let encoded = serde_json::to_vec(&cursor).expect("serializable");
+            cursors.insert(node, encoded.as_slice())?;
+            last_seq = cursor.last_seq;
+            Ok(())
+        })?;
+        Ok(last_seq)
+    }
+
+    /// The highest agent seq kept for `node` (0: none).
+    pub fn audit_last_seq(&self, node: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let cursors = txn.open_table(AUDIT_CURSORS).map_err(|e| self.io(e))?;
+        let cursor: AuditCursor = match cursors.get(node).map_err(|e| self.io(e))? {
+            Some(value) => self.decode(&format!("audit cursor {node}"), value.value())?,
+            None => AuditCursor::default(),
+        };
+        Ok(cursor.last_seq)
+    }
+
+    /// `node`'s kept audit entries (encoded), oldest first; at most the `last` latest when set.
+    pub fn audit(&self, node: &str, last: Option<usize>) -> Result<Vec<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(AUDIT).map_err(|e| self.io(e))?;
+        let mut entries = Vec::new();
+        for item in table
+            .range((node, 0)..=(node, u64::MAX))
+            .map_err(|e| self.io(e))?
+        {
+            let (_, value) = item.map_err(|e| self.io(e))?;
+            entries.push(value.value().to_vec());
+        }
+        if let Some(last) = last {
+            entries.drain(..entries.len().saturating_sub(last));
+        }
+        Ok(entries)
+    }
+
     pub fn agents(&self) -> Result<Vec<(String, AgentRecord)>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(AGENTS).map_err(|e| self.io(e))?;
@@ -259,6 +346,39 @@ mod tests {
             Some(FakeRollout { step: 2 })
         );
         assert_eq!(store.agents().unwrap()[0].1.last_seen_ms, 9);
+    }
+
+    #[test]
+    fn audit_entries_are_kept_once_per_node_pruned_and_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.redb");
+        {
+            let store = Store::open(&path).unwrap();
+            let batch: Vec<(u64, Vec<u8>)> = (1..=3).map(|seq| (seq, vec![seq as u8])).collect();
+            assert_eq!(store.append_audit("w1", &batch, false).unwrap(), 3);
+            // A resend after a lost ack adds nothing.
+            assert_eq!(store.append_audit("w1", &batch[1..], false).unwrap(), 3);
+            assert_eq!(store.append_audit("w2", &batch[..1], false).unwrap(), 1);
+            // A trail that started over keeps the older entries too.
+            assert_eq!(store.append_audit("w1", &[(1, vec![9])], true).unwrap(), 1);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.audit("w1", None).unwrap(),
+            vec![vec![1], vec![2], vec![3], vec![9]]
+        );
+        assert_eq!(store.audit("w1", Some(2)).unwrap(), vec![vec![3], vec![9]]);
+        assert_eq!(store.audit("w2", None).unwrap(), vec![vec![1]]);
+        assert_eq!(store.audit_last_seq("w1").unwrap(), 1);
+        assert_eq!(store.audit_last_seq("nobody").unwrap(), 0);
+
+        let many: Vec<(u64, Vec<u8>)> = (10..10 + AUDIT_KEPT_PER_NODE + 5)
+            .map(|seq| (seq, seq.to_le_bytes().to_vec()))
+            .collect();
+        store.append_audit("w1", &many, false).unwrap();
+        let kept = store.audit("w1", None).unwrap();
+        assert_eq!(kept.len() as u64, AUDIT_KEPT_PER_NODE);
+        assert_eq!(kept.last().unwrap(), &many.last().unwrap().1);
     }
 
     #[test]

@@ -313,6 +313,53 @@ fn a_failing_broker_pauses_the_rollout_rolls_back_and_resume_and_abort_behave() 
         "no other broker was touched after the failure: {restarts:?}"
     );
 
+    // What kreach changed on broker 2, and why — from the coordinator, out of the agent's audit
+    // trail: the write of generation 2's listener settings, then its rollback with the reason.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let changes = loop {
+        let run = fleet
+            .ctl(&["history", "--node", "emr-worker-2", "--output", "json"])
+            .unwrap();
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        let changes: Vec<serde_json::Value> = serde_json::from_str(&run.stdout).unwrap();
+        let has_rollback = changes.iter().any(|c| c["action"] == "rollback");
+        if has_rollback || std::time::Instant::now() > deadline {
+            break changes;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let gen2_changes: Vec<&serde_json::Value> = changes
+        .iter()
+        .filter(|c| c["generation"] == 2 && c["file"] == "listener settings")
+        .collect();
+    assert_eq!(gen2_changes.len(), 2, "{changes:#?}");
+    assert_eq!(gen2_changes[0]["action"], "apply", "{changes:#?}");
+    assert!(
+        gen2_changes[0]["released_by"]
+            .as_str()
+            .unwrap()
+            .contains("generation 2"),
+        "{changes:#?}"
+    );
+    assert_eq!(gen2_changes[1]["action"], "rollback", "{changes:#?}");
+    assert!(
+        gen2_changes[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("cannot bind"),
+        "{changes:#?}"
+    );
+    assert_eq!(
+        gen2_changes[1]["new_hash"], gen2_changes[0]["old_hash"],
+        "the rollback restored exactly the bytes before: {changes:#?}"
+    );
+    let table = fleet.ctl(&["history", "--node", "emr-worker-2"]).unwrap();
+    assert!(
+        table.stdout.contains("SHA256 BEFORE -> AFTER") && table.stdout.contains("rollback"),
+        "{}",
+        table.stdout
+    );
+
     // Resume retries the same broker; still failing, it pauses again.
     let resumed = fleet.ctl(&["rollout", "resume"]).unwrap();
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);

@@ -302,17 +302,27 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             print_value(cli, ctl::status_text(&status), ctl::status_json(&status));
             Ok(0)
         }
-        Command::History => {
+        Command::History { node, last } => {
             let history = admin
-                .history(pb::HistoryRequest {})
+                .history(pb::HistoryRequest {
+                    node: node.clone().unwrap_or_default(),
+                    last: last.unwrap_or(0),
+                })
                 .await
                 .map_err(fail)?
                 .into_inner();
-            print_value(
-                cli,
-                ctl::history_text(&history),
-                ctl::history_json(&history),
-            );
+            match node {
+                None => print_value(
+                    cli,
+                    ctl::history_text(&history),
+                    ctl::history_json(&history),
+                ),
+                Some(node) => print_value(
+                    cli,
+                    ctl::changes_text(node, &history.changes),
+                    ctl::changes_json(&history.changes),
+                ),
+            }
             Ok(0)
         }
         Command::Rollback { to, yes, force } => {

@@ -104,6 +104,57 @@ pub struct ReleaseId {
     #[prost(uint32, tag = "3")]
     pub attempt: u32,
 }
+/// One change an agent made to a managed file (a line of its STATE_DIR/audit.jsonl).
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuditRecord {
+    /// The agent's own sequence number (1, 2, ... for the life of its state directory).
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(uint64, tag = "2")]
+    pub at_ms: u64,
+    /// "hosts block", "listener settings", ...
+    #[prost(string, tag = "3")]
+    pub file: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub path: ::prost::alloc::string::String,
+    /// "apply", "repair", "rollback", "undo".
+    #[prost(string, tag = "5")]
+    pub action: ::prost::alloc::string::String,
+    /// sha256 hex of the bytes before / after; empty when the file did not exist / was removed.
+    #[prost(string, tag = "6")]
+    pub old_hash: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub new_hash: ::prost::alloc::string::String,
+    #[prost(string, tag = "8")]
+    pub reason: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "9")]
+    pub generation: u64,
+    #[prost(string, tag = "10")]
+    pub released_by: ::prost::alloc::string::String,
+    /// Filled in by the coordinator in HistoryResponse.
+    #[prost(string, tag = "11")]
+    pub node: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct AuditReport {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub records: ::prost::alloc::vec::Vec<AuditRecord>,
+    /// The agent's trail starts over (its state directory was recreated): accept seq numbers lower
+    /// than the ones already kept; the older entries stay in the history.
+    #[prost(bool, tag = "3")]
+    pub restarted: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AuditAck {
+    /// The highest agent seq the coordinator keeps for this node (0: none).
+    #[prost(uint64, tag = "1")]
+    pub last_seq: u64,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SubscribeRequest {
@@ -340,8 +391,15 @@ pub struct ReachabilityRow {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RolloutControl {}
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct HistoryRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HistoryRequest {
+    /// When set: that node's changes (its agent's audit trail) instead of the generations.
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// At most this many of the node's latest changes (0: all kept, up to 1,000).
+    #[prost(uint32, tag = "2")]
+    pub last: u32,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct GenerationRecord {
@@ -362,6 +420,9 @@ pub struct GenerationRecord {
 pub struct HistoryResponse {
     #[prost(message, repeated, tag = "1")]
     pub generations: ::prost::alloc::vec::Vec<GenerationRecord>,
+    /// For HistoryRequest.node: the node's changes, oldest first.
+    #[prost(message, repeated, tag = "2")]
+    pub changes: ::prost::alloc::vec::Vec<AuditRecord>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -585,6 +646,29 @@ pub mod agent_service_client {
                 .insert(GrpcMethod::new("kreach.v1.AgentService", "ReportFacts"));
             self.inner.unary(req, path, codec).await
         }
+        /// Hand over entries of the agent's audit trail. An empty report asks where the coordinator
+        /// stands; the agent then sends the entries after `AuditAck.last_seq`, in batches.
+        pub async fn report_audit(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AuditReport>,
+        ) -> std::result::Result<tonic::Response<super::AuditAck>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/kreach.v1.AgentService/ReportAudit",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("kreach.v1.AgentService", "ReportAudit"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -621,6 +705,12 @@ pub mod agent_service_server {
             &self,
             request: tonic::Request<super::HostFacts>,
         ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
+        /// Hand over entries of the agent's audit trail. An empty report asks where the coordinator
+        /// stands; the agent then sends the entries after `AuditAck.last_seq`, in batches.
+        async fn report_audit(
+            &self,
+            request: tonic::Request<super::AuditReport>,
+        ) -> std::result::Result<tonic::Response<super::AuditAck>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AgentServiceServer<T> {
@@ -815,6 +905,49 @@ pub mod agent_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReportFactsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/kreach.v1.AgentService/ReportAudit" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportAuditSvc<T: AgentService>(pub Arc<T>);
+                    impl<T: AgentService> tonic::server::UnaryService<super::AuditReport>
+                    for ReportAuditSvc<T> {
+                        type Response = super::AuditAck;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AuditReport>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::report_audit(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportAuditSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
