@@ -8,7 +8,7 @@ use std::time::Duration;
 use kreach_common::tls::{init_certs, load_tls_files, peer_identity, PeerIdentity, TlsFiles};
 use kreach_proto::agent_service_client::AgentServiceClient;
 use kreach_proto::agent_service_server::{AgentService, AgentServiceServer};
-use kreach_proto::{Ack, HostFacts, NodeStatus, Release, SubscribeRequest};
+use kreach_proto::{Ack, AuditAck, AuditReport, HostFacts, NodeStatus, Release, SubscribeRequest};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
@@ -50,6 +50,13 @@ impl AgentService for EchoIdentity {
             .metadata_mut()
             .insert(IDENTITY_HEADER, format!("{identity:?}").parse().unwrap());
         Ok(response)
+    }
+
+    async fn report_audit(
+        &self,
+        _request: Request<AuditReport>,
+    ) -> Result<Response<AuditAck>, Status> {
+        Err(Status::unimplemented("not used by the handshake tests"))
     }
 }
 
