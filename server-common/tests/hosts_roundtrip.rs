@@ -56,7 +56,9 @@ fn line_text() -> impl Strategy<Value = String> {
         2 => Just(String::new()),
         1 => "[ \t]{1,4}",
         4 => hosts_line(),
-        1 => "[^\n]{0,30}",
+        // Any text but NUL: a NUL byte makes the file binary, which the editor refuses (see
+        // `a_nul_byte_anywhere_is_refused`).
+        1 => "[^\n\x00]{0,30}",
         1 => Just("# BEGIN kreachy (another tool's block)".to_owned()),
         1 => Just("#END kreach".to_owned()),
     ]
@@ -102,6 +104,26 @@ fn cluster() -> impl Strategy<Value = String> {
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// A NUL byte anywhere makes the file binary: the editor refuses it, naming the line, instead
+    /// of rewriting a corrupted /etc/hosts.
+    #[test]
+    fn a_nul_byte_anywhere_is_refused(
+        original in surrounding(), cluster in cluster(), entries in entries(), at in any::<prop::sample::Index>()
+    ) {
+        let mut corrupted = original.clone();
+        let mut offset = at.index(corrupted.len() + 1);
+        while !corrupted.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        corrupted.insert(offset, '\0');
+        let line = corrupted[..offset].matches('\n').count() + 1;
+        let error = apply_block(&corrupted, &cluster, &entries).unwrap_err();
+        prop_assert!(
+            error.to_string().starts_with(&format!("line {line} contains a NUL byte")),
+            "{}", error
+        );
+    }
 
     #[test]
     fn apply_strip_and_remove_give_back_the_original(
