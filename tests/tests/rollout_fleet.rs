@@ -535,3 +535,27 @@ fn an_offline_agent_blocks_its_step_and_is_shown_never_skipped() {
         .client_hosts("etl-2")
         .contains("emr-worker-1.fleet-14"));
 }
+
+#[test]
+fn the_coordinator_stops_within_5_s_on_sigterm_while_agents_are_connected() {
+    let (mut fleet, _) = fleet_on_generation_1(15, 2, &[("etl-1", "private")], None);
+    let mut coordinator = fleet.coordinator.take().expect("running");
+    let started = std::time::Instant::now();
+    let code = coordinator.terminate(Duration::from_secs(5));
+    assert_eq!(
+        code,
+        Some(0),
+        "the coordinator did not end cleanly within 5 s of SIGTERM (it was killed after {:?}); log:\n{}",
+        started.elapsed(),
+        coordinator.log()
+    );
+    // The store was flushed and closed: a new coordinator opens it and knows generation 1.
+    fleet.start_coordinator().unwrap();
+    fleet.wait_until_online(Duration::from_secs(30)).unwrap();
+    let history = fleet.ctl(&["history", "--output", "json"]).unwrap();
+    assert!(
+        history.stdout.contains("\"generation\": 1"),
+        "{}",
+        history.stdout
+    );
+}

@@ -13,6 +13,11 @@ use kreach_coordinator::grpc::{Auth, Services};
 use kreach_proto as pb;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+/// How long a stopping coordinator lets calls in flight finish before it closes the rest.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+/// The coordinator is gone this long after the stop signal, whatever is still open.
+const STOP_DEADLINE: Duration = Duration::from_secs(3);
+
 fn main() -> ExitCode {
     kreach_common::daemon::init_logging();
     let cli = Cli::parse();
@@ -120,20 +125,9 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         })
     };
 
-    let shutdown = async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-        }
-        kreach_common::daemon::systemd_notify::stopping();
-    };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    // The store is open and the listener bound: connections queue in the backlog until serving.
-    kreach_common::daemon::systemd_notify::ready(&format!("listening on {address}"));
-    builder
+    let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
+    let server = builder
         .add_service(
             pb::agent_service_server::AgentServiceServer::new(services.clone())
                 .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
@@ -142,9 +136,45 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
             pb::admin_service_server::AdminServiceServer::new(services)
                 .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .context("serving")?;
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stop_receiver.await;
+        });
+    let mut server = tokio::spawn(server);
+    // The store is open and the listener bound: connections queue in the backlog until serving.
+    kreach_common::daemon::systemd_notify::ready(&format!("listening on {address}"));
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        served = &mut server => {
+            // The server ended by itself: an error (it never stops otherwise).
+            served.context("the server task")?.context("serving")?;
+        }
+        _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    kreach_common::daemon::systemd_notify::stopping();
+    // Backstop, should anything below hang: every store write is already committed durably, so
+    // leaving at the deadline loses nothing but the last tick's batched agent records, which
+    // agents report again when they reconnect.
+    std::thread::spawn(|| {
+        std::thread::sleep(STOP_DEADLINE);
+        tracing::warn!("still stopping {STOP_DEADLINE:?} after the stop signal; exiting now");
+        std::process::exit(0);
+    });
+    let _ = stop_sender.send(());
+    // A graceful shutdown waits for every open call to end, and agents' Subscribe streams never
+    // end by themselves: give calls in flight SHUTDOWN_GRACE, then close what is left (agents
+    // reconnect to the next coordinator; what they report is retried, nothing is lost).
+    match tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await {
+        Ok(served) => served.context("the server task")?.context("serving")?,
+        Err(_) => {
+            tracing::info!(
+                "closing the connections still open {SHUTDOWN_GRACE:?} after the stop signal"
+            );
+            server.abort();
+        }
+    }
     ticker.abort();
     // Flush what agents reported last.
     let _ = core.lock().unwrap_or_else(|p| p.into_inner()).tick();
