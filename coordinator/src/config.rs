@@ -14,6 +14,10 @@ pub struct CoordinatorConfig {
     /// Where the durable store lives.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// How many distinct agents (nodes) this coordinator serves; a new node beyond it is refused
+    /// with a clear error (gRPC RESOURCE_EXHAUSTED) and nothing about it is kept.
+    #[serde(default = "default_max_agents")]
+    pub max_agents: usize,
     #[serde(default)]
     pub tls: TlsConfig,
 }
@@ -33,6 +37,10 @@ fn default_listen() -> SocketAddr {
     "127.0.0.1:7443".parse().expect("valid default")
 }
 
+fn default_max_agents() -> usize {
+    crate::core::DEFAULT_MAX_AGENTS
+}
+
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/var/lib/kreach-coordinator")
 }
@@ -48,6 +56,9 @@ impl CoordinatorConfig {
     pub fn parse(text: &str) -> Result<CoordinatorConfig, String> {
         let config: CoordinatorConfig =
             toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+        if config.max_agents == 0 {
+            return Err("max_agents: must be at least 1 (the default is 10000)".to_string());
+        }
         let tls = &config.tls;
         if tls.insecure {
             if !config.listen.ip().is_loopback() {

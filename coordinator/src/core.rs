@@ -34,7 +34,13 @@ pub enum CoreError {
     NotFound(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A new node beyond `max_agents`: refused before anything about it is kept.
+    #[error("node {node:?} refused: the coordinator already serves {limit} agents, its limit (max_agents in coordinator.toml)")]
+    TooManyAgents { node: String, limit: usize },
 }
+
+/// The default of coordinator.toml's `max_agents`.
+pub const DEFAULT_MAX_AGENTS: usize = 10_000;
 
 /// What is persisted about rollouts: the one in progress (or last finished) and what every node
 /// had been released before it started.
@@ -65,6 +71,7 @@ pub struct Core {
     /// The published status is stale; rebuilt at the next tick (a rebuild walks every node, so it
     /// is not done once per report of a 1,000-node fleet).
     status_dirty: bool,
+    max_agents: usize,
 }
 
 /// Milliseconds since the epoch as read once at start, advanced by the monotonic clock from then
@@ -117,6 +124,7 @@ impl Core {
             spec,
             dirty_agents: Default::default(),
             status_dirty: false,
+            max_agents: DEFAULT_MAX_AGENTS,
         };
         if let Some(rollout) = &core.record.rollout {
             tracing::info!(
@@ -206,7 +214,33 @@ impl Core {
     // ---------------------------------------------------------------------------------------
     // Agents
 
-    pub fn subscribe(&mut self, node: &str) -> watch::Receiver<Option<pb::Release>> {
+    /// How many distinct agents (nodes) the coordinator keeps track of; a new one beyond it is
+    /// refused with [`CoreError::TooManyAgents`].
+    pub fn set_max_agents(&mut self, max_agents: usize) {
+        self.max_agents = max_agents;
+    }
+
+    /// Refuse a node the coordinator does not know yet when it already tracks `max_agents`.
+    fn admit(&self, node: &str) -> Result<(), CoreError> {
+        if self.agents.contains_key(node) || self.agents.len() < self.max_agents {
+            return Ok(());
+        }
+        tracing::warn!(
+            node,
+            limit = self.max_agents,
+            "agent refused: max_agents reached"
+        );
+        Err(CoreError::TooManyAgents {
+            node: node.to_string(),
+            limit: self.max_agents,
+        })
+    }
+
+    pub fn subscribe(
+        &mut self,
+        node: &str,
+    ) -> Result<watch::Receiver<Option<pb::Release>>, CoreError> {
+        self.admit(node)?;
         let entry = self.agents.entry(node.to_string()).or_default();
         entry.connections += 1;
         entry.last_seen_ms = now_ms();
@@ -217,7 +251,7 @@ impl Core {
             .or_insert_with(|| watch::channel(None).0)
             .subscribe();
         self.refresh_status();
-        receiver
+        Ok(receiver)
     }
 
     pub fn disconnect(&mut self, node: &str) {
@@ -234,6 +268,7 @@ impl Core {
 
     pub fn report_status(&mut self, mut status: pb::NodeStatus) -> Result<(), CoreError> {
         let node = status.node.clone();
+        self.admit(&node)?;
         let phase = pb::Phase::try_from(status.phase).unwrap_or(pb::Phase::Unspecified);
         if phase == pb::Phase::Unspecified {
             // A reachability report only: replace the node's reachability, keep the rest.
@@ -292,13 +327,15 @@ impl Core {
         }
     }
 
-    pub fn report_facts(&mut self, facts: pb::HostFacts) {
+    pub fn report_facts(&mut self, facts: pb::HostFacts) -> Result<(), CoreError> {
         let node = facts.node.clone();
+        self.admit(&node)?;
         let entry = self.agents.entry(node.clone()).or_default();
         entry.facts = Some(facts);
         entry.last_seen_ms = now_ms();
         self.dirty_agents.insert(node);
         self.refresh_status();
+        Ok(())
     }
 
     /// Periodic work: settle timers and health timeouts, and flushing agent records.
@@ -926,5 +963,35 @@ mod tests {
             None
         );
         assert_eq!(dropped_note(&[], &allow), None, "no facts: no guess");
+    }
+
+    #[test]
+    fn agents_beyond_max_agents_are_refused_and_known_ones_still_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = Core::open(dir.path()).unwrap();
+        core.set_max_agents(2);
+        core.subscribe("w1").unwrap();
+        core.report_facts(pb::HostFacts {
+            node: "w2".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let error = core.subscribe("w3").unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "node \"w3\" refused: the coordinator already serves 2 agents, its limit (max_agents in coordinator.toml)"
+        );
+        let status = pb::NodeStatus {
+            node: "w4".into(),
+            ..Default::default()
+        };
+        assert!(
+            core.report_status(status).is_err(),
+            "nothing is kept about w4"
+        );
+        assert_eq!(core.agents.len(), 2);
+        // Nodes already known keep working.
+        core.subscribe("w2").unwrap();
+        core.subscribe("w1").unwrap();
     }
 }

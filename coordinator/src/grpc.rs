@@ -43,6 +43,7 @@ impl From<CoreError> for Status {
             CoreError::Refused(_) => Status::failed_precondition(error.to_string()),
             CoreError::NotFound(_) => Status::not_found(error.to_string()),
             CoreError::Store(_) => Status::internal(error.to_string()),
+            CoreError::TooManyAgents { .. } => Status::resource_exhausted(error.to_string()),
         }
     }
 }
@@ -135,7 +136,7 @@ impl AgentService for Services {
             return Err(Status::invalid_argument("SubscribeRequest.node is empty"));
         }
         self.require_node(&request, &node)?;
-        let receiver = self.core().subscribe(&node);
+        let receiver = self.core().subscribe(&node)?;
         let presence = Presence {
             core: Arc::clone(&self.core),
             node,
@@ -181,7 +182,7 @@ impl AgentService for Services {
     ) -> Result<Response<pb::Ack>, Status> {
         let node = request.get_ref().node.clone();
         self.require_node(&request, &node)?;
-        self.core().report_facts(request.into_inner());
+        self.core().report_facts(request.into_inner())?;
         Ok(Response::new(pb::Ack {}))
     }
 }

@@ -65,7 +65,8 @@ fn raise_open_files_limit() {
 
 async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     raise_open_files_limit();
-    let core = Core::open(&config.state_dir).context("opening the store")?;
+    let mut core = Core::open(&config.state_dir).context("opening the store")?;
+    core.set_max_agents(config.max_agents);
     let core = Arc::new(Mutex::new(core));
     let auth = if config.tls.insecure {
         Auth::Insecure
