@@ -551,6 +551,26 @@ impl Default for FleetSpec {
     }
 }
 
+/// Wall-clock nanoseconds, the unit of the stand-in's restarts.log.
+pub fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// Every broker's restarts that began at or after `since_ns` (see [`now_ns`]), oldest first.
+pub fn restarts_since(fleet: &Fleet, since_ns: u128) -> Vec<(u32, Restart)> {
+    let mut all: Vec<(u32, Restart)> = fleet
+        .brokers
+        .iter()
+        .flat_map(|broker| broker.restarts().into_iter().map(move |r| (broker.id, r)))
+        .filter(|(_, r)| r.start_ns >= since_ns)
+        .collect();
+    all.sort_by_key(|(_, r)| r.start_ns);
+    all
+}
+
 /// The most restart windows open at any one moment.
 pub fn max_concurrent(restarts: &[Restart]) -> usize {
     let mut edges: Vec<(u128, i32)> = Vec::new();

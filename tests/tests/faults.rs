@@ -32,10 +32,12 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use kreach_tests::fleet::{agent_binary, max_concurrent, Fleet, FleetSpec, Proc, Restart};
+use kreach_tests::fleet::{
+    agent_binary, max_concurrent, now_ns, restarts_since, Fleet, FleetSpec, Proc, Restart,
+};
 use serde_json::Value;
 
 /// Every fault the suite injects; the test fails unless each was tried (or, without root, skipped
@@ -252,13 +254,6 @@ fn in_ci() -> bool {
 // Shared checks: whole files, restart windows, fleet set-up
 // ------------------------------------------------------------------------------------------------
 
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
 type Check = Box<dyn Fn(&str) -> Result<(), String> + Send>;
 
 /// A hosts file is whole when its unmanaged first line is there, it ends in a newline and it has
@@ -471,17 +466,6 @@ fn only_old_or_new(sampled: &[Sampled], path: &Path, old: &str, new: &str) -> Re
         );
     }
     Ok(seen.versions.len())
-}
-
-fn restarts_since(fleet: &Fleet, since_ns: u128) -> Vec<(u32, Restart)> {
-    let mut all: Vec<(u32, Restart)> = fleet
-        .brokers
-        .iter()
-        .flat_map(|broker| broker.restarts().into_iter().map(move |r| (broker.id, r)))
-        .filter(|(_, r)| r.start_ns >= since_ns)
-        .collect();
-    all.sort_by_key(|(_, r)| r.start_ns);
-    all
 }
 
 /// The most brokers down at one moment since `since_ns`: each broker's overlapping restarts are one

@@ -6,27 +6,9 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use kreach_tests::fleet::{max_concurrent, Fleet, FleetSpec, Restart};
-
-fn now_ns() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-fn restarts_since(fleet: &Fleet, since_ns: u128) -> Vec<(u32, Restart)> {
-    let mut all: Vec<(u32, Restart)> = fleet
-        .brokers
-        .iter()
-        .flat_map(|broker| broker.restarts().into_iter().map(move |r| (broker.id, r)))
-        .filter(|(_, r)| r.start_ns >= since_ns)
-        .collect();
-    all.sort_by_key(|(_, r)| r.start_ns);
-    all
-}
+use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, Fleet, FleetSpec, Restart};
 
 /// Apply with `--force`: these "brokers" share one host, so their host facts never match the spec
 /// (the refusal itself is checked in the first test).
