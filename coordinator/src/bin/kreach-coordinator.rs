@@ -15,8 +15,6 @@ use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// How long a stopping coordinator lets calls in flight finish before it closes the rest.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-/// The coordinator is gone this long after the stop signal, whatever is still open.
-const STOP_DEADLINE: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     kreach_common::daemon::init_logging();
@@ -155,14 +153,6 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }
     kreach_common::daemon::systemd_notify::stopping();
-    // Backstop, should anything below hang: every store write is already committed durably, so
-    // leaving at the deadline loses nothing but the last tick's batched agent records, which
-    // agents report again when they reconnect.
-    std::thread::spawn(|| {
-        std::thread::sleep(STOP_DEADLINE);
-        tracing::warn!("still stopping {STOP_DEADLINE:?} after the stop signal; exiting now");
-        std::process::exit(0);
-    });
     let _ = stop_sender.send(());
     // A graceful shutdown waits for every open call to end, and agents' Subscribe streams never
     // end by themselves: give calls in flight SHUTDOWN_GRACE, then close what is left (agents
