@@ -314,18 +314,34 @@ fn the_daemon_repairs_drift_in_its_own_block_and_leaves_other_edits_alone() {
 
     let mut daemon = host.spawn_agent(&["run"]);
     daemon.wait_for_log("enforcing the last applied state", Duration::from_secs(10));
+    let hosts_path = host.hosts_path();
+    let properties_path = host.properties_path();
 
     // 1. A hand edit inside the block is reverted.
-    host.write_hosts(&applied_hosts.replace("198.18.0.12\temr-worker-2", "10.9.9.9\temr-worker-2"));
-    let took = wait_until(Duration::from_secs(4), || host.hosts() == applied_hosts);
-    eprintln!("drift repair (edit inside the block) took {took:?}");
-    assert!(took < Duration::from_secs(4), "block edit repaired");
+    expect_repair(
+        &daemon,
+        "edit inside the block",
+        &hosts_path,
+        1,
+        || {
+            host.write_hosts(
+                &applied_hosts.replace("198.18.0.12\temr-worker-2", "10.9.9.9\temr-worker-2"),
+            );
+        },
+        || host.hosts() == applied_hosts,
+    );
 
     // 2. Deleting the block is repaired.
-    host.write_hosts(&kreach_common::hosts::strip_block(&applied_hosts).unwrap());
-    let took = wait_until(Duration::from_secs(4), || host.hosts() == applied_hosts);
-    eprintln!("drift repair (block deleted) took {took:?}");
-    assert!(took < Duration::from_secs(4), "deleted block restored");
+    expect_repair(
+        &daemon,
+        "block deleted",
+        &hosts_path,
+        2,
+        || {
+            host.write_hosts(&kreach_common::hosts::strip_block(&applied_hosts).unwrap());
+        },
+        || host.hosts() == applied_hosts,
+    );
 
     // 3. An edit outside the block stays.
     let edited = format!("# added by an operator\n{applied_hosts}");
@@ -338,29 +354,100 @@ fn the_daemon_repairs_drift_in_its_own_block_and_leaves_other_edits_alone() {
     );
 
     // 4. A managed listener entry changed by hand is put back, without restarting Kafka.
-    host.write_properties(
-        &applied_properties.replace("EXTERNAL://198.19.0.11", "EXTERNAL://203.0.113.9"),
+    expect_repair(
+        &daemon,
+        "listener entry",
+        &properties_path,
+        3,
+        || {
+            host.write_properties(
+                &applied_properties.replace("EXTERNAL://198.19.0.11", "EXTERNAL://203.0.113.9"),
+            );
+        },
+        || host.properties() == applied_properties,
     );
-    let took = wait_until(Duration::from_secs(4), || {
-        host.properties() == applied_properties
-    });
-    eprintln!("drift repair (listener entry) took {took:?}");
-    assert!(took < Duration::from_secs(4), "managed key repaired");
     assert_eq!(
         host.restarts().len(),
         restarts,
         "a drift repair never restarts Kafka"
     );
-    daemon.wait_for_log("corrective change", Duration::from_secs(1));
+
+    // 5. A managed key deleted by hand comes back with its value (the editor places it anew, so
+    // the bytes need not match), again without a restart.
+    let advertised =
+        |text: &str| kreach_common::properties::get_property(text, "advertised.listeners").unwrap();
+    let without_advertised: String = applied_properties
+        .lines()
+        .filter(|line| !line.starts_with("advertised.listeners="))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    assert_eq!(advertised(&without_advertised), None);
+    expect_repair(
+        &daemon,
+        "managed key deleted",
+        &properties_path,
+        4,
+        || {
+            host.write_properties(&without_advertised);
+        },
+        || advertised(&host.properties()) == advertised(&applied_properties),
+    );
+    assert_eq!(
+        host.restarts().len(),
+        restarts,
+        "a drift repair never restarts Kafka"
+    );
+    let repaired_properties = host.properties();
 
     // An unrelated key changed by hand stays.
-    let tuned = applied_properties.replace("num.partitions=3", "num.partitions=6");
+    let tuned = repaired_properties.replace("num.partitions=3", "num.partitions=6");
     host.write_properties(&tuned);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(host.properties(), tuned);
+    assert_eq!(
+        daemon.log_lines("corrective change").len(),
+        4,
+        "edits outside kreach's entries are not logged as corrective changes:\n{}",
+        daemon.log()
+    );
 
     let code = daemon.terminate(Duration::from_secs(5));
     assert_eq!(code, Some(0), "SIGTERM ends the daemon cleanly");
+}
+
+/// Make a drift `edit` and wait for the daemon to undo it (`repaired`). The repair must land
+/// within a second of the edit (the bound; the measured latency is printed) and be logged
+/// as corrective change number `nth`, naming `path`.
+fn expect_repair(
+    daemon: &Daemon,
+    what: &str,
+    path: &std::path::Path,
+    nth: usize,
+    edit: impl FnOnce(),
+    repaired: impl Fn() -> bool,
+) {
+    let edited = std::time::Instant::now();
+    edit();
+    wait_until(Duration::from_secs(4), &repaired);
+    let took = edited.elapsed();
+    eprintln!("drift repair ({what}) took {took:?} from the edit");
+    assert!(repaired(), "{what}: not repaired after {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "{what}: repaired {took:?} after the edit, over the one-second bound"
+    );
+    let lines = daemon.wait_for_log_lines("corrective change", nth, Duration::from_secs(1));
+    assert_eq!(
+        lines.len(),
+        nth,
+        "{what}: one corrective change per repair: {lines:#?}"
+    );
+    assert!(
+        lines[nth - 1].contains(&path.display().to_string()),
+        "{what}: the corrective change names {}: {}",
+        path.display(),
+        lines[nth - 1]
+    );
 }
 
 #[test]

@@ -282,6 +282,28 @@ impl Daemon {
         );
     }
 
+    /// The log lines containing `needle`, in order.
+    pub fn log_lines(&self, needle: &str) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|line| line.contains(needle))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Wait up to `timeout` until at least `count` log lines contain `needle`; returns them all.
+    pub fn wait_for_log_lines(&self, needle: &str, count: usize, timeout: Duration) -> Vec<String> {
+        let found = wait_until(timeout, || self.log_lines(needle).len() >= count);
+        let lines = self.log_lines(needle);
+        assert!(
+            lines.len() >= count,
+            "{} log line(s) containing {needle:?} after {found:?}, expected {count}; log:\n{}",
+            lines.len(),
+            self.log()
+        );
+        lines
+    }
+
     /// SIGTERM, then wait up to `timeout` for the exit code.
     pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
