@@ -106,11 +106,12 @@ impl CoordinatorClient {
         engine: Arc<Mutex<Engine>>,
     ) -> CoordinatorClient {
         let (sender, receiver) = tokio::sync::watch::channel(None);
+        let failed = load_failed_release(&config);
         CoordinatorClient {
             config,
             coordinator,
             engine,
-            failed: None,
+            failed,
             check_now: Arc::new(tokio::sync::Notify::new()),
             reachability: receiver,
             reachability_sender: Some(sender),
@@ -473,6 +474,9 @@ impl CoordinatorClient {
                 };
                 tracing::info!(node = %node, generation = id.generation, step = id.step, attempt = id.attempt, "converged on release {}", describe(&id));
                 self.failed = None;
+                if let Err(error) = state::clear_failed(&self.config.state_dir) {
+                    tracing::warn!(node = %node, "{error}");
+                }
                 self.check_now.notify_one();
                 let mut converged = status(pb::Phase::Converged, reason);
                 converged.checks = checks.iter().map(|check| passed_check(check)).collect();
@@ -507,9 +511,57 @@ impl CoordinatorClient {
         id: pb::ReleaseId,
         status: pb::NodeStatus,
     ) -> Result<(), ClientError> {
+        let saved = state::FailedRelease {
+            generation: id.generation,
+            step: id.step,
+            attempt: id.attempt,
+            phase: if status.phase == pb::Phase::RolledBack as i32 {
+                "rolled_back"
+            } else {
+                "failed"
+            }
+            .to_string(),
+            reason: status.reason.clone(),
+            at_unix_ms: state::now_unix_ms(),
+        };
+        if let Err(error) = state::save_failed(&self.config.state_dir, &saved) {
+            // Still kept in memory: only a restart of this agent would apply the release again.
+            tracing::warn!(node = %self.config.node, "cannot persist the failed release: {error}");
+        }
         self.failed = Some((id, status.clone()));
         report(client, status).await
     }
+}
+
+/// The failed release a previous run of this agent persisted, as the report to repeat for it.
+fn load_failed_release(config: &AgentConfig) -> Option<(pb::ReleaseId, pb::NodeStatus)> {
+    let failed = match state::load_failed(&config.state_dir) {
+        Ok(failed) => failed?,
+        Err(error) => {
+            tracing::warn!(node = %config.node, "{error}");
+            return None;
+        }
+    };
+    let reference = failed.release();
+    let id = pb::ReleaseId {
+        generation: reference.generation,
+        step: reference.step,
+        attempt: reference.attempt,
+    };
+    let phase = if failed.phase == "rolled_back" {
+        pb::Phase::RolledBack
+    } else {
+        pb::Phase::Failed
+    };
+    tracing::info!(node = %config.node, release = %describe(&id), "remembering a failed release from the previous run: it is not applied again until the coordinator retries it");
+    let status = pb::NodeStatus {
+        node: config.node.clone(),
+        release: Some(id),
+        phase: phase as i32,
+        reason: failed.reason,
+        ..pb::NodeStatus::default()
+    };
+    Some((id, status))
 }
 
 /// Check reachability after each apply (`check_now`) and every `reachability.period` on client

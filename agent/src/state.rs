@@ -14,6 +14,7 @@ use nix::fcntl::{Flock, FlockArg};
 use crate::fsio;
 
 const STATE_FILE: &str = "applied.json";
+const FAILED_FILE: &str = "failed-release.json";
 const LOCK_FILE: &str = "agent.lock";
 /// Held by `kreach-agent run` for its whole life (the engine's `agent.lock` is taken per apply, so
 /// it cannot be this one: a second flock from the same process would be refused).
@@ -79,6 +80,11 @@ pub enum StateError {
         "another kreach-agent holds {path} (pid {holder}); two agents must not manage one node"
     )]
     Locked { path: PathBuf, holder: String },
+    #[error("cannot remove {path}: {source}")]
+    Remove {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot lock {path}: {source}")]
     Lock {
         path: PathBuf,
@@ -111,6 +117,60 @@ pub fn save(state_dir: &Path, state: &AppliedState) -> Result<(), StateError> {
     let bytes = serde_json::to_vec_pretty(state).expect("applied state serializes");
     fsio::atomic_write(&state_dir.join(STATE_FILE), &bytes)?;
     Ok(())
+}
+
+/// A coordinator release that failed or rolled back here, and what was reported for it. Kept on
+/// disk so that a restarted agent answers the same release with the same report instead of
+/// applying it again (and restarting Kafka) while the rollout waits for an operator's `resume`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FailedRelease {
+    pub generation: u64,
+    pub step: u32,
+    pub attempt: u32,
+    /// The reported phase: "rolled_back" or "failed".
+    pub phase: String,
+    pub reason: String,
+    pub at_unix_ms: u64,
+}
+
+impl FailedRelease {
+    pub fn release(&self) -> ReleaseRef {
+        ReleaseRef {
+            generation: self.generation,
+            step: self.step,
+            attempt: self.attempt,
+        }
+    }
+}
+
+pub fn load_failed(state_dir: &Path) -> Result<Option<FailedRelease>, StateError> {
+    let path = state_dir.join(FAILED_FILE);
+    let Some(bytes) = fsio::read_file(&path)? else {
+        return Ok(None);
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|error| StateError::Corrupt {
+            path,
+            message: error.to_string(),
+        })
+}
+
+pub fn save_failed(state_dir: &Path, failed: &FailedRelease) -> Result<(), StateError> {
+    ensure_state_dir(state_dir)?;
+    let bytes = serde_json::to_vec_pretty(failed).expect("failed release serializes");
+    fsio::atomic_write(&state_dir.join(FAILED_FILE), &bytes)?;
+    Ok(())
+}
+
+/// Forget the failed release (a later release converged).
+pub fn clear_failed(state_dir: &Path) -> Result<(), StateError> {
+    let path = state_dir.join(FAILED_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Remove { path, source }),
+    }
 }
 
 pub fn now_unix_ms() -> u64 {
@@ -189,6 +249,25 @@ mod tests {
         }
         // The per-apply lock is another file: the daemon holding its own lock can still apply.
         drop(lock_node(dir.path()).unwrap());
+    }
+
+    #[test]
+    fn a_failed_release_survives_a_restart_until_cleared() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_failed(dir.path()).unwrap(), None);
+        let failed = FailedRelease {
+            generation: 2,
+            step: 3,
+            attempt: 1,
+            phase: "rolled_back".into(),
+            reason: "cannot bind".into(),
+            at_unix_ms: 7,
+        };
+        save_failed(dir.path(), &failed).unwrap();
+        assert_eq!(load_failed(dir.path()).unwrap(), Some(failed));
+        clear_failed(dir.path()).unwrap();
+        assert_eq!(load_failed(dir.path()).unwrap(), None);
+        clear_failed(dir.path()).unwrap();
     }
 
     #[test]
