@@ -63,8 +63,14 @@ pub mod kreachctl {
             #[arg(long)]
             node: String,
         },
-        /// Show what applying SPEC would change: per-node diffs and the rollout's step order. Changes nothing.
-        Plan { spec: PathBuf },
+        /// Show what applying SPEC would change: per-node diffs and the rollout's step order. Changes
+        /// nothing. Exits 1 when host facts disagree with the spec (apply would refuse), unless --force.
+        Plan {
+            spec: PathBuf,
+            /// Exit 0 even when host facts disagree with the spec (as `apply --force` would apply).
+            #[arg(long)]
+            force: bool,
+        },
         /// Apply SPEC as a new generation and start its rollout (shows the plan and asks first).
         Apply {
             spec: PathBuf,
@@ -104,15 +110,21 @@ pub mod kreachctl {
             #[arg(long, value_name = "N", requires = "node")]
             last: Option<u32>,
         },
-        /// Roll out an earlier generation's spec again, as a new generation.
+        /// Roll out an earlier generation's spec again, as a new generation (shows the plan and
+        /// asks first).
         Rollback {
             /// The generation to return to (see `kreachctl history`).
             #[arg(long)]
             to: u64,
+            /// Do not ask for confirmation.
             #[arg(long, short)]
             yes: bool,
+            /// Apply even when host facts disagree with the spec.
             #[arg(long)]
             force: bool,
+            /// Follow the rollout until it completes, pauses or is aborted.
+            #[arg(long)]
+            wait: bool,
         },
         /// The host facts agents reported: hostname, FQDN, addresses, whether Kafka runs.
         Nodes,

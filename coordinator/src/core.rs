@@ -147,6 +147,51 @@ impl Core {
         releases
     }
 
+    /// What every node holds now, the base of a new plan: its latest release, except where the
+    /// node reported that release rolled back or failed. There the node is on what it had before
+    /// (the agent restored those bytes), so a later spec, even the same one applied again after an
+    /// abort, is planned against that and released to the node again.
+    fn held_releases(&self) -> BTreeMap<String, rollout::Release> {
+        let mut releases = self.effective_releases();
+        let refused: Vec<String> = releases
+            .iter()
+            .filter(|(node, release)| self.reported_not_held(node, release))
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in refused {
+            match self.record.base.get(&node) {
+                Some(before) if !self.reported_not_held(&node, before) => {
+                    releases.insert(node, before.clone());
+                }
+                _ => {
+                    releases.remove(&node);
+                }
+            }
+        }
+        releases
+    }
+
+    /// The node's last report is a rollback or failure of exactly this release.
+    fn reported_not_held(&self, node: &str, release: &rollout::Release) -> bool {
+        let Some(status) = self
+            .agents
+            .get(node)
+            .and_then(|entry| entry.status.as_ref())
+        else {
+            return false;
+        };
+        let id = release.id();
+        let same = status.release.is_some_and(|reported| {
+            reported.generation == id.generation
+                && reported.step == id.step
+                && reported.attempt == id.attempt
+        });
+        same && matches!(
+            pb::Phase::try_from(status.phase),
+            Ok(pb::Phase::RolledBack | pb::Phase::Failed)
+        )
+    }
+
     /// Push every node's latest release to its channel (only where it changed) and refresh status.
     /// Walks every node: called when releases change, not per report.
     fn publish(&mut self) {
@@ -408,13 +453,21 @@ impl Core {
         let spec = ClusterSpec::parse(spec_toml)
             .map_err(|errors| CoreError::InvalidSpec(errors.to_string()))?;
         let current: BTreeMap<String, NodeSpec> = self
-            .effective_releases()
+            .held_releases()
             .into_iter()
             .map(|(node, release)| (node, release.spec))
             .collect();
         let generation = self.next_generation()?;
         let controller = self.controller();
         let plan = rollout::plan_for_spec(generation, &current, &spec, controller.as_deref());
+        let (warnings, mut notes) = self.fact_warnings(&spec);
+        if controller.is_none() && plan.steps.iter().any(|step| step.restarts) {
+            notes.push(
+                "the active controller is not known (no agent reports it): brokers restart in id order, \
+                 so the controller may not go last (brokers report it with probe = \"kafka\" or [manage] controller_check)"
+                    .to_string(),
+            );
+        }
         let mut nodes = Vec::new();
         for desired in kreach_common::desired::all_node_specs(&spec) {
             let old = current
@@ -437,21 +490,28 @@ impl Core {
             from_generation: generation - 1,
             nodes,
             steps: plan_steps(&plan),
-            warnings: self.fact_warnings(&spec),
+            warnings,
+            notes,
         };
         Ok((spec, plan, response))
     }
 
-    /// Brokers whose host facts disagree with the spec: the manual procedure's "sync host
-    /// information" step, checked instead of trusted.
-    fn fact_warnings(&self, spec: &ClusterSpec) -> Vec<String> {
+    /// Brokers whose host facts disagree with the spec (the warnings, which refuse an apply
+    /// without `--force`): the manual procedure's "sync host information" step, checked instead
+    /// of trusted. And the brokers that could not be checked (the notes).
+    fn fact_warnings(&self, spec: &ClusterSpec) -> (Vec<String>, Vec<String>) {
         let mut warnings = Vec::new();
+        let mut notes = Vec::new();
         for broker in &spec.brokers {
             let Some(facts) = self
                 .agents
                 .get(&broker.node)
                 .and_then(|entry| entry.facts.as_ref())
             else {
+                notes.push(format!(
+                    "broker {} (node {:?}): its agent has not reported host facts, so private_ip and hostname are unchecked",
+                    broker.id, broker.node
+                ));
                 continue;
             };
             let private_ip = broker.private_ip.to_string();
@@ -474,7 +534,7 @@ impl Core {
                 }
             }
         }
-        warnings
+        (warnings, notes)
     }
 
     pub fn plan(&self, spec_toml: &str) -> Result<pb::PlanResponse, CoreError> {
@@ -514,7 +574,7 @@ impl Core {
                 .map(|n| format!(", rollback to generation {n}"))
                 .unwrap_or_default()
         );
-        let base = self.effective_releases();
+        let base = self.held_releases();
         let (rollout, events) =
             Rollout::start(plan, format!("{who}: generation {generation}"), now_ms());
         self.record = RolloutRecord {
@@ -587,6 +647,7 @@ impl Core {
         &mut self,
         to: u64,
         force: bool,
+        dry_run: bool,
         who: &str,
     ) -> Result<pb::ApplyResponse, CoreError> {
         let record = self.store.generation(to)?.ok_or_else(|| {
@@ -594,6 +655,12 @@ impl Core {
                 "there is no generation {to} (see `kreachctl history`)"
             ))
         })?;
+        if dry_run {
+            return Ok(pb::ApplyResponse {
+                generation: 0,
+                plan: Some(self.plan(&record.spec_toml)?),
+            });
+        }
         self.apply(&record.spec_toml, force, who, Some(to))
     }
 
@@ -724,6 +791,13 @@ impl Core {
                 paused_node: status.paused_node.clone().unwrap_or_default(),
                 paused_reason: status.paused_reason.clone().unwrap_or_default(),
                 steps: plan_steps(rollout.plan()),
+                waiting: status
+                    .nodes
+                    .iter()
+                    .filter(|(_, progress)| **progress != rollout::NodeProgress::Converged)
+                    .map(|(node, _)| node.clone())
+                    .collect(),
+                step_nodes: status.nodes.len() as u32,
             }
         });
         pb::StatusResponse {

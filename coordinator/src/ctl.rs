@@ -174,6 +174,9 @@ pub fn plan_text(plan: &pb::PlanResponse) -> String {
     for warning in &plan.warnings {
         out.push_str(&format!("warning: {warning}\n"));
     }
+    for note in &plan.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
     out
 }
 
@@ -183,6 +186,7 @@ pub fn plan_json(plan: &pb::PlanResponse) -> Value {
         "nodes": plan.nodes.iter().map(|n| json!({"node": n.node, "role": n.role, "diff": n.diff, "restart": n.restart})).collect::<Vec<_>>(),
         "steps": steps_json(&plan.steps),
         "warnings": plan.warnings,
+        "notes": plan.notes,
     })
 }
 
@@ -215,6 +219,31 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
                 out.push_str(&format!(" at {node}: {}", rollout.paused_reason));
             }
             out.push('\n');
+            if !rollout.waiting.is_empty() && rollout.state != "completed" {
+                let offline: Vec<&str> = status
+                    .nodes
+                    .iter()
+                    .filter(|node| !node.online)
+                    .map(|node| node.node.as_str())
+                    .collect();
+                let waiting: Vec<String> = rollout
+                    .waiting
+                    .iter()
+                    .map(|node| {
+                        if offline.contains(&node.as_str()) {
+                            format!("{node} (agent OFFLINE)")
+                        } else {
+                            node.clone()
+                        }
+                    })
+                    .collect();
+                out.push_str(&format!(
+                    "step progress: {} of {} node(s) converged; waiting for {}\n",
+                    rollout.step_nodes as usize - rollout.waiting.len(),
+                    rollout.step_nodes,
+                    waiting.join(", ")
+                ));
+            }
         }
         None => out.push_str("rollout: none (no spec applied yet)\n"),
     }
@@ -235,6 +264,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
                     .map(|s| phase_text(s.phase))
                     .unwrap_or("-")
                     .to_string(),
+                reported.map(health_text).unwrap_or_else(|| "-".into()),
                 reported
                     .map(|s| s.reason.clone())
                     .filter(|r| !r.is_empty())
@@ -250,6 +280,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
             "RELEASED",
             "APPLIED",
             "PHASE",
+            "HEALTH",
             "LAST ERROR",
         ],
         &rows,
@@ -347,6 +378,29 @@ pub fn check_json(rows: &[pb::ReachabilityRow]) -> Value {
     })
 }
 
+/// A node's health as its agent last reported it: the checks of its last apply (listeners,
+/// advertised endpoints, under-replicated partitions, ...), or what its phase implies.
+fn health_text(status: &pb::NodeStatus) -> String {
+    let failing: Vec<&str> = status
+        .checks
+        .iter()
+        .filter(|check| !check.ok)
+        .map(|check| check.name.as_str())
+        .collect();
+    if !failing.is_empty() {
+        return format!("FAILING: {}", failing.join(", "));
+    }
+    let phase = pb::Phase::try_from(status.phase).unwrap_or(pb::Phase::Unspecified);
+    match phase {
+        pb::Phase::RolledBack | pb::Phase::Failed => "unhealthy".to_string(),
+        pb::Phase::Converged if !status.checks.is_empty() => {
+            format!("ok ({} checks)", status.checks.len())
+        }
+        pb::Phase::Converged => "ok".to_string(),
+        _ => "-".to_string(),
+    }
+}
+
 pub fn status_json(status: &pb::StatusResponse) -> Value {
     let release = |id: &Option<pb::ReleaseId>| {
         id.as_ref()
@@ -362,6 +416,8 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
             "paused_node": r.paused_node,
             "paused_reason": r.paused_reason,
             "steps": steps_json(&r.steps),
+            "waiting": r.waiting,
+            "step_nodes": r.step_nodes,
         })),
         "nodes": status.nodes.iter().map(|n| json!({
             "node": n.node,
@@ -371,6 +427,8 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
             "applied": n.status.as_ref().map(|s| release(&s.release)).unwrap_or(Value::Null),
             "phase": n.status.as_ref().map(|s| phase_text(s.phase)).unwrap_or("-"),
             "reason": n.status.as_ref().map(|s| s.reason.clone()).unwrap_or_default(),
+            "health": n.status.as_ref().map(health_text).unwrap_or_else(|| "-".into()),
+            "checks": n.status.as_ref().map(|s| s.checks.iter().map(|c| json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>()).unwrap_or_default(),
             "restart_started_ms": n.status.as_ref().map(|s| s.restart_started_ms).unwrap_or(0),
             "restart_finished_ms": n.status.as_ref().map(|s| s.restart_finished_ms).unwrap_or(0),
         })).collect::<Vec<_>>(),

@@ -273,9 +273,12 @@ impl AdminService for Services {
         self.require_admin(&request)?;
         let who = self.who(&request);
         let body = request.into_inner();
-        Ok(Response::new(
-            self.core().rollback(body.to, body.force, &who)?,
-        ))
+        Ok(Response::new(self.core().rollback(
+            body.to,
+            body.force,
+            body.dry_run,
+            &who,
+        )?))
     }
 
     async fn nodes(

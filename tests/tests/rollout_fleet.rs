@@ -97,6 +97,18 @@ fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expan
     let gen1 = fleet
         .write_spec("gen1.toml", &FleetSpec::default())
         .unwrap();
+    // Without --yes and without a terminal to ask on, apply refuses and applies nothing.
+    let unasked = fleet
+        .ctl(&["apply", "--force", gen1.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(unasked.code, 1, "{}", unasked.stdout);
+    assert!(
+        unasked
+            .stderr
+            .contains("not asking without a terminal: pass --yes"),
+        "{}",
+        unasked.stderr
+    );
     // The agents reported host facts that disagree with the spec: refused without --force.
     let refused = fleet
         .ctl(&["apply", "--yes", gen1.to_str().unwrap()])
@@ -144,7 +156,22 @@ fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expan
             },
         )
         .unwrap();
+    // Host facts disagree (one machine plays every broker): plan shows everything, then refuses
+    // as apply would; with --force it exits 0.
     let plan = fleet.ctl(&["plan", gen2.to_str().unwrap()]).unwrap();
+    assert_eq!(plan.code, 1, "{}", plan.stderr);
+    assert!(
+        plan.stderr.contains("refused: host facts disagree")
+            && plan
+                .stdout
+                .contains("warning: broker 1 (node \"emr-worker-1\")"),
+        "{}\n{}",
+        plan.stdout,
+        plan.stderr
+    );
+    let plan = fleet
+        .ctl(&["plan", "--force", gen2.to_str().unwrap()])
+        .unwrap();
     assert_eq!(plan.code, 0, "{}", plan.stderr);
     assert!(
         plan.stdout.contains("restart brokers (controller)"),
@@ -252,7 +279,7 @@ fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expan
 
 #[test]
 fn a_failing_broker_pauses_the_rollout_rolls_back_and_resume_and_abort_behave() {
-    let (fleet, gen1) = fleet_on_generation_1(12, 3, &[("etl-1", "private")], None);
+    let (mut fleet, gen1) = fleet_on_generation_1(12, 3, &[("etl-1", "private")], None);
     let gen1_properties = fleet.brokers[1].properties();
 
     // Broker 2's new EXTERNAL address is taken: its Kafka cannot start on the new config.
@@ -342,6 +369,24 @@ fn a_failing_broker_pauses_the_rollout_rolls_back_and_resume_and_abort_behave() 
         table.stdout
     );
 
+    // The failed broker's agent restarts while the rollout is paused: it gets the same release
+    // again on reconnect and answers with its failure, without applying it or restarting Kafka.
+    let restarts_before = fleet.brokers[1].restarts().len();
+    assert_eq!(fleet.stop_agent("emr-worker-2"), Some(0));
+    fleet.restart_agent("emr-worker-2").unwrap();
+    fleet.wait_until_online(Duration::from_secs(20)).unwrap();
+    fleet.agents["emr-worker-2"]
+        .wait_for_log("release already failed here", Duration::from_secs(20))
+        .unwrap();
+    let status = fleet.status_json().unwrap();
+    assert_eq!(status["rollout"]["state"], "paused", "{status:#}");
+    assert_eq!(
+        fleet.brokers[1].restarts().len(),
+        restarts_before,
+        "a restarted agent does not retry a failed release on its own"
+    );
+    assert_eq!(fleet.brokers[1].properties(), gen1_properties);
+
     // Resume retries the same broker; still failing, it pauses again.
     let resumed = fleet.ctl(&["rollout", "resume"]).unwrap();
     assert_eq!(resumed.code, 0, "{}", resumed.stderr);
@@ -404,11 +449,25 @@ fn a_failing_broker_pauses_the_rollout_rolls_back_and_resume_and_abort_behave() 
         restarts.iter().all(|(id, _)| *id == 1),
         "only broker 1 was touched: {restarts:?}"
     );
+    // The same spec applied again once the cause is fixed: broker 1 is still on generation 2's
+    // bytes (it rolled back), so it gets generation 3's change again and the rollout completes.
     drop(squatter);
-    apply(&fleet, &gen2);
+    apply(&fleet, &gen3);
     fleet
         .wait_for_rollout("completed", Duration::from_secs(60))
         .unwrap();
+    let external = format!("EXTERNAL://127.0.12.1:{}", fleet.port + 3);
+    for broker in &fleet.brokers {
+        assert!(
+            broker
+                .properties()
+                .contains(&format!(":{}", fleet.port + 3)),
+            "broker {} runs the re-applied spec:\n{}",
+            broker.id,
+            broker.properties()
+        );
+    }
+    assert!(fleet.brokers[0].properties().contains(&external));
 }
 
 #[test]
@@ -501,6 +560,10 @@ fn an_offline_agent_blocks_its_step_and_is_shown_never_skipped() {
         "{table}"
     );
     assert!(
+        table.contains("waiting for etl-2 (agent OFFLINE)"),
+        "status says what the step waits for: {table}"
+    );
+    assert!(
         fleet
             .brokers
             .iter()
@@ -508,11 +571,52 @@ fn an_offline_agent_blocks_its_step_and_is_shown_never_skipped() {
         "no broker advertises the new names while a client lacks them"
     );
 
-    // Back online, it gets its release and the rollout goes on to the end.
+    // An operator pause holds the rollout even when etl-2 comes back and converges its step.
+    let paused = fleet.ctl(&["rollout", "pause"]).unwrap();
+    assert_eq!(paused.code, 0, "{}", paused.stderr);
+    assert!(
+        paused
+            .stdout
+            .contains("at operator: paused by the operator"),
+        "{}",
+        paused.stdout
+    );
     fleet.restart_agent("etl-2").unwrap();
+    fleet.wait_until_online(Duration::from_secs(20)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !fleet
+        .client_hosts("etl-2")
+        .contains("emr-worker-1.fleet-14")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etl-2 got its released step"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let status = fleet.status_json().unwrap();
+    assert_eq!(status["rollout"]["state"], "paused", "{status:#}");
+    assert!(
+        fleet
+            .brokers
+            .iter()
+            .all(|b| !b.properties().contains("fleet-14:")),
+        "nothing more is released while paused"
+    );
+
+    // Resume: the rollout goes on to the end.
+    assert_eq!(fleet.ctl(&["rollout", "resume"]).unwrap().code, 0);
     fleet
         .wait_for_rollout("completed", Duration::from_secs(90))
         .unwrap();
+    assert!(
+        fleet
+            .brokers
+            .iter()
+            .all(|b| b.properties().contains("fleet-14:")),
+        "the brokers advertise the names after the resume"
+    );
     assert!(fleet
         .client_hosts("etl-2")
         .contains("emr-worker-1.fleet-14"));

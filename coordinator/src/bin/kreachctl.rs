@@ -157,6 +157,14 @@ fn print_value(cli: &Cli, text: String, json: serde_json::Value) {
     }
 }
 
+/// Why a plan whose host facts disagree is refused, naming every disagreement.
+fn facts_refusal(plan: &pb::PlanResponse, what: &str) -> String {
+    format!(
+        "refused: host facts disagree with {what} (fix it, or pass --force):\n{}",
+        plan.warnings.join("\n")
+    )
+}
+
 /// Ask on the terminal; refuse when there is none (scripts say --yes).
 fn confirm(question: &str) -> anyhow::Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
@@ -179,16 +187,20 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
     let mut admin = connection.admin().await?;
     let fail = |status: tonic::Status| anyhow::anyhow!(ctl::status_message(&status));
     match &cli.command {
-        Command::Plan { spec } => {
+        Command::Plan { spec, force } => {
             let plan = admin
                 .plan(pb::PlanRequest {
                     spec_toml: read_spec_text(spec)?,
-                    force: false,
+                    force: *force,
                 })
                 .await
                 .map_err(fail)?
                 .into_inner();
             print_value(cli, ctl::plan_text(&plan), ctl::plan_json(&plan));
+            if !plan.warnings.is_empty() && !*force {
+                eprintln!("kreachctl: {}", facts_refusal(&plan, "the spec"));
+                return Ok(EXIT_FAILED);
+            }
             Ok(0)
         }
         Command::Apply {
@@ -208,6 +220,9 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .into_inner();
             if cli.output == Output::Table {
                 print!("{}", ctl::plan_text(&plan));
+            }
+            if !plan.warnings.is_empty() && !*force {
+                anyhow::bail!(facts_refusal(&plan, "the spec"));
             }
             if !*yes
                 && !confirm(&format!(
@@ -244,6 +259,17 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Status { watch } => {
             if *watch {
+                let status = admin
+                    .status(pb::StatusRequest {})
+                    .await
+                    .map_err(fail)?
+                    .into_inner();
+                if status.rollout.is_none() {
+                    print_value(cli, ctl::status_text(&status), ctl::status_json(&status));
+                    anyhow::bail!(
+                        "no rollout to follow: no spec applied yet (kreachctl apply SPEC first)"
+                    );
+                }
                 return follow(cli, &mut admin).await;
             }
             let status = admin
@@ -325,10 +351,32 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Rollback { to, yes, force } => {
+        Command::Rollback {
+            to,
+            yes,
+            force,
+            wait,
+        } => {
+            let preview = admin
+                .rollback(pb::RollbackRequest {
+                    to: *to,
+                    force: *force,
+                    dry_run: true,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let plan = preview.plan.unwrap_or_default();
+            if cli.output == Output::Table {
+                print!("{}", ctl::plan_text(&plan));
+            }
+            if !plan.warnings.is_empty() && !*force {
+                anyhow::bail!(facts_refusal(&plan, &format!("generation {to}'s spec")));
+            }
             if !*yes
                 && !confirm(&format!(
-                    "Roll out generation {to}'s spec again as a new generation?"
+                    "Roll out generation {to}'s spec again as generation {}?",
+                    plan.from_generation + 1
                 ))?
             {
                 println!("not applied");
@@ -338,17 +386,24 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .rollback(pb::RollbackRequest {
                     to: *to,
                     force: *force,
+                    dry_run: false,
                 })
                 .await
                 .map_err(fail)?
                 .into_inner();
-            if let (Output::Table, Some(plan)) = (cli.output, &applied.plan) {
-                print!("{}", ctl::plan_text(plan));
+            match cli.output {
+                Output::Table => println!(
+                    "applied generation {} (the spec of generation {to}); follow it with `kreachctl status --watch`",
+                    applied.generation
+                ),
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"generation": applied.generation, "rollback_of": to, "plan": applied.plan.as_ref().map(ctl::plan_json)})
+                ),
             }
-            println!(
-                "applied generation {} (the spec of generation {to})",
-                applied.generation
-            );
+            if *wait {
+                return follow(cli, &mut admin).await;
+            }
             Ok(0)
         }
         Command::Nodes => {

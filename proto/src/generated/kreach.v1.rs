@@ -304,6 +304,10 @@ pub struct PlanResponse {
     /// Host facts that disagree with the spec (a private_ip that is not the host's, ...).
     #[prost(string, repeated, tag = "4")]
     pub warnings: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// What the plan could not check and does not refuse for: a broker whose agent never reported its
+    /// host facts, an active controller no agent reports (brokers then roll in id order).
+    #[prost(string, repeated, tag = "5")]
+    pub notes: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -356,6 +360,12 @@ pub struct RolloutView {
     pub paused_reason: ::prost::alloc::string::String,
     #[prost(message, repeated, tag = "7")]
     pub steps: ::prost::alloc::vec::Vec<PlannedStep>,
+    /// The current step's targets that have not reported this release converged yet.
+    #[prost(string, repeated, tag = "8")]
+    pub waiting: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// How many nodes the current step targets.
+    #[prost(uint32, tag = "9")]
+    pub step_nodes: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -431,6 +441,9 @@ pub struct RollbackRequest {
     pub to: u64,
     #[prost(bool, tag = "2")]
     pub force: bool,
+    /// Only plan it: the response carries the plan and generation 0, and nothing is applied.
+    #[prost(bool, tag = "3")]
+    pub dry_run: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
