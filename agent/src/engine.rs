@@ -14,7 +14,7 @@ use kreach_common::desired::{NodeRole, NodeSpec};
 use kreach_common::diff::{content_hash, unified_diff};
 use kreach_common::gates;
 use kreach_common::hosts::{self, HostsConflict};
-use kreach_common::properties;
+use kreach_common::properties::{self, ListenerSpec};
 
 use crate::audit::{AuditAction, AuditEntry, AuditLog};
 use crate::config::AgentConfig;
@@ -286,15 +286,16 @@ impl Engine {
             NodeRole::Client { .. } => 0,
         };
         let mut checks = Vec::new();
+        // The broker as it runs now: what the current server.properties configures. A rollback
+        // writes exactly these bytes back, so they are also what the recovered broker must serve.
+        let running = plan
+            .changes
+            .iter()
+            .find(|change| change.file == ManagedFile::KafkaProperties)
+            .and_then(|change| change.old.as_deref())
+            .map(gates::running_listeners)
+            .unwrap_or_default();
         if let Some((unit, _)) = &plan.restart {
-            // The broker as it runs now: what the current server.properties configures.
-            let running = plan
-                .changes
-                .iter()
-                .find(|change| change.file == ManagedFile::KafkaProperties)
-                .and_then(|change| change.old.as_deref())
-                .map(gates::running_listeners)
-                .unwrap_or_default();
             let timeout =
                 Duration::from_millis(plan.node_spec.health_timeout_ms).min(PRE_RESTART_TIMEOUT);
             match self.probe.before_restart(broker_id, &running, timeout) {
@@ -360,22 +361,29 @@ impl Engine {
                         &reason,
                     )?;
                     crate::firewall::restore_previous(&self.config);
-                    let previous = self.previous_listeners();
+                    // Checked against the restored bytes, not the last applied state: on a
+                    // node's first apply there is none, and the old broker must still serve.
+                    let previous: Vec<ListenerSpec> = running
+                        .iter()
+                        .filter(|listener| !listener.controller)
+                        .map(gates::RunningListener::as_listener_spec)
+                        .collect();
                     let recovery = self.services.restart(unit, timeout);
                     window.finished = SystemTime::now();
-                    let recovery =
-                        recovery
-                            .map_err(|e| e.to_string())
-                            .and_then(|()| match &previous {
-                                Some(listeners) => {
-                                    self.probe.verify(broker_id, listeners, timeout).map(|_| ())
-                                }
-                                None => Ok(()),
-                            });
+                    let recovery = recovery
+                        .map_err(|error| format!("restarting it on them failed: {error}"))
+                        .and_then(|()| {
+                            self.probe
+                                .verify(broker_id, &previous, timeout)
+                                .map_err(|error| {
+                                    format!("it is not serving on them either: {error}")
+                                })
+                        });
                     if let Err(error) = recovery {
+                        tracing::error!(unit = %unit, node = %plan.node_spec.node, generation, "{unit} is down after the rollback: {error}");
                         return Err(EngineError::RollbackFailed {
                             message: format!(
-                                "{reason}; the previous files were restored but {unit} did not come back healthy: {error}"
+                                "{reason}; the previous files of {unit} were restored, but {error}"
                             ),
                         });
                     }
@@ -572,15 +580,6 @@ impl Engine {
         }
         Ok(restored)
     }
-
-    /// The listeners of the last applied state, to verify the rolled-back broker against.
-    fn previous_listeners(&self) -> Option<Vec<kreach_common::properties::ListenerSpec>> {
-        let applied = state::load(&self.config.state_dir).ok().flatten()?;
-        applied
-            .node_spec
-            .listeners
-            .map(|settings| settings.listeners)
-    }
 }
 
 struct Written {
@@ -609,11 +608,12 @@ mod tests {
     use crate::service::ServiceError;
     use crate::verify::ListenerProbe;
     use kreach_common::gates::RunningListener;
-    use kreach_common::properties::ListenerSpec;
     use std::sync::{Arc, Mutex};
 
     /// What the pre-restart gate was asked: the broker id and the running listeners.
     type Asked = Arc<Mutex<Vec<(i32, Vec<RunningListener>)>>>;
+    /// The listeners each post-restart check was asked to verify, in order.
+    type Verified = Arc<Mutex<Vec<Vec<ListenerSpec>>>>;
 
     /// Records restarts; never fails.
     struct CountingServices(Arc<Mutex<u32>>);
@@ -628,11 +628,13 @@ mod tests {
         }
     }
 
-    /// Answers the gates as told, and records what the pre-restart gate was asked about.
+    /// Answers the gates as told, and records what each gate was asked about.
     struct ScriptedProbe {
         refuse: Option<String>,
-        post: Result<Vec<String>, String>,
+        /// The post-restart answers in turn; the last one repeats.
+        post: Vec<Result<Vec<String>, String>>,
         asked: Asked,
+        verified: Verified,
     }
 
     impl ListenerProbe for ScriptedProbe {
@@ -654,10 +656,12 @@ mod tests {
         fn verify(
             &self,
             _broker_id: i32,
-            _listeners: &[ListenerSpec],
+            listeners: &[ListenerSpec],
             _timeout: Duration,
         ) -> Result<Vec<String>, String> {
-            self.post.clone()
+            let mut verified = self.verified.lock().unwrap();
+            verified.push(listeners.to_vec());
+            self.post[(verified.len() - 1).min(self.post.len() - 1)].clone()
         }
     }
 
@@ -665,6 +669,7 @@ mod tests {
         dir: tempfile::TempDir,
         restarts: Arc<Mutex<u32>>,
         asked: Asked,
+        verified: Verified,
     }
 
     const INITIAL: &str = "listeners=INTERNAL://127.0.0.1:9092\nadvertised.listeners=INTERNAL://old-name:9092\nlistener.security.protocol.map=INTERNAL:PLAINTEXT\n";
@@ -678,10 +683,20 @@ mod tests {
                 dir,
                 restarts: Arc::new(Mutex::new(0)),
                 asked: Arc::new(Mutex::new(Vec::new())),
+                verified: Arc::new(Mutex::new(Vec::new())),
             }
         }
 
         fn engine(&self, refuse: Option<&str>, post: Result<Vec<String>, String>) -> Engine {
+            self.engine_answering(refuse, vec![post])
+        }
+
+        /// An engine whose post-restart checks answer `post` in turn (the last one repeats).
+        fn engine_answering(
+            &self,
+            refuse: Option<&str>,
+            post: Vec<Result<Vec<String>, String>>,
+        ) -> Engine {
             let root = self.dir.path().display().to_string();
             let config = AgentConfig::parse(&format!(
                 "node = \"emr-worker-2\"\nstate_dir = \"{root}/state\"\n[manage]\nhosts_file = \"{root}/hosts\"\nkafka_properties = \"{root}/server.properties\"\n"
@@ -694,6 +709,7 @@ mod tests {
                     refuse: refuse.map(str::to_string),
                     post,
                     asked: Arc::clone(&self.asked),
+                    verified: Arc::clone(&self.verified),
                 }),
             )
         }
@@ -759,9 +775,12 @@ mod tests {
         }
 
         let fixture = Fixture::new();
-        let engine = fixture.engine(
+        let engine = fixture.engine_answering(
             None,
-            Err("advertised endpoint: listener INTERNAL on 127.0.0.1:9092 advertises x".into()),
+            vec![
+                Err("advertised endpoint: listener INTERNAL on 127.0.0.1:9092 advertises x".into()),
+                Ok(vec!["advertised endpoint: back".into()]),
+            ],
         );
         let plan = engine.plan(&fixture.node_spec()).unwrap();
         match engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap() {
@@ -778,6 +797,58 @@ mod tests {
             *fixture.restarts.lock().unwrap(),
             2,
             "the restart and the recovery restart"
+        );
+        // No applied state yet (a first apply): the recovered broker was checked against the
+        // restored file's listener, as it advertised before.
+        let verified = fixture.verified.lock().unwrap();
+        assert_eq!(verified.len(), 2, "the new config, then the restored one");
+        assert_eq!(verified[1], vec![initial_internal()]);
+    }
+
+    /// INITIAL's one listener, as the restored broker must serve it.
+    fn initial_internal() -> ListenerSpec {
+        ListenerSpec {
+            name: "INTERNAL".into(),
+            bind_host: "127.0.0.1".into(),
+            port: 9092,
+            advertised_host: "old-name".into(),
+            security_protocol: "PLAINTEXT".into(),
+        }
+    }
+
+    #[test]
+    fn a_first_apply_whose_restored_broker_does_not_serve_is_not_reported_rolled_back() {
+        let fixture = Fixture::new();
+        let engine = fixture.engine_answering(
+            None,
+            vec![
+                Err("kafka serving: listener INTERNAL on 127.0.0.1:9092 does not serve Kafka: refused".into()),
+                Err("kafka serving: listener INTERNAL on 127.0.0.1:9092 does not serve Kafka: still refused".into()),
+            ],
+        );
+        let plan = engine.plan(&fixture.node_spec()).unwrap();
+        assert!(state::load(&fixture.dir.path().join("state"))
+            .unwrap()
+            .is_none());
+        let error = engine
+            .apply(&plan, ReleaseRef::LOCAL, "test")
+            .expect_err("a broker down after the rollback is not a clean rollback");
+        assert!(
+            matches!(error, EngineError::RollbackFailed { .. }),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(
+            text.starts_with("rollback failed: health check failed: kafka serving: listener INTERNAL on 127.0.0.1:9092 does not serve Kafka: refused; ")
+                && text.contains("the previous files of kafka.service were restored, but it is not serving on them either: kafka serving: listener INTERNAL on 127.0.0.1:9092 does not serve Kafka: still refused")
+                && text.ends_with("the node needs attention"),
+            "{text}"
+        );
+        assert_eq!(fixture.read("server.properties"), INITIAL);
+        assert_eq!(*fixture.restarts.lock().unwrap(), 2);
+        assert_eq!(
+            fixture.verified.lock().unwrap()[1],
+            vec![initial_internal()]
         );
     }
 }

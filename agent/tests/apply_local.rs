@@ -234,6 +234,49 @@ fn a_listener_that_does_not_come_up_fails_the_health_check_and_rolls_back() {
 }
 
 #[test]
+fn a_first_apply_whose_rollback_leaves_the_broker_down_is_reported_as_failed_not_rolled_back() {
+    let host = Host::broker("emr-worker-1");
+    let ports = Ports::new();
+    let original = ports.initial_properties();
+    host.write_properties(&original);
+    host.start_kafka();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", ports.internal)).is_ok());
+    // From now on every start of the "broker" leaves INTERNAL closed, on the new config and on the
+    // restored one alike. No apply has happened yet, so there is no applied state to check against.
+    host.set_restart_env("FAKE_KAFKA_SKIP=INTERNAL");
+    let spec = host.write_spec(&SpecOptions {
+        external: true,
+        health_timeout: "2s",
+        ..SpecOptions::new(&ports)
+    });
+    let run = host.agent(&["apply-local", "--spec", &spec]);
+    assert_eq!(run.code, 1, "{run}");
+    assert!(!run.stdout.contains("rolled back:"), "{run}");
+    let unreachable = format!(
+        "listener INTERNAL does not accept TCP connections on 127.0.0.1:{}",
+        ports.internal
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "rollback failed: health check failed: {unreachable}"
+        )),
+        "names the failed gate: {run}"
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "the previous files of kafka.service were restored, but it is not serving on them either: {unreachable}"
+        )),
+        "says the restored broker does not serve either: {run}"
+    );
+    assert_eq!(host.properties(), original, "the previous bytes are back");
+    assert_eq!(
+        host.restarts().len(),
+        3,
+        "initial start, restart on the new config, restart on the restored one"
+    );
+}
+
+#[test]
 fn broker_without_properties_in_its_config_and_binary_hosts_files_are_refused() {
     let host = Host::client("emr-worker-1");
     let ports = Ports::new();

@@ -697,6 +697,25 @@ pub struct RunningListener {
     pub controller: bool,
 }
 
+impl RunningListener {
+    /// This listener as the post-restart gate checks one: what a broker started on this file must
+    /// serve and advertise. `ListenerSpec` advertises on the bound port, so a listener advertising
+    /// another port (a NAT in front) is checked for serving only (empty advertised host).
+    pub fn as_listener_spec(&self) -> crate::properties::ListenerSpec {
+        let advertised_host = match &self.advertised {
+            Some((host, port)) if *port == self.port => host.clone(),
+            _ => String::new(),
+        };
+        crate::properties::ListenerSpec {
+            name: self.name.clone(),
+            bind_host: self.bind_host.clone(),
+            port: self.port,
+            advertised_host,
+            security_protocol: self.security_protocol.clone(),
+        }
+    }
+}
+
 /// The listeners in a `server.properties`, with what each advertises. Entries that cannot be
 /// parsed are left out (the agent only probes; it does not validate the operator's file here).
 pub fn running_listeners(content: &str) -> Vec<RunningListener> {
@@ -1373,6 +1392,36 @@ mod tests {
         assert_eq!(
             (default[0].name.as_str(), default[0].port),
             ("PLAINTEXT", 9092)
+        );
+    }
+
+    #[test]
+    fn a_running_listener_becomes_the_spec_the_post_restart_gate_checks() {
+        let content = "listeners=INTERNAL://0.0.0.0:9092,EXTERNAL://[::]:9093\n\
+            advertised.listeners=INTERNAL://10.0.0.1:9092,EXTERNAL://198.19.0.11:19093\n\
+            listener.security.protocol.map=INTERNAL:PLAINTEXT,EXTERNAL:SSL\n";
+        let specs: Vec<crate::properties::ListenerSpec> = running_listeners(content)
+            .iter()
+            .map(RunningListener::as_listener_spec)
+            .collect();
+        assert_eq!(
+            specs[0],
+            crate::properties::ListenerSpec {
+                name: "INTERNAL".into(),
+                bind_host: "0.0.0.0".into(),
+                port: 9092,
+                advertised_host: "10.0.0.1".into(),
+                security_protocol: "PLAINTEXT".into(),
+            }
+        );
+        // Advertised on another port than it binds: only "serving" can be checked.
+        assert_eq!(
+            (
+                specs[1].port,
+                specs[1].advertised_host.as_str(),
+                specs[1].security_protocol.as_str()
+            ),
+            (9093, "", "SSL")
         );
     }
 
