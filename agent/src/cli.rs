@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
     name = "kreach-agent",
     version,
     about = "Keeps this host's Kafka reachability in its desired state: the kreach block in the hosts file, the broker's listener settings, and Kafka restarts.",
-    after_help = "Exit codes: 0 converged; 1 failed (nothing half-written; \"rollback failed\": the previous config is back but the service does not serve on it either, the node needs attention); 2 invalid spec or config; 3 a health gate failed and the previous config was restored; 4 applied, but unmanaged hosts lines shadow kreach's entries."
+    after_help = "Exit codes: 0 converged; 1 failed (nothing half-written; \"rollback failed\": the previous config is back but the service does not serve on it either, the node needs attention); 2 invalid spec or config; 3 a health gate failed and the previous config was restored; 4 unmanaged hosts lines shadow kreach's entries (everything else converged; with --dry-run, nothing was changed)."
 )]
 pub struct Cli {
     /// The agent's own config: node name, state directory, the files and unit it may manage.

@@ -156,16 +156,12 @@ fn apply_local(
         if !dry_run {
             record_state_if_new(&engine, &desired)?;
         }
-        return Ok(if plan.conflicts.is_empty() {
-            0
-        } else {
-            EXIT_CONFLICTS
-        });
+        return Ok(converged_exit(&plan));
     }
     print!("{}", plan.render());
     if dry_run {
         println!("dry run: nothing was changed");
-        return Ok(0);
+        return Ok(converged_exit(&plan));
     }
     let outcome = match engine.apply(&plan, state::ReleaseRef::LOCAL, "apply-local") {
         Ok(outcome) => outcome,
@@ -199,14 +195,13 @@ fn apply_local(
             }
             if plan.conflicts.is_empty() {
                 println!("converged: {} matches the spec", desired.node);
-                Ok(0)
             } else {
                 println!(
                     "applied, but {} unmanaged hosts line(s) shadow kreach's entries (see conflicts above)",
                     plan.conflicts.len()
                 );
-                Ok(EXIT_CONFLICTS)
             }
+            Ok(converged_exit(&plan))
         }
         Outcome::RolledBack {
             reason, restored, ..
@@ -217,6 +212,17 @@ fn apply_local(
             }
             Ok(EXIT_ROLLED_BACK)
         }
+    }
+}
+
+/// The exit code once the files match `plan` (or would, in a dry run): conflicting unmanaged
+/// hosts lines make it [`EXIT_CONFLICTS`] whether or not anything had to change, so a script
+/// sees the same answer from `--dry-run` and from the apply.
+fn converged_exit(plan: &kreach_agent::engine::Plan) -> u8 {
+    if plan.conflicts.is_empty() {
+        0
+    } else {
+        EXIT_CONFLICTS
     }
 }
 

@@ -132,6 +132,55 @@ fn clients_get_split_horizon_entries_and_every_other_byte_survives() {
 }
 
 #[test]
+fn an_unmanaged_hosts_line_mapping_our_name_elsewhere_is_a_conflict_exit_4() {
+    let host = Host::client("etl-1");
+    let ports = Ports::new();
+    // An old hand-made entry sends the broker's long name to another address; the resolver
+    // takes the first match, so it would win over kreach's block.
+    let original = "127.0.0.1\tlocalhost\n10.9.9.9 emr-worker-1.cluster-48742 old-broker\n";
+    host.write_hosts(original);
+    let spec = host.write_spec(&SpecOptions::new(&ports));
+    let conflict = "conflict: line 2 maps emr-worker-1.cluster-48742 to 10.9.9.9, but kreach manages it as 198.18.0.11";
+
+    let dry = host.agent(&["apply-local", "--spec", &spec, "--dry-run"]);
+    assert_eq!(dry.code, 4, "a dry run reports the conflict too: {dry}");
+    assert!(dry.stdout.contains(conflict), "{dry}");
+    assert!(dry.stdout.contains("dry run: nothing was changed"), "{dry}");
+    assert_eq!(host.hosts(), original);
+
+    let apply = host.agent(&["apply-local", "--spec", &spec]);
+    assert_eq!(apply.code, 4, "{apply}");
+    assert!(apply.stdout.contains(conflict), "{apply}");
+    assert!(
+        apply
+            .stdout
+            .contains("applied, but 1 unmanaged hosts line(s) shadow kreach's entries"),
+        "{apply}"
+    );
+    let hosts = host.hosts();
+    assert!(
+        hosts.starts_with(original),
+        "the conflicting line is reported, not deleted or rewritten: {hosts:?}"
+    );
+    assert!(
+        hosts.contains("198.18.0.11\temr-worker-1.cluster-48742 emr-worker-1\n"),
+        "{hosts:?}"
+    );
+
+    // Nothing left to change: still 4, with and without --dry-run.
+    for args in [
+        &["apply-local", "--spec", &spec][..],
+        &["apply-local", "--spec", &spec, "--dry-run"][..],
+    ] {
+        let again = host.agent(args);
+        assert_eq!(again.code, 4, "{args:?}: {again}");
+        assert!(again.stdout.contains("nothing to change"), "{again}");
+        assert!(again.stdout.contains(conflict), "{again}");
+    }
+    assert_eq!(host.hosts(), hosts);
+}
+
+#[test]
 fn an_invalid_spec_reports_every_error_and_changes_nothing() {
     let host = Host::broker("emr-worker-1");
     let ports = Ports::new();
