@@ -103,6 +103,67 @@ fn broker_plan_apply_and_second_run_changes_nothing() {
 }
 
 #[test]
+fn a_change_to_the_hosts_block_alone_does_not_restart_kafka() {
+    let host = Host::broker("emr-worker-1");
+    let ports = Ports::new();
+    host.write_properties(&ports.initial_properties());
+    host.start_kafka();
+    let spec = host.write_spec(&SpecOptions {
+        external: true,
+        ..SpecOptions::new(&ports)
+    });
+    assert_eq!(host.agent(&["apply-local", "--spec", &spec]).code, 0);
+    assert_eq!(
+        host.restarts().len(),
+        2,
+        "enabling EXTERNAL restarts once (the recorder sees kreach's restarts)"
+    );
+    let hosts = host.hosts();
+    let properties = host.properties();
+    let properties_mtime = std::fs::metadata(host.properties_path())
+        .and_then(|m| m.modified())
+        .unwrap();
+
+    // A peer moves: brokers advertise hostnames, so this broker's hosts block maps emr-worker-2
+    // anew, while its own listener settings stay exactly as they are.
+    let moved = host.write_file(
+        "moved.toml",
+        &std::fs::read_to_string(&spec)
+            .unwrap()
+            .replace("198.18.0.12", "198.18.0.22"),
+    );
+    let run = host.agent(&["apply-local", "--spec", &moved]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout
+            .contains("restart: none (no listener setting changes)"),
+        "{run}"
+    );
+    assert!(!run.stdout.contains("restarted"), "{run}");
+    assert!(run.stdout.contains("converged"), "{run}");
+    let new_hosts = host.hosts();
+    assert_ne!(new_hosts, hosts, "the hosts file changed");
+    assert!(
+        new_hosts.contains("198.18.0.22\temr-worker-2.cluster-48742 emr-worker-2\n"),
+        "{new_hosts:?}"
+    );
+    assert_eq!(host.properties(), properties, "server.properties unchanged");
+    assert_eq!(
+        std::fs::metadata(host.properties_path())
+            .and_then(|m| m.modified())
+            .unwrap(),
+        properties_mtime,
+        "and not rewritten"
+    );
+    assert_eq!(
+        host.restarts().len(),
+        2,
+        "the restart command did not run: {:?}",
+        host.restarts()
+    );
+}
+
+#[test]
 fn clients_get_split_horizon_entries_and_every_other_byte_survives() {
     let ports = Ports::new();
     let original = "127.0.0.1\tlocalhost\r\n# a comment\twith a tab\r\n::1 localhost ip6-localhost\r\n10.1.1.1 db db.internal";
