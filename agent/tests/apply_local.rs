@@ -102,17 +102,25 @@ fn broker_plan_apply_and_second_run_changes_nothing() {
     assert_eq!(entry["new_hash"].as_str().map(str::len), Some(64), "{json}");
 }
 
-#[test]
-fn a_change_to_the_hosts_block_alone_does_not_restart_kafka() {
+/// Broker emr-worker-1 running the stand-in Kafka on its initial config, then converged by
+/// apply-local on a spec that enables EXTERNAL (one restart). Returns the host and the spec's path.
+fn applied_broker(ports: &Ports) -> (Host, String) {
     let host = Host::broker("emr-worker-1");
-    let ports = Ports::new();
     host.write_properties(&ports.initial_properties());
     host.start_kafka();
     let spec = host.write_spec(&SpecOptions {
         external: true,
-        ..SpecOptions::new(&ports)
+        ..SpecOptions::new(ports)
     });
-    assert_eq!(host.agent(&["apply-local", "--spec", &spec]).code, 0);
+    let run = host.agent(&["apply-local", "--spec", &spec]);
+    assert_eq!(run.code, 0, "{run}");
+    (host, spec)
+}
+
+#[test]
+fn a_change_to_the_hosts_block_alone_does_not_restart_kafka() {
+    let ports = Ports::new();
+    let (host, spec) = applied_broker(&ports);
     assert_eq!(
         host.restarts().len(),
         2,
@@ -452,15 +460,8 @@ fn a_hosts_file_with_nul_bytes_and_properties_with_an_absurd_line_are_refused_un
 
 #[test]
 fn the_daemon_repairs_drift_in_its_own_block_and_leaves_other_edits_alone() {
-    let host = Host::broker("emr-worker-1");
     let ports = Ports::new();
-    host.write_properties(&ports.initial_properties());
-    host.start_kafka();
-    let spec = host.write_spec(&SpecOptions {
-        external: true,
-        ..SpecOptions::new(&ports)
-    });
-    assert_eq!(host.agent(&["apply-local", "--spec", &spec]).code, 0);
+    let (host, _spec) = applied_broker(&ports);
     let applied_hosts = host.hosts();
     let applied_properties = host.properties();
     let restarts = host.restarts().len();
