@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kreach_common::desired::NodeSpec;
+use kreach_common::tls::error_chain;
 use kreach_proto as pb;
 use kreach_proto::agent_service_client::AgentServiceClient;
 use tokio_util::sync::CancellationToken;
@@ -70,7 +71,7 @@ pub enum ClientError {
     },
     #[error("cannot connect to the coordinator at {url}: {detail}")]
     Connect { url: String, detail: String },
-    #[error("{call} failed: {} ({:?})", .status.message(), .status.code())]
+    #[error("{call} failed: {}", rpc_failure(.status))]
     Rpc {
         call: &'static str,
         status: tonic::Status,
@@ -183,7 +184,7 @@ impl CoordinatorClient {
                 Ok(Ok(channel)) => channel,
                 Ok(Err(error)) => return Err(ClientError::Connect {
                     url: self.coordinator.url.clone(),
-                    detail: error_chain(&error),
+                    detail: kreach_common::tls::explain_transport(error_chain(&error)),
                 }),
                 Err(_) => return Err(ClientError::Connect {
                     url: self.coordinator.url.clone(),
@@ -775,15 +776,22 @@ fn describe(id: &pb::ReleaseId) -> String {
 }
 
 /// The error and its sources on one line (tonic's transport errors hide the useful part below).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+/// A failed call as the agent's log says it: the message, the code, the transport cause tonic
+/// keeps in the sources, and what a TLS alert means.
+fn rpc_failure(status: &tonic::Status) -> String {
+    let mut text = format!("{} ({:?})", status.message(), status.code());
+    if let Some(source) = std::error::Error::source(status) {
+        let chain = error_chain(source);
+        if !text.contains(&chain) {
+            text = format!("{text}: {chain}");
+        }
     }
-    text
+    if status.code() == tonic::Code::Cancelled && text.contains("connection closed") {
+        // With TLS 1.3 a refused client certificate often shows only as a closed connection.
+        text.push_str("; if this persists, check that [coordinator] cert and key are this node's certificate from the coordinator's CA (the coordinator logs why it refuses a handshake)");
+        return text;
+    }
+    kreach_common::tls::explain_transport(text)
 }
 
 #[cfg(test)]

@@ -54,27 +54,27 @@ impl Connection {
         }
         let channel = endpoint.connect().await.map_err(|e| {
             anyhow::anyhow!(
-                "cannot reach the coordinator at {}: {e}{}",
+                "cannot reach the coordinator at {}: {}",
                 self.url,
-                source_chain(&e)
+                kreach_common::tls::explain_transport(kreach_common::tls::error_chain(&e))
             )
         })?;
         Ok(AdminServiceClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES))
     }
 }
 
-fn source_chain(error: &dyn std::error::Error) -> String {
-    let mut out = String::new();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        out.push_str(&format!(": {inner}"));
-        source = inner.source();
-    }
-    out
-}
-
 /// A gRPC error as an operator reads it.
 pub fn status_message(status: &tonic::Status) -> String {
+    let mut message = status.message().to_string();
+    if let Some(source) = std::error::Error::source(status) {
+        let chain = kreach_common::tls::error_chain(source);
+        if !message.contains(&chain) {
+            message = format!("{message}: {chain}");
+        }
+    }
+    if kreach_common::tls::handshake_hint(&message).is_some() {
+        return kreach_common::tls::explain_transport(message);
+    }
     let hint = match status.code() {
         tonic::Code::Unavailable => " (is kreach-coordinator running, and is --coordinator right?)",
         // With TLS 1.3 a refused client certificate shows up only as a closed connection.
@@ -86,7 +86,7 @@ pub fn status_message(status: &tonic::Status) -> String {
         }
         _ => "",
     };
-    format!("{}{hint}", status.message())
+    format!("{message}{hint}")
 }
 
 fn release_text(release: &Option<pb::ReleaseId>) -> String {

@@ -6,5 +6,6 @@ pub mod core;
 pub mod ctl;
 pub mod grpc;
 pub mod store;
+pub mod tls_accept;
 
 pub mod rollout;

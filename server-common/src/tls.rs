@@ -619,6 +619,46 @@ pub fn verify_signed_by(cert_der: &[u8], ca_pem: &[u8]) -> Result<(), TlsError> 
         .map_err(|e| not_signed(&format!("the signature does not verify ({e})")))
 }
 
+/// An error and its sources on one line ("transport error: connection error: received fatal
+/// alert: CertificateRequired"): tonic hides the TLS cause in the sources.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `text` with what its TLS alert means appended, if it carries one [`handshake_hint`] knows.
+pub fn explain_transport(text: String) -> String {
+    match handshake_hint(&text) {
+        Some(hint) => format!("{text}; {hint}"),
+        None => text,
+    }
+}
+
+/// What a TLS alert from the coordinator means for the client that got it, in an operator's
+/// words; `None` when `error_text` carries no alert this knows. The coordinator logs the same
+/// refusal from its side ("TLS handshake refused: ...").
+pub fn handshake_hint(error_text: &str) -> Option<&'static str> {
+    let alert = error_text.split("received fatal alert: ").nth(1)?;
+    let alert = alert.split(|c: char| !c.is_ascii_alphanumeric()).next()?;
+    Some(match alert {
+        "CertificateRequired" => "the coordinator requires a client certificate and got none: give this client the certificate and key from `kreachctl certs init`",
+        "UnknownCA" | "DecryptError" | "BadCertificate" => "the coordinator refused this client's certificate: it was not issued by the coordinator's CA (use the files `kreachctl certs init` made for this coordinator)",
+        "UnsupportedCertificate" => "the coordinator refused this certificate as a client certificate: use a node's certificate (agents) or the admin one (kreachctl)",
+        "CertificateExpired" => "the coordinator refused this client's certificate: it has expired (`kreachctl certs issue` makes a new one)",
+        "CertificateRevoked" | "AccessDenied" => "the coordinator refused this client's certificate",
+        _ => return None,
+    })
+}
+
 /// Load the PEM files tonic needs: the CA (`ca`), and one identity's certificate and key. Checks
 /// that each holds what it should, that the key belongs to the certificate, and that the
 /// certificate was issued by the CA, so a mix-up is reported here, naming the file, rather than as
@@ -788,6 +828,20 @@ fn write_file(file: &PlannedFile, force: bool) -> Result<(), TlsError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn alerts_from_the_coordinator_read_as_their_cause() {
+        let hint = |text| super::handshake_hint(text).unwrap_or("");
+        assert!(hint(
+            "transport error: connection error: received fatal alert: CertificateRequired"
+        )
+        .contains("requires a client certificate"));
+        assert!(hint("connection error: received fatal alert: DecryptError")
+            .contains("not issued by the coordinator's CA"));
+        assert!(hint("received fatal alert: UnsupportedCertificate")
+            .contains("as a client certificate"));
+        assert_eq!(super::handshake_hint("connection refused"), None);
+    }
+
     use super::*;
 
     fn test_issuer() -> (Issuer<'static, KeyPair>, String) {

@@ -10,8 +10,9 @@ use kreach_coordinator::cli::coordinator::Cli;
 use kreach_coordinator::config::CoordinatorConfig;
 use kreach_coordinator::core::Core;
 use kreach_coordinator::grpc::{Auth, Services};
+use kreach_coordinator::tls_accept;
 use kreach_proto as pb;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 /// How long a stopping coordinator lets calls in flight finish before it closes the rest.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
@@ -76,22 +77,20 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         auth,
     };
 
-    let mut builder = Server::builder().http2_keepalive_interval(Some(Duration::from_secs(20)));
-    if !config.tls.insecure {
+    let tls = if config.tls.insecure {
+        None
+    } else {
         let (ca, cert, key) = (
             config.tls.ca.as_ref().expect("validated"),
             config.tls.cert.as_ref().expect("validated"),
             config.tls.key.as_ref().expect("validated"),
         );
         let files = kreach_common::tls::load_tls_files(ca, cert, key)?;
-        builder = builder
-            .tls_config(
-                ServerTlsConfig::new()
-                    .identity(Identity::from_pem(&files.cert_pem, &files.key_pem))
-                    .client_ca_root(Certificate::from_pem(&files.ca_pem)),
-            )
-            .context("configuring TLS")?;
-    }
+        Some(
+            tls_accept::server_config(&files.ca_pem, &files.cert_pem, &files.key_pem)
+                .context("configuring TLS")?,
+        )
+    };
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -124,9 +123,12 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         })
     };
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
-    let server = builder
+    let shutdown = async {
+        let _ = stop_receiver.await;
+    };
+    let router = Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(
             pb::agent_service_server::AgentServiceServer::new(services.clone())
                 .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
@@ -134,11 +136,17 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         .add_service(
             pb::admin_service_server::AdminServiceServer::new(services)
                 .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_receiver.await;
-        });
-    let mut server = tokio::spawn(server);
+        );
+    let mut server = match tls {
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )),
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(tls_accept::accept_loop(listener, tls)),
+            shutdown,
+        )),
+    };
     // The store is open and the listener bound: connections queue in the backlog until serving.
     kreach_common::daemon::systemd_notify::ready(&format!("listening on {address}"));
 
