@@ -104,8 +104,14 @@ fn apply_local(
     spec_path: &Path,
     dry_run: bool,
 ) -> anyhow::Result<u8> {
-    let text = std::fs::read_to_string(spec_path)
-        .with_context(|| format!("reading spec {}", spec_path.display()))?;
+    let text = match kreach_common::spec::read_spec_file(spec_path) {
+        Ok(text) => text,
+        Err(error) if error.is_invalid_spec() => {
+            eprintln!("kreach-agent: {error}; nothing was changed");
+            return Ok(EXIT_INVALID);
+        }
+        Err(error) => return Err(error.into()),
+    };
     let spec = match ClusterSpec::parse(&text) {
         Ok(spec) => spec,
         Err(errors) => {

@@ -273,6 +273,37 @@ fn an_invalid_spec_reports_every_error_and_changes_nothing() {
 }
 
 #[test]
+fn a_spec_file_that_cannot_be_a_spec_is_an_invalid_spec() {
+    let host = Host::client("etl-1");
+    let binary = host.write_file("binary.toml", "");
+    std::fs::write(&binary, b"[cluster]\nname = \"\xff\xfe\"\n").unwrap();
+    let before = host.snapshot();
+    // /dev/zero never ends: the agent stops reading at the size limit.
+    for (spec, why) in [
+        (
+            "/dev/zero",
+            "/dev/zero is over 4 MiB, the limit for a cluster spec",
+        ),
+        (
+            binary.as_str(),
+            "is not UTF-8 text (invalid byte at offset 18)",
+        ),
+    ] {
+        let run = host.agent(&["apply-local", "--spec", spec]);
+        assert_eq!(run.code, 2, "{run}");
+        assert!(run.stderr.contains(why), "{run}");
+        assert!(run.stderr.contains("nothing was changed"), "{run}");
+    }
+    assert_eq!(host.snapshot(), before);
+    let missing = host.agent(&["apply-local", "--spec", "/nonexistent/spec.toml"]);
+    assert_eq!(missing.code, 1, "unreadable, not invalid: {missing}");
+    assert!(
+        missing.stderr.contains("reading /nonexistent/spec.toml"),
+        "{missing}"
+    );
+}
+
+#[test]
 fn a_broker_that_cannot_start_on_the_new_config_is_rolled_back_and_serving() {
     let host = Host::broker("emr-worker-1");
     let ports = Ports::new();

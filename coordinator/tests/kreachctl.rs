@@ -172,7 +172,7 @@ fn a_missing_spec_file_is_a_clear_error() {
 fn a_huge_or_binary_file_given_as_the_spec_gets_a_clear_error_not_a_hang() {
     // /dev/zero never ends: kreachctl must stop reading at the size limit.
     let run = kreachctl(&["validate", "/dev/zero"]);
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(run.code, 2, "an invalid spec: {}{}", run.stdout, run.stderr);
     assert!(
         run.stderr
             .contains("/dev/zero is over 4 MiB, the limit for a cluster spec"),
@@ -183,12 +183,17 @@ fn a_huge_or_binary_file_given_as_the_spec_gets_a_clear_error_not_a_hang() {
     let dir = tempfile::tempdir().unwrap();
     let binary = dir.path().join("spec.toml");
     std::fs::write(&binary, b"[cluster]\nname = \"\xff\xfe\"\n").unwrap();
-    let run = kreachctl(&["render", binary.to_str().unwrap(), "--node", "w1"]);
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-    assert!(
-        run.stderr
-            .contains("is not UTF-8 text (invalid byte at offset 18)"),
-        "{}",
-        run.stderr
-    );
+    for args in [
+        &["render", binary.to_str().unwrap(), "--node", "w1"][..],
+        &["validate", binary.to_str().unwrap()][..],
+    ] {
+        let run = kreachctl(args);
+        assert_eq!(run.code, 2, "{args:?}: {}{}", run.stdout, run.stderr);
+        assert!(
+            run.stderr
+                .contains("is not UTF-8 text (invalid byte at offset 18)"),
+            "{}",
+            run.stderr
+        );
+    }
 }

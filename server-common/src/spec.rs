@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -19,6 +20,57 @@ pub const BIND_PRIVATE_IP: &str = "private_ip";
 
 /// Upper bound on a spec's size. A real spec is a few KiB; a bigger one is a mistake (or hostile).
 pub const MAX_SPEC_BYTES: usize = 4 * 1024 * 1024;
+
+/// Why a spec file gave no spec text.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecFileError {
+    #[error("reading {}: {error}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error(
+        "{} is over {} MiB, the limit for a cluster spec (a real one is a few KiB); is this the right file?",
+        path.display(),
+        MAX_SPEC_BYTES / (1024 * 1024)
+    )]
+    TooBig { path: PathBuf },
+    #[error("{} is not UTF-8 text (invalid byte at offset {offset}); a cluster spec is TOML", path.display())]
+    NotUtf8 { path: PathBuf, offset: usize },
+}
+
+impl SpecFileError {
+    /// The file was read but cannot be a spec: the commands exit as for any invalid spec (2). An
+    /// unreadable file (missing, no permission) is not a verdict on the spec.
+    pub fn is_invalid_spec(&self) -> bool {
+        !matches!(self, SpecFileError::Unreadable { .. })
+    }
+}
+
+/// Read a spec file, refusing (without reading it all) anything over [`MAX_SPEC_BYTES`] — a
+/// mistyped path to a log, an image or `/dev/zero` gets a clear error, not an out-of-memory.
+pub fn read_spec_file(path: &Path) -> Result<String, SpecFileError> {
+    use std::io::Read;
+    let unreadable = |error| SpecFileError::Unreadable {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .map_err(unreadable)?
+        .take(MAX_SPEC_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(unreadable)?;
+    if bytes.len() > MAX_SPEC_BYTES {
+        return Err(SpecFileError::TooBig {
+            path: path.to_path_buf(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|error| SpecFileError::NotUtf8 {
+        path: path.to_path_buf(),
+        offset: error.utf8_error().valid_up_to(),
+    })
+}
 
 /// One problem found in a spec. `field` is a path such as `broker[2].private_ip`; `subject` names the
 /// broker or client (`broker 3 (node "emr-worker-3")`) when the problem belongs to one.

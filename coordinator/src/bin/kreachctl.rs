@@ -3,10 +3,9 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::Parser;
 use kreach_common::desired::node_spec;
-use kreach_common::spec::{ClusterSpec, MAX_SPEC_BYTES};
+use kreach_common::spec::{read_spec_file, ClusterSpec, SpecFileError};
 use kreach_coordinator::cli::kreachctl::{CertsAction, Cli, Command, Output, RolloutAction};
 use kreach_coordinator::ctl;
 use kreach_proto as pb;
@@ -34,14 +33,22 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("kreachctl: error: {error:#}");
-            ExitCode::from(EXIT_FAILED)
+            // A spec file that cannot be a spec (too big, not UTF-8) is an invalid spec.
+            let invalid_spec = error
+                .downcast_ref::<SpecFileError>()
+                .is_some_and(SpecFileError::is_invalid_spec);
+            ExitCode::from(if invalid_spec {
+                EXIT_INVALID
+            } else {
+                EXIT_FAILED
+            })
         }
     }
 }
 
 /// Parse the spec; on errors print each as `SPEC: field: message` and return None.
 fn load_spec(path: &Path) -> anyhow::Result<Option<ClusterSpec>> {
-    let text = read_spec_text(path)?;
+    let text = read_spec_file(path)?;
     match ClusterSpec::parse(&text) {
         Ok(spec) => Ok(Some(spec)),
         Err(errors) => {
@@ -125,31 +132,6 @@ fn certs(action: &CertsAction) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-/// Read a spec file, refusing (without reading it all) anything over the spec size limit — a
-/// mistyped path to a log, an image or `/dev/zero` gets a clear error, not an out-of-memory.
-fn read_spec_text(path: &Path) -> anyhow::Result<String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_SPEC_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if bytes.len() > MAX_SPEC_BYTES {
-        anyhow::bail!(
-            "{} is over {} MiB, the limit for a cluster spec (a real one is a few KiB); is this the right file?",
-            path.display(),
-            MAX_SPEC_BYTES / (1024 * 1024)
-        );
-    }
-    String::from_utf8(bytes).map_err(|error| {
-        anyhow::anyhow!(
-            "{} is not UTF-8 text (invalid byte at offset {}); a cluster spec is TOML",
-            path.display(),
-            error.utf8_error().valid_up_to()
-        )
-    })
-}
-
 fn print_value(cli: &Cli, text: String, json: serde_json::Value) {
     match cli.output {
         Output::Table => print!("{text}"),
@@ -190,7 +172,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
         Command::Plan { spec, force } => {
             let plan = admin
                 .plan(pb::PlanRequest {
-                    spec_toml: read_spec_text(spec)?,
+                    spec_toml: read_spec_file(spec)?,
                     force: *force,
                 })
                 .await
@@ -209,7 +191,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             force,
             wait,
         } => {
-            let spec_toml = read_spec_text(spec)?;
+            let spec_toml = read_spec_file(spec)?;
             let plan = admin
                 .plan(pb::PlanRequest {
                     spec_toml: spec_toml.clone(),
