@@ -197,3 +197,29 @@ fn a_huge_or_binary_file_given_as_the_spec_gets_a_clear_error_not_a_hang() {
         );
     }
 }
+
+#[test]
+fn an_unknown_key_with_a_newline_in_it_is_named_escaped_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("spec.toml");
+    let example = std::fs::read_to_string(EXAMPLE).unwrap();
+    let text = example.replacen(
+        "[cluster]\n",
+        "[cluster]\n\"colour\\nred\\u001b[31m\" = 1\n",
+        1,
+    );
+    assert_ne!(text, example);
+    std::fs::write(&spec, text).unwrap();
+    let run = kreachctl(&["validate", spec.to_str().unwrap()]);
+    assert_eq!(run.code, 2, "{}{}", run.stdout, run.stderr);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one error, one line: {:?}", run.stdout);
+    assert_eq!(
+        lines[0],
+        format!(
+            "{}: cluster.\"colour\\nred\\u001B[31m\": unknown key (known keys here: name, metadata)",
+            spec.display()
+        )
+    );
+    assert!(run.stderr.contains("1 error(s)"), "{}", run.stderr);
+}

@@ -203,7 +203,13 @@ impl ClusterSpec {
             SpecErrors(vec![SpecError {
                 field: "(syntax)".into(),
                 subject: None,
-                message: error.to_string().trim().replace('\n', " "),
+                message: error.to_string().trim().replace('\n', " ").chars().fold(
+                    String::new(),
+                    |mut message, c| {
+                        push_escaping_control(&mut message, c);
+                        message
+                    },
+                ),
             }])
         })?;
         let mut compiler = Compiler::default();
@@ -296,14 +302,53 @@ impl Place {
         }
     }
     fn field(&self, key: &str) -> Place {
+        let key = path_key(key);
         Place {
             path: if self.path.is_empty() {
-                key.to_string()
+                key.into_owned()
             } else {
                 format!("{}.{}", self.path, key)
             },
             subject: self.subject.clone(),
         }
+    }
+}
+
+/// A key as a field path shows it: bare when TOML allows it bare, else quoted and escaped as a
+/// TOML basic string (`cluster."a\nb"`), so that an unknown key with a newline or another control
+/// character in it names itself readably and cannot split its error over several lines.
+fn path_key(key: &str) -> std::borrow::Cow<'_, str> {
+    let bare = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if bare {
+        return key.into();
+    }
+    let mut quoted = String::with_capacity(key.len() + 2);
+    quoted.push('"');
+    for c in key.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c => push_escaping_control(&mut quoted, c),
+        }
+    }
+    quoted.push('"');
+    quoted.into()
+}
+
+/// Push `c`, written as a TOML escape when it is a control character or a Unicode line or
+/// paragraph separator (anything a terminal or a line-based reader might break a line at).
+fn push_escaping_control(out: &mut String, c: char) {
+    match c {
+        '\t' => out.push_str("\\t"),
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+            out.push_str(&format!("\\u{:04X}", u32::from(c)))
+        }
+        c => out.push(c),
     }
 }
 
@@ -1373,6 +1418,52 @@ view = "public"
         let text = format!("# {}\n", "x".repeat(MAX_SPEC_BYTES));
         let errors = errors_of(&text);
         assert!(errors[0].contains("over the limit"), "{errors:?}");
+    }
+
+    /// One error per line: a quoted unknown key with a newline, a bell, a quote or a backslash in
+    /// it is named in TOML's escaped form, never printed raw.
+    #[test]
+    fn unknown_keys_with_control_characters_are_escaped_in_their_error() {
+        let text = EXAMPLE.replacen(
+            "[cluster]\n",
+            "[cluster]\n\"colour\\nred\\u0007\\\"x\\\\y\" = 1\n\"ключ\\r\" = 2\n",
+            1,
+        );
+        assert_ne!(text, EXAMPLE);
+        let errors = ClusterSpec::parse(&text).unwrap_err();
+        let lines: Vec<String> = errors.to_string().lines().map(str::to_string).collect();
+        assert_eq!(
+            lines.len(),
+            errors.0.len(),
+            "one line per error: {lines:#?}"
+        );
+        assert_eq!(errors.0.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].starts_with(r#"cluster."colour\nred\u0007\"x\\y": unknown key"#),
+            "{lines:#?}"
+        );
+        assert!(
+            lines[1].starts_with(r#"cluster."ключ\r": unknown key"#),
+            "{lines:#?}"
+        );
+        for line in &lines {
+            assert!(!line.chars().any(char::is_control), "{line:?}");
+        }
+        // Keys TOML allows bare stay bare.
+        assert_eq!(path_key("public_ip"), "public_ip");
+        assert_eq!(path_key("a-b_9"), "a-b_9");
+        assert_eq!(path_key(""), "\"\"");
+        assert_eq!(path_key("a.b"), "\"a.b\"");
+        assert_eq!(path_key("line\u{2028}sep"), r#""line\u2028sep""#);
+    }
+
+    #[test]
+    fn a_syntax_error_quoting_a_control_character_stays_on_one_line() {
+        let errors = ClusterSpec::parse("[cluster]\nname = \"a\rb\"\n").unwrap_err();
+        assert_eq!(errors.0.len(), 1);
+        let message = errors.to_string();
+        assert!(message.starts_with("(syntax): "), "{message:?}");
+        assert!(!message.chars().any(char::is_control), "{message:?}");
     }
 
     #[test]
