@@ -35,8 +35,6 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub const BACKOFF_JITTER: f64 = 0.2;
 /// A subscription that lasted longer than this was a working connection: the backoff starts over.
 pub const STABLE_SESSION: Duration = Duration::from_secs(10);
-/// How often the host facts are re-read (and reported when they changed).
-pub const FACTS_PERIOD: Duration = Duration::from_secs(30);
 /// Bound on each unary call and on connecting, so a half-dead coordinator cannot stall the client.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Audit entries per ReportAudit (the coordinator takes up to 1,000).
@@ -225,8 +223,9 @@ impl CoordinatorClient {
         // A new session reports the latest reachability again: the coordinator may have restarted.
         let mut reported_reachability: Option<Vec<pb::Reachability>> = None;
         self.reachability.mark_changed();
+        let facts_period = self.coordinator.facts_period;
         let mut facts_timer =
-            tokio::time::interval_at(tokio::time::Instant::now() + FACTS_PERIOD, FACTS_PERIOD);
+            tokio::time::interval_at(tokio::time::Instant::now() + facts_period, facts_period);
         loop {
             tokio::select! {
                 biased;

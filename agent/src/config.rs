@@ -72,6 +72,16 @@ pub struct CoordinatorConfig {
     /// Plaintext HTTP/2, for a coordinator on the same host (tests, a local sandbox).
     #[serde(default)]
     pub insecure: bool,
+    /// How often the host facts are read again; a change is reported at once (e.g. "30s").
+    #[serde(
+        default = "default_facts_period",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub facts_period: std::time::Duration,
+}
+
+fn default_facts_period() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
 }
 
 impl CoordinatorConfig {
@@ -102,6 +112,12 @@ impl CoordinatorConfig {
                 self.url
             )];
         };
+        if self.facts_period < std::time::Duration::from_secs(1) {
+            problems.push(
+                "coordinator.facts_period: must be at least \"1s\" (each read walks the process table)"
+                    .to_string(),
+            );
+        }
         let tls_files = [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)];
         match (uri.scheme_str(), self.insecure) {
             (Some("https"), false) => {

@@ -385,7 +385,7 @@ impl Fleet {
                 "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\nprobe = \"tcp\"\n\
                  controller_check = [\"test\", \"-e\", {flag:?}]\n\
                  [service_manager]\nkind = \"command\"\nrestart = {restart:?}\n\
-                 [coordinator]\nurl = \"http://{addr}\"\ninsecure = true\n",
+                 [coordinator]\nurl = \"http://{addr}\"\ninsecure = true\nfacts_period = \"1s\"\n",
                 node = broker.node,
                 state = broker.state_dir().display().to_string(),
                 hosts = broker.dir.join("etc/hosts").display().to_string(),
@@ -397,7 +397,7 @@ impl Fleet {
         }
         for (node, dir) in &self.clients {
             let config = format!(
-                "node = \"{node}\"\nstate_dir = {:?}\n[manage]\nhosts_file = {:?}\n[coordinator]\nurl = \"http://{}\"\ninsecure = true\n",
+                "node = \"{node}\"\nstate_dir = {:?}\n[manage]\nhosts_file = {:?}\n[coordinator]\nurl = \"http://{}\"\ninsecure = true\nfacts_period = \"1s\"\n",
                 dir.join("state").display().to_string(),
                 dir.join("etc/hosts").display().to_string(),
                 self.coordinator_addr

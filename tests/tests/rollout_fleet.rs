@@ -136,6 +136,38 @@ fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expan
         .wait_for_rollout("completed", Duration::from_secs(60))
         .unwrap();
 
+    // Host facts are reported when they change: a line outside kreach's block gives etl-2's host
+    // a new FQDN, and `kreachctl nodes` shows it within a few facts periods (1 s here).
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    let fqdn = format!("{hostname}.facts-changed.test");
+    let etl2_hosts = fleet.clients[1].1.join("etc/hosts");
+    let mut text = std::fs::read_to_string(&etl2_hosts).unwrap();
+    text.push_str(&format!("127.0.1.1\t{fqdn} {hostname}\n"));
+    std::fs::write(&etl2_hosts, text).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let run = fleet.ctl(&["nodes", "--output", "json"]).unwrap();
+        let nodes: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let etl2 = nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == "etl-2")
+            .cloned()
+            .unwrap();
+        if etl2["fqdn"] == fqdn.as_str() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the changed FQDN was not reported: {etl2:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
     // Generation 2: brokers advertise hostnames and open EXTERNAL. Clients must learn the names first.
     let since = now_ns();
     let observer = HostsObserver::start(
