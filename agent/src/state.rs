@@ -100,22 +100,33 @@ pub fn ensure_state_dir(state_dir: &Path) -> Result<(), StateError> {
 }
 
 pub fn load(state_dir: &Path) -> Result<Option<AppliedState>, StateError> {
-    let path = state_dir.join(STATE_FILE);
-    let Some(bytes) = fsio::read_file(&path)? else {
+    load_json(&state_dir.join(STATE_FILE))
+}
+
+pub fn save(state_dir: &Path, state: &AppliedState) -> Result<(), StateError> {
+    save_json(state_dir, STATE_FILE, state)
+}
+
+fn load_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    let Some(bytes) = fsio::read_file(path)? else {
         return Ok(None);
     };
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|error| StateError::Corrupt {
-            path,
+            path: path.to_path_buf(),
             message: error.to_string(),
         })
 }
 
-pub fn save(state_dir: &Path, state: &AppliedState) -> Result<(), StateError> {
+fn save_json(
+    state_dir: &Path,
+    file: &str,
+    value: &impl serde::Serialize,
+) -> Result<(), StateError> {
     ensure_state_dir(state_dir)?;
-    let bytes = serde_json::to_vec_pretty(state).expect("applied state serializes");
-    fsio::atomic_write(&state_dir.join(STATE_FILE), &bytes)?;
+    let bytes = serde_json::to_vec_pretty(value).expect("state serializes to JSON");
+    fsio::atomic_write(&state_dir.join(file), &bytes)?;
     Ok(())
 }
 
@@ -144,23 +155,11 @@ impl FailedRelease {
 }
 
 pub fn load_failed(state_dir: &Path) -> Result<Option<FailedRelease>, StateError> {
-    let path = state_dir.join(FAILED_FILE);
-    let Some(bytes) = fsio::read_file(&path)? else {
-        return Ok(None);
-    };
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|error| StateError::Corrupt {
-            path,
-            message: error.to_string(),
-        })
+    load_json(&state_dir.join(FAILED_FILE))
 }
 
 pub fn save_failed(state_dir: &Path, failed: &FailedRelease) -> Result<(), StateError> {
-    ensure_state_dir(state_dir)?;
-    let bytes = serde_json::to_vec_pretty(failed).expect("failed release serializes");
-    fsio::atomic_write(&state_dir.join(FAILED_FILE), &bytes)?;
-    Ok(())
+    save_json(state_dir, FAILED_FILE, failed)
 }
 
 /// Forget the failed release (a later release converged).

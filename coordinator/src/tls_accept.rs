@@ -48,27 +48,10 @@ pub fn server_config(
     key_pem: &[u8],
 ) -> Result<ServerConfig, TlsSetupError> {
     let mut roots = RootCertStore::empty();
-    let ca: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(ca_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| invalid("tls.ca", e))?;
-    if ca.is_empty() {
-        return Err(TlsSetupError::Missing {
-            what: "tls.ca",
-            kind: "certificate",
-        });
-    }
-    for cert in ca {
+    for cert in pem_certificates("tls.ca", ca_pem)? {
         roots.add(cert).map_err(|e| invalid("tls.ca", e))?;
     }
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
-        .collect::<Result<_, _>>()
-        .map_err(|e| invalid("tls.cert", e))?;
-    if chain.is_empty() {
-        return Err(TlsSetupError::Missing {
-            what: "tls.cert",
-            kind: "certificate",
-        });
-    }
+    let chain = pem_certificates("tls.cert", cert_pem)?;
     let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| invalid("tls.key", e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
@@ -82,6 +65,23 @@ pub fn server_config(
         .map_err(|e| invalid("tls.cert/tls.key", e))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
+}
+
+/// Every certificate in `pem`; at least one.
+fn pem_certificates(
+    what: &'static str,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {
+    let certificates: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| invalid(what, e))?;
+    if certificates.is_empty() {
+        return Err(TlsSetupError::Missing {
+            what,
+            kind: "certificate",
+        });
+    }
+    Ok(certificates)
 }
 
 fn invalid(what: &'static str, error: impl std::fmt::Display) -> TlsSetupError {

@@ -147,6 +147,42 @@ fn facts_refusal(plan: &pb::PlanResponse, what: &str) -> String {
     )
 }
 
+/// Before an apply or a rollback: show the plan (tables only), refuse when host facts disagree
+/// with `what` (unless `force`), then ask `question` (unless `yes`). False: the operator said no.
+fn review_plan(
+    cli: &Cli,
+    plan: &pb::PlanResponse,
+    what: &str,
+    question: &str,
+    yes: bool,
+    force: bool,
+) -> anyhow::Result<bool> {
+    if cli.output == Output::Table {
+        print!("{}", ctl::plan_text(plan));
+    }
+    if !plan.warnings.is_empty() && !force {
+        anyhow::bail!(facts_refusal(plan, what));
+    }
+    Ok(yes || confirm(question)?)
+}
+
+/// What an accepted apply or rollback says: the new generation (and, as JSON, its plan).
+fn print_applied(cli: &Cli, applied: &pb::ApplyResponse, rollback_of: Option<u64>) {
+    match cli.output {
+        Output::Table => println!(
+            "applied generation {}{}; follow it with `kreachctl status --watch`",
+            applied.generation,
+            rollback_of
+                .map(|to| format!(" (the spec of generation {to})"))
+                .unwrap_or_default()
+        ),
+        Output::Json => println!(
+            "{}",
+            serde_json::json!({"generation": applied.generation, "rollback_of": rollback_of, "plan": applied.plan.as_ref().map(ctl::plan_json)})
+        ),
+    }
+}
+
 /// Ask on the terminal; refuse when there is none (scripts say --yes).
 fn confirm(question: &str) -> anyhow::Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
@@ -200,19 +236,12 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .await
                 .map_err(fail)?
                 .into_inner();
-            if cli.output == Output::Table {
-                print!("{}", ctl::plan_text(&plan));
-            }
-            if !plan.warnings.is_empty() && !*force {
-                anyhow::bail!(facts_refusal(&plan, "the spec"));
-            }
-            if !*yes
-                && !confirm(&format!(
-                    "Apply {} as generation {}?",
-                    spec.display(),
-                    plan.from_generation + 1
-                ))?
-            {
+            let question = format!(
+                "Apply {} as generation {}?",
+                spec.display(),
+                plan.from_generation + 1
+            );
+            if !review_plan(cli, &plan, "the spec", &question, *yes, *force)? {
                 println!("not applied");
                 return Ok(EXIT_FAILED);
             }
@@ -224,16 +253,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .await
                 .map_err(fail)?
                 .into_inner();
-            match cli.output {
-                Output::Table => println!(
-                    "applied generation {}; follow it with `kreachctl status --watch`",
-                    applied.generation
-                ),
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({"generation": applied.generation, "plan": applied.plan.as_ref().map(ctl::plan_json)})
-                ),
-            }
+            print_applied(cli, &applied, None);
             if *wait {
                 return follow(cli, &mut admin).await;
             }
@@ -349,18 +369,12 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .map_err(fail)?
                 .into_inner();
             let plan = preview.plan.unwrap_or_default();
-            if cli.output == Output::Table {
-                print!("{}", ctl::plan_text(&plan));
-            }
-            if !plan.warnings.is_empty() && !*force {
-                anyhow::bail!(facts_refusal(&plan, &format!("generation {to}'s spec")));
-            }
-            if !*yes
-                && !confirm(&format!(
-                    "Roll out generation {to}'s spec again as generation {}?",
-                    plan.from_generation + 1
-                ))?
-            {
+            let question = format!(
+                "Roll out generation {to}'s spec again as generation {}?",
+                plan.from_generation + 1
+            );
+            let what = format!("generation {to}'s spec");
+            if !review_plan(cli, &plan, &what, &question, *yes, *force)? {
                 println!("not applied");
                 return Ok(EXIT_FAILED);
             }
@@ -373,16 +387,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .await
                 .map_err(fail)?
                 .into_inner();
-            match cli.output {
-                Output::Table => println!(
-                    "applied generation {} (the spec of generation {to}); follow it with `kreachctl status --watch`",
-                    applied.generation
-                ),
-                Output::Json => println!(
-                    "{}",
-                    serde_json::json!({"generation": applied.generation, "rollback_of": to, "plan": applied.plan.as_ref().map(ctl::plan_json)})
-                ),
-            }
+            print_applied(cli, &applied, Some(*to));
             if *wait {
                 return follow(cli, &mut admin).await;
             }
