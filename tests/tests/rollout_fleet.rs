@@ -210,6 +210,31 @@ fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expan
         "the plan shows the controller step:\n{}",
         plan.stdout
     );
+    // The exact diff per node: a client gains the brokers' names, a broker's advertised listener
+    // changes and it restarts.
+    let lines: Vec<&str> = plan.stdout.lines().collect();
+    assert!(
+        lines.contains(&"~ etl-1 (client, private view)")
+            && lines.iter().any(|l| l.starts_with('+')
+                && l.contains("127.0.11.1")
+                && l.contains("emr-worker-1.fleet-11")),
+        "{}",
+        plan.stdout
+    );
+    assert!(
+        lines.contains(&"~ emr-worker-1 (broker 1): restarts Kafka")
+            && lines
+                .iter()
+                .any(|l| l.starts_with("+advertised.listeners=")
+                    && l.contains("emr-worker-1.fleet-11:")),
+        "{}",
+        plan.stdout
+    );
+    // And planning changed nothing.
+    assert!(restarts_since(&fleet, since).is_empty());
+    assert!(!fleet
+        .client_hosts("etl-1")
+        .contains("emr-worker-1.fleet-11"));
     apply(&fleet, &gen2);
     let status = fleet
         .wait_for_rollout("completed", Duration::from_secs(90))
