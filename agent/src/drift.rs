@@ -4,8 +4,10 @@
 //! state on disk (which the coordinator client replaces after each converged release). Every check
 //! is a fresh plan against the persisted desired state, so the editors decide what counts as drift:
 //! an edit inside kreach's hosts block or to a managed listener entry shows up as a change and is
-//! written back; edits anywhere else render to the same bytes and are left alone. Repairs never
-//! restart Kafka: they put back the bytes the running broker was started with.
+//! written back; edits anywhere else render to the same bytes and are left alone, except that a
+//! line elsewhere mapping one of kreach's names to another address is logged as a conflict (once,
+//! when it appears). Repairs never restart Kafka: they put back the bytes the running broker was
+//! started with.
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -56,12 +58,33 @@ fn rewatch_file(watcher: &mut notify::RecommendedWatcher, path: &Path) {
     }
 }
 
-/// Check once: if the managed files differ from `applied`, write them back. Returns the repaired paths.
-pub fn check_and_repair(
+/// What one check found.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// The managed files written back.
+    pub repaired: Vec<PathBuf>,
+    /// Unmanaged hosts lines that map one of kreach's names elsewhere (the resolver takes the
+    /// first match): reported, never deleted.
+    pub conflicts: Vec<String>,
+}
+
+/// Check once: if the managed files differ from `applied`, write them back; report the hosts
+/// lines that shadow kreach's entries.
+pub fn check_and_repair(engine: &Engine, applied: &AppliedState) -> Result<Checked, EngineError> {
+    let first = engine.plan(&applied.node_spec)?;
+    let conflicts = first.conflicts.iter().map(ToString::to_string).collect();
+    let repaired = repair_drift(engine, applied, first)?;
+    Ok(Checked {
+        repaired,
+        conflicts,
+    })
+}
+
+fn repair_drift(
     engine: &Engine,
     applied: &AppliedState,
+    first: crate::engine::Plan,
 ) -> Result<Vec<PathBuf>, EngineError> {
-    let first = engine.plan(&applied.node_spec)?;
     if first.is_empty() {
         return Ok(Vec::new());
     }
@@ -119,6 +142,8 @@ pub fn enforce(
     // The last applied state seen on disk: if its file disappears (the state directory removed
     // under us), enforcing goes on from memory and the file is written back.
     let mut last_applied: Option<AppliedState> = None;
+    // The conflicts last logged: a new or a resolved one is said once, not at every check.
+    let mut reported_conflicts: Vec<String> = Vec::new();
     let mut check = |watcher: &mut notify::RecommendedWatcher| {
         let engine = lock_engine(engine);
         let state_dir = &engine.config().state_dir;
@@ -170,9 +195,20 @@ pub fn enforce(
             enforcing = Some(current);
         }
         match check_and_repair(&engine, &applied) {
-            Ok(repaired) => {
-                for path in repaired {
+            Ok(checked) => {
+                for path in checked.repaired {
                     rewatch_file(watcher, &path);
+                }
+                if checked.conflicts != reported_conflicts {
+                    for conflict in &checked.conflicts {
+                        if !reported_conflicts.contains(conflict) {
+                            tracing::warn!(node = %applied.node_spec.node, "conflict: {conflict}");
+                        }
+                    }
+                    if checked.conflicts.is_empty() {
+                        tracing::info!(node = %applied.node_spec.node, "no unmanaged hosts line shadows kreach's entries any more");
+                    }
+                    reported_conflicts = checked.conflicts;
                 }
             }
             Err(error) => {

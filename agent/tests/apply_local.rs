@@ -651,6 +651,38 @@ fn a_restarted_agent_enforces_the_persisted_state_before_any_coordinator() {
 }
 
 #[test]
+fn the_daemon_reports_a_conflicting_hosts_line_once_when_it_appears() {
+    let host = Host::client("etl-1");
+    let ports = Ports::new();
+    let spec = host.write_spec(&SpecOptions::new(&ports));
+    assert_eq!(host.agent(&["apply-local", "--spec", &spec]).code, 0);
+    let mut daemon = host.spawn_agent(&["run"]);
+    daemon.wait_for_log("enforcing the last applied state", Duration::from_secs(10));
+
+    // Someone adds an old hand-made entry above kreach's block: it wins in the resolver.
+    let applied = host.hosts();
+    host.write_hosts(&format!("10.9.9.9 emr-worker-1.cluster-48742\n{applied}"));
+    let needle = "conflict: line 1 maps emr-worker-1.cluster-48742 to 10.9.9.9, but kreach manages it as 198.18.0.11";
+    daemon.wait_for_log(needle, Duration::from_secs(10));
+    assert!(
+        host.hosts()
+            .starts_with("10.9.9.9 emr-worker-1.cluster-48742\n"),
+        "the line is reported, not deleted"
+    );
+    // Said once, not at every later check (the safety check runs every 5 s).
+    std::thread::sleep(kreach_agent::drift::SAFETY_CHECK_PERIOD + Duration::from_secs(1));
+    assert_eq!(daemon.log_lines(needle).len(), 1, "{}", daemon.log());
+
+    // Removed again: the daemon says so.
+    host.write_hosts(&applied);
+    daemon.wait_for_log(
+        "no unmanaged hosts line shadows kreach's entries any more",
+        Duration::from_secs(10),
+    );
+    assert_eq!(daemon.terminate(Duration::from_secs(5)), Some(0));
+}
+
+#[test]
 fn sigkill_during_apply_never_leaves_a_torn_file() {
     // A big hosts file widens the window in which a kill lands mid-write.
     let host = Host::client("etl-1");
