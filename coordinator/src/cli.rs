@@ -159,7 +159,7 @@ pub mod kreachctl {
             #[arg(long = "coordinator-name")]
             coordinator_names: Vec<String>,
             /// Validity in days.
-            #[arg(long, default_value_t = 825)]
+            #[arg(long, default_value_t = kreach_common::tls::DEFAULT_VALID_DAYS)]
             days: u32,
             #[arg(long)]
             force: bool,
@@ -170,8 +170,9 @@ pub mod kreachctl {
             dir: PathBuf,
             #[arg(long)]
             node: String,
-            #[arg(long, default_value_t = 825)]
-            days: u32,
+            /// Validity in days (default: 825, or until the CA expires when that is sooner).
+            #[arg(long)]
+            days: Option<u32>,
             #[arg(long)]
             force: bool,
         },

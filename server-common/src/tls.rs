@@ -248,6 +248,9 @@ fn generation_error(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> Tls
     move |source| TlsError::Generate { what, source }
 }
 
+/// The validity `kreachctl certs init` and `certs issue` give by default.
+pub const DEFAULT_VALID_DAYS: u32 = 825;
+
 fn validity_days(days: u32) -> Result<Duration, TlsError> {
     if days == 0 {
         return Err(TlsError::InvalidValidity { days });
@@ -494,14 +497,16 @@ pub fn init_certs(
 
 /// Issue one more node certificate (`nodes/<node>.pem` + `.key`) from the CA already in `dir`
 /// (`ca.pem` + `ca.key`), for a node added after `init_certs`. Refuses to overwrite unless `force`,
-/// and refuses a validity that outlives the CA.
+/// and refuses a validity that outlives the CA. `valid_days` `None`: [`DEFAULT_VALID_DAYS`], or
+/// until the CA expires when that is sooner (a CA made with the same default always is).
 pub fn issue_node_cert(
     dir: &Path,
     node: &str,
-    valid_days: u32,
+    valid_days: Option<u32>,
     force: bool,
 ) -> Result<Vec<PathBuf>, TlsError> {
-    let days = validity_days(valid_days)?;
+    let requested_days = valid_days.unwrap_or(DEFAULT_VALID_DAYS);
+    let mut days = validity_days(requested_days)?;
     validate_node_name(node)?;
     let (cert_path, key_path) = node_cert_paths(dir, node);
     refuse_existing(&[&cert_path, &key_path], force)?;
@@ -524,13 +529,16 @@ pub fn issue_node_cert(
 
     let now = OffsetDateTime::now_utc();
     let ca_not_after = ca.validity().not_after.timestamp();
-    let max_days = (ca_not_after - now.unix_timestamp()) / 86_400;
+    let ca_left_seconds = ca_not_after - now.unix_timestamp();
+    if valid_days.is_none() && ca_left_seconds > 0 {
+        days = days.min(Duration::seconds(ca_left_seconds));
+    }
     if (now + days).unix_timestamp() > ca_not_after {
         return Err(TlsError::ValidityBeyondCa {
             ca: ca_cert_path,
             ca_not_after: ca.validity().not_after.to_string(),
-            requested_days: valid_days,
-            max_days: max_days.max(0),
+            requested_days,
+            max_days: (ca_left_seconds / 86_400).max(0),
         });
     }
 

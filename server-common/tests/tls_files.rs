@@ -213,7 +213,7 @@ fn a_node_added_later_gets_a_certificate_from_the_same_ca() {
     init(dir, &["a"]);
     let ca_pem = fs::read(dir.join("ca.pem")).unwrap();
 
-    let written = issue_node_cert(dir, "late-node", 10, false).unwrap();
+    let written = issue_node_cert(dir, "late-node", Some(10), false).unwrap();
     assert_eq!(
         written,
         vec![
@@ -231,22 +231,33 @@ fn a_node_added_later_gets_a_certificate_from_the_same_ca() {
     );
     load_tls_files(&dir.join("ca.pem"), &written[1], &written[0]).unwrap();
 
-    let err = issue_node_cert(dir, "late-node", 10, false).unwrap_err();
+    let err = issue_node_cert(dir, "late-node", Some(10), false).unwrap_err();
     assert!(matches!(err, TlsError::AlreadyExists { .. }), "{err}");
-    issue_node_cert(dir, "late-node", 10, true).unwrap();
+    issue_node_cert(dir, "late-node", Some(10), true).unwrap();
 
-    let err = issue_node_cert(dir, "bad name", 10, false).unwrap_err();
+    let err = issue_node_cert(dir, "bad name", Some(10), false).unwrap_err();
     assert!(matches!(err, TlsError::InvalidNodeName { .. }), "{err}");
     // The CA was made for 30 days; a leaf must not outlive it.
-    let err = issue_node_cert(dir, "c", 365, false).unwrap_err();
+    let err = issue_node_cert(dir, "c", Some(365), false).unwrap_err();
     assert!(matches!(err, TlsError::ValidityBeyondCa { .. }), "{err}");
     assert!(!dir.join("nodes/c.key").exists());
+
+    // Without --days the leaf gets the default, cut to the CA's own end (a CA made with the same
+    // default, seconds earlier, always ends first).
+    let written = issue_node_cert(dir, "d", None, false).unwrap();
+    let not_after = |path: &std::path::Path| {
+        let der = cert_der(path);
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        cert.validity().not_after.timestamp()
+    };
+    assert!(not_after(&written[1]) <= not_after(&dir.join("ca.pem")));
+    assert!(not_after(&written[1]) > not_after(&dir.join("ca.pem")) - 60);
 }
 
 #[test]
 fn issuing_without_a_ca_names_the_missing_file() {
     let tmp = tempfile::tempdir().unwrap();
-    let err = issue_node_cert(tmp.path(), "a", 10, false).unwrap_err();
+    let err = issue_node_cert(tmp.path(), "a", Some(10), false).unwrap_err();
     assert!(matches!(err, TlsError::Read { .. }), "{err}");
     assert!(err.to_string().contains("ca.pem"), "{err}");
 }
@@ -259,7 +270,7 @@ fn issuing_with_the_wrong_ca_key_is_refused() {
     init(&ours, &[]);
     init(&theirs, &[]);
     fs::copy(theirs.join("ca.key"), ours.join("ca.key")).unwrap();
-    let err = issue_node_cert(&ours, "a", 10, false).unwrap_err();
+    let err = issue_node_cert(&ours, "a", Some(10), false).unwrap_err();
     assert!(matches!(err, TlsError::KeyMismatch { .. }), "{err}");
 }
 
