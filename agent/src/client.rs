@@ -778,13 +778,10 @@ fn describe(id: &pb::ReleaseId) -> String {
 /// A failed call as the agent's log says it: the message, the code, the transport cause tonic
 /// keeps in the sources, and what a TLS alert means.
 fn rpc_failure(status: &tonic::Status) -> String {
-    let mut text = format!("{} ({:?})", status.message(), status.code());
-    if let Some(source) = std::error::Error::source(status) {
-        let chain = error_chain(source);
-        if !text.contains(&chain) {
-            text = format!("{text}: {chain}");
-        }
-    }
+    let mut text = kreach_common::tls::with_causes(
+        &format!("{} ({:?})", status.message(), status.code()),
+        std::error::Error::source(status),
+    );
     if status.code() == tonic::Code::Cancelled && text.contains("connection closed") {
         // With TLS 1.3 a refused client certificate often shows only as a closed connection.
         text.push_str("; if this persists, check that [coordinator] cert and key are this node's certificate from the coordinator's CA (the coordinator logs why it refuses a handshake)");

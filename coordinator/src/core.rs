@@ -180,16 +180,11 @@ impl Core {
         else {
             return false;
         };
-        let id = release.id();
-        let same = status.release.is_some_and(|reported| {
-            reported.generation == id.generation
-                && reported.step == id.step
-                && reported.attempt == id.attempt
-        });
-        same && matches!(
-            pb::Phase::try_from(status.phase),
-            Ok(pb::Phase::RolledBack | pb::Phase::Failed)
-        )
+        status.release == Some(wire_id(release))
+            && matches!(
+                pb::Phase::try_from(status.phase),
+                Ok(pb::Phase::RolledBack | pb::Phase::Failed)
+            )
     }
 
     /// Push every node's latest release to its channel (only where it changed) and refresh status.
@@ -770,11 +765,7 @@ impl Core {
                 let entry = self.agents.get(&node);
                 pb::NodeView {
                     online: entry.is_some_and(|e| e.connections > 0),
-                    released: releases.get(&node).map(|r| pb::ReleaseId {
-                        generation: r.generation,
-                        step: r.step,
-                        attempt: r.attempt,
-                    }),
+                    released: releases.get(&node).map(wire_id),
                     status: entry.and_then(|e| e.status.clone()),
                     node,
                     role,
@@ -952,13 +943,17 @@ fn plan_steps(plan: &rollout::RolloutPlan) -> Vec<pb::PlannedStep> {
         .collect()
 }
 
+fn wire_id(release: &rollout::Release) -> pb::ReleaseId {
+    pb::ReleaseId {
+        generation: release.generation,
+        step: release.step,
+        attempt: release.attempt,
+    }
+}
+
 fn to_wire_release(release: &rollout::Release) -> pb::Release {
     pb::Release {
-        id: Some(pb::ReleaseId {
-            generation: release.generation,
-            step: release.step,
-            attempt: release.attempt,
-        }),
+        id: Some(wire_id(release)),
         spec: Some(pb::NodeSpec::from(&release.spec)),
         released_by: release.released_by.clone(),
     }

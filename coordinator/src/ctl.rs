@@ -65,13 +65,8 @@ impl Connection {
 
 /// A gRPC error as an operator reads it.
 pub fn status_message(status: &tonic::Status) -> String {
-    let mut message = status.message().to_string();
-    if let Some(source) = std::error::Error::source(status) {
-        let chain = kreach_common::tls::error_chain(source);
-        if !message.contains(&chain) {
-            message = format!("{message}: {chain}");
-        }
-    }
+    let message =
+        kreach_common::tls::with_causes(status.message(), std::error::Error::source(status));
     if kreach_common::tls::handshake_hint(&message).is_some() {
         return kreach_common::tls::explain_transport(message);
     }

@@ -643,6 +643,15 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+/// `message` followed by the causes in `source` that it does not already say: a gRPC status's
+/// message is only "transport error", its TLS cause sits in the sources.
+pub fn with_causes(message: &str, source: Option<&(dyn std::error::Error + 'static)>) -> String {
+    match source.map(error_chain) {
+        Some(chain) if !message.contains(&chain) => format!("{message}: {chain}"),
+        _ => message.to_string(),
+    }
+}
+
 /// `text` with what its TLS alert means appended, if it carries one [`handshake_hint`] knows.
 pub fn explain_transport(text: String) -> String {
     match handshake_hint(&text) {

@@ -359,12 +359,13 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             force,
             wait,
         } => {
+            let request = |dry_run| pb::RollbackRequest {
+                to: *to,
+                force: *force,
+                dry_run,
+            };
             let preview = admin
-                .rollback(pb::RollbackRequest {
-                    to: *to,
-                    force: *force,
-                    dry_run: true,
-                })
+                .rollback(request(true))
                 .await
                 .map_err(fail)?
                 .into_inner();
@@ -379,11 +380,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 return Ok(EXIT_FAILED);
             }
             let applied = admin
-                .rollback(pb::RollbackRequest {
-                    to: *to,
-                    force: *force,
-                    dry_run: false,
-                })
+                .rollback(request(false))
                 .await
                 .map_err(fail)?
                 .into_inner();
