@@ -750,10 +750,10 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
 
 #[test]
 fn a_bind_mounted_hosts_file_is_rewritten_in_place() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED: a_bind_mounted_hosts_file_is_rewritten_in_place needs root for mount --bind"
-        );
+    if !kreach_test_parts::require_root(
+        kreach_test_parts::Tier::Root,
+        "a_bind_mounted_hosts_file_is_rewritten_in_place",
+    ) {
         return;
     }
     let host = Host::client("etl-1");

@@ -3,7 +3,8 @@
 //! Three namespaces: a broker host with a listener on the EXTERNAL port, and two client hosts
 //! wired to it by veth pairs, one inside `allow` and one outside. The agent's firewall code runs
 //! in the broker's namespace (this test binary re-executed under `ip netns exec`), so the machine's
-//! own ruleset is never touched. Needs root and `nft`; skips loudly without root.
+//! own ruleset is never touched. Needs root and `nft`; fails without them unless the e2e-net tier is
+//! opted out (`KREACH_SKIP=e2e-net`).
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -175,26 +176,22 @@ fn enforce(hosts: &Hosts, allow: &str) -> String {
     helper(hosts, "broker", "enforce", &[("KREACH_ALLOW", allow)])
 }
 
-fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
 #[test]
 fn only_allowed_sources_reach_the_external_port_and_nothing_else_is_touched() {
-    if !is_root() {
-        eprintln!("SKIPPED: firewall_netns needs root (network namespaces and nftables); run the e2e tiers as root");
+    use kreach_test_parts::{require, Missing, Tier};
+    let test = "only_allowed_sources_reach_the_external_port_and_nothing_else_is_touched";
+    if !kreach_test_parts::require_root(Tier::E2eNet, test) {
         return;
     }
-    if Command::new(firewall::NFT)
+    let no_nft = Command::new(firewall::NFT)
         .arg("--version")
         .output()
-        .is_err()
-    {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "nft is missing under CI: install nftables (tests/e2e-net/install.sh does)"
-        );
-        eprintln!("SKIPPED: firewall_netns needs nft (apt-get install nftables)");
+        .is_err();
+    if !require(
+        Tier::E2eNet,
+        test,
+        no_nft.then(|| Missing::new("nft is not installed", "apt-get install -y nftables")),
+    ) {
         return;
     }
     let mut hosts = Hosts {

@@ -1,26 +1,17 @@
 //! `atomic_write` where root is needed: preserving another user's ownership, bind-mounted
-//! targets (the container / `ip netns exec` case) and read-only mounts. Each test skips with
-//! a loud message when not run as root, never silently.
+//! targets (the container / `ip netns exec` case) and read-only mounts. Not root fails each test,
+//! unless the root tier is opted out (`KREACH_SKIP=root`), which it says where it is seen.
 
 use std::fs;
-use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use kreach_agent::fsio::{atomic_write, read_file, FsError, WriteMethod};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-fn is_root() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        true
-    } else {
-        // Straight to stderr: libtest captures eprintln! of passing tests, and a skip must show.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED: needs root (mounts and chown); run the fsio_mounts tests as root"
-        );
-        false
-    }
+/// Whether `test` runs: as root; not root fails it unless the root tier is opted out.
+fn is_root(test: &str) -> bool {
+    kreach_test_parts::require_root(kreach_test_parts::Tier::Root, test)
 }
 
 /// A mount that is always undone, also when an assertion fails half-way.
@@ -81,7 +72,7 @@ fn names_in(dir: &Path) -> Vec<String> {
 
 #[test]
 fn owner_and_special_mode_bits_of_another_user_are_preserved() {
-    if !is_root() {
+    if !is_root("owner_and_special_mode_bits_of_another_user_are_preserved") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -102,7 +93,7 @@ fn owner_and_special_mode_bits_of_another_user_are_preserved() {
 
 #[test]
 fn bind_mounted_target_is_rewritten_in_place() {
-    if !is_root() {
+    if !is_root("bind_mounted_target_is_rewritten_in_place") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +130,7 @@ fn bind_mounted_target_is_rewritten_in_place() {
 
 #[test]
 fn bind_mount_from_another_file_system_is_rewritten_in_place() {
-    if !is_root() {
+    if !is_root("bind_mount_from_another_file_system_is_rewritten_in_place") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -164,7 +155,7 @@ fn bind_mount_from_another_file_system_is_rewritten_in_place() {
 
 #[test]
 fn read_only_directory_gives_a_clear_error_and_no_change() {
-    if !is_root() {
+    if !is_root("read_only_directory_gives_a_clear_error_and_no_change") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -187,7 +178,7 @@ fn read_only_directory_gives_a_clear_error_and_no_change() {
 
 #[test]
 fn read_only_bind_mounted_file_gives_a_clear_error_and_no_change() {
-    if !is_root() {
+    if !is_root("read_only_bind_mounted_file_gives_a_clear_error_and_no_change") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

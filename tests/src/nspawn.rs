@@ -119,7 +119,7 @@ fn which(tool: &str) -> Option<PathBuf> {
     })
 }
 
-/// The last `n` non-empty lines on one line, for a one-line SKIPPED message.
+/// The last `n` non-empty lines on one line, for a one-line message.
 fn last_lines(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text
         .lines()
@@ -231,23 +231,31 @@ fn cgroup_roots() -> Vec<PathBuf> {
     }
 }
 
-/// Boot a host for `test`, or print why the tier is skipped and return `None`.
-///
-/// The SKIPPED line goes straight to the process's stderr: libtest captures `eprintln!` of passing
-/// tests, and a skip must be seen. Panics when the rootfs recipe is broken or the boot fails: those
-/// are failures, not skips.
+/// Boot a host for `test`; `None` only when the e2e-systemd tier is opted out (`KREACH_SKIP`).
+/// Panics, with the command that fixes it, when the tier cannot run here (not root, no rootfs) or
+/// the boot fails.
 pub fn boot_or_skip(test: &str) -> Option<Host> {
-    match availability().expect("preparing the e2e-systemd rootfs") {
-        Availability::Ready(_) => {}
-        Availability::Unavailable(reason) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: e2e-systemd test {test}: {reason}"
-            );
-            return None;
-        }
+    if !tier_runs(test) {
+        return None;
     }
     Some(Host::boot(test).expect("booting a systemd-nspawn host"))
+}
+
+/// Whether the e2e-systemd tier runs `test`: `false` when opted out (said and recorded, before
+/// any rootfs is prepared); a panic naming the fix when it cannot run here.
+pub fn tier_runs(test: &str) -> bool {
+    let tier = kreach_test_parts::Tier::E2eSystemd;
+    if !kreach_test_parts::require(tier, test, None) {
+        return false;
+    }
+    let missing = match availability().expect("preparing the e2e-systemd rootfs") {
+        Availability::Ready(_) => None,
+        Availability::Unavailable(reason) => Some(kreach_test_parts::Missing::new(
+            reason,
+            "as root: bash tests/e2e-systemd/prepare-rootfs.sh (needs a Debian mirror)",
+        )),
+    };
+    kreach_test_parts::require(tier, test, missing)
 }
 
 /// One booted systemd host. Everything it created is torn down on drop.
@@ -265,7 +273,7 @@ pub struct Host {
 impl Host {
     /// Boot a host named `kreach-<test>-<n>` and wait until systemd reports running or degraded.
     ///
-    /// Call [`availability`] first and skip when it is `Unavailable`.
+    /// Call [`tier_runs`] first: it fails or opts out when the tier cannot run here.
     pub fn boot(test: &str) -> Result<Host> {
         let tarball = match availability()? {
             Availability::Ready(path) => path,

@@ -55,21 +55,24 @@ struct Tools {
     librdkafka: PathBuf,
 }
 
-/// The tools, or `None` (after a loud SKIPPED line) when not root. Missing tools are a failure.
+/// The tools; `None` only when the e2e-net tier is opted out (`KREACH_SKIP`). Not root or a
+/// missing tool fails the test with the command that fixes it.
 fn tools_or_skip(test: &str) -> Option<Tools> {
-    if !nix::unistd::geteuid().is_root() {
-        netns::print_skip(
-            "e2e-net",
-            test,
-            "not root: network namespaces need root (run the tier as root, as CI does)",
-        );
+    use kreach_test_parts::{require, Missing, Tier};
+    if !require(
+        Tier::E2eNet,
+        test,
+        (!kreach_test_parts::is_root()).then(Missing::not_root),
+    ) {
         return None;
     }
     match find_tools() {
         Ok(tools) => Some(tools),
-        Err(error) => panic!(
-            "e2e-net test {test}: {error:#}; install the tier's parts with `bash tests/e2e-net/install.sh` (as root)"
-        ),
+        Err(error) => {
+            let missing = Missing::new(format!("{error:#}"), kreach_test_parts::INSTALL_E2E_NET);
+            require(Tier::E2eNet, test, Some(missing));
+            None
+        }
     }
 }
 

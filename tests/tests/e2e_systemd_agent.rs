@@ -6,7 +6,8 @@
 //! `kafka.service`, then runs the agent in the container with `kind = "systemd"`: the plan, the
 //! writes, `RestartUnit` over D-Bus, the TCP listener checks, and the rollback when the restarted
 //! broker cannot start. Both binaries are built by the test into the target dir it lives in.
-//! It skips, loudly, only when not root or when the rootfs cannot be prepared on this machine.
+//! Not root or a rootfs that cannot be prepared fails it, unless the tier is opted out
+//! (`KREACH_SKIP=e2e-systemd`).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -126,7 +127,7 @@ struct Broker {
 
 impl Broker {
     fn boot_or_skip(test: &str) -> Option<Broker> {
-        // Boot (or skip) first: without root, building the binaries would fail instead of skip.
+        // Boot (or opt out) first: without root, building the binaries would fail with a worse message.
         let host = boot_or_skip(test)?;
         let (agent, broker) = binaries();
         host.copy_in(agent, AGENT).expect("copying kreach-agent in");

@@ -20,8 +20,9 @@
 //! same shipped conffile — the common case, where dpkg keeps an edited config without asking.
 //!
 //! Run: `bash .ci/packages.sh && cargo test -p kreach-tests --test e2e_systemd_packages` (as root;
-//! the e2e-net tier's tansu and confluent-kafka from `tests/e2e-net/install.sh`). Skips, loudly, only
-//! when not root, and never under CI=true. Missing packages or tools are a failure, not a skip.
+//! the e2e-net tier's tansu and confluent-kafka from `tests/e2e-net/install.sh`); `tests/run.sh` does
+//! all of it. Not root, missing packages or tools fail the tests with the fix, unless the tier is
+//! opted out (`KREACH_SKIP=e2e-systemd`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, ensure, Context, Result};
 use kreach_tests::netns::output_within;
-use kreach_tests::nspawn::{availability, Availability, Bridge, Host};
+use kreach_tests::nspawn::{tier_runs, Bridge, Host};
 
 const PACKAGES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/packages");
 const E2E_NET: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e-net");
@@ -48,25 +49,6 @@ const BROKERS: [u8; 2] = [11, 12];
 const LAPTOP_PUBLIC: &str = "198.19.0.20";
 
 const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Whether the tier runs here: `false` (with a SKIPPED line) only when not root and not under
-/// CI=true; as root or under CI an unavailable tier (no mirror for the rootfs) is a failure.
-fn available(test: &str) -> bool {
-    match availability().expect("preparing the e2e-systemd rootfs") {
-        Availability::Ready(_) => true,
-        Availability::Unavailable(reason) => {
-            if std::env::var("CI").is_ok_and(|v| v == "true") || nix::unistd::geteuid().is_root() {
-                panic!("e2e-systemd {test} cannot run: {reason}");
-            }
-            use std::io::Write;
-            let _ = writeln!(
-                std::io::stderr(),
-                "SKIPPED: e2e-systemd test {test}: {reason}"
-            );
-            false
-        }
-    }
-}
 
 /// The .deb files of this run in target/packages/.
 struct Debs {
@@ -93,7 +75,7 @@ fn debs() -> Debs {
             [one] => one.clone(),
             [] => panic!(
                 "no {package}_*.deb in {PACKAGES}: build the packages first with `bash .ci/packages.sh` \
-                 (CI runs it before cargo test)"
+                 (tests/run.sh does), or opt out of the tier: KREACH_SKIP=e2e-systemd"
             ),
             many => panic!("more than one {package} .deb in {PACKAGES}: {many:?}"),
         }
@@ -452,7 +434,7 @@ fn lifecycle(machine: &Machine, debs: &Debs, scratch: &Path) -> Result<()> {
 #[test]
 fn package_lifecycle_upgrade_stop_kill_and_purge() {
     let test = "pkg-life";
-    if !available(test) {
+    if !tier_runs(test) {
         return;
     }
     let debs = debs();
@@ -914,7 +896,7 @@ fn rollout(cluster: &Cluster) -> Result<()> {
 #[test]
 fn rollout_enables_public_access_restarting_kafka_over_dbus_one_host_at_a_time() {
     let test = "pkg-rollout";
-    if !available(test) {
+    if !tier_runs(test) {
         return;
     }
     let debs = debs();

@@ -16,9 +16,10 @@
 //! ```
 //!
 //! Disk full (tmpfs), immutable files (chattr) and the network cut (network namespaces) need root;
-//! without root they are skipped with a loud message and the rest still runs. The clock fault needs
-//! libfaketime (Debian package `faketime`, installed by .ci/run); under CI=true its absence fails.
-//! `KREACH_FAULTS=3,8` runs only those faults (while working on one; the others show as skipped).
+//! the clock fault needs libfaketime (`apt-get install -y faketime`; tests/install.sh does). A
+//! fault that cannot run fails its row with the fix, unless the faults tier is opted out
+//! (`KREACH_SKIP=faults`): then it shows as opted out and the rest still runs.
+//! `KREACH_FAULTS=3,8` runs only those faults (while working on one; the others show as opted out).
 //! The network fault waits for HTTP/2 keep-alives to notice the cut (up to ~40 s), so it runs on a
 //! second lane beside the others.
 
@@ -35,13 +36,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use kreach_test_parts::{Missing, Tier};
 use kreach_tests::fleet::{
     agent_binary, max_concurrent, now_ns, restarts_since, Fleet, FleetSpec, Proc, Restart,
 };
 use serde_json::Value;
 
-/// Every fault the suite injects; the test fails unless each was tried (or, without root, skipped
-/// loudly).
+/// Every fault the suite injects; the test fails unless each was tried (or opted out, loudly).
 const PLANNED: usize = 8;
 
 // ------------------------------------------------------------------------------------------------
@@ -51,12 +52,6 @@ const PLANNED: usize = 8;
 #[test]
 fn every_fault_leaves_files_whole_keeps_max_unavailable_and_says_what_happened() {
     let started = Instant::now();
-    if !is_root() {
-        loud(
-            "faults: NOT ROOT — skipping disk full (tmpfs), immutable file (chattr) and network cut \
-             (netns); run as root (CI does) to cover them",
-        );
-    }
     // The network fault spends most of its time waiting for keep-alives: its own lane.
     let network = std::thread::spawn(|| {
         run_fault("5 network cut agent<->coordinator", true, fault_network_cut)
@@ -105,11 +100,8 @@ fn every_fault_leaves_files_whole_keeps_max_unavailable_and_says_what_happened()
     assert_eq!(
         tried + skipped,
         PLANNED,
-        "every planned fault was injected or skipped loudly"
+        "every planned fault was injected or opted out loudly"
     );
-    if is_root() && std::env::var("KREACH_FAULTS").is_err() {
-        assert_eq!(tried, PLANNED, "as root, every planned fault was injected");
-    }
 }
 
 /// One line of the table. `tried` is set once the fault has really been injected.
@@ -123,17 +115,28 @@ struct Row {
     tried: bool,
 }
 
-/// A fault that cannot run here for a reason other than root (say so; fails under CI=true).
+/// A part a fault needs is missing and the faults tier is opted out: the row says so.
 #[derive(Debug)]
-struct Skip(String);
+struct OptedOut(String);
 
-impl std::fmt::Display for Skip {
+impl std::fmt::Display for OptedOut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for Skip {}
+impl std::error::Error for OptedOut {}
+
+/// Whether `fault` runs without `missing`: `Err(OptedOut)` when the faults tier is opted out, an
+/// error naming the fix otherwise (the row fails).
+fn need(fault: &str, missing: Option<Missing>) -> Result<()> {
+    let what = missing.as_ref().map(|m| m.what.clone()).unwrap_or_default();
+    match kreach_test_parts::check(Tier::Faults, fault, missing) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(OptedOut(what).into()),
+        Err(message) => bail!("{message}"),
+    }
+}
 
 fn run_fault(fault: &'static str, needs_root: bool, body: fn(&mut Row) -> Result<()>) -> Row {
     let mut row = Row {
@@ -143,28 +146,27 @@ fn run_fault(fault: &'static str, needs_root: bool, body: fn(&mut Row) -> Result
     if let Ok(only) = std::env::var("KREACH_FAULTS") {
         let number = fault.split_whitespace().next().unwrap_or_default();
         if !only.split(',').any(|wanted| wanted.trim() == number) {
-            loud(&format!(
-                "faults: SKIPPED {fault}: not in KREACH_FAULTS={only}"
-            ));
+            kreach_test_parts::opted_out(
+                Tier::Faults,
+                fault,
+                &format!("not in KREACH_FAULTS={only}"),
+            );
             row.result = "SKIPPED (KREACH_FAULTS)".into();
             return row;
         }
     }
-    if needs_root && !is_root() {
-        loud(&format!("faults: SKIPPED {fault}: needs root"));
-        row.result = "SKIPPED (not root)".into();
-        return row;
-    }
     loud(&format!("faults: == {fault}"));
     let started = Instant::now();
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| body(&mut row)));
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        if needs_root {
+            need(fault, (!is_root()).then(Missing::not_root))?;
+        }
+        body(&mut row)
+    }));
     row.result = match outcome {
         Ok(Ok(())) => "PASS".into(),
-        Ok(Err(error)) => match error.downcast_ref::<Skip>() {
-            Some(skip) => {
-                loud(&format!("faults: SKIPPED {fault}: {skip}"));
-                format!("SKIPPED ({skip})")
-            }
+        Ok(Err(error)) => match error.downcast_ref::<OptedOut>() {
+            Some(why) => format!("SKIPPED (opted out: {why})"),
             None => format!("FAIL: {error:#}"),
         },
         Err(panic) => format!(
@@ -243,11 +245,7 @@ fn loud(text: &str) {
 }
 
 fn is_root() -> bool {
-    nix::unistd::geteuid().is_root()
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true")
+    kreach_test_parts::is_root()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1505,10 +1503,9 @@ fn set_clock(clock: &Path, offset_seconds: i64) -> Result<()> {
 
 fn fault_clock_jumps(row: &mut Row) -> Result<()> {
     let Some(library) = faketime_library() else {
-        if in_ci() {
-            bail!("libfaketime is missing (apt-get install faketime; .ci/run does)");
-        }
-        return Err(Skip("libfaketime missing: apt-get install faketime".into()).into());
+        let missing = Missing::new("libfaketime is missing", "apt-get install -y faketime");
+        need("8 clock jumps (faketime)", Some(missing))?;
+        unreachable!("a missing part is an error or an opt-out");
     };
     let mut fleet = Fleet::new(68, 3, &[])?;
     let coordinator_clock = fleet.dir.path().join("coordinator.faketime");

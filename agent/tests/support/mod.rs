@@ -19,10 +19,6 @@ pub const FAKE_KAFKA: &str = concat!(
     "/../examples/quickstart/fake-kafka.py"
 );
 
-pub fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
 pub struct Host {
     dir: tempfile::TempDir,
     pub node: String,
