@@ -14,7 +14,8 @@
       core over the window, RSS at the end and its peak. A group (a file of PIDs) is summed.
   measure.py rss PID        VmRSS of PID in KiB.
   measure.py since POLL_JSON T0
-      The poll's first and last times, in seconds after T0 (a wall-clock time), one line.
+      The poll's first and last times in seconds after T0 (a wall-clock time), its own CPU
+      seconds and its sweeps, on one line.
   measure.py median X...    The median of the numbers (printed with 3 decimals), "n/a" if none.
 
 Every loop here is bounded by a count and a deadline.
@@ -81,6 +82,8 @@ def poll(list_path, needle, out_path, deadline_s=120.0, interval_ms=2.0, ready=N
         "poll_started": start,
         "poll_seconds": time.time() - start,
         "interval_ms": interval_ms,
+        # The poller's own CPU while it watched: it shares the cores with the agents it times.
+        "cpu_seconds": round(sum(os.times()[:2]), 3),
         "missing": sorted(set(paths) - set(seen_at))[:5],
     }
     with open(out_path, "w", encoding="utf-8") as handle:
@@ -185,7 +188,7 @@ def main(argv):
         with open(argv[1], encoding="utf-8") as handle:
             result = json.load(handle)
         t0 = float(argv[2])
-        print(f"{result['first'] - t0:.3f} {result['last'] - t0:.3f}")
+        print(f"{result['first'] - t0:.3f} {result['last'] - t0:.3f} {result['cpu_seconds']:.2f} {result['sweeps']}")
         return 0
     if argv and argv[0] == "median":
         values = [float(x) for x in argv[1:] if x not in ("", "n/a")]

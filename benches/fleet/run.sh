@@ -114,6 +114,15 @@ cleanup() {
     done
     ip netns del "$ns" 2>/dev/null
   fi
+  # Nothing may outlive us under the benchmark's uids (zombies waiting for PID 1 are dead already).
+  local stray=
+  for _ in $(seq 50); do
+    stray=$(ps -e -o pid=,uid=,stat= | awk -v lo="$uid_base" -v hi=$((uid_base + nodes_total)) \
+      '$2 >= lo && $2 <= hi && $3 !~ /^Z/ { print $1 }')
+    [ -z "$stray" ] && break
+    sleep 0.1
+  done
+  [ -n "$stray" ] && echo "run.sh: warning: still running under the benchmark's uids: $stray" >&2
   if [ "$keep" = 1 ]; then
     echo "sandbox kept in $sandbox (files owned by uids $uid_base..$((uid_base + nodes_total)))" >&2
   else
@@ -125,12 +134,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 # One uid per agent (the per-user inotify limit is 128 instances), none of them in use.
-for uid in $(seq "$uid_base" $((uid_base + nodes_total))); do
-  if getent passwd "$uid" >/dev/null || [ -n "$(ps -o pid= -u "$uid" 2>/dev/null)" ]; then
-    echo "run.sh: uid $uid is in use; pick another --uid-base" >&2
-    exit 1
-  fi
-done
+uid_last=$((uid_base + nodes_total))
+if getent passwd | awk -F: -v lo="$uid_base" -v hi="$uid_last" '$3 >= lo && $3 <= hi { found = 1 } END { exit !found }' ||
+   ps -e -o uid= | awk -v lo="$uid_base" -v hi="$uid_last" '$1 >= lo && $1 <= hi { found = 1 } END { exit !found }'; then
+  echo "run.sh: a uid in $uid_base..$uid_last belongs to a user or a running process; pick another --uid-base" >&2
+  exit 1
+fi
 
 ip netns add "$ns"
 netns_made=1
@@ -317,7 +326,7 @@ wait_files "$needle_a" 60 "$sandbox/initial-poll.json" ||
   { echo "run.sh: not every client's hosts file converged to spec A: $(cat "$sandbox/initial-poll.json")" >&2; exit 1; }
 cp "${client_dirs[0]}/etc/hosts" "$sandbox/hosts.A"
 
-declare -a apply_s=() last_s=() first_s=() noop_s=() rewritten=() labels=()
+declare -a apply_s=() last_s=() first_s=() noop_s=() rewritten=() labels=() poller_cpu=()
 for run in $(seq "$runs"); do
   if [ $((run % 2)) = 1 ]; then
     spec=$spec_b needle=$needle_b
@@ -339,8 +348,8 @@ for run in $(seq "$runs"); do
   apply_s+=("$(seconds_since "$t0")")
   wait "$poller_pid" || { echo "run.sh: run $run: not every file changed: $(cat "$sandbox/poll-$run.json")" >&2; exit 1; }
   poller_pid=
-  read -r first last < <(measure since "$sandbox/poll-$run.json" "$t0")
-  first_s+=("$first") last_s+=("$last")
+  read -r first last poll_cpu poll_sweeps < <(measure since "$sandbox/poll-$run.json" "$t0")
+  first_s+=("$first") last_s+=("$last") poller_cpu+=("$poll_cpu/$poll_sweeps")
   [ "$run" = 1 ] && cp "${client_dirs[0]}/etc/hosts" "$sandbox/hosts.B"
   # (c) the same spec again: nothing to change. Files whose mtime moves were rewritten.
   touch "$sandbox/before-noop"
@@ -422,7 +431,8 @@ for i, label in enumerate(labels):
     add(f"run {i + 1} ({label}): (a) apply --wait / (b) first, last of $agents files / (c) no-change apply",
         f"{apply_s[i]:.3f} s / {first_s[i]:.3f} s, {last_s[i]:.3f} s / {noop_s[i]:.3f} s ({rewritten[i]} files rewritten)")
 add(f"median of {len(labels)} changed runs: (a) apply --wait", f"{med(apply_s):.3f} s")
-add(f"median: (b) last hosts file holds the new line (poller, {float('$poll_interval_ms'):g} ms sweeps)", f"{med(last_s):.3f} s")
+add(f"median: (b) last hosts file holds the new line (poller, {float('$poll_interval_ms'):g} ms between sweeps)", f"{med(last_s):.3f} s")
+add("the poller's own CPU seconds / sweeps, per run", ", ".join("${poller_cpu[*]}".split()))
 add("median: (c) no-change re-apply --wait", f"{med(noop_s):.3f} s")
 if ansible != "n/a":
     a = float(ansible)
