@@ -67,7 +67,8 @@ for binary in kreach-agent kreach-coordinator kreachctl; do
 done
 venv=$cache/ansible-venv
 if [ "$with_ansible" = 1 ]; then
-  if ! "$venv/bin/ansible-playbook" --version 2>/dev/null | head -1 | grep -q "core $ansible_version\]"; then
+  installed=$("$venv/bin/ansible-playbook" --version 2>/dev/null || true)
+  if [[ $installed != *"[core $ansible_version]"* ]]; then
     say "installing ansible-core==$ansible_version into $venv"
     mkdir -p "$cache"
     python3 -m venv --clear "$venv"
@@ -85,24 +86,36 @@ pids=()         # every daemon this script started, stopped by PID on exit
 poller_pid=
 netns_made=0
 alive() { [ -r "/proc/$1/stat" ] && [ "$(cut -d' ' -f3 "/proc/$1/stat" 2>/dev/null)" != Z ]; }
-cleanup() {
-  local status=$?
-  set +e
-  trap - EXIT INT TERM
-  [ -n "$poller_pid" ] && kill "$poller_pid" 2>/dev/null
-  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-  for _ in $(seq 100); do # at most 10 s for an orderly stop
+# Stop every daemon we started, by PID: SIGTERM, at most 10 s for an orderly stop, then SIGKILL;
+# then the stand-in Kafkas (started by us or by an agent's restart command), by their PID files.
+stop_fleet() {
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for _ in $(seq 100); do
     local left=0
     for pid in "${pids[@]}"; do alive "$pid" && left=1 && break; done
     [ "$left" = 0 ] && break
     sleep 0.1
   done
-  for pid in "${pids[@]}"; do alive "$pid" && kill -KILL "$pid" 2>/dev/null; done
-  # The stand-in Kafkas (started by us or by an agent's restart command) record their PIDs.
+  for pid in "${pids[@]}"; do
+    if alive "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+  done
+  pids=()
   for id in $(seq "$brokers"); do
     local file=$sandbox/brokers/emr-worker-$id/state/fake-kafka.pid
-    [ -s "$file" ] && kill -TERM "$(cat "$file")" 2>/dev/null
+    if [ -s "$file" ]; then
+      kill -TERM "$(cat "$file")" 2>/dev/null || true
+      rm -f "$file"
+    fi
   done
+  return 0
+}
+cleanup() {
+  local status=$?
+  set +e
+  trap - EXIT INT TERM
+  [ -n "$poller_pid" ] && kill "$poller_pid" 2>/dev/null
+  stop_fleet
   if [ "$netns_made" = 1 ]; then
     # Anything still running in our namespace was started by this script (or its children).
     for _ in $(seq 50); do # at most 5 s until the namespace is empty
@@ -369,6 +382,10 @@ idle_json=$(measure sample "$idle_seconds" standalone="$standalone_pid" connecte
   coordinator="$coordinator_pid" --group all_agents="$agent_pids_file")
 
 # ---- 8. Ansible: the same block into N other files --------------------------------------------------
+# The kreach fleet is stopped first: each tool is timed with only its own processes running (on a
+# real fleet the agents run on the client hosts, not beside the Ansible controller).
+say "stopping the coordinator and the agents"
+stop_fleet
 ansible_s=n/a ansible_same=n/a ansible_changed=n/a
 if [ "$with_ansible" = 1 ]; then
   say "Ansible: blockinfile into ${#clients[@]} files (forks $forks)"
@@ -436,7 +453,7 @@ add("the poller's own CPU seconds / sweeps, per run", ", ".join("${poller_cpu[*]
 add("median: (c) no-change re-apply --wait", f"{med(noop_s):.3f} s")
 if ansible != "n/a":
     a = float(ansible)
-    add(f"Ansible: ansible-core $ansible_version blockinfile, $agents hosts, connection local, forks $forks, no fact gathering",
+    add(f"Ansible: ansible-core $ansible_version blockinfile, $agents hosts, connection local, forks $forks, no fact gathering, kreach fleet stopped",
         f"{a:.2f} s ($ansible_changed hosts changed; {'$ansible_same'} of $agents files byte-identical to kreach's)")
     add("ratio Ansible / kreach (a) apply --wait", f"{a / med(apply_s):.0f}×")
     add("ratio Ansible / kreach (b) last file", f"{a / med(last_s):.0f}×")
