@@ -41,8 +41,8 @@ done
 for value in "$agents" "$runs" "$idle_seconds" "$forks" "$uid_base"; do
   [[ $value =~ ^[0-9]+$ ]] || { echo "run.sh: $value is not a whole number" >&2; exit 2; }
 done
-[ "$agents" -ge 1 ] && [ "$agents" -le 1000 ] || { echo "run.sh: --agents must be 1..1000" >&2; exit 2; }
-[ "$runs" -ge 1 ] && [ "$runs" -le 20 ] || { echo "run.sh: --runs must be 1..20" >&2; exit 2; }
+if [ "$agents" -lt 1 ] || [ "$agents" -gt 1000 ]; then echo "run.sh: --agents must be 1..1000" >&2; exit 2; fi
+if [ "$runs" -lt 1 ] || [ "$runs" -gt 20 ]; then echo "run.sh: --runs must be 1..20" >&2; exit 2; fi
 [ "$(id -u)" = 0 ] || { echo "run.sh: needs root (ip netns add, setpriv to one uid per agent)" >&2; exit 1; }
 for tool in ip setpriv python3; do
   command -v "$tool" >/dev/null || { echo "run.sh: $tool not found" >&2; exit 1; }
@@ -72,7 +72,7 @@ if [ "$with_ansible" = 1 ]; then
     say "installing ansible-core==$ansible_version into $venv"
     mkdir -p "$cache"
     python3 -m venv --clear "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "ansible-core==$ansible_version"
+    timeout 900 "$venv/bin/pip" install --quiet --disable-pip-version-check "ansible-core==$ansible_version"
   fi
 fi
 
@@ -157,8 +157,6 @@ fi
 ip netns add "$ns"
 netns_made=1
 ip -n "$ns" link set lo up
-in_ns() { ip netns exec "$ns" "$@"; }
-as_uid() { local uid=$1; shift; in_ns setpriv --reuid="$uid" --regid="$uid" --clear-groups "$@"; }
 
 # Binaries and the stand-in Kafka copied into the sandbox: every agent uid can read them there,
 # wherever the checkout lives.
@@ -172,7 +170,10 @@ fake_kafka=$sandbox/bin/fake-kafka.py
 # A python3 the agents' uids may run (a pyenv one under /root is not): the stand-in Kafka's.
 uid_python=
 for candidate in /usr/bin/python3 /usr/local/bin/python3 "$(command -v python3)"; do
-  if [ -x "$candidate" ] && as_uid "$uid_base" "$candidate" -c pass 2>/dev/null; then uid_python=$candidate; break; fi
+  if [ -x "$candidate" ] && setpriv --reuid="$uid_base" --regid="$uid_base" --clear-groups "$candidate" -c pass 2>/dev/null; then
+    uid_python=$candidate
+    break
+  fi
 done
 [ -n "$uid_python" ] || { echo "run.sh: no python3 that an unprivileged uid can run" >&2; exit 1; }
 
@@ -230,12 +231,12 @@ KREACH_LOG=warn ip netns exec "$ns" "$sandbox/bin/kreach-coordinator" --config "
   2> "$sandbox/coordinator/log" &
 coordinator_pid=$!
 pids+=("$coordinator_pid")
-ctl() { in_ns "$sandbox/bin/kreachctl" --coordinator "https://127.0.0.1:$port" --certs "$sandbox/certs" "$@"; }
+# Every kreachctl call is bounded (apply --wait follows a rollout that could hang).
+ctl() { timeout 300 ip netns exec "$ns" "$sandbox/bin/kreachctl" --coordinator "https://127.0.0.1:$port" --certs "$sandbox/certs" "$@"; }
 for _ in $(seq 100); do ctl nodes >/dev/null 2>&1 && break; sleep 0.1; done
 ctl nodes >/dev/null || { echo "run.sh: the coordinator did not start; its log:" >&2; cat "$sandbox/coordinator/log" >&2; exit 1; }
 
 # ---- 5. agents: 3 brokers with a stand-in Kafka, N clients, one stand-alone -----------------------
-uid_of=() # index: position in the order below
 next_uid=$uid_base
 make_host() { # DIR NODE [with-coordinator]
   local dir=$1 node=$2
@@ -287,7 +288,8 @@ restart = ["$uid_python", "$fake_kafka", "restart", "$dir/etc/kafka/server.prope
 TOML
   cat "$dir/coordinator.part" >> "$dir/agent.toml"
   chown -R "$uid:$uid" "$dir"
-  as_uid "$uid" "$uid_python" "$fake_kafka" restart "$dir/etc/kafka/server.properties" "$dir/state"
+  timeout 60 ip netns exec "$ns" setpriv --reuid="$uid" --regid="$uid" --clear-groups \
+    "$uid_python" "$fake_kafka" restart "$dir/etc/kafka/server.properties" "$dir/state"
   start_agent "$dir" "$uid"
 done
 client_dirs=()
@@ -307,7 +309,8 @@ connected_pid=$(sed -n "$((brokers + 1))p" "$agent_pids_file") # client-001's ag
 standalone=$sandbox/standalone uid=$next_uid
 make_host "$standalone" "${clients[0]}"
 chown -R "$uid:$uid" "$standalone"
-as_uid "$uid" env KREACH_LOG=warn "$agent" --config "$standalone/agent.toml" apply-local --spec "$spec_a" > "$standalone/apply-local.log" 2>&1
+KREACH_LOG=warn timeout 120 ip netns exec "$ns" setpriv --reuid="$uid" --regid="$uid" --clear-groups \
+  "$agent" --config "$standalone/agent.toml" apply-local --spec "$spec_a" > "$standalone/apply-local.log" 2>&1
 KREACH_LOG=warn ip netns exec "$ns" setpriv --reuid="$uid" --regid="$uid" --clear-groups \
   "$agent" --config "$standalone/agent.toml" run 2> "$standalone/agent.log" &
 standalone_pid=$!
@@ -409,7 +412,7 @@ print(json.dumps({
 }))
 PY
   t0=$EPOCHREALTIME
-  in_ns env ANSIBLE_HOME="$sandbox/ansible/home" ANSIBLE_LOCAL_TEMP="$sandbox/ansible/home/tmp" \
+  timeout 1800 ip netns exec "$ns" env ANSIBLE_HOME="$sandbox/ansible/home" ANSIBLE_LOCAL_TEMP="$sandbox/ansible/home/tmp" \
     ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 \
     "$venv/bin/ansible-playbook" -i "$sandbox/ansible/inventory" -f "$forks" \
     -e "@$sandbox/ansible/vars.json" "$here/blockinfile.yml" > "$sandbox/ansible/log" 2>&1 ||
