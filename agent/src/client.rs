@@ -6,6 +6,7 @@
 //! keeps enforcing the last applied state on disk whether or not the coordinator is reachable.
 //! Only a release received from the coordinator is ever applied (Rule 7: offline is safe).
 
+use crate::health::{HealthBoard, LocalHealth};
 use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
@@ -96,6 +97,8 @@ pub struct CoordinatorClient {
     /// The latest reachability result of this client host (None: not checked, or not a client).
     reachability: tokio::sync::watch::Receiver<Option<Vec<pb::Reachability>>>,
     reachability_sender: Option<tokio::sync::watch::Sender<Option<Vec<pb::Reachability>>>>,
+    /// What the agent knows of its host between releases; reported whenever it changes.
+    health: Arc<HealthBoard>,
 }
 
 impl CoordinatorClient {
@@ -103,6 +106,7 @@ impl CoordinatorClient {
         config: AgentConfig,
         coordinator: CoordinatorConfig,
         engine: Arc<Mutex<Engine>>,
+        health: Arc<HealthBoard>,
     ) -> CoordinatorClient {
         let (sender, receiver) = tokio::sync::watch::channel(None);
         let failed = load_failed_release(&config);
@@ -114,6 +118,7 @@ impl CoordinatorClient {
             check_now: Arc::new(tokio::sync::Notify::new()),
             reachability: receiver,
             reachability_sender: Some(sender),
+            health,
         }
     }
 
@@ -127,6 +132,7 @@ impl CoordinatorClient {
                 self.config.clone(),
                 Arc::clone(&self.check_now),
                 sender,
+                Arc::clone(&self.health),
                 cancel.clone(),
             ))
         });
@@ -223,6 +229,9 @@ impl CoordinatorClient {
         // A new session reports the latest reachability again: the coordinator may have restarted.
         let mut reported_reachability: Option<Vec<pb::Reachability>> = None;
         self.reachability.mark_changed();
+        // And its health: every session starts with a report of it.
+        let mut health = self.health.subscribe();
+        health.mark_changed();
         let facts_period = self.coordinator.facts_period;
         let mut facts_timer =
             tokio::time::interval_at(tokio::time::Instant::now() + facts_period, facts_period);
@@ -249,6 +258,13 @@ impl CoordinatorClient {
                             reported_reachability = Some(latest);
                         }
                     }
+                }
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let latest = health.borrow_and_update().clone();
+                    call("ReportHealth", client.report_health(health_message(&self.config.node, latest))).await?;
                 }
                 _ = facts_timer.tick() => {
                     let facts = self.gather_facts().await?;
@@ -564,6 +580,18 @@ fn load_failed_release(config: &AgentConfig) -> Option<(pb::ReleaseId, pb::NodeS
     Some((id, status))
 }
 
+/// The wire form of the agent's health.
+fn health_message(node: &str, health: LocalHealth) -> pb::AgentHealth {
+    pb::AgentHealth {
+        node: node.to_string(),
+        conflicts: health.conflicts,
+        repairs: health.repairs,
+        last_repair_ms: health.last_repair_ms,
+        enforce_error: health.enforce_error,
+        firewall: health.firewall,
+    }
+}
+
 /// Check reachability after each apply (`check_now`) and every `reachability.period` on client
 /// hosts (the applied state says which role this node has), and publish each result. On brokers
 /// the same timer repairs the EXTERNAL filter when it went missing.
@@ -571,6 +599,7 @@ async fn check_reachability(
     config: AgentConfig,
     check_now: Arc<tokio::sync::Notify>,
     results: tokio::sync::watch::Sender<Option<Vec<pb::Reachability>>>,
+    health: Arc<HealthBoard>,
     cancel: CancellationToken,
 ) {
     let mut timer = tokio::time::interval(config.reachability.period);
@@ -585,6 +614,7 @@ async fn check_reachability(
         let state_dir = config.state_dir.clone();
         let node = config.node.clone();
         let config_for_check = config.clone();
+        let health = Arc::clone(&health);
         let checked = tokio::task::spawn_blocking(move || {
             let applied = match state::load(&state_dir) {
                 Ok(applied) => applied?,
@@ -596,9 +626,14 @@ async fn check_reachability(
             let spec = applied.node_spec;
             if !matches!(spec.role, kreach_common::desired::NodeRole::Client { .. }) {
                 // Brokers: the same timer keeps the EXTERNAL filter in place (drift repair).
-                if let Err(error) = crate::firewall::repair(&config_for_check, &spec) {
-                    tracing::error!(node = %node, "cannot repair the EXTERNAL filter: {error}");
-                }
+                let firewall = match crate::firewall::repair(&config_for_check, &spec) {
+                    Ok(_) => crate::firewall::describe(&config_for_check, &spec),
+                    Err(error) => {
+                        tracing::error!(node = %node, "cannot repair the EXTERNAL filter: {error}");
+                        format!("error: {error}")
+                    }
+                };
+                crate::health::update(&health, |health| health.firewall = firewall);
                 return None;
             }
             let network = crate::reach::SystemNetwork {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use notify::{RecursiveMode, Watcher};
 
 use crate::engine::{Engine, EngineError};
+use crate::health::HealthBoard;
 use crate::state::{self, AppliedState, ReleaseRef};
 
 /// How long a drifted file must stay unchanged before it is repaired.
@@ -135,6 +136,7 @@ pub fn enforce(
     engine: &Mutex<Engine>,
     watcher: &mut notify::RecommendedWatcher,
     wake: &Receiver<Wake>,
+    health: &HealthBoard,
 ) {
     let managed = lock_engine(engine).managed_paths();
     let mut enforcing: Option<(ReleaseRef, String)> = None;
@@ -194,8 +196,21 @@ pub fn enforce(
             );
             enforcing = Some(current);
         }
+        let firewall = crate::firewall::describe(engine.config(), &applied.node_spec);
         match check_and_repair(&engine, &applied) {
             Ok(checked) => {
+                crate::health::update(health, |health| {
+                    health.conflicts.clone_from(&checked.conflicts);
+                    health.enforce_error.clear();
+                    if !checked.repaired.is_empty() {
+                        health.repairs += 1;
+                        health.last_repair_ms = state::now_unix_ms();
+                    }
+                    // A filter error stays until the firewall repair itself clears it.
+                    if !health.firewall.starts_with("error") {
+                        health.firewall = firewall;
+                    }
+                });
                 for path in checked.repaired {
                     rewatch_file(watcher, &path);
                 }
@@ -212,7 +227,10 @@ pub fn enforce(
                 }
             }
             Err(error) => {
-                tracing::error!(node = %applied.node_spec.node, "cannot enforce the applied state: {error}")
+                tracing::error!(node = %applied.node_spec.node, "cannot enforce the applied state: {error}");
+                crate::health::update(health, |health| {
+                    health.enforce_error = error.to_string();
+                });
             }
         }
     };

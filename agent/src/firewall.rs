@@ -141,6 +141,26 @@ pub fn enforce_for(config: &AgentConfig, node: &NodeSpec) -> Result<Option<Strin
     }
 }
 
+/// What the filter of `node` is, for the node's status (what `enforce_for` would put in force).
+pub fn describe(config: &AgentConfig, node: &NodeSpec) -> String {
+    match (config.manage.firewall, &node.role, &node.external_filter) {
+        (FirewallKind::Nftables, NodeRole::Broker { .. }, Some(filter)) => format!(
+            "nftables: tcp/{} only from {}",
+            filter.port,
+            filter
+                .allow
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (FirewallKind::Nftables, NodeRole::Broker { .. }, None) => {
+            "nftables: no filter (public access disabled)".to_string()
+        }
+        _ => "not managed".to_string(),
+    }
+}
+
 /// Drift repair for the filter: on a broker whose config enables the firewall, put the table back
 /// when it is missing while a filter is desired (a reboot, `nft flush ruleset`), or remove it when
 /// it is there while none is. `Ok(Some(what))` when something was repaired.

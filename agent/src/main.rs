@@ -290,16 +290,19 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         }
         let engine = Arc::new(Mutex::new(Engine::new(config.clone(), services, health_probe(&config))));
         let (wake_tx, wake_rx) = std::sync::mpsc::channel();
+        // What the enforcer and the firewall repair learn of the host, for the node's status.
+        let health = Arc::new(kreach_agent::health::board());
         // READY waits for the enforcer's watches: before them, drift would go unnoticed.
         let (watching_tx, watching_rx) = tokio::sync::oneshot::channel();
         let mut enforcer = {
             let engine = Arc::clone(&engine);
             let wake_tx = wake_tx.clone();
+            let health = Arc::clone(&health);
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let paths = drift::lock_engine(&engine).managed_paths();
                 let mut watcher = drift::watch(&paths, wake_tx).context("watching the managed files")?;
                 let _ = watching_tx.send(());
-                drift::enforce(&engine, &mut watcher, &wake_rx);
+                drift::enforce(&engine, &mut watcher, &wake_rx, &health);
                 Ok(())
             })
         };
@@ -309,7 +312,7 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         match config.coordinator.clone() {
             Some(coordinator) => {
                 tracing::info!(node = %config.node, url = %coordinator.url, "following the coordinator's releases");
-                let client = CoordinatorClient::new(config.clone(), coordinator, Arc::clone(&engine));
+                let client = CoordinatorClient::new(config.clone(), coordinator, Arc::clone(&engine), Arc::clone(&health));
                 tasks.spawn(client.run(cancel.clone()));
             }
             None => tracing::info!(node = %config.node, "no [coordinator] in the config: running stand-alone"),

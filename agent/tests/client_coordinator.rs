@@ -22,6 +22,7 @@ struct Recorded {
     statuses: Vec<pb::NodeStatus>,
     facts: Vec<pb::HostFacts>,
     audit: Vec<pb::AuditRecord>,
+    health: Vec<pb::AgentHealth>,
 }
 
 type Streams = Arc<Mutex<Vec<mpsc::Sender<Result<pb::Release, Status>>>>>;
@@ -87,6 +88,18 @@ impl AgentService for TestAgentService {
         recorded.audit.extend(request.into_inner().records);
         let last_seq = recorded.audit.iter().map(|r| r.seq).max().unwrap_or(0);
         Ok(Response::new(pb::AuditAck { last_seq }))
+    }
+
+    async fn report_health(
+        &self,
+        request: Request<pb::AgentHealth>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        self.recorded
+            .lock()
+            .unwrap()
+            .health
+            .push(request.into_inner());
+        Ok(Response::new(pb::Ack {}))
     }
 }
 

@@ -55,6 +55,8 @@ struct AgentEntry {
     connections: u32,
     status: Option<pb::NodeStatus>,
     facts: Option<pb::HostFacts>,
+    /// The agent's last health report (kept in memory: every session starts with one).
+    health: Option<pb::AgentHealth>,
     last_seen_ms: u64,
 }
 
@@ -106,6 +108,7 @@ impl Core {
                     facts: saved
                         .facts
                         .and_then(|bytes| pb::HostFacts::decode(bytes.as_slice()).ok()),
+                    health: None,
                     last_seen_ms: saved.last_seen_ms,
                 },
             );
@@ -378,10 +381,47 @@ impl Core {
         Ok(())
     }
 
+    pub fn report_health(&mut self, health: pb::AgentHealth) -> Result<(), CoreError> {
+        let node = health.node.clone();
+        self.admit(&node)?;
+        let entry = self.agents.entry(node.clone()).or_default();
+        if !health.conflicts.is_empty() || !health.enforce_error.is_empty() {
+            tracing::warn!(
+                node,
+                conflicts = health.conflicts.len(),
+                enforce_error = %health.enforce_error,
+                "agent reports a problem on its host"
+            );
+        }
+        entry.health = Some(health);
+        entry.last_seen_ms = now_ms();
+        self.refresh_status();
+        Ok(())
+    }
+
     /// Periodic work: settle timers and health timeouts, and flushing agent records.
     pub fn tick(&mut self) -> Result<(), CoreError> {
         if let Some(rollout) = self.record.rollout.as_mut() {
-            let events = rollout.on_tick(now_ms());
+            let now = now_ms();
+            let mut events = rollout.on_tick(now);
+            // A target whose agent is not connected: offline since it was last seen, but never
+            // counted from before the release it waits on (a node may have been off for days).
+            let offline: Vec<(String, u64)> = rollout
+                .waiting_nodes()
+                .filter_map(|node| {
+                    let entry = self.agents.get(node);
+                    if entry.is_some_and(|entry| entry.connections > 0) {
+                        return None;
+                    }
+                    let since = entry
+                        .map_or(0, |entry| entry.last_seen_ms)
+                        .max(rollout.released_at_ms());
+                    Some((node.to_string(), now.saturating_sub(since)))
+                })
+                .collect();
+            for (node, offline_ms) in offline {
+                events.extend(rollout.on_agent_offline(&node, offline_ms));
+            }
             if !events.is_empty() {
                 self.handle_events(events)?;
             }
@@ -497,7 +537,22 @@ impl Core {
     fn fact_warnings(&self, spec: &ClusterSpec) -> (Vec<String>, Vec<String>) {
         let mut warnings = Vec::new();
         let mut notes = Vec::new();
+        // A node whose agent never connected would be waited on until `agent_timeout`.
+        for desired in kreach_common::desired::all_node_specs(spec) {
+            if !self.agents.contains_key(&desired.node) {
+                warnings.push(format!(
+                    "{} {:?}: its agent has never connected to this coordinator (not installed, \
+                     another node name in agent.toml, or no route to the coordinator); its steps \
+                     would pause after agent_timeout",
+                    role_word(&desired.role),
+                    desired.node
+                ));
+            }
+        }
         for broker in &spec.brokers {
+            if !self.agents.contains_key(&broker.node) {
+                continue;
+            }
             let Some(facts) = self
                 .agents
                 .get(&broker.node)
@@ -555,7 +610,7 @@ impl Core {
         let (spec, plan, response) = self.make_plan(spec_toml)?;
         if !response.warnings.is_empty() && !force {
             return Err(CoreError::Refused(format!(
-                "host facts disagree with the spec (use --force to apply anyway):\n{}",
+                "host facts disagree with the spec, or its agents never connected (use --force to apply anyway):\n{}",
                 response.warnings.join("\n")
             )));
         }
@@ -767,6 +822,7 @@ impl Core {
                     online: entry.is_some_and(|e| e.connections > 0),
                     released: releases.get(&node).map(wire_id),
                     status: entry.and_then(|e| e.status.clone()),
+                    health: entry.and_then(|e| e.health.clone()),
                     node,
                     role,
                 }

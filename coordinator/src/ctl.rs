@@ -280,8 +280,74 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
         ],
         &rows,
     ));
+    out.push_str(&host_text(&status.nodes));
     out.push_str(&reachability_text(&status.reachability));
     out
+}
+
+/// What each agent knows of its host between releases: the EXTERNAL filter, drift repairs, and
+/// the problems `check` fails on (marked ✗). Empty when no agent reported.
+pub fn host_text(nodes: &[pb::NodeView]) -> String {
+    let reported: Vec<(&str, &pb::AgentHealth)> = nodes
+        .iter()
+        .filter_map(|node| Some((node.node.as_str(), node.health.as_ref()?)))
+        .collect();
+    if reported.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "
+hosts (as each agent last reported):
+",
+    );
+    for (node, health) in reported {
+        let repairs = match health.repairs {
+            0 => "no drift repaired".to_string(),
+            n => format!(
+                "{n} drift repair(s), the last at {}",
+                format_ms(health.last_repair_ms)
+            ),
+        };
+        let firewall = if health.firewall.is_empty() {
+            String::new()
+        } else {
+            format!("firewall {}; ", health.firewall)
+        };
+        out.push_str(&format!(
+            "  {node}: {firewall}{repairs}
+"
+        ));
+    }
+    for problem in host_problems(nodes) {
+        out.push_str(&format!(
+            "  ✗ {problem}
+"
+        ));
+    }
+    out
+}
+
+/// Every problem an agent reports on its host, as a line an operator can act on: hosts lines that
+/// shadow kreach's entries, managed files it cannot enforce, a filter it cannot put in place.
+/// `check` fails on any. Pure.
+pub fn host_problems(nodes: &[pb::NodeView]) -> Vec<String> {
+    let mut problems = Vec::new();
+    for node in nodes {
+        let Some(health) = &node.health else { continue };
+        for conflict in &health.conflicts {
+            problems.push(format!("{}: conflict: {conflict}", node.node));
+        }
+        if !health.enforce_error.is_empty() {
+            problems.push(format!(
+                "{}: cannot enforce its managed files: {}",
+                node.node, health.enforce_error
+            ));
+        }
+        if health.firewall.starts_with("error") {
+            problems.push(format!("{}: firewall {}", node.node, health.firewall));
+        }
+    }
+    problems
 }
 
 /// The reachability matrix, client × broker: ✓ or the short reason; then one line per failure
@@ -363,13 +429,16 @@ fn reachability_json(rows: &[pb::ReachabilityRow]) -> Value {
     )
 }
 
-/// `kreachctl check --output json`: whether every client reaches every broker, and what fails.
-pub fn check_json(rows: &[pb::ReachabilityRow]) -> Value {
-    let failures = check_failures(rows);
+/// `kreachctl check --output json`: whether every client reaches every broker and no host
+/// reports a problem, and what fails.
+pub fn check_json(status: &pb::StatusResponse) -> Value {
+    let failures = check_failures(&status.reachability);
+    let problems = host_problems(&status.nodes);
     json!({
-        "ok": failures.is_empty(),
+        "ok": failures.is_empty() && problems.is_empty(),
         "failures": failures,
-        "reachability": reachability_json(rows),
+        "host_problems": problems,
+        "reachability": reachability_json(&status.reachability),
     })
 }
 
@@ -426,7 +495,15 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
             "checks": n.status.as_ref().map(|s| s.checks.iter().map(|c| json!({"name": c.name, "ok": c.ok, "detail": c.detail})).collect::<Vec<_>>()).unwrap_or_default(),
             "restart_started_ms": n.status.as_ref().map(|s| s.restart_started_ms).unwrap_or(0),
             "restart_finished_ms": n.status.as_ref().map(|s| s.restart_finished_ms).unwrap_or(0),
+            "host": n.health.as_ref().map(|h| json!({
+                "conflicts": h.conflicts,
+                "repairs": h.repairs,
+                "last_repair_ms": h.last_repair_ms,
+                "enforce_error": h.enforce_error,
+                "firewall": h.firewall,
+            })).unwrap_or(Value::Null),
         })).collect::<Vec<_>>(),
+        "host_problems": host_problems(&status.nodes),
         "reachability": reachability_json(&status.reachability),
     })
 }
@@ -631,16 +708,40 @@ mod tests {
     }
 
     #[test]
-    fn check_passes_only_when_every_cell_is_reachable() {
-        let mut all = rows();
-        assert_eq!(check_failures(&all).len(), 1);
-        assert_eq!(check_json(&all)["ok"], false);
-        all[1].brokers[0] = cell(1, "");
-        assert!(check_failures(&all).is_empty());
-        assert_eq!(check_json(&all)["ok"], true);
+    fn check_passes_only_when_every_cell_is_reachable_and_no_host_has_a_problem() {
+        let mut status = pb::StatusResponse {
+            reachability: rows(),
+            ..Default::default()
+        };
+        assert_eq!(check_failures(&status.reachability).len(), 1);
+        assert_eq!(check_json(&status)["ok"], false);
+        status.reachability[1].brokers[0] = cell(1, "");
+        assert!(check_failures(&status.reachability).is_empty());
+        assert_eq!(check_json(&status)["ok"], true);
         assert_eq!(
-            check_json(&all)["reachability"][1]["brokers"][0]["ok"],
+            check_json(&status)["reachability"][1]["brokers"][0]["ok"],
             true
+        );
+        // A hosts line shadowing kreach's entries on a client fails the check, and says where.
+        status.nodes.push(pb::NodeView {
+            node: "etl-1".into(),
+            health: Some(pb::AgentHealth {
+                node: "etl-1".into(),
+                conflicts: vec!["line 3 maps b1.c to 10.9.9.9".into()],
+                firewall: "not managed".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        assert_eq!(check_json(&status)["ok"], false);
+        assert_eq!(
+            host_problems(&status.nodes),
+            ["etl-1: conflict: line 3 maps b1.c to 10.9.9.9"]
+        );
+        assert_eq!(
+            host_text(&status.nodes),
+            "\nhosts (as each agent last reported):\n  etl-1: firewall not managed; no drift repaired\n  \
+             ✗ etl-1: conflict: line 3 maps b1.c to 10.9.9.9\n"
         );
     }
 

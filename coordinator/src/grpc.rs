@@ -185,6 +185,16 @@ impl AgentService for Services {
         self.core().report_facts(request.into_inner())?;
         Ok(Response::new(pb::Ack {}))
     }
+
+    async fn report_health(
+        &self,
+        request: Request<pb::AgentHealth>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let node = request.get_ref().node.clone();
+        self.require_node(&request, &node)?;
+        self.core().report_health(request.into_inner())?;
+        Ok(Response::new(pb::Ack {}))
+    }
 }
 
 #[tonic::async_trait]

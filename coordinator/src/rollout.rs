@@ -79,6 +79,17 @@ pub struct RolloutPlan {
     pub health_timeout_ms: u64,
     /// Pause after a broker step before the next one, so the cluster settles (ISR catch-up).
     pub settle_ms: u64,
+    /// A target of the current step whose agent has been offline this long pauses the rollout
+    /// (`[rollout] agent_timeout`). Plans stored before it existed get the default.
+    #[serde(default = "default_agent_timeout_ms")]
+    pub agent_timeout_ms: u64,
+}
+
+/// `[rollout] agent_timeout`'s default, 60 s.
+pub const DEFAULT_AGENT_TIMEOUT_MS: u64 = 60_000;
+
+fn default_agent_timeout_ms() -> u64 {
+    DEFAULT_AGENT_TIMEOUT_MS
 }
 
 impl RolloutPlan {
@@ -88,6 +99,11 @@ impl RolloutPlan {
 
     pub fn with_settle_ms(mut self, settle_ms: u64) -> RolloutPlan {
         self.settle_ms = settle_ms;
+        self
+    }
+
+    pub fn with_agent_timeout_ms(mut self, agent_timeout_ms: u64) -> RolloutPlan {
+        self.agent_timeout_ms = agent_timeout_ms;
         self
     }
 }
@@ -215,10 +231,12 @@ pub fn plan(
             .max()
             .unwrap_or(0),
         settle_ms: 0,
+        agent_timeout_ms: DEFAULT_AGENT_TIMEOUT_MS,
     }
 }
 
-/// [`plan`] for a whole validated spec: its node specs, `max_unavailable` and `settle`.
+/// [`plan`] for a whole validated spec: its node specs, `max_unavailable`, `settle` and
+/// `agent_timeout`.
 pub fn plan_for_spec(
     generation: u64,
     current: &BTreeMap<String, NodeSpec>,
@@ -237,6 +255,9 @@ pub fn plan_for_spec(
         spec.rollout.max_unavailable,
     )
     .with_settle_ms(u64::try_from(spec.rollout.settle.as_millis()).unwrap_or(u64::MAX))
+    .with_agent_timeout_ms(
+        u64::try_from(spec.rollout.agent_timeout.as_millis()).unwrap_or(u64::MAX),
+    )
 }
 
 /// Whether `desired` maps some name to an address `current` does not (resolvers compare names
@@ -608,12 +629,7 @@ impl Rollout {
                     .health_timeout_ms
                     .saturating_add(HEALTH_TIMEOUT_GRACE_MS);
                 if now_ms >= self.released_at_ms.saturating_add(limit_ms) {
-                    let silent: Vec<&str> = self
-                        .progress
-                        .iter()
-                        .filter(|(_, progress)| **progress == NodeProgress::Waiting)
-                        .map(|(node, _)| node.as_str())
-                        .collect();
+                    let silent: Vec<&str> = self.waiting_nodes().collect();
                     if let Some(first) = silent.first() {
                         let who = match silent.as_slice() {
                             [one] => format!("node {one}"),
@@ -631,6 +647,38 @@ impl Rollout {
             _ => {}
         }
         events
+    }
+
+    /// `node`'s agent has not been connected for `offline_ms` (counted from the later of its
+    /// disconnect and the current release): a waiting target of the running step pauses the
+    /// rollout once that reaches `agent_timeout`, instead of waiting on it without end.
+    pub fn on_agent_offline(&mut self, node: &str, offline_ms: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let waiting = self.progress.get(node) == Some(&NodeProgress::Waiting);
+        if self.state == RolloutState::Running
+            && waiting
+            && offline_ms >= self.plan.agent_timeout_ms
+        {
+            let reason = format!(
+                "agent {node} offline for {}s",
+                self.plan.agent_timeout_ms.div_ceil(1000)
+            );
+            self.pause_with(node, reason, &mut events);
+        }
+        events
+    }
+
+    /// When the current attempt of the current step was released.
+    pub fn released_at_ms(&self) -> u64 {
+        self.released_at_ms
+    }
+
+    /// The current step's targets that have not reported on its current attempt yet.
+    pub fn waiting_nodes(&self) -> impl Iterator<Item = &str> {
+        self.progress
+            .iter()
+            .filter(|(_, progress)| **progress == NodeProgress::Waiting)
+            .map(|(node, _)| node.as_str())
     }
 
     /// Operator pause: release nothing more until resume or abort.
@@ -1436,6 +1484,42 @@ mod tests {
         rollout.resume(300_000);
         assert!(rollout.on_tick(509_999).is_empty());
         assert_eq!(rollout.on_tick(510_000).len(), 1);
+    }
+
+    #[test]
+    fn a_waiting_node_whose_agent_stays_offline_pauses_after_agent_timeout() {
+        let (mut rollout, _) = public_access_rollout();
+        assert_eq!(rollout.plan().agent_timeout_ms, DEFAULT_AGENT_TIMEOUT_MS);
+        assert_eq!(rollout.waiting_nodes().collect::<Vec<_>>(), ["w1"]);
+        // Not a target of this step: nothing happens however long it is offline.
+        assert!(rollout
+            .on_agent_offline("w2", 10 * DEFAULT_AGENT_TIMEOUT_MS)
+            .is_empty());
+        assert!(rollout.on_agent_offline("w1", 59_999).is_empty());
+        assert_eq!(
+            rollout.on_agent_offline("w1", 60_000),
+            [Event::Paused {
+                node: "w1".into(),
+                reason: "agent w1 offline for 60s".into(),
+            }]
+        );
+        // Paused: said once, not at every tick.
+        assert!(rollout.on_agent_offline("w1", 120_000).is_empty());
+        // Resume re-releases the step; once w1 reported, its agent going away pauses nothing.
+        rollout.resume(130_000);
+        assert_eq!(rollout.state(), &RolloutState::Running);
+        converge_step(&mut rollout, 0);
+        assert!(rollout.on_agent_offline("w1", 600_000).is_empty());
+    }
+
+    #[test]
+    fn a_plan_stored_before_agent_timeout_existed_gets_the_default() {
+        let mut plan = public_access_rollout().0.plan().clone();
+        plan.agent_timeout_ms = 5_000;
+        let mut json = serde_json::to_value(&plan).unwrap();
+        json.as_object_mut().unwrap().remove("agent_timeout_ms");
+        let old: RolloutPlan = serde_json::from_value(json).unwrap();
+        assert_eq!(old.agent_timeout_ms, DEFAULT_AGENT_TIMEOUT_MS);
     }
 
     #[test]

@@ -170,6 +170,8 @@ pub struct RolloutSpec {
     pub max_unavailable: u32,
     pub health_timeout: Duration,
     pub settle: Duration,
+    /// How long a step waits for a target whose agent is not connected before it pauses.
+    pub agent_timeout: Duration,
 }
 
 /// A spec that passed validation. Only [`ClusterSpec::parse`] builds one.
@@ -1063,7 +1065,12 @@ impl Compiler {
         self.unknown_keys(
             rollout,
             &place,
-            &["max_unavailable", "health_timeout", "settle"],
+            &[
+                "max_unavailable",
+                "health_timeout",
+                "settle",
+                "agent_timeout",
+            ],
         );
         let max_unavailable = match self.integer(rollout, "max_unavailable", &place) {
             None if rollout.contains_key("max_unavailable") => None,
@@ -1080,10 +1087,13 @@ impl Compiler {
         let health_timeout =
             self.duration(rollout, "health_timeout", &place, Duration::from_secs(180));
         let settle = self.duration(rollout, "settle", &place, Duration::from_secs(10));
+        let agent_timeout =
+            self.duration(rollout, "agent_timeout", &place, Duration::from_secs(60));
         Some(RolloutSpec {
             max_unavailable: max_unavailable?,
             health_timeout: health_timeout?,
             settle: settle?,
+            agent_timeout: agent_timeout?,
         })
     }
 }
@@ -1249,6 +1259,7 @@ settle = "10s"
         assert_eq!(spec.brokers.len(), 2);
         assert_eq!(spec.brokers[0].short_name(), Some("emr-worker-1"));
         assert!(spec.external.enabled);
+        assert_eq!(spec.rollout.agent_timeout, Duration::from_secs(60));
         assert_eq!(spec.rollout.health_timeout, Duration::from_secs(180));
         assert_eq!(spec.nodes(), vec!["emr-worker-1", "emr-worker-2", "etl-1"]);
     }

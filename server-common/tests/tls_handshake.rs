@@ -8,7 +8,9 @@ use std::time::Duration;
 use kreach_common::tls::{init_certs, load_tls_files, peer_identity, PeerIdentity, TlsFiles};
 use kreach_proto::agent_service_client::AgentServiceClient;
 use kreach_proto::agent_service_server::{AgentService, AgentServiceServer};
-use kreach_proto::{Ack, AuditAck, AuditReport, HostFacts, NodeStatus, Release, SubscribeRequest};
+use kreach_proto::{
+    Ack, AgentHealth, AuditAck, AuditReport, HostFacts, NodeStatus, Release, SubscribeRequest,
+};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,
@@ -56,6 +58,10 @@ impl AgentService for EchoIdentity {
         &self,
         _request: Request<AuditReport>,
     ) -> Result<Response<AuditAck>, Status> {
+        Err(Status::unimplemented("not used by the handshake tests"))
+    }
+
+    async fn report_health(&self, _request: Request<AgentHealth>) -> Result<Response<Ack>, Status> {
         Err(Status::unimplemented("not used by the handshake tests"))
     }
 }

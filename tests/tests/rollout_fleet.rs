@@ -702,3 +702,155 @@ fn the_coordinator_stops_within_5_s_on_sigterm_while_agents_are_connected() {
         history.stdout
     );
 }
+
+#[test]
+fn a_node_whose_agent_never_connected_is_refused_and_with_force_pauses_after_agent_timeout() {
+    let (fleet, _gen1) = fleet_on_generation_1(16, 2, &[("etl-1", "private")], Some(2));
+    // The same cluster, plus a client nobody installed an agent on, and a short agent_timeout.
+    let text = fleet
+        .spec(&FleetSpec::default())
+        .replace("[rollout]\n", "[rollout]\nagent_timeout = \"2s\"\n")
+        + "\n[[client]]\nnode = \"office-laptop\"\nview = \"private\"\n";
+    let spec = fleet.dir.path().join("with-laptop.toml");
+    std::fs::write(&spec, text).unwrap();
+    let spec = spec.to_str().unwrap();
+    let never = "client \"office-laptop\": its agent has never connected to this coordinator";
+
+    // plan and apply name it and refuse (exit 1), and nothing is applied.
+    for args in [&["plan", spec][..], &["apply", "--yes", spec][..]] {
+        let run = fleet.ctl(args).unwrap();
+        assert_eq!(run.code, 1, "{args:?}:\n{}\n{}", run.stdout, run.stderr);
+        assert!(
+            run.stdout.contains(never) || run.stderr.contains(never),
+            "{args:?} names the node:\n{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    let status = fleet.status_json().unwrap();
+    assert_eq!(status["rollout"]["generation"], 1, "{status:#}");
+
+    // With --force the rollout starts, and the step that waits for the laptop pauses after
+    // agent_timeout naming it, instead of waiting without end.
+    apply(&fleet, std::path::Path::new(spec));
+    let status = fleet
+        .wait_for_rollout("paused", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(status["rollout"]["generation"], 2, "{status:#}");
+    assert_eq!(
+        status["rollout"]["paused_node"], "office-laptop",
+        "{status:#}"
+    );
+    assert_eq!(
+        status["rollout"]["paused_reason"], "agent office-laptop offline for 2s",
+        "{status:#}"
+    );
+    // abort behaves as for any pause.
+    let aborted = fleet.ctl(&["rollout", "abort"]).unwrap();
+    assert_eq!(aborted.code, 0, "{}", aborted.stderr);
+    fleet
+        .wait_for_rollout("aborted", Duration::from_secs(10))
+        .unwrap();
+}
+
+#[test]
+fn a_hosts_line_shadowing_kreachs_entries_shows_in_status_and_fails_check() {
+    // Hostname mode: clients' hosts files carry the brokers' names.
+    let mut fleet = Fleet::new(17, 2, &[("etl-1", "private")]).unwrap();
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(Some(2)).unwrap();
+    let options = FleetSpec {
+        hostnames: true,
+        ..FleetSpec::default()
+    };
+    apply(&fleet, &fleet.write_spec("gen1.toml", &options).unwrap());
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    assert!(fleet
+        .client_hosts("etl-1")
+        .contains("emr-worker-1.fleet-17"));
+    let (_, dir) = fleet.clients.iter().find(|(n, _)| n == "etl-1").unwrap();
+    let hosts = dir.join("etc/hosts");
+    // A hand edit above kreach's block: the resolver takes the first match, so this line wins.
+    let text = std::fs::read_to_string(&hosts).unwrap();
+    std::fs::write(&hosts, format!("10.9.9.9\temr-worker-1.fleet-17\n{text}")).unwrap();
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = fleet.status_json().unwrap();
+        let node = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == "etl-1")
+            .cloned()
+            .unwrap();
+        if node["host"]["conflicts"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+        {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the conflict never reached the status: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let problems = status["host_problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{status:#}");
+    assert!(
+        problems[0]
+            .as_str()
+            .unwrap()
+            .starts_with("etl-1: conflict: line 1 maps emr-worker-1.fleet-17 to 10.9.9.9"),
+        "{status:#}"
+    );
+    let text = fleet.ctl(&["status"]).unwrap();
+    assert!(
+        text.stdout
+            .contains("✗ etl-1: conflict: line 1 maps emr-worker-1.fleet-17 to 10.9.9.9"),
+        "{}",
+        text.stdout
+    );
+    let check = fleet.ctl(&["check"]).unwrap();
+    assert_eq!(check.code, 4, "{}\n{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains("1 host problem(s)"),
+        "{}",
+        check.stdout
+    );
+
+    // The line removed: the conflict is gone from status and from check. (Reachability itself
+    // fails in this fleet: its clients' hosts files are sandbox files the resolver never reads.)
+    std::fs::write(&hosts, text_without_first_line(&hosts)).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = fleet.status_json().unwrap();
+        if status["host_problems"]
+            .as_array()
+            .is_some_and(Vec::is_empty)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the conflict stays in the status after the line is gone: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let check = fleet.ctl(&["check"]).unwrap();
+    assert!(
+        check.stdout.contains(", 0 host problem(s)"),
+        "{}",
+        check.stdout
+    );
+}
+
+fn text_without_first_line(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split_once('\n')
+        .map(|(_, rest)| rest.to_string())
+        .unwrap()
+}

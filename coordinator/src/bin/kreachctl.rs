@@ -142,7 +142,7 @@ fn print_value(cli: &Cli, text: String, json: serde_json::Value) {
 /// Why a plan whose host facts disagree is refused, naming every disagreement.
 fn facts_refusal(plan: &pb::PlanResponse, what: &str) -> String {
     format!(
-        "refused: host facts disagree with {what} (fix it, or pass --force):\n{}",
+        "refused: host facts disagree with {what}, or its agents never connected (fix it, or pass --force):\n{}",
         plan.warnings.join("\n")
     )
 }
@@ -292,28 +292,36 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 anyhow::bail!("no spec applied yet: nothing to check (kreachctl apply SPEC first)");
             }
             let failures = ctl::check_failures(&status.reachability);
+            let problems = ctl::host_problems(&status.nodes);
             match cli.output {
                 Output::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&ctl::check_json(&status.reachability))?
+                    serde_json::to_string_pretty(&ctl::check_json(&status))?
                 ),
-                Output::Table if failures.is_empty() => {
+                Output::Table if failures.is_empty() && problems.is_empty() => {
                     let pairs: usize = status
                         .reachability
                         .iter()
                         .map(|row| row.brokers.len())
                         .sum();
                     println!(
-                        "ok: {} client(s) reach every broker they should ({pairs} client × broker pair(s))",
+                        "ok: {} client(s) reach every broker they should ({pairs} client × broker pair(s)); no host reports a problem",
                         status.reachability.len()
                     );
                 }
                 Output::Table => {
                     print!("{}", ctl::reachability_text(&status.reachability));
-                    println!("{} failure(s)", failures.len());
+                    for problem in &problems {
+                        println!("  ✗ {problem}");
+                    }
+                    println!(
+                        "{} failure(s), {} host problem(s)",
+                        failures.len(),
+                        problems.len()
+                    );
                 }
             }
-            Ok(if failures.is_empty() {
+            Ok(if failures.is_empty() && problems.is_empty() {
                 0
             } else {
                 EXIT_UNREACHABLE

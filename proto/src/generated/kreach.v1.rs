@@ -104,6 +104,28 @@ pub struct ReleaseId {
     #[prost(uint32, tag = "3")]
     pub attempt: u32,
 }
+/// What an agent knows of its host between releases. Each report replaces the previous one.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct AgentHealth {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Unmanaged hosts lines that shadow kreach's entries, one sentence each (the line and its number).
+    #[prost(string, repeated, tag = "2")]
+    pub conflicts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Drift repairs since the agent started, and when the last one was made (Unix ms; 0 = none).
+    #[prost(uint64, tag = "3")]
+    pub repairs: u64,
+    #[prost(uint64, tag = "4")]
+    pub last_repair_ms: u64,
+    /// Empty when the last check of the managed files worked; otherwise why it could not enforce.
+    #[prost(string, tag = "5")]
+    pub enforce_error: ::prost::alloc::string::String,
+    /// The EXTERNAL port filter (brokers): "not managed", "no filter needed", "enforced: ...", or
+    /// "error: ..." when the agent could not enforce it.
+    #[prost(string, tag = "6")]
+    pub firewall: ::prost::alloc::string::String,
+}
 /// One change an agent made to a managed file (a line of its STATE_DIR/audit.jsonl).
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -341,6 +363,9 @@ pub struct NodeView {
     pub released: ::core::option::Option<ReleaseId>,
     #[prost(message, optional, tag = "5")]
     pub status: ::core::option::Option<NodeStatus>,
+    /// The agent's last health report, if any.
+    #[prost(message, optional, tag = "6")]
+    pub health: ::core::option::Option<AgentHealth>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -682,6 +707,29 @@ pub mod agent_service_client {
                 .insert(GrpcMethod::new("kreach.v1.AgentService", "ReportAudit"));
             self.inner.unary(req, path, codec).await
         }
+        /// Report what the agent knows of its host between releases (on connect and when it changes):
+        /// conflicts, drift repairs, the EXTERNAL port filter.
+        pub async fn report_health(
+            &mut self,
+            request: impl tonic::IntoRequest<super::AgentHealth>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/kreach.v1.AgentService/ReportHealth",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("kreach.v1.AgentService", "ReportHealth"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -724,6 +772,12 @@ pub mod agent_service_server {
             &self,
             request: tonic::Request<super::AuditReport>,
         ) -> std::result::Result<tonic::Response<super::AuditAck>, tonic::Status>;
+        /// Report what the agent knows of its host between releases (on connect and when it changes):
+        /// conflicts, drift repairs, the EXTERNAL port filter.
+        async fn report_health(
+            &self,
+            request: tonic::Request<super::AgentHealth>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AgentServiceServer<T> {
@@ -961,6 +1015,49 @@ pub mod agent_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReportAuditSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/kreach.v1.AgentService/ReportHealth" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportHealthSvc<T: AgentService>(pub Arc<T>);
+                    impl<T: AgentService> tonic::server::UnaryService<super::AgentHealth>
+                    for ReportHealthSvc<T> {
+                        type Response = super::Ack;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::AgentHealth>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::report_health(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportHealthSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
