@@ -574,7 +574,7 @@ impl Core {
                     let why = if entry.last_seen_ms == 0 {
                         "its agent is offline".to_string()
                     } else {
-                        format!("its agent is offline (last seen {ago} s ago)")
+                        format!("its agent is offline, last seen {ago} s ago")
                     };
                     draft.unreachable.insert(node, why);
                 }

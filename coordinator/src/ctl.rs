@@ -724,6 +724,52 @@ mod tests {
     }
 
     #[test]
+    fn a_plan_says_per_node_whether_it_was_checked_on_the_host_and_what_dropping_does() {
+        let plan = pb::PlanResponse {
+            from_generation: 4,
+            nodes: vec![
+                pb::NodeDiff {
+                    node: "w1".into(),
+                    role: "broker 1".into(),
+                    diff: "+generation line\n".into(),
+                    host_diff: "-listeners=PLAINTEXT://:9092\n".into(),
+                    source: "host".into(),
+                    restart: true,
+                    restart_reason: "kafka.service: listeners changed".into(),
+                    ..Default::default()
+                },
+                pb::NodeDiff {
+                    node: "w3".into(),
+                    role: "broker 3".into(),
+                    diff: "-old block\n".into(),
+                    source: "generation".into(),
+                    not_checked: "its agent never connected".into(),
+                    dropped: true,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let text = plan_text(&plan);
+        let expected = [
+            "~ w1 (broker 1): restarts Kafka",
+            "  restart kafka.service: listeners changed",
+            "-listeners=PLAINTEXT://:9092",
+            "- w3 (broker 3): removed from the spec: its kreach hosts block is removed in the contract phase; its server.properties and Kafka are left as they are (no restart)",
+            "  NOT CHECKED against the host (its agent never connected): the diff below is generation 4 → 5, not the host's files",
+            "-old block",
+        ];
+        assert_eq!(text.lines().take(6).collect::<Vec<_>>(), expected, "{text}");
+        let json = plan_json(&plan);
+        assert_eq!(json["dropped"], json!(["w3"]));
+        assert_eq!(json["nodes"][0]["diff"], "-listeners=PLAINTEXT://:9092\n");
+        assert_eq!(json["nodes"][0]["generation_diff"], "+generation line\n");
+        assert_eq!(json["nodes"][1]["source"], "generation");
+        assert_eq!(json["nodes"][1]["host_diff"], Value::Null);
+        assert_eq!(json["nodes"][1]["not_checked"], "its agent never connected");
+    }
+
+    #[test]
     fn tables_align_columns() {
         let text = table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(text, "A    LONG\nxyz  1\n");

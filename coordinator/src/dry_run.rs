@@ -97,10 +97,12 @@ impl DryRuns {
         let mut inner = self.lock();
         match inner.pending.get(&report.id) {
             Some((node, _)) if *node == report.node => {}
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "no dry run {} is waiting for node {:?} (it was answered already, or timed out)",
                 report.id, report.node
-            )),
+            ))
+            }
         }
         let (_, answer) = inner.pending.remove(&report.id).expect("checked above");
         let _ = answer.send(report);
