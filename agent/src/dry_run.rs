@@ -148,6 +148,39 @@ mod tests {
     }
 
     #[test]
+    fn a_dropped_brokers_dry_run_removes_its_block_and_leaves_server_properties_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        std::fs::write(dir.path().join("hosts"), "127.0.0.1\tlocalhost\n").unwrap();
+        std::fs::write(dir.path().join("server.properties"), PROPERTIES).unwrap();
+        // Its hosts file as an earlier release left it.
+        let mut request = request("emr-worker-2");
+        let spec = NodeSpec::try_from(request.spec.as_ref().unwrap()).unwrap();
+        let plan = engine::plan_files(&config, &spec).unwrap();
+        let hosts = &plan.changes[0];
+        std::fs::write(&hosts.path, &hosts.new).unwrap();
+        // What the coordinator releases a broker dropped from the spec: no entries, no listeners.
+        let dropped = NodeSpec {
+            hosts_entries: Vec::new(),
+            listeners: None,
+            ..spec
+        };
+        request.spec = Some(pb::NodeSpec::from(&dropped));
+        let report = answer(&config, &request);
+        assert_eq!(report.error, "");
+        assert!(
+            report
+                .diff
+                .lines()
+                .any(|l| l.starts_with("-# BEGIN kreach"))
+                && !report.diff.contains("server.properties"),
+            "{}",
+            report.diff
+        );
+        assert_eq!(report.restart_unit, "", "a dropped broker never restarts");
+    }
+
+    #[test]
     fn a_spec_this_host_cannot_render_is_answered_with_the_error() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hosts"), HOSTS).unwrap();

@@ -183,6 +183,15 @@ fn print_applied(cli: &Cli, applied: &pb::ApplyResponse, rollback_of: Option<u64
     }
 }
 
+/// The applied plan's per-node diffs as the operator reviewed them: checked against the hosts
+/// just before (the Apply answer itself only knows the generation diffs, as the hosts are about
+/// to change).
+fn with_reviewed_diffs(applied: &mut pb::ApplyResponse, reviewed: &pb::PlanResponse) {
+    if let Some(plan) = applied.plan.as_mut() {
+        plan.nodes.clone_from(&reviewed.nodes);
+    }
+}
+
 /// Ask on the terminal; refuse when there is none (scripts say --yes).
 fn confirm(question: &str) -> anyhow::Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
@@ -245,7 +254,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 println!("not applied");
                 return Ok(EXIT_FAILED);
             }
-            let applied = admin
+            let mut applied = admin
                 .apply(pb::ApplyRequest {
                     spec_toml,
                     force: *force,
@@ -253,6 +262,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .await
                 .map_err(fail)?
                 .into_inner();
+            with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, None);
             if *wait {
                 return follow(cli, &mut admin).await;
@@ -379,11 +389,12 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 println!("not applied");
                 return Ok(EXIT_FAILED);
             }
-            let applied = admin
+            let mut applied = admin
                 .rollback(request(false))
                 .await
                 .map_err(fail)?
                 .into_inner();
+            with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, Some(*to));
             if *wait {
                 return follow(cli, &mut admin).await;
