@@ -219,6 +219,7 @@ impl CoordinatorClient {
         )
         .await?;
         *subscribed_at = Some(Instant::now());
+        let _dry_runs = self.start_dry_runs(&client).await?;
         tracing::info!(
             node = %self.config.node,
             url = %self.coordinator.url,
@@ -287,6 +288,65 @@ impl CoordinatorClient {
                 },
             }
         }
+    }
+
+    /// Open the dry-run stream and answer its requests in a task of its own, so that a plan is
+    /// answered even while a release is being applied (a dry run only reads, see
+    /// [`crate::dry_run`]). The task ends with the session (the guard aborts it). None when the
+    /// coordinator takes no dry runs (an older one): its plans show this node as not checked.
+    async fn start_dry_runs(
+        &self,
+        client: &AgentServiceClient<Channel>,
+    ) -> Result<Option<AbortOnDrop>, ClientError> {
+        let mut client = client.clone();
+        let node = self.config.node.clone();
+        let mut requests = match call(
+            "DryRuns",
+            client.dry_runs(pb::DryRunSubscription { node: node.clone() }),
+        )
+        .await
+        {
+            Ok(requests) => requests,
+            Err(ClientError::Rpc { status, .. }) if status.code() == tonic::Code::Unimplemented => {
+                tracing::warn!(node = %node, "the coordinator takes no dry runs (an older version?); its plans show this node as not checked against its files");
+                return Ok(None);
+            }
+            Err(error) => return Err(error),
+        };
+        let config = self.config.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let request = match requests.message().await {
+                    Ok(Some(request)) => request,
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::warn!(node = %node, "the dry-run stream ended: {}", rpc_failure(&status));
+                        return;
+                    }
+                };
+                let config = config.clone();
+                let report = match tokio::task::spawn_blocking(move || {
+                    crate::dry_run::answer(&config, &request)
+                })
+                .await
+                {
+                    Ok(report) => report,
+                    Err(error) => {
+                        tracing::error!(node = %node, "dry run failed: {error}");
+                        continue;
+                    }
+                };
+                if report.error.is_empty() {
+                    tracing::info!(node = %node, id = report.id, changes = !report.diff.is_empty(), restart = !report.restart_unit.is_empty(), "dry run for the coordinator's plan (nothing was changed)");
+                } else {
+                    tracing::warn!(node = %node, id = report.id, "dry run for the coordinator's plan failed: {}", report.error);
+                }
+                if let Err(error) = call("ReportDryRun", client.report_dry_run(report)).await {
+                    tracing::warn!(node = %node, "{error}");
+                }
+            }
+        });
+        Ok(Some(AbortOnDrop(task)))
     }
 
     /// Hand the coordinator the audit entries it does not have yet (for `kreachctl history
@@ -546,6 +606,15 @@ impl CoordinatorClient {
         }
         self.failed = Some((id, status.clone()));
         report(client, status).await
+    }
+}
+
+/// Aborts its task when dropped: a task that belongs to one session ends with it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -75,6 +75,22 @@ impl Plan {
 
     /// The plan as an operator reads it: a unified diff per file, then the restarts it implies.
     pub fn render(&self) -> String {
+        let mut out = self.render_diff();
+        match &self.restart {
+            Some((unit, why)) => out.push_str(&format!("restart: {unit} ({why})\n")),
+            None if !self.changes.is_empty() => {
+                out.push_str("restart: none (no listener setting changes)\n")
+            }
+            None => {}
+        }
+        for conflict in &self.conflicts {
+            out.push_str(&format!("conflict: {conflict}\n"));
+        }
+        out
+    }
+
+    /// Only the unified diff of every file that changes, under its path on this host.
+    pub fn render_diff(&self) -> String {
         let mut out = String::new();
         for change in &self.changes {
             let old = change.old.as_deref().unwrap_or("");
@@ -86,16 +102,6 @@ impl Plan {
             if !out.ends_with('\n') {
                 out.push('\n');
             }
-        }
-        match &self.restart {
-            Some((unit, why)) => out.push_str(&format!("restart: {unit} ({why})\n")),
-            None if !self.changes.is_empty() => {
-                out.push_str("restart: none (no listener setting changes)\n")
-            }
-            None => {}
-        }
-        for conflict in &self.conflicts {
-            out.push_str(&format!("conflict: {conflict}\n"));
         }
         out
     }
@@ -199,74 +205,7 @@ impl Engine {
 
     /// Render every managed file for `node_spec` and compare with what is on disk. No side effects.
     pub fn plan(&self, node_spec: &NodeSpec) -> Result<Plan, EngineError> {
-        if node_spec.node != self.config.node {
-            return Err(EngineError::WrongNode {
-                spec_node: node_spec.node.clone(),
-                agent_node: self.config.node.clone(),
-            });
-        }
-        let mut changes = Vec::new();
-
-        let hosts_path = &self.config.manage.hosts_file;
-        let hosts_old = read_text(hosts_path)?;
-        let edit = hosts::apply_block(
-            hosts_old.as_deref().unwrap_or(""),
-            &node_spec.cluster,
-            &node_spec.hosts_entries,
-        )
-        .map_err(|error| EngineError::Render {
-            path: hosts_path.clone(),
-            message: error.to_string(),
-        })?;
-        let conflicts = edit.conflicts;
-        if hosts_old.as_deref() != Some(edit.content.as_str())
-            && !(hosts_old.is_none() && edit.content.is_empty())
-        {
-            changes.push(FileChange {
-                file: ManagedFile::Hosts,
-                path: hosts_path.clone(),
-                old: hosts_old,
-                new: edit.content,
-                changed_keys: Vec::new(),
-            });
-        }
-
-        let mut restart = None;
-        if let (NodeRole::Broker { .. }, Some(listeners)) = (&node_spec.role, &node_spec.listeners)
-        {
-            let path = self.config.manage.kafka_properties.clone().ok_or_else(|| {
-                EngineError::NoPropertiesConfigured {
-                    node: node_spec.node.clone(),
-                }
-            })?;
-            let old = read_text(&path)?
-                .ok_or_else(|| EngineError::PropertiesMissing { path: path.clone() })?;
-            let edit = properties::apply_listeners(&old, listeners).map_err(|error| {
-                EngineError::Render {
-                    path: path.clone(),
-                    message: error.to_string(),
-                }
-            })?;
-            if edit.content != old {
-                restart = Some((
-                    self.config.manage.kafka_unit.clone(),
-                    format!("{} changed", edit.changed_keys.join(", ")),
-                ));
-                changes.push(FileChange {
-                    file: ManagedFile::KafkaProperties,
-                    path,
-                    old: Some(old),
-                    new: edit.content,
-                    changed_keys: edit.changed_keys,
-                });
-            }
-        }
-        Ok(Plan {
-            node_spec: node_spec.clone(),
-            changes,
-            conflicts,
-            restart,
-        })
+        plan_files(&self.config, node_spec)
     }
 
     /// Carry out `plan`: back up and write every changed file, restart Kafka when its listener
@@ -580,6 +519,78 @@ impl Engine {
         }
         Ok(restored)
     }
+}
+
+/// [`Engine::plan`] without an engine: render every managed file of `config` for `node_spec` and
+/// compare with what is on disk. It only reads: no lock, no backup, no write, no audit entry, no
+/// state change, so a dry run may call it at any time (even while an apply holds the engine).
+pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, EngineError> {
+    if node_spec.node != config.node {
+        return Err(EngineError::WrongNode {
+            spec_node: node_spec.node.clone(),
+            agent_node: config.node.clone(),
+        });
+    }
+    let mut changes = Vec::new();
+
+    let hosts_path = &config.manage.hosts_file;
+    let hosts_old = read_text(hosts_path)?;
+    let edit = hosts::apply_block(
+        hosts_old.as_deref().unwrap_or(""),
+        &node_spec.cluster,
+        &node_spec.hosts_entries,
+    )
+    .map_err(|error| EngineError::Render {
+        path: hosts_path.clone(),
+        message: error.to_string(),
+    })?;
+    let conflicts = edit.conflicts;
+    if hosts_old.as_deref() != Some(edit.content.as_str())
+        && !(hosts_old.is_none() && edit.content.is_empty())
+    {
+        changes.push(FileChange {
+            file: ManagedFile::Hosts,
+            path: hosts_path.clone(),
+            old: hosts_old,
+            new: edit.content,
+            changed_keys: Vec::new(),
+        });
+    }
+
+    let mut restart = None;
+    if let (NodeRole::Broker { .. }, Some(listeners)) = (&node_spec.role, &node_spec.listeners) {
+        let path = config.manage.kafka_properties.clone().ok_or_else(|| {
+            EngineError::NoPropertiesConfigured {
+                node: node_spec.node.clone(),
+            }
+        })?;
+        let old = read_text(&path)?
+            .ok_or_else(|| EngineError::PropertiesMissing { path: path.clone() })?;
+        let edit =
+            properties::apply_listeners(&old, listeners).map_err(|error| EngineError::Render {
+                path: path.clone(),
+                message: error.to_string(),
+            })?;
+        if edit.content != old {
+            restart = Some((
+                config.manage.kafka_unit.clone(),
+                format!("{} changed", edit.changed_keys.join(", ")),
+            ));
+            changes.push(FileChange {
+                file: ManagedFile::KafkaProperties,
+                path,
+                old: Some(old),
+                new: edit.content,
+                changed_keys: edit.changed_keys,
+            });
+        }
+    }
+    Ok(Plan {
+        node_spec: node_spec.clone(),
+        changes,
+        conflicts,
+        restart,
+    })
 }
 
 struct Written {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod drift;
+pub mod dry_run;
 pub mod engine;
 pub mod facts;
 pub mod firewall;

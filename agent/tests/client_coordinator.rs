@@ -101,6 +101,27 @@ impl AgentService for TestAgentService {
             .push(request.into_inner());
         Ok(Response::new(pb::Ack {}))
     }
+
+    type DryRunsStream = ReceiverStream<Result<pb::DryRunRequest, Status>>;
+
+    /// An older coordinator, without dry runs: the agent must work on without them.
+    async fn dry_runs(
+        &self,
+        _request: Request<pb::DryRunSubscription>,
+    ) -> Result<Response<Self::DryRunsStream>, Status> {
+        Err(Status::unimplemented(
+            "this test coordinator takes no dry runs",
+        ))
+    }
+
+    async fn report_dry_run(
+        &self,
+        _request: Request<pb::DryRunReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        Err(Status::unimplemented(
+            "this test coordinator takes no dry runs",
+        ))
+    }
 }
 
 /// A coordinator on 127.0.0.1 in its own runtime; dropping it closes the port and every connection.

@@ -403,7 +403,12 @@ impl Core {
     pub fn tick(&mut self) -> Result<(), CoreError> {
         if let Some(rollout) = self.record.rollout.as_mut() {
             let now = now_ms();
-            let mut events = rollout.on_tick(now);
+            let agents = &self.agents;
+            let mut events = rollout.skip_offline_dropped(
+                |node| agents.get(node).is_none_or(|entry| entry.connections == 0),
+                now,
+            );
+            events.extend(rollout.on_tick(now));
             // A target whose agent is not connected: offline since it was last seen, but never
             // counted from before the release it waits on (a node may have been off for days).
             let offline: Vec<(String, u64)> = rollout
@@ -519,8 +524,11 @@ impl Core {
                 role: desired.role.to_string(),
                 diff: unified_diff(&format!("/{}", desired.node), &old, &new),
                 restart,
+                source: "generation".to_string(),
+                ..pb::NodeDiff::default()
             });
         }
+        self.plan_dropped(&plan, &current, &mut nodes, &mut notes);
         let response = pb::PlanResponse {
             from_generation: generation - 1,
             nodes,
@@ -529,6 +537,91 @@ impl Core {
             notes,
         };
         Ok((spec, plan, response))
+    }
+
+    /// The nodes dropped from the spec, in the plan: what the contract step does to each (removes
+    /// its kreach hosts block, nothing else) and, for an offline one, that it is not waited for.
+    fn plan_dropped(
+        &self,
+        plan: &rollout::RolloutPlan,
+        current: &BTreeMap<String, NodeSpec>,
+        nodes: &mut Vec<pb::NodeDiff>,
+        notes: &mut Vec<String>,
+    ) {
+        for node in &plan.dropped {
+            let (Some(have), Some(target)) = (current.get(node), dropped_target(plan, node)) else {
+                continue;
+            };
+            nodes.push(pb::NodeDiff {
+                node: node.clone(),
+                role: have.role.to_string(),
+                diff: unified_diff(
+                    &format!("/{node}"),
+                    &render_node(have).unwrap_or_default(),
+                    &render_node(target).unwrap_or_default(),
+                ),
+                restart: false,
+                source: "generation".to_string(),
+                dropped: true,
+                ..pb::NodeDiff::default()
+            });
+            if matches!(have.role, NodeRole::Broker { .. }) {
+                notes.push(format!(
+                    "{node} ({}) is no longer in the spec: the contract step removes its kreach hosts block only; its server.properties (listener keys included), EXTERNAL filter and Kafka are left as they are, no restart",
+                    have.role
+                ));
+            }
+            if self
+                .agents
+                .get(node)
+                .is_none_or(|entry| entry.connections == 0)
+            {
+                notes.push(format!(
+                    "{node} is no longer in the spec and its agent is offline: the contract step does not wait for it; its block is removed when its agent reconnects"
+                ));
+            }
+        }
+    }
+
+    /// The plan, with what each node's agent can be asked to dry-run on its host: the node's final
+    /// spec of this plan, or why its agent cannot be asked (never connected, offline). The gRPC
+    /// edge asks them ([`crate::dry_run`]) without holding the core.
+    pub fn plan_draft(&self, spec_toml: &str) -> Result<PlanDraft, CoreError> {
+        let (spec, plan, response) = self.make_plan(spec_toml)?;
+        let mut finals: BTreeMap<String, NodeSpec> = kreach_common::desired::all_node_specs(&spec)
+            .into_iter()
+            .map(|node| (node.node.clone(), node))
+            .collect();
+        for node in &plan.dropped {
+            if let Some(target) = dropped_target(&plan, node) {
+                finals.insert(node.clone(), target.clone());
+            }
+        }
+        let mut draft = PlanDraft {
+            response,
+            host_checks: Vec::new(),
+            unreachable: BTreeMap::new(),
+        };
+        for (node, spec) in finals {
+            match self.agents.get(&node) {
+                None => {
+                    draft
+                        .unreachable
+                        .insert(node, "its agent never connected".to_string());
+                }
+                Some(entry) if entry.connections == 0 => {
+                    let ago = now_ms().saturating_sub(entry.last_seen_ms) / 1000;
+                    let why = if entry.last_seen_ms == 0 {
+                        "its agent is offline".to_string()
+                    } else {
+                        format!("its agent is offline, last seen {ago} s ago")
+                    };
+                    draft.unreachable.insert(node, why);
+                }
+                Some(_) => draft.host_checks.push((node, pb::NodeSpec::from(&spec))),
+            }
+        }
+        Ok(draft)
     }
 
     /// Brokers whose host facts disagree with the spec (the warnings, which refuse an apply
@@ -714,6 +807,16 @@ impl Core {
         self.apply(&record.spec_toml, force, who, Some(to))
     }
 
+    /// [`Core::plan_draft`] of generation `to`'s spec (`rollback --to` before it asks).
+    pub fn rollback_draft(&self, to: u64) -> Result<PlanDraft, CoreError> {
+        let record = self.store.generation(to)?.ok_or_else(|| {
+            CoreError::NotFound(format!(
+                "there is no generation {to} (see `kreachctl history`)"
+            ))
+        })?;
+        self.plan_draft(&record.spec_toml)
+    }
+
     /// Keep the audit entries an agent hands over; answer with the highest seq kept for its node
     /// (an empty report only asks).
     pub fn report_audit(&mut self, report: pb::AuditReport) -> Result<pb::AuditAck, CoreError> {
@@ -841,10 +944,15 @@ impl Core {
                 waiting: status
                     .nodes
                     .iter()
-                    .filter(|(_, progress)| **progress != rollout::NodeProgress::Converged)
+                    .filter(|(_, progress)| !progress.is_done())
                     .map(|(node, _)| node.clone())
                     .collect(),
                 step_nodes: status.nodes.len() as u32,
+                skipped: status
+                    .skipped
+                    .iter()
+                    .map(|(node, why)| format!("{node}: {why}"))
+                    .collect(),
             }
         });
         pb::StatusResponse {
@@ -980,6 +1088,24 @@ pub fn dropped_note(addresses: &[String], allow: &[ipnet::IpNet]) -> Option<Stri
         "dropped: {list} {} not in listeners.external.allow",
         if parsed.len() == 1 { "is" } else { "are" }
     ))
+}
+
+/// A plan before its nodes are checked on their hosts (see [`Core::plan_draft`]).
+pub struct PlanDraft {
+    /// The plan with generation-to-generation diffs (`source` "generation").
+    pub response: pb::PlanResponse,
+    /// Node → its final spec of the plan, for the nodes whose agent is connected.
+    pub host_checks: Vec<(String, pb::NodeSpec)>,
+    /// Node → why its agent cannot be asked.
+    pub unreachable: BTreeMap<String, String>,
+}
+
+/// What the contract step releases to a node dropped from the spec.
+fn dropped_target<'a>(plan: &'a rollout::RolloutPlan, node: &str) -> Option<&'a NodeSpec> {
+    plan.steps
+        .iter()
+        .rev()
+        .find_map(|step| step.targets.get(node))
 }
 
 fn plan_steps(plan: &rollout::RolloutPlan) -> Vec<pb::PlannedStep> {

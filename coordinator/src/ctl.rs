@@ -149,17 +149,7 @@ pub fn steps_text(steps: &[pb::PlannedStep]) -> String {
 pub fn plan_text(plan: &pb::PlanResponse) -> String {
     let mut out = String::new();
     for node in &plan.nodes {
-        if node.diff.is_empty() {
-            out.push_str(&format!("= {} ({}): unchanged\n", node.node, node.role));
-        } else {
-            out.push_str(&format!(
-                "~ {} ({}){}\n{}",
-                node.node,
-                node.role,
-                if node.restart { ": restarts Kafka" } else { "" },
-                node.diff
-            ));
-        }
+        out.push_str(&node_plan_text(node, plan.from_generation));
     }
     out.push_str(&format!(
         "\nrollout from generation {}:\n",
@@ -175,10 +165,93 @@ pub fn plan_text(plan: &pb::PlanResponse) -> String {
     out
 }
 
+/// The diff a plan shows for `node`: against its host's files when its agent answered, else the
+/// generation diff.
+fn shown_diff(node: &pb::NodeDiff) -> &str {
+    if node.source == "host" {
+        &node.host_diff
+    } else {
+        &node.diff
+    }
+}
+
+/// One node of a plan: a header saying what happens to it, whether it was checked against the
+/// host's files (and if not, why, with the generation diff labelled as such), then the diff.
+fn node_plan_text(node: &pb::NodeDiff, from_generation: u64) -> String {
+    let checked = node.source == "host";
+    let diff = shown_diff(node);
+    let mut out = if node.dropped {
+        format!(
+            "- {} ({}): removed from the spec: its kreach hosts block is removed in the contract phase{}\n",
+            node.node,
+            node.role,
+            if node.role.starts_with("broker") {
+                "; its server.properties and Kafka are left as they are (no restart)"
+            } else {
+                ""
+            }
+        )
+    } else if diff.is_empty() {
+        format!(
+            "= {} ({}): unchanged{}\n",
+            node.node,
+            node.role,
+            if checked { " on the host" } else { "" }
+        )
+    } else {
+        format!(
+            "~ {} ({}){}\n",
+            node.node,
+            node.role,
+            if node.restart { ": restarts Kafka" } else { "" }
+        )
+    };
+    if checked {
+        if !node.restart_reason.is_empty() {
+            out.push_str(&format!("  restart {}\n", node.restart_reason));
+        }
+    } else {
+        out.push_str(&format!(
+            "  NOT CHECKED against the host ({}): {}\n",
+            node.not_checked,
+            if diff.is_empty() {
+                format!("unchanged from generation {from_generation}, but its files may differ")
+            } else {
+                format!(
+                    "the diff below is generation {from_generation} → {}, not the host's files",
+                    from_generation + 1
+                )
+            }
+        ));
+    }
+    out.push_str(diff);
+    if !diff.is_empty() && !diff.ends_with('\n') {
+        out.push('\n');
+    }
+    for conflict in &node.conflicts {
+        out.push_str(&format!("  conflict: {conflict}\n"));
+    }
+    out
+}
+
 pub fn plan_json(plan: &pb::PlanResponse) -> Value {
     json!({
         "from_generation": plan.from_generation,
-        "nodes": plan.nodes.iter().map(|n| json!({"node": n.node, "role": n.role, "diff": n.diff, "restart": n.restart})).collect::<Vec<_>>(),
+        "nodes": plan.nodes.iter().map(|n| json!({
+            "node": n.node,
+            "role": n.role,
+            // "host": checked against the host's files now; "generation": not (see not_checked).
+            "source": n.source,
+            "not_checked": (!n.not_checked.is_empty()).then_some(&n.not_checked),
+            "diff": shown_diff(n),
+            "host_diff": (n.source == "host").then_some(&n.host_diff),
+            "generation_diff": n.diff,
+            "restart": n.restart,
+            "restart_reason": n.restart_reason,
+            "conflicts": n.conflicts,
+            "dropped": n.dropped,
+        })).collect::<Vec<_>>(),
+        "dropped": plan.nodes.iter().filter(|n| n.dropped).map(|n| n.node.as_str()).collect::<Vec<_>>(),
         "steps": steps_json(&plan.steps),
         "warnings": plan.warnings,
         "notes": plan.notes,
@@ -241,6 +314,11 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
             }
         }
         None => out.push_str("rollout: none (no spec applied yet)\n"),
+    }
+    if let Some(rollout) = &status.rollout {
+        for skipped in &rollout.skipped {
+            out.push_str(&format!("skipped {skipped}\n"));
+        }
     }
     let rows: Vec<Vec<String>> = status
         .nodes
@@ -482,6 +560,7 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
             "steps": steps_json(&r.steps),
             "waiting": r.waiting,
             "step_nodes": r.step_nodes,
+            "skipped": r.skipped,
         })),
         "nodes": status.nodes.iter().map(|n| json!({
             "node": n.node,
@@ -743,6 +822,52 @@ mod tests {
             "\nhosts (as each agent last reported):\n  etl-1: firewall not managed; no drift repaired\n  \
              ✗ etl-1: conflict: line 3 maps b1.c to 10.9.9.9\n"
         );
+    }
+
+    #[test]
+    fn a_plan_says_per_node_whether_it_was_checked_on_the_host_and_what_dropping_does() {
+        let plan = pb::PlanResponse {
+            from_generation: 4,
+            nodes: vec![
+                pb::NodeDiff {
+                    node: "w1".into(),
+                    role: "broker 1".into(),
+                    diff: "+generation line\n".into(),
+                    host_diff: "-listeners=PLAINTEXT://:9092\n".into(),
+                    source: "host".into(),
+                    restart: true,
+                    restart_reason: "kafka.service: listeners changed".into(),
+                    ..Default::default()
+                },
+                pb::NodeDiff {
+                    node: "w3".into(),
+                    role: "broker 3".into(),
+                    diff: "-old block\n".into(),
+                    source: "generation".into(),
+                    not_checked: "its agent never connected".into(),
+                    dropped: true,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let text = plan_text(&plan);
+        let expected = [
+            "~ w1 (broker 1): restarts Kafka",
+            "  restart kafka.service: listeners changed",
+            "-listeners=PLAINTEXT://:9092",
+            "- w3 (broker 3): removed from the spec: its kreach hosts block is removed in the contract phase; its server.properties and Kafka are left as they are (no restart)",
+            "  NOT CHECKED against the host (its agent never connected): the diff below is generation 4 → 5, not the host's files",
+            "-old block",
+        ];
+        assert_eq!(text.lines().take(6).collect::<Vec<_>>(), expected, "{text}");
+        let json = plan_json(&plan);
+        assert_eq!(json["dropped"], json!(["w3"]));
+        assert_eq!(json["nodes"][0]["diff"], "-listeners=PLAINTEXT://:9092\n");
+        assert_eq!(json["nodes"][0]["generation_diff"], "+generation line\n");
+        assert_eq!(json["nodes"][1]["source"], "generation");
+        assert_eq!(json["nodes"][1]["host_diff"], Value::Null);
+        assert_eq!(json["nodes"][1]["not_checked"], "its agent never connected");
     }
 
     #[test]

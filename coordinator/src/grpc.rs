@@ -15,7 +15,8 @@ use pb::agent_service_server::AgentService;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::core::{Core, CoreError};
+use crate::core::{Core, CoreError, PlanDraft};
+use crate::dry_run::{self, DryRuns, DRY_RUN_TIMEOUT};
 
 /// The most audit entries one AuditReport may carry (agents send batches of 500).
 pub const MAX_AUDIT_BATCH: usize = 1000;
@@ -34,6 +35,8 @@ pub enum Auth {
 pub struct Services {
     pub core: SharedCore,
     pub auth: Auth,
+    /// The agents' dry-run streams, for plans checked against the hosts.
+    pub dry_runs: DryRuns,
 }
 
 impl From<CoreError> for Status {
@@ -97,6 +100,19 @@ impl Services {
         }
     }
 
+    /// Ask the agents of `draft` to dry-run their node's spec (all at once, at most
+    /// [`DRY_RUN_TIMEOUT`] in all, the core not held) and put their answers into the plan.
+    async fn check_on_hosts(&self, draft: PlanDraft) -> pb::PlanResponse {
+        let PlanDraft {
+            mut response,
+            host_checks,
+            unreachable,
+        } = draft;
+        let answers = self.dry_runs.ask_all(host_checks, DRY_RUN_TIMEOUT).await;
+        dry_run::merge(&mut response, answers, &unreachable);
+        response
+    }
+
     fn who<T>(&self, request: &Request<T>) -> String {
         match request.remote_addr() {
             Some(address) => format!("kreachctl from {address}"),
@@ -107,6 +123,7 @@ impl Services {
 
 type ReleaseStream = Pin<Box<dyn Stream<Item = Result<pb::Release, Status>> + Send>>;
 type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::StatusResponse, Status>> + Send>>;
+type DryRunStream = Pin<Box<dyn Stream<Item = Result<pb::DryRunRequest, Status>> + Send>>;
 
 /// Marks the agent offline when its stream is dropped (the connection ended).
 struct Presence {
@@ -195,6 +212,38 @@ impl AgentService for Services {
         self.core().report_health(request.into_inner())?;
         Ok(Response::new(pb::Ack {}))
     }
+
+    type DryRunsStream = DryRunStream;
+
+    async fn dry_runs(
+        &self,
+        request: Request<pb::DryRunSubscription>,
+    ) -> Result<Response<DryRunStream>, Status> {
+        let node = request.get_ref().node.clone();
+        if node.is_empty() {
+            return Err(Status::invalid_argument("DryRunSubscription.node is empty"));
+        }
+        self.require_node(&request, &node)?;
+        let (receiver, registration) = self.dry_runs.connect(&node);
+        tracing::debug!(node, "agent takes dry runs");
+        let stream = tokio_stream::wrappers::ReceiverStream::new(receiver).map(move |request| {
+            let _registered = &registration;
+            Ok(request)
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn report_dry_run(
+        &self,
+        request: Request<pb::DryRunReport>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let node = request.get_ref().node.clone();
+        self.require_node(&request, &node)?;
+        self.dry_runs
+            .report(request.into_inner())
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::Ack {}))
+    }
 }
 
 #[tonic::async_trait]
@@ -206,9 +255,8 @@ impl AdminService for Services {
         request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
         self.require_admin(&request)?;
-        Ok(Response::new(
-            self.core().plan(&request.get_ref().spec_toml)?,
-        ))
+        let draft = self.core().plan_draft(&request.get_ref().spec_toml)?;
+        Ok(Response::new(self.check_on_hosts(draft).await))
     }
 
     async fn apply(
@@ -283,6 +331,13 @@ impl AdminService for Services {
         self.require_admin(&request)?;
         let who = self.who(&request);
         let body = request.into_inner();
+        if body.dry_run {
+            let draft = self.core().rollback_draft(body.to)?;
+            return Ok(Response::new(pb::ApplyResponse {
+                generation: 0,
+                plan: Some(self.check_on_hosts(draft).await),
+            }));
+        }
         Ok(Response::new(self.core().rollback(
             body.to,
             body.force,

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod config;
 pub mod core;
 pub mod ctl;
+pub mod dry_run;
 pub mod grpc;
 pub mod store;
 pub mod tls_accept;

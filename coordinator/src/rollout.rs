@@ -69,8 +69,14 @@ impl RolloutStep {
 pub struct RolloutPlan {
     pub generation: u64,
     pub steps: Vec<RolloutStep>,
-    /// Nodes that have a current spec but none in the new generation: no step touches them.
+    /// Nodes that have a current spec but none in the new generation, and nothing left to remove
+    /// (their kreach hosts block is already gone): no step touches them.
     pub untouched: Vec<String>,
+    /// Nodes dropped from the spec whose kreach hosts block the contract step removes (see
+    /// [`dropped_spec`]). Unlike other targets, one whose agent is offline is skipped, not waited
+    /// for: it gets the release when it reconnects.
+    #[serde(default)]
+    pub dropped: Vec<String>,
     pub max_unavailable: u32,
     /// The active controller when the plan was made, if known.
     pub controller: Option<String>,
@@ -173,6 +179,22 @@ pub fn plan(
         }
     }
 
+    // Dropped from the spec: the contract step removes what kreach added to their hosts file.
+    let mut dropped = Vec::new();
+    let mut untouched = Vec::new();
+    for (node, have) in current {
+        if desired.contains_key(node) {
+            continue;
+        }
+        let target = dropped_spec(have);
+        if &target == have {
+            untouched.push(node.clone());
+        } else {
+            contract.insert(node.clone(), target);
+            dropped.push(node.clone());
+        }
+    }
+
     let mut steps = Vec::new();
     if !expand.is_empty() {
         steps.push(RolloutStep {
@@ -218,11 +240,8 @@ pub fn plan(
     RolloutPlan {
         generation,
         steps,
-        untouched: current
-            .keys()
-            .filter(|node| !desired.contains_key(*node))
-            .cloned()
-            .collect(),
+        untouched,
+        dropped,
         max_unavailable,
         controller: controller.map(str::to_string),
         health_timeout_ms: desired
@@ -258,6 +277,20 @@ pub fn plan_for_spec(
     .with_agent_timeout_ms(
         u64::try_from(spec.rollout.agent_timeout.as_millis()).unwrap_or(u64::MAX),
     )
+}
+
+/// What a node dropped from the spec is released in the contract step: no hosts entries (its
+/// agent removes kreach's block) and nothing else changed. Conservatively, a broker's listener
+/// keys are no longer managed (`listeners: None`: server.properties is left as it is and Kafka
+/// is not restarted) and its EXTERNAL filter stays as it was: taking either away could cut off or
+/// expose a broker that still runs. A client stops checking reachability (no bootstrap).
+pub fn dropped_spec(have: &NodeSpec) -> NodeSpec {
+    NodeSpec {
+        hosts_entries: Vec::new(),
+        listeners: None,
+        bootstrap: Vec::new(),
+        ..have.clone()
+    }
 }
 
 /// Whether `desired` maps some name to an address `current` does not (resolvers compare names
@@ -393,7 +426,20 @@ impl RolloutState {
 pub enum NodeProgress {
     Waiting,
     Converged,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
+    /// Dropped from the spec and its agent offline: not waited for (see [`Rollout::skip_offline_dropped`]).
+    Skipped {
+        reason: String,
+    },
+}
+
+impl NodeProgress {
+    /// Whether the step no longer waits for this target.
+    pub fn is_done(&self) -> bool {
+        matches!(self, NodeProgress::Converged | NodeProgress::Skipped { .. })
+    }
 }
 
 /// What happened, for the audit log. Every transition returns the events it caused, in order.
@@ -415,6 +461,12 @@ pub enum Event {
         node: String,
         step: u32,
         attempt: u32,
+        reason: String,
+    },
+    /// A node dropped from the spec, offline: the step goes on without it.
+    NodeSkipped {
+        node: String,
+        step: u32,
         reason: String,
     },
     /// A report for another generation, step or attempt, or from a node the step does not target.
@@ -460,6 +512,9 @@ pub struct Rollout {
     released_at_ms: u64,
     /// The targets of the current step and where they stand in its current attempt.
     progress: BTreeMap<String, NodeProgress>,
+    /// Dropped nodes that were skipped, and why; kept after the rollout completes.
+    #[serde(default)]
+    skipped: BTreeMap<String, String>,
 }
 
 impl Rollout {
@@ -477,6 +532,7 @@ impl Rollout {
             step: 0,
             released_at_ms: now_ms,
             progress: BTreeMap::new(),
+            skipped: BTreeMap::new(),
         };
         let mut events = Vec::new();
         if rollout.plan.steps.is_empty() {
@@ -568,6 +624,7 @@ impl Rollout {
                     return events;
                 }
                 *progress = NodeProgress::Converged;
+                self.skipped.remove(node);
                 events.push(Event::NodeConverged {
                     node: node.to_string(),
                     step,
@@ -576,10 +633,7 @@ impl Rollout {
                 // Only a running step advances: a paused one waits for the operator even when its
                 // last node converges late.
                 if self.state == RolloutState::Running
-                    && self
-                        .progress
-                        .values()
-                        .all(|progress| *progress == NodeProgress::Converged)
+                    && self.progress.values().all(NodeProgress::is_done)
                 {
                     self.complete_current_step(now_ms, &mut events);
                 }
@@ -664,6 +718,52 @@ impl Rollout {
                 self.plan.agent_timeout_ms.div_ceil(1000)
             );
             self.pause_with(node, reason, &mut events);
+        }
+        events
+    }
+
+    /// Nodes dropped from the spec that the running step waits for and whose agent is offline
+    /// (`is_offline`) are skipped, not waited for: a node that is gone for good must not hold the
+    /// rollout. Their release stays out, so an agent that comes back still removes its block.
+    pub fn skip_offline_dropped(
+        &mut self,
+        is_offline: impl Fn(&str) -> bool,
+        now_ms: u64,
+    ) -> Vec<Event> {
+        let mut events = Vec::new();
+        if self.state != RolloutState::Running || self.plan.dropped.is_empty() {
+            return events;
+        }
+        let skip: Vec<String> = self
+            .progress
+            .iter()
+            .filter(|(node, progress)| {
+                **progress == NodeProgress::Waiting
+                    && self.plan.dropped.contains(node)
+                    && is_offline(node)
+            })
+            .map(|(node, _)| node.clone())
+            .collect();
+        if skip.is_empty() {
+            return events;
+        }
+        let reason = "dropped from the spec and its agent is offline: not waited for; its kreach hosts block is removed when the agent reconnects".to_string();
+        for node in skip {
+            self.progress.insert(
+                node.clone(),
+                NodeProgress::Skipped {
+                    reason: reason.clone(),
+                },
+            );
+            self.skipped.insert(node.clone(), reason.clone());
+            events.push(Event::NodeSkipped {
+                node,
+                step: step_number(self.step),
+                reason: reason.clone(),
+            });
+        }
+        if self.progress.values().all(NodeProgress::is_done) {
+            self.complete_current_step(now_ms, &mut events);
         }
         events
     }
@@ -755,6 +855,7 @@ impl Rollout {
             } else {
                 BTreeMap::new()
             },
+            skipped: self.skipped.clone(),
         }
     }
 
@@ -857,6 +958,8 @@ pub struct RolloutStatus {
     pub steps: Vec<StepStatus>,
     /// The targets of the current step and where each stands.
     pub nodes: BTreeMap<String, NodeProgress>,
+    /// Nodes dropped from the spec that were skipped (offline), and why.
+    pub skipped: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1252,7 +1355,9 @@ mod tests {
         );
         assert_eq!(plan.steps[0].targets, after.node_specs());
 
-        // Dropping broker 3 as well: its names go away in a contract, and w3 itself is left alone.
+        // Dropping broker 3 as well: its names go away in a contract, where w3 itself loses its
+        // kreach hosts block and nothing else: its listener keys are no longer managed (left as
+        // they are, no restart) and its EXTERNAL filter stays as it was.
         let after = Cluster {
             brokers: 2,
             ..after
@@ -1262,14 +1367,66 @@ mod tests {
             step_nodes(&plan),
             [
                 (StepKind::Expand, names(&["c1", "c2", "w1", "w2"])),
-                (StepKind::Contract, names(&["c1", "c2", "w1", "w2"])),
+                (StepKind::Contract, names(&["c1", "c2", "w1", "w2", "w3"])),
             ]
         );
-        assert_eq!(plan.untouched, ["w3"]);
+        assert!(plan.untouched.is_empty());
+        assert_eq!(plan.dropped, ["w3"]);
         assert!(plan.steps.iter().all(|step| !step.restarts));
+        let had = &before.node_specs()["w3"];
         let (mut rollout, _) = Rollout::start(plan, "test", 0);
         run_to_completion(&mut rollout, 0);
-        assert!(!rollout.releases().contains_key("w3"));
+        let w3 = &rollout.releases()["w3"].spec;
+        assert_eq!(
+            (w3.hosts_entries.len(), &w3.listeners, &w3.role),
+            (0, &None, &had.role)
+        );
+        assert_eq!(w3.external_filter, had.external_filter);
+
+        // Once its block is gone, a later plan has nothing left to do for it.
+        let mut current = after.node_specs();
+        current.insert("w3".into(), w3.clone());
+        let again = plan_for_spec(8, &current, &after.spec(), None);
+        assert!(again.is_empty() && again.dropped.is_empty());
+        assert_eq!(again.untouched, ["w3"]);
+    }
+
+    #[test]
+    fn a_dropped_node_whose_agent_is_offline_is_skipped_not_waited_for() {
+        let before = Cluster {
+            clients: vec![false, true],
+            ..Cluster::private_ip(3)
+        };
+        let after = Cluster {
+            clients: vec![false],
+            ..before.clone()
+        };
+        let plan = plan_change(&before, &after, None);
+        assert_eq!(plan.dropped, ["c2"]);
+        assert_eq!(
+            step_nodes(&plan),
+            [(StepKind::Contract, names(&["c2"]))],
+            "nothing else changes"
+        );
+        let (mut rollout, _) = Rollout::start(plan.clone(), "test", 0);
+        // Online: waited for like any target.
+        assert!(rollout.skip_offline_dropped(|_| false, 10).is_empty());
+        assert_eq!(waiting_nodes(&rollout), ["c2"]);
+        // Offline: skipped, the rollout completes, the note stays, the release stays out.
+        let events = rollout.skip_offline_dropped(|node| node == "c2", 20);
+        assert!(
+            matches!(&events[..], [Event::NodeSkipped { node, .. }, Event::StepCompleted { .. }, Event::Completed] if node == "c2"),
+            "{events:?}"
+        );
+        assert_eq!(rollout.state(), &RolloutState::Completed);
+        assert!(rollout.status().skipped["c2"].contains("its agent is offline"));
+        assert!(rollout.releases()["c2"].spec.hosts_entries.is_empty());
+
+        // A node still in the spec is never skipped, however long it is offline.
+        let grow = plan_change(&after, &before, None);
+        let (mut rollout, _) = Rollout::start(grow, "test", 0);
+        assert!(rollout.skip_offline_dropped(|_| true, 10).is_empty());
+        assert!(!waiting_nodes(&rollout).is_empty());
     }
 
     #[test]
@@ -1712,10 +1869,14 @@ mod tests {
                     continue;
                 }
                 assert!(release.step <= current_step, "{node}: released early");
-                assert!(
-                    self.desired.contains_key(&node),
-                    "{node} is not in the new generation"
-                );
+                if !self.desired.contains_key(&node) {
+                    // (g) a node dropped from the spec loses its hosts block and nothing else.
+                    assert_eq!(
+                        release.spec,
+                        dropped_spec(&self.current[&node]),
+                        "{node} is not in the new generation"
+                    );
+                }
                 let restarts = release.spec.listeners.is_some()
                     && release.spec.listeners != self.listeners_before(&node);
                 if restarts || self.restarting.contains_key(&node) {
@@ -1953,6 +2114,10 @@ mod tests {
             for (node, want) in &desired {
                 let got = releases.get(node).map(|release| &release.spec).or(current.get(node));
                 prop_assert_eq!(got, Some(want), "{} did not end at its desired spec", node);
+            }
+            for (node, had) in current.iter().filter(|(node, _)| !desired.contains_key(*node)) {
+                let got = releases.get(node).map(|release| &release.spec).unwrap_or(had);
+                prop_assert!(got.hosts_entries.is_empty(), "{} keeps its block", node);
             }
             prop_assert!(observer.restarting.is_empty());
         }

@@ -492,6 +492,23 @@ async fn a_node_cannot_act_for_another_node() {
     );
     assert_denied(agent.report_status(node_status("w2")).await, &["w1", "w2"]);
     assert_denied(agent.report_facts(facts("w2")).await, &["w1", "w2"]);
+    // Nor can it take w2's dry runs, or answer them: a plan would show its diff as w2's.
+    assert_denied(
+        agent
+            .dry_runs(pb::DryRunSubscription { node: "w2".into() })
+            .await,
+        &["w1", "w2"],
+    );
+    assert_denied(
+        agent
+            .report_dry_run(pb::DryRunReport {
+                node: "w2".into(),
+                id: 1,
+                ..Default::default()
+            })
+            .await,
+        &["w1", "w2"],
+    );
 
     // Nothing of what w1 claimed about w2 reached the coordinator.
     let admin = connect(&coordinator, &ClientTls::with(&certs, certs.admin()))

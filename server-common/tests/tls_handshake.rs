@@ -64,6 +64,22 @@ impl AgentService for EchoIdentity {
     async fn report_health(&self, _request: Request<AgentHealth>) -> Result<Response<Ack>, Status> {
         Err(Status::unimplemented("not used by the handshake tests"))
     }
+
+    type DryRunsStream = tokio_stream::Empty<Result<kreach_proto::DryRunRequest, Status>>;
+
+    async fn dry_runs(
+        &self,
+        _request: Request<kreach_proto::DryRunSubscription>,
+    ) -> Result<Response<Self::DryRunsStream>, Status> {
+        Err(Status::unimplemented("not used by the handshake tests"))
+    }
+
+    async fn report_dry_run(
+        &self,
+        _request: Request<kreach_proto::DryRunReport>,
+    ) -> Result<Response<Ack>, Status> {
+        Err(Status::unimplemented("not used by the handshake tests"))
+    }
 }
 
 fn load(dir: &Path, cert: &str, key: &str) -> TlsFiles {

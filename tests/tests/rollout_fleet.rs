@@ -703,6 +703,314 @@ fn the_coordinator_stops_within_5_s_on_sigterm_while_agents_are_connected() {
     );
 }
 
+/// Every managed file of the fleet (hosts files, server.properties) with its bytes.
+fn managed_files(fleet: &Fleet) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut paths: Vec<std::path::PathBuf> = fleet
+        .brokers
+        .iter()
+        .flat_map(|b| [b.dir.join("etc/hosts"), b.properties_path()])
+        .collect();
+    paths.extend(fleet.clients.iter().map(|(_, dir)| dir.join("etc/hosts")));
+    paths
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+/// The node `node` of a plan's JSON.
+fn plan_node<'a>(plan: &'a serde_json::Value, node: &str) -> &'a serde_json::Value {
+    plan["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == node)
+        .unwrap_or_else(|| panic!("{node} is not in the plan: {plan:#}"))
+}
+
+fn plan_json(fleet: &Fleet, spec: &std::path::Path) -> serde_json::Value {
+    let run = fleet
+        .ctl(&[
+            "--output",
+            "json",
+            "plan",
+            "--force",
+            spec.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+#[test]
+fn the_plan_shows_the_hosts_real_files_and_a_dropped_node_loses_its_block() {
+    let mut fleet = Fleet::new(
+        24,
+        2,
+        &[
+            ("etl-1", "private"),
+            ("etl-2", "private"),
+            ("etl-3", "private"),
+        ],
+    )
+    .unwrap();
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(None).unwrap();
+
+    // Hosts as an operator finds them before kreach ever applied anything: an unmanaged line in a
+    // client's hosts file, a hand-set listener in a broker's server.properties.
+    let etl1_hosts = fleet.clients[0].1.join("etc/hosts");
+    let hand_hosts = "127.0.0.1\tlocalhost\n10.9.9.9\thand-made.example  # added by hand\n";
+    std::fs::write(&etl1_hosts, hand_hosts).unwrap();
+    let (broker_ip, broker_properties) = (
+        fleet.brokers[0].ip.clone(),
+        fleet.brokers[0].properties_path(),
+    );
+    // Kafka configured by hand on its default listener, PLAINTEXT on 9092, beside the controller.
+    let original_properties = fleet.brokers[0].properties();
+    let hand_properties = original_properties
+        .replace(
+            &format!("INTERNAL://{broker_ip}:{}", fleet.port),
+            "PLAINTEXT://:9092",
+        )
+        .replace("INTERNAL:PLAINTEXT", "PLAINTEXT:PLAINTEXT")
+        .replace(
+            "inter.broker.listener.name=INTERNAL",
+            "inter.broker.listener.name=PLAINTEXT",
+        );
+    let hand_listeners = hand_properties
+        .lines()
+        .find(|line| line.starts_with("listeners="))
+        .unwrap()
+        .to_string();
+    assert!(hand_listeners.starts_with("listeners=PLAINTEXT://:9092,CONTROLLER://"));
+    std::fs::write(&broker_properties, &hand_properties).unwrap();
+    // etl-3's agent is offline.
+    assert_eq!(fleet.stop_agent("etl-3"), Some(0));
+
+    // Brokers advertise hostnames, so every host gets kreach's hosts block.
+    let options = FleetSpec {
+        hostnames: true,
+        ..FleetSpec::default()
+    };
+    let gen1 = fleet.write_spec("gen1.toml", &options).unwrap();
+    let before = managed_files(&fleet);
+    let since = now_ns();
+    let text = fleet
+        .ctl(&["plan", "--force", gen1.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(text.code, 0, "{}{}", text.stdout, text.stderr);
+    eprintln!("plan of generation 1:\n{}", text.stdout);
+    let plan = plan_json(&fleet, &gen1);
+
+    // The broker: the real listeners line, as it is in the file, is the one replaced.
+    let worker1 = plan_node(&plan, "emr-worker-1");
+    assert_eq!(worker1["source"], "host", "{worker1:#}");
+    let diff = worker1["diff"].as_str().unwrap();
+    assert!(
+        diff.lines().any(|l| l == format!("-{hand_listeners}"))
+            && diff
+                .lines()
+                .any(|l| l.starts_with("+listeners=PLAINTEXT://:9092,")
+                    && l.contains(&format!("INTERNAL://{}:{}", broker_ip, fleet.port))),
+        "{diff}"
+    );
+    assert_eq!(worker1["restart"], true);
+    assert!(
+        text.stdout.contains(&format!("-{hand_listeners}\n")),
+        "{}",
+        text.stdout
+    );
+    // emr-worker-2's `listeners` line already is what the spec renders: on its host only the
+    // advertised listener changes, though against the (empty) previous generation every line
+    // looks new.
+    let worker2 = plan_node(&plan, "emr-worker-2");
+    assert_eq!(worker2["source"], "host", "{worker2:#}");
+    let diff = worker2["diff"].as_str().unwrap();
+    let ip2 = &fleet.brokers[1].ip;
+    assert!(
+        !diff
+            .lines()
+            .any(|l| l.starts_with("+listeners=") || l.starts_with("-listeners="))
+            && diff
+                .lines()
+                .any(|l| l == format!("-advertised.listeners=INTERNAL://{ip2}:{}", fleet.port))
+            && diff.lines().any(|l| l
+                == format!(
+                    "+advertised.listeners=INTERNAL://emr-worker-2.fleet-24:{}",
+                    fleet.port
+                )),
+        "{diff}"
+    );
+    assert!(
+        worker2["generation_diff"]
+            .as_str()
+            .unwrap()
+            .contains("\n+listeners="),
+        "{worker2:#}"
+    );
+    // The client: its unmanaged line is context that stays; kreach's block is added below it.
+    let etl1 = plan_node(&plan, "etl-1");
+    assert_eq!(etl1["source"], "host", "{etl1:#}");
+    let diff = etl1["diff"].as_str().unwrap();
+    assert!(
+        diff.lines()
+            .any(|l| l == " 10.9.9.9\thand-made.example  # added by hand")
+            && diff
+                .lines()
+                .any(|l| l.starts_with('+') && l.contains("emr-worker-1.fleet-24")),
+        "{diff}"
+    );
+    // The offline agent: marked, with the generation diff labelled as not the host's.
+    let etl3 = plan_node(&plan, "etl-3");
+    assert_eq!(etl3["source"], "generation", "{etl3:#}");
+    assert!(
+        etl3["not_checked"]
+            .as_str()
+            .unwrap()
+            .starts_with("its agent is offline"),
+        "{etl3:#}"
+    );
+    assert!(
+        text.stdout.contains(
+            "~ etl-3 (client, private view)\n  NOT CHECKED against the host (its agent is offline"
+        ) && text
+            .stdout
+            .contains("the diff below is generation 0 → 1, not the host's files"),
+        "{}",
+        text.stdout
+    );
+    // Planning changed nothing: same bytes, no restart, no backup, no applied state.
+    assert_eq!(managed_files(&fleet), before, "plan changed a host's file");
+    assert!(restarts_since(&fleet, since).is_empty());
+    for dir in fleet
+        .brokers
+        .iter()
+        .map(|b| b.dir.clone())
+        .chain(fleet.clients.iter().map(|(_, dir)| dir.clone()))
+    {
+        for name in ["backups", "applied.json", "audit.jsonl"] {
+            assert!(
+                !dir.join("state").join(name).exists(),
+                "{} appeared after a plan",
+                dir.join("state").join(name).display()
+            );
+        }
+    }
+
+    // Back to the generated listeners before applying: a broker restarted on the hand-set
+    // `PLAINTEXT://:9092` would listen on every interface of this machine.
+    std::fs::write(&broker_properties, &original_properties).unwrap();
+    fleet.restart_agent("etl-3").unwrap();
+    fleet.wait_until_online(Duration::from_secs(20)).unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    assert!(fleet.client_hosts("etl-1").starts_with(hand_hosts));
+    for node in ["etl-2", "etl-3"] {
+        assert!(fleet
+            .client_hosts(node)
+            .contains("# BEGIN kreach cluster=fleet-24"));
+    }
+
+    // Generation 2 drops etl-2 (online) and etl-3 (offline).
+    assert_eq!(fleet.stop_agent("etl-3"), Some(0));
+    let mut gen2_text = fleet.spec(&options);
+    for node in ["etl-2", "etl-3"] {
+        let section = format!("\n[[client]]\nnode = \"{node}\"\nview = \"private\"\n");
+        assert!(gen2_text.contains(&section));
+        gen2_text = gen2_text.replace(&section, "");
+    }
+    let gen2 = fleet.dir.path().join("gen2.toml");
+    std::fs::write(&gen2, gen2_text).unwrap();
+    let text = fleet
+        .ctl(&["plan", "--force", gen2.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(text.code, 0, "{}{}", text.stdout, text.stderr);
+    eprintln!("plan of generation 2:\n{}", text.stdout);
+    let plan = plan_json(&fleet, &gen2);
+    assert_eq!(
+        plan["dropped"],
+        serde_json::json!(["etl-2", "etl-3"]),
+        "{plan:#}"
+    );
+    assert!(
+        text.stdout.contains("- etl-2 (client, private view): removed from the spec: its kreach hosts block is removed in the contract phase\n"),
+        "{}",
+        text.stdout
+    );
+    let etl2 = plan_node(&plan, "etl-2");
+    assert_eq!(etl2["source"], "host", "{etl2:#}");
+    assert!(
+        etl2["diff"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with("-# BEGIN kreach cluster=fleet-24")),
+        "{etl2:#}"
+    );
+    let etl3 = plan_node(&plan, "etl-3");
+    assert_eq!(
+        (&etl3["dropped"], &etl3["source"]),
+        (&serde_json::json!(true), &serde_json::json!("generation")),
+        "{etl3:#}"
+    );
+    assert!(
+        text.stdout.contains("note: etl-3 is no longer in the spec and its agent is offline: the contract step does not wait for it"),
+        "{}",
+        text.stdout
+    );
+
+    // apply --wait ends: etl-2's block is gone, etl-3 is skipped, not waited for.
+    let started = std::time::Instant::now();
+    let run = fleet
+        .ctl(&[
+            "apply",
+            "--yes",
+            "--force",
+            "--wait",
+            gen2.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(fleet.client_hosts("etl-2"), "127.0.0.1\tlocalhost\n");
+    assert!(fleet.client_hosts("etl-3").contains("# BEGIN kreach"));
+    let status = fleet.status_json().unwrap();
+    let skipped = status["rollout"]["skipped"].as_array().unwrap();
+    assert!(
+        skipped.len() == 1
+            && skipped[0]
+                .as_str()
+                .unwrap()
+                .starts_with("etl-3: dropped from the spec and its agent is offline"),
+        "{status:#}"
+    );
+    let table = fleet.ctl(&["status"]).unwrap().stdout;
+    assert!(table.contains("skipped etl-3: "), "{table}");
+
+    // When etl-3's agent comes back, it gets its release and removes its block.
+    fleet.restart_agent("etl-3").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fleet.client_hosts("etl-3") != "127.0.0.1\tlocalhost\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etl-3 kept its block: {}",
+            fleet.client_hosts("etl-3")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Nothing else moved: etl-1 keeps its own line and its block.
+    let etl1 = fleet.client_hosts("etl-1");
+    assert!(
+        etl1.starts_with(hand_hosts) && etl1.contains("# BEGIN kreach"),
+        "{etl1}"
+    );
+}
+
 #[test]
 fn a_node_whose_agent_never_connected_is_refused_and_with_force_pauses_after_agent_timeout() {
     let (fleet, _gen1) = fleet_on_generation_1(16, 2, &[("etl-1", "private")], Some(2));

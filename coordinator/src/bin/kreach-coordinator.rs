@@ -75,6 +75,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let services = Services {
         core: Arc::clone(&core),
         auth,
+        dry_runs: Default::default(),
     };
 
     let tls = if config.tls.insecure {

@@ -18,8 +18,8 @@ const EXIT_UNREACHABLE: u8 = 4;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Validate { spec } => validate(spec),
-        Command::Render { spec, node } => render(spec, node),
+        Command::Validate { spec } => validate(&cli, spec),
+        Command::Render { spec, node } => render(&cli, spec, node),
         Command::Certs { action } => certs(action),
         _ => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -46,15 +46,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Parse the spec; on errors print each as `SPEC: field: message` and return None.
-fn load_spec(path: &Path) -> anyhow::Result<Option<ClusterSpec>> {
+/// Parse the spec; on errors print each as `SPEC: field: message` (or, with `--output json`, one
+/// object listing them) and return None.
+fn load_spec(cli: &Cli, path: &Path) -> anyhow::Result<Option<ClusterSpec>> {
     let text = read_spec_file(path)?;
     match ClusterSpec::parse(&text) {
         Ok(spec) => Ok(Some(spec)),
         Err(errors) => {
-            for error in &errors.0 {
-                println!("{}: {error}", path.display());
-            }
+            let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+            let text: String = lines
+                .iter()
+                .map(|error| format!("{}: {error}\n", path.display()))
+                .collect();
+            let json = serde_json::json!({
+                "spec": path.display().to_string(),
+                "valid": false,
+                "errors": lines,
+            });
+            print_value(cli, text, json);
             eprintln!(
                 "kreachctl: {} error(s) in {}",
                 errors.0.len(),
@@ -65,12 +74,12 @@ fn load_spec(path: &Path) -> anyhow::Result<Option<ClusterSpec>> {
     }
 }
 
-fn validate(path: &Path) -> anyhow::Result<u8> {
-    let Some(spec) = load_spec(path)? else {
+fn validate(cli: &Cli, path: &Path) -> anyhow::Result<u8> {
+    let Some(spec) = load_spec(cli, path)? else {
         return Ok(EXIT_INVALID);
     };
-    println!(
-        "{}: valid: cluster {}, {} broker(s), {} client(s), public access {}",
+    let text = format!(
+        "{}: valid: cluster {}, {} broker(s), {} client(s), public access {}\n",
         path.display(),
         spec.name,
         spec.brokers.len(),
@@ -81,11 +90,20 @@ fn validate(path: &Path) -> anyhow::Result<u8> {
             "disabled"
         }
     );
+    let json = serde_json::json!({
+        "spec": path.display().to_string(),
+        "valid": true,
+        "cluster": spec.name,
+        "brokers": spec.brokers.len(),
+        "clients": spec.clients.len(),
+        "public_access": spec.external.enabled,
+    });
+    print_value(cli, text, json);
     Ok(0)
 }
 
-fn render(path: &Path, node: &str) -> anyhow::Result<u8> {
-    let Some(spec) = load_spec(path)? else {
+fn render(cli: &Cli, path: &Path, node: &str) -> anyhow::Result<u8> {
+    let Some(spec) = load_spec(cli, path)? else {
         return Ok(EXIT_INVALID);
     };
     let desired = match node_spec(&spec, node) {
@@ -95,11 +113,41 @@ fn render(path: &Path, node: &str) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
-    println!("# node {}", desired.describe());
     let rendered = kreach_common::desired::render_node(&desired)
         .map_err(|message| anyhow::anyhow!("rendering node {}: {message}", desired.node))?;
-    print!("{rendered}");
+    let hosts_block = if desired.hosts_entries.is_empty() {
+        String::new()
+    } else {
+        kreach_common::hosts::apply_block("", &desired.cluster, &desired.hosts_entries)
+            .map_err(|error| anyhow::anyhow!("rendering node {}: {error}", desired.node))?
+            .content
+    };
+    let listener_settings = match &desired.listeners {
+        Some(listeners) => kreach_common::properties::owned_values(listeners)
+            .map_err(|error| anyhow::anyhow!("rendering node {}: {error}", desired.node))?
+            .into_iter()
+            .map(|(key, value)| (key.to_string(), serde_json::Value::String(value)))
+            .collect::<serde_json::Map<_, _>>(),
+        None => serde_json::Map::new(),
+    };
+    let json = serde_json::json!({
+        "node": desired.node,
+        "role": ctl_role(&desired),
+        "description": desired.describe(),
+        "hosts_block": hosts_block,
+        "listener_settings": listener_settings,
+        "restarts_kafka_on_change": desired.listeners.is_some(),
+    });
+    print_value(
+        cli,
+        format!("# node {}\n{rendered}", desired.describe()),
+        json,
+    );
     Ok(0)
+}
+
+fn ctl_role(desired: &kreach_common::desired::NodeSpec) -> &'static str {
+    kreach_coordinator::core::role_word(&desired.role)
 }
 
 fn certs(action: &CertsAction) -> anyhow::Result<u8> {
@@ -183,6 +231,15 @@ fn print_applied(cli: &Cli, applied: &pb::ApplyResponse, rollback_of: Option<u64
     }
 }
 
+/// The applied plan's per-node diffs as the operator reviewed them: checked against the hosts
+/// just before (the Apply answer itself only knows the generation diffs, as the hosts are about
+/// to change).
+fn with_reviewed_diffs(applied: &mut pb::ApplyResponse, reviewed: &pb::PlanResponse) {
+    if let Some(plan) = applied.plan.as_mut() {
+        plan.nodes.clone_from(&reviewed.nodes);
+    }
+}
+
 /// Ask on the terminal; refuse when there is none (scripts say --yes).
 fn confirm(question: &str) -> anyhow::Result<bool> {
     use std::io::{BufRead, IsTerminal, Write};
@@ -245,7 +302,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 println!("not applied");
                 return Ok(EXIT_FAILED);
             }
-            let applied = admin
+            let mut applied = admin
                 .apply(pb::ApplyRequest {
                     spec_toml,
                     force: *force,
@@ -253,6 +310,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .await
                 .map_err(fail)?
                 .into_inner();
+            with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, None);
             if *wait {
                 return follow(cli, &mut admin).await;
@@ -387,11 +445,12 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 println!("not applied");
                 return Ok(EXIT_FAILED);
             }
-            let applied = admin
+            let mut applied = admin
                 .rollback(request(false))
                 .await
                 .map_err(fail)?
                 .into_inner();
+            with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, Some(*to));
             if *wait {
                 return follow(cli, &mut admin).await;

@@ -104,6 +104,46 @@ pub struct ReleaseId {
     #[prost(uint32, tag = "3")]
     pub attempt: u32,
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DryRunSubscription {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct DryRunRequest {
+    /// Echoed in the report; unique for the life of the coordinator process.
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    /// The desired state to render (the node's final spec of the plan).
+    #[prost(message, optional, tag = "2")]
+    pub spec: ::core::option::Option<NodeSpec>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DryRunReport {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub id: u64,
+    /// Unified diff of every managed file that would change (hosts file, server.properties), against
+    /// its bytes on the host now, under the host's paths. Empty: nothing would change.
+    #[prost(string, tag = "3")]
+    pub diff: ::prost::alloc::string::String,
+    /// The unit the agent would restart and why ("listeners, advertised.listeners changed"); empty
+    /// when nothing restarts.
+    #[prost(string, tag = "4")]
+    pub restart_unit: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub restart_reason: ::prost::alloc::string::String,
+    /// Unmanaged hosts lines that shadow kreach's entries.
+    #[prost(string, repeated, tag = "6")]
+    pub conflicts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Set when the agent could not render the spec (the other fields are then empty).
+    #[prost(string, tag = "7")]
+    pub error: ::prost::alloc::string::String,
+}
 /// What an agent knows of its host between releases. Each report replaces the previous one.
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -300,6 +340,27 @@ pub struct NodeDiff {
     pub diff: ::prost::alloc::string::String,
     #[prost(bool, tag = "4")]
     pub restart: bool,
+    /// Where `host_diff` comes from: "host" (the agent rendered a dry run against its files now) or
+    /// "generation" (it could not: `not_checked` says why; only `diff` is known).
+    #[prost(string, tag = "5")]
+    pub source: ::prost::alloc::string::String,
+    /// Unified diff against the files on the host now (source "host"); empty = nothing changes there.
+    #[prost(string, tag = "6")]
+    pub host_diff: ::prost::alloc::string::String,
+    /// Why the host was not checked: its agent never connected, is offline, did not answer in time, or
+    /// failed to render. Empty when source is "host".
+    #[prost(string, tag = "7")]
+    pub not_checked: ::prost::alloc::string::String,
+    /// With source "host": why the agent would restart Kafka ("listeners changed").
+    #[prost(string, tag = "8")]
+    pub restart_reason: ::prost::alloc::string::String,
+    /// With source "host": unmanaged hosts lines that shadow kreach's entries.
+    #[prost(string, repeated, tag = "9")]
+    pub conflicts: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The node is no longer in the spec: the contract phase removes its kreach hosts block and
+    /// leaves everything else as it is.
+    #[prost(bool, tag = "10")]
+    pub dropped: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -391,6 +452,10 @@ pub struct RolloutView {
     /// How many nodes the current step targets.
     #[prost(uint32, tag = "9")]
     pub step_nodes: u32,
+    /// Nodes dropped from the spec that the contract step skipped (their agent was offline), each
+    /// with why: "NODE: ...".
+    #[prost(string, repeated, tag = "10")]
+    pub skipped: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -730,6 +795,57 @@ pub mod agent_service_client {
                 .insert(GrpcMethod::new("kreach.v1.AgentService", "ReportHealth"));
             self.inner.unary(req, path, codec).await
         }
+        /// Dry runs for `kreachctl plan`: while the agent keeps this stream open, the coordinator sends
+        /// it node specs to render against the host's files as they are now; the agent answers each
+        /// with ReportDryRun. A stream of its own (not the Release stream), so that a dry run is answered
+        /// even while a release is being applied, and an agent that never opens it is simply shown in
+        /// plans as not checked.
+        pub async fn dry_runs(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DryRunSubscription>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::DryRunRequest>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/kreach.v1.AgentService/DryRuns",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("kreach.v1.AgentService", "DryRuns"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// The answer to one DryRunRequest. A dry run changes nothing on the host.
+        pub async fn report_dry_run(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DryRunReport>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/kreach.v1.AgentService/ReportDryRun",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("kreach.v1.AgentService", "ReportDryRun"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -777,6 +893,26 @@ pub mod agent_service_server {
         async fn report_health(
             &self,
             request: tonic::Request<super::AgentHealth>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
+        /// Server streaming response type for the DryRuns method.
+        type DryRunsStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::DryRunRequest, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// Dry runs for `kreachctl plan`: while the agent keeps this stream open, the coordinator sends
+        /// it node specs to render against the host's files as they are now; the agent answers each
+        /// with ReportDryRun. A stream of its own (not the Release stream), so that a dry run is answered
+        /// even while a release is being applied, and an agent that never opens it is simply shown in
+        /// plans as not checked.
+        async fn dry_runs(
+            &self,
+            request: tonic::Request<super::DryRunSubscription>,
+        ) -> std::result::Result<tonic::Response<Self::DryRunsStream>, tonic::Status>;
+        /// The answer to one DryRunRequest. A dry run changes nothing on the host.
+        async fn report_dry_run(
+            &self,
+            request: tonic::Request<super::DryRunReport>,
         ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
     }
     #[derive(Debug)]
@@ -1058,6 +1194,97 @@ pub mod agent_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReportHealthSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/kreach.v1.AgentService/DryRuns" => {
+                    #[allow(non_camel_case_types)]
+                    struct DryRunsSvc<T: AgentService>(pub Arc<T>);
+                    impl<
+                        T: AgentService,
+                    > tonic::server::ServerStreamingService<super::DryRunSubscription>
+                    for DryRunsSvc<T> {
+                        type Response = super::DryRunRequest;
+                        type ResponseStream = T::DryRunsStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DryRunSubscription>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::dry_runs(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DryRunsSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/kreach.v1.AgentService/ReportDryRun" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportDryRunSvc<T: AgentService>(pub Arc<T>);
+                    impl<
+                        T: AgentService,
+                    > tonic::server::UnaryService<super::DryRunReport>
+                    for ReportDryRunSvc<T> {
+                        type Response = super::Ack;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DryRunReport>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::report_dry_run(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportDryRunSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
