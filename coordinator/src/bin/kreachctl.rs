@@ -21,6 +21,10 @@ fn main() -> ExitCode {
         Command::Validate { spec } => validate(spec),
         Command::Render { spec, node } => render(spec, node),
         Command::Certs { action } => certs(action),
+        Command::Completions { shell } => {
+            kreach_coordinator::cli::kreachctl::write_completions(*shell, &mut std::io::stdout());
+            Ok(0)
+        }
         _ => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -197,15 +201,11 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 }
 
 async fn remote(cli: &Cli) -> anyhow::Result<u8> {
-    let connection = ctl::Connection {
-        url: cli.coordinator.clone(),
-        certs: cli.certs.clone(),
-        insecure: cli.insecure,
-    };
+    let connection = cli.connection();
     let mut admin = connection.admin().await?;
     let fail = |status: tonic::Status| anyhow::anyhow!(ctl::status_message(&status));
     match &cli.command {
-        Command::Plan { spec, force } => {
+        Command::Plan { spec, force, .. } => {
             let plan = admin
                 .plan(pb::PlanRequest {
                     spec_toml: read_spec_file(spec)?,
@@ -226,6 +226,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             yes,
             force,
             wait,
+            ..
         } => {
             let spec_toml = read_spec_file(spec)?;
             let plan = admin
@@ -259,7 +260,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Status { watch } => {
+        Command::Status { watch, .. } => {
             if *watch {
                 let status = admin
                     .status(pb::StatusRequest {})
@@ -282,7 +283,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             print_value(cli, ctl::status_text(&status), ctl::status_json(&status));
             Ok(0)
         }
-        Command::Check => {
+        Command::Check { .. } => {
             let status = admin
                 .status(pb::StatusRequest {})
                 .await
@@ -319,7 +320,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 EXIT_UNREACHABLE
             })
         }
-        Command::Rollout { action } => {
+        Command::Rollout { action, .. } => {
             let status = match action {
                 RolloutAction::Pause => admin.pause(pb::RolloutControl {}).await,
                 RolloutAction::Resume => admin.resume(pb::RolloutControl {}).await,
@@ -330,7 +331,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             print_value(cli, ctl::status_text(&status), ctl::status_json(&status));
             Ok(0)
         }
-        Command::History { node, last } => {
+        Command::History { node, last, .. } => {
             let history = admin
                 .history(pb::HistoryRequest {
                     node: node.clone().unwrap_or_default(),
@@ -358,6 +359,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             yes,
             force,
             wait,
+            ..
         } => {
             let request = |dry_run| pb::RollbackRequest {
                 to: *to,
@@ -390,7 +392,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Nodes => {
+        Command::Nodes { .. } => {
             let nodes = admin
                 .nodes(pb::NodesRequest {})
                 .await
@@ -399,7 +401,10 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             print_value(cli, ctl::nodes_text(&nodes), ctl::nodes_json(&nodes));
             Ok(0)
         }
-        Command::Validate { .. } | Command::Render { .. } | Command::Certs { .. } => {
+        Command::Validate { .. }
+        | Command::Render { .. }
+        | Command::Certs { .. }
+        | Command::Completions { .. } => {
             unreachable!("local commands")
         }
     }
