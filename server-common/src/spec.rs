@@ -178,7 +178,7 @@ pub struct RolloutSpec {
 /// Every key the spec knows, table by table (`""` is the top level; `broker` and `client` are the
 /// `[[broker]]` and `[[client]]` entries). These are the very lists the compiler's "unknown key"
 /// errors use, so a key missing here cannot be written in a spec; docs/spec.md's reference is
-/// checked against them (server-common/tests/spec_reference.rs).
+/// checked against them (coordinator/tests/spec_reference.rs).
 pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("", ROOT_KEYS),
     ("cluster", CLUSTER_KEYS),
