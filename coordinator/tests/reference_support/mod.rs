@@ -192,3 +192,93 @@ fn fields_of(parse: &dyn Fn(&str) -> Result<(), String>, path: &str) -> Option<V
     assert!(!fields.is_empty(), "{path}: no field names in {error:?}");
     Some(fields)
 }
+
+/// The keys an example config sets or shows commented out (`# key = value` lines that are TOML),
+/// as dotted paths.
+pub fn example_keys(example: &str) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let mut section = String::new();
+    for line in example.lines() {
+        let line = line.trim();
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.trim_matches(|c| c == '[' || c == ']').to_string();
+            continue;
+        }
+        let setting = line.strip_prefix('#').map(str::trim).unwrap_or(line);
+        if let Ok(table) = setting.parse::<toml::Table>() {
+            if let Some((key, value)) = table.iter().next() {
+                if table.len() == 1 && !value.is_table() {
+                    keys.insert(join(&section, key));
+                }
+            }
+        }
+    }
+    keys
+}
+
+/// What a config reference page must agree with: the parser (through [`serde_keys`]), the
+/// packaged example, its defaults and its documented values. `bases` are valid configs with every
+/// table present: defaults are compared in the first, and a documented value must be accepted in
+/// one of them (some values need a sibling, such as `restart` a `kind = "command"`). `parse`
+/// returns the config's Debug text so defaults can be compared.
+pub fn check_config_reference(
+    doc: &str,
+    example: &str,
+    bases: &[&str],
+    parse: &dyn Fn(&str) -> Result<String, String>,
+) {
+    let base = bases[0];
+    let rows = reference_rows(&read_doc(doc));
+    let documented: BTreeSet<String> = rows.iter().map(Row::path).collect();
+    assert_eq!(rows.len(), documented.len(), "{doc}: a key has two rows");
+
+    let parser = serde_keys(&|text| parse(text).map(|_| ()));
+    let undocumented: Vec<_> = parser.difference(&documented).collect();
+    let unknown: Vec<_> = documented.difference(&parser).collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "docs/{doc} and the parser disagree.\nknown to the parser, no row: {undocumented:?}\nrows the parser does not know: {unknown:?}"
+    );
+
+    let shown = example_keys(example);
+    let not_in_example: Vec<_> = documented.difference(&shown).collect();
+    let not_documented: Vec<_> = shown.difference(&documented).collect();
+    assert!(
+        not_in_example.is_empty() && not_documented.is_empty(),
+        "docs/{doc} and its packaged example disagree.\ndocumented, not in the example (set or commented): {not_in_example:?}\nin the example, not documented: {not_documented:?}"
+    );
+
+    let base_parsed = parse(base).unwrap_or_else(|error| panic!("the base config: {error}"));
+    let mut defaults = 0;
+    for row in &rows {
+        let values = toml_values(&row.default);
+        let [(literal, value)] = values.as_slice() else {
+            continue;
+        };
+        let text = with_key(base, &row.section, &row.key, value.clone());
+        let with_default =
+            parse(&text).unwrap_or_else(|error| panic!("{} = {literal}: {error}", row.path()));
+        assert_eq!(
+            with_default,
+            base_parsed,
+            "{doc}: {} = {literal} (the documented default) is not what leaving it out means",
+            row.path()
+        );
+        defaults += 1;
+    }
+    assert!(defaults >= 3, "{doc}: only {defaults} defaults checked");
+
+    for row in &rows {
+        for (literal, value) in toml_values(&row.allowed) {
+            let errors: Vec<String> = bases
+                .iter()
+                .filter_map(|base| parse(&with_key(base, &row.section, &row.key, value.clone())).err())
+                .collect();
+            assert!(
+                errors.len() < bases.len(),
+                "{doc}: {} = {literal} is documented as allowed: {errors:?}",
+                row.path()
+            );
+        }
+    }
+}
