@@ -29,7 +29,10 @@ fn the_agent_config_reference_matches_the_parser_and_the_example() {
     reference_support::check_config_reference(
         "agent-config.md",
         include_str!("../../packaging/agent.toml.example"),
-        &[BASE, &BASE.replace("[service_manager]", "[service_manager]\nkind = \"command\"")],
+        &[
+            BASE,
+            &BASE.replace("[service_manager]", "[service_manager]\nkind = \"command\""),
+        ],
         &|text| AgentConfig::parse(text).map(|config| format!("{config:?}")),
     );
 }

@@ -93,7 +93,9 @@ fn the_parser_itself_knows_every_documented_key() {
         // And a made-up neighbour is refused, so the probe can fail.
         let text = with_key(BASE, &row.section, "zz_not_a_key", toml::Value::from("x"));
         assert!(
-            errors(&text).iter().any(|error| error.contains("unknown key")),
+            errors(&text)
+                .iter()
+                .any(|error| error.contains("unknown key")),
             "{}: the parser accepted an unknown key beside it",
             row.section
         );
@@ -199,7 +201,10 @@ fn the_worked_examples_validate_and_render_as_shown() {
         examples.push(name.to_string());
     }
     for scenario in ["private.toml", "public.toml", "hostname.toml"] {
-        assert!(examples.iter().any(|name| name == scenario), "no {scenario} example");
+        assert!(
+            examples.iter().any(|name| name == scenario),
+            "no {scenario} example"
+        );
     }
     let mut renders = 0;
     for (info, text) in &blocks {
@@ -213,7 +218,11 @@ fn the_worked_examples_validate_and_render_as_shown() {
             .split_whitespace()
             .collect();
         let run = kreachctl(&args);
-        assert!(run.status.success(), "{command}: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{command}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         assert_eq!(
             String::from_utf8_lossy(&run.stdout),
             expected,

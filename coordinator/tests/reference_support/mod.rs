@@ -272,7 +272,9 @@ pub fn check_config_reference(
         for (literal, value) in toml_values(&row.allowed) {
             let errors: Vec<String> = bases
                 .iter()
-                .filter_map(|base| parse(&with_key(base, &row.section, &row.key, value.clone())).err())
+                .filter_map(|base| {
+                    parse(&with_key(base, &row.section, &row.key, value.clone())).err()
+                })
                 .collect();
             assert!(
                 errors.len() < bases.len(),
