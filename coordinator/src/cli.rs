@@ -21,7 +21,7 @@ pub mod kreachctl {
         name = "kreachctl",
         version,
         about = "Operate kreach: validate and render cluster specs offline; plan, apply and follow rollouts on a coordinator; create the mutual-TLS certificates.",
-        after_help = "Exit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
+        after_help = "The commands that talk to the coordinator (plan, apply, status, check, rollout, history, rollback, nodes) take --coordinator URL, --certs DIR and --insecure (or KREACH_COORDINATOR and KREACH_CERTS); see their --help.\n\nExit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
     )]
     pub struct Cli {
         /// Output format.
