@@ -43,10 +43,12 @@ stage_pkg() { # PKG CONFIG MAN... -- BIN...
   for bin in "$@"; do
     install -m 755 "$target/release/$bin" "$d/usr/bin/$bin"
     strip --strip-unneeded --remove-section=.comment --remove-section=.note "$d/usr/bin/$bin"
+    # The binary's page and one per subcommand (kreachctl-apply.1, kreach-agent-run.8, …).
     local page
-    page=$(cd "$docs/man" && ls "$bin".[18])
-    install -d "$d/usr/share/man/man${page##*.}"
-    gzip -9n < "$docs/man/$page" > "$d/usr/share/man/man${page##*.}/$page.gz"
+    for page in $(cd "$docs/man" && ls "$bin".[18] && { ls "$bin"-*.[18] 2>/dev/null || true; }); do
+      install -d "$d/usr/share/man/man${page##*.}"
+      gzip -9n < "$docs/man/$page" > "$d/usr/share/man/man${page##*.}/$page.gz"
+    done
     install -m 644 "$docs/bash/$bin.bash" "$d/usr/share/bash-completion/completions/$bin"
     install -m 644 "$docs/zsh/_$bin" "$d/usr/share/zsh/vendor-completions/_$bin"
     install -m 644 "$docs/fish/$bin.fish" "$d/usr/share/fish/vendor_completions.d/$bin.fish"

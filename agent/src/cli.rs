@@ -24,10 +24,20 @@ pub struct Cli {
 pub enum Command {
     /// Apply a cluster spec to this node without a coordinator: print the plan (a unified diff per
     /// file and the restarts it implies), then write, restart and verify.
+    #[command(override_usage = "kreach-agent apply-local [OPTIONS] <SPEC>")]
     ApplyLocal {
-        /// The cluster spec (TOML).
-        #[arg(long)]
-        spec: PathBuf,
+        /// The cluster spec (TOML), as `kreachctl validate SPEC` and `kreachctl apply SPEC` take it.
+        #[arg(value_name = "SPEC", required_unless_present = "spec_option")]
+        spec: Option<PathBuf>,
+        /// The older spelling, `--spec SPEC`, kept for existing scripts.
+        #[arg(
+            id = "spec_option",
+            long = "spec",
+            value_name = "SPEC",
+            hide = true,
+            conflicts_with = "spec"
+        )]
+        spec_option: Option<PathBuf>,
         /// Print the plan and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -37,6 +47,14 @@ pub enum Command {
     Run,
     /// Print the last applied state of this node (JSON).
     State,
+    /// Print a shell completion script for kreach-agent to stdout (reads no config).
+    ///
+    /// For example: `kreach-agent completions bash > /etc/bash_completion.d/kreach-agent`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Print the audit trail: every change the agent made to a managed file on this host (file,
     /// old and new sha256, action, reason, generation, who released it), oldest first. Kept in
     /// STATE_DIR/audit.jsonl.
@@ -48,4 +66,10 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Write `shell`'s completion script for kreach-agent to `out`.
+pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell, &mut Cli::command(), "kreach-agent", out);
 }

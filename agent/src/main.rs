@@ -37,6 +37,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
+    if let Command::Completions { shell } = cli.command {
+        kreach_agent::cli::write_completions(shell, &mut std::io::stdout());
+        return Ok(0);
+    }
     let config = match AgentConfig::load(&cli.config) {
         Ok(config) => config,
         Err(error) => {
@@ -45,7 +49,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
     };
     match cli.command {
-        Command::ApplyLocal { spec, dry_run } => apply_local(config, &cli.config, &spec, dry_run),
+        Command::ApplyLocal {
+            spec,
+            spec_option,
+            dry_run,
+        } => {
+            let spec = spec.or(spec_option).expect("clap requires SPEC or --spec");
+            apply_local(config, &cli.config, &spec, dry_run)
+        }
+        Command::Completions { .. } => unreachable!("handled before the config is read"),
         Command::Run => run_daemon(config),
         Command::State => {
             match state::load(&config.state_dir)? {

@@ -6,56 +6,172 @@
 pub mod kreachctl {
     use std::path::PathBuf;
 
-    use clap::{Parser, Subcommand};
+    use clap::parser::ValueSource;
+    use clap::{ArgMatches, Args, FromArgMatches, Parser, Subcommand};
+
+    /// The coordinator `kreachctl` talks to when neither `--coordinator` nor `KREACH_COORDINATOR`
+    /// says otherwise.
+    pub const DEFAULT_COORDINATOR: &str = "https://127.0.0.1:7443";
+    /// The certificates directory: where `certs init` writes and where the admin certificate is
+    /// read from, unless `--certs` or `KREACH_CERTS` says otherwise.
+    pub const DEFAULT_CERTS: &str = "/etc/kreach/certs";
 
     #[derive(Parser)]
     #[command(
         name = "kreachctl",
         version,
         about = "Operate kreach: validate and render cluster specs offline; plan, apply and follow rollouts on a coordinator; create the mutual-TLS certificates.",
-        after_help = "Exit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
+        after_help = "The commands that talk to the coordinator (plan, apply, status, check, rollout, history, rollback, nodes) take --coordinator URL, --certs DIR and --insecure (or KREACH_COORDINATOR and KREACH_CERTS); see their --help.\n\nExit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
     )]
     pub struct Cli {
-        /// The coordinator's URL.
-        #[arg(
-            long,
-            global = true,
-            env = "KREACH_COORDINATOR",
-            default_value = "https://127.0.0.1:7443"
-        )]
-        pub coordinator: String,
-        /// Directory with ca.pem, admin.pem and admin.key (from `kreachctl certs init`).
-        #[arg(
-            long,
-            global = true,
-            env = "KREACH_CERTS",
-            default_value = "/etc/kreach/certs"
-        )]
-        pub certs: PathBuf,
-        /// Plaintext without certificates; only for a coordinator on a loopback address.
-        #[arg(long, global = true)]
-        pub insecure: bool,
         /// Output format.
         #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
         pub output: Output,
+        /// The commands that talk to the coordinator take `--coordinator`, `--certs` and
+        /// `--insecure` after their name; these hidden copies keep the older spelling before the
+        /// command (`kreachctl --coordinator URL status`) working. Read them through
+        /// [`Cli::connection`].
+        #[command(flatten)]
+        legacy_connect: LegacyConnectArgs,
         #[command(subcommand)]
         pub command: Command,
     }
 
+    #[derive(Args)]
+    struct LegacyConnectArgs {
+        #[arg(
+            id = "legacy_coordinator",
+            long = "coordinator",
+            hide = true,
+            env = "KREACH_COORDINATOR",
+            default_value = DEFAULT_COORDINATOR
+        )]
+        coordinator: String,
+        #[arg(
+            id = "legacy_certs",
+            long = "certs",
+            hide = true,
+            env = "KREACH_CERTS",
+            default_value = DEFAULT_CERTS
+        )]
+        certs: PathBuf,
+        #[arg(id = "legacy_insecure", long = "insecure", hide = true)]
+        insecure: bool,
+    }
+
+    impl Cli {
+        /// Where the coordinator is and how to authenticate: a flag after the command wins, then
+        /// one before it, then the environment (KREACH_COORDINATOR, KREACH_CERTS), then the
+        /// defaults.
+        pub fn connection(&self) -> crate::ctl::Connection {
+            let legacy = &self.legacy_connect;
+            let Some(connect) = self.command.connect_args() else {
+                return crate::ctl::Connection {
+                    url: legacy.coordinator.clone(),
+                    certs: legacy.certs.clone(),
+                    insecure: legacy.insecure,
+                };
+            };
+            crate::ctl::Connection {
+                url: if connect.coordinator_on_command_line {
+                    connect.coordinator.clone()
+                } else {
+                    legacy.coordinator.clone()
+                },
+                certs: if connect.certs_on_command_line {
+                    connect.certs.clone()
+                } else {
+                    legacy.certs.clone()
+                },
+                insecure: connect.insecure || legacy.insecure,
+            }
+        }
+    }
+
+    /// How to reach the coordinator: on every command that talks to it, and only on those.
+    #[derive(Clone, Debug)]
+    pub struct ConnectArgs {
+        pub coordinator: String,
+        pub certs: PathBuf,
+        pub insecure: bool,
+        coordinator_on_command_line: bool,
+        certs_on_command_line: bool,
+    }
+
+    /// What clap parses; [`ConnectArgs`] adds whether each value was typed after the command (so
+    /// it beats the hidden spelling before the command, and that one beats the environment).
+    #[derive(Args)]
+    struct RawConnectArgs {
+        /// The coordinator's URL.
+        #[arg(
+            long,
+            global = true,
+            value_name = "URL",
+            env = "KREACH_COORDINATOR",
+            default_value = DEFAULT_COORDINATOR
+        )]
+        coordinator: String,
+        /// The certificates directory: ca.pem, admin.pem and admin.key (from `kreachctl certs
+        /// init`).
+        #[arg(
+            long,
+            global = true,
+            value_name = "DIR",
+            env = "KREACH_CERTS",
+            default_value = DEFAULT_CERTS
+        )]
+        certs: PathBuf,
+        /// Plaintext without certificates; only for a coordinator on a loopback address.
+        #[arg(long, global = true)]
+        insecure: bool,
+    }
+
+    impl FromArgMatches for ConnectArgs {
+        fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+            let raw = RawConnectArgs::from_arg_matches(matches)?;
+            let typed = |id| matches.value_source(id) == Some(ValueSource::CommandLine);
+            Ok(ConnectArgs {
+                coordinator: raw.coordinator,
+                certs: raw.certs,
+                insecure: raw.insecure,
+                coordinator_on_command_line: typed("coordinator"),
+                certs_on_command_line: typed("certs"),
+            })
+        }
+
+        fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+            *self = ConnectArgs::from_arg_matches(matches)?;
+            Ok(())
+        }
+    }
+
+    impl Args for ConnectArgs {
+        fn augment_args(command: clap::Command) -> clap::Command {
+            RawConnectArgs::augment_args(command)
+        }
+
+        fn augment_args_for_update(command: clap::Command) -> clap::Command {
+            RawConnectArgs::augment_args_for_update(command)
+        }
+    }
+
     #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
     pub enum Output {
+        /// Tables and sentences for people.
         Table,
+        /// One JSON document, for scripts.
         Json,
     }
 
     #[derive(Subcommand)]
     pub enum Command {
-        /// Check a cluster spec and print every error, one per line (exit 2 when any).
+        /// Check a cluster spec and print every error, one per line (exit 2 when any); needs no
+        /// coordinator.
         Validate {
             /// The cluster spec (TOML).
             spec: PathBuf,
         },
-        /// Print a node's desired hosts block and listener settings.
+        /// Print a node's desired hosts block and listener settings; needs no coordinator.
         Render {
             /// The cluster spec (TOML).
             spec: PathBuf,
@@ -66,13 +182,17 @@ pub mod kreachctl {
         /// Show what applying SPEC would change: per-node diffs and the rollout's step order. Changes
         /// nothing. Exits 1 when host facts disagree with the spec (apply would refuse), unless --force.
         Plan {
+            /// The cluster spec (TOML) to compare with what is applied.
             spec: PathBuf,
             /// Exit 0 even when host facts disagree with the spec (as `apply --force` would apply).
             #[arg(long)]
             force: bool,
+            #[command(flatten)]
+            connect: ConnectArgs,
         },
         /// Apply SPEC as a new generation and start its rollout (shows the plan and asks first).
         Apply {
+            /// The cluster spec (TOML) to roll out.
             spec: PathBuf,
             /// Do not ask for confirmation.
             #[arg(long, short)]
@@ -83,6 +203,8 @@ pub mod kreachctl {
             /// Follow the rollout until it completes, pauses or is aborted.
             #[arg(long)]
             wait: bool,
+            #[command(flatten)]
+            connect: ConnectArgs,
         },
         /// Every node: role, agent online, released and applied generation, phase, last error;
         /// then the reachability matrix, client × broker (✓ or why not).
@@ -90,15 +212,22 @@ pub mod kreachctl {
             /// Follow the rollout live until it completes, pauses or is aborted.
             #[arg(long, short)]
             watch: bool,
+            #[command(flatten)]
+            connect: ConnectArgs,
         },
         /// Check that every client reaches every broker it should, as the client agents last
         /// reported it. Exit 0 when all do; exit 4 listing each failure (a client that has not
         /// reported yet counts as a failure: unknown).
-        Check,
+        Check {
+            #[command(flatten)]
+            connect: ConnectArgs,
+        },
         /// Control the rollout in progress.
         Rollout {
             #[command(subcommand)]
             action: RolloutAction,
+            #[command(flatten)]
+            connect: ConnectArgs,
         },
         /// Every applied generation; with --node, what kreach changed on that node and why (its
         /// agent's audit trail: file, old and new hash, action, reason, generation, releaser).
@@ -109,6 +238,8 @@ pub mod kreachctl {
             /// With --node: only the last N changes.
             #[arg(long, value_name = "N", requires = "node")]
             last: Option<u32>,
+            #[command(flatten)]
+            connect: ConnectArgs,
         },
         /// Roll out an earlier generation's spec again, as a new generation (shows the plan and
         /// asks first).
@@ -125,14 +256,55 @@ pub mod kreachctl {
             /// Follow the rollout until it completes, pauses or is aborted.
             #[arg(long)]
             wait: bool,
+            #[command(flatten)]
+            connect: ConnectArgs,
         },
         /// The host facts agents reported: hostname, FQDN, addresses, whether Kafka runs.
-        Nodes,
-        /// Create mutual-TLS certificates.
+        Nodes {
+            #[command(flatten)]
+            connect: ConnectArgs,
+        },
+        /// Create the mutual-TLS certificates; needs no coordinator.
         Certs {
             #[command(subcommand)]
             action: CertsAction,
         },
+        /// Print a shell completion script for kreachctl to stdout.
+        ///
+        /// For example: `kreachctl completions bash > /etc/bash_completion.d/kreachctl`, or
+        /// `kreachctl completions zsh > "${fpath[1]}/_kreachctl"`.
+        Completions {
+            /// The shell to complete for.
+            #[arg(value_enum)]
+            shell: clap_complete::Shell,
+        },
+    }
+
+    impl Command {
+        /// How to reach the coordinator; `None` for the offline commands (validate, render, certs,
+        /// completions), which do not accept those flags.
+        pub fn connect_args(&self) -> Option<&ConnectArgs> {
+            match self {
+                Command::Plan { connect, .. }
+                | Command::Apply { connect, .. }
+                | Command::Status { connect, .. }
+                | Command::Check { connect }
+                | Command::Rollout { connect, .. }
+                | Command::History { connect, .. }
+                | Command::Rollback { connect, .. }
+                | Command::Nodes { connect } => Some(connect),
+                Command::Validate { .. }
+                | Command::Render { .. }
+                | Command::Certs { .. }
+                | Command::Completions { .. } => None,
+            }
+        }
+    }
+
+    /// Write `shell`'s completion script for kreachctl to `out`.
+    pub fn write_completions(shell: clap_complete::Shell, out: &mut dyn std::io::Write) {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "kreachctl", out);
     }
 
     #[derive(Subcommand)]
@@ -149,30 +321,50 @@ pub mod kreachctl {
     pub enum CertsAction {
         /// Create a CA, the coordinator's certificate, the admin certificate and one per node.
         Init {
-            /// Where to write them (refused if they exist, unless --force).
-            #[arg(long)]
+            /// The certificates directory to write them to (refused if the files exist, unless
+            /// --force); the commands that talk to the coordinator read the admin certificate from
+            /// the same --certs.
+            #[arg(
+                long = "certs",
+                alias = "dir",
+                value_name = "DIR",
+                env = "KREACH_CERTS",
+                default_value = DEFAULT_CERTS
+            )]
             dir: PathBuf,
             /// A node name from the spec (repeat for every node).
-            #[arg(long = "node", required = true)]
+            #[arg(long = "node", value_name = "NODE", required = true)]
             nodes: Vec<String>,
             /// A DNS name or IP address the coordinator is reached at (repeat; default localhost and 127.0.0.1).
-            #[arg(long = "coordinator-name")]
+            #[arg(long = "coordinator-name", value_name = "NAME")]
             coordinator_names: Vec<String>,
             /// Validity in days.
             #[arg(long, default_value_t = kreach_common::tls::DEFAULT_VALID_DAYS)]
             days: u32,
+            /// Overwrite certificates and keys that already exist in the directory (a new CA:
+            /// every host needs its files again).
             #[arg(long)]
             force: bool,
         },
-        /// Issue a certificate for one more node from the CA in DIR.
+        /// Issue a certificate for one more node from the CA in the certificates directory.
         Issue {
-            #[arg(long)]
+            /// The certificates directory holding ca.pem and ca.key (from `certs init`); the node's
+            /// files are written to its nodes/ folder.
+            #[arg(
+                long = "certs",
+                alias = "dir",
+                value_name = "DIR",
+                env = "KREACH_CERTS",
+                default_value = DEFAULT_CERTS
+            )]
             dir: PathBuf,
-            #[arg(long)]
+            /// The node name, as in the spec.
+            #[arg(long, value_name = "NODE")]
             node: String,
             /// Validity in days (default: 825, or until the CA expires when that is sooner).
             #[arg(long)]
             days: Option<u32>,
+            /// Overwrite the node's certificate and key if they exist.
             #[arg(long)]
             force: bool,
         },

@@ -170,9 +170,47 @@ pub struct RolloutSpec {
     pub max_unavailable: u32,
     pub health_timeout: Duration,
     pub settle: Duration,
-    /// How long a step waits for a target whose agent is not connected before it pauses.
+    /// How long a released step waits for an offline agent before the rollout pauses
+    /// (`agent NODE offline for 60s`).
     pub agent_timeout: Duration,
 }
+
+/// Every key the spec knows, table by table (`""` is the top level; `broker` and `client` are the
+/// `[[broker]]` and `[[client]]` entries). These are the very lists the compiler's "unknown key"
+/// errors use, so a key missing here cannot be written in a spec; docs/spec.md's reference is
+/// checked against them (coordinator/tests/spec_reference.rs).
+pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    ("", ROOT_KEYS),
+    ("cluster", CLUSTER_KEYS),
+    ("listeners", LISTENERS_KEYS),
+    ("listeners.internal", INTERNAL_LISTENER_KEYS),
+    ("listeners.external", EXTERNAL_LISTENER_KEYS),
+    ("broker", BROKER_KEYS),
+    ("client", CLIENT_KEYS),
+    ("rollout", ROLLOUT_KEYS),
+];
+
+const ROOT_KEYS: &[&str] = &["cluster", "listeners", "broker", "client", "rollout"];
+const CLUSTER_KEYS: &[&str] = &["name", "metadata"];
+const LISTENERS_KEYS: &[&str] = &["internal", "external"];
+const INTERNAL_LISTENER_KEYS: &[&str] = &["name", "port", "bind", "advertise", "security_protocol"];
+const EXTERNAL_LISTENER_KEYS: &[&str] = &[
+    "enabled",
+    "name",
+    "port",
+    "bind",
+    "advertise",
+    "security_protocol",
+    "allow",
+];
+const BROKER_KEYS: &[&str] = &["id", "node", "hostname", "private_ip", "public_ip"];
+const CLIENT_KEYS: &[&str] = &["node", "view"];
+const ROLLOUT_KEYS: &[&str] = &[
+    "max_unavailable",
+    "health_timeout",
+    "settle",
+    "agent_timeout",
+];
 
 /// A spec that passed validation. Only [`ClusterSpec::parse`] builds one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -484,11 +522,7 @@ impl Compiler {
 
     fn compile(&mut self, root: &Table) -> Option<ClusterSpec> {
         let top = Place::root("");
-        self.unknown_keys(
-            root,
-            &top,
-            &["cluster", "listeners", "broker", "client", "rollout"],
-        );
+        self.unknown_keys(root, &top, ROOT_KEYS);
 
         let (name, metadata) = self.compile_cluster(root);
         let (internal, external) = self.compile_listeners(root);
@@ -523,7 +557,7 @@ impl Compiler {
             }
             return (None, None);
         };
-        self.unknown_keys(cluster, &place, &["name", "metadata"]);
+        self.unknown_keys(cluster, &place, CLUSTER_KEYS);
         let name = self
             .required_string(cluster, "name", &place)
             .and_then(|name| {
@@ -561,7 +595,7 @@ impl Compiler {
         let listeners = self
             .table(root, "listeners", &Place::root(""))
             .unwrap_or(&empty);
-        self.unknown_keys(listeners, &place, &["internal", "external"]);
+        self.unknown_keys(listeners, &place, LISTENERS_KEYS);
         let internal_table = self.table(listeners, "internal", &place).unwrap_or(&empty);
         let internal = self.compile_listener(
             internal_table,
@@ -600,21 +634,13 @@ impl Compiler {
         let (known, default_name, default_port, default_advertise): (&[&str], _, _, _) = match kind
         {
             ListenerKind::Internal => (
-                &["name", "port", "bind", "advertise", "security_protocol"],
+                INTERNAL_LISTENER_KEYS,
                 "INTERNAL",
                 9092,
                 Advertise::PrivateIp,
             ),
             ListenerKind::External => (
-                &[
-                    "enabled",
-                    "name",
-                    "port",
-                    "bind",
-                    "advertise",
-                    "security_protocol",
-                    "allow",
-                ],
+                EXTERNAL_LISTENER_KEYS,
                 "EXTERNAL",
                 9093,
                 Advertise::PublicIp,
@@ -809,11 +835,7 @@ impl Compiler {
                 path: format!("broker[{index}]"),
                 subject: Some(describe_broker(id_value, node_value)),
             };
-            self.unknown_keys(
-                table,
-                &place,
-                &["id", "node", "hostname", "private_ip", "public_ip"],
-            );
+            self.unknown_keys(table, &place, BROKER_KEYS);
             let id = if table.contains_key("id") {
                 self.integer(table, "id", &place)
                     .and_then(|id| match i32::try_from(id) {
@@ -990,7 +1012,7 @@ impl Compiler {
                 path: format!("client[{index}]"),
                 subject: node_value.map(|node| format!("client {node:?}")),
             };
-            self.unknown_keys(table, &place, &["node", "view"]);
+            self.unknown_keys(table, &place, CLIENT_KEYS);
             let node = self.node_name(table, &place);
             let view = match self.string(table, "view", &place).as_deref() {
                 None if table.contains_key("view") => None,
@@ -1062,16 +1084,7 @@ impl Compiler {
         let rollout = self
             .table(root, "rollout", &Place::root(""))
             .unwrap_or(&empty);
-        self.unknown_keys(
-            rollout,
-            &place,
-            &[
-                "max_unavailable",
-                "health_timeout",
-                "settle",
-                "agent_timeout",
-            ],
-        );
+        self.unknown_keys(rollout, &place, ROLLOUT_KEYS);
         let max_unavailable = match self.integer(rollout, "max_unavailable", &place) {
             None if rollout.contains_key("max_unavailable") => None,
             None => Some(1),
@@ -1087,8 +1100,19 @@ impl Compiler {
         let health_timeout =
             self.duration(rollout, "health_timeout", &place, Duration::from_secs(180));
         let settle = self.duration(rollout, "settle", &place, Duration::from_secs(10));
-        let agent_timeout =
-            self.duration(rollout, "agent_timeout", &place, Duration::from_secs(60));
+        let agent_timeout = self
+            .duration(rollout, "agent_timeout", &place, Duration::from_secs(60))
+            .and_then(|timeout| {
+                if timeout >= Duration::from_secs(1) {
+                    Some(timeout)
+                } else {
+                    self.error(
+                        &place.field("agent_timeout"),
+                        "must be at least \"1s\" (an agent reconnecting takes about that long)",
+                    );
+                    None
+                }
+            });
         Some(RolloutSpec {
             max_unavailable: max_unavailable?,
             health_timeout: health_timeout?,
@@ -1484,6 +1508,24 @@ view = "public"
         assert!(parse_duration("3").is_err());
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("99999999999999999999h").is_err());
+    }
+
+    #[test]
+    fn agent_timeout_defaults_to_60s_and_is_at_least_1s() {
+        let spec = ClusterSpec::parse(EXAMPLE).expect("valid");
+        assert_eq!(spec.rollout.agent_timeout, Duration::from_secs(60));
+        let spec = ClusterSpec::parse(&format!("{EXAMPLE}agent_timeout = \"5m\"\n")).unwrap();
+        assert_eq!(spec.rollout.agent_timeout, Duration::from_secs(300));
+        let errors = errors_of(&format!("{EXAMPLE}agent_timeout = \"500ms\"\n"));
+        assert_eq!(
+            errors,
+            ["rollout.agent_timeout: must be at least \"1s\" (an agent reconnecting takes about that long)"]
+        );
+        let errors = errors_of(&format!("{EXAMPLE}agent_timeout = 60\n"));
+        assert_eq!(
+            errors,
+            ["rollout.agent_timeout: expected a string, found integer"]
+        );
     }
 
     #[test]

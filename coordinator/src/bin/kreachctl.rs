@@ -21,6 +21,10 @@ fn main() -> ExitCode {
         Command::Validate { spec } => validate(&cli, spec),
         Command::Render { spec, node } => render(&cli, spec, node),
         Command::Certs { action } => certs(action),
+        Command::Completions { shell } => {
+            kreach_coordinator::cli::kreachctl::write_completions(*shell, &mut std::io::stdout());
+            Ok(0)
+        }
         _ => match tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -254,15 +258,11 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
 }
 
 async fn remote(cli: &Cli) -> anyhow::Result<u8> {
-    let connection = ctl::Connection {
-        url: cli.coordinator.clone(),
-        certs: cli.certs.clone(),
-        insecure: cli.insecure,
-    };
+    let connection = cli.connection();
     let mut admin = connection.admin().await?;
     let fail = |status: tonic::Status| anyhow::anyhow!(ctl::status_message(&status));
     match &cli.command {
-        Command::Plan { spec, force } => {
+        Command::Plan { spec, force, .. } => {
             let plan = admin
                 .plan(pb::PlanRequest {
                     spec_toml: read_spec_file(spec)?,
@@ -283,6 +283,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             yes,
             force,
             wait,
+            ..
         } => {
             let spec_toml = read_spec_file(spec)?;
             let plan = admin
@@ -317,7 +318,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Status { watch } => {
+        Command::Status { watch, .. } => {
             if *watch {
                 let status = admin
                     .status(pb::StatusRequest {})
@@ -340,7 +341,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             print_value(cli, ctl::status_text(&status), ctl::status_json(&status));
             Ok(0)
         }
-        Command::Check => {
+        Command::Check { .. } => {
             let status = admin
                 .status(pb::StatusRequest {})
                 .await
@@ -385,7 +386,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 EXIT_UNREACHABLE
             })
         }
-        Command::Rollout { action } => {
+        Command::Rollout { action, .. } => {
             let status = match action {
                 RolloutAction::Pause => admin.pause(pb::RolloutControl {}).await,
                 RolloutAction::Resume => admin.resume(pb::RolloutControl {}).await,
@@ -396,7 +397,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             print_value(cli, ctl::status_text(&status), ctl::status_json(&status));
             Ok(0)
         }
-        Command::History { node, last } => {
+        Command::History { node, last, .. } => {
             let history = admin
                 .history(pb::HistoryRequest {
                     node: node.clone().unwrap_or_default(),
@@ -424,6 +425,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             yes,
             force,
             wait,
+            ..
         } => {
             let request = |dry_run| pb::RollbackRequest {
                 to: *to,
@@ -457,7 +459,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             }
             Ok(0)
         }
-        Command::Nodes => {
+        Command::Nodes { .. } => {
             let nodes = admin
                 .nodes(pb::NodesRequest {})
                 .await
@@ -466,7 +468,10 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             print_value(cli, ctl::nodes_text(&nodes), ctl::nodes_json(&nodes));
             Ok(0)
         }
-        Command::Validate { .. } | Command::Render { .. } | Command::Certs { .. } => {
+        Command::Validate { .. }
+        | Command::Render { .. }
+        | Command::Certs { .. }
+        | Command::Completions { .. } => {
             unreachable!("local commands")
         }
     }

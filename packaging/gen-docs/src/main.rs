@@ -2,8 +2,13 @@
 //! from the very `clap` definitions the binaries parse, so they cannot drift from `--help`.
 //!
 //! Layout under OUT_DIR (mirrors the install paths):
-//!   man/kreach-agent.8  man/kreach-coordinator.8  man/kreachctl.1
-//!   bash/<bin>  zsh/_<bin>  fish/<bin>.fish
+//!   man/kreach-agent.8  man/kreach-agent-apply-local.8 …  (one page per subcommand, daemons in 8)
+//!   man/kreach-coordinator.8
+//!   man/kreachctl.1  man/kreachctl-apply.1  man/kreachctl-rollout-pause.1 …  (the CLI in 1)
+//!   bash/<bin>.bash  zsh/_<bin>  fish/<bin>.fish
+//!
+//! The top-level pages list their subcommands as `kreachctl-apply(1)` and so on; every page so
+//! named is written here (see the tests in tests/generated.rs).
 
 use std::path::Path;
 
@@ -29,18 +34,33 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Write the page of `command` and one per subcommand, recursively (`kreachctl-rollout-pause`),
+/// named as the parent pages refer to them.
 fn write_man(out: &Path, command: clap::Command, section: &'static str) -> anyhow::Result<()> {
     let dir = out.join("man");
     std::fs::create_dir_all(&dir)?;
-    let name = command.get_name().to_string();
-    let mut page = Vec::new();
-    clap_mangen::Man::new(command)
+    // No `help` subcommand page; build() gives every subcommand its full name (display name).
+    let mut command = command.disable_help_subcommand(true);
+    command.build();
+    write_man_tree(&dir, &command, section)
+}
+
+fn write_man_tree(
+    dir: &Path,
+    command: &clap::Command,
+    section: &'static str,
+) -> anyhow::Result<()> {
+    let man = clap_mangen::Man::new(command.clone())
         .section(section)
         .manual("kreach")
-        .source(format!("kreach {}", env!("CARGO_PKG_VERSION")))
-        .render(&mut page)?;
-    let path = dir.join(format!("{name}.{section}"));
+        .source(format!("kreach {}", env!("CARGO_PKG_VERSION")));
+    let path = dir.join(man.get_filename());
+    let mut page = Vec::new();
+    man.render(&mut page)?;
     std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
+    for sub in command.get_subcommands().filter(|sub| !sub.is_hide_set()) {
+        write_man_tree(dir, sub, section)?;
+    }
     Ok(())
 }
 
