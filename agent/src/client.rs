@@ -6,9 +6,7 @@
 //! keeps enforcing the last applied state on disk whether or not the coordinator is reachable.
 //! Only a release received from the coordinator is ever applied (Rule 7: offline is safe).
 
-use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -25,14 +23,14 @@ use crate::config::{AgentConfig, CoordinatorConfig};
 use crate::drift::lock_engine;
 use crate::engine::{Engine, EngineError, Outcome, RestartWindow};
 use crate::facts::{self, HostFacts};
+use crate::jitter::{jittered, random_unit, PeriodicTimer};
 use crate::state::{self, ReleaseRef};
 
 /// The first reconnect waits this long; each further failure doubles it up to [`BACKOFF_MAX`].
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// Each delay is scaled by a random factor in 1 ± this, so that a fleet of agents does not
-/// reconnect in lockstep after a coordinator restart.
-pub const BACKOFF_JITTER: f64 = 0.2;
+/// Each delay is scaled by a random factor in 1 ± [`crate::jitter::JITTER`], so that a fleet of
+/// agents does not reconnect in lockstep after a coordinator restart.
 /// A subscription that lasted longer than this was a working connection: the backoff starts over.
 pub const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Bound on each unary call and on connecting, so a half-dead coordinator cannot stall the client.
@@ -41,21 +39,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const AUDIT_BATCH: usize = 500;
 
 /// The delay before the reconnect that follows `failures` consecutive failed sessions (0 for the
-/// first): `BACKOFF_INITIAL · 2^failures`, capped at `BACKOFF_MAX`, times `1 + JITTER · (2u − 1)`
-/// for `unit` u in [0, 1]. Pure, so the bounds are testable.
+/// first): `BACKOFF_INITIAL · 2^failures`, capped at `BACKOFF_MAX`, [`jittered`] with `unit` u in
+/// [0, 1]. Pure, so the bounds are testable.
 pub fn backoff_delay(failures: u32, unit: f64) -> Duration {
     let base = BACKOFF_INITIAL
         .saturating_mul(2u32.saturating_pow(failures.min(16)))
         .min(BACKOFF_MAX);
-    let factor = 1.0 + BACKOFF_JITTER * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-    base.mul_f64(factor)
-}
-
-/// A uniformly distributed number in [0, 1) from the standard library's per-process random keys;
-/// jitter needs no stronger source, nor a crate.
-fn random_unit() -> f64 {
-    let bits = RandomState::new().build_hasher().finish() >> 11;
-    bits as f64 / (1u64 << 53) as f64
+    jittered(base, unit)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,9 +213,9 @@ impl CoordinatorClient {
         // A new session reports the latest reachability again: the coordinator may have restarted.
         let mut reported_reachability: Option<Vec<pb::Reachability>> = None;
         self.reachability.mark_changed();
-        let facts_period = self.coordinator.facts_period;
-        let mut facts_timer =
-            tokio::time::interval_at(tokio::time::Instant::now() + facts_period, facts_period);
+        // Facts were just reported: the timer starts at a random phase, so agents that connected
+        // together (after a coordinator restart) do not gather and report together.
+        let mut facts_timer = PeriodicTimer::new(self.coordinator.facts_period);
         loop {
             tokio::select! {
                 biased;
@@ -573,14 +563,18 @@ async fn check_reachability(
     results: tokio::sync::watch::Sender<Option<Vec<pb::Reachability>>>,
     cancel: CancellationToken,
 ) {
-    let mut timer = tokio::time::interval(config.reachability.period);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A first check at once (what can this host reach now?), then periodic checks from a random
+    // phase, each period jittered: clients of one fleet do not all connect to every broker at once.
+    let mut timer = PeriodicTimer::new(config.reachability.period);
+    let mut first = true;
     loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            _ = check_now.notified() => {}
-            _ = timer.tick() => {}
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = check_now.notified() => {}
+                _ = timer.tick() => {}
+            }
         }
         let state_dir = config.state_dir.clone();
         let node = config.node.clone();
@@ -695,8 +689,9 @@ fn endpoint(coordinator: &CoordinatorConfig) -> Result<Endpoint, ClientError> {
     let mut endpoint = Endpoint::from_shared(coordinator.url.clone())
         .map_err(endpoint_error)?
         .connect_timeout(CALL_TIMEOUT)
-        // Detect a coordinator that vanished without closing the connection.
-        .http2_keep_alive_interval(Duration::from_secs(20))
+        // Detect a coordinator that vanished without closing the connection. The interval is
+        // jittered per connection so that agents connected together do not ping together.
+        .http2_keep_alive_interval(jittered(Duration::from_secs(20), random_unit()))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     if !coordinator.insecure {

@@ -14,6 +14,7 @@ pub mod engine;
 pub mod facts;
 pub mod firewall;
 pub mod fsio;
+pub mod jitter;
 pub mod kafka;
 pub mod reach;
 pub mod service;

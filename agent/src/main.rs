@@ -324,7 +324,8 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
             kreach_common::daemon::systemd_notify::ready(&startup_status(&config));
         }
         // Watchdog pings come from this loop, so they stop when it or the enforcer does.
-        let mut watchdog = kreach_common::daemon::systemd_notify::watchdog_interval().map(tokio::time::interval);
+        // Half of WatchdogSec, jittered by at most 20 %: always well inside the limit.
+        let mut watchdog = kreach_common::daemon::systemd_notify::watchdog_interval().map(kreach_agent::jitter::PeriodicTimer::new);
         let early_end = loop {
             tokio::select! {
                 _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break None }
@@ -363,7 +364,7 @@ fn startup_status(config: &AgentConfig) -> String {
 }
 
 /// The next watchdog tick; never, without a watchdog.
-async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+async fn next_tick(interval: &mut Option<kreach_agent::jitter::PeriodicTimer>) {
     match interval {
         Some(interval) => {
             interval.tick().await;
