@@ -7,5 +7,6 @@ pub mod ctl;
 pub mod grpc;
 pub mod store;
 pub mod tls_accept;
+pub mod writer;
 
 pub mod rollout;
