@@ -190,7 +190,9 @@ impl CoordinatorClient {
             client.report_facts(self.facts_message(&reported_facts)),
         )
         .await?;
-        self.sync_audit(&mut client).await?;
+        // The highest audit seq the coordinator confirmed in this session.
+        let mut audit_acked = None;
+        self.sync_audit(&mut client, &mut audit_acked).await?;
 
         let applied = applied_release(&self.config.state_dir);
         let mut stream = call(
@@ -248,13 +250,13 @@ impl CoordinatorClient {
                         reported_facts = facts;
                     }
                     // Drift repairs happen between releases: hand over their audit entries too.
-                    self.sync_audit(&mut client).await?;
+                    self.sync_audit(&mut client, &mut audit_acked).await?;
                 }
                 message = stream.message() => match message {
                     // Not raced against `cancel`: an apply, once started, finishes and is reported.
                     Ok(Some(release)) => {
                         self.handle_release(&mut client, release).await?;
-                        self.sync_audit(&mut client).await?;
+                        self.sync_audit(&mut client, &mut audit_acked).await?;
                     }
                     Ok(None) => return Err(ClientError::StreamEnded),
                     Err(status) => return Err(ClientError::Rpc { call: "Subscribe", status }),
@@ -265,29 +267,48 @@ impl CoordinatorClient {
 
     /// Hand the coordinator the audit entries it does not have yet (for `kreachctl history
     /// --node`). The local trail stays the record; failing to read it never ends the session.
+    ///
+    /// `acked` is the highest seq the coordinator confirmed in this session (None: not asked
+    /// yet). Once known, a sync with nothing new costs no call and reads only the trail's tail:
+    /// this runs after every release and at every facts tick.
     async fn sync_audit(
         &self,
         client: &mut AgentServiceClient<Channel>,
+        acked: &mut Option<u64>,
     ) -> Result<(), ClientError> {
         let node = self.config.node.clone();
         let log = AuditLog::new(&self.config.state_dir);
-        let ack = call(
-            "ReportAudit",
-            client.report_audit(pb::AuditReport {
-                node: node.clone(),
-                records: Vec::new(),
-                restarted: false,
-            }),
-        )
-        .await?;
-        let pending = log.last_seq().and_then(|local_last| {
-            // A local trail behind the coordinator's started over (state dir recreated).
-            let restarted = local_last < ack.last_seq;
-            let after = if restarted { 0 } else { ack.last_seq };
-            Ok((log.read_since(after)?, restarted))
-        });
-        let (entries, mut restarted) = match pending {
-            Ok(pending) => pending,
+        let local_last = match log.last_seq() {
+            Ok(seq) => seq,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the audit trail to report it");
+                return Ok(());
+            }
+        };
+        let coordinator_last = match *acked {
+            Some(seq) => seq,
+            None => {
+                call(
+                    "ReportAudit",
+                    client.report_audit(pb::AuditReport {
+                        node: node.clone(),
+                        records: Vec::new(),
+                        restarted: false,
+                    }),
+                )
+                .await?
+                .last_seq
+            }
+        };
+        *acked = Some(coordinator_last);
+        if local_last == coordinator_last {
+            return Ok(());
+        }
+        // A local trail behind the coordinator's started over (state dir recreated).
+        let mut restarted = local_last < coordinator_last;
+        let after = if restarted { 0 } else { coordinator_last };
+        let entries = match log.read_since(after) {
+            Ok(entries) => entries,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the audit trail to report it");
                 return Ok(());
@@ -295,7 +316,7 @@ impl CoordinatorClient {
         };
         for batch in entries.chunks(AUDIT_BATCH) {
             let records = batch.iter().map(audit_record).collect();
-            call(
+            let ack = call(
                 "ReportAudit",
                 client.report_audit(pb::AuditReport {
                     node: node.clone(),
@@ -304,6 +325,7 @@ impl CoordinatorClient {
                 }),
             )
             .await?;
+            *acked = Some(ack.last_seq);
             restarted = false;
         }
         if !entries.is_empty() {
