@@ -276,8 +276,11 @@ impl ServiceManager for LazyServices {
 fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
     // One daemon per node: a second one (same state directory) stops here with the first's pid.
     let _daemon_lock = state::lock_daemon(&config.state_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every async task: the agent's async work is a gRPC stream, a few timers
+    // and signals, all light; what blocks (files, the process table, probes, restarts) runs on the
+    // blocking pool. Worker threads of their own would only add stacks and malloc arenas (each
+    // thread that allocates gets one), which were most of a connected agent's idle memory.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
