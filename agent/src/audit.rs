@@ -145,7 +145,29 @@ impl AuditLog {
 
     /// Every entry with `seq > after`, oldest first (from the rotated file too). A line that
     /// does not parse (a torn tail after a crash mid-append) is skipped.
+    ///
+    /// The entries a coordinator lacks are nearly always the last few: they are looked for in the
+    /// current file's tail first, and the whole trail (up to two 8 MiB files) is parsed only when
+    /// the tail does not reach back to `after`.
     pub fn read_since(&self, after: u64) -> Result<Vec<AuditEntry>, AuditError> {
+        let path = self.path();
+        if let Some((tail, whole)) = read_tail(&path)? {
+            let text = String::from_utf8_lossy(&tail);
+            // Unless the tail is the whole file, its first line may be cut: skip it.
+            let lines = text.lines().skip(usize::from(!whole));
+            let entries: Vec<AuditEntry> = lines
+                .filter_map(|line| serde_json::from_str::<AuditEntry>(line).ok())
+                .collect();
+            if entries
+                .first()
+                .is_some_and(|first| first.seq <= after.saturating_add(1))
+            {
+                return Ok(entries
+                    .into_iter()
+                    .filter(|entry| entry.seq > after)
+                    .collect());
+            }
+        }
         let mut entries = Vec::new();
         for name in [ROTATED_NAME, FILE_NAME] {
             let path = self.dir.join(name);
@@ -181,8 +203,8 @@ impl AuditLog {
     }
 }
 
-/// The seq of the last parseable line of `path`, reading only its tail.
-fn last_seq_in(path: &Path) -> Result<Option<u64>, AuditError> {
+/// The last [`TAIL_BYTES`] of `path` (None: no such file), and whether that is the whole file.
+fn read_tail(path: &Path) -> Result<Option<(Vec<u8>, bool)>, AuditError> {
     let read_error = |source| AuditError::Read {
         path: path.to_path_buf(),
         source,
@@ -193,11 +215,21 @@ fn last_seq_in(path: &Path) -> Result<Option<u64>, AuditError> {
         Err(source) => return Err(read_error(source)),
     };
     let size = file.metadata().map_err(read_error)?.len();
-    // An entry is well under 4 KiB; 64 KiB of tail always holds the last complete ones.
-    let start = size.saturating_sub(64 * 1024);
+    let start = size.saturating_sub(TAIL_BYTES);
     file.seek(SeekFrom::Start(start)).map_err(read_error)?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).map_err(read_error)?;
+    Ok(Some((tail, start == 0)))
+}
+
+/// An entry is well under 4 KiB; this much of a file's tail always holds the last complete ones.
+const TAIL_BYTES: u64 = 64 * 1024;
+
+/// The seq of the last parseable line of `path`, reading only its tail.
+fn last_seq_in(path: &Path) -> Result<Option<u64>, AuditError> {
+    let Some((tail, _)) = read_tail(path)? else {
+        return Ok(None);
+    };
     let text = String::from_utf8_lossy(&tail);
     Ok(text
         .lines()
@@ -327,6 +359,30 @@ mod tests {
         assert!(dir.path().join(ROTATED_NAME).exists());
         let all = log.read_since(0).unwrap();
         assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1, 2]);
+    }
+
+    #[test]
+    fn entries_since_a_seq_are_the_same_from_the_tail_or_the_whole_trail() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog {
+            dir: dir.path().to_path_buf(),
+            rotate_bytes: 256 * 1024,
+        };
+        // About 400 KiB of entries: a rotated file and a current file larger than the tail read.
+        for index in 0..1000 {
+            log.append(entry(&format!("change {index}"))).unwrap();
+        }
+        assert!(dir.path().join(ROTATED_NAME).exists());
+        let all = log.read_since(0).unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=1000).collect::<Vec<_>>()
+        );
+        for after in [0, 1, 500, 700, 990, 999, 1000, 5000] {
+            let since = log.read_since(after).unwrap();
+            let expected: Vec<AuditEntry> = all.iter().filter(|e| e.seq > after).cloned().collect();
+            assert_eq!(since, expected, "after {after}");
+        }
     }
 
     #[test]

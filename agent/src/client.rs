@@ -7,9 +7,7 @@
 //! Only a release received from the coordinator is ever applied (Rule 7: offline is safe).
 
 use crate::health::{HealthBoard, LocalHealth};
-use std::collections::hash_map::RandomState;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -26,14 +24,14 @@ use crate::config::{AgentConfig, CoordinatorConfig};
 use crate::drift::lock_engine;
 use crate::engine::{Engine, EngineError, Outcome, RestartWindow};
 use crate::facts::{self, HostFacts};
+use crate::jitter::{jittered, random_unit, PeriodicTimer};
 use crate::state::{self, ReleaseRef};
 
 /// The first reconnect waits this long; each further failure doubles it up to [`BACKOFF_MAX`].
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(10);
-/// Each delay is scaled by a random factor in 1 ± this, so that a fleet of agents does not
-/// reconnect in lockstep after a coordinator restart.
-pub const BACKOFF_JITTER: f64 = 0.2;
+/// Each delay is scaled by a random factor in 1 ± [`crate::jitter::JITTER`], so that a fleet of
+/// agents does not reconnect in lockstep after a coordinator restart.
 /// A subscription that lasted longer than this was a working connection: the backoff starts over.
 pub const STABLE_SESSION: Duration = Duration::from_secs(10);
 /// Bound on each unary call and on connecting, so a half-dead coordinator cannot stall the client.
@@ -42,21 +40,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const AUDIT_BATCH: usize = 500;
 
 /// The delay before the reconnect that follows `failures` consecutive failed sessions (0 for the
-/// first): `BACKOFF_INITIAL · 2^failures`, capped at `BACKOFF_MAX`, times `1 + JITTER · (2u − 1)`
-/// for `unit` u in [0, 1]. Pure, so the bounds are testable.
+/// first): `BACKOFF_INITIAL · 2^failures`, capped at `BACKOFF_MAX`, [`jittered`] with `unit` u in
+/// [0, 1]. Pure, so the bounds are testable.
 pub fn backoff_delay(failures: u32, unit: f64) -> Duration {
     let base = BACKOFF_INITIAL
         .saturating_mul(2u32.saturating_pow(failures.min(16)))
         .min(BACKOFF_MAX);
-    let factor = 1.0 + BACKOFF_JITTER * (2.0 * unit.clamp(0.0, 1.0) - 1.0);
-    base.mul_f64(factor)
-}
-
-/// A uniformly distributed number in [0, 1) from the standard library's per-process random keys;
-/// jitter needs no stronger source, nor a crate.
-fn random_unit() -> f64 {
-    let bits = RandomState::new().build_hasher().finish() >> 11;
-    bits as f64 / (1u64 << 53) as f64
+    jittered(base, unit)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -206,7 +196,9 @@ impl CoordinatorClient {
             client.report_facts(self.facts_message(&reported_facts)),
         )
         .await?;
-        self.sync_audit(&mut client).await?;
+        // The highest audit seq the coordinator confirmed in this session.
+        let mut audit_acked = None;
+        self.sync_audit(&mut client, &mut audit_acked).await?;
 
         let applied = applied_release(&self.config.state_dir);
         let mut stream = call(
@@ -233,9 +225,9 @@ impl CoordinatorClient {
         // And its health: every session starts with a report of it.
         let mut health = self.health.subscribe();
         health.mark_changed();
-        let facts_period = self.coordinator.facts_period;
-        let mut facts_timer =
-            tokio::time::interval_at(tokio::time::Instant::now() + facts_period, facts_period);
+        // Facts were just reported: the timer starts at a random phase, so agents that connected
+        // together (after a coordinator restart) do not gather and report together.
+        let mut facts_timer = PeriodicTimer::new(self.coordinator.facts_period);
         loop {
             tokio::select! {
                 biased;
@@ -275,13 +267,13 @@ impl CoordinatorClient {
                         reported_facts = facts;
                     }
                     // Drift repairs happen between releases: hand over their audit entries too.
-                    self.sync_audit(&mut client).await?;
+                    self.sync_audit(&mut client, &mut audit_acked).await?;
                 }
                 message = stream.message() => match message {
                     // Not raced against `cancel`: an apply, once started, finishes and is reported.
                     Ok(Some(release)) => {
                         self.handle_release(&mut client, release).await?;
-                        self.sync_audit(&mut client).await?;
+                        self.sync_audit(&mut client, &mut audit_acked).await?;
                     }
                     Ok(None) => return Err(ClientError::StreamEnded),
                     Err(status) => return Err(ClientError::Rpc { call: "Subscribe", status }),
@@ -351,29 +343,48 @@ impl CoordinatorClient {
 
     /// Hand the coordinator the audit entries it does not have yet (for `kreachctl history
     /// --node`). The local trail stays the record; failing to read it never ends the session.
+    ///
+    /// `acked` is the highest seq the coordinator confirmed in this session (None: not asked
+    /// yet). Once known, a sync with nothing new costs no call and reads only the trail's tail:
+    /// this runs after every release and at every facts tick.
     async fn sync_audit(
         &self,
         client: &mut AgentServiceClient<Channel>,
+        acked: &mut Option<u64>,
     ) -> Result<(), ClientError> {
         let node = self.config.node.clone();
         let log = AuditLog::new(&self.config.state_dir);
-        let ack = call(
-            "ReportAudit",
-            client.report_audit(pb::AuditReport {
-                node: node.clone(),
-                records: Vec::new(),
-                restarted: false,
-            }),
-        )
-        .await?;
-        let pending = log.last_seq().and_then(|local_last| {
-            // A local trail behind the coordinator's started over (state dir recreated).
-            let restarted = local_last < ack.last_seq;
-            let after = if restarted { 0 } else { ack.last_seq };
-            Ok((log.read_since(after)?, restarted))
-        });
-        let (entries, mut restarted) = match pending {
-            Ok(pending) => pending,
+        let local_last = match log.last_seq() {
+            Ok(seq) => seq,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the audit trail to report it");
+                return Ok(());
+            }
+        };
+        let coordinator_last = match *acked {
+            Some(seq) => seq,
+            None => {
+                call(
+                    "ReportAudit",
+                    client.report_audit(pb::AuditReport {
+                        node: node.clone(),
+                        records: Vec::new(),
+                        restarted: false,
+                    }),
+                )
+                .await?
+                .last_seq
+            }
+        };
+        *acked = Some(coordinator_last);
+        if local_last == coordinator_last {
+            return Ok(());
+        }
+        // A local trail behind the coordinator's started over (state dir recreated).
+        let mut restarted = local_last < coordinator_last;
+        let after = if restarted { 0 } else { coordinator_last };
+        let entries = match log.read_since(after) {
+            Ok(entries) => entries,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the audit trail to report it");
                 return Ok(());
@@ -381,7 +392,7 @@ impl CoordinatorClient {
         };
         for batch in entries.chunks(AUDIT_BATCH) {
             let records = batch.iter().map(audit_record).collect();
-            call(
+            let ack = call(
                 "ReportAudit",
                 client.report_audit(pb::AuditReport {
                     node: node.clone(),
@@ -390,6 +401,7 @@ impl CoordinatorClient {
                 }),
             )
             .await?;
+            *acked = Some(ack.last_seq);
             restarted = false;
         }
         if !entries.is_empty() {
@@ -671,14 +683,18 @@ async fn check_reachability(
     health: Arc<HealthBoard>,
     cancel: CancellationToken,
 ) {
-    let mut timer = tokio::time::interval(config.reachability.period);
-    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A first check at once (what can this host reach now?), then periodic checks from a random
+    // phase, each period jittered: clients of one fleet do not all connect to every broker at once.
+    let mut timer = PeriodicTimer::new(config.reachability.period);
+    let mut first = true;
     loop {
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            _ = check_now.notified() => {}
-            _ = timer.tick() => {}
+        if !std::mem::take(&mut first) {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return,
+                _ = check_now.notified() => {}
+                _ = timer.tick() => {}
+            }
         }
         let state_dir = config.state_dir.clone();
         let node = config.node.clone();
@@ -799,8 +815,9 @@ fn endpoint(coordinator: &CoordinatorConfig) -> Result<Endpoint, ClientError> {
     let mut endpoint = Endpoint::from_shared(coordinator.url.clone())
         .map_err(endpoint_error)?
         .connect_timeout(CALL_TIMEOUT)
-        // Detect a coordinator that vanished without closing the connection.
-        .http2_keep_alive_interval(Duration::from_secs(20))
+        // Detect a coordinator that vanished without closing the connection. The interval is
+        // jittered per connection so that agents connected together do not ping together.
+        .http2_keep_alive_interval(jittered(Duration::from_secs(20), random_unit()))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true);
     if !coordinator.insecure {

@@ -12,18 +12,20 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use crate::engine::{Engine, EngineError};
 use crate::health::HealthBoard;
+use crate::jitter::{first_delay, jittered, random_unit};
 use crate::state::{self, AppliedState, ReleaseRef};
 
 /// How long a drifted file must stay unchanged before it is repaired.
 const STABLE_AFTER: Duration = Duration::from_millis(150);
-/// A full re-check happens at least this often even without file events (a missed event, a file
-/// system without inotify).
+/// A full re-check happens about this often (± [`crate::jitter::JITTER`]) even without file
+/// events (a missed event, a file system without inotify).
 pub const SAFETY_CHECK_PERIOD: Duration = Duration::from_secs(5);
 /// Events arriving within this window are handled as one change (editors write in several steps).
 const COALESCE: Duration = Duration::from_millis(50);
@@ -35,12 +37,32 @@ pub enum Wake {
     Stop,
 }
 
+/// Whether an event of this kind can mean that a managed file's content changed: a write, a
+/// write's end, a create, a delete, a rename. Opens, reads and read-only closes cannot: notify
+/// reports them too, and reacting to them made the agent wake itself (its own check opens the
+/// file) and wake at every name lookup on the host (each one opens /etc/hosts).
+///
+/// Metadata changes (chmod, chown, touch) are not drift either: kreach owns the bytes of its block,
+/// not the file's mode or owner (Rule 5), and a repair would find nothing to write. A delete
+/// arrives as Remove (and a link-count change as metadata), so nothing kreach owns is missed.
+pub fn wakes_enforcer(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) | EventKind::Create(_) | EventKind::Remove(_) => true,
+        // Unknown kinds (a backend's rescan notice, an overflow): look rather than miss drift.
+        EventKind::Any | EventKind::Other => true,
+    }
+}
+
 /// Start watching `paths`. Both the parent directory (a rename replaces the file's inode) and the
 /// file itself (a bind-mounted file such as `ip netns exec`'s /etc/hosts reports only to a watch
-/// on the file) are watched.
+/// on the file) are watched. Only events that [`wakes_enforcer`] are passed on.
 pub fn watch(paths: &[PathBuf], wake: Sender<Wake>) -> notify::Result<notify::RecommendedWatcher> {
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
+        // An error (a lost event) needs no wake: the safety check finds any drift.
+        if let Some(event) = event.ok().filter(|event| wakes_enforcer(&event.kind)) {
             let _ = wake.send(Wake::Files(event.paths));
         }
     })?;
@@ -127,7 +149,7 @@ pub fn lock_engine(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
 }
 
 /// Enforce the last applied state until [`Wake::Stop`] arrives: check at start, on every event
-/// about a managed path, and every [`SAFETY_CHECK_PERIOD`].
+/// about a managed path, and about every [`SAFETY_CHECK_PERIOD`] (jittered) after the last check.
 ///
 /// The applied state is read from the state directory at every check (a small JSON file), so the
 /// enforcer follows whatever the coordinator client applied last without being told. Every check
@@ -235,8 +257,13 @@ pub fn enforce(
         }
     };
     check(watcher);
+    // The safety checks start at a random phase and come every jittered period, measured from the
+    // last check of any kind: agents of one fleet do not read their files in lockstep, and an
+    // event that is not about a managed file does not postpone the next safety check.
+    let mut next_check = Instant::now() + first_delay(SAFETY_CHECK_PERIOD, random_unit());
     loop {
-        match wake.recv_timeout(SAFETY_CHECK_PERIOD) {
+        let wait = next_check.saturating_duration_since(Instant::now());
+        match wake.recv_timeout(wait) {
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Ok(Wake::Files(paths)) => {
                 if !paths.iter().any(|path| managed.iter().any(|m| m == path)) {
@@ -252,6 +279,43 @@ pub fn enforce(
                 check(watcher);
             }
             Err(RecvTimeoutError::Timeout) => check(watcher),
+        }
+        next_check = Instant::now() + jittered(SAFETY_CHECK_PERIOD, random_unit());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn only_changes_wake_the_enforcer_not_opens_or_reads() {
+        let wakes = [
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+        ];
+        for kind in wakes {
+            assert!(wakes_enforcer(&kind), "{kind:?} must wake the enforcer");
+        }
+        let quiet = [
+            // The agent's own check and every name lookup on the host open and read the file.
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            // chmod/touch: not kreach's bytes.
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Any)),
+        ];
+        for kind in quiet {
+            assert!(
+                !wakes_enforcer(&kind),
+                "{kind:?} must not wake the enforcer"
+            );
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod facts;
 pub mod firewall;
 pub mod fsio;
 pub mod health;
+pub mod jitter;
 pub mod kafka;
 pub mod reach;
 pub mod service;

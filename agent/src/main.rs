@@ -288,8 +288,11 @@ impl ServiceManager for LazyServices {
 fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
     // One daemon per node: a second one (same state directory) stops here with the first's pid.
     let _daemon_lock = state::lock_daemon(&config.state_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread runs every async task: the agent's async work is a gRPC stream, a few timers
+    // and signals, all light; what blocks (files, the process table, probes, restarts) runs on the
+    // blocking pool. Worker threads of their own would only add stacks and malloc arenas (each
+    // thread that allocates gets one), which were most of a connected agent's idle memory.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
@@ -339,7 +342,8 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
             kreach_common::daemon::systemd_notify::ready(&startup_status(&config));
         }
         // Watchdog pings come from this loop, so they stop when it or the enforcer does.
-        let mut watchdog = kreach_common::daemon::systemd_notify::watchdog_interval().map(tokio::time::interval);
+        // Half of WatchdogSec, jittered by at most 20 %: always well inside the limit.
+        let mut watchdog = kreach_common::daemon::systemd_notify::watchdog_interval().map(kreach_agent::jitter::PeriodicTimer::new);
         let early_end = loop {
             tokio::select! {
                 _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break None }
@@ -378,7 +382,7 @@ fn startup_status(config: &AgentConfig) -> String {
 }
 
 /// The next watchdog tick; never, without a watchdog.
-async fn next_tick(interval: &mut Option<tokio::time::Interval>) {
+async fn next_tick(interval: &mut Option<kreach_agent::jitter::PeriodicTimer>) {
     match interval {
         Some(interval) => {
             interval.tick().await;

@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kreach_common::desired::{
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::rollout::{self, Event, ReleaseId, ReportOutcome, Rollout, RolloutState};
 use crate::store::{AgentRecord, GenerationRecord, Store, StoreError};
+use crate::writer::ReportWriter;
 
 /// Errors an operator or agent sees; converted to `tonic::Status` in exactly one place (grpc.rs).
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +63,10 @@ struct AgentEntry {
 }
 
 pub struct Core {
-    store: Store,
+    store: Arc<Store>,
+    /// Agents' reports (audit entries, status and facts records) reach the store through this
+    /// writer, off the lock; rollout state is written here, under it.
+    reports: ReportWriter,
     record: RolloutRecord,
     agents: BTreeMap<String, AgentEntry>,
     channels: BTreeMap<String, watch::Sender<Option<pb::Release>>>,
@@ -94,7 +99,7 @@ pub fn now_ms() -> u64 {
 
 impl Core {
     pub fn open(state_dir: &Path) -> Result<Core, CoreError> {
-        let store = Store::open(&state_dir.join("coordinator.redb"))?;
+        let store = Arc::new(Store::open(&state_dir.join("coordinator.redb"))?);
         let record: RolloutRecord = store.load_rollout()?.unwrap_or_default();
         let mut agents = BTreeMap::new();
         for (node, saved) in store.agents()? {
@@ -118,8 +123,10 @@ impl Core {
             .last()
             .and_then(|newest| ClusterSpec::parse(&newest.spec_toml).ok());
         let (status, _) = watch::channel(pb::StatusResponse::default());
+        let reports = ReportWriter::start(Arc::clone(&store));
         let mut core = Core {
             store,
+            reports,
             record,
             agents,
             channels: BTreeMap::new(),
@@ -432,7 +439,8 @@ impl Core {
             }
         }
         if !self.dirty_agents.is_empty() {
-            // One transaction for every changed record: one fsync per tick, not one per agent.
+            // Queued for the report writer's next commit, shared with the audit reports queued
+            // then: not one fsync per agent, and none under this lock.
             let records: Vec<(String, AgentRecord)> = std::mem::take(&mut self.dirty_agents)
                 .into_iter()
                 .filter_map(|node| {
@@ -447,7 +455,7 @@ impl Core {
                     ))
                 })
                 .collect();
-            self.store.save_agents(&records)?;
+            self.reports.save_agents(records);
         }
         if self.status_dirty {
             self.status_dirty = false;
@@ -817,24 +825,18 @@ impl Core {
         self.plan_draft(&record.spec_toml)
     }
 
-    /// Keep the audit entries an agent hands over; answer with the highest seq kept for its node
-    /// (an empty report only asks).
-    pub fn report_audit(&mut self, report: pb::AuditReport) -> Result<pb::AuditAck, CoreError> {
-        let node = report.node;
-        let last_seq = if report.records.is_empty() {
-            self.store.audit_last_seq(&node)?
-        } else {
-            let entries: Vec<(u64, Vec<u8>)> = report
-                .records
-                .into_iter()
-                .map(|mut record| {
-                    record.node = node.clone();
-                    (record.seq, record.encode_to_vec())
-                })
-                .collect();
-            self.store.append_audit(&node, &entries, report.restarted)?
-        };
-        Ok(pb::AuditAck { last_seq })
+    /// Where agents' audit reports go: the gRPC edge stores them through this without holding
+    /// the core's lock (see [`crate::writer`]).
+    pub fn report_writer(&self) -> ReportWriter {
+        self.reports.clone()
+    }
+
+    /// Flush what agents reported (records queued by [`Core::tick`]) and wait until it is stored.
+    /// Blocking: at shutdown.
+    pub fn flush_reports(&mut self) -> Result<(), CoreError> {
+        let result = self.tick();
+        self.reports.flush();
+        result
     }
 
     /// The generations, or with `request.node` that node's changes as its agent reported them.

@@ -17,6 +17,8 @@ use tonic::{Request, Response, Status};
 
 use crate::core::{Core, CoreError, PlanDraft};
 use crate::dry_run::{self, DryRuns, DRY_RUN_TIMEOUT};
+use crate::store::AuditBatch;
+use prost::Message;
 
 /// The most audit entries one AuditReport may carry (agents send batches of 500).
 pub const MAX_AUDIT_BATCH: usize = 1000;
@@ -188,9 +190,30 @@ impl AgentService for Services {
                 "AuditReport carries {records} records; send at most {MAX_AUDIT_BATCH} at a time"
             )));
         }
-        Ok(Response::new(
-            self.core().report_audit(request.into_inner())?,
-        ))
+        // Off the core's lock: the writer commits every report queued meanwhile in one
+        // transaction and answers each once it is stored.
+        let writer = self.core().report_writer();
+        let report = request.into_inner();
+        let node = report.node;
+        let last_seq = if report.records.is_empty() {
+            writer.audit_last_seq(&node).map_err(CoreError::from)?
+        } else {
+            let entries = report
+                .records
+                .into_iter()
+                .map(|mut record| {
+                    record.node = node.clone();
+                    (record.seq, record.encode_to_vec())
+                })
+                .collect();
+            let batch = AuditBatch {
+                node,
+                entries,
+                restarted: report.restarted,
+            };
+            writer.append_audit(batch).await.map_err(CoreError::from)?
+        };
+        Ok(Response::new(pb::AuditAck { last_seq }))
     }
 
     async fn report_facts(

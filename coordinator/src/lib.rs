@@ -8,5 +8,6 @@ pub mod dry_run;
 pub mod grpc;
 pub mod store;
 pub mod tls_accept;
+pub mod writer;
 
 pub mod rollout;

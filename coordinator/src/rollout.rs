@@ -83,7 +83,8 @@ pub struct RolloutPlan {
     /// The longest `health_timeout` of the new specs; a node silent for this plus
     /// [`HEALTH_TIMEOUT_GRACE_MS`] after a release pauses the rollout.
     pub health_timeout_ms: u64,
-    /// Pause after a broker step before the next one, so the cluster settles (ISR catch-up).
+    /// Pause after a broker step before the next step, so the cluster settles (ISR catch-up
+    /// margin beyond the after-restart gate); never after the last step.
     pub settle_ms: u64,
     /// A target of the current step whose agent has been offline this long pauses the rollout
     /// (`[rollout] agent_timeout`). Plans stored before it existed get the default.
@@ -901,7 +902,10 @@ impl Rollout {
         events.push(Event::StepCompleted {
             step: step_number(self.step),
         });
-        if self.plan.steps[self.step].restarts && self.plan.settle_ms > 0 {
+        // Settling gives the restarted brokers' followers time to rejoin before the next step;
+        // after the last step nothing follows, so the rollout completes at once.
+        let last = self.step + 1 == self.plan.steps.len();
+        if self.plan.steps[self.step].restarts && self.plan.settle_ms > 0 && !last {
             let until_ms = now_ms.saturating_add(self.plan.settle_ms);
             self.state = RolloutState::Settling { until_ms };
             events.push(Event::Settling {
@@ -1187,6 +1191,32 @@ mod tests {
             !releases.contains_key("c1"),
             "unchanged clients get nothing"
         );
+    }
+
+    #[test]
+    fn the_rollout_completes_when_its_last_broker_converges_without_settling() {
+        let before = Cluster::private_ip(2);
+        let after = Cluster {
+            external: External::PublicIp,
+            ..before.clone()
+        };
+        let plan = plan_change(&before, &after, None);
+        assert_eq!(plan.settle_ms, 10_000);
+        assert!(plan.steps.iter().all(|step| step.restarts));
+        let (mut rollout, _) = Rollout::start(plan, "test", 0);
+        let events = converge_step(&mut rollout, 1_000);
+        assert!(events.contains(&Event::Settling {
+            step: 0,
+            until_ms: 11_000
+        }));
+        rollout.on_tick(11_000);
+        let events = converge_step(&mut rollout, 12_000);
+        assert_eq!(
+            events[1..],
+            [Event::StepCompleted { step: 1 }, Event::Completed],
+            "nothing follows the last broker: no settle"
+        );
+        assert_eq!(rollout.state(), &RolloutState::Completed);
     }
 
     #[test]
@@ -2082,6 +2112,10 @@ mod tests {
                 }
                 if frozen {
                     prop_assert_eq!(rollout.releases(), before_action, "(e) released while stopped");
+                }
+                if matches!(rollout.state(), RolloutState::Settling { .. }) {
+                    prop_assert!(rollout.plan.steps[rollout.step].restarts, "(g) settling after a step that restarted nothing");
+                    prop_assert!(rollout.step + 1 < rollout.plan.steps.len(), "(g) settling after the last step");
                 }
                 observer.observe(&rollout);
             }

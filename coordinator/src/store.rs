@@ -27,6 +27,48 @@ struct AuditCursor {
     next_ordinal: u64,
 }
 
+/// One node's audit entries as one ReportAudit handed them over: `(agent seq, encoded entry)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditBatch {
+    pub node: String,
+    pub entries: Vec<(u64, Vec<u8>)>,
+    /// The agent's trail started over: its first entry is kept even at a lower seq.
+    pub restarted: bool,
+}
+
+/// [`Store::append_audit`]'s work inside a write transaction; returns the node's highest seq kept.
+fn append_audit_in(
+    cursors: &mut redb::Table<'_, &'static str, &'static [u8]>,
+    table: &mut redb::Table<'_, (&'static str, u64), &'static [u8]>,
+    batch: &AuditBatch,
+) -> Result<u64, redb::Error> {
+    let node = batch.node.as_str();
+    let mut cursor: AuditCursor = cursors
+        .get(node)?
+        .and_then(|value| serde_json::from_slice(value.value()).ok())
+        .unwrap_or_default();
+    for (index, (seq, bytes)) in batch.entries.iter().enumerate() {
+        let fresh = if batch.restarted && index == 0 {
+            true
+        } else {
+            *seq > cursor.last_seq
+        };
+        if !fresh {
+            continue;
+        }
+        table.insert((node, cursor.next_ordinal), bytes.as_slice())?;
+        cursor.next_ordinal += 1;
+        cursor.last_seq = *seq;
+    }
+    if cursor.next_ordinal > AUDIT_KEPT_PER_NODE {
+        let below = cursor.next_ordinal - AUDIT_KEPT_PER_NODE;
+        table.retain_in((node, 0)..(node, below), |_, _| false)?;
+    }
+    let encoded = serde_json::to_vec(&cursor).expect("serializable");
+    cursors.insert(node, encoded.as_slice())?;
+    Ok(cursor.last_seq)
+}
+
 const ROLLOUT_KEY: &str = "rollout";
 
 /// One applied spec.
@@ -102,6 +144,11 @@ impl Store {
             Ok(())
         })?;
         Ok(store)
+    }
+
+    /// The store's file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     fn io(&self, error: impl std::fmt::Display) -> StoreError {
@@ -223,37 +270,49 @@ impl Store {
         entries: &[(u64, Vec<u8>)],
         restarted: bool,
     ) -> Result<u64, StoreError> {
-        let mut last_seq = 0;
+        let batch = AuditBatch {
+            node: node.to_string(),
+            entries: entries.to_vec(),
+            restarted,
+        };
+        Ok(self.write_reports(std::slice::from_ref(&batch), &[])?[0])
+    }
+
+    /// Group commit: every audit batch (in order, each as [`Store::append_audit`] would keep it)
+    /// and every agent record in one transaction, so one fsync covers all of them. Returns the
+    /// highest seq kept for each batch's node after that batch.
+    pub fn write_reports(
+        &self,
+        audits: &[AuditBatch],
+        agents: &[(String, AgentRecord)],
+    ) -> Result<Vec<u64>, StoreError> {
+        let encoded: Vec<(&str, Vec<u8>)> = agents
+            .iter()
+            .map(|(node, record)| {
+                (
+                    node.as_str(),
+                    serde_json::to_vec(record).expect("serializable"),
+                )
+            })
+            .collect();
+        let mut last_seqs = Vec::with_capacity(audits.len());
         self.write(|txn| {
-            let mut cursors = txn.open_table(AUDIT_CURSORS)?;
-            let mut cursor: AuditCursor = cursors
-                .get(node)?
-                .and_then(|value| serde_json::from_slice(value.value()).ok())
-                .unwrap_or_default();
-            let mut table = txn.open_table(AUDIT)?;
-            for (index, (seq, bytes)) in entries.iter().enumerate() {
-                let fresh = if restarted && index == 0 {
-                    true
-                } else {
-                    *seq > cursor.last_seq
-                };
-                if !fresh {
-                    continue;
+            if !encoded.is_empty() {
+                let mut table = txn.open_table(AGENTS)?;
+                for (node, bytes) in &encoded {
+                    table.insert(*node, bytes.as_slice())?;
                 }
-                table.insert((node, cursor.next_ordinal), bytes.as_slice())?;
-                cursor.next_ordinal += 1;
-                cursor.last_seq = *seq;
             }
-            if cursor.next_ordinal > AUDIT_KEPT_PER_NODE {
-                let below = cursor.next_ordinal - AUDIT_KEPT_PER_NODE;
-                table.retain_in((node, 0)..(node, below), |_, _| false)?;
+            if !audits.is_empty() {
+                let mut cursors = txn.open_table(AUDIT_CURSORS)?;
+                let mut table = txn.open_table(AUDIT)?;
+                for batch in audits {
+                    last_seqs.push(append_audit_in(&mut cursors, &mut table, batch)?);
+                }
             }
-            let encoded = serde_json::to_vec(&cursor).expect("serializable");
-            cursors.insert(node, encoded.as_slice())?;
-            last_seq = cursor.last_seq;
             Ok(())
         })?;
-        Ok(last_seq)
+        Ok(last_seqs)
     }
 
     /// The highest agent seq kept for `node` (0: none).

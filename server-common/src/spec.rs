@@ -1099,7 +1099,10 @@ impl Compiler {
         };
         let health_timeout =
             self.duration(rollout, "health_timeout", &place, Duration::from_secs(180));
-        let settle = self.duration(rollout, "settle", &place, Duration::from_secs(10));
+        // Default 0 s: the after-restart gate already waits for under-replicated partitions to
+        // reach zero and the next broker's pre-restart gate checks min.insync.replicas, so a
+        // settle only adds margin; an operator who wants it sets it (README, examples/cluster.toml).
+        let settle = self.duration(rollout, "settle", &place, Duration::ZERO);
         let agent_timeout = self
             .duration(rollout, "agent_timeout", &place, Duration::from_secs(60))
             .and_then(|timeout| {

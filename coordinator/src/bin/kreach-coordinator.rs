@@ -176,7 +176,15 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         }
     }
     ticker.abort();
-    // Flush what agents reported last.
-    let _ = core.lock().unwrap_or_else(|p| p.into_inner()).tick();
+    // Flush what agents reported last, and wait until it is stored.
+    let flushed = tokio::task::spawn_blocking(move || {
+        core.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .flush_reports()
+    })
+    .await;
+    if let Ok(Err(error)) = flushed {
+        tracing::error!("flushing agent records at shutdown failed: {error}");
+    }
     Ok(())
 }
