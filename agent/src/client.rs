@@ -700,7 +700,7 @@ async fn check_reachability(
         let node = config.node.clone();
         let config_for_check = config.clone();
         let health = Arc::clone(&health);
-        let checked = tokio::task::spawn_blocking(move || {
+        let check = tokio::task::spawn_blocking(move || {
             let applied = match state::load(&state_dir) {
                 Ok(applied) => applied?,
                 Err(error) => {
@@ -741,8 +741,14 @@ async fn check_reachability(
                     })
                     .collect::<Vec<_>>(),
             )
-        })
-        .await;
+        });
+        // A check whose connects are timing out must not hold up a stop: it is left behind (the
+        // runtime does not wait for it either, see run_daemon's shutdown_timeout).
+        let checked = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            checked = check => checked,
+        };
         match checked {
             Ok(Some(result)) => {
                 results.send_replace(Some(result));

@@ -296,7 +296,7 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         // Whoever changes files holds this mutex: the client's applies and the enforcer's repairs
         // never interleave (the state dir's flock would refuse a second in-process holder).
         let services: Box<dyn ServiceManager> = Box::new(LazyServices { config: config.clone() });
@@ -363,7 +363,11 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         let _ = wake_tx.send(drift::Wake::Stop);
         enforcer.await.context("enforcer task")??;
         Ok::<u8, anyhow::Error>(0)
-    })
+    });
+    // Blocking work left behind on purpose (a reachability check waiting on connect timeouts)
+    // does not delay the stop: SIGTERM ends the agent within a second.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    result
 }
 
 /// The unit's status line at READY: what the agent enforces from now on.

@@ -776,3 +776,45 @@ fn a_bind_mounted_hosts_file_is_rewritten_in_place() {
         "the mounted file itself changed"
     );
 }
+
+#[test]
+fn sigterm_stops_the_agent_at_once_while_its_reachability_checks_time_out() {
+    // A "broker" that accepts connections (the kernel's backlog does) and never answers: every
+    // Kafka request of the client's reachability check waits out its timeout.
+    let silent = std::net::TcpListener::bind("127.0.77.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let host = Host::client("etl-1");
+    let spec = host.write_file(
+        "silent.toml",
+        &format!(
+            "[cluster]\nname = \"silent\"\n\n[listeners.internal]\nport = {port}\nadvertise = \"private_ip\"\n\n\
+             [[broker]]\nid = 1\nnode = \"b1\"\nhostname = \"b1.silent\"\nprivate_ip = \"127.0.77.1\"\npublic_ip = \"198.19.0.11\"\n\n\
+             [[client]]\nnode = \"etl-1\"\nview = \"private\"\n"
+        ),
+    );
+    assert_eq!(host.agent(&["apply-local", "--spec", &spec]).code, 0);
+    // A coordinator nobody listens on (checks run without one), and a check every second.
+    host.append_config(
+        "[coordinator]\nurl = \"http://127.0.0.1:9\"\ninsecure = true\n\n[reachability]\nperiod = \"1s\"\n",
+    );
+    let mut daemon = host.spawn_agent(&["run"]);
+    daemon.wait_for_log("enforcing the last applied state", Duration::from_secs(10));
+    // Let a check start and hang on the silent broker.
+    std::thread::sleep(Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    assert_eq!(
+        daemon.terminate(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        daemon.log()
+    );
+    let took = started.elapsed();
+    // Before, the stop waited for the check's timeouts (8.4–9 s seen). The bound leaves room for
+    // a loaded machine; the figure is printed.
+    eprintln!("stopped {took:?} after SIGTERM");
+    assert!(
+        took < Duration::from_secs(2),
+        "stopped {took:?} after SIGTERM"
+    );
+    drop(silent);
+}
