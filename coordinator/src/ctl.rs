@@ -84,9 +84,16 @@ pub fn status_message(status: &tonic::Status) -> String {
     format!("{message}{hint}")
 }
 
+/// A release as people count: `gen 2 step 1 try 1` (steps from 1, as in the plan and the rollout
+/// headline; `try` is the attempt, 2 after a resume).
 fn release_text(release: &Option<pb::ReleaseId>) -> String {
     match release {
-        Some(id) => format!("g{}/s{}/a{}", id.generation, id.step, id.attempt),
+        Some(id) => format!(
+            "gen {} step {} try {}",
+            id.generation,
+            id.step + 1,
+            id.attempt
+        ),
         None => "-".to_string(),
     }
 }
@@ -136,7 +143,7 @@ pub fn steps_text(steps: &[pb::PlannedStep]) -> String {
         .iter()
         .map(|step| {
             vec![
-                step.index.to_string(),
+                (step.index + 1).to_string(),
                 step.kind.clone(),
                 if step.restarts { "yes" } else { "no" }.to_string(),
                 step.nodes.join(", "),
@@ -267,25 +274,111 @@ fn steps_json(steps: &[pb::PlannedStep]) -> Value {
     )
 }
 
+/// The rollout's one-line headline: `rollout: generation 2 running (step 2 of 4)`, with where and
+/// why it paused.
+pub fn rollout_line(rollout: &pb::RolloutView) -> String {
+    let mut out = format!(
+        "rollout: generation {} {} (step {} of {})",
+        rollout.generation,
+        rollout.state,
+        (rollout.current_step + 1).min(rollout.total_steps),
+        rollout.total_steps
+    );
+    if rollout.state == "paused" {
+        let node = if rollout.paused_node.is_empty() {
+            "operator"
+        } else {
+            rollout.paused_node.as_str()
+        };
+        out.push_str(&format!(" at {node}: {}", rollout.paused_reason));
+    }
+    out
+}
+
+/// `step 2 of 4 (brokers): 1 of 3 node(s) converged, 41 s` — the progress line of a terminal's
+/// `apply --wait` / `status --watch`.
+pub fn progress_line(rollout: &pb::RolloutView, elapsed: std::time::Duration) -> String {
+    let step = (rollout.current_step + 1).min(rollout.total_steps);
+    let kind = rollout
+        .steps
+        .iter()
+        .find(|planned| planned.index == rollout.current_step)
+        .map(|planned| format!(" ({})", planned.kind))
+        .unwrap_or_default();
+    format!(
+        "step {step} of {}{kind}: {} of {} node(s) converged, {} s",
+        rollout.total_steps,
+        (rollout.step_nodes as usize).saturating_sub(rollout.waiting.len()),
+        rollout.step_nodes,
+        elapsed.as_secs()
+    )
+}
+
+/// What changed between two statuses, one line per event, for `apply --wait` and `status
+/// --watch` without a terminal: the rollout's headline when it changes, each node whose phase or
+/// applied release changes, and host problems as they appear. Pure.
+pub fn status_events(
+    previous: Option<&pb::StatusResponse>,
+    now: &pb::StatusResponse,
+) -> Vec<String> {
+    let mut events = Vec::new();
+    let headline = |status: &pb::StatusResponse| status.rollout.as_ref().map(rollout_line);
+    if previous.and_then(headline) != headline(now) {
+        if let Some(line) = headline(now) {
+            events.push(line);
+        }
+    }
+    let node_state = |node: &pb::NodeView| {
+        node.status.as_ref().map(|status| {
+            let applied = status
+                .release
+                .as_ref()
+                .map(|id| format!(", generation {} step {}", id.generation, id.step + 1))
+                .unwrap_or_default();
+            let reason = if status.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", status.reason)
+            };
+            format!("{}{applied}{reason}", phase_text(status.phase))
+        })
+    };
+    for node in &now.nodes {
+        let before = previous
+            .and_then(|previous| previous.nodes.iter().find(|n| n.node == node.node))
+            .and_then(node_state);
+        let after = node_state(node);
+        if after.is_some() && after != before {
+            events.push(format!(
+                "  {} ({}): {}",
+                node.node,
+                node.role,
+                after.unwrap_or_default()
+            ));
+        }
+        let was_online = previous
+            .and_then(|previous| previous.nodes.iter().find(|n| n.node == node.node))
+            .is_none_or(|n| n.online);
+        if was_online && !node.online {
+            events.push(format!("  {} ({}): agent OFFLINE", node.node, node.role));
+        }
+    }
+    let known: Vec<String> = previous
+        .map(|p| host_problems(&p.nodes))
+        .unwrap_or_default();
+    for problem in host_problems(&now.nodes) {
+        if !known.contains(&problem) {
+            events.push(format!("  ✗ {problem}"));
+        }
+    }
+    events
+}
+
 pub fn status_text(status: &pb::StatusResponse) -> String {
     let mut out = String::new();
     match &status.rollout {
         Some(rollout) => {
-            out.push_str(&format!(
-                "rollout: generation {} {} (step {} of {})",
-                rollout.generation,
-                rollout.state,
-                (rollout.current_step + 1).min(rollout.total_steps),
-                rollout.total_steps
-            ));
-            if rollout.state == "paused" {
-                let node = if rollout.paused_node.is_empty() {
-                    "operator"
-                } else {
-                    rollout.paused_node.as_str()
-                };
-                out.push_str(&format!(" at {node}: {}", rollout.paused_reason));
-            }
+            out.push_str(&rollout_line(rollout));
             out.push('\n');
             if !rollout.waiting.is_empty() && rollout.state != "completed" {
                 let offline: Vec<&str> = status
@@ -868,6 +961,70 @@ mod tests {
         assert_eq!(json["nodes"][1]["source"], "generation");
         assert_eq!(json["nodes"][1]["host_diff"], Value::Null);
         assert_eq!(json["nodes"][1]["not_checked"], "its agent never connected");
+    }
+
+    #[test]
+    fn without_a_terminal_each_event_is_one_line_and_nothing_repeats() {
+        let rollout = |state: &str, step: u32, waiting: &[&str]| pb::RolloutView {
+            generation: 2,
+            state: state.into(),
+            current_step: step,
+            total_steps: 2,
+            waiting: waiting.iter().map(|n| n.to_string()).collect(),
+            step_nodes: 1,
+            ..Default::default()
+        };
+        let node = |phase: pb::Phase| pb::NodeView {
+            node: "w1".into(),
+            role: "broker".into(),
+            online: true,
+            status: Some(pb::NodeStatus {
+                node: "w1".into(),
+                phase: phase as i32,
+                release: Some(pb::ReleaseId {
+                    generation: 2,
+                    step: 0,
+                    attempt: 1,
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let first = pb::StatusResponse {
+            rollout: Some(rollout("running", 0, &["w1"])),
+            nodes: vec![node(pb::Phase::Applying)],
+            ..Default::default()
+        };
+        assert_eq!(
+            status_events(None, &first),
+            [
+                "rollout: generation 2 running (step 1 of 2)",
+                "  w1 (broker): applying, generation 2 step 1"
+            ]
+        );
+        assert!(
+            status_events(Some(&first), &first).is_empty(),
+            "nothing new, nothing printed"
+        );
+        let converged = pb::StatusResponse {
+            rollout: Some(rollout("running", 1, &[])),
+            nodes: vec![node(pb::Phase::Converged)],
+            ..Default::default()
+        };
+        assert_eq!(
+            status_events(Some(&first), &converged),
+            [
+                "rollout: generation 2 running (step 2 of 2)",
+                "  w1 (broker): converged, generation 2 step 1"
+            ]
+        );
+        assert_eq!(
+            progress_line(
+                &rollout("running", 0, &["w1"]),
+                std::time::Duration::from_secs(41)
+            ),
+            "step 1 of 2: 0 of 1 node(s) converged, 41 s"
+        );
     }
 
     #[test]

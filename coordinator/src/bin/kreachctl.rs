@@ -117,28 +117,20 @@ fn render(cli: &Cli, path: &Path, node: &str) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
-    let rendered = kreach_common::desired::render_node(&desired)
+    let parts = kreach_common::desired::render_parts(&desired)
         .map_err(|message| anyhow::anyhow!("rendering node {}: {message}", desired.node))?;
-    let hosts_block = if desired.hosts_entries.is_empty() {
-        String::new()
-    } else {
-        kreach_common::hosts::apply_block("", &desired.cluster, &desired.hosts_entries)
-            .map_err(|error| anyhow::anyhow!("rendering node {}: {error}", desired.node))?
-            .content
-    };
-    let listener_settings = match &desired.listeners {
-        Some(listeners) => kreach_common::properties::owned_values(listeners)
-            .map_err(|error| anyhow::anyhow!("rendering node {}: {error}", desired.node))?
-            .into_iter()
-            .map(|(key, value)| (key.to_string(), serde_json::Value::String(value)))
-            .collect::<serde_json::Map<_, _>>(),
-        None => serde_json::Map::new(),
-    };
+    let rendered = kreach_common::desired::render_text(&parts);
+    let listener_settings: serde_json::Map<String, serde_json::Value> = parts
+        .listener_settings
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), serde_json::Value::String(value)))
+        .collect();
     let json = serde_json::json!({
         "node": desired.node,
         "role": ctl_role(&desired),
         "description": desired.describe(),
-        "hosts_block": hosts_block,
+        "hosts_block": parts.hosts_block.unwrap_or_default(),
         "listener_settings": listener_settings,
         "restarts_kafka_on_change": desired.listeners.is_some(),
     });
@@ -477,30 +469,83 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
     }
 }
 
-/// Print status as it changes until the rollout completes (0), pauses or aborts (3).
+/// Follow the status until the rollout completes (0), pauses or aborts (3). On a terminal the
+/// status is redrawn in place under a progress line; otherwise (a pipe, a log) one line per event;
+/// `--output json` prints each new status. A completed rollout is followed a little longer, until
+/// every online client reported its reachability, so that `check` right after gives the final
+/// answer.
 async fn follow(
     cli: &Cli,
     admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
 ) -> anyhow::Result<u8> {
+    use std::io::IsTerminal;
     use tokio_stream::StreamExt;
+    /// How long a completed rollout waits for clients' first reachability reports.
+    const REACHABILITY_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+    let terminal = cli.output == Output::Table && std::io::stdout().is_terminal();
+    let started = std::time::Instant::now();
     let mut stream = admin
         .watch(pb::StatusRequest {})
         .await
         .map_err(|status| anyhow::anyhow!(ctl::status_message(&status)))?
         .into_inner();
-    let mut last = String::new();
-    while let Some(update) = stream.next().await {
+    let mut previous: Option<pb::StatusResponse> = None;
+    let mut completed_at: Option<std::time::Instant> = None;
+    loop {
+        // Once completed, the stream may stay quiet: wake up to end after the grace period.
+        let wait = completed_at
+            .map(|at| REACHABILITY_GRACE.saturating_sub(at.elapsed()))
+            .unwrap_or(std::time::Duration::MAX);
+        let update = match tokio::time::timeout(wait, stream.next()).await {
+            Ok(Some(update)) => update,
+            Ok(None) => anyhow::bail!("the coordinator closed the status stream"),
+            Err(_) => {
+                println!("(some clients have not reported their reachability yet: `kreachctl check` shows them as they do)");
+                return Ok(0);
+            }
+        };
         let status = update.map_err(|status| anyhow::anyhow!(ctl::status_message(&status)))?;
-        let text = ctl::status_text(&status);
-        if text != last {
-            print_value(cli, format!("{text}\n"), ctl::status_json(&status));
-            last = text;
+        if previous.as_ref() != Some(&status) {
+            match cli.output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&ctl::status_json(&status))?
+                ),
+                Output::Table if terminal => {
+                    let progress = status
+                        .rollout
+                        .as_ref()
+                        .map(|rollout| ctl::progress_line(rollout, started.elapsed()))
+                        .unwrap_or_default();
+                    // Home and clear, then the whole status: redrawn in place.
+                    print!("\x1b[H\x1b[2J{progress}\n\n{}", ctl::status_text(&status));
+                }
+                Output::Table => {
+                    for line in ctl::status_events(previous.as_ref(), &status) {
+                        println!("{line}");
+                    }
+                }
+            }
         }
-        match status.rollout.as_ref().map(|r| r.state.as_str()) {
-            Some("completed") => return Ok(0),
+        let state = status.rollout.as_ref().map(|r| r.state.clone());
+        let online: Vec<&str> = status
+            .nodes
+            .iter()
+            .filter(|node| node.online)
+            .map(|node| node.node.as_str())
+            .collect();
+        let unreported = status
+            .reachability
+            .iter()
+            .any(|row| !row.reported && online.contains(&row.client.as_str()));
+        previous = Some(status);
+        match state.as_deref() {
+            Some("completed") if !unreported => return Ok(0),
+            Some("completed") => {
+                completed_at.get_or_insert_with(std::time::Instant::now);
+            }
             Some("paused") | Some("aborted") => return Ok(EXIT_ROLLOUT_STOPPED),
             _ => {}
         }
     }
-    anyhow::bail!("the coordinator closed the status stream")
 }
