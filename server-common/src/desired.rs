@@ -186,24 +186,56 @@ pub fn external_filter(spec: &ClusterSpec) -> Option<ExternalFilter> {
     })
 }
 
-/// A node's desired state as an operator reads it: its hosts block and, for a broker, the values of
-/// the listener keys kreach owns. Used by `kreachctl render` and for the per-node diffs of `plan`.
-pub fn render_node(node: &NodeSpec) -> Result<String, String> {
-    let mut out = String::from("# hosts block\n");
-    if node.hosts_entries.is_empty() {
-        out.push_str("(none: this node needs no hosts entries; any kreach block is removed)\n");
+/// What a node's desired state writes: its hosts block (`None` when it needs no entries, so any
+/// kreach block is removed) and, for a broker, the values of the listener keys kreach owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedNode {
+    pub hosts_block: Option<String>,
+    pub listener_settings: Option<Vec<(&'static str, String)>>,
+}
+
+/// Render `node` once, for [`render_node`]'s text and `kreachctl render --output json`.
+pub fn render_parts(node: &NodeSpec) -> Result<RenderedNode, String> {
+    let hosts_block = if node.hosts_entries.is_empty() {
+        None
     } else {
         let block = crate::hosts::apply_block("", &node.cluster, &node.hosts_entries)
             .map_err(|e| e.to_string())?;
-        out.push_str(&block.content);
+        Some(block.content)
+    };
+    let listener_settings = node
+        .listeners
+        .as_ref()
+        .map(|listeners| crate::properties::owned_values(listeners).map_err(|e| e.to_string()))
+        .transpose()?;
+    Ok(RenderedNode {
+        hosts_block,
+        listener_settings,
+    })
+}
+
+/// A node's desired state as an operator reads it: its hosts block and, for a broker, the values of
+/// the listener keys kreach owns. Used by `kreachctl render` and for the per-node diffs of `plan`.
+pub fn render_node(node: &NodeSpec) -> Result<String, String> {
+    Ok(render_text(&render_parts(node)?))
+}
+
+/// [`render_node`]'s text of parts already rendered.
+pub fn render_text(rendered: &RenderedNode) -> String {
+    let mut out = String::from("# hosts block\n");
+    match &rendered.hosts_block {
+        None => {
+            out.push_str("(none: this node needs no hosts entries; any kreach block is removed)\n")
+        }
+        Some(block) => out.push_str(block),
     }
-    if let Some(listeners) = &node.listeners {
+    if let Some(settings) = &rendered.listener_settings {
         out.push_str("# listener settings (server.properties; other listeners' entries, such as CONTROLLER's, are kept)\n");
-        for (key, value) in crate::properties::owned_values(listeners).map_err(|e| e.to_string())? {
+        for (key, value) in settings {
             out.push_str(&format!("{key}={value}\n"));
         }
     }
-    Ok(out)
+    out
 }
 
 /// Desired state of every node in the spec, brokers first.
