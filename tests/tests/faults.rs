@@ -81,24 +81,24 @@ fn every_fault_leaves_files_whole_keeps_max_unavailable_and_says_what_happened()
     rows.sort_by(|a, b| a.fault.cmp(b.fault));
 
     let tried = rows.iter().filter(|row| row.tried).count();
-    let skipped = rows
+    let opted_out = rows
         .iter()
-        .filter(|row| row.result.starts_with("SKIPPED"))
+        .filter(|row| row.result.starts_with("OPTED OUT"))
         .count();
     print_table(&rows);
     loud(&format!(
-        "faults: planned {PLANNED}, tried {tried}, skipped {skipped}, in {:.0} s",
+        "faults: planned {PLANNED}, tried {tried}, opted out {opted_out}, in {:.0} s",
         started.elapsed().as_secs_f64()
     ));
     assert_eq!(rows.len(), PLANNED, "one row per planned fault");
     let failed: Vec<String> = rows
         .iter()
-        .filter(|row| row.result != "PASS" && !row.result.starts_with("SKIPPED"))
+        .filter(|row| row.result != "PASS" && !row.result.starts_with("OPTED OUT"))
         .map(|row| format!("{}: {}", row.fault, row.result))
         .collect();
     assert!(failed.is_empty(), "faults failed:\n{}", failed.join("\n"));
     assert_eq!(
-        tried + skipped,
+        tried + opted_out,
         PLANNED,
         "every planned fault was injected or opted out loudly"
     );
@@ -151,7 +151,7 @@ fn run_fault(fault: &'static str, needs_root: bool, body: fn(&mut Row) -> Result
                 fault,
                 &format!("not in KREACH_FAULTS={only}"),
             );
-            row.result = "SKIPPED (KREACH_FAULTS)".into();
+            row.result = "OPTED OUT (not in KREACH_FAULTS)".into();
             return row;
         }
     }
@@ -166,7 +166,7 @@ fn run_fault(fault: &'static str, needs_root: bool, body: fn(&mut Row) -> Result
     row.result = match outcome {
         Ok(Ok(())) => "PASS".into(),
         Ok(Err(error)) => match error.downcast_ref::<OptedOut>() {
-            Some(why) => format!("SKIPPED (opted out: {why})"),
+            Some(why) => format!("OPTED OUT ({why})"),
             None => format!("FAIL: {error:#}"),
         },
         Err(panic) => format!(
