@@ -106,7 +106,9 @@ for pkg in "$out"/*.deb "$out"/*.rpm; do
     *) files=$(rpm -qlp "$pkg" 2>/dev/null) ;;
   esac
   for bin in $(printf '%s\n' "$files" | sed -n 's|^/usr/bin/||p'); do
-    printf '%s\n' "$files" | grep -Eq "^/usr/share/man/man[18]/$bin\.[18]\.gz$" \
+    # A here-string, not `printf | grep -q`: under pipefail grep -q closing the pipe early makes
+    # printf die of SIGPIPE and the gate fail on a page that is there.
+    grep -Eq "^/usr/share/man/man[18]/$bin\.[18]\.gz$" <<< "$files" \
       || { echo "FAILED: $pkg has /usr/bin/$bin but no man page for it"; failed=1; }
   done
 done
