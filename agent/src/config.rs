@@ -36,12 +36,30 @@ pub struct ReachabilityConfig {
         deserialize_with = "deserialize_duration"
     )]
     pub period: std::time::Duration,
+    /// How broker names are resolved for the checks.
+    #[serde(default)]
+    pub resolve: Resolve,
+}
+
+/// `[reachability] resolve`: where a check looks broker names up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolve {
+    /// The host's resolver (getaddrinfo: nsswitch, `/etc/hosts`, DNS), as a Kafka client on the
+    /// host resolves.
+    #[default]
+    System,
+    /// Only `[manage] hosts_file`, read as a resolver reads it: for hosts whose resolver does not
+    /// read that file (a sandbox such as the quickstart, or a client whose programs are given a
+    /// hosts file of their own).
+    HostsFile,
 }
 
 impl Default for ReachabilityConfig {
     fn default() -> Self {
         ReachabilityConfig {
             period: default_reachability_period(),
+            resolve: Resolve::default(),
         }
     }
 }
@@ -266,7 +284,7 @@ impl AgentConfig {
     /// Parse and check the config; relative paths are kept as written.
     pub fn parse(text: &str) -> Result<AgentConfig, String> {
         let config: AgentConfig =
-            toml::from_str(text).map_err(|error| error.to_string().trim().replace('\n', " "))?;
+            toml::from_str(text).map_err(|error| error.to_string().trim_end().to_owned())?;
         let mut problems = Vec::new();
         if config.node.trim().is_empty() {
             problems.push("node: must name this host's node in the cluster spec".to_string());
@@ -402,6 +420,19 @@ mod tests {
             AgentConfig::parse("node = \"b\"\n[manage]\n[reachability]\nperiod = \"soon\"\n")
                 .unwrap_err();
         assert!(error.contains("soon"), "{error}");
+        assert_eq!(config.reachability.resolve, Resolve::System);
+        let config = AgentConfig::parse(
+            "node = \"c\"\n[manage]\n[reachability]\nresolve = \"hosts_file\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.reachability.resolve, Resolve::HostsFile);
+        let error =
+            AgentConfig::parse("node = \"c\"\n[manage]\n[reachability]\nresolve = \"dns\"\n")
+                .unwrap_err();
+        assert!(
+            error.contains("dns") && error.contains("hosts_file"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ impl CoordinatorConfig {
 
     pub fn parse(text: &str) -> Result<CoordinatorConfig, String> {
         let config: CoordinatorConfig =
-            toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))?;
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         if config.max_agents == 0 {
             return Err("max_agents: must be at least 1 (the default is 10000)".to_string());
         }

@@ -63,3 +63,88 @@ fn offline_commands_refuse_the_connection_flags() {
         String::from_utf8_lossy(&run.stdout)
     );
 }
+
+fn json_of(run: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    serde_json::from_str(&stdout).unwrap_or_else(|error| panic!("not JSON ({error}):\n{stdout}"))
+}
+
+#[test]
+fn offline_commands_print_json_with_output_json() {
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/cluster.toml");
+    let run = kreachctl(&["validate", spec, "--output", "json"]);
+    assert!(run.status.success());
+    assert_eq!(json_of(&run)["valid"], true);
+
+    let run = kreachctl(&["render", spec, "--node", "etl-1", "--output", "json"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let rendered = json_of(&run);
+    assert!(rendered.is_object() && !rendered.as_object().unwrap().is_empty());
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[cluster]\nname = \"x\"\nmetadata = kraft\n").unwrap();
+    let run = kreachctl(&["validate", bad.to_str().unwrap(), "--output", "json"]);
+    assert_eq!(run.status.code(), Some(2));
+    let invalid = json_of(&run);
+    assert_eq!(invalid["valid"], false);
+    assert!(invalid["errors"][0]
+        .as_str()
+        .unwrap()
+        .contains("metadata = kraft"));
+
+    let certs = dir.path().join("certs");
+    let run = kreachctl(&[
+        "certs",
+        "init",
+        "--certs",
+        certs.to_str().unwrap(),
+        "--node",
+        "etl-1",
+        "--output",
+        "json",
+    ]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let written = json_of(&run)["written"].as_array().unwrap().clone();
+    assert!(written
+        .iter()
+        .any(|path| path.as_str().unwrap().ends_with("nodes/etl-1.pem")));
+    for path in &written {
+        assert!(
+            std::path::Path::new(path.as_str().unwrap()).exists(),
+            "{path}"
+        );
+    }
+}
+
+#[test]
+fn a_toml_syntax_error_keeps_the_caret_under_the_bad_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[cluster]\nname = \"x\"\nmetadata = kraft\n").unwrap();
+    let run = kreachctl(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(2));
+    let output = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines: Vec<&str> = output.lines().collect();
+    let quoted = lines
+        .iter()
+        .position(|line| line.ends_with("metadata = kraft"))
+        .unwrap_or_else(|| panic!("the bad line is not quoted on a line of its own:\n{output}"));
+    assert_eq!(
+        lines[quoted + 1].find('^'),
+        lines[quoted].find("kraft"),
+        "the caret is not under the value:\n{output}"
+    );
+}

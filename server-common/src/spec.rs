@@ -243,10 +243,17 @@ impl ClusterSpec {
             SpecErrors(vec![SpecError {
                 field: "(syntax)".into(),
                 subject: None,
-                message: error.to_string().trim().replace('\n', " ").chars().fold(
+                // toml's own layout: the position, the line quoted with a caret under the
+                // column, what was expected. Line breaks stay; other control characters the quoted
+                // line may hold are escaped so they cannot rewrite the terminal.
+                message: error.to_string().trim_end().chars().fold(
                     String::new(),
                     |mut message, c| {
-                        push_escaping_control(&mut message, c);
+                        if c == '\n' {
+                            message.push(c);
+                        } else {
+                            push_escaping_control(&mut message, c);
+                        }
                         message
                     },
                 ),
@@ -1496,12 +1503,29 @@ view = "public"
     }
 
     #[test]
-    fn a_syntax_error_quoting_a_control_character_stays_on_one_line() {
+    fn a_syntax_error_keeps_its_caret_layout_and_escapes_other_control_characters() {
         let errors = ClusterSpec::parse("[cluster]\nname = \"a\rb\"\n").unwrap_err();
         assert_eq!(errors.0.len(), 1);
         let message = errors.to_string();
         assert!(message.starts_with("(syntax): "), "{message:?}");
-        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(
+            !message.chars().any(|c| c.is_control() && c != '\n'),
+            "{message:?}"
+        );
+        let errors = ClusterSpec::parse("[cluster]\nname = \"x\"\nmetadata = kraft\n").unwrap_err();
+        let lines: Vec<&str> = errors.0[0].message.lines().collect();
+        let quoted = lines
+            .iter()
+            .position(|line| line.contains("metadata = kraft"))
+            .unwrap_or_else(|| panic!("the bad line is quoted on a line of its own: {lines:?}"));
+        let caret = lines[quoted + 1];
+        let line = lines[quoted];
+        assert_eq!(
+            caret.find('^'),
+            line.find("kraft"),
+            "the caret stands under the bad value:\n{}",
+            errors.0[0].message
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Validate { spec } => validate(&cli, spec),
         Command::Render { spec, node } => render(&cli, spec, node),
-        Command::Certs { action } => certs(action),
+        Command::Certs { action } => certs(&cli, action),
         Command::Completions { shell } => {
             kreach_coordinator::cli::kreachctl::write_completions(*shell, &mut std::io::stdout());
             Ok(0)
@@ -146,7 +146,7 @@ fn ctl_role(desired: &kreach_common::desired::NodeSpec) -> &'static str {
     kreach_coordinator::core::role_word(&desired.role)
 }
 
-fn certs(action: &CertsAction) -> anyhow::Result<u8> {
+fn certs(cli: &Cli, action: &CertsAction) -> anyhow::Result<u8> {
     let written = match action {
         CertsAction::Init {
             dir,
@@ -169,10 +169,17 @@ fn certs(action: &CertsAction) -> anyhow::Result<u8> {
             force,
         } => kreach_common::tls::issue_node_cert(dir, node, *days, *force)?,
     };
-    for path in written {
-        println!("wrote {}", path.display());
-    }
-    println!("Give each host only its own nodes/NODE.pem and .key plus ca.pem; keep ca.key on this machine.");
+    const ADVICE: &str = "Give each host only its own nodes/NODE.pem and .key plus ca.pem; keep ca.key on this machine.";
+    let text: String = written
+        .iter()
+        .map(|path| format!("wrote {}\n", path.display()))
+        .chain([format!("{ADVICE}\n")])
+        .collect();
+    let json = serde_json::json!({
+        "written": written.iter().map(|path| path.display().to_string()).collect::<Vec<_>>(),
+        "advice": ADVICE,
+    });
+    print_value(cli, text, json);
     Ok(0)
 }
 
