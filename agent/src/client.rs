@@ -514,6 +514,9 @@ impl CoordinatorClient {
         match already {
             Ok(true) => {
                 tracing::info!(node = %node, release = %describe(&id), "release already applied; nothing to change");
+                // Handed again (a reconnect, or the coordinator's nudge when a rollout
+                // completed): what the brokers advertise may have moved since the last check.
+                self.check_now.notify_one();
                 return report(client, status(pb::Phase::Converged, String::new())).await;
             }
             Ok(false) => {}
@@ -721,12 +724,23 @@ async fn check_reachability(
                 crate::health::update(&health, |health| health.firewall = firewall);
                 return None;
             }
-            let network = crate::reach::SystemNetwork {
+            let system = crate::reach::SystemNetwork {
                 timeout: crate::reach::CONNECT_TIMEOUT,
+            };
+            let hosts_file;
+            let network: &dyn crate::reach::Network = match config_for_check.reachability.resolve {
+                crate::config::Resolve::System => &system,
+                crate::config::Resolve::HostsFile => {
+                    hosts_file = crate::reach::HostsFileNetwork {
+                        path: config_for_check.manage.hosts_file.clone(),
+                        system,
+                    };
+                    &hosts_file
+                }
             };
             let checked_at_ms = unix_ms(SystemTime::now());
             Some(
-                crate::reach::check(&network, &spec.bootstrap)
+                crate::reach::check(network, &spec.bootstrap)
                     .into_iter()
                     .map(|reach| pb::Reachability {
                         broker_id: reach.broker_id,

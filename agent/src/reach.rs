@@ -151,6 +151,36 @@ impl EndpointReach {
 /// What probing one `host:port` gave: the address that answered and its metadata.
 type Probe = Result<(SocketAddr, Vec<AdvertisedBroker>), (Failure, String)>;
 
+/// The network as a host sees it when its programs resolve only through one hosts file (see
+/// `[reachability] resolve = "hosts_file"`): names from that file, the rest as [`SystemNetwork`].
+pub struct HostsFileNetwork {
+    pub path: std::path::PathBuf,
+    pub system: SystemNetwork,
+}
+
+impl Network for HostsFileNetwork {
+    fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let content = std::fs::read_to_string(&self.path)
+            .map_err(|error| format!("cannot read {}: {error}", self.path.display()))?;
+        let addresses = kreach_common::hosts::lookup(&content, bare);
+        if addresses.is_empty() {
+            return Err(format!("not in {}", self.path.display()));
+        }
+        Ok(addresses
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
+    }
+
+    fn advertised(&self, address: SocketAddr) -> Result<Vec<AdvertisedBroker>, ConnectError> {
+        self.system.advertised(address)
+    }
+}
+
 /// Resolve `host` and ask each of its addresses in turn until one answers.
 fn probe(network: &dyn Network, host: &str, port: u16) -> Probe {
     let endpoint = endpoint_text(host, port);

@@ -247,7 +247,25 @@ impl Core {
         } else {
             self.refresh_status();
         }
+        if let Some(Event::Completed) = events.last() {
+            self.nudge_clients();
+        }
         Ok(())
+    }
+
+    /// A completed rollout changed what the brokers advertise after the clients took their last
+    /// release (step 1): hand every client its release again so that its agent, finding it already
+    /// applied, checks reachability now instead of at its next period. The status then settles
+    /// within a check's time of the rollout's end (`apply --wait` waits for it).
+    fn nudge_clients(&self) {
+        for (node, release) in self.effective_releases() {
+            if !matches!(release.spec.role, NodeRole::Client { .. }) {
+                continue;
+            }
+            if let Some(sender) = self.channels.get(&node) {
+                sender.send_modify(|_| {});
+            }
+        }
     }
 
     fn mark_outcome(&self) -> Result<(), CoreError> {

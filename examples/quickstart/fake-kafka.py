@@ -3,19 +3,26 @@
 
 It reads the `listeners` of a server.properties exactly as a broker would at start-up and opens a
 TCP listener on each, so kreach's restart-and-verify loop runs against real sockets: a listener
-whose port is taken makes the "broker" fail to start, like Kafka does.
+whose port is taken makes the "broker" fail to start, like Kafka does. On each listener it answers
+the two requests a Kafka client starts with, ApiVersions (v0) and Metadata (v1), advertising this
+broker as `advertised.listeners` gives it for that listener, so a client's reachability check runs
+the whole way: resolve, connect, ask Kafka who answers there.
 
   fake-kafka.py restart PROPERTIES STATE_DIR   stop the running instance, start one on PROPERTIES
   fake-kafka.py stop STATE_DIR                 stop it
 Every restart appends "start_ns end_ns ok|failed" to STATE_DIR/restarts.log.
 FAKE_KAFKA_SKIP=NAME[,NAME] starts without those listeners: a broker that comes up but does not serve
 a listener, for testing health checks.
+FAKE_KAFKA_EIP=IP also accepts the EXTERNAL listener's connections on IP (same port), as a cloud's
+1:1 NAT of an elastic IP to the broker's private address does.
 """
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 
@@ -90,40 +97,108 @@ def stop(state_dir):
     os.unlink(pid_path(state_dir))
 
 
-def serve(specs):
+API_VERSIONS, METADATA = 18, 3
+UNSUPPORTED_VERSION = 35
+
+
+def advertised(props, listener):
+    """(host, port) that `advertised.listeners` (else `listeners`) gives for `listener`."""
+    for key in ("advertised.listeners", "listeners"):
+        for entry in filter(None, (e.strip() for e in props.get(key, "").split(","))):
+            name, _, hostport = entry.partition("://")
+            if name == listener:
+                host, _, port = hostport.rpartition(":")
+                return host.strip("[]"), int(port)
+    return None
+
+
+def kafka_string(text):
+    data = text.encode()
+    return struct.pack(">h", len(data)) + data
+
+
+def answer(api_key, api_version, node_id, endpoint):
+    """The response body, or None for a request this stand-in does not serve (it then hangs up)."""
+    if api_key == API_VERSIONS:
+        error = 0 if api_version == 0 else UNSUPPORTED_VERSION
+        apis = [(API_VERSIONS, 0, 0), (METADATA, 1, 1)]
+        return struct.pack(">hi", error, len(apis)) + b"".join(struct.pack(">hhh", *a) for a in apis)
+    if api_key == METADATA and api_version == 1 and endpoint:
+        host, port = endpoint
+        broker = struct.pack(">i", node_id) + kafka_string(host) + struct.pack(">ih", port, -1)
+        return struct.pack(">i", 1) + broker + struct.pack(">ii", -1, 0)
+    return None
+
+
+def read_exactly(conn, size):
+    data = b""
+    while len(data) < size:
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
+
+
+def converse(conn, node_id, endpoint):
+    with conn:
+        conn.settimeout(10)
+        try:
+            while True:
+                (size,) = struct.unpack(">i", read_exactly(conn, 4))
+                request = read_exactly(conn, size)
+                api_key, api_version, correlation = struct.unpack(">hhi", request[:8])
+                body = answer(api_key, api_version, node_id, endpoint)
+                if body is None:
+                    return
+                frame = struct.pack(">i", correlation) + body
+                conn.sendall(struct.pack(">i", len(frame)) + frame)
+        except (ConnectionError, OSError, struct.error):
+            return
+
+
+def accept_forever(sock, node_id, endpoint):
+    while True:
+        conn, _ = sock.accept()
+        threading.Thread(target=converse, args=(conn, node_id, endpoint), daemon=True).start()
+
+
+def serve(properties):
+    props = read_properties(properties)
+    node_id = int(props.get("node.id", props.get("broker.id", "-1")))
+    skip = set(filter(None, os.environ.get("FAKE_KAFKA_SKIP", "").split(",")))
+    eip = os.environ.get("FAKE_KAFKA_EIP")
+    binds = []
+    for name, host, port in listener_addresses(props):
+        if name in skip:
+            continue
+        binds.append((name, host, port))
+        if eip and name == "EXTERNAL":
+            binds.append((name, eip, port))
     sockets = []
-    for spec in specs:
-        host, _, port = spec.rpartition(":")
+    for name, host, port in binds:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
-            sock.bind((host, int(port)))
+            sock.bind((host, port))
         except OSError as error:
-            print(f"fake-kafka: cannot bind {spec}: {error}", file=sys.stderr, flush=True)
+            print(f"fake-kafka: cannot bind {host}:{port}: {error}", file=sys.stderr, flush=True)
             sys.exit(1)
         sock.listen(64)
-        sock.setblocking(False)
-        sockets.append(sock)
+        sockets.append((sock, advertised(props, name)))
+    for sock, endpoint in sockets:
+        threading.Thread(target=accept_forever, args=(sock, node_id, endpoint), daemon=True).start()
     print("ready", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
-        for sock in sockets:
-            try:
-                conn, _ = sock.accept()
-                conn.close()
-            except BlockingIOError:
-                pass
-        time.sleep(0.01)
+        signal.pause()
 
 
 def restart(properties, state_dir):
     start = time.time_ns()
     stop(state_dir)
-    skip = set(filter(None, os.environ.get("FAKE_KAFKA_SKIP", "").split(",")))
-    listeners = listener_addresses(read_properties(properties))
-    specs = [f"{host}:{port}" for name, host, port in listeners if name not in skip]
     child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "serve", *specs],
+        [sys.executable, os.path.abspath(__file__), "serve", os.path.abspath(properties)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -143,8 +218,8 @@ def restart(properties, state_dir):
 
 
 def main():
-    if len(sys.argv) >= 2 and sys.argv[1] == "serve":
-        serve(sys.argv[2:])
+    if len(sys.argv) == 3 and sys.argv[1] == "serve":
+        serve(sys.argv[2])
     elif len(sys.argv) == 4 and sys.argv[1] == "restart":
         restart(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 3 and sys.argv[1] == "stop":

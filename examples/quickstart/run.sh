@@ -61,7 +61,7 @@ advertised.listeners=INTERNAL://127.0.100.$id:29092
 listener.security.protocol.map=INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT
 inter.broker.listener.name=INTERNAL
 PROPS
-  python3 "$here/fake-kafka.py" restart "$dir/etc/kafka/server.properties" "$dir/state"
+  FAKE_KAFKA_EIP=127.0.200.$id python3 "$here/fake-kafka.py" restart "$dir/etc/kafka/server.properties" "$dir/state"
   # Broker 2 plays the active controller.
   [ "$id" = 2 ] && touch "$dir/is-controller"
   cat > "$dir/agent.toml" <<TOML
@@ -91,6 +91,10 @@ node = "$node"
 state_dir = "$dir/state"
 [manage]
 hosts_file = "$dir/etc/hosts"
+[reachability]
+# Programs on this machine resolve through the real /etc/hosts, not this sandbox file: check the
+# names the way a client host whose /etc/hosts this were would.
+resolve = "hosts_file"
 [coordinator]
 url = "https://127.0.0.1:$port"
 ca = "$sandbox/certs/ca.pem"
@@ -99,7 +103,10 @@ key = "$sandbox/certs/nodes/$node.key"
 TOML
 done
 for node in emr-worker-1 emr-worker-2 emr-worker-3 etl-1 laptop-1; do
-  KREACH_LOG=${KREACH_LOG:-warn} "$agent" --config "$sandbox/$node/agent.toml" run 2> "$sandbox/$node/agent.log" &
+  # A broker's restarts inherit FAKE_KAFKA_EIP: its stand-in also answers on its "elastic IP".
+  eip=(); [[ $node == emr-worker-* ]] && eip=("FAKE_KAFKA_EIP=127.0.200.${node#emr-worker-}")
+  env "${eip[@]}" KREACH_LOG="${KREACH_LOG:-warn}" \
+    "$agent" --config "$sandbox/$node/agent.toml" run 2> "$sandbox/$node/agent.log" &
   pids+=($!)
 done
 for _ in $(seq 100); do
@@ -114,10 +121,13 @@ show "$ctl" plan "$here/fleet.toml" || echo "(plan exited $?)"
 step "apply and follow the rollout to the end"
 echo "(The warnings above are real: these five \"hosts\" are one machine, so the agents' host facts do"
 echo " not match the spec and kreach refuses to plan or apply without --force. Here that is expected.)"
-show "$ctl" apply --yes --force --wait "$here/fleet.toml" | grep -E '^(rollout:|applied)' | uniq
+show "$ctl" apply --yes --force --wait "$here/fleet.toml"
 
 step "result"
 show "$ctl" status
+# check: exit 0 only when every node converged, no host problem, and every client reaches every
+# broker of its view (here through the names kreach just wrote into its hosts file).
+show "$ctl" check
 show "$ctl" history
 show cat "$sandbox/emr-worker-2/etc/kafka/server.properties"
 show cat "$sandbox/laptop-1/etc/hosts"

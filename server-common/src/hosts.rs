@@ -191,6 +191,21 @@ pub fn read_block(content: &str) -> Result<Option<Vec<HostsEntry>>, HostsError> 
     Ok(Some(entries))
 }
 
+/// The addresses a resolver's `files` source gives for `name` in this hosts file: every line that
+/// lists the name (case-insensitively), in file order, inside kreach's block or not — what a lookup
+/// through `/etc/hosts` would return on a host whose hosts file this is.
+pub fn lookup(content: &str, name: &str) -> Vec<IpAddr> {
+    let mut addresses = Vec::new();
+    for line in split_lines(content) {
+        if let Some((_, ip, names)) = parse_hosts_line(line.text) {
+            if names.iter().any(|n| n.eq_ignore_ascii_case(name)) && !addresses.contains(&ip) {
+                addresses.push(ip);
+            }
+        }
+    }
+    addresses
+}
+
 /// `content` with kreach's block (and only it) removed — the "outside region" used by tests and drift checks.
 pub fn strip_block(content: &str) -> Result<String, HostsError> {
     let lines = split_lines(content);
@@ -649,6 +664,21 @@ mod tests {
         assert_eq!(marker("  # BEGIN kreach cluster=x"), Some(Marker::Begin));
         assert_eq!(marker("# END kreach  "), Some(Marker::End));
         assert_eq!(marker("#BEGIN kreach"), None);
+    }
+
+    #[test]
+    fn lookup_answers_as_the_files_resolver_does_first_line_first() {
+        let text =
+            "127.0.0.1 localhost\n10.0.0.9 B1.c # hand-made, shadows\n# BEGIN kreach cluster=c\n\
+                    10.0.0.1 b1.c b1\n10.0.0.1 again b1.c\n# END kreach\n";
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(lookup(text, "b1.c"), [ip("10.0.0.9"), ip("10.0.0.1")]);
+        assert_eq!(lookup(text, "B1"), [ip("10.0.0.1")]);
+        assert!(lookup(text, "b2.c").is_empty());
+        assert!(
+            lookup(text, "hand-made").is_empty(),
+            "comments are not names"
+        );
     }
 
     #[test]
