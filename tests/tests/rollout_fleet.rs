@@ -1162,3 +1162,79 @@ fn text_without_first_line(path: &std::path::Path) -> String {
         .map(|(_, rest)| rest.to_string())
         .unwrap()
 }
+
+#[test]
+fn apply_wait_without_a_terminal_prints_one_line_per_event() {
+    let (fleet, _gen1) = fleet_on_generation_1(
+        18,
+        3,
+        &[("etl-1", "private"), ("etl-2", "private")],
+        Some(2),
+    );
+    let gen2 = fleet
+        .write_spec(
+            "gen2.toml",
+            &FleetSpec {
+                external: true,
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap();
+    // Stdout is a pipe here, as in a CI log or `| tee`.
+    let run = fleet
+        .ctl(&[
+            "apply",
+            "--yes",
+            "--force",
+            "--wait",
+            gen2.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    // The plan it reviewed comes first; what follows "applied generation 2" is the progress.
+    let lines: Vec<&str> = run
+        .stdout
+        .lines()
+        .skip_while(|line| !line.starts_with("applied generation 2"))
+        .skip(1)
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no progress after the apply:\n{}",
+        run.stdout
+    );
+    // No table redrawn: the node table's header never appears, and no line repeats the one before
+    // it (an unchanged state is not an event).
+    assert!(
+        !lines.iter().any(|line| line.starts_with("NODE ")),
+        "{}",
+        run.stdout
+    );
+    for pair in lines.windows(2) {
+        assert_ne!(pair[0], pair[1], "a line repeated:\n{}", run.stdout);
+    }
+    // Each broker's node line changes a bounded number of times (released, restarting, verified,
+    // converged ...), and the rollout's headline once per step and at the end.
+    for broker in ["emr-worker-1", "emr-worker-2", "emr-worker-3"] {
+        let mentions = lines
+            .iter()
+            .filter(|line| line.trim_start().starts_with(broker))
+            .count();
+        assert!(
+            (1..=6).contains(&mentions),
+            "{broker} on {mentions} lines:\n{}",
+            run.stdout
+        );
+    }
+    assert!(
+        lines.len() <= 30,
+        "{} lines for 3 brokers and 2 clients:\n{}",
+        lines.len(),
+        run.stdout
+    );
+    assert!(
+        lines.iter().any(|line| line.contains("completed")),
+        "{}",
+        run.stdout
+    );
+}
