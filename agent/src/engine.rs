@@ -171,6 +171,8 @@ pub enum EngineError {
     Firewall(#[from] crate::firewall::FirewallError),
     #[error("rollback failed: {message}; the node needs attention")]
     RollbackFailed { message: String },
+    #[error("listener {listener} uses TLS but {missing} does not exist on this host, so Kafka could not start on it; nothing was changed (put the PEM key store — private key and certificate chain — and the CA bundle there)")]
+    TlsFilesMissing { listener: String, missing: String },
 }
 
 pub struct Engine {
@@ -566,6 +568,7 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
         })?;
         let old = read_text(&path)?
             .ok_or_else(|| EngineError::PropertiesMissing { path: path.clone() })?;
+        check_tls_files(listeners)?;
         let edit =
             properties::apply_listeners(&old, listeners).map_err(|error| EngineError::Render {
                 path: path.clone(),
@@ -591,6 +594,25 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
         conflicts,
         restart,
     })
+}
+
+/// A TLS listener whose PEM files are missing would stop Kafka at its restart: refuse before
+/// anything is written, naming the files.
+fn check_tls_files(settings: &properties::ListenerSettings) -> Result<(), EngineError> {
+    for listener in &settings.listeners {
+        let Some(tls) = &listener.tls else { continue };
+        let missing: Vec<&str> = [tls.keystore.as_str(), tls.truststore.as_str()]
+            .into_iter()
+            .filter(|path| !Path::new(path).is_file())
+            .collect();
+        if !missing.is_empty() {
+            return Err(EngineError::TlsFilesMissing {
+                listener: listener.name.clone(),
+                missing: missing.join(", "),
+            });
+        }
+    }
+    Ok(())
 }
 
 struct Written {
@@ -740,6 +762,48 @@ mod tests {
     }
 
     #[test]
+    fn a_tls_listener_whose_pem_files_are_missing_is_refused_before_anything_is_written() {
+        let fixture = Fixture::new();
+        let engine = fixture.engine(None, Ok(vec![]));
+        let mut spec = fixture.node_spec();
+        let dir = fixture.dir.path().join("kafka-tls");
+        let tls = kreach_common::properties::ListenerTls {
+            keystore: dir.join("internal.keystore.pem").display().to_string(),
+            truststore: dir.join("ca.pem").display().to_string(),
+        };
+        let settings = spec.listeners.as_mut().unwrap();
+        settings.listeners[0].security_protocol = "SSL".into();
+        settings.listeners[0].tls = Some(tls.clone());
+        let error = engine.plan(&spec).unwrap_err();
+        assert!(
+            matches!(error, EngineError::TlsFilesMissing { .. })
+                && error.to_string().contains("internal.keystore.pem")
+                && error.to_string().contains("nothing was changed"),
+            "{error}"
+        );
+        assert_eq!(fixture.read("server.properties"), INITIAL);
+        // With the files in place the listener's settings point at them.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&tls.keystore, "key and chain").unwrap();
+        std::fs::write(&tls.truststore, "ca").unwrap();
+        let plan = engine.plan(&spec).unwrap();
+        let new = &plan
+            .changes
+            .iter()
+            .find(|c| c.file == ManagedFile::KafkaProperties)
+            .unwrap()
+            .new;
+        assert!(
+            new.contains(&format!(
+                "listener.name.internal.ssl.keystore.location={}",
+                tls.keystore
+            )) && new.contains("listener.name.internal.ssl.keystore.type=PEM")
+                && new.contains("INTERNAL:SSL"),
+            "{new}"
+        );
+    }
+
+    #[test]
     fn a_refused_pre_restart_gate_writes_nothing_and_restarts_nothing() {
         let fixture = Fixture::new();
         let engine = fixture.engine(
@@ -824,6 +888,8 @@ mod tests {
             port: 9092,
             advertised_host: "old-name".into(),
             security_protocol: "PLAINTEXT".into(),
+            tls: None,
+            sasl_mechanism: None,
         }
     }
 

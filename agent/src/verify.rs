@@ -349,6 +349,8 @@ mod tests {
             port,
             advertised_host: "10.0.0.1".into(),
             security_protocol: "PLAINTEXT".into(),
+            tls: None,
+            sasl_mechanism: None,
         }
     }
 

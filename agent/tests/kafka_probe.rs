@@ -160,6 +160,8 @@ fn listener(port: u16, advertised_host: &str) -> ListenerSpec {
         port,
         advertised_host: advertised_host.into(),
         security_protocol: "PLAINTEXT".into(),
+        tls: None,
+        sasl_mechanism: None,
     }
 }
 

@@ -63,6 +63,17 @@ impl From<&NodeSpec> for pb::NodeSpec {
                             port: u32::from(listener.port),
                             advertised_host: listener.advertised_host.clone(),
                             security_protocol: listener.security_protocol.clone(),
+                            keystore: listener
+                                .tls
+                                .as_ref()
+                                .map(|tls| tls.keystore.clone())
+                                .unwrap_or_default(),
+                            truststore: listener
+                                .tls
+                                .as_ref()
+                                .map(|tls| tls.truststore.clone())
+                                .unwrap_or_default(),
+                            sasl_mechanism: listener.sasl_mechanism.clone().unwrap_or_default(),
                         })
                         .collect(),
                     inter_broker_listener: settings.inter_broker_listener.clone(),
@@ -165,12 +176,37 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
                                     format!("{} is not a port", listener.port),
                                 )
                             })?;
+                        let field =
+                            |name: &str| format!("NodeSpec.listeners.listeners[{index}].{name}");
+                        let tls =
+                            match (listener.keystore.is_empty(), listener.truststore.is_empty()) {
+                                (true, true) => None,
+                                (false, false) => Some(crate::properties::ListenerTls {
+                                    keystore: listener.keystore.clone(),
+                                    truststore: listener.truststore.clone(),
+                                }),
+                                (true, false) => {
+                                    return Err(wire_error(
+                                        &field("keystore"),
+                                        "empty while truststore is set",
+                                    ))
+                                }
+                                (false, true) => {
+                                    return Err(wire_error(
+                                        &field("truststore"),
+                                        "empty while keystore is set",
+                                    ))
+                                }
+                            };
                         Ok(ListenerSpec {
                             name: listener.name.clone(),
                             bind_host: listener.bind_host.clone(),
                             port,
                             advertised_host: listener.advertised_host.clone(),
                             security_protocol: listener.security_protocol.clone(),
+                            tls,
+                            sasl_mechanism: (!listener.sasl_mechanism.is_empty())
+                                .then(|| listener.sasl_mechanism.clone()),
                         })
                     })
                     .collect::<Result<Vec<_>, WireError>>()?,

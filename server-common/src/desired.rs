@@ -191,7 +191,7 @@ pub fn external_filter(spec: &ClusterSpec) -> Option<ExternalFilter> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RenderedNode {
     pub hosts_block: Option<String>,
-    pub listener_settings: Option<Vec<(&'static str, String)>>,
+    pub listener_settings: Option<Vec<(String, String)>>,
 }
 
 /// Render `node` once, for [`render_node`]'s text and `kreachctl render --output json`.
@@ -246,6 +246,19 @@ pub fn all_node_specs(spec: &ClusterSpec) -> Vec<NodeSpec> {
         .collect()
 }
 
+/// Where a broker's agent keeps the PEM files of its TLS listeners (key store per listener, the
+/// Kafka CA bundle), and where the listener settings point Kafka at them.
+pub const KAFKA_TLS_DIR: &str = "/etc/kafka/kreach-tls";
+
+/// The files of TLS listener `name`: `KAFKA_TLS_DIR/NAME.keystore.pem` (key and chain, 0600) and
+/// `KAFKA_TLS_DIR/ca.pem`.
+pub fn tls_files(name: &str) -> crate::properties::ListenerTls {
+    crate::properties::ListenerTls {
+        keystore: format!("{KAFKA_TLS_DIR}/{}.keystore.pem", name.to_lowercase()),
+        truststore: format!("{KAFKA_TLS_DIR}/ca.pem"),
+    }
+}
+
 /// What `broker` writes into its listener keys.
 pub fn listener_settings(spec: &ClusterSpec, broker: &BrokerSpec) -> ListenerSettings {
     let bind_host = |bind: &str| -> String {
@@ -265,21 +278,18 @@ pub fn listener_settings(spec: &ClusterSpec, broker: &BrokerSpec) -> ListenerSet
             Advertise::Hostname => broker.hostname.clone().unwrap_or_default(),
         }
     };
-    let mut listeners = vec![ListenerSpec {
-        name: spec.internal.name.clone(),
-        bind_host: bind_host(&spec.internal.bind),
-        port: spec.internal.port,
-        advertised_host: advertised(spec.internal.advertise),
-        security_protocol: spec.internal.security_protocol.clone(),
-    }];
+    let listener = |config: &crate::spec::ListenerSpecConfig| ListenerSpec {
+        name: config.name.clone(),
+        bind_host: bind_host(&config.bind),
+        port: config.port,
+        advertised_host: advertised(config.advertise),
+        security_protocol: config.security_protocol.clone(),
+        tls: config.uses_tls().then(|| tls_files(&config.name)),
+        sasl_mechanism: config.sasl_mechanism.clone(),
+    };
+    let mut listeners = vec![listener(&spec.internal)];
     if spec.external.enabled {
-        listeners.push(ListenerSpec {
-            name: spec.external.name.clone(),
-            bind_host: bind_host(&spec.external.bind),
-            port: spec.external.port,
-            advertised_host: advertised(spec.external.advertise),
-            security_protocol: spec.external.security_protocol.clone(),
-        });
+        listeners.push(listener(&spec.external));
     }
     ListenerSettings {
         owned_names: vec![spec.internal.name.clone(), spec.external.name.clone()],

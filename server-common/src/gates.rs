@@ -712,6 +712,8 @@ impl RunningListener {
             port: self.port,
             advertised_host,
             security_protocol: self.security_protocol.clone(),
+            tls: None,
+            sasl_mechanism: None,
         }
     }
 }
@@ -1412,6 +1414,8 @@ mod tests {
                 port: 9092,
                 advertised_host: "10.0.0.1".into(),
                 security_protocol: "PLAINTEXT".into(),
+                tls: None,
+                sasl_mechanism: None,
             }
         );
         // Advertised on another port than it binds: only "serving" can be checked.

@@ -63,6 +63,64 @@ pub struct ListenerSpec {
     pub advertised_host: String,
     /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`.
     pub security_protocol: String,
+    /// `SSL` / `SASL_SSL`: the PEM files the listener serves and trusts. `None` otherwise.
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+    /// `SASL_*`: the SCRAM mechanism (`SCRAM-SHA-256` or `SCRAM-SHA-512`).
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+}
+
+/// A TLS listener's files, as `listener.name.NAME.ssl.*` settings point Kafka at them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListenerTls {
+    /// PEM key store: the private key and the certificate chain, in one file.
+    pub keystore: String,
+    /// PEM trust store: the CA bundle (what brokers trust when they connect to this listener,
+    /// which matters for the inter-broker listener).
+    pub truststore: String,
+}
+
+/// The listener-scoped keys kreach owns for every listener name it owns (`NAME` lower-cased, as
+/// Kafka reads `listener.name.NAME.` prefixes); set when the listener needs them, removed
+/// otherwise.
+pub const LISTENER_SCOPED_KEYS: [&str; 7] = [
+    "ssl.keystore.type",
+    "ssl.keystore.location",
+    "ssl.truststore.type",
+    "ssl.truststore.location",
+    "sasl.enabled.mechanisms",
+    "scram-sha-256.sasl.jaas.config",
+    "scram-sha-512.sasl.jaas.config",
+];
+
+/// The JAAS line a SCRAM listener needs on the broker side (no credentials: users live in the
+/// cluster's metadata, created with AlterUserScramCredentials).
+const SCRAM_JAAS: &str = "org.apache.kafka.common.security.scram.ScramLoginModule required;";
+
+/// `listener.name.NAME.KEY` for an owned listener name.
+fn scoped_key(name: &str, key: &str) -> String {
+    format!("listener.name.{}.{key}", name.to_lowercase())
+}
+
+/// The value each listener-scoped key should have for `spec` (`None`: absent).
+fn scoped_values(spec: Option<&ListenerSpec>) -> [Option<String>; 7] {
+    let tls = spec.and_then(|spec| spec.tls.as_ref());
+    let mechanism = spec.and_then(|spec| spec.sasl_mechanism.as_deref());
+    let jaas = |wanted: &str| {
+        mechanism
+            .filter(|m| m.eq_ignore_ascii_case(wanted))
+            .map(|_| SCRAM_JAAS.to_string())
+    };
+    [
+        tls.map(|_| "PEM".to_string()),
+        tls.map(|tls| tls.keystore.clone()),
+        tls.map(|_| "PEM".to_string()),
+        tls.map(|tls| tls.truststore.clone()),
+        mechanism.map(str::to_string),
+        jaas("SCRAM-SHA-256"),
+        jaas("SCRAM-SHA-512"),
+    ]
 }
 
 /// The listener state kreach wants in one broker's `server.properties`.
@@ -166,9 +224,9 @@ pub fn apply_listeners(
     let mut plan_change = |key: &'static str, base: &str, new: String| {
         if new != base {
             changes.push(Change {
-                key,
-                definition: doc.last_index(key),
-                value: new,
+                key: key.to_string(),
+                definitions: doc.last_index(key).into_iter().collect(),
+                value: Some(new),
             });
         }
     };
@@ -230,6 +288,30 @@ pub fn apply_listeners(
         }
     }
 
+    // listener.name.NAME.ssl.* / sasl.* of every owned listener name
+    let mut owned: Vec<&String> = plan.owned.iter().collect();
+    owned.sort();
+    for name in owned {
+        let spec = desired
+            .listeners
+            .iter()
+            .find(|spec| spec.name.eq_ignore_ascii_case(name));
+        for (key, wanted) in LISTENER_SCOPED_KEYS.iter().zip(scoped_values(spec)) {
+            let key = scoped_key(name, key);
+            if doc.value(&key) != wanted.as_deref() {
+                let definitions = match &wanted {
+                    Some(_) => doc.last_index(&key).into_iter().collect(),
+                    None => doc.all_indexes(&key),
+                };
+                changes.push(Change {
+                    key,
+                    definitions,
+                    value: wanted,
+                });
+            }
+        }
+    }
+
     if changes.is_empty() {
         return Ok(PropertiesEdit {
             content: original.to_string(),
@@ -239,11 +321,11 @@ pub fn apply_listeners(
 
     let content = doc.render(&changes);
     for change in &changes {
-        let found = get_property(&content, change.key)?;
-        if found.as_deref() != Some(change.value.as_str()) {
+        let found = get_property(&content, &change.key)?;
+        if found != change.value {
             return Err(PropertiesError::RoundTrip {
-                key: change.key.to_string(),
-                expected: Some(change.value.clone()),
+                key: change.key.clone(),
+                expected: change.value.clone(),
                 found,
             });
         }
@@ -254,7 +336,7 @@ pub fn apply_listeners(
     }
     Ok(PropertiesEdit {
         content,
-        changed_keys: changes.iter().map(|c| c.key.to_string()).collect(),
+        changed_keys: changes.iter().map(|c| c.key.clone()).collect(),
     })
 }
 
@@ -288,9 +370,7 @@ pub fn check_kafka_rules(content: &str) -> Vec<String> {
 /// The values kreach owns, key by key, as they appear in `server.properties`: only the owned
 /// entries of each list (other entries such as `CONTROLLER://:9094` are kept where they are when
 /// applied to a real file). For showing a node's desired settings, e.g. `kreachctl render`.
-pub fn owned_values(
-    desired: &ListenerSettings,
-) -> Result<Vec<(&'static str, String)>, PropertiesError> {
+pub fn owned_values(desired: &ListenerSettings) -> Result<Vec<(String, String)>, PropertiesError> {
     let plan = DesiredEntries::new(desired)?;
     let join = |entries: &[Entry]| {
         entries
@@ -300,12 +380,22 @@ pub fn owned_values(
             .join(",")
     };
     let mut values = vec![
-        (LISTENERS, join(&plan.bind)),
-        (ADVERTISED_LISTENERS, join(&plan.advertised)),
-        (PROTOCOL_MAP, join(&plan.protocols)),
+        (LISTENERS.to_string(), join(&plan.bind)),
+        (ADVERTISED_LISTENERS.to_string(), join(&plan.advertised)),
+        (PROTOCOL_MAP.to_string(), join(&plan.protocols)),
     ];
     if !desired.inter_broker_listener.is_empty() {
-        values.push((INTER_BROKER_LISTENER, desired.inter_broker_listener.clone()));
+        values.push((
+            INTER_BROKER_LISTENER.to_string(),
+            desired.inter_broker_listener.clone(),
+        ));
+    }
+    for spec in &desired.listeners {
+        for (key, value) in LISTENER_SCOPED_KEYS.iter().zip(scoped_values(Some(spec))) {
+            if let Some(value) = value {
+                values.push((scoped_key(&spec.name, key), value));
+            }
+        }
     }
     Ok(values)
 }
@@ -777,10 +867,12 @@ struct Document<'a> {
 }
 
 struct Change {
-    key: &'static str,
-    /// Index into `Document::definitions` to rewrite; None appends the key.
-    definition: Option<usize>,
-    value: String,
+    key: String,
+    /// Indexes into `Document::definitions` to rewrite (the last one) or, when `value` is None,
+    /// to remove (all of them); empty appends the key.
+    definitions: Vec<usize>,
+    /// None removes the key.
+    value: Option<String>,
 }
 
 fn is_blank(c: char) -> bool {
@@ -852,6 +944,12 @@ impl<'a> Document<'a> {
         self.definitions.iter().rposition(|d| d.key == key)
     }
 
+    fn all_indexes(&self, key: &str) -> Vec<usize> {
+        (0..self.definitions.len())
+            .filter(|&i| self.definitions[i].key == key)
+            .collect()
+    }
+
     fn last(&self, key: &str) -> Option<&Definition> {
         self.last_index(key).map(|i| &self.definitions[i])
     }
@@ -867,20 +965,25 @@ impl<'a> Document<'a> {
     }
 
     fn render(&self, changes: &[Change]) -> String {
-        let rewrites: BTreeMap<usize, (&Definition, &str)> = changes
+        // Rewritten (Some) or removed (None) definitions, by their first line.
+        let rewrites: BTreeMap<usize, (&Definition, Option<&str>)> = changes
             .iter()
-            .filter_map(|c| {
-                let def = &self.definitions[c.definition?];
-                Some((def.first_line, (def, c.value.as_str())))
+            .flat_map(|c| {
+                c.definitions.iter().map(|&i| {
+                    let def = &self.definitions[i];
+                    (def.first_line, (def, c.value.as_deref()))
+                })
             })
             .collect();
         let mut out = String::new();
         let mut index = 0;
         while index < self.lines.len() {
             if let Some((def, value)) = rewrites.get(&index) {
-                out.push_str(&def.prefix);
-                out.push_str(&escape_value(value));
-                out.push_str(self.lines[def.last_line].eol);
+                if let Some(value) = value {
+                    out.push_str(&def.prefix);
+                    out.push_str(&escape_value(value));
+                    out.push_str(self.lines[def.last_line].eol);
+                }
                 index = def.last_line + 1;
             } else {
                 out.push_str(self.lines[index].text);
@@ -888,7 +991,11 @@ impl<'a> Document<'a> {
                 index += 1;
             }
         }
-        let appends: Vec<&Change> = changes.iter().filter(|c| c.definition.is_none()).collect();
+        let appends: Vec<(&str, &str)> = changes
+            .iter()
+            .filter(|c| c.definitions.is_empty())
+            .filter_map(|c| Some((c.key.as_str(), c.value.as_deref()?)))
+            .collect();
         if appends.is_empty() {
             return out;
         }
@@ -914,8 +1021,8 @@ impl<'a> Document<'a> {
                 out.push_str(eol);
             }
         }
-        for change in appends {
-            let _ = write!(out, "{}={}{eol}", change.key, escape_value(&change.value));
+        for (key, value) in appends {
+            let _ = write!(out, "{key}={}{eol}", escape_value(value));
         }
         out
     }
@@ -1054,6 +1161,115 @@ mod tests {
         get_property(content, key).unwrap()
     }
 
+    fn secure_settings(external_protocol: &str, mechanism: Option<&str>) -> ListenerSettings {
+        let tls = matches!(external_protocol, "SSL" | "SASL_SSL").then(|| ListenerTls {
+            keystore: "/etc/kafka/kreach-tls/external.keystore.pem".into(),
+            truststore: "/etc/kafka/kreach-tls/ca.pem".into(),
+        });
+        ListenerSettings {
+            owned_names: vec!["INTERNAL".into(), "EXTERNAL".into()],
+            listeners: vec![
+                ListenerSpec {
+                    name: "INTERNAL".into(),
+                    bind_host: "0.0.0.0".into(),
+                    port: 9092,
+                    advertised_host: "10.0.0.1".into(),
+                    security_protocol: "PLAINTEXT".into(),
+                    tls: None,
+                    sasl_mechanism: None,
+                },
+                ListenerSpec {
+                    name: "EXTERNAL".into(),
+                    bind_host: "0.0.0.0".into(),
+                    port: 9093,
+                    advertised_host: "198.19.0.1".into(),
+                    security_protocol: external_protocol.into(),
+                    tls,
+                    sasl_mechanism: mechanism.map(str::to_string),
+                },
+            ],
+            inter_broker_listener: "INTERNAL".into(),
+        }
+    }
+
+    #[test]
+    fn a_sasl_ssl_listener_gets_its_pem_files_and_scram_settings_and_loses_them_again() {
+        let original = "# broker\nnode.id=1\nlisteners=INTERNAL://0.0.0.0:9092\n\
+                        advertised.listeners=INTERNAL://10.0.0.1:9092\n\
+                        listener.security.protocol.map=INTERNAL:PLAINTEXT\n\
+                        inter.broker.listener.name=INTERNAL\nlog.dirs=/data\n";
+        let secure = secure_settings("SASL_SSL", Some("SCRAM-SHA-512"));
+        let edit = apply_listeners(original, &secure).unwrap();
+        let content = &edit.content;
+        for (key, wanted) in [
+            ("listener.name.external.ssl.keystore.type", "PEM"),
+            (
+                "listener.name.external.ssl.keystore.location",
+                "/etc/kafka/kreach-tls/external.keystore.pem",
+            ),
+            (
+                "listener.name.external.ssl.truststore.location",
+                "/etc/kafka/kreach-tls/ca.pem",
+            ),
+            (
+                "listener.name.external.sasl.enabled.mechanisms",
+                "SCRAM-SHA-512",
+            ),
+            (
+                "listener.name.external.scram-sha-512.sasl.jaas.config",
+                SCRAM_JAAS,
+            ),
+        ] {
+            assert_eq!(
+                value(content, key).as_deref(),
+                Some(wanted),
+                "{key}\n{content}"
+            );
+        }
+        assert_eq!(
+            value(
+                content,
+                "listener.name.external.scram-sha-256.sasl.jaas.config"
+            ),
+            None
+        );
+        assert_eq!(
+            value(content, "listener.security.protocol.map").as_deref(),
+            Some("INTERNAL:PLAINTEXT,EXTERNAL:SASL_SSL")
+        );
+        assert!(edit
+            .changed_keys
+            .contains(&"listener.name.external.sasl.enabled.mechanisms".to_string()));
+        assert!(
+            content.starts_with("# broker\nnode.id=1\n") && content.contains("log.dirs=/data\n")
+        );
+        // Applying again changes nothing.
+        assert!(apply_listeners(content, &secure)
+            .unwrap()
+            .changed_keys
+            .is_empty());
+
+        // An operator's duplicate of an owned key is dead text while ours is last; going back to
+        // PLAINTEXT removes every definition, so no earlier one comes back to life.
+        let duplicated = content.replace(
+            "log.dirs=/data\n",
+            "log.dirs=/data\nlistener.name.external.ssl.keystore.type=JKS\n",
+        );
+        let duplicated =
+            format!("listener.name.external.sasl.enabled.mechanisms=PLAIN\n{duplicated}");
+        let plain = apply_listeners(&duplicated, &secure_settings("PLAINTEXT", None)).unwrap();
+        assert!(
+            !plain.content.contains("listener.name.external."),
+            "{}",
+            plain.content
+        );
+        assert!(plain.content.contains("log.dirs=/data\n"));
+        assert_eq!(
+            value(&plain.content, "listener.security.protocol.map").as_deref(),
+            Some("INTERNAL:PLAINTEXT,EXTERNAL:PLAINTEXT")
+        );
+    }
+
     #[test]
     fn separators_follow_java() {
         assert_eq!(value("a=1", "a").as_deref(), Some("1"));
@@ -1118,6 +1334,8 @@ mod tests {
                 port: 9092,
                 advertised_host: "h".into(),
                 security_protocol: "PLAINTEXT".into(),
+                tls: None,
+                sasl_mechanism: None,
             }],
             inter_broker_listener: String::new(),
         };

@@ -140,8 +140,54 @@ pub struct ListenerSpecConfig {
     pub bind: String,
     pub advertise: Advertise,
     pub security_protocol: String,
+    /// `SCRAM-SHA-256` or `SCRAM-SHA-512`; present exactly when the protocol is `SASL_*`.
+    pub sasl_mechanism: Option<String>,
     pub allow: Vec<IpNet>,
 }
+
+impl ListenerSpecConfig {
+    /// Whether clients reach this listener over TLS (`SSL` or `SASL_SSL`): the broker then needs a
+    /// certificate for it.
+    pub fn uses_tls(&self) -> bool {
+        matches!(self.security_protocol.as_str(), "SSL" | "SASL_SSL")
+    }
+}
+
+/// `[tls]`: who signs the brokers' certificates for TLS listeners, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSpec {
+    pub issuer: TlsIssuer,
+    /// How long an issued certificate is valid.
+    pub lifetime: Duration,
+    /// A certificate is renewed once less than this is left (default: a third of `lifetime`).
+    pub renew_before: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsIssuer {
+    /// A Kafka CA the coordinator creates and keeps, separate from kreach's control-plane CA.
+    Kreach,
+    /// The operator's CA: certificate and key files on the coordinator's host.
+    Files {
+        ca_cert: std::path::PathBuf,
+        ca_key: std::path::PathBuf,
+    },
+}
+
+impl Default for TlsSpec {
+    fn default() -> Self {
+        TlsSpec {
+            issuer: TlsIssuer::Kreach,
+            lifetime: DEFAULT_TLS_LIFETIME,
+            renew_before: DEFAULT_TLS_LIFETIME / 3,
+        }
+    }
+}
+
+/// 365 days, as Strimzi's default cluster CA validity.
+const DEFAULT_TLS_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The SASL mechanisms kreach configures (credentials by AlterUserScramCredentials).
+pub const SASL_MECHANISMS: [&str; 2] = ["SCRAM-SHA-256", "SCRAM-SHA-512"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BrokerSpec {
@@ -188,12 +234,20 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("broker", BROKER_KEYS),
     ("client", CLIENT_KEYS),
     ("rollout", ROLLOUT_KEYS),
+    ("tls", TLS_KEYS),
 ];
 
-const ROOT_KEYS: &[&str] = &["cluster", "listeners", "broker", "client", "rollout"];
+const ROOT_KEYS: &[&str] = &["cluster", "listeners", "broker", "client", "rollout", "tls"];
 const CLUSTER_KEYS: &[&str] = &["name", "metadata"];
 const LISTENERS_KEYS: &[&str] = &["internal", "external"];
-const INTERNAL_LISTENER_KEYS: &[&str] = &["name", "port", "bind", "advertise", "security_protocol"];
+const INTERNAL_LISTENER_KEYS: &[&str] = &[
+    "name",
+    "port",
+    "bind",
+    "advertise",
+    "security_protocol",
+    "sasl_mechanism",
+];
 const EXTERNAL_LISTENER_KEYS: &[&str] = &[
     "enabled",
     "name",
@@ -201,10 +255,12 @@ const EXTERNAL_LISTENER_KEYS: &[&str] = &[
     "bind",
     "advertise",
     "security_protocol",
+    "sasl_mechanism",
     "allow",
 ];
 const BROKER_KEYS: &[&str] = &["id", "node", "hostname", "private_ip", "public_ip"];
 const CLIENT_KEYS: &[&str] = &["node", "view"];
+const TLS_KEYS: &[&str] = &["issuer", "ca_cert", "ca_key", "lifetime", "renew_before"];
 const ROLLOUT_KEYS: &[&str] = &[
     "max_unavailable",
     "health_timeout",
@@ -223,6 +279,8 @@ pub struct ClusterSpec {
     pub brokers: Vec<BrokerSpec>,
     pub clients: Vec<ClientSpec>,
     pub rollout: RolloutSpec,
+    /// `[tls]`, defaults when absent; used when a listener's protocol is `SSL` or `SASL_SSL`.
+    pub tls: TlsSpec,
 }
 
 impl ClusterSpec {
@@ -300,9 +358,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "s" => value.checked_mul(1_000),
         "m" => value.checked_mul(60_000),
         "h" => value.checked_mul(3_600_000),
+        "d" => value.checked_mul(86_400_000),
         _ => {
             return Err(format!(
-                "{text:?} has no known unit (use ms, s, m or h, e.g. \"180s\")"
+                "{text:?} has no known unit (use ms, s, m, h or d, e.g. \"180s\")"
             ))
         }
     };
@@ -536,6 +595,7 @@ impl Compiler {
         let brokers = self.compile_brokers(root);
         let clients = self.compile_clients(root);
         let rollout = self.compile_rollout(root);
+        let tls = self.compile_tls(root);
 
         self.check_listeners_together(&internal, &external);
         self.check_brokers_against_listeners(&brokers, &internal, &external);
@@ -553,6 +613,7 @@ impl Compiler {
                 .collect::<Option<Vec<_>>>()?,
             clients: clients.into_iter().collect::<Option<Vec<_>>>()?,
             rollout: rollout?,
+            tls: tls?,
         })
     }
 
@@ -626,6 +687,7 @@ impl Compiler {
                 bind: Some("0.0.0.0".into()),
                 advertise: Some(Advertise::PublicIp),
                 security_protocol: Some("PLAINTEXT".into()),
+                sasl_mechanism: Some(None),
                 allow: Some(Vec::new()),
             },
         };
@@ -723,6 +785,8 @@ impl Compiler {
                 None
             }
         };
+        let sasl_mechanism =
+            self.compile_sasl_mechanism(table, place, kind, security_protocol.as_deref());
         let allow = self.compile_allow(
             table,
             place,
@@ -735,7 +799,60 @@ impl Compiler {
             bind,
             advertise,
             security_protocol,
+            sasl_mechanism,
             allow,
+        }
+    }
+
+    /// `sasl_mechanism`: required with a `SASL_*` protocol, refused without one (Kafka would
+    /// otherwise fall back to GSSAPI, which kreach does not configure).
+    fn compile_sasl_mechanism(
+        &mut self,
+        table: &Table,
+        place: &Place,
+        kind: ListenerKind,
+        protocol: Option<&str>,
+    ) -> Option<Option<String>> {
+        let field = place.field("sasl_mechanism");
+        let mechanism = match self.string(table, "sasl_mechanism", place) {
+            None if table.contains_key("sasl_mechanism") => return None,
+            None => None,
+            Some(mechanism) if SASL_MECHANISMS.contains(&mechanism.as_str()) => Some(mechanism),
+            Some(mechanism) => {
+                let message = format!(
+                    "{mechanism:?} is not a SASL mechanism kreach configures (\"SCRAM-SHA-512\" or \"SCRAM-SHA-256\")"
+                );
+                self.error(&field, message);
+                return None;
+            }
+        };
+        let sasl = protocol.is_some_and(|protocol| protocol.starts_with("SASL_"));
+        match (protocol, &mechanism) {
+            (None, _) => None,
+            (Some(protocol), None) if sasl => {
+                let message = format!(
+                    "missing: security_protocol {protocol:?} needs sasl_mechanism = \"SCRAM-SHA-512\" or \"SCRAM-SHA-256\""
+                );
+                self.error(&field, message);
+                None
+            }
+            (Some(protocol), Some(_)) if !sasl => {
+                let message = format!(
+                    "set, but security_protocol {protocol:?} does not use SASL (use \"SASL_SSL\", or remove sasl_mechanism)"
+                );
+                self.error(&field, message);
+                None
+            }
+            (Some(_), Some(_)) if kind == ListenerKind::Internal => {
+                // Brokers talk to each other on the internal listener: SASL there needs
+                // inter-broker credentials, which kreach does not manage.
+                self.error(
+                    &place.field("security_protocol"),
+                    "SASL on the internal listener would make brokers log in to each other, and kreach does not manage inter-broker credentials; use \"SSL\" or \"PLAINTEXT\" here and SASL on the external listener",
+                );
+                None
+            }
+            _ => Some(mechanism),
         }
     }
 
@@ -1130,6 +1247,85 @@ impl Compiler {
             agent_timeout: agent_timeout?,
         })
     }
+
+    fn compile_tls(&mut self, root: &Table) -> Option<TlsSpec> {
+        let place = Place::root("tls");
+        let empty = Table::new();
+        let tls = self.table(root, "tls", &Place::root("")).unwrap_or(&empty);
+        self.unknown_keys(tls, &place, TLS_KEYS);
+        let path = |compiler: &mut Self, key: &str| {
+            compiler
+                .string(tls, key, &place)
+                .map(std::path::PathBuf::from)
+        };
+        let ca_cert = path(self, "ca_cert");
+        let ca_key = path(self, "ca_key");
+        let issuer = match self.string(tls, "issuer", &place).as_deref() {
+            None if tls.contains_key("issuer") => None,
+            None | Some("kreach") => {
+                for key in ["ca_cert", "ca_key"] {
+                    if tls.contains_key(key) {
+                        self.error(
+                            &place.field(key),
+                            "only with issuer = \"files\" (the default issuer, \"kreach\", makes its own Kafka CA)",
+                        );
+                    }
+                }
+                Some(TlsIssuer::Kreach)
+            }
+            Some("files") => {
+                for (key, value) in [("ca_cert", &ca_cert), ("ca_key", &ca_key)] {
+                    if value.is_none() && !tls.contains_key(key) {
+                        self.error(
+                            &place.field(key),
+                            "missing: issuer = \"files\" signs with your CA; name its PEM file on the coordinator's host",
+                        );
+                    }
+                }
+                ca_cert
+                    .zip(ca_key)
+                    .map(|(ca_cert, ca_key)| TlsIssuer::Files { ca_cert, ca_key })
+            }
+            Some(other) => {
+                self.error(
+                    &place.field("issuer"),
+                    format!("{other:?} is not an issuer (use \"kreach\" or \"files\")"),
+                );
+                None
+            }
+        };
+        let lifetime = self
+            .duration(tls, "lifetime", &place, DEFAULT_TLS_LIFETIME)
+            .and_then(|lifetime| {
+                if lifetime >= Duration::from_secs(3600) {
+                    Some(lifetime)
+                } else {
+                    self.error(&place.field("lifetime"), "must be at least \"1h\"");
+                    None
+                }
+            });
+        let renew_before = match lifetime {
+            Some(lifetime) => self
+                .duration(tls, "renew_before", &place, lifetime / 3)
+                .and_then(|renew| {
+                    if renew < lifetime {
+                        Some(renew)
+                    } else {
+                        self.error(
+                            &place.field("renew_before"),
+                            "must be shorter than lifetime (the default is a third of it)",
+                        );
+                        None
+                    }
+                }),
+            None => None,
+        };
+        Some(TlsSpec {
+            issuer: issuer?,
+            lifetime: lifetime?,
+            renew_before: renew_before?,
+        })
+    }
 }
 
 /// A listener as far as it compiled: every field that was valid, so that cross-checks still run
@@ -1142,6 +1338,7 @@ struct PartialListener {
     bind: Option<String>,
     advertise: Option<Advertise>,
     security_protocol: Option<String>,
+    sasl_mechanism: Option<Option<String>>,
     allow: Option<Vec<IpNet>>,
 }
 
@@ -1154,6 +1351,7 @@ impl PartialListener {
             bind: self.bind?,
             advertise: self.advertise?,
             security_protocol: self.security_protocol?,
+            sasl_mechanism: self.sasl_mechanism?,
             allow: self.allow?,
         })
     }
@@ -1284,6 +1482,79 @@ settle = "10s"
             Ok(_) => Vec::new(),
             Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
         }
+    }
+
+    const SECURE_BASE: &str = "[cluster]\nname = \"c\"\n[[broker]]\nid = 1\nnode = \"b1\"\nprivate_ip = \"10.0.0.1\"\npublic_ip = \"198.19.0.1\"\n";
+
+    #[test]
+    fn secure_listeners_need_what_kafka_needs_and_every_error_is_reported_at_once() {
+        let text = format!(
+            "{SECURE_BASE}[listeners.internal]\nsecurity_protocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+             [listeners.external]\nallow = [\"0.0.0.0/0\"]\nsecurity_protocol = \"SASL_SSL\"\n\
+             [tls]\nissuer = \"files\"\nlifetime = \"30d\"\nrenew_before = \"30d\"\n"
+        );
+        let errors = errors_of(&text).join("\n");
+        for expected in [
+            "listeners.internal.security_protocol: SASL on the internal listener",
+            "listeners.external.sasl_mechanism: missing: security_protocol \"SASL_SSL\" needs sasl_mechanism",
+            "tls.ca_cert: missing",
+            "tls.ca_key: missing",
+            "tls.renew_before: must be shorter than lifetime",
+        ] {
+            assert!(errors.contains(expected), "no {expected:?} in\n{errors}");
+        }
+        let text = format!(
+            "{SECURE_BASE}[listeners.external]\nallow = [\"0.0.0.0/0\"]\nsecurity_protocol = \"SSL\"\nsasl_mechanism = \"PLAIN\"\n"
+        );
+        let errors = errors_of(&text).join("\n");
+        assert!(
+            errors.contains("\"PLAIN\" is not a SASL mechanism"),
+            "{errors}"
+        );
+        let text = format!(
+            "{SECURE_BASE}[listeners.external]\nallow = [\"0.0.0.0/0\"]\nsecurity_protocol = \"SSL\"\nsasl_mechanism = \"SCRAM-SHA-256\"\n"
+        );
+        let errors = errors_of(&text).join("\n");
+        assert!(
+            errors.contains("set, but security_protocol \"SSL\" does not use SASL"),
+            "{errors}"
+        );
+        let text = format!("{SECURE_BASE}[tls]\nca_key = \"/k\"\n");
+        let errors = errors_of(&text).join("\n");
+        assert!(
+            errors.contains("tls.ca_key: only with issuer = \"files\""),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn a_sasl_ssl_external_listener_compiles_with_tls_defaults() {
+        let text = format!(
+            "{SECURE_BASE}[listeners.internal]\nsecurity_protocol = \"SSL\"\n\
+             [listeners.external]\nallow = [\"0.0.0.0/0\"]\nsecurity_protocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n"
+        );
+        let spec = ClusterSpec::parse(&text).unwrap();
+        assert!(spec.internal.uses_tls() && spec.external.uses_tls());
+        assert_eq!(spec.internal.sasl_mechanism, None);
+        assert_eq!(
+            spec.external.sasl_mechanism.as_deref(),
+            Some("SCRAM-SHA-512")
+        );
+        assert_eq!(spec.tls.issuer, TlsIssuer::Kreach);
+        assert_eq!(spec.tls.lifetime, Duration::from_secs(365 * 86_400));
+        assert_eq!(spec.tls.renew_before, spec.tls.lifetime / 3);
+        let text = format!(
+            "{SECURE_BASE}[tls]\nissuer = \"files\"\nca_cert = \"/etc/pki/kafka-ca.pem\"\nca_key = \"/etc/pki/kafka-ca.key\"\nlifetime = \"90d\"\n"
+        );
+        let spec = ClusterSpec::parse(&text).unwrap();
+        assert_eq!(
+            spec.tls.issuer,
+            TlsIssuer::Files {
+                ca_cert: "/etc/pki/kafka-ca.pem".into(),
+                ca_key: "/etc/pki/kafka-ca.key".into()
+            }
+        );
+        assert_eq!(spec.tls.renew_before, Duration::from_secs(30 * 86_400));
     }
 
     #[test]

@@ -27,6 +27,8 @@ fn listener(name: &str, bind: &str, port: u16, advertised: &str, protocol: &str)
         port,
         advertised_host: advertised.into(),
         security_protocol: protocol.into(),
+        tls: None,
+        sasl_mechanism: None,
     }
 }
 

@@ -19,6 +19,8 @@ fn desired() -> ListenerSettings {
         port,
         advertised_host: advertised.into(),
         security_protocol: protocol.into(),
+        tls: None,
+        sasl_mechanism: None,
     };
     ListenerSettings {
         owned_names: OWNED.iter().map(|s| s.to_string()).collect(),

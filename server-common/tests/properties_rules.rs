@@ -13,6 +13,8 @@ fn listener(name: &str, port: u16, advertised: &str) -> ListenerSpec {
         port,
         advertised_host: advertised.into(),
         security_protocol: "PLAINTEXT".into(),
+        tls: None,
+        sasl_mechanism: None,
     }
 }
 

@@ -21,6 +21,15 @@ pub struct Listener {
     pub advertised_host: ::prost::alloc::string::String,
     #[prost(string, tag = "5")]
     pub security_protocol: ::prost::alloc::string::String,
+    /// SSL and SASL_SSL: the PEM key store (private key and certificate chain) and trust store (CA
+    /// bundle) files the listener's settings point at; both empty for a listener without TLS.
+    #[prost(string, tag = "6")]
+    pub keystore: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub truststore: ::prost::alloc::string::String,
+    /// SASL\_\*: "SCRAM-SHA-256" or "SCRAM-SHA-512"; empty otherwise.
+    #[prost(string, tag = "8")]
+    pub sasl_mechanism: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
