@@ -89,6 +89,9 @@ pub struct CoordinatorClient {
     reachability_sender: Option<tokio::sync::watch::Sender<Option<Vec<pb::Reachability>>>>,
     /// What the agent knows of its host between releases; reported whenever it changes.
     health: Arc<HealthBoard>,
+    /// Brokers: the public key of Kafka's TLS key (see [`crate::kafka_tls`]); empty on clients or
+    /// when the key could not be made (logged).
+    kafka_tls_public_key: String,
 }
 
 impl CoordinatorClient {
@@ -100,7 +103,16 @@ impl CoordinatorClient {
     ) -> CoordinatorClient {
         let (sender, receiver) = tokio::sync::watch::channel(None);
         let failed = load_failed_release(&config);
+        let kafka_tls_public_key = if config.manage.kafka_properties.is_some() {
+            crate::kafka_tls::ensure_key(&config).unwrap_or_else(|error| {
+                tracing::error!(node = %config.node, "Kafka TLS key: {error}; this broker cannot get certificates");
+                String::new()
+            })
+        } else {
+            String::new()
+        };
         CoordinatorClient {
+            kafka_tls_public_key,
             config,
             coordinator,
             engine,
@@ -428,6 +440,7 @@ impl CoordinatorClient {
             kafka_running: facts.kafka_running,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kafka_controller: facts.kafka_controller,
+            kafka_tls_public_key: self.kafka_tls_public_key.clone(),
         }
     }
 

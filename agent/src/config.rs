@@ -209,6 +209,15 @@ pub struct ManageConfig {
     /// "none" (the host's own firewall does); "nftables" makes the agent keep a table of its own.
     #[serde(default)]
     pub firewall: FirewallKind,
+    /// Brokers: where the PEM files of Kafka's TLS listeners live: each TLS listener's key store
+    /// (the private key the agent keeps in `state_dir`, then the certificate chain) and the Kafka
+    /// CA bundle. server.properties is pointed at them. Made when the first certificate arrives.
+    #[serde(default = "default_kafka_tls_dir")]
+    pub kafka_tls_dir: PathBuf,
+    /// Brokers: the user Kafka runs as; it owns those files (0600) so that Kafka can read them.
+    /// When no such user exists here they stay the agent's.
+    #[serde(default = "default_kafka_user")]
+    pub kafka_user: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -256,6 +265,12 @@ fn default_hosts_file() -> PathBuf {
 }
 fn default_kafka_unit() -> String {
     "kafka.service".to_string()
+}
+fn default_kafka_tls_dir() -> PathBuf {
+    PathBuf::from(kreach_common::desired::KAFKA_TLS_DIR)
+}
+fn default_kafka_user() -> String {
+    "kafka".to_string()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -31,6 +31,10 @@ pub const BACKUPS_KEPT: usize = 10;
 pub enum ManagedFile {
     Hosts,
     KafkaProperties,
+    /// A TLS listener's PEM key store: the private key and the certificate chain (0600).
+    KafkaKeyStore,
+    /// The Kafka CA bundle a TLS listener trusts.
+    KafkaCa,
 }
 
 impl ManagedFile {
@@ -38,6 +42,8 @@ impl ManagedFile {
         match self {
             ManagedFile::Hosts => "hosts block",
             ManagedFile::KafkaProperties => "listener settings",
+            ManagedFile::KafkaKeyStore => "Kafka key store",
+            ManagedFile::KafkaCa => "Kafka CA bundle",
         }
     }
 }
@@ -55,6 +61,9 @@ pub struct FileChange {
     pub new: String,
     /// For properties: the keys whose value changes.
     pub changed_keys: Vec<String>,
+    /// PEM files (key stores with a private key in them, CA bundles): what the plan shows
+    /// instead of a diff (never a key store's content).
+    pub secret_summary: Option<String>,
 }
 
 /// Everything one apply would do, computed without side effects.
@@ -93,6 +102,15 @@ impl Plan {
     pub fn render_diff(&self) -> String {
         let mut out = String::new();
         for change in &self.changes {
+            if let Some(summary) = &change.secret_summary {
+                let verb = if change.old.is_some() {
+                    "replaced"
+                } else {
+                    "created"
+                };
+                out.push_str(&format!("{} ({verb}): {summary}\n", change.path.display()));
+                continue;
+            }
             let old = change.old.as_deref().unwrap_or("");
             out.push_str(&unified_diff(
                 &change.path.display().to_string(),
@@ -433,7 +451,31 @@ impl Engine {
                 BACKUPS_KEPT,
             )?;
         }
-        let method = fsio::atomic_write(&change.path, change.new.as_bytes())?;
+        let method = match change.file {
+            ManagedFile::KafkaKeyStore | ManagedFile::KafkaCa => {
+                let owner = crate::kafka_tls::kafka_owner(&self.config);
+                if let Some(dir) = change.path.parent() {
+                    crate::kafka_tls::create_dir(dir, owner).map_err(|error| {
+                        EngineError::Render {
+                            path: dir.to_path_buf(),
+                            message: error.to_string(),
+                        }
+                    })?;
+                }
+                if change.file == ManagedFile::KafkaKeyStore {
+                    fsio::atomic_write_private(
+                        &change.path,
+                        change.new.as_bytes(),
+                        fsio::Private { owner },
+                    )?
+                } else {
+                    fsio::atomic_write(&change.path, change.new.as_bytes())?
+                }
+            }
+            ManagedFile::Hosts | ManagedFile::KafkaProperties => {
+                fsio::atomic_write(&change.path, change.new.as_bytes())?
+            }
+        };
         tracing::info!(
             path = %change.path.display(),
             node = %self.config.node,
@@ -556,7 +598,32 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
             old: hosts_old,
             new: edit.content,
             changed_keys: Vec::new(),
+            secret_summary: None,
         });
+    }
+
+    // The PEM files of TLS listeners first: server.properties may name them only once they exist.
+    for file in
+        crate::kafka_tls::desired_files(node_spec, config).map_err(|error| EngineError::Render {
+            path: config.manage.kafka_tls_dir.clone(),
+            message: error.to_string(),
+        })?
+    {
+        let old = read_text(&file.path)?;
+        if old.as_deref() != Some(file.content.as_str()) {
+            changes.push(FileChange {
+                file: if file.private {
+                    ManagedFile::KafkaKeyStore
+                } else {
+                    ManagedFile::KafkaCa
+                },
+                path: file.path,
+                old,
+                new: file.content,
+                changed_keys: Vec::new(),
+                secret_summary: Some(file.summary),
+            });
+        }
     }
 
     let mut restart = None;
@@ -568,7 +635,8 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
         })?;
         let old = read_text(&path)?
             .ok_or_else(|| EngineError::PropertiesMissing { path: path.clone() })?;
-        check_tls_files(listeners)?;
+        let listeners = &crate::kafka_tls::localize(listeners, config);
+        check_tls_files(listeners, &changes)?;
         let edit =
             properties::apply_listeners(&old, listeners).map_err(|error| EngineError::Render {
                 path: path.clone(),
@@ -585,6 +653,7 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
                 old: Some(old),
                 new: edit.content,
                 changed_keys: edit.changed_keys,
+                secret_summary: None,
             });
         }
     }
@@ -596,14 +665,19 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
     })
 }
 
-/// A TLS listener whose PEM files are missing would stop Kafka at its restart: refuse before
-/// anything is written, naming the files.
-fn check_tls_files(settings: &properties::ListenerSettings) -> Result<(), EngineError> {
+/// A TLS listener whose PEM files are missing (and not written by this plan) would stop Kafka at
+/// its restart: refuse before anything is written, naming the files.
+fn check_tls_files(
+    settings: &properties::ListenerSettings,
+    planned: &[FileChange],
+) -> Result<(), EngineError> {
     for listener in &settings.listeners {
         let Some(tls) = &listener.tls else { continue };
         let missing: Vec<&str> = [tls.keystore.as_str(), tls.truststore.as_str()]
             .into_iter()
-            .filter(|path| !Path::new(path).is_file())
+            .filter(|path| {
+                !Path::new(path).is_file() && !planned.iter().any(|c| c.path == Path::new(path))
+            })
             .collect();
         if !missing.is_empty() {
             return Err(EngineError::TlsFilesMissing {
@@ -732,7 +806,7 @@ mod tests {
         ) -> Engine {
             let root = self.dir.path().display().to_string();
             let config = AgentConfig::parse(&format!(
-                "node = \"emr-worker-2\"\nstate_dir = \"{root}/state\"\n[manage]\nhosts_file = \"{root}/hosts\"\nkafka_properties = \"{root}/server.properties\"\n"
+                "node = \"emr-worker-2\"\nstate_dir = \"{root}/state\"\n[manage]\nhosts_file = \"{root}/hosts\"\nkafka_properties = \"{root}/server.properties\"\nkafka_tls_dir = \"{root}/kafka-tls\"\n"
             ))
             .unwrap();
             Engine::new(
@@ -801,6 +875,89 @@ mod tests {
                 && new.contains("INTERNAL:SSL"),
             "{new}"
         );
+    }
+
+    #[test]
+    fn issued_certificates_become_a_private_key_store_before_the_listener_points_at_it() {
+        let fixture = Fixture::new();
+        let engine = fixture.engine(None, Ok(vec![]));
+        let public = crate::kafka_tls::ensure_key(engine.config()).unwrap();
+        let key = std::fs::read_to_string(crate::kafka_tls::key_path(engine.config())).unwrap();
+        let ca = kreach_common::kafka_tls::KafkaCa::create("c", SystemTime::now()).unwrap();
+        let issued = ca
+            .issue(
+                "broker 2",
+                &public,
+                &["emr-worker-2.c".into()],
+                SystemTime::now(),
+                Duration::from_secs(86_400),
+            )
+            .unwrap();
+        let mut spec = fixture.node_spec();
+        let settings = spec.listeners.as_mut().unwrap();
+        settings.listeners[0].security_protocol = "SSL".into();
+        settings.listeners[0].tls = Some(kreach_common::desired::tls_files("INTERNAL"));
+        spec.certificates = vec![kreach_common::desired::ListenerCertificate {
+            listener: "INTERNAL".into(),
+            chain_pem: issued.chain_pem.clone(),
+            sans: issued.sans.clone(),
+            serial: issued.serial.clone(),
+            not_after_ms: issued.not_after_ms,
+        }];
+        spec.kafka_ca_pem = ca.cert_pem.clone();
+        let plan = engine.plan(&spec).unwrap();
+        let files: Vec<ManagedFile> = plan.changes.iter().map(|c| c.file).collect();
+        assert_eq!(
+            files,
+            [
+                ManagedFile::Hosts,
+                ManagedFile::KafkaKeyStore,
+                ManagedFile::KafkaCa,
+                ManagedFile::KafkaProperties
+            ],
+            "key store and CA are written before server.properties names them"
+        );
+        let shown = plan.render();
+        assert!(
+            !shown.contains("PRIVATE KEY") && !shown.contains("BEGIN CERTIFICATE"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("ca.pem (created): the Kafka CA bundle"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(&format!("certificate serial {}", issued.serial)),
+            "{shown}"
+        );
+        engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        let keystore = fixture.dir.path().join("kafka-tls/internal.keystore.pem");
+        let content = std::fs::read_to_string(&keystore).unwrap();
+        assert!(content.starts_with(&key) && content.ends_with(&issued.chain_pem));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&keystore), 0o600);
+        assert_eq!(mode(&crate::kafka_tls::key_path(engine.config())), 0o600);
+        assert_eq!(
+            std::fs::read_to_string(fixture.dir.path().join("kafka-tls/ca.pem")).unwrap(),
+            ca.cert_pem
+        );
+        let properties = fixture.read("server.properties");
+        assert!(
+            properties.contains(&format!(
+                "listener.name.internal.ssl.keystore.location={}",
+                keystore.display()
+            )),
+            "{properties}"
+        );
+        // The audit trail records hashes, never the key.
+        let audit = std::fs::read_to_string(fixture.dir.path().join("state/audit.jsonl")).unwrap();
+        assert!(
+            audit.contains("Kafka key store") && !audit.contains("PRIVATE"),
+            "{audit}"
+        );
+        // Applying the same again changes nothing.
+        assert!(engine.plan(&spec).unwrap().is_empty());
     }
 
     #[test]

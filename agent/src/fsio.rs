@@ -272,6 +272,32 @@ pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
 /// in-place rewrite itself fails ([`FsError::InPlace`]) or the final directory fsync fails
 /// ([`FsError::SyncDirectory`], the new content is in place but may not be durable).
 pub fn atomic_write(path: &Path, content: &[u8]) -> Result<WriteMethod, FsError> {
+    write_replacing(path, content, None)
+}
+
+/// Who may read a file with secrets in it: mode 0600, and the owner `(uid, gid)` when given (the
+/// Kafka service user, which must read its key store), else the existing file's or ours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Private {
+    pub owner: Option<(u32, u32)>,
+}
+
+/// [`atomic_write`] for a file holding a private key: the same atomic replacement, but the new
+/// file is always 0600 (whatever mode the old one had) and owned as `private` says. The temp
+/// file is 0600 from its creation, so the key is never readable by others, not even briefly.
+pub fn atomic_write_private(
+    path: &Path,
+    content: &[u8],
+    private: Private,
+) -> Result<WriteMethod, FsError> {
+    write_replacing(path, content, Some(private))
+}
+
+fn write_replacing(
+    path: &Path,
+    content: &[u8],
+    private: Option<Private>,
+) -> Result<WriteMethod, FsError> {
     let target = resolve_target(path)?;
     let existing = match fs::metadata(&target) {
         Ok(metadata) if metadata.is_file() => Some(metadata),
@@ -299,9 +325,32 @@ pub fn atomic_write(path: &Path, content: &[u8]) -> Result<WriteMethod, FsError>
         temp: temp.path.clone(),
         source,
     };
+    if private.is_some() {
+        temp.file
+            .set_permissions(Permissions::from_mode(0o600))
+            .map_err(temp_error)?;
+    }
     temp.file.write_all_at(content, 0).map_err(temp_error)?;
-    let mode = match &existing {
-        Some(metadata) => {
+    let owner = private.and_then(|private| private.owner);
+    let mode = match (&existing, private) {
+        (_, Some(_)) => {
+            if let Some((uid, gid)) = owner.or_else(|| {
+                existing
+                    .as_ref()
+                    .map(|metadata| (metadata.uid(), metadata.gid()))
+            }) {
+                std::os::unix::fs::fchown(&*temp.file, Some(uid), Some(gid)).map_err(|source| {
+                    FsError::PreserveOwner {
+                        path: target.clone(),
+                        uid,
+                        gid,
+                        source,
+                    }
+                })?;
+            }
+            0o600
+        }
+        (Some(metadata), None) => {
             // Owner before mode: chown clears set-user-ID/set-group-ID bits.
             let current = temp.file.metadata().map_err(temp_error)?;
             if (current.uid(), current.gid()) != (metadata.uid(), metadata.gid()) {
@@ -315,7 +364,7 @@ pub fn atomic_write(path: &Path, content: &[u8]) -> Result<WriteMethod, FsError>
             }
             metadata.mode() & 0o7777
         }
-        None => NEW_FILE_MODE,
+        (None, None) => NEW_FILE_MODE,
     };
     // fchmod ignores the umask, so a new file really gets 0644.
     temp.file

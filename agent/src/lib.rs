@@ -18,6 +18,7 @@ pub mod fsio;
 pub mod health;
 pub mod jitter;
 pub mod kafka;
+pub mod kafka_tls;
 pub mod reach;
 pub mod service;
 pub mod state;

@@ -283,6 +283,8 @@ mod tests {
             health_timeout_ms: 1000,
             bootstrap: Vec::new(),
             external_filter: None,
+            certificates: Vec::new(),
+            kafka_ca_pem: String::new(),
         };
         let mut old = serde_json::json!({
             "generation": 3,

@@ -79,6 +79,8 @@ pub struct Core {
     /// is not done once per report of a 1,000-node fleet).
     status_dirty: bool,
     max_agents: usize,
+    /// Issues Kafka's TLS certificates (see [`crate::certs`]).
+    issuer: crate::certs::Issuer,
 }
 
 /// Milliseconds since the epoch as read once at start, advanced by the monotonic clock from then
@@ -95,6 +97,15 @@ pub fn now_ms() -> u64 {
         (std::time::Instant::now(), wall_ms)
     });
     wall_ms.saturating_add(started.elapsed().as_millis() as u64)
+}
+
+/// A plan as [`Core::make_plan`] makes it: the spec, the rollout, what `plan` shows, and every
+/// node's final spec (certificates included).
+struct MadePlan {
+    spec: ClusterSpec,
+    plan: rollout::RolloutPlan,
+    response: pb::PlanResponse,
+    desired: Vec<NodeSpec>,
 }
 
 impl Core {
@@ -135,6 +146,7 @@ impl Core {
             dirty_agents: Default::default(),
             status_dirty: false,
             max_agents: DEFAULT_MAX_AGENTS,
+            issuer: crate::certs::Issuer::new(state_dir),
         };
         if let Some(rollout) = &core.record.rollout {
             tracing::info!(
@@ -512,10 +524,7 @@ impl Core {
             + 1)
     }
 
-    fn make_plan(
-        &self,
-        spec_toml: &str,
-    ) -> Result<(ClusterSpec, rollout::RolloutPlan, pb::PlanResponse), CoreError> {
+    fn make_plan(&self, spec_toml: &str) -> Result<MadePlan, CoreError> {
         let spec = ClusterSpec::parse(spec_toml)
             .map_err(|errors| CoreError::InvalidSpec(errors.to_string()))?;
         let current: BTreeMap<String, NodeSpec> = self
@@ -525,8 +534,39 @@ impl Core {
             .collect();
         let generation = self.next_generation()?;
         let controller = self.controller();
-        let plan = rollout::plan_for_spec(generation, &current, &spec, controller.as_deref());
-        let (warnings, mut notes) = self.fact_warnings(&spec);
+        let mut desired = kreach_common::desired::all_node_specs(&spec);
+        let public_keys: BTreeMap<String, String> = self
+            .agents
+            .iter()
+            .filter_map(|(node, entry)| {
+                let facts = entry.facts.as_ref()?;
+                Some((node.clone(), facts.kafka_tls_public_key.clone()))
+            })
+            .collect();
+        let attached = self
+            .issuer
+            .attach(&spec, &current, &public_keys, &mut desired)
+            .map_err(CoreError::Refused)?;
+        let uncovered = crate::certs::uncovered(&desired);
+        if !uncovered.is_empty() {
+            return Err(CoreError::Refused(format!(
+                "a TLS certificate would not cover what its listener advertises, so clients verifying the hostname would fail:\n{}",
+                uncovered.join("\n")
+            )));
+        }
+        let desired_map: BTreeMap<String, NodeSpec> = desired
+            .iter()
+            .map(|node| (node.node.clone(), node.clone()))
+            .collect();
+        let plan = rollout::plan_for_desired(
+            generation,
+            &current,
+            &spec,
+            &desired_map,
+            controller.as_deref(),
+        );
+        let (mut warnings, mut notes) = self.fact_warnings(&spec);
+        warnings.extend(attached.warnings);
         if controller.is_none() && plan.steps.iter().any(|step| step.restarts) {
             notes.push(
                 "the active controller is not known (no agent reports it): brokers restart in id order, \
@@ -535,12 +575,12 @@ impl Core {
             );
         }
         let mut nodes = Vec::new();
-        for desired in kreach_common::desired::all_node_specs(&spec) {
+        for desired in &desired {
             let old = current
                 .get(&desired.node)
                 .map(|old| render_node(old).unwrap_or_default())
                 .unwrap_or_default();
-            let new = render_node(&desired).map_err(CoreError::Refused)?;
+            let new = render_node(desired).map_err(CoreError::Refused)?;
             let restart = current
                 .get(&desired.node)
                 .map(|old| old.listeners != desired.listeners)
@@ -562,7 +602,12 @@ impl Core {
             warnings,
             notes,
         };
-        Ok((spec, plan, response))
+        Ok(MadePlan {
+            spec,
+            plan,
+            response,
+            desired,
+        })
     }
 
     /// The nodes dropped from the spec, in the plan: what the contract step does to each (removes
@@ -613,8 +658,13 @@ impl Core {
     /// spec of this plan, or why its agent cannot be asked (never connected, offline). The gRPC
     /// edge asks them ([`crate::dry_run`]) without holding the core.
     pub fn plan_draft(&self, spec_toml: &str) -> Result<PlanDraft, CoreError> {
-        let (spec, plan, response) = self.make_plan(spec_toml)?;
-        let mut finals: BTreeMap<String, NodeSpec> = kreach_common::desired::all_node_specs(&spec)
+        let MadePlan {
+            plan,
+            response,
+            desired,
+            ..
+        } = self.make_plan(spec_toml)?;
+        let mut finals: BTreeMap<String, NodeSpec> = desired
             .into_iter()
             .map(|node| (node.node.clone(), node))
             .collect();
@@ -707,7 +757,7 @@ impl Core {
     }
 
     pub fn plan(&self, spec_toml: &str) -> Result<pb::PlanResponse, CoreError> {
-        Ok(self.make_plan(spec_toml)?.2)
+        Ok(self.make_plan(spec_toml)?.response)
     }
 
     pub fn apply(
@@ -726,7 +776,12 @@ impl Core {
                 )));
             }
         }
-        let (spec, plan, response) = self.make_plan(spec_toml)?;
+        let MadePlan {
+            spec,
+            plan,
+            response,
+            ..
+        } = self.make_plan(spec_toml)?;
         if !response.warnings.is_empty() && !force {
             return Err(CoreError::Refused(format!(
                 "host facts disagree with the spec, or its agents never connected (use --force to apply anyway):\n{}",
@@ -1264,5 +1319,95 @@ mod tests {
         // Nodes already known keep working.
         core.subscribe("w2").unwrap();
         core.subscribe("w1").unwrap();
+    }
+
+    #[test]
+    fn brokers_get_certificates_for_their_own_keys_covering_what_they_advertise() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = Core::open(dir.path()).unwrap();
+        let key = kreach_common::kafka_tls::new_private_key_pem().unwrap();
+        let public = kreach_common::kafka_tls::public_key_pem(&key).unwrap();
+        core.report_facts(pb::HostFacts {
+            node: "b1".into(),
+            kafka_tls_public_key: public.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        let spec = "[cluster]\nname = \"c\"\n\
+                    [listeners.external]\nallow = [\"0.0.0.0/0\"]\nadvertise = \"hostname\"\nsecurity_protocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+                    [[broker]]\nid = 1\nnode = \"b1\"\nhostname = \"b1.c\"\nprivate_ip = \"10.0.0.1\"\npublic_ip = \"198.19.0.1\"\n\
+                    [[broker]]\nid = 2\nnode = \"b2\"\nhostname = \"b2.c\"\nprivate_ip = \"10.0.0.2\"\npublic_ip = \"198.19.0.2\"\n\
+                    [[client]]\nnode = \"laptop\"\nview = \"public\"\n";
+        let made = core.make_plan(spec).unwrap();
+        let b1 = made.desired.iter().find(|n| n.node == "b1").unwrap();
+        assert_eq!(b1.certificates.len(), 1);
+        let cert = &b1.certificates[0];
+        assert_eq!(cert.listener, "EXTERNAL");
+        assert_eq!(cert.sans, ["b1.c", "b1", "198.19.0.1"]);
+        let info = kreach_common::kafka_tls::inspect(&cert.chain_pem).unwrap();
+        assert!(kreach_common::kafka_tls::same_public_key(
+            &public,
+            &info.public_key_der
+        ));
+        assert!(!cert.chain_pem.contains("PRIVATE KEY"));
+        // The CA was made once, its key private to the coordinator.
+        let ca_key = dir.path().join("kafka-ca/ca.key");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&ca_key).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(cert.chain_pem.ends_with(&b1.kafka_ca_pem));
+        // A public client gets the CA to trust; the plan shows the certificate, never a key.
+        let laptop = made.desired.iter().find(|n| n.node == "laptop").unwrap();
+        assert_eq!(laptop.kafka_ca_pem, b1.kafka_ca_pem);
+        let shown = made.response.nodes.iter().find(|n| n.node == "b1").unwrap();
+        assert!(
+            shown.diff.contains("covers b1.c, b1, 198.19.0.1"),
+            "{}",
+            shown.diff
+        );
+        // b2 never reported a key: a warning names it, which refuses the apply without --force.
+        assert!(
+            made.response
+                .warnings
+                .iter()
+                .any(|w| w.contains("broker 2 (node \"b2\"): no TLS key reported")),
+            "{:?}",
+            made.response.warnings
+        );
+        // Planning again shows the same certificate (what the apply will release).
+        let again = core.make_plan(spec).unwrap();
+        let b1_again = again.desired.iter().find(|n| n.node == "b1").unwrap();
+        assert_eq!(b1_again.certificates, b1.certificates);
+        // Once held, it is reused; a moved public IP gets a new one covering the new address.
+        let current: BTreeMap<String, NodeSpec> = [("b1".to_string(), b1.clone())].into();
+        let moved = spec.replace("198.19.0.1", "198.19.0.9");
+        let spec = ClusterSpec::parse(&moved).unwrap();
+        let mut desired = kreach_common::desired::all_node_specs(&spec);
+        let keys: BTreeMap<String, String> = [("b1".to_string(), public.clone())].into();
+        core.issuer
+            .attach(&spec, &current, &keys, &mut desired)
+            .unwrap();
+        let moved_cert = &desired
+            .iter()
+            .find(|n| n.node == "b1")
+            .unwrap()
+            .certificates[0];
+        assert_eq!(moved_cert.sans, ["b1.c", "b1", "198.19.0.9"]);
+        assert_ne!(moved_cert.serial, cert.serial);
+        let same = ClusterSpec::parse(&moved.replace("198.19.0.9", "198.19.0.1")).unwrap();
+        let mut desired = kreach_common::desired::all_node_specs(&same);
+        core.issuer
+            .attach(&same, &current, &keys, &mut desired)
+            .unwrap();
+        assert_eq!(
+            desired
+                .iter()
+                .find(|n| n.node == "b1")
+                .unwrap()
+                .certificates[0],
+            *cert
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The kreach coordinator: durable desired state, the rollout engine, and the gRPC services.
 
+pub mod certs;
 pub mod cli;
 pub mod config;
 pub mod core;

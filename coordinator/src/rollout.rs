@@ -267,10 +267,22 @@ pub fn plan_for_spec(
         .into_iter()
         .map(|node| (node.node.clone(), node))
         .collect();
+    plan_for_desired(generation, current, spec, &desired, controller)
+}
+
+/// [`plan_for_spec`] with the node specs already made (the coordinator adds what the spec alone
+/// does not say, such as issued certificates).
+pub fn plan_for_desired(
+    generation: u64,
+    current: &BTreeMap<String, NodeSpec>,
+    spec: &ClusterSpec,
+    desired: &BTreeMap<String, NodeSpec>,
+    controller: Option<&str>,
+) -> RolloutPlan {
     plan(
         generation,
         current,
-        &desired,
+        desired,
         controller,
         spec.rollout.max_unavailable,
     )

@@ -271,6 +271,7 @@ fn facts(node: &str) -> pb::HostFacts {
         kafka_running: true,
         agent_version: "test".to_string(),
         kafka_controller: false,
+        kafka_tls_public_key: String::new(),
     }
 }
 

@@ -95,6 +95,18 @@ impl From<&NodeSpec> for pb::NodeSpec {
                     port: u32::from(filter.port),
                     allow: filter.allow.iter().map(ToString::to_string).collect(),
                 }),
+            certificates: spec
+                .certificates
+                .iter()
+                .map(|cert| pb::ListenerCertificate {
+                    listener: cert.listener.clone(),
+                    chain_pem: cert.chain_pem.clone(),
+                    sans: cert.sans.clone(),
+                    serial: cert.serial.clone(),
+                    not_after_ms: cert.not_after_ms,
+                })
+                .collect(),
+            kafka_ca_pem: spec.kafka_ca_pem.clone(),
         }
     }
 }
@@ -273,6 +285,17 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
             }
             _ => {}
         }
+        let certificates = wire
+            .certificates
+            .iter()
+            .map(|cert| crate::desired::ListenerCertificate {
+                listener: cert.listener.clone(),
+                chain_pem: cert.chain_pem.clone(),
+                sans: cert.sans.clone(),
+                serial: cert.serial.clone(),
+                not_after_ms: cert.not_after_ms,
+            })
+            .collect();
         Ok(NodeSpec {
             cluster: wire.cluster.clone(),
             node: wire.node.clone(),
@@ -282,6 +305,8 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
             health_timeout_ms: wire.health_timeout_ms,
             bootstrap,
             external_filter,
+            certificates,
+            kafka_ca_pem: wire.kafka_ca_pem.clone(),
         })
     }
 }

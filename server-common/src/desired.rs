@@ -41,6 +41,29 @@ pub struct NodeSpec {
     /// disabled (an agent that manages the firewall then removes its table).
     #[serde(default)]
     pub external_filter: Option<ExternalFilter>,
+    /// Brokers with TLS listeners: each one's certificate, issued by the coordinator for the key
+    /// this broker's agent reported. Empty otherwise (and in a spec rendered without a
+    /// coordinator).
+    #[serde(default)]
+    pub certificates: Vec<ListenerCertificate>,
+    /// With TLS listeners: the Kafka CA (PEM) the certificates chain to; brokers trust it among
+    /// themselves and clients install it. Empty otherwise.
+    #[serde(default)]
+    pub kafka_ca_pem: String,
+}
+
+/// A TLS listener's certificate as the coordinator issued it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListenerCertificate {
+    /// The listener name (`EXTERNAL`).
+    pub listener: String,
+    /// The certificate then the CA, PEM (no private key: that never leaves the broker).
+    pub chain_pem: String,
+    /// What it covers: every name and address the listener advertises or is reached by.
+    pub sans: Vec<String>,
+    /// Hex serial number.
+    pub serial: String,
+    pub not_after_ms: u64,
 }
 
 /// One broker as a client reaches it: the host:port it advertises on the client's view's listener.
@@ -146,6 +169,8 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
             .unwrap_or(u64::MAX),
         bootstrap,
         external_filter,
+        certificates: Vec::new(),
+        kafka_ca_pem: String::new(),
     })
 }
 
@@ -192,6 +217,8 @@ pub fn external_filter(spec: &ClusterSpec) -> Option<ExternalFilter> {
 pub struct RenderedNode {
     pub hosts_block: Option<String>,
     pub listener_settings: Option<Vec<(String, String)>>,
+    /// One line per TLS listener certificate: listener, serial, SANs, expiry (no key).
+    pub certificates: Vec<String>,
 }
 
 /// Render `node` once, for [`render_node`]'s text and `kreachctl render --output json`.
@@ -208,9 +235,23 @@ pub fn render_parts(node: &NodeSpec) -> Result<RenderedNode, String> {
         .as_ref()
         .map(|listeners| crate::properties::owned_values(listeners).map_err(|e| e.to_string()))
         .transpose()?;
+    let certificates = node
+        .certificates
+        .iter()
+        .map(|cert| {
+            format!(
+                "{}: serial {}, covers {}, valid until {}",
+                cert.listener,
+                cert.serial,
+                cert.sans.join(", "),
+                utc_date(cert.not_after_ms)
+            )
+        })
+        .collect();
     Ok(RenderedNode {
         hosts_block,
         listener_settings,
+        certificates,
     })
 }
 
@@ -235,7 +276,30 @@ pub fn render_text(rendered: &RenderedNode) -> String {
             out.push_str(&format!("{key}={value}\n"));
         }
     }
+    if !rendered.certificates.is_empty() {
+        out.push_str("# TLS certificates (issued by the coordinator for this broker's own key)\n");
+        for line in &rendered.certificates {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
     out
+}
+
+/// `YYYY-MM-DD HH:MM UTC` of Unix milliseconds.
+fn utc_date(unix_ms: u64) -> String {
+    let seconds = i64::try_from(unix_ms / 1000).unwrap_or(i64::MAX);
+    match time::OffsetDateTime::from_unix_timestamp(seconds) {
+        Ok(at) => format!(
+            "{:04}-{:02}-{:02} {:02}:{:02} UTC",
+            at.year(),
+            u8::from(at.month()),
+            at.day(),
+            at.hour(),
+            at.minute()
+        ),
+        Err(_) => format!("{unix_ms} (Unix ms)"),
+    }
 }
 
 /// Desired state of every node in the spec, brokers first.
@@ -257,6 +321,29 @@ pub fn tls_files(name: &str) -> crate::properties::ListenerTls {
         keystore: format!("{KAFKA_TLS_DIR}/{}.keystore.pem", name.to_lowercase()),
         truststore: format!("{KAFKA_TLS_DIR}/ca.pem"),
     }
+}
+
+/// What a broker's certificate for `listener` must cover: the address the listener advertises
+/// (or, advertising a hostname, the long and short names) and the IP clients of that listener
+/// reach it by (`private_ip` on the internal listener, `public_ip` on the external one), so that
+/// a client verifying the hostname succeeds however it connects.
+pub fn certificate_sans(broker: &BrokerSpec, external: bool) -> Vec<String> {
+    let mut sans = Vec::new();
+    if let Some(hostname) = &broker.hostname {
+        sans.push(hostname.clone());
+        if let Some(short) = broker.short_name() {
+            sans.push(short.to_string());
+        }
+    }
+    let ip = if external {
+        broker.public_ip
+    } else {
+        Some(broker.private_ip)
+    };
+    if let Some(ip) = ip {
+        sans.push(ip.to_string());
+    }
+    sans
 }
 
 /// What `broker` writes into its listener keys.

@@ -13,6 +13,7 @@ pub mod desired;
 pub mod diff;
 pub mod gates;
 pub mod hosts;
+pub mod kafka_tls;
 pub mod limits;
 pub mod properties;
 pub mod spec;

@@ -64,6 +64,14 @@ pub struct NodeSpec {
     /// disabled); an agent that manages the firewall removes its table.
     #[prost(message, optional, tag = "9")]
     pub external_filter: ::core::option::Option<ExternalFilter>,
+    /// Brokers with TLS listeners: each one's certificate, issued by the coordinator for the public
+    /// key the broker's agent reported (HostFacts.kafka_tls_public_key); the private key never
+    /// leaves the broker.
+    #[prost(message, repeated, tag = "10")]
+    pub certificates: ::prost::alloc::vec::Vec<ListenerCertificate>,
+    /// With TLS listeners: the Kafka CA (PEM) the certificates chain to. Empty otherwise.
+    #[prost(string, tag = "11")]
+    pub kafka_ca_pem: ::prost::alloc::string::String,
     #[prost(oneof = "node_spec::Role", tags = "3, 4")]
     pub role: ::core::option::Option<node_spec::Role>,
 }
@@ -78,6 +86,23 @@ pub mod node_spec {
         #[prost(string, tag = "4")]
         ClientView(::prost::alloc::string::String),
     }
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ListenerCertificate {
+    #[prost(string, tag = "1")]
+    pub listener: ::prost::alloc::string::String,
+    /// The certificate then the CA, PEM.
+    #[prost(string, tag = "2")]
+    pub chain_pem: ::prost::alloc::string::String,
+    /// What it covers: IP addresses and DNS names.
+    #[prost(string, repeated, tag = "3")]
+    pub sans: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Hex serial number.
+    #[prost(string, tag = "4")]
+    pub serial: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "5")]
+    pub not_after_ms: u64,
 }
 /// One broker as a client reaches it: its id and the host:port it advertises for the client's view
 /// (an IP address or a hostname, as the listener's `advertise` says).
@@ -325,6 +350,11 @@ pub struct HostFacts {
     /// coordinator restarts the controller last.
     #[prost(bool, tag = "7")]
     pub kafka_controller: bool,
+    /// Brokers: the public key (PEM, SubjectPublicKeyInfo) of the private key the agent keeps for
+    /// Kafka's TLS listeners; the coordinator issues this broker's certificates for it. Empty on
+    /// clients.
+    #[prost(string, tag = "8")]
+    pub kafka_tls_public_key: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
