@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fuzz the pure parsers/editors of kreach-common (issue 6 item 1) for a bounded time per target.
+# Fuzz the pure parsers/editors of kreach-common (issue 6 item 1) and the check every Kafka response
+# passes before the agent's probes decode it (issue 13 item 9) for a bounded time per target.
 #
 #   .ci/fuzz.sh                      # every target, 60 s each
 #   FUZZ_SECONDS=300 .ci/fuzz.sh     # longer
@@ -18,7 +19,7 @@ export RUSTC_BOOTSTRAP=1
 seconds="${FUZZ_SECONDS:-60}"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(hosts_editor properties_editor spec_parser)
+  targets=(hosts_editor properties_editor spec_parser probe_response)
 fi
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then

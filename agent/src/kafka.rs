@@ -9,7 +9,10 @@
 //! Blocking on purpose: the engine that restarts Kafka is synchronous, and a probe is a handful of
 //! round trips with a deadline. Every read and write is bounded by the connection's timeout, and a
 //! response frame larger than [`MAX_RESPONSE_BYTES`] is refused as "not Kafka" before anything is
-//! allocated for it.
+//! allocated for it. The peer is never trusted: every response header and body is walked by
+//! [`kreach_common::kafka_frame`] before `kafka-protocol` decodes it, so a frame whose counts
+//! claim more elements than it has bytes is refused as "not Kafka" instead of reserving memory
+//! for them.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -26,9 +29,10 @@ use kafka_protocol::messages::describe_quorum_request::{
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, MetadataRequest, RequestHeader, ResponseHeader, TopicName,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, Request, StrBytes, VersionRange};
+use kafka_protocol::protocol::{Encodable, Request, StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
 use kreach_common::gates::{AdvertisedBroker, ClusterMetadata, PartitionState, TopicMinIsr};
+use kreach_common::kafka_frame::{self, CheckedResponse};
 
 /// The client id every request carries, so broker logs show who probed.
 pub const CLIENT_ID: &str = "kreach-agent";
@@ -392,7 +396,10 @@ impl KafkaConnection {
         api: ApiKey,
         version: i16,
         request: &R,
-    ) -> Result<R::Response, ProbeError> {
+    ) -> Result<R::Response, ProbeError>
+    where
+        R::Response: CheckedResponse,
+    {
         let frame = self.exchange(api, version, request)?;
         decode_body::<R::Response>(frame, version).map_err(|message| ProbeError::Protocol {
             addr: self.addr,
@@ -451,13 +458,15 @@ impl KafkaConnection {
         let mut payload = vec![0u8; size];
         self.read_exact(api, &mut payload, deadline)?;
         let mut payload = Bytes::from(payload);
-        let response_header =
-            decode_guarded::<ResponseHeader>(&mut payload, api.response_header_version(version))
-                .map_err(|message| ProbeError::Protocol {
-                    addr: self.addr,
-                    api,
-                    message: format!("bad response header: {message}"),
-                })?;
+        let response_header = kafka_frame::decode::<ResponseHeader>(
+            &mut payload,
+            api.response_header_version(version),
+        )
+        .map_err(|message| ProbeError::Protocol {
+            addr: self.addr,
+            api,
+            message: format!("bad response header: {message}"),
+        })?;
         if response_header.correlation_id != correlation_id {
             return Err(ProbeError::Protocol {
                 addr: self.addr,
@@ -585,22 +594,9 @@ fn error_name(code: i16) -> String {
     }
 }
 
-fn decode_body<T: Decodable>(mut payload: Bytes, version: i16) -> Result<T, String> {
-    decode_guarded::<T>(&mut payload, version)
-}
-
-/// Decode, turning both errors and any panic inside the decoder into an error: what a broker
-/// sends is input, and input never crashes the agent.
-fn decode_guarded<T: Decodable>(payload: &mut Bytes, version: i16) -> Result<T, String> {
-    let outcome =
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| T::decode(payload, version)));
-    match outcome {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(error)) => Err(format!("cannot decode v{version}: {error}")),
-        Err(_) => Err(format!(
-            "cannot decode v{version}: the decoder gave up on malformed bytes"
-        )),
-    }
+/// Check the body's counts against its bytes (see [`kafka_frame`]), then decode it.
+fn decode_body<T: CheckedResponse>(mut payload: Bytes, version: i16) -> Result<T, String> {
+    kafka_frame::decode::<T>(&mut payload, version)
 }
 
 #[cfg(test)]
@@ -616,6 +612,15 @@ mod tests {
     /// `api_versions_max` (above it: UNSUPPORTED_VERSION in a v0 body, as Kafka does), listing
     /// `apis`, and Metadata with one broker (7 at broker-7.example:9092). Anything else: it hangs up.
     fn fake_broker(api_versions_max: i16, apis: Vec<(ApiKey, i16, i16)>) -> SocketAddr {
+        fake_broker_answering(api_versions_max, apis, None)
+    }
+
+    /// [`fake_broker`], answering Metadata with `metadata_body` as is when given.
+    fn fake_broker_answering(
+        api_versions_max: i16,
+        apis: Vec<(ApiKey, i16, i16)>,
+        metadata_body: Option<Vec<u8>>,
+    ) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         std::thread::spawn(move || {
@@ -655,6 +660,9 @@ mod tests {
                                 version
                             };
                             response.encode(&mut body, answer_version).unwrap();
+                        }
+                        ApiKey::Metadata if metadata_body.is_some() => {
+                            body.extend_from_slice(metadata_body.as_deref().unwrap_or_default());
                         }
                         ApiKey::Metadata => {
                             let mut broker = MetadataResponseBroker::default();
@@ -733,6 +741,62 @@ mod tests {
                     ..
                 }
             ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_metadata_answer_claiming_billions_of_brokers_is_refused_not_allocated() {
+        // Metadata v12 (flexible): throttle time, then a varint count of 2^32 - 2 brokers in a
+        // frame of a few dozen bytes. Decoded unchecked, the crate would reserve that many.
+        let mut body = 0i32.to_be_bytes().to_vec();
+        body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        body.extend_from_slice(&[0; 32]);
+        let addr = fake_broker_answering(
+            3,
+            vec![(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 12, 12)],
+            Some(body),
+        );
+        let mut connection = KafkaConnection::connect(addr, Duration::from_secs(5)).unwrap();
+        let error = connection.metadata().unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ProbeError::Protocol {
+                    api: ApiKey::Metadata,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains(
+                "the Metadata v12 response claims 4294967294 brokers in 32 bytes (each takes at least 11)"
+            ),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_metadata_answer_is_refused() {
+        // Metadata v8: throttle time, one broker, then the frame ends inside its 20-byte host.
+        let mut body = 0i32.to_be_bytes().to_vec();
+        body.extend_from_slice(&1i32.to_be_bytes());
+        body.extend_from_slice(&7i32.to_be_bytes());
+        body.extend_from_slice(&20i16.to_be_bytes());
+        body.extend_from_slice(b"broker-7");
+        let addr = fake_broker_answering(
+            3,
+            vec![(ApiKey::ApiVersions, 0, 3), (ApiKey::Metadata, 0, 8)],
+            Some(body),
+        );
+        let mut connection = KafkaConnection::connect(addr, Duration::from_secs(5)).unwrap();
+        let error = connection.metadata().unwrap_err();
+        assert!(matches!(error, ProbeError::Protocol { .. }), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("the Metadata v8 response claims a 20-byte broker host in 8 bytes"),
             "{error}"
         );
     }
