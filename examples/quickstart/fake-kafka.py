@@ -13,12 +13,15 @@ the whole way: resolve, connect, ask Kafka who answers there.
 Every restart appends "start_ns end_ns ok|failed" to STATE_DIR/restarts.log.
 FAKE_KAFKA_SKIP=NAME[,NAME] starts without those listeners: a broker that comes up but does not serve
 a listener, for testing health checks.
+A listener with `listener.name.NAME.ssl.keystore.location` (kreach writes it for SSL/SASL_SSL) is
+served over TLS with that PEM key store (key and certificate chain), as Kafka would.
 FAKE_KAFKA_EIP=IP also accepts the EXTERNAL listener's connections on IP (same port), as a cloud's
 1:1 NAT of an elastic IP to the broker's private address does.
 """
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -157,10 +160,31 @@ def converse(conn, node_id, endpoint):
             return
 
 
-def accept_forever(sock, node_id, endpoint):
+def accept_forever(sock, node_id, endpoint, tls):
     while True:
         conn, _ = sock.accept()
-        threading.Thread(target=converse, args=(conn, node_id, endpoint), daemon=True).start()
+        threading.Thread(target=serve_one, args=(conn, node_id, endpoint, tls), daemon=True).start()
+
+
+def serve_one(conn, node_id, endpoint, tls):
+    if tls is not None:
+        try:
+            conn.settimeout(10)
+            conn = tls.wrap_socket(conn, server_side=True)
+        except (ssl.SSLError, OSError):
+            conn.close()
+            return
+    converse(conn, node_id, endpoint)
+
+
+def tls_context(props, listener):
+    """A server TLS context from the listener's PEM key store, or None for a plaintext listener."""
+    keystore = props.get(f"listener.name.{listener.lower()}.ssl.keystore.location")
+    if not keystore:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(certfile=keystore, keyfile=keystore)
+    return context
 
 
 def serve(properties):
@@ -185,9 +209,14 @@ def serve(properties):
             print(f"fake-kafka: cannot bind {host}:{port}: {error}", file=sys.stderr, flush=True)
             sys.exit(1)
         sock.listen(64)
-        sockets.append((sock, advertised(props, name)))
-    for sock, endpoint in sockets:
-        threading.Thread(target=accept_forever, args=(sock, node_id, endpoint), daemon=True).start()
+        try:
+            tls = tls_context(props, name)
+        except (OSError, ssl.SSLError) as error:
+            print(f"fake-kafka: listener {name}: cannot load its key store: {error}", file=sys.stderr, flush=True)
+            sys.exit(1)
+        sockets.append((sock, advertised(props, name), tls))
+    for sock, endpoint, tls in sockets:
+        threading.Thread(target=accept_forever, args=(sock, node_id, endpoint, tls), daemon=True).start()
     print("ready", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:

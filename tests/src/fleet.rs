@@ -281,9 +281,10 @@ impl Fleet {
         );
         if options.external {
             text += &format!(
-                "\n[listeners.external]\nport = {}\nbind = \"private_ip\"\nadvertise = {:?}\nallow = [\"198.19.0.0/24\"]\n",
+                "\n[listeners.external]\nport = {}\nbind = \"private_ip\"\nadvertise = {:?}\nallow = [\"198.19.0.0/24\"]\nsecurity_protocol = {:?}\n",
                 self.port + 1,
-                if options.hostnames { "hostname" } else { "public_ip" }
+                if options.hostnames { "hostname" } else { "public_ip" },
+                options.external_protocol
             );
         }
         for broker in &self.brokers {
@@ -382,7 +383,7 @@ impl Fleet {
                 broker.state_dir().display().to_string(),
             ]);
             let config = format!(
-                "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\nprobe = \"tcp\"\n\
+                "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\nprobe = \"tcp\"\nkafka_tls_dir = {tls:?}\n\
                  controller_check = [\"test\", \"-e\", {flag:?}]\n\
                  [service_manager]\nkind = \"command\"\nrestart = {restart:?}\n\
                  [coordinator]\nurl = \"http://{addr}\"\ninsecure = true\nfacts_period = \"1s\"\n",
@@ -390,6 +391,7 @@ impl Fleet {
                 state = broker.state_dir().display().to_string(),
                 hosts = broker.dir.join("etc/hosts").display().to_string(),
                 props = broker.properties_path().display().to_string(),
+                tls = broker.dir.join("kafka-tls").display().to_string(),
                 flag = flag.display().to_string(),
                 addr = self.coordinator_addr,
             );
@@ -534,6 +536,8 @@ impl Drop for Fleet {
 pub struct FleetSpec {
     pub hostnames: bool,
     pub external: bool,
+    /// The external listener's `security_protocol` (`"SSL"`: certificates issued and served).
+    pub external_protocol: &'static str,
     pub max_unavailable: u32,
     pub health_timeout: &'static str,
     pub settle: &'static str,
@@ -544,6 +548,7 @@ impl Default for FleetSpec {
         FleetSpec {
             hostnames: false,
             external: false,
+            external_protocol: "PLAINTEXT",
             max_unavailable: 1,
             health_timeout: "20s",
             settle: "0s",

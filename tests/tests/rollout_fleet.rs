@@ -1238,3 +1238,143 @@ fn apply_wait_without_a_terminal_prints_one_line_per_event() {
         run.stdout
     );
 }
+
+/// A TLS handshake with a real TLS client (Python's ssl module, OpenSSL underneath) against
+/// `addr`, trusting only `ca` and verifying `server_name` as a client connecting by that name or
+/// address would. Returns the peer certificate's serial (hex) or the client's error.
+fn tls_handshake(addr: &str, ca: &std::path::Path, server_name: &str) -> Result<String, String> {
+    let script = r#"
+import socket, ssl, sys
+host, port = sys.argv[1].rsplit(":", 1)
+context = ssl.create_default_context(cafile=sys.argv[2])
+try:
+    with socket.create_connection((host, int(port)), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname=sys.argv[3]) as tls:
+            print(tls.getpeercert()["serialNumber"])
+except Exception as error:
+    print(f"{type(error).__name__}: {error}", file=sys.stderr)
+    sys.exit(1)
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", script, addr, &ca.display().to_string(), server_name])
+        .output()
+        .map_err(|error| format!("python3: {error}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .to_lowercase())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+#[test]
+fn secure_public_access_gives_each_broker_a_certificate_for_its_own_key_that_clients_verify() {
+    let (fleet, _gen1) = fleet_on_generation_1(19, 3, &[("etl-1", "private")], Some(2));
+    let secure = FleetSpec {
+        external: true,
+        external_protocol: "SSL",
+        ..FleetSpec::default()
+    };
+    let gen2 = fleet.write_spec("gen2.toml", &secure).unwrap();
+    let plan = fleet
+        .ctl(&["plan", "--force", gen2.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        plan.stdout.contains(
+            "external.keystore.pem (created): key store for EXTERNAL: certificate serial"
+        ) && plan
+            .stdout
+            .contains("for emr-worker-1.fleet-19, emr-worker-1, 198.19.19.1, valid until"),
+        "{}",
+        plan.stdout
+    );
+    assert!(!plan.stdout.contains("PRIVATE KEY"), "{}", plan.stdout);
+    let run = fleet
+        .ctl(&[
+            "apply",
+            "--yes",
+            "--force",
+            "--wait",
+            gen2.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+
+    let mut serials = Vec::new();
+    for broker in &fleet.brokers {
+        let tls_dir = broker.dir.join("kafka-tls");
+        let keystore = tls_dir.join("external.keystore.pem");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&keystore).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", keystore.display());
+        let key = std::fs::read_to_string(broker.state_dir().join("kafka-tls.key")).unwrap();
+        assert!(std::fs::read_to_string(&keystore)
+            .unwrap()
+            .starts_with(&key));
+        assert!(
+            broker.properties().contains(&format!(
+                "listener.name.external.ssl.keystore.location={}",
+                keystore.display()
+            )),
+            "{}",
+            broker.properties()
+        );
+        // The broker serves the certificate on its EXTERNAL port; a client that trusts the
+        // Kafka CA and connects by the public IP verifies it.
+        let addr = format!("{}:{}", broker.ip, fleet.port + 1);
+        let public_ip = format!("198.19.19.{}", broker.id);
+        let ca = tls_dir.join("ca.pem");
+        let serial = tls_handshake(&addr, &ca, &public_ip).unwrap_or_else(|error| {
+            panic!("broker {} at {addr} as {public_ip}: {error}", broker.id)
+        });
+        serials.push(serial);
+        // A name the certificate does not cover fails verification.
+        let wrong = tls_handshake(&addr, &ca, "kafka.example").unwrap_err();
+        assert!(
+            wrong.contains("certificate verify failed") || wrong.contains("match"),
+            "{wrong}"
+        );
+        // The key never shows up in the agent's log or audit trail.
+        let log = fleet.agents[&broker.node].log();
+        assert!(!log.contains("PRIVATE KEY"), "{log}");
+        let audit = std::fs::read_to_string(broker.state_dir().join("audit.jsonl")).unwrap();
+        assert!(audit.contains("Kafka key store") && !audit.contains("PRIVATE KEY"));
+    }
+    // Each broker has a certificate of its own.
+    serials.sort();
+    serials.dedup();
+    assert_eq!(serials.len(), 3, "{serials:?}");
+
+    // The same spec again changes nothing: the certificates are reused.
+    let keystores: Vec<String> = fleet
+        .brokers
+        .iter()
+        .map(|b| std::fs::read_to_string(b.dir.join("kafka-tls/external.keystore.pem")).unwrap())
+        .collect();
+    let restarts: usize = fleet.brokers.iter().map(|b| b.restarts().len()).sum();
+    let again = fleet
+        .ctl(&[
+            "apply",
+            "--yes",
+            "--force",
+            "--wait",
+            gen2.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    for (broker, before) in fleet.brokers.iter().zip(&keystores) {
+        let now =
+            std::fs::read_to_string(broker.dir.join("kafka-tls/external.keystore.pem")).unwrap();
+        assert_eq!(&now, before, "broker {}'s key store changed", broker.id);
+    }
+    assert_eq!(
+        fleet
+            .brokers
+            .iter()
+            .map(|b| b.restarts().len())
+            .sum::<usize>(),
+        restarts,
+        "nothing restarted"
+    );
+}
