@@ -472,6 +472,7 @@ impl TempFile {
         // resolve_target made sure there is a file name.
         let prefix = temp_prefix(target.file_name().unwrap_or_default());
         let directory = parent_dir(target);
+        let mut contended = 0;
         loop {
             let mut name = prefix.clone();
             name.push(format!(
@@ -505,6 +506,13 @@ impl TempFile {
                     file,
                     armed: true,
                 }),
+                // Another writer's stale-file sweep (e.g. an agent in another network namespace
+                // that shares this directory) took the lock between our create and our lock,
+                // and will remove the file: take a new name.
+                Err((_, Errno::EWOULDBLOCK)) if contended < 8 => {
+                    contended += 1;
+                    continue;
+                }
                 Err((_, errno)) => {
                     let _ = fs::remove_file(&path);
                     Err(FsError::WriteTemp {

@@ -528,6 +528,8 @@ impl ServiceManager for CommandManager {
         };
         let status_line = display_command(status_argv);
         let mut polls = 0u32;
+        // The last poll that ran to its end: more telling than one cut off by the deadline.
+        let mut finished: Option<(String, String)> = None;
         loop {
             polls += 1;
             let (last_status, stderr_tail) = match self.run_once(unit, status_argv, deadline)? {
@@ -538,11 +540,14 @@ impl ServiceManager for CommandManager {
                 CommandOutcome::Exited {
                     status,
                     stderr_tail,
-                } => (describe_status(status), stderr_tail),
-                CommandOutcome::TimedOut { stderr_tail } => (
+                } => {
+                    finished = Some((describe_status(status), stderr_tail.clone()));
+                    (describe_status(status), stderr_tail)
+                }
+                CommandOutcome::TimedOut { stderr_tail } => finished.clone().unwrap_or((
                     "still running at the timeout, killed".to_owned(),
                     stderr_tail,
-                ),
+                )),
             };
             let now = Instant::now();
             if now + STATUS_POLL_INTERVAL >= deadline {
