@@ -73,6 +73,11 @@ pub enum ClientError {
     Task(#[from] tokio::task::JoinError),
 }
 
+/// One reachability result, and whether it answers a check asked for (after an apply, or the
+/// coordinator handing the release again when a rollout completed): that one is reported even
+/// when nothing changed, so the coordinator knows the client looked again.
+type Checked = (Vec<pb::Reachability>, bool);
+
 /// The coordinator client of one agent.
 pub struct CoordinatorClient {
     config: AgentConfig,
@@ -85,8 +90,8 @@ pub struct CoordinatorClient {
     /// Wakes the reachability check at once (after an apply).
     check_now: Arc<tokio::sync::Notify>,
     /// The latest reachability result of this client host (None: not checked, or not a client).
-    reachability: tokio::sync::watch::Receiver<Option<Vec<pb::Reachability>>>,
-    reachability_sender: Option<tokio::sync::watch::Sender<Option<Vec<pb::Reachability>>>>,
+    reachability: tokio::sync::watch::Receiver<Option<Checked>>,
+    reachability_sender: Option<tokio::sync::watch::Sender<Option<Checked>>>,
     /// What the agent knows of its host between releases; reported whenever it changes.
     health: Arc<HealthBoard>,
     /// Brokers: the public key of Kafka's TLS key (see [`crate::kafka_tls`]); empty on clients or
@@ -250,8 +255,8 @@ impl CoordinatorClient {
                         continue;
                     }
                     let latest = self.reachability.borrow_and_update().clone();
-                    if let Some(latest) = latest {
-                        if reported_reachability.as_ref().is_none_or(|reported| !same_reachability(reported, &latest)) {
+                    if let Some((latest, asked)) = latest {
+                        if asked || reported_reachability.as_ref().is_none_or(|reported| !same_reachability(reported, &latest)) {
                             let failing = latest.iter().filter(|reach| !reach.ok).count();
                             tracing::info!(node = %self.config.node, endpoints = latest.len(), failing, "reachability changed; reporting it");
                             report(&mut client, pb::NodeStatus {
@@ -695,7 +700,7 @@ fn health_message(node: &str, health: LocalHealth) -> pb::AgentHealth {
 async fn check_reachability(
     config: AgentConfig,
     check_now: Arc<tokio::sync::Notify>,
-    results: tokio::sync::watch::Sender<Option<Vec<pb::Reachability>>>,
+    results: tokio::sync::watch::Sender<Option<Checked>>,
     health: Arc<HealthBoard>,
     cancel: CancellationToken,
 ) {
@@ -704,14 +709,16 @@ async fn check_reachability(
     let mut timer = PeriodicTimer::new(config.reachability.period);
     let mut first = true;
     loop {
-        if !std::mem::take(&mut first) {
+        let asked = if std::mem::take(&mut first) {
+            true
+        } else {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return,
-                _ = check_now.notified() => {}
-                _ = timer.tick() => {}
+                _ = check_now.notified() => true,
+                _ = timer.tick() => false,
             }
-        }
+        };
         let state_dir = config.state_dir.clone();
         let node = config.node.clone();
         let config_for_check = config.clone();
@@ -737,8 +744,21 @@ async fn check_reachability(
                 crate::health::update(&health, |health| health.firewall = firewall);
                 return None;
             }
+            // The view's listener speaks TLS when the release carries the Kafka CA.
+            let tls = if spec.kafka_ca_pem.is_empty() {
+                None
+            } else {
+                match crate::kafka::TlsClient::from_ca_pem(&spec.kafka_ca_pem) {
+                    Ok(tls) => Some(tls),
+                    Err(error) => {
+                        tracing::warn!(node = %node, "reachability: {error}; checking without TLS");
+                        None
+                    }
+                }
+            };
             let system = crate::reach::SystemNetwork {
                 timeout: crate::reach::CONNECT_TIMEOUT,
+                tls,
             };
             let hosts_file;
             let network: &dyn crate::reach::Network = match config_for_check.reachability.resolve {
@@ -778,7 +798,7 @@ async fn check_reachability(
         };
         match checked {
             Ok(Some(result)) => {
-                results.send_replace(Some(result));
+                results.send_replace(Some((result, asked)));
             }
             Ok(None) => {}
             Err(error) => {

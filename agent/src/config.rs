@@ -218,6 +218,10 @@ pub struct ManageConfig {
     /// When no such user exists here they stay the agent's.
     #[serde(default = "default_kafka_user")]
     pub kafka_user: String,
+    /// Client hosts: where the agent installs the Kafka CA of each cluster whose listener this
+    /// client reaches over TLS (`CLUSTER.pem`), for the host's Kafka clients' `ssl.ca.location`.
+    #[serde(default = "default_kafka_ca_dir")]
+    pub kafka_ca_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -271,6 +275,9 @@ fn default_kafka_tls_dir() -> PathBuf {
 }
 fn default_kafka_user() -> String {
     "kafka".to_string()
+}
+fn default_kafka_ca_dir() -> PathBuf {
+    PathBuf::from("/etc/kreach/kafka-ca")
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -453,9 +453,15 @@ impl Engine {
         }
         let method = match change.file {
             ManagedFile::KafkaKeyStore | ManagedFile::KafkaCa => {
-                let owner = crate::kafka_tls::kafka_owner(&self.config);
+                // A broker's TLS directory is Kafka's (0750); a client's CA directory is for
+                // every Kafka client on the host (0755).
+                let broker = self.config.manage.kafka_properties.is_some();
+                let owner = broker
+                    .then(|| crate::kafka_tls::kafka_owner(&self.config))
+                    .flatten();
+                let mode = if broker { 0o750 } else { 0o755 };
                 if let Some(dir) = change.path.parent() {
-                    crate::kafka_tls::create_dir(dir, owner).map_err(|error| {
+                    crate::kafka_tls::create_dir(dir, mode, owner).map_err(|error| {
                         EngineError::Render {
                             path: dir.to_path_buf(),
                             message: error.to_string(),

@@ -84,12 +84,30 @@ pub enum ProbeError {
         code: i16,
         name: String,
     },
+    #[error("TLS with {addr} as {host}: {}", tls_text(*.failure, .host, .message))]
+    Tls {
+        addr: SocketAddr,
+        host: String,
+        failure: TlsFailure,
+        message: String,
+    },
     #[error("i/o error with {addr} during {api:?}: {source}")]
     Io {
         addr: SocketAddr,
         api: ApiKey,
         source: std::io::Error,
     },
+}
+
+fn tls_text(failure: TlsFailure, host: &str, message: &str) -> String {
+    match failure {
+        TlsFailure::NotForName => format!("the certificate does not cover {host} ({message})"),
+        TlsFailure::UnknownCa => {
+            format!("the certificate is not signed by the Kafka CA this host trusts ({message})")
+        }
+        TlsFailure::Expired => format!("the certificate has expired ({message})"),
+        TlsFailure::Other => format!("handshake failed: {message}"),
+    }
 }
 
 impl ProbeError {
@@ -108,10 +126,167 @@ struct BrokerApi {
     max: i16,
 }
 
+/// What a client trusts on a TLS listener: the Kafka CA kreach installed, nothing else.
+#[derive(Clone)]
+pub struct TlsClient {
+    config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl TlsClient {
+    /// A client trusting only the certificates in `ca_pem`.
+    pub fn from_ca_pem(ca_pem: &str) -> Result<TlsClient, String> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let cert = cert.map_err(|error| format!("the Kafka CA is not PEM: {error}"))?;
+            roots
+                .add(cert)
+                .map_err(|error| format!("the Kafka CA cannot be trusted: {error}"))?;
+        }
+        if roots.is_empty() {
+            return Err("the Kafka CA bundle holds no certificate".to_string());
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|error| error.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(TlsClient {
+            config: std::sync::Arc::new(config),
+        })
+    }
+}
+
+/// Why a TLS handshake failed, in the terms a client's error would use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The certificate is valid but not for the name (or address) the client connected to.
+    NotForName,
+    /// Not signed by the CA the client trusts.
+    UnknownCa,
+    Expired,
+    /// Anything else (no TLS there, protocol mismatch, ...).
+    Other,
+}
+
+/// The byte stream under the Kafka protocol: plain TCP or TLS over it.
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Transport {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Transport::Plain(stream) => stream,
+            Transport::Tls(stream) => &stream.sock,
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_read_timeout(timeout)
+    }
+
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.tcp().set_write_timeout(timeout)
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.read(buffer),
+            Transport::Tls(stream) => stream.read(buffer),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Transport::Plain(stream) => stream.write(data),
+            Transport::Tls(stream) => stream.write(data),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Transport::Plain(stream) => stream.flush(),
+            Transport::Tls(stream) => stream.flush(),
+        }
+    }
+}
+
+/// Complete a TLS handshake as a client of `host` (a DNS name or an IP address, verified against
+/// the certificate's SANs) over `tcp`.
+fn tls_handshake(
+    addr: SocketAddr,
+    mut tcp: TcpStream,
+    tls: &TlsClient,
+    host: &str,
+    timeout: Duration,
+) -> Result<Transport, ProbeError> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let failed = |failure: TlsFailure, message: String| ProbeError::Tls {
+        addr,
+        host: bare.to_string(),
+        failure,
+        message,
+    };
+    let name = rustls::pki_types::ServerName::try_from(bare.to_string()).map_err(|error| {
+        failed(
+            TlsFailure::Other,
+            format!("{bare:?} is not a name TLS can verify: {error}"),
+        )
+    })?;
+    let mut connection = rustls::ClientConnection::new(std::sync::Arc::clone(&tls.config), name)
+        .map_err(|error| failed(TlsFailure::Other, error.to_string()))?;
+    let _ = tcp.set_read_timeout(Some(timeout));
+    let _ = tcp.set_write_timeout(Some(timeout));
+    while connection.is_handshaking() {
+        if let Err(error) = connection.complete_io(&mut tcp) {
+            let tls_error = error
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .cloned();
+            return Err(match tls_error {
+                Some(rustls::Error::InvalidCertificate(cert)) => {
+                    use rustls::CertificateError as C;
+                    let failure = match cert {
+                        C::NotValidForName | C::NotValidForNameContext { .. } => {
+                            TlsFailure::NotForName
+                        }
+                        C::UnknownIssuer => TlsFailure::UnknownCa,
+                        C::Expired | C::ExpiredContext { .. } => TlsFailure::Expired,
+                        _ => TlsFailure::Other,
+                    };
+                    failed(failure, format!("{cert:?}"))
+                }
+                Some(other) => failed(TlsFailure::Other, other.to_string()),
+                None if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+                {
+                    failed(
+                        TlsFailure::Other,
+                        format!("no TLS handshake within {timeout:?}"),
+                    )
+                }
+                None => failed(TlsFailure::Other, error.to_string()),
+            });
+        }
+    }
+    Ok(Transport::Tls(Box::new(rustls::StreamOwned::new(
+        connection, tcp,
+    ))))
+}
+
 /// A connection to one broker address that has completed the ApiVersions handshake.
 pub struct KafkaConnection {
     addr: SocketAddr,
-    stream: TcpStream,
+    stream: Transport,
     timeout: Duration,
     next_correlation_id: i32,
     apis: Vec<BrokerApi>,
@@ -120,9 +295,32 @@ pub struct KafkaConnection {
 impl KafkaConnection {
     /// Connect and exchange ApiVersions. `timeout` bounds the connect and each request after it.
     pub fn connect(addr: SocketAddr, timeout: Duration) -> Result<Self, ProbeError> {
-        let stream = TcpStream::connect_timeout(&addr, timeout)
+        Self::connect_with(addr, timeout, None)
+    }
+
+    /// [`KafkaConnection::connect`] over TLS: the broker's certificate must chain to `tls`'s CA
+    /// and cover `host`, the name (or address) the client was told to connect to.
+    pub fn connect_tls(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: &TlsClient,
+        host: &str,
+    ) -> Result<Self, ProbeError> {
+        Self::connect_with(addr, timeout, Some((tls, host)))
+    }
+
+    fn connect_with(
+        addr: SocketAddr,
+        timeout: Duration,
+        tls: Option<(&TlsClient, &str)>,
+    ) -> Result<Self, ProbeError> {
+        let tcp = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|source| ProbeError::Connect { addr, source })?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let stream = match tls {
+            None => Transport::Plain(tcp),
+            Some((tls, host)) => tls_handshake(addr, tcp, tls, host, timeout)?,
+        };
         let mut connection = KafkaConnection {
             addr,
             stream,

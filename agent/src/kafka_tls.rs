@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kreach_common::desired::{NodeSpec, KAFKA_TLS_DIR};
+use kreach_common::desired::{NodeRole, NodeSpec, KAFKA_TLS_DIR};
 use kreach_common::properties::ListenerSettings;
 
 use crate::config::AgentConfig;
@@ -62,7 +62,7 @@ pub fn ensure_key(config: &AgentConfig) -> Result<String, KafkaTlsFileError> {
             }
         });
     }
-    create_dir(&config.state_dir, None)?;
+    create_dir(&config.state_dir, 0o700, None)?;
     let key = kreach_common::kafka_tls::new_private_key_pem()
         .map_err(|error| KafkaTlsFileError::Generate(error.to_string()))?;
     fsio::atomic_write_private(&path, key.as_bytes(), fsio::Private { owner: None })?;
@@ -71,8 +71,12 @@ pub fn ensure_key(config: &AgentConfig) -> Result<String, KafkaTlsFileError> {
         .map_err(|error| KafkaTlsFileError::Generate(error.to_string()))
 }
 
-/// `dir`, 0750 and owned by `owner` when made here.
-pub fn create_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), KafkaTlsFileError> {
+/// `dir`, with `mode` and owned by `owner` when made here.
+pub fn create_dir(
+    dir: &Path,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<(), KafkaTlsFileError> {
     use std::os::unix::fs::DirBuilderExt;
     if dir.is_dir() {
         return Ok(());
@@ -83,7 +87,7 @@ pub fn create_dir(dir: &Path, owner: Option<(u32, u32)>) -> Result<(), KafkaTlsF
     };
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o750)
+        .mode(mode)
         .create(dir)
         .map_err(error)?;
     if let Some((uid, gid)) = owner {
@@ -109,6 +113,11 @@ pub fn localize(settings: &ListenerSettings, config: &AgentConfig) -> ListenerSe
     settings
 }
 
+/// Where a client host keeps the Kafka CA of `cluster`: `kafka_ca_dir/CLUSTER.pem`.
+pub fn client_ca_path(config: &AgentConfig, cluster: &str) -> PathBuf {
+    config.manage.kafka_ca_dir.join(format!("{cluster}.pem"))
+}
+
 /// A PEM file the release wants on this host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsFile {
@@ -126,6 +135,22 @@ pub fn desired_files(
     spec: &NodeSpec,
     config: &AgentConfig,
 ) -> Result<Vec<TlsFile>, KafkaTlsFileError> {
+    if let NodeRole::Client { .. } = spec.role {
+        // A client of a TLS listener: the CA its Kafka clients trust, one file per cluster.
+        if spec.kafka_ca_pem.is_empty() || spec.node != config.node {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![TlsFile {
+            path: client_ca_path(config, &spec.cluster),
+            content: spec.kafka_ca_pem.clone(),
+            private: false,
+            summary: format!(
+                "the Kafka CA of cluster {} (point ssl.ca.location here)",
+                spec.cluster
+            ),
+        }]);
+    }
+    // A broker: its listeners' key stores, once it has listener settings and certificates.
     let Some(settings) = &spec.listeners else {
         return Ok(Vec::new());
     };

@@ -44,6 +44,14 @@ pub enum Failure {
     NotKafka,
     /// Any other connect error.
     CannotConnect,
+    /// TLS: the certificate is not valid for the advertised name or address.
+    CertificateNotForHost,
+    /// TLS: the certificate is not signed by the Kafka CA this host trusts.
+    UnknownCa,
+    /// TLS: the certificate has expired.
+    CertificateExpired,
+    /// TLS: the handshake failed otherwise (nothing speaks TLS there, ...).
+    TlsFailed,
 }
 
 impl Failure {
@@ -57,6 +65,10 @@ impl Failure {
             Failure::NotAdvertised => "not advertised",
             Failure::NotKafka => "not kafka",
             Failure::CannotConnect => "cannot connect",
+            Failure::CertificateNotForHost => "certificate does not cover it",
+            Failure::UnknownCa => "unknown CA",
+            Failure::CertificateExpired => "expired",
+            Failure::TlsFailed => "tls failed",
         }
     }
 }
@@ -68,19 +80,28 @@ pub enum ConnectError {
     Io(io::Error),
     /// Connected, but the Kafka exchange failed.
     Kafka(String),
+    /// Connected, but the TLS handshake failed (see [`Failure`]'s TLS variants).
+    Tls(Failure, String),
 }
 
 /// The network as seen from this host: resolving names and asking a broker for its metadata.
 pub trait Network {
     /// Every address `host` resolves to (the system resolver: hosts file, then DNS).
     fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String>;
-    /// Connect to `address` and return the brokers its metadata advertises.
-    fn advertised(&self, address: SocketAddr) -> Result<Vec<AdvertisedBroker>, ConnectError>;
+    /// Connect to `address` (which `host` resolved to; a TLS client verifies the certificate
+    /// against `host`) and return the brokers its metadata advertises.
+    fn advertised(
+        &self,
+        host: &str,
+        address: SocketAddr,
+    ) -> Result<Vec<AdvertisedBroker>, ConnectError>;
 }
 
 /// The real network: getaddrinfo and the Kafka probe.
 pub struct SystemNetwork {
     pub timeout: Duration,
+    /// The view's listener speaks TLS: connect over it, trusting this CA only.
+    pub tls: Option<crate::kafka::TlsClient>,
 }
 
 impl Network for SystemNetwork {
@@ -92,15 +113,31 @@ impl Network for SystemNetwork {
             .map_err(|error| error.to_string())
     }
 
-    fn advertised(&self, address: SocketAddr) -> Result<Vec<AdvertisedBroker>, ConnectError> {
-        let mut connection =
-            KafkaConnection::connect(address, self.timeout).map_err(kafka_error)?;
+    fn advertised(
+        &self,
+        host: &str,
+        address: SocketAddr,
+    ) -> Result<Vec<AdvertisedBroker>, ConnectError> {
+        let mut connection = match &self.tls {
+            None => KafkaConnection::connect(address, self.timeout),
+            Some(tls) => KafkaConnection::connect_tls(address, self.timeout, tls, host),
+        }
+        .map_err(kafka_error)?;
         let metadata = connection.metadata().map_err(kafka_error)?;
         Ok(metadata.brokers)
     }
 }
 
 fn kafka_error(error: ProbeError) -> ConnectError {
+    if let ProbeError::Tls { failure, .. } = &error {
+        let failure = match failure {
+            crate::kafka::TlsFailure::NotForName => Failure::CertificateNotForHost,
+            crate::kafka::TlsFailure::UnknownCa => Failure::UnknownCa,
+            crate::kafka::TlsFailure::Expired => Failure::CertificateExpired,
+            crate::kafka::TlsFailure::Other => Failure::TlsFailed,
+        };
+        return ConnectError::Tls(failure, error.to_string());
+    }
     match error {
         ProbeError::Connect { source, .. } => ConnectError::Io(source),
         other => ConnectError::Kafka(other.to_string()),
@@ -111,6 +148,7 @@ fn kafka_error(error: ProbeError) -> ConnectError {
 pub fn classify_connect(error: &ConnectError) -> Failure {
     let error = match error {
         ConnectError::Kafka(_) => return Failure::NotKafka,
+        ConnectError::Tls(failure, _) => return *failure,
         ConnectError::Io(error) => error,
     };
     match error.kind() {
@@ -176,8 +214,12 @@ impl Network for HostsFileNetwork {
             .collect())
     }
 
-    fn advertised(&self, address: SocketAddr) -> Result<Vec<AdvertisedBroker>, ConnectError> {
-        self.system.advertised(address)
+    fn advertised(
+        &self,
+        host: &str,
+        address: SocketAddr,
+    ) -> Result<Vec<AdvertisedBroker>, ConnectError> {
+        self.system.advertised(host, address)
     }
 }
 
@@ -201,7 +243,7 @@ fn probe(network: &dyn Network, host: &str, port: u16) -> Probe {
     };
     let mut first_failure = None;
     for address in addresses {
-        match network.advertised(address) {
+        match network.advertised(host, address) {
             Ok(brokers) => return Ok((address, brokers)),
             Err(error) => {
                 let failure = classify_connect(&error);
@@ -209,7 +251,9 @@ fn probe(network: &dyn Network, host: &str, port: u16) -> Probe {
                     ConnectError::Io(error) => {
                         format!("connecting to {address} ({endpoint}): {error}")
                     }
-                    ConnectError::Kafka(message) => format!("{endpoint} at {address}: {message}"),
+                    ConnectError::Kafka(message) | ConnectError::Tls(_, message) => {
+                        format!("{endpoint} at {address}: {message}")
+                    }
                 };
                 first_failure.get_or_insert((failure, text));
             }
@@ -430,7 +474,11 @@ mod tests {
                 })
                 .ok_or_else(|| "Name or service not known".to_string())
         }
-        fn advertised(&self, address: SocketAddr) -> Result<Vec<AdvertisedBroker>, ConnectError> {
+        fn advertised(
+            &self,
+            _host: &str,
+            address: SocketAddr,
+        ) -> Result<Vec<AdvertisedBroker>, ConnectError> {
             self.connects.lock().unwrap().push(address);
             match self.behind.get(&address) {
                 Some(Ok(brokers)) => Ok(brokers.clone()),
@@ -664,6 +712,7 @@ mod tests {
         drop(listener);
         let network = SystemNetwork {
             timeout: CONNECT_TIMEOUT,
+            tls: None,
         };
         let results = check(&network, &spec(&[(1, "127.0.0.1", port)]));
         assert_eq!(results[0].failure, Some(Failure::Refused), "{results:?}");

@@ -60,6 +60,8 @@ struct AgentEntry {
     /// The agent's last health report (kept in memory: every session starts with one).
     health: Option<pb::AgentHealth>,
     last_seen_ms: u64,
+    /// When this coordinator last received the agent's reachability report (0: not since start).
+    reachability_at_ms: u64,
 }
 
 pub struct Core {
@@ -81,6 +83,9 @@ pub struct Core {
     max_agents: usize,
     /// Issues Kafka's TLS certificates (see [`crate::certs`]).
     issuer: crate::certs::Issuer,
+    /// When the newest rollout completed, as this process saw it (0: not since start); a client's
+    /// reachability reported before it may describe what the brokers advertised before.
+    completed_at_ms: u64,
 }
 
 /// Milliseconds since the epoch as read once at start, advanced by the monotonic clock from then
@@ -126,6 +131,7 @@ impl Core {
                         .and_then(|bytes| pb::HostFacts::decode(bytes.as_slice()).ok()),
                     health: None,
                     last_seen_ms: saved.last_seen_ms,
+                    reachability_at_ms: 0,
                 },
             );
         }
@@ -147,6 +153,7 @@ impl Core {
             status_dirty: false,
             max_agents: DEFAULT_MAX_AGENTS,
             issuer: crate::certs::Issuer::new(state_dir),
+            completed_at_ms: 0,
         };
         if let Some(rollout) = &core.record.rollout {
             tracing::info!(
@@ -253,6 +260,10 @@ impl Core {
         }
         if let Some(Event::Completed | Event::Aborted { .. }) = events.last() {
             self.mark_outcome()?;
+        }
+        if let Some(Event::Completed) = events.last() {
+            // Before the status is published: clients' reports from before now are not current.
+            self.completed_at_ms = now_ms();
         }
         if durable {
             self.publish();
@@ -368,6 +379,7 @@ impl Core {
                 })
                 .reachability = status.reachability;
             entry.last_seen_ms = now_ms();
+            entry.reachability_at_ms = now_ms();
             self.dirty_agents.insert(node);
             self.refresh_status();
             return Ok(());
@@ -1078,6 +1090,9 @@ impl Core {
                     .to_string(),
                     brokers,
                     reported: !reported.is_empty(),
+                    current: !reported.is_empty()
+                        && entry
+                            .is_some_and(|entry| entry.reachability_at_ms >= self.completed_at_ms),
                 }
             })
             .collect()

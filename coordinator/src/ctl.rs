@@ -586,6 +586,7 @@ fn reachability_json(rows: &[pb::ReachabilityRow]) -> Value {
                     "client": row.client,
                     "view": row.view,
                     "reported": row.reported,
+                    "current": row.current,
                     "brokers": row.brokers.iter().map(|cell| json!({
                         "broker_id": cell.broker_id,
                         "endpoint": cell.endpoint,
@@ -855,12 +856,14 @@ mod tests {
                 view: "private".into(),
                 brokers: vec![cell(1, ""), cell(2, "")],
                 reported: true,
+                current: true,
             },
             pb::ReachabilityRow {
                 client: "laptop-2".into(),
                 view: "public".into(),
                 brokers: vec![cell(1, "timed out"), cell(2, "")],
                 reported: true,
+                current: true,
             },
         ]
     }

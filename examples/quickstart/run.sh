@@ -3,7 +3,8 @@
 # the real /etc. It creates mutual-TLS certificates, starts the coordinator and the agents (three
 # brokers, each with a stand-in Kafka service on its own loopback address, and two clients), shows
 # the plan, applies the spec and follows the rollout to the end: client names first, then one
-# broker at a time, the controller last.
+# broker at a time, the controller last. Public access is over TLS with certificates kreach issues;
+# the final check is every client reaching every broker the way a Kafka client would.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -70,6 +71,7 @@ state_dir = "$dir/state"
 [manage]
 hosts_file = "$dir/etc/hosts"
 kafka_properties = "$dir/etc/kafka/server.properties"
+kafka_tls_dir = "$dir/etc/kafka/kreach-tls"
 probe = "tcp"
 controller_check = ["test", "-e", "$dir/is-controller"]
 [service_manager]
@@ -91,6 +93,7 @@ node = "$node"
 state_dir = "$dir/state"
 [manage]
 hosts_file = "$dir/etc/hosts"
+kafka_ca_dir = "$dir/etc/kreach/kafka-ca"
 [reachability]
 # Programs on this machine resolve through the real /etc/hosts, not this sandbox file: check the
 # names the way a client host whose /etc/hosts this were would.
@@ -131,6 +134,8 @@ show "$ctl" check
 show "$ctl" history
 show cat "$sandbox/emr-worker-2/etc/kafka/server.properties"
 show cat "$sandbox/laptop-1/etc/hosts"
+printf '\nTLS on the public listener: each broker key store is 0600 and holds its own key; laptop-1 trusts the Kafka CA kreach installed:\n'
+show ls -l "$sandbox/emr-worker-2/etc/kafka/kreach-tls" "$sandbox/laptop-1/etc/kreach/kafka-ca"
 printf '\nKafka restarts, as the stand-in services logged them (one at a time, the controller last):\n'
 for id in 1 2 3; do printf 'emr-worker-%s %s\n' "$id" "$(tail -1 "$sandbox/emr-worker-$id/state/restarts.log")"; done |
   sort -k2 -n | awk 'NR == 1 { t0 = $2 } { printf "  +%6.0f ms  %s down for %.0f ms\n", ($2 - t0) / 1e6, $1, ($3 - $2) / 1e6 }'

@@ -205,6 +205,8 @@ pub struct Fleet {
     pub coordinator: Option<Proc>,
     pub brokers: Vec<Broker>,
     pub clients: Vec<(String, PathBuf)>,
+    /// Each client's view in the spec ("private" or "public").
+    pub views: BTreeMap<String, String>,
     pub agents: BTreeMap<String, Proc>,
     /// Extra environment for the coordinator (key "coordinator") or one agent (key: its node), set
     /// before it starts; e.g. to run it under a faked clock.
@@ -238,6 +240,7 @@ impl Fleet {
             brokers: Vec::new(),
             clients: Vec::new(),
             agents: BTreeMap::new(),
+            views: BTreeMap::new(),
             env: BTreeMap::new(),
             restart_wrapper: BTreeMap::new(),
         };
@@ -268,6 +271,7 @@ impl Fleet {
             std::fs::create_dir_all(dir.join("state"))?;
             std::fs::write(dir.join("etc/hosts"), "127.0.0.1\tlocalhost\n")?;
             fleet.clients.push((node.to_string(), dir));
+            fleet.views.insert(node.to_string(), _view.to_string());
         }
         Ok(fleet)
     }
@@ -294,7 +298,8 @@ impl Fleet {
             );
         }
         for (node, _) in &self.clients {
-            text += &format!("\n[[client]]\nnode = \"{node}\"\nview = \"private\"\n");
+            let view = self.views.get(node).map_or("private", String::as_str);
+            text += &format!("\n[[client]]\nnode = \"{node}\"\nview = \"{view}\"\n");
         }
         text += &format!(
             "\n[rollout]\nmax_unavailable = {}\nhealth_timeout = \"{}\"\nsettle = \"{}\"\n",
@@ -399,9 +404,10 @@ impl Fleet {
         }
         for (node, dir) in &self.clients {
             let config = format!(
-                "node = \"{node}\"\nstate_dir = {:?}\n[manage]\nhosts_file = {:?}\n[coordinator]\nurl = \"http://{}\"\ninsecure = true\nfacts_period = \"1s\"\n",
+                "node = \"{node}\"\nstate_dir = {:?}\n[manage]\nhosts_file = {:?}\nkafka_ca_dir = {:?}\n[coordinator]\nurl = \"http://{}\"\ninsecure = true\nfacts_period = \"1s\"\n",
                 dir.join("state").display().to_string(),
                 dir.join("etc/hosts").display().to_string(),
+                dir.join("kafka-ca").display().to_string(),
                 self.coordinator_addr
             );
             std::fs::write(dir.join("agent.toml"), config)?;

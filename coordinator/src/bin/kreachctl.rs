@@ -544,7 +544,7 @@ async fn follow(
         let unreported = status
             .reachability
             .iter()
-            .any(|row| !row.reported && online.contains(&row.client.as_str()));
+            .any(|row| !row.current && online.contains(&row.client.as_str()));
         previous = Some(status);
         match state.as_deref() {
             Some("completed") if !unreported => return Ok(0),

@@ -525,6 +525,10 @@ pub struct ReachabilityRow {
     /// False: the client has not reported any reachability yet.
     #[prost(bool, tag = "4")]
     pub reported: bool,
+    /// The client reported after the newest rollout completed (what the brokers advertise now), as
+    /// this coordinator saw it; false until then. `apply --wait` waits for it.
+    #[prost(bool, tag = "5")]
+    pub current: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
