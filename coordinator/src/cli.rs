@@ -163,6 +163,15 @@ pub mod kreachctl {
         Json,
     }
 
+    /// Which client's property names `client-config` prints.
+    #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+    pub enum ClientFormat {
+        /// librdkafka: kcat, confluent-kafka and the clients built on it.
+        Librdkafka,
+        /// The Java client (and Kafka's own command-line tools).
+        Java,
+    }
+
     #[derive(Subcommand)]
     pub enum Command {
         /// Check a cluster spec and print every error, one per line (exit 2 when any); needs no
@@ -264,6 +273,21 @@ pub mod kreachctl {
             #[command(flatten)]
             connect: ConnectArgs,
         },
+        /// Print the properties a Kafka client on CLIENT's host needs to reach the cluster: the
+        /// bootstrap servers of its view, the listener's security protocol and SASL mechanism,
+        /// and the Kafka CA file its agent installs (TLS listeners).
+        #[command(name = "client-config")]
+        ClientConfig {
+            /// A client node of the applied spec.
+            #[arg(value_name = "CLIENT")]
+            client: String,
+            /// Property names for librdkafka (kcat, confluent-kafka, Go/Python/.NET clients) or for
+            /// the Java client.
+            #[arg(long, value_enum, default_value_t = ClientFormat::Librdkafka)]
+            format: ClientFormat,
+            #[command(flatten)]
+            connect: ConnectArgs,
+        },
         /// Create the mutual-TLS certificates; needs no coordinator.
         Certs {
             #[command(subcommand)]
@@ -292,7 +316,8 @@ pub mod kreachctl {
                 | Command::Rollout { connect, .. }
                 | Command::History { connect, .. }
                 | Command::Rollback { connect, .. }
-                | Command::Nodes { connect } => Some(connect),
+                | Command::Nodes { connect }
+                | Command::ClientConfig { connect, .. } => Some(connect),
                 Command::Validate { .. }
                 | Command::Render { .. }
                 | Command::Certs { .. }

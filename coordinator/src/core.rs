@@ -975,6 +975,49 @@ impl Core {
         })
     }
 
+    /// What a Kafka client on `client`'s host needs: its view's bootstrap endpoints and listener
+    /// security, and where its agent installs the Kafka CA.
+    pub fn client_config(&self, client: &str) -> Result<pb::ClientConfigResponse, CoreError> {
+        let spec = self.spec.as_ref().ok_or_else(|| {
+            CoreError::NotFound("no spec applied yet (kreachctl apply SPEC first)".to_string())
+        })?;
+        let Some(found) = spec.clients.iter().find(|c| c.node == client) else {
+            let known: Vec<&str> = spec.clients.iter().map(|c| c.node.as_str()).collect();
+            return Err(CoreError::NotFound(format!(
+                "{client:?} is not a client of the newest spec (its clients: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        let listener = match found.view {
+            View::Private => &spec.internal,
+            View::Public => &spec.external,
+        };
+        let tls = listener.uses_tls();
+        Ok(pb::ClientConfigResponse {
+            cluster: spec.name.clone(),
+            view: match found.view {
+                View::Private => "private",
+                View::Public => "public",
+            }
+            .to_string(),
+            bootstrap: bootstrap_endpoints(spec, found.view)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            security_protocol: listener.security_protocol.clone(),
+            sasl_mechanism: listener.sasl_mechanism.clone().unwrap_or_default(),
+            ca_path: if tls {
+                format!("/etc/kreach/kafka-ca/{}.pem", spec.name)
+            } else {
+                String::new()
+            },
+        })
+    }
+
     pub fn nodes(&self) -> pb::NodesResponse {
         let mut response = pb::NodesResponse::default();
         for (node, entry) in &self.agents {
@@ -1424,5 +1467,61 @@ mod tests {
                 .certificates[0],
             *cert
         );
+    }
+
+    #[test]
+    fn client_config_gives_the_views_bootstrap_security_and_ca_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut core = Core::open(dir.path()).unwrap();
+        assert!(core
+            .client_config("laptop")
+            .unwrap_err()
+            .to_string()
+            .contains("no spec applied yet"));
+        core.spec = Some(
+            ClusterSpec::parse(
+                "[cluster]\nname = \"c\"\n\
+                 [listeners.external]\nallow = [\"0.0.0.0/0\"]\nadvertise = \"hostname\"\nsecurity_protocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
+                 [[broker]]\nid = 1\nnode = \"b1\"\nhostname = \"b1.c\"\nprivate_ip = \"10.0.0.1\"\npublic_ip = \"198.19.0.1\"\n\
+                 [[client]]\nnode = \"laptop\"\nview = \"public\"\n[[client]]\nnode = \"etl\"\n",
+            )
+            .unwrap(),
+        );
+        let public = core.client_config("laptop").unwrap();
+        assert_eq!(public.bootstrap, ["b1.c:9093"]);
+        let librdkafka = crate::ctl::client_properties(&public, false);
+        let get = |props: &[(String, String)], key: &str| {
+            props.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get(&librdkafka, "security.protocol").as_deref(),
+            Some("sasl_ssl")
+        );
+        assert_eq!(
+            get(&librdkafka, "ssl.ca.location").as_deref(),
+            Some("/etc/kreach/kafka-ca/c.pem")
+        );
+        assert_eq!(
+            get(&librdkafka, "ssl.endpoint.identification.algorithm").as_deref(),
+            Some("https")
+        );
+        assert_eq!(
+            get(&librdkafka, "sasl.mechanism").as_deref(),
+            Some("SCRAM-SHA-512")
+        );
+        let java = crate::ctl::client_properties(&public, true);
+        assert_eq!(get(&java, "security.protocol").as_deref(), Some("SASL_SSL"));
+        assert_eq!(get(&java, "ssl.truststore.type").as_deref(), Some("PEM"));
+        assert!(get(&java, "sasl.jaas.config")
+            .unwrap()
+            .contains("ScramLoginModule"));
+        let private = core.client_config("etl").unwrap();
+        assert_eq!(private.bootstrap, ["10.0.0.1:9092"]);
+        assert_eq!(crate::ctl::client_properties(&private, false).len(), 2);
+        assert!(core
+            .client_config("b1")
+            .unwrap_err()
+            .to_string()
+            .contains("not a client of the newest spec (its clients: laptop, etl)"));
     }
 }

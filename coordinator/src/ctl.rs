@@ -374,6 +374,48 @@ pub fn status_events(
     events
 }
 
+/// The properties a Kafka client needs for `config`, with librdkafka's names or (`java`) the
+/// Java client's. SASL credentials are left as placeholders: kreach never holds a password.
+pub fn client_properties(config: &pb::ClientConfigResponse, java: bool) -> Vec<(String, String)> {
+    let mut properties = vec![
+        ("bootstrap.servers".to_string(), config.bootstrap.join(",")),
+        (
+            "security.protocol".to_string(),
+            config.security_protocol.to_lowercase(),
+        ),
+    ];
+    let tls = matches!(config.security_protocol.as_str(), "SSL" | "SASL_SSL");
+    if tls {
+        if java {
+            properties.push(("ssl.truststore.type".into(), "PEM".into()));
+            properties.push(("ssl.truststore.location".into(), config.ca_path.clone()));
+        } else {
+            properties.push(("ssl.ca.location".into(), config.ca_path.clone()));
+        }
+        properties.push((
+            "ssl.endpoint.identification.algorithm".into(),
+            "https".into(),
+        ));
+    }
+    if !config.sasl_mechanism.is_empty() {
+        properties.push(("sasl.mechanism".into(), config.sasl_mechanism.clone()));
+        if java {
+            properties.push((
+                "sasl.jaas.config".into(),
+                "org.apache.kafka.common.security.scram.ScramLoginModule required username=\"USER\" password=\"PASSWORD\";".into(),
+            ));
+        } else {
+            properties.push(("sasl.username".into(), "USER".into()));
+            properties.push(("sasl.password".into(), "PASSWORD".into()));
+        }
+    }
+    if java {
+        // The Java client spells the protocol in upper case.
+        properties[1].1 = config.security_protocol.clone();
+    }
+    properties
+}
+
 pub fn status_text(status: &pb::StatusResponse) -> String {
     let mut out = String::new();
     match &status.rollout {

@@ -376,4 +376,14 @@ impl AdminService for Services {
         self.require_admin(&request)?;
         Ok(Response::new(self.core().nodes()))
     }
+
+    async fn client_config(
+        &self,
+        request: Request<pb::ClientConfigRequest>,
+    ) -> Result<Response<pb::ClientConfigResponse>, Status> {
+        self.require_admin(&request)?;
+        Ok(Response::new(
+            self.core().client_config(&request.get_ref().client)?,
+        ))
+    }
 }

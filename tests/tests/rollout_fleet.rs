@@ -1341,6 +1341,20 @@ fn secure_public_access_gives_each_broker_a_certificate_for_its_own_key_that_cli
         let audit = std::fs::read_to_string(broker.state_dir().join("audit.jsonl")).unwrap();
         assert!(audit.contains("Kafka key store") && !audit.contains("PRIVATE KEY"));
     }
+    // What a Kafka client on etl-1 (private view, PLAINTEXT) is told to use.
+    let config = fleet
+        .ctl(&["client-config", "etl-1", "--output", "json"])
+        .unwrap();
+    assert_eq!(config.code, 0, "{}", config.stderr);
+    let config: serde_json::Value = serde_json::from_str(&config.stdout).unwrap();
+    assert_eq!(config["security.protocol"], "plaintext", "{config}");
+    let servers = config["bootstrap.servers"].as_str().unwrap();
+    for broker in &fleet.brokers {
+        assert!(
+            servers.contains(&format!("{}:{}", broker.ip, fleet.port)),
+            "{servers}"
+        );
+    }
     // Each broker has a certificate of its own.
     serials.sort();
     serials.dedup();

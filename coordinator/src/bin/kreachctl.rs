@@ -6,7 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use kreach_common::desired::node_spec;
 use kreach_common::spec::{read_spec_file, ClusterSpec, SpecFileError};
-use kreach_coordinator::cli::kreachctl::{CertsAction, Cli, Command, Output, RolloutAction};
+use kreach_coordinator::cli::kreachctl::{
+    CertsAction, Cli, ClientFormat, Command, Output, RolloutAction,
+};
 use kreach_coordinator::ctl;
 use kreach_proto as pb;
 
@@ -456,6 +458,28 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             if *wait {
                 return follow(cli, &mut admin).await;
             }
+            Ok(0)
+        }
+        Command::ClientConfig { client, format, .. } => {
+            let config = admin
+                .client_config(pb::ClientConfigRequest {
+                    client: client.clone(),
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let properties = ctl::client_properties(&config, *format == ClientFormat::Java);
+            let text: String = properties
+                .iter()
+                .map(|(key, value)| format!("{key}={value}\n"))
+                .collect();
+            let json = serde_json::Value::Object(
+                properties
+                    .into_iter()
+                    .map(|(key, value)| (key, serde_json::Value::String(value)))
+                    .collect(),
+            );
+            print_value(cli, text, json);
             Ok(0)
         }
         Command::Nodes { .. } => {

@@ -127,6 +127,7 @@ fn online_commands_list_the_connection_flags_with_their_environment_variables() 
         &["history"],
         &["rollback"],
         &["nodes"],
+        &["client-config"],
     ] {
         let mut sub = &command;
         for word in path {

@@ -38,6 +38,7 @@ fn every_page_a_man_page_refers_to_exists() {
         "kreachctl-render.1",
         "kreachctl-status.1",
         "kreachctl-check.1",
+        "kreachctl-client-config.1",
         "kreachctl-history.1",
         "kreachctl-rollback.1",
         "kreachctl-nodes.1",

@@ -582,6 +582,35 @@ pub struct RollbackRequest {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct NodesRequest {}
 #[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClientConfigRequest {
+    /// A client node of the newest spec.
+    #[prost(string, tag = "1")]
+    pub client: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClientConfigResponse {
+    #[prost(string, tag = "1")]
+    pub cluster: ::prost::alloc::string::String,
+    /// "private" or "public".
+    #[prost(string, tag = "2")]
+    pub view: ::prost::alloc::string::String,
+    /// host:port of every broker on the view's listener, by broker id.
+    #[prost(string, repeated, tag = "3")]
+    pub bootstrap: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The view's listener: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.
+    #[prost(string, tag = "4")]
+    pub security_protocol: ::prost::alloc::string::String,
+    /// SASL\_\*: the SCRAM mechanism.
+    #[prost(string, tag = "5")]
+    pub sasl_mechanism: ::prost::alloc::string::String,
+    /// TLS: where the client's agent installs the Kafka CA (kafka_ca_dir's default; the agent's
+    /// own setting may differ).
+    #[prost(string, tag = "6")]
+    pub ca_path: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct NodesResponse {
     #[prost(message, repeated, tag = "1")]
@@ -1690,6 +1719,31 @@ pub mod admin_service_client {
                 .insert(GrpcMethod::new("kreach.v1.AdminService", "Nodes"));
             self.inner.unary(req, path, codec).await
         }
+        /// What a Kafka client on a client host needs to reach the cluster (`kreachctl client-config`).
+        pub async fn client_config(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ClientConfigRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ClientConfigResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/kreach.v1.AdminService/ClientConfig",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("kreach.v1.AdminService", "ClientConfig"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1751,6 +1805,14 @@ pub mod admin_service_server {
             &self,
             request: tonic::Request<super::NodesRequest>,
         ) -> std::result::Result<tonic::Response<super::NodesResponse>, tonic::Status>;
+        /// What a Kafka client on a client host needs to reach the cluster (`kreachctl client-config`).
+        async fn client_config(
+            &self,
+            request: tonic::Request<super::ClientConfigRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ClientConfigResponse>,
+            tonic::Status,
+        >;
     }
     #[derive(Debug)]
     pub struct AdminServiceServer<T> {
@@ -2260,6 +2322,51 @@ pub mod admin_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = NodesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/kreach.v1.AdminService/ClientConfig" => {
+                    #[allow(non_camel_case_types)]
+                    struct ClientConfigSvc<T: AdminService>(pub Arc<T>);
+                    impl<
+                        T: AdminService,
+                    > tonic::server::UnaryService<super::ClientConfigRequest>
+                    for ClientConfigSvc<T> {
+                        type Response = super::ClientConfigResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ClientConfigRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AdminService>::client_config(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ClientConfigSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
