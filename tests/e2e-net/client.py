@@ -18,6 +18,10 @@ Subcommands (every one bounded in time; results as JSON on stdout, diagnostics o
               what the cluster advertises, as seen through B: {"brokers": [{"id", "host", "port"}]}.
               Exit 1 when no metadata arrived.
 
+Every subcommand also takes -X KEY=VALUE (repeatable): a librdkafka property for every client it
+makes, e.g. -X security.protocol=SSL -X ssl.ca.location=CA.pem. Client errors (error_cb) are logged
+to stderr.
+
 Settings for speed (TESTING.md): metadata.recovery.rebootstrap.trigger.ms=2000 (otherwise a client
 waits up to 300 s on a broker it knows), session.timeout.ms=6000, heartbeat.interval.ms=1000.
 """
@@ -34,6 +38,9 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 PARTITIONS = 3
 
+# -X KEY=VALUE properties, for every client made.
+EXTRA = {}
+
 
 def common(bootstrap):
     return {
@@ -43,11 +50,20 @@ def common(bootstrap):
         "reconnect.backoff.max.ms": 1000,
         "socket.connection.setup.timeout.ms": 5000,
         "topic.metadata.refresh.interval.ms": 5000,
+        "error_cb": lambda error: log(f"client error: {error}"),
+        **EXTRA,
     }
 
 
 def log(message):
     print(f"client.py: {message}", file=sys.stderr, flush=True)
+
+
+def property_arg(text):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
 
 
 def ensure_topic(bootstrap, topic, timeout=20.0):
@@ -228,7 +244,12 @@ def main():
     metadata.add_argument("--bootstrap", required=True)
     metadata.add_argument("--timeout", type=float, default=15.0)
 
+    for subparser in (produce, consume, producer, metadata):
+        subparser.add_argument("-X", dest="properties", action="append", type=property_arg, default=[],
+                               metavar="KEY=VALUE", help="a librdkafka property for every client")
+
     args = parser.parse_args()
+    EXTRA.update(args.properties)
     handler = {"produce": cmd_produce, "consume": cmd_consume, "producer": cmd_producer, "metadata": cmd_metadata}
     sys.exit(handler[args.command](args))
 

@@ -22,26 +22,52 @@ What differs from a real three-broker cluster: every endpoint answers as node 11
 itself in Metadata, so a client bootstrapped with all brokers sees one broker whose address follows
 the metadata it read last.
 
+SSL listeners (`listener.security.protocol.map` says NAME:SSL): `tansu proxy` has no TLS options
+(tansu's broker has, but only the proxy gives the shared storage above), so the listener's TLS is
+terminated by a relay in front of its proxy:
+
+    client --TLS--> relay on BIND:PORT --TCP--> tansu proxy on 127.0.0.1:<free port> --> store
+
+The relay (`kafka-launcher.py relay`, Python's `ssl` with asyncio, one process per SSL listener)
+loads `listener.name.<name>.ssl.keystore.location` (type PEM: the private key, then the certificate
+chain, in one file — what kreach writes) and relays bytes both ways, unchanged; the proxy still
+advertises ADVERTISED:PORT, so Metadata sends clients back to the relay's endpoint. Why this is
+faithful for what the tests check: the relay is this broker's TLS layer. A client connects to the
+advertised endpoint and gets exactly the certificate chain the agent installed, from the key the
+agent generated, and verifies it against the CA it was given, with hostname verification, before a
+single Kafka byte flows — as with a real broker, where the same key store is loaded by the same
+listener. A restart starts a new relay, which reads the key store again (a real broker reads it at
+start-up too). What differs: TLS is OpenSSL through Python, not the JVM's JSSE (protocol versions,
+cipher suites and error texts may differ), Kafka's dynamic key store reload (AlterConfigs) does not
+exist here, client authentication (`ssl.client.auth` other than none) and SASL_* are refused, and the
+truststore kreach writes is not used (nothing here checks client certificates). Non-SSL listeners
+are served exactly as before, by the proxy alone.
+
 A broken config really fails: a listener whose address cannot be bound (not an address of the host,
-port taken), a listener without an advertised endpoint, a non-PLAINTEXT protocol — `restart` stops
-what it started and exits 1 with the reason on stderr (the agent puts it in its report), and `status`
-exits 1 when any recorded proxy died or stopped accepting connections.
+port taken), a listener without an advertised endpoint, a SASL_* protocol, an SSL listener without a
+key store or with one that cannot be loaded — `restart` stops what it started and exits 1 with the
+reason on stderr (the agent puts it in its report), and `status` exits 1 when any recorded proxy or
+relay died or stopped accepting connections.
 
 Usage:
     kafka-launcher.py restart --properties FILE --state DIR --tansu BIN --origin tcp://HOST:PORT
     kafka-launcher.py status --state DIR
     kafka-launcher.py stop --state DIR
+    kafka-launcher.py relay --name NAME --listen HOST:PORT --keystore FILE --target HOST:PORT
+        (started by restart; not for direct use)
 
-State kept in DIR: proxies.json (pid, start time and endpoint of each running proxy), one log per
-listener, and restarts.log (one line per restart: start_ns end_ns ok|failed), which tests read to
-tell which brokers were restarted.
+State kept in DIR: proxies.json (pid, start time and endpoint of each running proxy and relay), one
+log per listener (NAME.log for the proxy, NAME-tls.log for the relay), and restarts.log (one line
+per restart: start_ns end_ns ok|failed), which tests read to tell which brokers were restarted.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -89,7 +115,8 @@ def parse_listener_list(value, key):
 
 
 def desired_listeners(props):
-    """[(name, bind_host, port, advertised_host, advertised_port)] for every listener a client can use."""
+    """Every listener a client can use, as a dict: name, bind host and port, advertised host and port,
+    protocol, and for SSL listeners the key store to serve."""
     listeners = parse_listener_list(props.get("listeners", ""), "listeners")
     if not listeners:
         raise LauncherError("listeners: no listener configured")
@@ -107,8 +134,11 @@ def desired_listeners(props):
         protocol = protocols.get(name, name if name in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL") else None)
         if protocol is None:
             raise LauncherError(f"listener {name}: no entry in listener.security.protocol.map")
-        if protocol != "PLAINTEXT":
-            raise LauncherError(f"listener {name}: security protocol {protocol} is not supported by this test broker")
+        if protocol not in ("PLAINTEXT", "SSL"):
+            raise LauncherError(
+                f"listener {name}: security protocol {protocol} is not supported by this test broker"
+                + (" (SASL is not implemented here)" if protocol.startswith("SASL_") else "")
+            )
         if port in ports:
             raise LauncherError(f"listeners {ports[port]} and {name} both use port {port}")
         ports[port] = name
@@ -118,8 +148,57 @@ def desired_listeners(props):
             adv_host, adv_port = host, port
         else:
             raise LauncherError(f"listener {name}: binds {host or '0.0.0.0'} and has no advertised.listeners entry")
-        result.append((name, host or "0.0.0.0", port, adv_host, adv_port))
+        listener = {
+            "name": name, "host": host or "0.0.0.0", "port": port,
+            "adv_host": adv_host, "adv_port": adv_port, "protocol": protocol, "keystore": None,
+        }
+        if protocol == "SSL":
+            listener["keystore"] = ssl_keystore(props, name)
+        result.append(listener)
     return result
+
+
+def ssl_setting(props, name, key):
+    """A listener's SSL setting: `listener.name.<lower name>.ssl.KEY`, else the broker-wide `ssl.KEY`."""
+    return props.get(f"listener.name.{name.lower()}.ssl.{key}", props.get(f"ssl.{key}"))
+
+
+def ssl_keystore(props, name):
+    """The PEM key store of SSL listener `name`; what this broker cannot serve is refused here."""
+    prefix = f"listener.name.{name.lower()}.ssl"
+    location = ssl_setting(props, name, "keystore.location")
+    if not location:
+        raise LauncherError(f"listener {name}: SSL without a key store ({prefix}.keystore.location is not set)")
+    kind = ssl_setting(props, name, "keystore.type") or "JKS"
+    if kind.upper() != "PEM":
+        raise LauncherError(f"listener {name}: key store type {kind} is not supported by this test broker (PEM only)")
+    client_auth = (ssl_setting(props, name, "client.auth") or "none").lower()
+    if client_auth != "none":
+        raise LauncherError(
+            f"listener {name}: ssl.client.auth={client_auth} is not supported by this test broker (none only)"
+        )
+    return location
+
+
+def server_context(name, keystore):
+    """The TLS server context of a listener, from its key store (private key and certificate chain in
+    one PEM file). Fails with a reason that never quotes the file's content."""
+    try:
+        with open(keystore, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError as error:
+        raise LauncherError(f"listener {name}: cannot read the key store {keystore}: {error.strerror}") from None
+    missing = [what for what, marker in (("private key", "PRIVATE KEY-----"), ("certificate", "BEGIN CERTIFICATE-----"))
+               if marker not in text]
+    if missing:
+        raise LauncherError(f"listener {name}: the key store {keystore} has no {' and no '.join(missing)}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=keystore, keyfile=keystore)
+    except (ssl.SSLError, OSError) as error:
+        raise LauncherError(f"listener {name}: cannot load the key store {keystore}: {error}") from None
+    return context
 
 
 def connect_address(host, port):
@@ -182,7 +261,8 @@ def save_state(state, proxies):
 
 
 def stop_proxies(proxies):
-    alive = [p for p in proxies if start_time(p["pid"]) == p["start_time"]]
+    # A record without a start time is of a process that exited (and was reaped) before it was seen.
+    alive = [p for p in proxies if p["start_time"] is not None and start_time(p["pid"]) == p["start_time"]]
     for proxy in alive:
         try:
             os.kill(proxy["pid"], signal.SIGTERM)
@@ -199,23 +279,23 @@ def stop_proxies(proxies):
             pass
 
 
-def start_proxy(args, name, host, port, adv_host, adv_port):
-    log_path = os.path.join(args.state, f"{name}.log")
+def free_loopback_port():
+    """A port nothing listens on at 127.0.0.1 (this host's own loopback: its network namespace)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_process(args, name, role, command, host, port, log_name):
+    """Start `command` in a session of its own, logging to DIR/log_name, and wait until host:port accepts
+    connections. Returns its record; raises LauncherError(message, record) when it exits or times out."""
+    log_path = os.path.join(args.state, log_name)
     log = open(log_path, "ab")
-    command = [
-        args.tansu, "proxy",
-        "--listener-url", f"tcp://{host}:{port}",
-        "--advertised-listener-url", f"tcp://{adv_host}:{adv_port}",
-        "--origin-url", args.origin,
-    ]
     process = subprocess.Popen(
         command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
     )
     log.close()
-    record = {
-        "name": name, "pid": process.pid, "start_time": None,
-        "bind": f"{host}:{port}", "advertised": f"{adv_host}:{adv_port}",
-    }
+    record = {"name": name, "role": role, "pid": process.pid, "start_time": None, "bind": f"{host}:{port}"}
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         record["start_time"] = record["start_time"] or start_time(process.pid)
@@ -224,7 +304,7 @@ def start_proxy(args, name, host, port, adv_host, adv_port):
             with open(log_path, "rb") as handle:
                 tail = handle.read()[-400:].decode("utf-8", "replace").strip()
             raise LauncherError(
-                f"listener {name}: tansu proxy on {host}:{port} exited with {code} before accepting connections"
+                f"listener {name}: {role} on {host}:{port} exited with {code} before accepting connections"
                 + (f": {tail}" if tail else ""),
                 record,
             )
@@ -237,6 +317,47 @@ def start_proxy(args, name, host, port, adv_host, adv_port):
         time.sleep(POLL)
 
 
+def start_listener(args, listener, running):
+    """Start what serves `listener`, appending each started process's record to `running` (so that a
+    failure stops it too). PLAINTEXT: a tansu proxy on BIND:PORT. SSL: a tansu proxy on a free loopback
+    port and the TLS relay on BIND:PORT in front of it."""
+    name, host, port = listener["name"], listener["host"], listener["port"]
+    advertised = f"{listener['adv_host']}:{listener['adv_port']}"
+    tls = listener["protocol"] == "SSL"
+    proxy_host, proxy_port = ("127.0.0.1", free_loopback_port()) if tls else (host, port)
+    command = [
+        args.tansu, "proxy",
+        "--listener-url", f"tcp://{proxy_host}:{proxy_port}",
+        "--advertised-listener-url", f"tcp://{advertised}",
+        "--origin-url", args.origin,
+    ]
+    try:
+        record = start_process(args, name, "tansu proxy", command, proxy_host, proxy_port, f"{name}.log")
+    except LauncherError as error:
+        running.append(error.args[1])
+        raise LauncherError(error.args[0]) from None
+    record["advertised"] = advertised
+    running.append(record)
+    if not tls:
+        return f"{name}: listening on {host}:{port}, advertising {advertised} (pid {record['pid']})"
+    command = [
+        sys.executable, os.path.abspath(__file__), "relay",
+        "--name", name, "--listen", f"{host}:{port}",
+        "--keystore", listener["keystore"], "--target", f"{proxy_host}:{proxy_port}",
+    ]
+    try:
+        relay = start_process(args, name, "TLS relay", command, host, port, f"{name}-tls.log")
+    except LauncherError as error:
+        running.append(error.args[1])
+        raise LauncherError(error.args[0]) from None
+    relay["advertised"] = advertised
+    running.append(relay)
+    return (
+        f"{name}: listening on {host}:{port} (SSL, key store {listener['keystore']}, relay pid {relay['pid']}), "
+        f"advertising {advertised} (tansu proxy pid {record['pid']} on {proxy_host}:{proxy_port})"
+    )
+
+
 def restart(args):
     os.makedirs(args.state, exist_ok=True)
     started_ns = time.time_ns()
@@ -245,41 +366,93 @@ def restart(args):
         stop_proxies(load_state(args.state))
         save_state(args.state, [])
         listeners = desired_listeners(read_properties(args.properties))
-        for name, host, port, _, _ in listeners:
-            check_bindable(name, host, port)
-        running = []
+        for listener in listeners:
+            check_bindable(listener["name"], listener["host"], listener["port"])
+            if listener["keystore"]:
+                server_context(listener["name"], listener["keystore"])  # fail before starting anything
+        running, lines = [], []
         try:
             for listener in listeners:
-                running.append(start_proxy(args, *listener))
-        except LauncherError as error:
-            message, record = error.args
-            running.append(record)
+                lines.append(start_listener(args, listener, running))
+        except LauncherError:
             stop_proxies(running)
-            raise LauncherError(message) from None
+            raise
         save_state(args.state, running)
         ok = True
-        for proxy in running:
-            print(f"{proxy['name']}: listening on {proxy['bind']}, advertising {proxy['advertised']} (pid {proxy['pid']})")
+        for line in lines:
+            print(line)
     finally:
         with open(os.path.join(args.state, "restarts.log"), "a", encoding="utf-8") as handle:
             handle.write(f"{started_ns} {time.time_ns()} {'ok' if ok else 'failed'}\n")
 
 
 def status(args):
-    proxies = load_state(args.state)
-    if not proxies:
+    processes = load_state(args.state)
+    if not processes:
         raise LauncherError("not running (no listeners started)")
-    for proxy in proxies:
-        if start_time(proxy["pid"]) != proxy["start_time"]:
-            raise LauncherError(f"listener {proxy['name']}: its proxy (pid {proxy['pid']}) is gone")
-        host, _, port = proxy["bind"].rpartition(":")
+    for process in processes:
+        role = process.get("role", "tansu proxy")
+        if start_time(process["pid"]) != process["start_time"]:
+            raise LauncherError(f"listener {process['name']}: its {role} (pid {process['pid']}) is gone")
+        host, _, port = process["bind"].rpartition(":")
         if not accepts(host, int(port)):
-            raise LauncherError(f"listener {proxy['name']}: {proxy['bind']} does not accept connections")
+            raise LauncherError(f"listener {process['name']}: {role} on {process['bind']} does not accept connections")
 
 
 def stop(args):
     stop_proxies(load_state(args.state))
     save_state(args.state, [])
+
+
+def split_endpoint(text):
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def relay(args):
+    """The TLS layer of one SSL listener: accept TLS on --listen with the key store's certificate, and
+    relay the plaintext bytes both ways to --target (the listener's tansu proxy). Runs until killed."""
+    context = server_context(args.name, args.keystore)
+    listen_host, listen_port = split_endpoint(args.listen)
+    target_host, target_port = split_endpoint(args.target)
+
+    def note(message):
+        print(f"{time.strftime('%H:%M:%S')} relay {args.name}: {message}", flush=True)
+
+    async def pipe(reader, writer):
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        except (OSError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(client_reader, client_writer):
+        peer = client_writer.get_extra_info("peername")
+        try:
+            upstream_reader, upstream_writer = await asyncio.wait_for(
+                asyncio.open_connection(target_host, target_port), timeout=5
+            )
+        except (OSError, asyncio.TimeoutError) as error:
+            note(f"{peer}: cannot reach the proxy at {args.target}: {error!r}")
+            client_writer.close()
+            return
+        await asyncio.gather(pipe(client_reader, upstream_writer), pipe(upstream_reader, client_writer))
+
+    async def serve():
+        server = await asyncio.start_server(
+            handle, listen_host, listen_port, ssl=context, ssl_handshake_timeout=10, reuse_address=True
+        )
+        note(f"TLS on {args.listen} with the key store {args.keystore}, relaying to {args.target}")
+        async with server:
+            await server.serve_forever()
+
+    asyncio.run(serve())
 
 
 def main():
@@ -292,9 +465,14 @@ def main():
     start.add_argument("--origin", required=True, help="the store broker, tcp://HOST:PORT")
     for name in ("status", "stop"):
         sub.add_parser(name).add_argument("--state", required=True)
+    tls = sub.add_parser("relay")
+    tls.add_argument("--name", required=True)
+    tls.add_argument("--listen", required=True, help="HOST:PORT to accept TLS on")
+    tls.add_argument("--keystore", required=True, help="PEM: private key, then certificate chain")
+    tls.add_argument("--target", required=True, help="HOST:PORT of the listener's tansu proxy")
     args = parser.parse_args()
     try:
-        {"restart": restart, "status": status, "stop": stop}[args.command](args)
+        {"restart": restart, "status": status, "stop": stop, "relay": relay}[args.command](args)
     except LauncherError as error:
         print(f"kafka-launcher: {error.args[0]}", file=sys.stderr)
         sys.exit(1)

@@ -16,7 +16,9 @@
 //!   coordinator; `kreachctl` runs in the coordinator's namespace. Broker agents run with
 //!   `probe = "kafka"` (the gates ask every listener over the Kafka protocol, including whether it
 //!   advertises exactly the desired endpoint) and `firewall = "nftables"`; client agents check
-//!   reachability every 2 s.
+//!   reachability every 2 s. Broker agents keep their Kafka key stores in `<host dir>/kafka-tls`
+//!   (`kafka_tls_dir`); an SSL listener's TLS is terminated by the launcher's relay, which serves
+//!   the key store the agent wrote (why that is faithful: the launcher's header).
 //!
 //! Each test starts from generation 1 — private access only, what the brokers ran before — and
 //! asserts what a user would see. Bounded waits everywhere; on failure the last `kreachctl status`
@@ -150,6 +152,10 @@ impl Broker {
     fn kafka_state(&self) -> PathBuf {
         self.dir.join("kafka")
     }
+    /// Where the agent writes the Kafka key store and CA bundle (`[manage] kafka_tls_dir`).
+    fn kafka_tls_dir(&self) -> PathBuf {
+        self.dir.join("kafka-tls")
+    }
     /// Every restart of this host's Kafka so far: (start ns, end ns, ok).
     fn restarts(&self) -> Vec<(u128, u128, bool)> {
         std::fs::read_to_string(self.kafka_state().join("restarts.log"))
@@ -173,6 +179,8 @@ struct SpecOptions {
     external: bool,
     hostnames: bool,
     allow: Vec<&'static str>,
+    /// `security_protocol = "SSL"` on the external listener.
+    tls: bool,
 }
 
 impl SpecOptions {
@@ -181,6 +189,7 @@ impl SpecOptions {
             external: false,
             hostnames: false,
             allow: vec!["198.19.0.0/24"],
+            tls: false,
         }
     }
     fn public_access() -> SpecOptions {
@@ -356,11 +365,12 @@ impl Cluster {
             ];
             let config = format!(
                 "node = {:?}\nstate_dir = {:?}\n[manage]\nhosts_file = \"/etc/hosts\"\nkafka_properties = {:?}\n\
-                 probe = \"kafka\"\nfirewall = \"nftables\"\n\
+                 kafka_tls_dir = {:?}\nprobe = \"kafka\"\nfirewall = \"nftables\"\n\
                  [service_manager]\nkind = \"command\"\nrestart = {restart:?}\nstatus = {status:?}\n{}",
                 broker.node,
                 broker.dir.join("agent-state"),
                 broker.properties_path(),
+                broker.kafka_tls_dir(),
                 cluster.coordinator_section(&broker.node, COORDINATOR_PRIVATE),
             );
             std::fs::write(broker.dir.join("agent.toml"), config)?;
@@ -564,6 +574,9 @@ impl Cluster {
                 if options.hostnames { "hostname" } else { "public_ip" },
                 options.allow
             );
+            if options.tls {
+                text += "security_protocol = \"SSL\"\n";
+            }
         }
         for broker in &self.brokers {
             text += &format!(
@@ -624,44 +637,52 @@ impl Cluster {
         topic: &str,
         count: u32,
     ) -> Result<()> {
+        self.produce_and_consume_with(host, bootstrap, topic, count, &[])
+    }
+
+    /// [`Cluster::produce_and_consume`] with more client.py arguments (`-X key=value`).
+    fn produce_and_consume_with(
+        &self,
+        host: &str,
+        bootstrap: &str,
+        topic: &str,
+        count: u32,
+        client_args: &[&str],
+    ) -> Result<()> {
         let acked = self.net.dir().join(format!("{topic}-{host}.acked"));
         let acked_path = acked.display().to_string();
         let count_text = count.to_string();
-        let (code, result, stderr) = self.client(
-            host,
-            &[
-                "produce",
-                "--bootstrap",
-                bootstrap,
-                "--topic",
-                topic,
-                "--count",
-                &count_text,
-                "--prefix",
-                topic,
-                "--out",
-                &acked_path,
-            ],
-            Duration::from_secs(60),
-        )?;
+        let mut args = vec![
+            "produce",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--count",
+            &count_text,
+            "--prefix",
+            topic,
+            "--out",
+            &acked_path,
+        ];
+        args.extend_from_slice(client_args);
+        let (code, result, stderr) = self.client(host, &args, Duration::from_secs(60))?;
         ensure!(
             code == 0,
             "{host} could not produce {count} messages to {topic} through {bootstrap}: {result}\n{}",
             netns::tail(&stderr, 2000)
         );
-        let (code, result, stderr) = self.client(
-            host,
-            &[
-                "consume",
-                "--bootstrap",
-                bootstrap,
-                "--topic",
-                topic,
-                "--expect",
-                &acked_path,
-            ],
-            Duration::from_secs(60),
-        )?;
+        let mut args = vec![
+            "consume",
+            "--bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--expect",
+            &acked_path,
+        ];
+        args.extend_from_slice(client_args);
+        let (code, result, stderr) = self.client(host, &args, Duration::from_secs(60))?;
         ensure!(
             code == 0,
             "{host} could not consume back the {count} messages of {topic} through {bootstrap}: {result}\n{}",
@@ -672,11 +693,19 @@ impl Cluster {
 
     /// What each endpoint advertises, as `host` sees it through exactly that one bootstrap endpoint.
     fn advertised(&self, host: &str, endpoint: &str) -> Result<BTreeSet<String>> {
-        let (code, result, stderr) = self.client(
-            host,
-            &["metadata", "--bootstrap", endpoint, "--timeout", "15"],
-            Duration::from_secs(30),
-        )?;
+        self.advertised_with(host, endpoint, &[])
+    }
+
+    /// [`Cluster::advertised`] with more client.py arguments (`-X key=value`).
+    fn advertised_with(
+        &self,
+        host: &str,
+        endpoint: &str,
+        client_args: &[&str],
+    ) -> Result<BTreeSet<String>> {
+        let mut args = vec!["metadata", "--bootstrap", endpoint, "--timeout", "15"];
+        args.extend_from_slice(client_args);
+        let (code, result, stderr) = self.client(host, &args, Duration::from_secs(30))?;
         ensure!(
             code == 0,
             "{host} got no metadata through {endpoint}: {}",
@@ -860,6 +889,22 @@ impl Cluster {
                 broker.node,
                 broker.properties()
             );
+            // The launcher's logs: one per listener's proxy, one per SSL listener's TLS relay.
+            let mut logs: Vec<PathBuf> = std::fs::read_dir(broker.kafka_state())
+                .map(|entries| entries.flatten().map(|e| e.path()).collect())
+                .unwrap_or_default();
+            logs.retain(|p| {
+                p.extension().is_some_and(|e| e == "log") && !p.ends_with("restarts.log")
+            });
+            logs.sort();
+            for log in logs {
+                out += &format!(
+                    "===== {} {} =====\n{}\n",
+                    broker.node,
+                    log.display(),
+                    netns::tail(&std::fs::read_to_string(&log).unwrap_or_default(), 1500)
+                );
+            }
         }
         out += &self.net.logs_tail(2500);
         out
@@ -1027,6 +1072,179 @@ fn enabling_public_access_rolls_out_without_losing_acknowledged_messages() {
             advertised == BTreeSet::from(["198.18.0.2:9092".to_string()]),
             "after public access the private client sees {advertised:?} on 9092"
         );
+        Ok(())
+    })
+}
+
+/// What `host` is served on `endpoint`, checked with Python's `ssl` against `ca` by the endpoint's
+/// IP: prints "served: same" when the leaf certificate is exactly the first certificate of
+/// `keystore` (the one the agent installed), then how a name the certificate does not cover fares.
+const SERVED_CERTIFICATE: &str = r#"
+import socket, ssl, sys
+keystore, ca, ip, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+text = open(keystore).read()
+begin = text.index("-----BEGIN CERTIFICATE-----")
+end = text.index("-----END CERTIFICATE-----", begin) + len("-----END CERTIFICATE-----")
+installed = ssl.PEM_cert_to_DER_cert(text[begin:end])
+context = ssl.create_default_context(cafile=ca)
+with socket.create_connection((ip, port), timeout=5) as sock:
+    with context.wrap_socket(sock, server_hostname=ip) as tls:
+        served = tls.getpeercert(binary_form=True)
+print("served: same" if served == installed else "served: different")
+try:
+    with socket.create_connection((ip, port), timeout=5) as sock:
+        context.wrap_socket(sock, server_hostname="kafka.example").close()
+    print("other name: accepted")
+except ssl.SSLCertVerificationError as error:
+    print("other name: refused:", error.verify_message)
+"#;
+
+/// Secure public access (`security_protocol = "SSL"` on EXTERNAL, advertising the public IPs): the
+/// rollout gives each broker a key store the agent wrote (0600, never in a log), and the broker's
+/// Kafka serves it on its public endpoint. From the public client, real librdkafka with
+/// `security.protocol=SSL`, the Kafka CA and hostname verification produces through the brokers'
+/// public endpoints and reads every acknowledged message back; each endpoint serves exactly the
+/// certificate installed on that broker and advertises itself; the same client trusting another
+/// CA fails on certificate verification.
+#[test]
+fn secure_public_access_serves_each_brokers_certificate_that_real_clients_verify() {
+    scenario("secure_public_access", |cluster| {
+        let before: Vec<usize> = cluster.brokers.iter().map(|b| b.restarts().len()).collect();
+        let applied = cluster.apply(&SpecOptions {
+            tls: true,
+            ..SpecOptions::public_access()
+        })?;
+        ensure!(
+            applied.code == 0,
+            "enabling secure public access did not complete (kreachctl apply --wait exit {}):\n{}{}",
+            applied.code,
+            applied.stdout,
+            applied.stderr
+        );
+        let status = cluster.status_json()?;
+        ensure!(
+            status["rollout"]["state"] == "completed",
+            "the rollout is not completed: {status:#}"
+        );
+        for (broker, before) in cluster.brokers.iter().zip(before) {
+            let restarts = broker.restarts();
+            ensure!(
+                restarts.len() == before + 1 && restarts.last().is_some_and(|r| r.2),
+                "{} should have restarted its Kafka once, successfully: {:?}",
+                broker.node,
+                &restarts[before..]
+            );
+            let keystore = broker.kafka_tls_dir().join("external.keystore.pem");
+            let properties = broker.properties();
+            ensure!(
+                properties.contains(&format!(
+                    "listener.name.external.ssl.keystore.location={}",
+                    keystore.display()
+                )) && properties.contains("EXTERNAL:SSL"),
+                "{}'s server.properties does not serve EXTERNAL with SSL from {}:\n{properties}",
+                broker.node,
+                keystore.display()
+            );
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&keystore)
+                .with_context(|| format!("{}'s key store", broker.node))?
+                .permissions()
+                .mode()
+                & 0o777;
+            ensure!(
+                mode == 0o600,
+                "{} is mode {mode:o}, expected 600",
+                keystore.display()
+            );
+        }
+
+        // The CA a client is given: the Kafka CA, as installed on a broker host.
+        let ca = cluster.brokers[0].kafka_tls_dir().join("ca.pem");
+        ensure!(ca.is_file(), "no Kafka CA at {}", ca.display());
+        let ca_option = format!("ssl.ca.location={}", ca.display());
+        let tls_args = [
+            "-X",
+            "security.protocol=SSL",
+            "-X",
+            ca_option.as_str(),
+            "-X",
+            "ssl.endpoint.identification.algorithm=https",
+        ];
+        let public = cluster.bootstrap(true);
+        cluster.produce_and_consume_with("laptop", &public, "secure-public", 200, &tls_args)?;
+        for broker in &cluster.brokers {
+            let endpoint = format!("{}:9093", broker.public_ip());
+            let advertised = cluster.advertised_with("laptop", &endpoint, &tls_args)?;
+            ensure!(
+                advertised == BTreeSet::from([endpoint.clone()]),
+                "through {endpoint} over TLS the public client sees {advertised:?} advertised, expected {}'s public endpoint",
+                broker.node
+            );
+            let keystore = broker.kafka_tls_dir().join("external.keystore.pem");
+            let output = cluster.net.exec(
+                "laptop",
+                &[
+                    "python3",
+                    "-c",
+                    SERVED_CERTIFICATE,
+                    &keystore.display().to_string(),
+                    &ca.display().to_string(),
+                    &broker.public_ip(),
+                    "9093",
+                ],
+                Duration::from_secs(20),
+            )?;
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            ensure!(
+                output.status.success()
+                    && stdout.contains("served: same")
+                    && stdout.contains("other name: refused"),
+                "{endpoint} should serve exactly {}'s installed certificate, valid for its public IP only:\n{stdout}{}",
+                broker.node,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+
+        // The same client trusting another CA refuses every broker.
+        let other = cluster.net.dir().join("other-ca");
+        netns::run(
+            Command::new(kreachctl_binary())
+                .args(["certs", "init", "--certs"])
+                .arg(&other)
+                .args(["--node", "nobody", "--coordinator-name", "nowhere.invalid"]),
+        )?;
+        let other_option = format!("ssl.ca.location={}", other.join("ca.pem").display());
+        let mut args = vec!["metadata", "--bootstrap", public.as_str(), "--timeout", "5"];
+        args.extend_from_slice(&[
+            "-X",
+            "security.protocol=SSL",
+            "-X",
+            other_option.as_str(),
+            "-X",
+            "ssl.endpoint.identification.algorithm=https",
+        ]);
+        let (code, result, stderr) = cluster.client("laptop", &args, Duration::from_secs(30))?;
+        ensure!(
+            code != 0 && stderr.contains("certificate verify failed"),
+            "a client trusting another CA should fail certificate verification (exit {code}): {result}\n{}",
+            netns::tail(&stderr, 1500)
+        );
+        eprintln!(
+            "e2e-net secure_public_access: another CA: {}",
+            stderr
+                .lines()
+                .find(|l| l.contains("certificate verify failed"))
+                .unwrap_or("")
+        );
+
+        // The private key never shows up in an agent's log.
+        for node in cluster.nodes() {
+            let log = cluster.net.daemon(&format!("agent-{node}")).log();
+            ensure!(
+                !log.contains("PRIVATE KEY"),
+                "agent {node}'s log contains a private key"
+            );
+        }
         Ok(())
     })
 }
