@@ -459,9 +459,10 @@ impl Cluster {
         std::fs::write(
             dir.join("agent.toml"),
             format!(
-                "node = {node:?}\nstate_dir = {:?}\n[manage]\nhosts_file = \"/etc/hosts\"\n\
+                "node = {node:?}\nstate_dir = {:?}\n[manage]\nhosts_file = \"/etc/hosts\"\nkafka_ca_dir = {:?}\n\
                  [reachability]\nperiod = \"2s\"\n{}",
                 dir.join("agent-state"),
+                dir.join("kafka-ca"),
                 self.coordinator_section(node, coordinator)
             ),
         )?;
@@ -1158,9 +1159,19 @@ fn secure_public_access_serves_each_brokers_certificate_that_real_clients_verify
             );
         }
 
-        // The CA a client is given: the Kafka CA, as installed on a broker host.
-        let ca = cluster.brokers[0].kafka_tls_dir().join("ca.pem");
-        ensure!(ca.is_file(), "no Kafka CA at {}", ca.display());
+        // The CA a client is given: the Kafka CA laptop-1's agent installed for its Kafka clients
+        // (`[manage] kafka_ca_dir`/CLUSTER.pem), the same as the brokers trust.
+        let ca = cluster.client_dir("laptop-1").join("kafka-ca/e2e-net.pem");
+        ensure!(
+            ca.is_file(),
+            "laptop-1's agent installed no Kafka CA at {}",
+            ca.display()
+        );
+        ensure!(
+            std::fs::read(&ca)?
+                == std::fs::read(cluster.brokers[0].kafka_tls_dir().join("ca.pem"))?,
+            "the CA laptop-1 trusts is not the one the brokers' certificates chain to"
+        );
         let ca_option = format!("ssl.ca.location={}", ca.display());
         let tls_args = [
             "-X",
