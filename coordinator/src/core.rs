@@ -1085,11 +1085,40 @@ impl Core {
                     .collect(),
             }
         });
+        let renew_before_ms = self
+            .spec
+            .as_ref()
+            .map(|spec| u64::try_from(spec.tls.renew_before.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        let now = kreach_common::kafka_tls::unix_ms(SystemTime::now());
+        let certificates = releases
+            .iter()
+            .flat_map(|(node, release)| {
+                release.spec.certificates.iter().map(move |cert| {
+                    let state = if cert.not_after_ms <= now {
+                        "expired"
+                    } else if cert.not_after_ms <= now.saturating_add(renew_before_ms) {
+                        "due for renewal"
+                    } else {
+                        "ok"
+                    };
+                    pb::CertificateView {
+                        node: node.clone(),
+                        listener: cert.listener.clone(),
+                        serial: cert.serial.clone(),
+                        sans: cert.sans.clone(),
+                        not_after_ms: cert.not_after_ms,
+                        state: state.to_string(),
+                    }
+                })
+            })
+            .collect();
         pb::StatusResponse {
             applied_generation: rollout.as_ref().map(|r| r.generation).unwrap_or(0),
             rollout,
             nodes,
             reachability: self.reachability_rows(),
+            certificates,
         }
     }
 

@@ -494,6 +494,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
         &rows,
     ));
     out.push_str(&host_text(&status.nodes));
+    out.push_str(&certificates_text(&status.certificates));
     out.push_str(&reachability_text(&status.reachability));
     out
 }
@@ -543,6 +544,52 @@ hosts (as each agent last reported):
 /// Every problem an agent reports on its host, as a line an operator can act on: hosts lines that
 /// shadow kreach's entries, managed files it cannot enforce, a filter it cannot put in place.
 /// `check` fails on any. Pure.
+/// The brokers' TLS certificates: expiry and what each covers; a ✗ line for each problem.
+pub fn certificates_text(certificates: &[pb::CertificateView]) -> String {
+    if certificates.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\nTLS certificates (kreach-issued, per broker listener):\n");
+    for cert in certificates {
+        out.push_str(&format!(
+            "  {} {}: serial {}, valid until {}, covers {}{}\n",
+            cert.node,
+            cert.listener,
+            cert.serial,
+            format_ms(cert.not_after_ms),
+            cert.sans.join(", "),
+            if cert.state == "ok" {
+                String::new()
+            } else {
+                format!(" — {}", cert.state)
+            }
+        ));
+    }
+    for problem in certificate_problems(certificates) {
+        out.push_str(&format!("  ✗ {problem}\n"));
+    }
+    out
+}
+
+/// Certificates that need the operator: expired, or due for renewal (kreach renews at the next
+/// apply of the spec; it does not yet renew on its own).
+pub fn certificate_problems(certificates: &[pb::CertificateView]) -> Vec<String> {
+    certificates
+        .iter()
+        .filter(|cert| cert.state != "ok")
+        .map(|cert| {
+            format!(
+                "{} {}: certificate {} {} ({}); apply the spec again to renew it",
+                cert.node,
+                cert.listener,
+                cert.serial,
+                cert.state,
+                format_ms(cert.not_after_ms)
+            )
+        })
+        .collect()
+}
+
 pub fn host_problems(nodes: &[pb::NodeView]) -> Vec<String> {
     let mut problems = Vec::new();
     for node in nodes {
@@ -647,7 +694,8 @@ fn reachability_json(rows: &[pb::ReachabilityRow]) -> Value {
 /// reports a problem, and what fails.
 pub fn check_json(status: &pb::StatusResponse) -> Value {
     let failures = check_failures(&status.reachability);
-    let problems = host_problems(&status.nodes);
+    let mut problems = host_problems(&status.nodes);
+    problems.extend(certificate_problems(&status.certificates));
     json!({
         "ok": failures.is_empty() && problems.is_empty(),
         "failures": failures,
@@ -1076,5 +1124,40 @@ mod tests {
     fn tables_align_columns() {
         let text = table(&["A", "LONG"], &[vec!["xyz".into(), "1".into()]]);
         assert_eq!(text, "A    LONG\nxyz  1\n");
+    }
+
+    #[test]
+    fn certificates_that_expired_or_are_due_are_problems_check_counts() {
+        let cert = |node: &str, state: &str| pb::CertificateView {
+            node: node.into(),
+            listener: "EXTERNAL".into(),
+            serial: "0a".into(),
+            sans: vec!["b1.c".into(), "198.19.0.1".into()],
+            not_after_ms: 1_796_000_000_000,
+            state: state.into(),
+        };
+        let certificates = [
+            cert("b1", "ok"),
+            cert("b2", "due for renewal"),
+            cert("b3", "expired"),
+        ];
+        let problems = certificate_problems(&certificates);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(
+            problems[0].starts_with("b2 EXTERNAL: certificate 0a due for renewal"),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("expired") && problems[1].contains("apply the spec again"));
+        let text = certificates_text(&certificates);
+        assert!(
+            text.contains("b1 EXTERNAL: serial 0a, valid until ")
+                && text.contains("covers b1.c, 198.19.0.1\n"),
+            "{text}"
+        );
+        let status = pb::StatusResponse {
+            certificates: certificates.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(check_json(&status)["ok"], false);
     }
 }

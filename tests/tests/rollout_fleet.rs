@@ -1341,6 +1341,20 @@ fn secure_public_access_gives_each_broker_a_certificate_for_its_own_key_that_cli
         let audit = std::fs::read_to_string(broker.state_dir().join("audit.jsonl")).unwrap();
         assert!(audit.contains("Kafka key store") && !audit.contains("PRIVATE KEY"));
     }
+    // Status lists every broker's certificate and its expiry; none needs attention yet.
+    let status = fleet.ctl(&["status"]).unwrap().stdout;
+    assert!(status.contains("TLS certificates"), "{status}");
+    for broker in &fleet.brokers {
+        assert!(
+            status.contains(&format!("{} EXTERNAL: serial ", broker.node))
+                && status.contains(&format!("198.19.19.{}", broker.id)),
+            "{status}"
+        );
+    }
+    assert!(
+        !status.contains("due for renewal") && !status.contains("expired"),
+        "{status}"
+    );
     // What a Kafka client on etl-1 (private view, PLAINTEXT) is told to use.
     let config = fleet
         .ctl(&["client-config", "etl-1", "--output", "json"])

@@ -352,7 +352,8 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 anyhow::bail!("no spec applied yet: nothing to check (kreachctl apply SPEC first)");
             }
             let failures = ctl::check_failures(&status.reachability);
-            let problems = ctl::host_problems(&status.nodes);
+            let mut problems = ctl::host_problems(&status.nodes);
+            problems.extend(ctl::certificate_problems(&status.certificates));
             match cli.output {
                 Output::Json => println!(
                     "{}",

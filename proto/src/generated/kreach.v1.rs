@@ -508,6 +508,26 @@ pub struct StatusResponse {
     /// One row per client of the newest spec: every broker it should reach, as it last reported.
     #[prost(message, repeated, tag = "4")]
     pub reachability: ::prost::alloc::vec::Vec<ReachabilityRow>,
+    /// Every TLS listener certificate released to a broker.
+    #[prost(message, repeated, tag = "5")]
+    pub certificates: ::prost::alloc::vec::Vec<CertificateView>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct CertificateView {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub listener: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub serial: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "4")]
+    pub sans: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "5")]
+    pub not_after_ms: u64,
+    /// "ok", "due for renewal" (less than \[tls\] renew_before left) or "expired".
+    #[prost(string, tag = "6")]
+    pub state: ::prost::alloc::string::String,
 }
 /// One client's row of the reachability matrix.
 #[allow(clippy::all)]
