@@ -203,6 +203,9 @@ def serve(properties):
     for name, host, port in binds:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
+        # As Kafka's own acceptor does: a restart may bind again while connections of the last
+        # instance (or a client's, whose source address is this loopback address) are in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as error:
