@@ -501,6 +501,14 @@ impl TempFile {
                 }
             };
             return match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                // Another writer's sweep may have locked, removed and closed it between our create
+                // and our lock: we then hold the lock of a file no longer there. Take a new name.
+                Ok(file)
+                    if contended < 8 && file.metadata().is_ok_and(|meta| meta.nlink() == 0) =>
+                {
+                    contended += 1;
+                    continue;
+                }
                 Ok(file) => Ok(TempFile {
                     path,
                     file,
