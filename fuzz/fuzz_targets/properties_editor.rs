@@ -14,7 +14,8 @@ mod common;
 
 use arbitrary::Arbitrary;
 use kreach_common::properties::{
-    apply_listeners, check_kafka_rules, get_property, ListenerSettings, ListenerSpec, MANAGED_KEYS,
+    apply_listeners, check_kafka_rules, get_property, ListenerSettings, ListenerSpec, ListenerTls,
+    LISTENER_SCOPED_KEYS, MANAGED_KEYS,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -74,6 +75,18 @@ struct Desired {
     inter_broker: Option<Name>,
 }
 
+/// What kreach adds for a protocol: the PEM files of a TLS listener, the mechanism of a SASL one
+/// (so the listener-scoped keys are edited too).
+fn security_for(protocol: &str) -> (Option<ListenerTls>, Option<String>) {
+    let upper = protocol.to_uppercase();
+    let tls = matches!(upper.as_str(), "SSL" | "SASL_SSL").then(|| ListenerTls {
+        keystore: "/etc/kafka/kreach-tls/l.keystore.pem".into(),
+        truststore: "/etc/kafka/kreach-tls/ca.pem".into(),
+    });
+    let sasl = upper.starts_with("SASL_").then(|| "SCRAM-SHA-512".to_string());
+    (tls, sasl)
+}
+
 /// The settings of tests/properties_proptest.rs.
 fn default_settings() -> ListenerSettings {
     let spec = |name: &str, port: u16, advertised: &str, protocol: &str| ListenerSpec {
@@ -82,6 +95,8 @@ fn default_settings() -> ListenerSettings {
         port,
         advertised_host: advertised.into(),
         security_protocol: protocol.into(),
+        tls: security_for(protocol).0,
+        sasl_mechanism: security_for(protocol).1,
     };
     ListenerSettings {
         owned_names: vec!["INTERNAL".into(), "EXTERNAL".into()],
@@ -127,7 +142,17 @@ fn build(desired: Desired, file: &str) -> ListenerSettings {
             .listeners
             .into_iter()
             .take(8)
-            .map(|l| ListenerSpec {
+            .map(|l| {
+                let protocol: String = match l.protocol {
+                    Protocol::Plaintext => "PLAINTEXT".into(),
+                    Protocol::Ssl => "SSL".into(),
+                    Protocol::SaslPlaintext => "SASL_PLAINTEXT".into(),
+                    Protocol::SaslSsl => "SASL_SSL".into(),
+                    Protocol::Lower => "sasl_ssl".into(),
+                    Protocol::Any(s) => s,
+                };
+                let (tls, sasl_mechanism) = security_for(&protocol);
+                ListenerSpec {
                 name: name(l.name),
                 bind_host: host(l.bind),
                 advertised_host: host(l.advertised),
@@ -135,15 +160,10 @@ fn build(desired: Desired, file: &str) -> ListenerSettings {
                     Port::Usual(n) => 19092 + u16::from(n % 8),
                     Port::Any(p) => p,
                 },
-                security_protocol: match l.protocol {
-                    Protocol::Plaintext => "PLAINTEXT".into(),
-                    Protocol::Ssl => "SSL".into(),
-                    Protocol::SaslPlaintext => "SASL_PLAINTEXT".into(),
-                    Protocol::SaslSsl => "SASL_SSL".into(),
-                    Protocol::Lower => "sasl_ssl".into(),
-                    Protocol::Any(s) => s,
-                },
-            })
+                security_protocol: protocol,
+                tls,
+                sasl_mechanism,
+            }})
             .collect(),
         inter_broker_listener: desired.inter_broker.map(name).unwrap_or_default(),
     }
@@ -271,10 +291,20 @@ fn java_key(line: &str) -> Option<String> {
     Some(key)
 }
 
+/// A key the editor may change: one of the four listener keys, or a `listener.name.NAME.` key of
+/// a TLS/SASL setting kreach owns.
+fn is_managed(key: &str) -> bool {
+    MANAGED_KEYS.contains(&key)
+        || (key.starts_with("listener.name.")
+            && LISTENER_SCOPED_KEYS
+                .iter()
+                .any(|scoped| key.ends_with(&format!(".{scoped}"))))
+}
+
 /// Whether `text` (a stretch the editor added) holds only line endings and managed-key definitions.
 fn only_managed(text: &str) -> bool {
     match logical_lines(text) {
-        Some(lines) => lines.iter().all(|l| MANAGED_KEYS.contains(&l.key.as_str())),
+        Some(lines) => lines.iter().all(|l| is_managed(&l.key)),
         None => false,
     }
 }
@@ -283,12 +313,16 @@ fn check_outside_survives(input: &str, output: &str, changed: &[String]) {
     let Some(lines) = logical_lines(input) else {
         return;
     };
-    // The effective definitions of the changed keys, in file order.
-    let mut spans: Vec<(usize, usize)> = changed
-        .iter()
-        .filter_map(|key| lines.iter().rev().find(|l| &l.key == key))
-        .map(|l| (l.start, l.end))
-        .collect();
+    // The effective definitions of the changed keys, in file order; every definition of a key the
+    // edit removed (an earlier one must not come back to life).
+    let mut spans: Vec<(usize, usize)> = Vec::new();
+    for key in changed {
+        if get_property(output, key).ok().flatten().is_none() {
+            spans.extend(lines.iter().filter(|l| &l.key == key).map(|l| (l.start, l.end)));
+        } else if let Some(l) = lines.iter().rev().find(|l| &l.key == key) {
+            spans.push((l.start, l.end));
+        }
+    }
     spans.sort_unstable();
     let mut pieces = Vec::new();
     let mut from = 0;
@@ -361,7 +395,7 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(output, file, "no key changed but the bytes did");
     }
     for key in &edit.changed_keys {
-        assert!(MANAGED_KEYS.contains(&key.as_str()), "changed an unmanaged key {key}");
+        assert!(is_managed(key), "changed an unmanaged key {key}");
     }
 
     // Every other key keeps its value; unchanged managed keys too.
