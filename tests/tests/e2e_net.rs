@@ -363,9 +363,12 @@ impl Cluster {
                 "--state".into(),
                 broker.kafka_state().display().to_string(),
             ];
+            // tansu answers as node 111 everywhere, so every broker's Kafka probe would claim to
+            // be the controller and the restart order would depend on which claims reached the
+            // coordinator first: the harness says no broker is (brokers restart in id order).
             let config = format!(
                 "node = {:?}\nstate_dir = {:?}\n[manage]\nhosts_file = \"/etc/hosts\"\nkafka_properties = {:?}\n\
-                 kafka_tls_dir = {:?}\nprobe = \"kafka\"\nfirewall = \"nftables\"\n\
+                 kafka_tls_dir = {:?}\nprobe = \"kafka\"\nfirewall = \"nftables\"\ncontroller_check = [\"false\"]\n\
                  [service_manager]\nkind = \"command\"\nrestart = {restart:?}\nstatus = {status:?}\n{}",
                 broker.node,
                 broker.dir.join("agent-state"),
