@@ -78,9 +78,14 @@ impl Issuer {
                 }
                 let ca = KafkaCa::create(&spec.name, SystemTime::now())
                     .map_err(|error| format!("the Kafka CA: {error}"))?;
-                write_private_dir(&dir)?;
-                write_file(&key_path, &ca.key_pem, 0o600)?;
-                write_file(&cert_path, &ca.cert_pem, 0o644)?;
+                kreach_common::tls::write_new_ca(
+                    &dir,
+                    "ca.pem",
+                    &ca.cert_pem,
+                    "ca.key",
+                    &ca.key_pem,
+                )
+                .map_err(|error| format!("the Kafka CA: {error}"))?;
                 tracing::info!(dir = %dir.display(), cluster = %spec.name, "created the Kafka CA");
                 Ok(ca)
             }
@@ -260,33 +265,4 @@ pub fn uncovered(desired: &[NodeSpec]) -> Vec<String> {
         }
     }
     problems
-}
-
-fn write_private_dir(dir: &Path) -> Result<(), String> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|error| format!("cannot create {}: {error}", dir.display()))
-}
-
-fn write_file(path: &Path, content: &str, mode: u32) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt;
-    let temp = path.with_extension("tmp");
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.write_all(content.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, path)
-    })();
-    result.map_err(|error| {
-        let _ = std::fs::remove_file(&temp);
-        format!("cannot write {}: {error}", path.display())
-    })
 }

@@ -788,6 +788,30 @@ fn create_dir(path: &Path) -> Result<(), TlsError> {
 /// its final mode (a key is never readable by others, not even briefly), synced, then moved into
 /// place: with `force` by rename (replacing), without by hard link, which fails rather than
 /// replaces if the target appeared since we checked.
+/// Write a new CA's certificate (0644) and key (0600) into `dir` (made 0700 if missing), the way
+/// `certs init` writes its files: atomically, synced, and refusing to replace an existing file.
+pub fn write_new_ca(
+    dir: &Path,
+    cert_name: &str,
+    cert_pem: &str,
+    key_name: &str,
+    key_pem: &str,
+) -> Result<Vec<PathBuf>, TlsError> {
+    let files = vec![
+        PlannedFile {
+            path: dir.join(key_name),
+            contents: key_pem.as_bytes().to_vec(),
+            mode: KEY_MODE,
+        },
+        PlannedFile {
+            path: dir.join(cert_name),
+            contents: cert_pem.as_bytes().to_vec(),
+            mode: CERT_MODE,
+        },
+    ];
+    write_all(dir, files, false)
+}
+
 fn write_all(dir: &Path, files: Vec<PlannedFile>, force: bool) -> Result<Vec<PathBuf>, TlsError> {
     create_dir(dir)?;
     let mut written = Vec::with_capacity(files.len());
