@@ -21,7 +21,7 @@ use crate::config::AgentConfig;
 use crate::fsio::{self, WriteMethod};
 use crate::service::ServiceManager;
 use crate::state::{self, AppliedState, ReleaseRef};
-use crate::verify::ListenerProbe;
+use crate::verify::{KeystoreReload, ListenerProbe};
 
 /// How many previous versions of each managed file are kept under `state_dir/backups`.
 pub const BACKUPS_KEPT: usize = 10;
@@ -75,6 +75,9 @@ pub struct Plan {
     pub conflicts: Vec<HostsConflict>,
     /// The unit to restart and why, when the listener settings change.
     pub restart: Option<(String, String)>,
+    /// Without a restart: the TLS listeners whose key store is rewritten in place, which the
+    /// running broker is asked to reload (a restart when it cannot).
+    pub reload: Vec<KeystoreReload>,
 }
 
 impl Plan {
@@ -87,6 +90,15 @@ impl Plan {
         let mut out = self.render_diff();
         match &self.restart {
             Some((unit, why)) => out.push_str(&format!("restart: {unit} ({why})\n")),
+            None if !self.reload.is_empty() => out.push_str(&format!(
+                "restart: none ({} reload{} the new certificate live; a restart only if the broker cannot)\n",
+                self.reload
+                    .iter()
+                    .map(|reload| reload.listener.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if self.reload.len() == 1 { "s" } else { "" }
+            )),
             None if !self.changes.is_empty() => {
                 out.push_str("restart: none (no listener setting changes)\n")
             }
@@ -229,7 +241,8 @@ impl Engine {
     }
 
     /// Carry out `plan`: back up and write every changed file, restart Kafka when its listener
-    /// settings changed, verify, and on a failed gate restore the previous bytes and restart again.
+    /// settings changed (or have it reload rewritten key stores live, restarting only when it
+    /// cannot), verify, and on a failed gate restore the previous bytes and restart again.
     /// On success the node state is persisted as the last applied state.
     pub fn apply(
         &self,
@@ -247,29 +260,9 @@ impl Engine {
         let mut checks = Vec::new();
         // The broker as it runs now: what the current server.properties configures. A rollback
         // writes exactly these bytes back, so they are also what the recovered broker must serve.
-        let running = plan
-            .changes
-            .iter()
-            .find(|change| change.file == ManagedFile::KafkaProperties)
-            .and_then(|change| change.old.as_deref())
-            .map(gates::running_listeners)
-            .unwrap_or_default();
+        let running = self.running_listeners(plan)?;
         if let Some((unit, _)) = &plan.restart {
-            let timeout =
-                Duration::from_millis(plan.node_spec.health_timeout_ms).min(PRE_RESTART_TIMEOUT);
-            match self.probe.before_restart(broker_id, &running, timeout) {
-                Ok(passed) => {
-                    tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "pre-restart gate passed");
-                    checks.extend(passed);
-                }
-                Err(reason) => {
-                    tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "not restarting {unit}, nothing written: {reason}");
-                    return Err(EngineError::PreRestartRefused {
-                        unit: unit.clone(),
-                        reason,
-                    });
-                }
-            }
+            checks.extend(self.pre_restart_gate(plan, unit, broker_id, &running, generation)?);
         }
         // The EXTERNAL filter before any file (brokers with `manage.firewall`): if nft refuses, nothing changed.
         let firewall_check = crate::firewall::enforce_for(&self.config, &plan.node_spec)?;
@@ -277,81 +270,55 @@ impl Engine {
             .write_all(plan, generation, released_by, AuditAction::Apply)
             .inspect_err(|_| crate::firewall::restore_previous(&self.config))?;
 
+        let mut restart = plan.restart.clone();
+        if restart.is_none() && !plan.reload.is_empty() {
+            match self.reload_live(plan, broker_id) {
+                Ok(passed) => checks.extend(passed),
+                Err(reason) => {
+                    let unit = self.config.manage.kafka_unit.clone();
+                    tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "no live reload, restarting instead: {reason}");
+                    // The gate the restart would have had before the write: the broker still
+                    // runs on the same listener settings, only its key store file is new.
+                    match self.pre_restart_gate(plan, &unit, broker_id, &running, generation) {
+                        Ok(passed) => checks.extend(passed),
+                        Err(refused) => {
+                            let reason = format!("{reason}; and {refused}");
+                            let restored = self.restore(
+                                &written,
+                                generation,
+                                released_by,
+                                AuditAction::Rollback,
+                                &reason,
+                            )?;
+                            crate::firewall::restore_previous(&self.config);
+                            return Ok(Outcome::RolledBack {
+                                reason,
+                                restored,
+                                restart_window: None,
+                            });
+                        }
+                    }
+                    restart = Some((unit, format!("the live reload failed: {reason}")));
+                }
+            }
+        }
+
         let mut restart_window = None;
-        if let Some((unit, why)) = &plan.restart {
-            let listeners = plan
-                .node_spec
-                .listeners
-                .as_ref()
-                .map(|l| l.listeners.as_slice())
-                .unwrap_or(&[]);
-            let timeout = Duration::from_millis(plan.node_spec.health_timeout_ms);
-            tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "restarting {unit}: {why}");
-            let started = Instant::now();
-            let restart_started = SystemTime::now();
-            let restarted = self.services.restart(unit, timeout);
-            let mut window = RestartWindow {
-                started: restart_started,
-                finished: SystemTime::now(),
-            };
-            let gate = restarted
-                .map_err(|error| format!("restart of {unit} failed: {error}"))
-                .and_then(|()| {
-                    let remaining = timeout
-                        .saturating_sub(started.elapsed())
-                        .max(Duration::from_secs(1));
-                    self.probe
-                        .verify(broker_id, listeners, remaining)
-                        .map_err(|error| format!("health check failed: {error}"))
-                });
-            match gate {
-                Ok(passed) => {
-                    tracing::info!(unit = %unit, elapsed_ms = started.elapsed().as_millis() as u64, "{unit} is healthy");
+        if let Some((unit, why)) = &restart {
+            match self.restart_and_verify(
+                plan,
+                (unit, why),
+                broker_id,
+                &running,
+                &written,
+                release,
+                released_by,
+            )? {
+                Ok((passed, window)) => {
                     checks.extend(passed);
                     restart_window = Some(window);
                 }
-                Err(reason) => {
-                    tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "rolling back: {reason}");
-                    let restored = self.restore(
-                        &written,
-                        generation,
-                        released_by,
-                        AuditAction::Rollback,
-                        &reason,
-                    )?;
-                    crate::firewall::restore_previous(&self.config);
-                    // Checked against the restored bytes, not the last applied state: on a
-                    // node's first apply there is none, and the old broker must still serve.
-                    let previous: Vec<ListenerSpec> = running
-                        .iter()
-                        .filter(|listener| !listener.controller)
-                        .map(gates::RunningListener::as_listener_spec)
-                        .collect();
-                    let recovery = self.services.restart(unit, timeout);
-                    window.finished = SystemTime::now();
-                    let recovery = recovery
-                        .map_err(|error| format!("restarting it on them failed: {error}"))
-                        .and_then(|()| {
-                            self.probe
-                                .verify(broker_id, &previous, timeout)
-                                .map_err(|error| {
-                                    format!("it is not serving on them either: {error}")
-                                })
-                        });
-                    if let Err(error) = recovery {
-                        tracing::error!(unit = %unit, node = %plan.node_spec.node, generation, "{unit} is down after the rollback: {error}");
-                        return Err(EngineError::RollbackFailed {
-                            message: format!(
-                                "{reason}; the previous files of {unit} were restored, but {error}"
-                            ),
-                        });
-                    }
-                    return Ok(Outcome::RolledBack {
-                        reason,
-                        restored,
-                        restart_window: Some(window),
-                    });
-                }
+                Err(rolled_back) => return Ok(rolled_back),
             }
         }
         checks.extend(firewall_check);
@@ -368,10 +335,167 @@ impl Engine {
         )?;
         Ok(Outcome::Converged {
             written: written.into_iter().map(|w| (w.path, w.method)).collect(),
-            restarted: plan.restart.as_ref().map(|(unit, _)| unit.clone()),
+            restarted: restart.map(|(unit, _)| unit),
             checks,
             restart_window,
         })
+    }
+
+    /// What the current server.properties configures: from the plan's properties change, or read
+    /// when the plan leaves the file alone (a key store reload may still fall back to a restart).
+    fn running_listeners(&self, plan: &Plan) -> Result<Vec<gates::RunningListener>, EngineError> {
+        if let Some(change) = plan
+            .changes
+            .iter()
+            .find(|change| change.file == ManagedFile::KafkaProperties)
+        {
+            return Ok(change
+                .old
+                .as_deref()
+                .map(gates::running_listeners)
+                .unwrap_or_default());
+        }
+        if plan.reload.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Some(path) = &self.config.manage.kafka_properties else {
+            return Ok(Vec::new());
+        };
+        Ok(read_text(path)?
+            .as_deref()
+            .map(gates::running_listeners)
+            .unwrap_or_default())
+    }
+
+    /// May the broker go down now? The checks that passed, or the refusal (nothing written yet).
+    fn pre_restart_gate(
+        &self,
+        plan: &Plan,
+        unit: &str,
+        broker_id: i32,
+        running: &[gates::RunningListener],
+        generation: u64,
+    ) -> Result<Vec<String>, EngineError> {
+        let timeout =
+            Duration::from_millis(plan.node_spec.health_timeout_ms).min(PRE_RESTART_TIMEOUT);
+        match self.probe.before_restart(broker_id, running, timeout) {
+            Ok(passed) => {
+                tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "pre-restart gate passed");
+                Ok(passed)
+            }
+            Err(reason) => {
+                tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "not restarting {unit}, nothing written: {reason}");
+                Err(EngineError::PreRestartRefused {
+                    unit: unit.to_string(),
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Have the running broker load its rewritten key stores and check it serves them.
+    fn reload_live(&self, plan: &Plan, broker_id: i32) -> Result<Vec<String>, String> {
+        let listeners = plan
+            .node_spec
+            .listeners
+            .as_ref()
+            .map(|settings| crate::kafka_tls::localize(settings, &self.config).listeners)
+            .unwrap_or_default();
+        tracing::info!(node = %plan.node_spec.node, listeners = ?plan.reload.iter().map(|r| &r.listener).collect::<Vec<_>>(), "reloading key stores without a restart");
+        self.probe.reload_certificates(
+            broker_id,
+            &listeners,
+            &plan.reload,
+            &plan.node_spec.kafka_ca_pem,
+            Duration::from_millis(plan.node_spec.health_timeout_ms),
+        )
+    }
+
+    /// Restart `unit` and run the post-restart gate. `Ok(Ok(..))` with the checks and the restart
+    /// window when the broker is healthy; `Ok(Err(outcome))` when it was not and the previous
+    /// files are back and serving (rolled back); `Err` when even that failed.
+    #[allow(clippy::too_many_arguments)]
+    fn restart_and_verify(
+        &self,
+        plan: &Plan,
+        (unit, why): (&str, &str),
+        broker_id: i32,
+        running: &[gates::RunningListener],
+        written: &[Written],
+        release: ReleaseRef,
+        released_by: &str,
+    ) -> Result<Result<(Vec<String>, RestartWindow), Outcome>, EngineError> {
+        let generation = release.generation;
+        let listeners = plan
+            .node_spec
+            .listeners
+            .as_ref()
+            .map(|l| l.listeners.as_slice())
+            .unwrap_or(&[]);
+        let timeout = Duration::from_millis(plan.node_spec.health_timeout_ms);
+        tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "restarting {unit}: {why}");
+        let started = Instant::now();
+        let restart_started = SystemTime::now();
+        let restarted = self.services.restart(unit, timeout);
+        let mut window = RestartWindow {
+            started: restart_started,
+            finished: SystemTime::now(),
+        };
+        let gate = restarted
+            .map_err(|error| format!("restart of {unit} failed: {error}"))
+            .and_then(|()| {
+                let remaining = timeout
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_secs(1));
+                self.probe
+                    .verify(broker_id, listeners, remaining)
+                    .map_err(|error| format!("health check failed: {error}"))
+            });
+        let reason = match gate {
+            Ok(passed) => {
+                tracing::info!(unit = %unit, elapsed_ms = started.elapsed().as_millis() as u64, "{unit} is healthy");
+                return Ok(Ok((passed, window)));
+            }
+            Err(reason) => reason,
+        };
+        tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "rolling back: {reason}");
+        let restored = self.restore(
+            written,
+            generation,
+            released_by,
+            AuditAction::Rollback,
+            &reason,
+        )?;
+        crate::firewall::restore_previous(&self.config);
+        // Checked against the restored bytes, not the last applied state: on a
+        // node's first apply there is none, and the old broker must still serve.
+        let previous: Vec<ListenerSpec> = running
+            .iter()
+            .filter(|listener| !listener.controller)
+            .map(gates::RunningListener::as_listener_spec)
+            .collect();
+        let recovery = self.services.restart(unit, timeout);
+        window.finished = SystemTime::now();
+        let recovery = recovery
+            .map_err(|error| format!("restarting it on them failed: {error}"))
+            .and_then(|()| {
+                self.probe
+                    .verify(broker_id, &previous, timeout)
+                    .map_err(|error| format!("it is not serving on them either: {error}"))
+            });
+        if let Err(error) = recovery {
+            tracing::error!(unit = %unit, node = %plan.node_spec.node, generation, "{unit} is down after the rollback: {error}");
+            return Err(EngineError::RollbackFailed {
+                message: format!(
+                    "{reason}; the previous files of {unit} were restored, but {error}"
+                ),
+            });
+        }
+        Ok(Err(Outcome::RolledBack {
+            reason,
+            restored,
+            restart_window: Some(window),
+        }))
     }
 
     /// Write the plan's files without restarting anything: drift repair puts back bytes that the
@@ -633,6 +757,7 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
     }
 
     let mut restart = None;
+    let mut reload = Vec::new();
     if let (NodeRole::Broker { .. }, Some(listeners)) = (&node_spec.role, &node_spec.listeners) {
         let path = config.manage.kafka_properties.clone().ok_or_else(|| {
             EngineError::NoPropertiesConfigured {
@@ -661,6 +786,12 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
                 changed_keys: edit.changed_keys,
                 secret_summary: None,
             });
+        } else {
+            // Same listener settings, new key stores: reloaded live, unless Kafka would refuse it.
+            match keystore_reloads(listeners, node_spec, &changes, &old) {
+                Ok(found) => reload = found,
+                Err(why) => restart = Some((config.manage.kafka_unit.clone(), why)),
+            }
         }
     }
     Ok(Plan {
@@ -668,7 +799,87 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
         changes,
         conflicts,
         restart,
+        reload,
     })
+}
+
+/// The key stores `changes` rewrites for listeners whose settings stay the same, as reloads; or
+/// why Kafka would not take them live: since 3.7 (KIP-978) a reloaded certificate must keep every
+/// SAN of the one it replaces unless `ssl.allow.san.changes=true` (before, SAN changes were
+/// refused outright), so a certificate that drops a name is loaded by a restart.
+fn keystore_reloads(
+    settings: &properties::ListenerSettings,
+    node_spec: &NodeSpec,
+    changes: &[FileChange],
+    properties_text: &str,
+) -> Result<Vec<KeystoreReload>, String> {
+    let mut reloads = Vec::new();
+    for change in changes
+        .iter()
+        .filter(|change| change.file == ManagedFile::KafkaKeyStore)
+    {
+        let Some(listener) = settings.listeners.iter().find(|listener| {
+            listener
+                .tls
+                .as_ref()
+                .is_some_and(|tls| Path::new(&tls.keystore) == change.path)
+        }) else {
+            continue;
+        };
+        let Some(certificate) = node_spec
+            .certificates
+            .iter()
+            .find(|c| c.listener.eq_ignore_ascii_case(&listener.name))
+        else {
+            continue;
+        };
+        let Some(old) = change.old.as_deref() else {
+            return Err(format!(
+                "the key store of {} is new while Kafka runs with that listener",
+                listener.name
+            ));
+        };
+        if let Ok(held) = kreach_common::kafka_tls::inspect(old) {
+            let dropped: Vec<&String> = held
+                .sans
+                .iter()
+                .filter(|san| !certificate.sans.contains(san))
+                .collect();
+            if !dropped.is_empty() && !allows_san_changes(properties_text, &listener.name) {
+                return Err(format!(
+                    "the new certificate of {} no longer covers {}, which Kafka refuses to reload live (ssl.allow.san.changes is not true)",
+                    listener.name,
+                    dropped
+                        .iter()
+                        .map(|san| san.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
+        reloads.push(KeystoreReload {
+            listener: listener.name.clone(),
+            keystore: change.path.display().to_string(),
+            serial: certificate.serial.clone(),
+        });
+    }
+    Ok(reloads)
+}
+
+/// Whether server.properties sets `ssl.allow.san.changes=true` for `listener` (or for all).
+fn allows_san_changes(properties_text: &str, listener: &str) -> bool {
+    let scoped = format!(
+        "listener.name.{}.ssl.allow.san.changes",
+        listener.to_ascii_lowercase()
+    );
+    [scoped.as_str(), "ssl.allow.san.changes"]
+        .iter()
+        .any(|key| {
+            properties::get_property(properties_text, key)
+                .ok()
+                .flatten()
+                .is_some_and(|value| value.trim().eq_ignore_ascii_case("true"))
+        })
 }
 
 /// A TLS listener whose PEM files are missing (and not written by this plan) would stop Kafka at
@@ -719,7 +930,7 @@ fn read_text(path: &Path) -> Result<Option<String>, EngineError> {
 mod tests {
     use super::*;
     use crate::service::ServiceError;
-    use crate::verify::ListenerProbe;
+    use crate::verify::{KeystoreReload, ListenerProbe};
     use kreach_common::gates::RunningListener;
     use std::sync::{Arc, Mutex};
 
@@ -748,7 +959,13 @@ mod tests {
         post: Vec<Result<Vec<String>, String>>,
         asked: Asked,
         verified: Verified,
+        /// What a live key store reload answers.
+        reload: Result<Vec<String>, String>,
+        reloads: Reloads,
     }
+
+    /// The key store reloads the probe was asked for, in order.
+    type Reloads = Arc<Mutex<Vec<Vec<KeystoreReload>>>>;
 
     impl ListenerProbe for ScriptedProbe {
         fn before_restart(
@@ -776,6 +993,17 @@ mod tests {
             verified.push(listeners.to_vec());
             self.post[(verified.len() - 1).min(self.post.len() - 1)].clone()
         }
+        fn reload_certificates(
+            &self,
+            _broker_id: i32,
+            _listeners: &[ListenerSpec],
+            reloads: &[KeystoreReload],
+            _ca_pem: &str,
+            _timeout: Duration,
+        ) -> Result<Vec<String>, String> {
+            self.reloads.lock().unwrap().push(reloads.to_vec());
+            self.reload.clone()
+        }
     }
 
     struct Fixture {
@@ -783,6 +1011,7 @@ mod tests {
         restarts: Arc<Mutex<u32>>,
         asked: Asked,
         verified: Verified,
+        reloads: Reloads,
     }
 
     const INITIAL: &str = "listeners=INTERNAL://127.0.0.1:9092\nadvertised.listeners=INTERNAL://old-name:9092\nlistener.security.protocol.map=INTERNAL:PLAINTEXT\n";
@@ -797,6 +1026,7 @@ mod tests {
                 restarts: Arc::new(Mutex::new(0)),
                 asked: Arc::new(Mutex::new(Vec::new())),
                 verified: Arc::new(Mutex::new(Vec::new())),
+                reloads: Arc::new(Mutex::new(Vec::new())),
             }
         }
 
@@ -809,6 +1039,16 @@ mod tests {
             &self,
             refuse: Option<&str>,
             post: Vec<Result<Vec<String>, String>>,
+        ) -> Engine {
+            self.engine_reloading(refuse, post, Err("not asked to".into()))
+        }
+
+        /// An engine whose live key store reload answers `reload`.
+        fn engine_reloading(
+            &self,
+            refuse: Option<&str>,
+            post: Vec<Result<Vec<String>, String>>,
+            reload: Result<Vec<String>, String>,
         ) -> Engine {
             let root = self.dir.path().display().to_string();
             let config = AgentConfig::parse(&format!(
@@ -823,6 +1063,8 @@ mod tests {
                     post,
                     asked: Arc::clone(&self.asked),
                     verified: Arc::clone(&self.verified),
+                    reload,
+                    reloads: Arc::clone(&self.reloads),
                 }),
             )
         }
@@ -964,6 +1206,175 @@ mod tests {
         );
         // Applying the same again changes nothing.
         assert!(engine.plan(&spec).unwrap().is_empty());
+    }
+
+    /// A broker whose INTERNAL listener serves TLS with a certificate for `sans`, applied; and
+    /// the spec of a renewal: a new certificate for `renewed_sans`, same listener settings.
+    fn tls_broker_then_renewal(
+        fixture: &Fixture,
+        sans: &[&str],
+        renewed_sans: &[&str],
+    ) -> (NodeSpec, NodeSpec) {
+        let engine = fixture.engine(None, Ok(vec![]));
+        let public = crate::kafka_tls::ensure_key(engine.config()).unwrap();
+        let ca = kreach_common::kafka_tls::KafkaCa::create("c", SystemTime::now()).unwrap();
+        let certificate = |sans: &[&str]| {
+            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+            let issued = ca
+                .issue(
+                    "kafka broker 2 INTERNAL",
+                    &public,
+                    &sans,
+                    SystemTime::now(),
+                    Duration::from_secs(86_400),
+                )
+                .unwrap();
+            kreach_common::desired::ListenerCertificate {
+                listener: "INTERNAL".into(),
+                chain_pem: issued.chain_pem,
+                sans: issued.sans,
+                serial: issued.serial,
+                not_after_ms: issued.not_after_ms,
+            }
+        };
+        let mut spec = fixture.node_spec();
+        let settings = spec.listeners.as_mut().unwrap();
+        settings.listeners[0].security_protocol = "SSL".into();
+        settings.listeners[0].tls = Some(kreach_common::desired::tls_files("INTERNAL"));
+        spec.certificates = vec![certificate(sans)];
+        spec.kafka_ca_pem = ca.cert_pem.clone();
+        let plan = engine.plan(&spec).unwrap();
+        engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        let mut renewed = spec.clone();
+        renewed.certificates = vec![certificate(renewed_sans)];
+        (spec, renewed)
+    }
+
+    #[test]
+    fn a_renewed_certificate_is_reloaded_live_without_a_restart() {
+        let fixture = Fixture::new();
+        let (_, renewed) = tls_broker_then_renewal(
+            &fixture,
+            &["emr-worker-2.c", "emr-worker-2"],
+            &["emr-worker-2.c", "emr-worker-2"],
+        );
+        let restarts_before = *fixture.restarts.lock().unwrap();
+        let engine = fixture.engine_reloading(
+            None,
+            vec![Ok(vec![])],
+            Ok(vec!["reload: INTERNAL serves the new certificate".into()]),
+        );
+        let plan = engine.plan(&renewed).unwrap();
+        assert!(plan.restart.is_none(), "{:?}", plan.restart);
+        assert_eq!(plan.reload.len(), 1);
+        assert_eq!(plan.reload[0].serial, renewed.certificates[0].serial);
+        assert!(
+            plan.render()
+                .contains("restart: none (INTERNAL reloads the new certificate live"),
+            "{}",
+            plan.render()
+        );
+        let outcome = engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        let Outcome::Converged {
+            restarted, checks, ..
+        } = outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert_eq!(restarted, None);
+        assert!(checks
+            .iter()
+            .any(|c| c.contains("serves the new certificate")));
+        assert_eq!(*fixture.restarts.lock().unwrap(), restarts_before);
+        let asked = fixture.reloads.lock().unwrap().clone();
+        assert_eq!(asked.len(), 1);
+        assert!(asked[0][0]
+            .keystore
+            .ends_with("kafka-tls/internal.keystore.pem"));
+        assert!(engine.plan(&renewed).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_broker_that_cannot_reload_is_restarted_through_the_gates() {
+        let fixture = Fixture::new();
+        let (_, renewed) =
+            tls_broker_then_renewal(&fixture, &["emr-worker-2.c"], &["emr-worker-2.c"]);
+        let restarts_before = *fixture.restarts.lock().unwrap();
+        let asked_before = fixture.asked.lock().unwrap().len();
+        let engine = fixture.engine_reloading(
+            None,
+            vec![Ok(vec!["INTERNAL: healthy".into()])],
+            Err("127.0.0.1:9092 does not support IncrementalAlterConfigs".into()),
+        );
+        let plan = engine.plan(&renewed).unwrap();
+        let outcome = engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        let Outcome::Converged { restarted, .. } = outcome else {
+            panic!("{outcome:?}")
+        };
+        assert!(restarted.is_some());
+        assert_eq!(*fixture.restarts.lock().unwrap(), restarts_before + 1);
+        // The pre-restart gate was asked about the broker as it runs.
+        let asked = fixture.asked.lock().unwrap();
+        assert_eq!(asked.len(), asked_before + 1);
+        assert_eq!(asked.last().unwrap().1[0].name, "INTERNAL");
+    }
+
+    #[test]
+    fn a_failed_reload_the_pre_restart_gate_refuses_puts_the_old_key_store_back() {
+        let fixture = Fixture::new();
+        let (spec, renewed) =
+            tls_broker_then_renewal(&fixture, &["emr-worker-2.c"], &["emr-worker-2.c"]);
+        let keystore = fixture.dir.path().join("kafka-tls/internal.keystore.pem");
+        let before = std::fs::read_to_string(&keystore).unwrap();
+        assert!(before.ends_with(&spec.certificates[0].chain_pem));
+        let restarts_before = *fixture.restarts.lock().unwrap();
+        let engine = fixture.engine_reloading(
+            Some("min.insync.replicas: restarting broker 2 now would drop orders-0 to 1"),
+            vec![Ok(vec![])],
+            Err("the broker did not take the key store reload".into()),
+        );
+        let plan = engine.plan(&renewed).unwrap();
+        let outcome = engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        let Outcome::RolledBack {
+            reason, restored, ..
+        } = outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        assert!(
+            reason.contains("did not take the key store reload")
+                && reason.contains("min.insync.replicas"),
+            "{reason}"
+        );
+        assert_eq!(restored, vec![keystore.clone()]);
+        assert_eq!(std::fs::read_to_string(&keystore).unwrap(), before);
+        assert_eq!(*fixture.restarts.lock().unwrap(), restarts_before);
+    }
+
+    #[test]
+    fn a_certificate_that_drops_a_name_is_loaded_by_a_restart_unless_san_changes_are_allowed() {
+        let fixture = Fixture::new();
+        let (_, renewed) = tls_broker_then_renewal(
+            &fixture,
+            &["emr-worker-2.c", "198.19.0.12"],
+            &["emr-worker-2.c"],
+        );
+        let engine = fixture.engine(None, Ok(vec![]));
+        let plan = engine.plan(&renewed).unwrap();
+        let (_, why) = plan.restart.clone().expect("a restart");
+        assert!(
+            why.contains("no longer covers 198.19.0.12") && why.contains("ssl.allow.san.changes"),
+            "{why}"
+        );
+        assert!(plan.reload.is_empty());
+        // Kafka 3.7+ with ssl.allow.san.changes=true takes it live.
+        let properties = fixture.dir.path().join("server.properties");
+        let mut text = std::fs::read_to_string(&properties).unwrap();
+        text.push_str("listener.name.internal.ssl.allow.san.changes=true\n");
+        std::fs::write(&properties, text).unwrap();
+        let plan = engine.plan(&renewed).unwrap();
+        assert!(plan.restart.is_none());
+        assert_eq!(plan.reload.len(), 1);
     }
 
     #[test]

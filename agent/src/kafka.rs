@@ -1,5 +1,7 @@
 //! A small blocking Kafka client for the agent's probes: ApiVersions, Metadata, DescribeConfigs
-//! and DescribeQuorum against one broker address.
+//! and DescribeQuorum against one broker address, and the one write the agent makes over the
+//! Kafka protocol: IncrementalAlterConfigs of a broker's listener key store, which makes Kafka
+//! reload it without a restart.
 //!
 //! Owns the wire exchange: size-prefixed frames, request headers, version negotiation from
 //! ApiVersions, timeouts, and turning the answers into `kreach_common::gates` values. The message
@@ -26,8 +28,12 @@ use kafka_protocol::messages::describe_configs_request::{
 use kafka_protocol::messages::describe_quorum_request::{
     DescribeQuorumRequest, PartitionData, TopicData,
 };
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, MetadataRequest, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, ApiVersionsRequest, IncrementalAlterConfigsRequest, MetadataRequest, RequestHeader,
+    ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, Request, StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
@@ -48,6 +54,10 @@ const RESOURCE_TYPE_TOPIC: i8 = 2;
 const CLUSTER_METADATA_TOPIC: &str = "__cluster_metadata";
 /// Kafka's error code for a request version the broker does not support.
 const UNSUPPORTED_VERSION: i16 = 35;
+/// Kafka's resource type for one broker's configs (the resource name is its id).
+const RESOURCE_TYPE_BROKER: i8 = 4;
+/// IncrementalAlterConfigs' SET operation.
+const CONFIG_OPERATION_SET: i8 = 0;
 
 /// Why a probe failed. Every variant names the address it talked to.
 #[derive(Debug, thiserror::Error)]
@@ -340,6 +350,65 @@ impl KafkaConnection {
     /// Whether the broker's ApiVersions answer lists `api` (in any version).
     pub fn supports(&self, api: ApiKey) -> bool {
         self.apis.iter().any(|entry| entry.key == api as i16)
+    }
+
+    /// The certificate the broker presented (DER), on a TLS connection.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match &self.stream {
+            Transport::Plain(_) => None,
+            Transport::Tls(stream) => stream
+                .conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .map(|leaf| leaf.as_ref().to_vec()),
+        }
+    }
+
+    /// Set broker `broker_id`'s dynamic configs (IncrementalAlterConfigs, SET each `(key,
+    /// value)`). Setting a listener's `ssl.keystore.location` to the path it already has is how
+    /// Kafka is told to reload that key store from disk, without a restart. The broker's own
+    /// error message, if it refuses, is part of the error.
+    pub fn set_broker_configs(
+        &mut self,
+        broker_id: i32,
+        settings: &[(String, String)],
+    ) -> Result<(), ProbeError> {
+        let api = ApiKey::IncrementalAlterConfigs;
+        let version = self.negotiated_version(api)?;
+        let mut resource = AlterConfigsResource::default();
+        resource.resource_type = RESOURCE_TYPE_BROKER;
+        resource.resource_name = StrBytes::from_string(broker_id.to_string());
+        resource.configs = settings
+            .iter()
+            .map(|(key, value)| {
+                let mut config = AlterableConfig::default();
+                config.name = StrBytes::from_string(key.clone());
+                config.config_operation = CONFIG_OPERATION_SET;
+                config.value = Some(StrBytes::from_string(value.clone()));
+                config
+            })
+            .collect();
+        let mut request = IncrementalAlterConfigsRequest::default();
+        request.resources = vec![resource];
+        let response = self.send(api, version, &request)?;
+        let Some(answer) = response.responses.first() else {
+            return Err(ProbeError::Protocol {
+                addr: self.addr,
+                api,
+                message: "the answer lists no resource".to_string(),
+            });
+        };
+        if answer.error_code != 0 {
+            let mut error = self.kafka_error(api, answer.error_code);
+            if let (ProbeError::Kafka { name, .. }, Some(message)) = (
+                &mut error,
+                answer.error_message.as_ref().filter(|m| !m.is_empty()),
+            ) {
+                name.push_str(&format!(": {}", message.as_str()));
+            }
+            return Err(error);
+        }
+        Ok(())
     }
 
     /// How many APIs the broker listed.

@@ -6,6 +6,10 @@
 //! accept TCP", for services that do not speak Kafka, chosen with `manage.probe = "tcp"`). The
 //! decisions are the gates' pure functions; this module only gathers what they decide over, polls
 //! until the health timeout, and turns verdicts into check lines.
+//!
+//! Also the live reload of a TLS listener's key store (issue 13): ask the running broker to load
+//! the rewritten file (Kafka's dynamic same-path `ssl.keystore.location` update), then check from
+//! a TLS handshake that the listener serves the new certificate.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
@@ -16,7 +20,17 @@ use kreach_common::gates::{
 };
 use kreach_common::properties::ListenerSpec;
 
-use crate::kafka::KafkaConnection;
+use crate::kafka::{KafkaConnection, TlsClient};
+
+/// A TLS listener whose key store was rewritten in place, and what it must serve once reloaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeystoreReload {
+    pub listener: String,
+    /// The key store's path, as server.properties names it.
+    pub keystore: String,
+    /// The serial of the certificate in the new key store (hex).
+    pub serial: String,
+}
 
 /// The seam between the engine and the network, so the engine's unit tests need no listeners.
 /// Check lines read `name: detail`; a refusal or failure is one reason naming the check, the
@@ -38,6 +52,19 @@ pub trait ListenerProbe: Send + Sync {
         &self,
         broker_id: i32,
         listeners: &[ListenerSpec],
+        timeout: Duration,
+    ) -> Result<Vec<String>, String>;
+
+    /// After new key stores were written for TLS listeners of the running broker: have it load
+    /// them without a restart, and check that each listener then serves its new certificate (a
+    /// handshake trusting `ca_pem`, verified for the listener's advertised host). Ok with the
+    /// checks that passed; otherwise why not, and the engine restarts the broker instead.
+    fn reload_certificates(
+        &self,
+        broker_id: i32,
+        listeners: &[ListenerSpec],
+        reloads: &[KeystoreReload],
+        ca_pem: &str,
         timeout: Duration,
     ) -> Result<Vec<String>, String>;
 }
@@ -115,6 +142,17 @@ impl ListenerProbe for TcpProbe {
             }
         }
         Ok(passed)
+    }
+
+    fn reload_certificates(
+        &self,
+        _broker_id: i32,
+        _listeners: &[ListenerSpec],
+        _reloads: &[KeystoreReload],
+        _ca_pem: &str,
+        _timeout: Duration,
+    ) -> Result<Vec<String>, String> {
+        Err("manage.probe = \"tcp\" does not speak Kafka, so it cannot ask the broker to reload its key store".to_string())
     }
 }
 
@@ -334,6 +372,104 @@ impl ListenerProbe for KafkaProbe {
             last.failure_reason()
                 .unwrap_or_else(|| "no check ran".to_string())
         ))
+    }
+
+    fn reload_certificates(
+        &self,
+        broker_id: i32,
+        listeners: &[ListenerSpec],
+        reloads: &[KeystoreReload],
+        ca_pem: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
+        let deadline = Instant::now() + timeout;
+        let asked = listeners
+            .iter()
+            .find(|l| speaks_plaintext(&l.security_protocol))
+            .ok_or("the broker has no PLAINTEXT listener to ask it to reload over")?;
+        let address = probe_address(&asked.bind_host, asked.port)
+            .map_err(|error| format!("listener {}: {error}", asked.name))?;
+        let settings: Vec<(String, String)> = reloads
+            .iter()
+            .map(|reload| {
+                (
+                    format!(
+                        "listener.name.{}.ssl.keystore.location",
+                        reload.listener.to_ascii_lowercase()
+                    ),
+                    reload.keystore.clone(),
+                )
+            })
+            .collect();
+        self.connect(address, timeout)
+            .and_then(|mut connection| connection.set_broker_configs(broker_id, &settings))
+            .map_err(|error| format!("the broker did not take the key store reload: {error}"))?;
+        let mut passed = vec![format!(
+            "reload: broker {broker_id} took {} over {} ({address})",
+            settings
+                .iter()
+                .map(|(key, _)| key.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            asked.name
+        )];
+        let trusted = TlsClient::from_ca_pem(ca_pem)?;
+        for reload in reloads {
+            let listener = listeners
+                .iter()
+                .find(|l| l.name.eq_ignore_ascii_case(&reload.listener))
+                .ok_or_else(|| format!("no listener {} to check", reload.listener))?;
+            let target = probe_address(&listener.bind_host, listener.port)
+                .map_err(|error| format!("listener {}: {error}", listener.name))?;
+            let host = if listener.advertised_host.is_empty() {
+                listener.bind_host.as_str()
+            } else {
+                listener.advertised_host.as_str()
+            };
+            // Kafka applies a dynamic config once its metadata log delivers it: poll, bounded by
+            // the deadline in time and by the rounds that fit in it in count.
+            let rounds = 2 + timeout.as_millis() / self.poll_interval.as_millis().max(1);
+            let mut last;
+            for round in 0..rounds {
+                let budget = deadline.saturating_duration_since(Instant::now());
+                let served = KafkaConnection::connect_tls(
+                    target,
+                    self.request_timeout
+                        .min(budget)
+                        .max(Duration::from_millis(200)),
+                    &trusted,
+                    host,
+                )
+                .map_err(|error| error.to_string())
+                .and_then(|connection| {
+                    let der = connection
+                        .peer_certificate()
+                        .ok_or("no certificate was presented")?;
+                    kreach_common::kafka_tls::inspect_der(&der)
+                        .map(|info| info.serial)
+                        .map_err(|error| error.to_string())
+                });
+                match served {
+                    Ok(serial) if serial.eq_ignore_ascii_case(&reload.serial) => {
+                        passed.push(format!(
+                            "reload: {} serves the new certificate (serial {serial}) on {target} for {host}, without a restart",
+                            listener.name
+                        ));
+                        break;
+                    }
+                    Ok(serial) => last = format!("certificate serial {serial}"),
+                    Err(error) => last = error,
+                }
+                if round + 1 == rounds || Instant::now() + self.poll_interval >= deadline {
+                    return Err(format!(
+                        "{} on {target} still serves {last} {timeout:.0?} after the reload, not serial {}",
+                        listener.name, reload.serial
+                    ));
+                }
+                std::thread::sleep(self.poll_interval);
+            }
+        }
+        Ok(passed)
     }
 }
 

@@ -10,8 +10,8 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, DescribeConfigsResponse, DescribeQuorumResponse, MetadataResponse,
-    ResponseHeader,
+    ApiKey, ApiVersionsResponse, DescribeConfigsResponse, DescribeQuorumResponse,
+    IncrementalAlterConfigsResponse, MetadataResponse, ResponseHeader,
 };
 use kreach_common::kafka_frame::{check, decode, CheckedResponse};
 use libfuzzer_sys::fuzz_target;
@@ -27,6 +27,7 @@ fn targets() -> Vec<(ApiKey, i16)> {
     targets.extend((0..=13).map(|v| (ApiKey::Metadata, v)));
     targets.extend((1..=4).map(|v| (ApiKey::DescribeConfigs, v)));
     targets.extend((0..=2).map(|v| (ApiKey::DescribeQuorum, v)));
+    targets.extend((0..=1).map(|v| (ApiKey::IncrementalAlterConfigs, v)));
     targets
 }
 
@@ -76,6 +77,9 @@ fuzz_target!(|data: &[u8]| {
         }
         ApiKey::DescribeQuorum => {
             let _ = read::<DescribeQuorumResponse>(&mut payload, version);
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let _ = read::<IncrementalAlterConfigsResponse>(&mut payload, version);
         }
         _ => unreachable!("not a probe API"),
     }

@@ -12,7 +12,8 @@
 //!
 //! Covered, exactly the messages and versions the probe decodes: the response header (v0, v1),
 //! ApiVersions (v0..v4; v3+ flexible, with its known tagged fields), Metadata (v0..v13; v9+
-//! flexible), DescribeConfigs (v1..v4; v4 flexible) and DescribeQuorum (v0..v2, always flexible).
+//! flexible), DescribeConfigs (v1..v4; v4 flexible), DescribeQuorum (v0..v2, always flexible)
+//! and IncrementalAlterConfigs (v0..v1; v1 flexible).
 //! Anything else is refused. Pure: no I/O.
 //!
 //! The walk checks bounds and the grammar, not meaning: UTF-8, error codes and the like are left
@@ -28,12 +29,13 @@ use kafka_protocol::messages::describe_configs_response::{
 use kafka_protocol::messages::describe_quorum_response::{
     Listener, Node, PartitionData, ReplicaState, TopicData,
 };
+use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    ApiVersionsResponse, DescribeConfigsResponse, DescribeQuorumResponse, MetadataResponse,
-    ResponseHeader,
+    ApiVersionsResponse, DescribeConfigsResponse, DescribeQuorumResponse,
+    IncrementalAlterConfigsResponse, MetadataResponse, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -505,6 +507,33 @@ impl CheckedResponse for DescribeConfigsResponse {
     }
 }
 
+impl CheckedResponse for IncrementalAlterConfigsResponse {
+    const NAME: &'static str = "IncrementalAlterConfigs";
+    fn walk(w: &mut Walker<'_>) -> Result<(), String> {
+        let v = w.version;
+        if !(0..=1).contains(&v) {
+            return Err(w.unsupported_version());
+        }
+        let flexible = v >= 1;
+        let prefix = Prefix::when_flexible(flexible);
+        w.skip(4, "the throttle time")?;
+        w.array::<AlterConfigsResourceResponse>(prefix, "responses", |w| {
+            w.skip(2, "a resource's error code")?;
+            w.string(prefix, true, "error message")?;
+            w.skip(1, "a resource type")?;
+            w.string(prefix, false, "resource name")?;
+            if flexible {
+                w.tagged_fields_none()?;
+            }
+            Ok(())
+        })?;
+        if flexible {
+            w.tagged_fields_none()?;
+        }
+        Ok(())
+    }
+}
+
 impl CheckedResponse for DescribeQuorumResponse {
     const NAME: &'static str = "DescribeQuorum";
     fn walk(w: &mut Walker<'_>) -> Result<(), String> {
@@ -865,6 +894,22 @@ mod tests {
         }
         for version in 0..=2 {
             accepts(&describe_quorum(version), version);
+        }
+        for version in 0..=1 {
+            let mut response = IncrementalAlterConfigsResponse::default();
+            response.throttle_time_ms = 3;
+            response.responses = [(0, None), (40, Some(text("bad keystore")))]
+                .into_iter()
+                .map(|(code, message)| {
+                    let mut answer = AlterConfigsResourceResponse::default();
+                    answer.error_code = code;
+                    answer.error_message = message;
+                    answer.resource_type = 4;
+                    answer.resource_name = text("7");
+                    answer
+                })
+                .collect();
+            accepts(&response, version);
         }
     }
 

@@ -220,9 +220,13 @@ fn first_der(pem_text: &str, what: &str) -> Result<Vec<u8>, KafkaTlsError> {
 
 /// Read the first certificate of `chain_pem`.
 pub fn inspect(chain_pem: &str) -> Result<CertificateInfo, KafkaTlsError> {
+    inspect_der(&first_der(chain_pem, "the certificate")?)
+}
+
+/// Read one DER certificate, e.g. the one a TLS peer presented.
+pub fn inspect_der(der: &[u8]) -> Result<CertificateInfo, KafkaTlsError> {
     let what = "the certificate";
-    let der = first_der(chain_pem, what)?;
-    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(what, e))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| bad(what, e))?;
     let mut sans = Vec::new();
     if let Ok(Some(extension)) = cert.subject_alternative_name() {
         for name in &extension.value.general_names {
