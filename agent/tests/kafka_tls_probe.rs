@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use kreach_agent::kafka::{KafkaConnection, ProbeError, TlsClient, TlsFailure};
+use kreach_agent::verify::{KafkaProbe, KeystoreReload, ListenerProbe};
 use kreach_common::kafka_tls::{new_private_key_pem, public_key_pem, KafkaCa};
+use kreach_common::properties::ListenerSpec;
 
 const FAKE_KAFKA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -23,11 +25,8 @@ struct Broker {
 
 impl Broker {
     fn start(port: u16, keystore: &std::path::Path) -> Broker {
-        let state = tempfile::tempdir().unwrap();
-        let properties = state.path().join("server.properties");
-        std::fs::write(
-            &properties,
-            format!(
+        Broker::start_with(
+            &format!(
                 "node.id=7\nlisteners=EXTERNAL://127.0.0.1:{port}\n\
                  advertised.listeners=EXTERNAL://broker-7.c:{port}\n\
                  listener.security.protocol.map=EXTERNAL:SSL\n\
@@ -35,12 +34,19 @@ impl Broker {
                  listener.name.external.ssl.keystore.location={}\n",
                 keystore.display()
             ),
+            &[],
         )
-        .unwrap();
+    }
+
+    fn start_with(properties_text: &str, env: &[(&str, &str)]) -> Broker {
+        let state = tempfile::tempdir().unwrap();
+        let properties = state.path().join("server.properties");
+        std::fs::write(&properties, properties_text).unwrap();
         let status = Command::new("python3")
             .args([FAKE_KAFKA, "restart"])
             .arg(&properties)
             .arg(state.path())
+            .envs(env.iter().copied())
             .status()
             .expect("python3 runs the stand-in Kafka");
         assert!(status.success(), "the stand-in Kafka did not start");
@@ -129,4 +135,172 @@ fn the_probe_verifies_the_brokers_certificate_for_the_advertised_name_and_speaks
 
     // Plain Kafka against a TLS listener is not Kafka to the client.
     assert!(KafkaConnection::connect(addr, timeout).is_err());
+}
+
+/// The served certificate's serial on `addr`, verified for `host`.
+fn served_serial(addr: SocketAddr, trusted: &TlsClient, host: &str) -> String {
+    let connection = KafkaConnection::connect_tls(addr, Duration::from_secs(5), trusted, host)
+        .unwrap_or_else(|error| panic!("{host}: {error}"));
+    kreach_common::kafka_tls::inspect_der(&connection.peer_certificate().unwrap())
+        .unwrap()
+        .serial
+}
+
+fn listener(name: &str, port: u16, protocol: &str) -> ListenerSpec {
+    ListenerSpec {
+        name: name.into(),
+        bind_host: "127.0.0.1".into(),
+        port,
+        advertised_host: "broker-7.c".into(),
+        security_protocol: protocol.into(),
+        tls: None,
+        sasl_mechanism: None,
+    }
+}
+
+#[test]
+fn a_rewritten_key_store_is_reloaded_over_the_kafka_protocol_and_the_new_serial_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ca = KafkaCa::create("c", now).unwrap();
+    let key = new_private_key_pem().unwrap();
+    let public = public_key_pem(&key).unwrap();
+    let issue = || {
+        ca.issue(
+            "kafka broker 7 EXTERNAL",
+            &public,
+            &["broker-7.c".into()],
+            SystemTime::now(),
+            Duration::from_secs(86_400),
+        )
+        .unwrap()
+    };
+    let first = issue();
+    let keystore = dir.path().join("external.keystore.pem");
+    std::fs::write(&keystore, format!("{key}{}", first.chain_pem)).unwrap();
+    let (internal, external) = (free_port(), free_port());
+    let properties = format!(
+        "node.id=7\nlisteners=INTERNAL://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{external}\n\
+         advertised.listeners=INTERNAL://broker-7.c:{internal},EXTERNAL://broker-7.c:{external}\n\
+         listener.security.protocol.map=INTERNAL:PLAINTEXT,EXTERNAL:SSL\n\
+         listener.name.external.ssl.keystore.type=PEM\n\
+         listener.name.external.ssl.keystore.location={}\n",
+        keystore.display()
+    );
+    let _broker = Broker::start_with(&properties, &[]);
+    let listeners = [
+        listener("INTERNAL", internal, "PLAINTEXT"),
+        listener("EXTERNAL", external, "SSL"),
+    ];
+    let addr: SocketAddr = format!("127.0.0.1:{external}").parse().unwrap();
+    let trusted = TlsClient::from_ca_pem(&ca.cert_pem).unwrap();
+    assert_eq!(served_serial(addr, &trusted, "broker-7.c"), first.serial);
+
+    // The renewed certificate written in place (as the engine does), then the reload.
+    let second = issue();
+    assert_ne!(second.serial, first.serial);
+    std::fs::write(&keystore, format!("{key}{}", second.chain_pem)).unwrap();
+    let reload = KeystoreReload {
+        listener: "EXTERNAL".into(),
+        keystore: keystore.display().to_string(),
+        serial: second.serial.clone(),
+    };
+    let probe = KafkaProbe::default();
+    let checks = probe
+        .reload_certificates(
+            7,
+            &listeners,
+            &[reload.clone()],
+            &ca.cert_pem,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    assert!(
+        checks.iter().any(|check| check.contains(&format!(
+            "EXTERNAL serves the new certificate (serial {})",
+            second.serial
+        ))),
+        "{checks:?}"
+    );
+    assert_eq!(served_serial(addr, &trusted, "broker-7.c"), second.serial);
+
+    // A key store Kafka cannot load is refused, and the listener keeps serving the last one.
+    std::fs::write(&keystore, "not a key store").unwrap();
+    let third = KeystoreReload {
+        serial: "00".into(),
+        ..reload.clone()
+    };
+    let error = probe
+        .reload_certificates(
+            7,
+            &listeners,
+            &[third],
+            &ca.cert_pem,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+    assert!(
+        error.contains("did not take the key store reload") && error.contains("cannot load"),
+        "{error}"
+    );
+    assert_eq!(served_serial(addr, &trusted, "broker-7.c"), second.serial);
+
+    // Asked as another broker id: refused by the broker, named.
+    let error = probe
+        .reload_certificates(
+            8,
+            &listeners,
+            &[reload],
+            &ca.cert_pem,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+    assert!(error.contains("this is broker 7"), "{error}");
+}
+
+#[test]
+fn a_broker_without_incremental_alter_configs_cannot_reload_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ca = KafkaCa::create("c", now).unwrap();
+    let key = new_private_key_pem().unwrap();
+    let issued = ca
+        .issue(
+            "kafka broker 7 EXTERNAL",
+            &public_key_pem(&key).unwrap(),
+            &["broker-7.c".into()],
+            now,
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let keystore = dir.path().join("external.keystore.pem");
+    std::fs::write(&keystore, format!("{key}{}", issued.chain_pem)).unwrap();
+    let (internal, external) = (free_port(), free_port());
+    let properties = format!(
+        "node.id=7\nlisteners=INTERNAL://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{external}\n\
+         listener.security.protocol.map=INTERNAL:PLAINTEXT,EXTERNAL:SSL\n\
+         listener.name.external.ssl.keystore.location={}\n",
+        keystore.display()
+    );
+    let _broker = Broker::start_with(&properties, &[("FAKE_KAFKA_NO_RELOAD", "1")]);
+    let error = KafkaProbe::default()
+        .reload_certificates(
+            7,
+            &[
+                listener("INTERNAL", internal, "PLAINTEXT"),
+                listener("EXTERNAL", external, "SSL"),
+            ],
+            &[KeystoreReload {
+                listener: "EXTERNAL".into(),
+                keystore: keystore.display().to_string(),
+                serial: issued.serial,
+            }],
+            &ca.cert_pem,
+            Duration::from_secs(5),
+        )
+        .unwrap_err();
+    assert!(
+        error.contains("does not support IncrementalAlterConfigs"),
+        "{error}"
+    );
 }

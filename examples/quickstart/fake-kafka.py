@@ -17,6 +17,11 @@ A listener with `listener.name.NAME.ssl.keystore.location` (kreach writes it for
 served over TLS with that PEM key store (key and certificate chain), as Kafka would.
 FAKE_KAFKA_EIP=IP also accepts the EXTERNAL listener's connections on IP (same port), as a cloud's
 1:1 NAT of an elastic IP to the broker's private address does.
+IncrementalAlterConfigs (v0) of this broker's `listener.name.NAME.ssl.keystore.location` reloads
+that listener's key store for new connections without a restart, as Kafka's dynamic broker config
+does when the setting is altered, even to the same path; a file it cannot load is refused with
+INVALID_CONFIG and the old certificate stays. FAKE_KAFKA_NO_RELOAD=1 leaves the API out of
+ApiVersions, as a broker that cannot reload.
 """
 import os
 import signal
@@ -100,8 +105,10 @@ def stop(state_dir):
     os.unlink(pid_path(state_dir))
 
 
-API_VERSIONS, METADATA = 18, 3
-UNSUPPORTED_VERSION = 35
+API_VERSIONS, METADATA, INCREMENTAL_ALTER_CONFIGS = 18, 3, 44
+UNSUPPORTED_VERSION, INVALID_CONFIG, INVALID_REQUEST = 35, 40, 42
+RESOURCE_BROKER = 4
+KEYSTORE_KEY = "ssl.keystore.location"
 
 
 def advertised(props, listener):
@@ -120,16 +127,77 @@ def kafka_string(text):
     return struct.pack(">h", len(data)) + data
 
 
-def answer(api_key, api_version, node_id, endpoint):
+def nullable_string(text):
+    return struct.pack(">h", -1) if text is None else kafka_string(text)
+
+
+class Reader:
+    """Reads a classic (non-flexible) request body; a short one raises struct.error."""
+
+    def __init__(self, data):
+        self.data, self.pos = data, 0
+
+    def take(self, fmt):
+        values = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return values[0] if len(values) == 1 else values
+
+    def string(self):
+        size = self.take(">h")
+        if size < 0:
+            return None
+        if self.pos + size > len(self.data):
+            raise struct.error("short string")
+        text = self.data[self.pos:self.pos + size].decode()
+        self.pos += size
+        return text
+
+
+def alter_configs(body, node_id, tls_by_listener):
+    """IncrementalAlterConfigs v0: reload the named listeners' key stores; the response body."""
+    reader = Reader(body)
+    answers = []
+    for _ in range(reader.take(">i")):
+        resource_type, name = reader.take(">b"), reader.string()
+        configs = []
+        for _ in range(reader.take(">i")):
+            configs.append((reader.string(), reader.take(">b"), reader.string()))
+        error, message = 0, None
+        if resource_type != RESOURCE_BROKER or name != str(node_id):
+            error, message = INVALID_REQUEST, f"this is broker {node_id}"
+        for key, operation, value in configs if error == 0 else []:
+            prefix, _, rest = key.partition(".name.")
+            listener, _, setting = rest.partition(".")
+            holder = tls_by_listener.get(listener.upper())
+            if prefix != "listener" or setting != KEYSTORE_KEY or operation != 0 or holder is None:
+                error, message = INVALID_CONFIG, f"the stand-in Kafka reloads only a TLS listener's {KEYSTORE_KEY}, not {key}"
+                break
+            try:
+                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                context.load_cert_chain(certfile=value, keyfile=value)
+            except (OSError, ssl.SSLError) as failure:
+                error, message = INVALID_CONFIG, f"cannot load {value}: {failure}"
+                break
+            holder[0] = context
+        answers.append(struct.pack(">h", error) + nullable_string(message)
+                       + struct.pack(">b", resource_type) + kafka_string(name))
+    return struct.pack(">ii", 0, len(answers)) + b"".join(answers)
+
+
+def answer(api_key, api_version, body, node_id, endpoint, tls_by_listener):
     """The response body, or None for a request this stand-in does not serve (it then hangs up)."""
     if api_key == API_VERSIONS:
         error = 0 if api_version == 0 else UNSUPPORTED_VERSION
         apis = [(API_VERSIONS, 0, 0), (METADATA, 1, 1)]
+        if not os.environ.get("FAKE_KAFKA_NO_RELOAD"):
+            apis.append((INCREMENTAL_ALTER_CONFIGS, 0, 0))
         return struct.pack(">hi", error, len(apis)) + b"".join(struct.pack(">hhh", *a) for a in apis)
     if api_key == METADATA and api_version == 1 and endpoint:
         host, port = endpoint
         broker = struct.pack(">i", node_id) + kafka_string(host) + struct.pack(">ih", port, -1)
         return struct.pack(">i", 1) + broker + struct.pack(">ii", -1, 0)
+    if api_key == INCREMENTAL_ALTER_CONFIGS and api_version == 0 and not os.environ.get("FAKE_KAFKA_NO_RELOAD"):
+        return alter_configs(body, node_id, tls_by_listener)
     return None
 
 
@@ -143,15 +211,17 @@ def read_exactly(conn, size):
     return data
 
 
-def converse(conn, node_id, endpoint):
+def converse(conn, node_id, endpoint, tls_by_listener):
     with conn:
         conn.settimeout(10)
         try:
             while True:
                 (size,) = struct.unpack(">i", read_exactly(conn, 4))
-                request = read_exactly(conn, size)
-                api_key, api_version, correlation = struct.unpack(">hhi", request[:8])
-                body = answer(api_key, api_version, node_id, endpoint)
+                request = Reader(read_exactly(conn, size))
+                api_key, api_version, correlation = request.take(">hhi")
+                request.string()  # client id (request header v1)
+                body = answer(api_key, api_version, request.data[request.pos:], node_id, endpoint,
+                              tls_by_listener)
                 if body is None:
                     return
                 frame = struct.pack(">i", correlation) + body
@@ -160,21 +230,23 @@ def converse(conn, node_id, endpoint):
             return
 
 
-def accept_forever(sock, node_id, endpoint, tls):
+def accept_forever(sock, node_id, endpoint, listener, tls_by_listener):
     while True:
         conn, _ = sock.accept()
-        threading.Thread(target=serve_one, args=(conn, node_id, endpoint, tls), daemon=True).start()
+        threading.Thread(target=serve_one, args=(conn, node_id, endpoint, listener, tls_by_listener),
+                         daemon=True).start()
 
 
-def serve_one(conn, node_id, endpoint, tls):
-    if tls is not None:
+def serve_one(conn, node_id, endpoint, listener, tls_by_listener):
+    holder = tls_by_listener.get(listener)
+    if holder is not None:
         try:
             conn.settimeout(10)
-            conn = tls.wrap_socket(conn, server_side=True)
+            conn = holder[0].wrap_socket(conn, server_side=True)
         except (ssl.SSLError, OSError):
             conn.close()
             return
-    converse(conn, node_id, endpoint)
+    converse(conn, node_id, endpoint, tls_by_listener)
 
 
 def tls_context(props, listener):
@@ -200,6 +272,8 @@ def serve(properties):
         if eip and name == "EXTERNAL":
             binds.append((name, eip, port))
     sockets = []
+    # The TLS context of each TLS listener, in a one-element list a reload replaces.
+    tls_by_listener = {}
     for name, host, port in binds:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
@@ -217,9 +291,12 @@ def serve(properties):
         except (OSError, ssl.SSLError) as error:
             print(f"fake-kafka: listener {name}: cannot load its key store: {error}", file=sys.stderr, flush=True)
             sys.exit(1)
-        sockets.append((sock, advertised(props, name), tls))
-    for sock, endpoint, tls in sockets:
-        threading.Thread(target=accept_forever, args=(sock, node_id, endpoint, tls), daemon=True).start()
+        if tls is not None:
+            tls_by_listener.setdefault(name.upper(), [tls])
+        sockets.append((sock, advertised(props, name), name.upper()))
+    for sock, endpoint, listener in sockets:
+        threading.Thread(target=accept_forever, args=(sock, node_id, endpoint, listener, tls_by_listener),
+                         daemon=True).start()
     print("ready", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
