@@ -153,13 +153,11 @@ impl Issuer {
                             Some(held) => held.clone(),
                             None => self.issue(
                                 &ca,
-                                &node.node,
-                                id,
-                                &listener,
+                                (&node.node, id, &listener),
                                 &sans,
                                 public_key,
                                 now,
-                                spec.tls.lifetime,
+                                (spec.tls.lifetime, spec.tls.renew_before),
                             )?,
                         };
                         node.certificates.push(certificate);
@@ -170,17 +168,16 @@ impl Issuer {
         Ok(attached)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// A new certificate for (node, broker id, listener), or the one issued for the same names
+    /// and key by a plan moments ago while it is not yet due itself.
     fn issue(
         &self,
         ca: &KafkaCa,
-        node: &str,
-        broker_id: i32,
-        listener: &str,
+        (node, broker_id, listener): (&str, i32, &str),
         sans: &[String],
         public_key: &str,
         now: SystemTime,
-        lifetime: Duration,
+        (lifetime, renew_before): (Duration, Duration),
     ) -> Result<ListenerCertificate, String> {
         let key = (
             node.to_string(),
@@ -190,7 +187,9 @@ impl Issuer {
         );
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(issued) = pending.get(&key) {
-            if issued.not_after_ms > unix_ms(now) && issued.chain_pem.ends_with(&ca.cert_pem) {
+            if issued.not_after_ms > unix_ms(now + renew_before)
+                && issued.chain_pem.ends_with(&ca.cert_pem)
+            {
                 return Ok(issued.clone());
             }
         }

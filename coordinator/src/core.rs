@@ -86,7 +86,15 @@ pub struct Core {
     /// When the newest rollout completed, as this process saw it (0: not since start); a client's
     /// reachability reported before it may describe what the brokers advertised before.
     completed_at_ms: u64,
+    /// When certificates were last looked at for renewal, and when a renewal was last refused.
+    renewal_checked_ms: u64,
+    renewal_refused_ms: Option<u64>,
 }
+
+/// How often the coordinator looks for Kafka certificates due for renewal (`[tls] renew_before`).
+pub const RENEWAL_CHECK_MS: u64 = 5_000;
+/// After a renewal that could not be applied, how long before it is tried again.
+pub const RENEWAL_RETRY_MS: u64 = 10 * 60 * 1000;
 
 /// Milliseconds since the epoch as read once at start, advanced by the monotonic clock from then
 /// on: a wall-clock step (NTP, `date -s`) must neither end a settle early nor stretch it, nor fire
@@ -154,6 +162,8 @@ impl Core {
             max_agents: DEFAULT_MAX_AGENTS,
             issuer: crate::certs::Issuer::new(state_dir),
             completed_at_ms: 0,
+            renewal_checked_ms: 0,
+            renewal_refused_ms: None,
         };
         if let Some(rollout) = &core.record.rollout {
             tracing::info!(
@@ -499,12 +509,75 @@ impl Core {
                 .collect();
             self.reports.save_agents(records);
         }
+        self.renew_certificates(now_ms());
         if self.status_dirty {
             self.status_dirty = false;
             let status = self.status_response();
             self.status.send_replace(status);
         }
         Ok(())
+    }
+
+    /// Certificate renewal, by itself: once a certificate some broker holds is within `[tls]
+    /// renew_before` of its expiry, the newest generation's spec is applied again as a new
+    /// generation (issuing new certificates for what is due, reusing the rest), whose steps have
+    /// each broker reload them live. Only after a completed rollout: a paused, aborted or running
+    /// one is the operator's to finish, and `status`/`check` show the certificate as due meanwhile.
+    fn renew_certificates(&mut self, now: u64) {
+        if now < self.renewal_checked_ms.saturating_add(RENEWAL_CHECK_MS) {
+            return;
+        }
+        self.renewal_checked_ms = now;
+        let Some(spec) = &self.spec else { return };
+        let renew_before_ms = u64::try_from(spec.tls.renew_before.as_millis()).unwrap_or(u64::MAX);
+        if !self
+            .record
+            .rollout
+            .as_ref()
+            .is_some_and(|rollout| matches!(rollout.state(), RolloutState::Completed))
+        {
+            return;
+        }
+        if self
+            .renewal_refused_ms
+            .is_some_and(|at| now < at.saturating_add(RENEWAL_RETRY_MS))
+        {
+            return;
+        }
+        let due: Vec<String> = self
+            .held_releases()
+            .into_iter()
+            .filter(|(_, release)| {
+                release
+                    .spec
+                    .certificates
+                    .iter()
+                    .any(|c| c.not_after_ms <= now.saturating_add(renew_before_ms))
+            })
+            .map(|(node, _)| node)
+            .collect();
+        if due.is_empty() {
+            return;
+        }
+        let newest = match self.store.generations() {
+            Ok(generations) => generations.last().map(|g| g.spec_toml.clone()),
+            Err(error) => {
+                tracing::warn!("certificate renewal: cannot read the newest generation: {error}");
+                return;
+            }
+        };
+        let Some(spec_toml) = newest else { return };
+        let who = format!("certificate renewal ({})", due.join(", "));
+        match self.apply(&spec_toml, true, &who, None) {
+            Ok(response) => {
+                self.renewal_refused_ms = None;
+                tracing::info!(generation = response.generation, nodes = ?due, "renewing Kafka certificates due for renewal");
+            }
+            Err(error) => {
+                self.renewal_refused_ms = Some(now);
+                tracing::warn!(nodes = ?due, "certificate renewal could not be applied (tried again in {} min): {error}", RENEWAL_RETRY_MS / 60_000);
+            }
+        }
     }
 
     pub fn watch_status(&self) -> watch::Receiver<pb::StatusResponse> {

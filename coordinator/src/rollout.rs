@@ -32,6 +32,9 @@ pub enum StepKind {
     Expand,
     /// Changes the listeners of up to `max_unavailable` brokers, which restart.
     RestartBrokers,
+    /// Gives up to `max_unavailable` brokers new TLS certificates under the same listener
+    /// settings: each reloads them live, and restarts (gated) only when it cannot.
+    ReloadCertificates,
     /// Brings every remaining node to its exact desired spec, removing entries nothing uses any more.
     Contract,
 }
@@ -41,6 +44,7 @@ impl fmt::Display for StepKind {
         f.write_str(match self {
             StepKind::Expand => "expand",
             StepKind::RestartBrokers => "restart brokers",
+            StepKind::ReloadCertificates => "reload certificates",
             StepKind::Contract => "contract",
         })
     }
@@ -130,7 +134,8 @@ pub fn plan(
     // Zero would never make progress; the spec rejects it, but a plan must still be finite.
     let max_unavailable = max_unavailable.max(1);
     let mut expand = BTreeMap::new();
-    let mut restart: Vec<(i32, String, NodeSpec)> = Vec::new();
+    // Brokers changed one chunk at a time: (id, node, target, whether its listeners change).
+    let mut restart: Vec<(i32, String, NodeSpec, bool)> = Vec::new();
     let mut contract = BTreeMap::new();
 
     for (node, want) in desired {
@@ -159,7 +164,13 @@ pub fn plan(
         }
 
         if let (NodeRole::Broker { id }, Some(_)) = (&want.role, &want.listeners) {
-            if have.map(|spec| &spec.listeners) != Some(&want.listeners) {
+            let listeners_change = have.map(|spec| &spec.listeners) != Some(&want.listeners);
+            // New certificates alone: no restart, but sequenced like one, since a broker that
+            // cannot reload them live falls back to a restart.
+            let certificates_change = have.is_some_and(|spec| {
+                spec.certificates != want.certificates || spec.kafka_ca_pem != want.kafka_ca_pem
+            });
+            if listeners_change || certificates_change {
                 // New listeners, but still every name of the expand phase: some client may still
                 // use a name that only the contract step may remove.
                 let hosts_entries = effective
@@ -170,7 +181,7 @@ pub fn plan(
                     hosts_entries,
                     ..want.clone()
                 };
-                restart.push((*id, node.clone(), target.clone()));
+                restart.push((*id, node.clone(), target.clone(), listeners_change));
                 effective = Some(target);
             }
         }
@@ -207,27 +218,31 @@ pub fn plan(
     }
     let (controller_restart, mut others): (Vec<_>, Vec<_>) = restart
         .into_iter()
-        .partition(|(_, node, _)| Some(node.as_str()) == controller);
-    others.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-    let chunk_size = usize::try_from(max_unavailable).unwrap_or(usize::MAX);
-    for chunk in others.chunks(chunk_size) {
-        steps.push(RolloutStep {
-            kind: StepKind::RestartBrokers,
-            restarts: true,
-            controller: false,
+        .partition(|(_, node, _, _)| Some(node.as_str()) == controller);
+    // Restarts first, then certificate reloads, each in id order.
+    others.sort_by(|a, b| (!a.3, a.0, &a.1).cmp(&(!b.3, b.0, &b.1)));
+    let broker_step = |chunk: &[(i32, String, NodeSpec, bool)], controller: bool| {
+        let restarts = chunk.iter().any(|(_, _, _, restarts)| *restarts);
+        RolloutStep {
+            kind: if restarts {
+                StepKind::RestartBrokers
+            } else {
+                StepKind::ReloadCertificates
+            },
+            restarts,
+            controller,
             targets: chunk
                 .iter()
-                .map(|(_, node, spec)| (node.clone(), spec.clone()))
+                .map(|(_, node, spec, _)| (node.clone(), spec.clone()))
                 .collect(),
-        });
+        }
+    };
+    let chunk_size = usize::try_from(max_unavailable).unwrap_or(usize::MAX);
+    for chunk in others.chunks(chunk_size) {
+        steps.push(broker_step(chunk, false));
     }
-    for (_, node, spec) in controller_restart {
-        steps.push(RolloutStep {
-            kind: StepKind::RestartBrokers,
-            restarts: true,
-            controller: true,
-            targets: BTreeMap::from([(node, spec)]),
-        });
+    for target in controller_restart {
+        steps.push(broker_step(std::slice::from_ref(&target), true));
     }
     if !contract.is_empty() {
         steps.push(RolloutStep {
@@ -992,6 +1007,7 @@ pub struct StepStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kreach_common::desired::ListenerCertificate;
     use kreach_common::properties::ListenerSettings;
     use proptest::prelude::*;
 
@@ -1134,6 +1150,37 @@ mod tests {
             .values()
             .map(|release| release.step)
             .collect()
+    }
+
+    #[test]
+    fn renewed_certificates_are_reloaded_one_broker_at_a_time_with_the_controller_last() {
+        let cluster = Cluster::private_ip(3);
+        let current = cluster.node_specs();
+        let mut desired = current.clone();
+        for (node, spec) in desired.iter_mut() {
+            if node.starts_with('w') {
+                spec.certificates = vec![ListenerCertificate {
+                    listener: "INTERNAL".into(),
+                    chain_pem: format!("chain of {node}"),
+                    sans: vec![node.clone()],
+                    serial: format!("{node}-2"),
+                    not_after_ms: 1,
+                }];
+            }
+        }
+        let plan = plan_for_desired(7, &current, &cluster.spec(), &desired, Some("w1"));
+        assert_eq!(
+            step_nodes(&plan),
+            [
+                (StepKind::ReloadCertificates, names(&["w2"])),
+                (StepKind::ReloadCertificates, names(&["w3"])),
+                (StepKind::ReloadCertificates, names(&["w1"])),
+            ]
+        );
+        // Not restarts (no settle), but never two brokers at once: each may fall back to one.
+        assert!(plan.steps.iter().all(|step| !step.restarts));
+        assert!(plan.steps[2].controller);
+        assert_eq!(plan.steps[0].kind.to_string(), "reload certificates");
     }
 
     #[test]

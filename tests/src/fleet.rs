@@ -208,6 +208,9 @@ pub struct Fleet {
     /// Each client's view in the spec ("private" or "public").
     pub views: BTreeMap<String, String>,
     pub agents: BTreeMap<String, Proc>,
+    /// The brokers' `[manage] probe` ("tcp" unless a test asks for "kafka": the stand-in Kafka
+    /// answers ApiVersions, Metadata and IncrementalAlterConfigs, enough for key store reloads).
+    pub probe: &'static str,
     /// Extra environment for the coordinator (key "coordinator") or one agent (key: its node), set
     /// before it starts; e.g. to run it under a faked clock.
     pub env: BTreeMap<String, Vec<(String, String)>>,
@@ -240,6 +243,7 @@ impl Fleet {
             brokers: Vec::new(),
             clients: Vec::new(),
             agents: BTreeMap::new(),
+            probe: "tcp",
             views: BTreeMap::new(),
             env: BTreeMap::new(),
             restart_wrapper: BTreeMap::new(),
@@ -305,6 +309,9 @@ impl Fleet {
             "\n[rollout]\nmax_unavailable = {}\nhealth_timeout = \"{}\"\nsettle = \"{}\"\n",
             options.max_unavailable, options.health_timeout, options.settle
         );
+        if let Some(tls) = options.tls {
+            text += &format!("\n[tls]\n{tls}\n");
+        }
         text
     }
 
@@ -388,7 +395,7 @@ impl Fleet {
                 broker.state_dir().display().to_string(),
             ]);
             let config = format!(
-                "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\nprobe = \"tcp\"\nkafka_tls_dir = {tls:?}\n\
+                "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\nprobe = {probe:?}\nkafka_tls_dir = {tls:?}\n\
                  controller_check = [\"test\", \"-e\", {flag:?}]\n\
                  [service_manager]\nkind = \"command\"\nrestart = {restart:?}\n\
                  [coordinator]\nurl = \"http://{addr}\"\ninsecure = true\nfacts_period = \"1s\"\n",
@@ -399,6 +406,7 @@ impl Fleet {
                 tls = broker.dir.join("kafka-tls").display().to_string(),
                 flag = flag.display().to_string(),
                 addr = self.coordinator_addr,
+                probe = self.probe,
             );
             std::fs::write(broker.dir.join("agent.toml"), config)?;
         }
@@ -547,6 +555,8 @@ pub struct FleetSpec {
     pub max_unavailable: u32,
     pub health_timeout: &'static str,
     pub settle: &'static str,
+    /// The body of a `[tls]` section (certificate lifetime and renewal), when given.
+    pub tls: Option<&'static str>,
 }
 
 impl Default for FleetSpec {
@@ -558,6 +568,7 @@ impl Default for FleetSpec {
             max_unavailable: 1,
             health_timeout: "20s",
             settle: "0s",
+            tls: None,
         }
     }
 }

@@ -1406,3 +1406,181 @@ fn secure_public_access_gives_each_broker_a_certificate_for_its_own_key_that_cli
         "nothing restarted"
     );
 }
+
+/// A TLS client that keeps connecting to every `(addr, server name)` until `stop` exists (at most
+/// 2,000 rounds and 180 s), verifying each broker's certificate against `ca`; its report is one
+/// line per target: `addr ok=N failed=M serials=a,b` (serials in the order first seen).
+const TLS_CLIENT_LOOP: &str = r#"
+import os, socket, ssl, sys, time
+ca, stop, targets = sys.argv[1], sys.argv[2], sys.argv[3:]
+context = ssl.create_default_context(cafile=ca)
+seen = {t: {"ok": 0, "failed": 0, "serials": [], "errors": []} for t in targets}
+deadline = time.monotonic() + 180
+for _ in range(2000):
+    if os.path.exists(stop) or time.monotonic() > deadline:
+        break
+    for target in targets:
+        addr, name = target.split("@")
+        host, port = addr.rsplit(":", 1)
+        entry = seen[target]
+        try:
+            with socket.create_connection((host, int(port)), timeout=5) as raw:
+                with context.wrap_socket(raw, server_hostname=name) as tls:
+                    serial = tls.getpeercert()["serialNumber"].lower()
+            entry["ok"] += 1
+            if serial not in entry["serials"]:
+                entry["serials"].append(serial)
+        except Exception as error:
+            entry["failed"] += 1
+            entry["errors"].append(f"{type(error).__name__}: {error}")
+    time.sleep(0.05)
+for target, entry in seen.items():
+    print(f"{target} ok={entry['ok']} failed={entry['failed']} serials={','.join(entry['serials'])} errors={entry['errors'][:3]}")
+"#;
+
+#[test]
+fn certificates_due_for_renewal_are_renewed_and_reloaded_live_while_a_client_keeps_connecting() {
+    let mut fleet = Fleet::new(20, 3, &[("etl-1", "private")]).unwrap();
+    // The Kafka-speaking probe: it asks the broker to reload and checks what it serves.
+    fleet.probe = "kafka";
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(Some(2)).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    // Due 25 s after issue: long enough for the rollout that enables TLS to complete first.
+    let secure = FleetSpec {
+        external: true,
+        external_protocol: "SSL",
+        tls: Some("lifetime = \"1h\"\nrenew_before = \"3575s\""),
+        ..FleetSpec::default()
+    };
+    let gen2 = fleet.write_spec("gen2.toml", &secure).unwrap();
+    let run = fleet
+        .ctl(&[
+            "apply",
+            "--yes",
+            "--force",
+            "--wait",
+            gen2.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let generation = |fleet: &Fleet| {
+        fleet.status_json().unwrap()["rollout"]["generation"]
+            .as_u64()
+            .unwrap()
+    };
+    let enabled = generation(&fleet);
+    let restarts_before: usize = fleet.brokers.iter().map(|b| b.restarts().len()).sum();
+    let ca = fleet.brokers[0].dir.join("kafka-tls/ca.pem");
+    let targets: Vec<String> = fleet
+        .brokers
+        .iter()
+        .map(|b| format!("{}:{}@198.19.20.{}", b.ip, fleet.port + 1, b.id))
+        .collect();
+    let stop = fleet.brokers[0].dir.join("client-loop.stop");
+    let client = std::process::Command::new("python3")
+        .args([
+            "-c",
+            TLS_CLIENT_LOOP,
+            &ca.display().to_string(),
+            &stop.display().to_string(),
+        ])
+        .args(&targets)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the TLS client loop");
+
+    // Nobody applies anything: the coordinator renews by itself once the certificates are due.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let renewed = loop {
+        let status = fleet.status_json().unwrap();
+        let now = status["rollout"]["generation"].as_u64().unwrap();
+        if now > enabled && status["rollout"]["state"] == "completed" {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no renewal completed: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, "").unwrap();
+    let report = client.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&report.stdout).to_string();
+
+    let steps: Vec<&str> = renewed["rollout"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|step| step["kind"].as_str())
+        .collect();
+    assert!(
+        steps
+            .iter()
+            .filter(|kind| kind.starts_with("reload certificates"))
+            .count()
+            == 3,
+        "{steps:?}"
+    );
+    let coordinator = fleet.coordinator.as_ref().unwrap().log();
+    assert!(
+        coordinator.contains("renewing Kafka certificates due for renewal"),
+        "{coordinator}"
+    );
+    // Reloaded, not restarted: no broker restarted, each now serves another certificate, and
+    // the client saw every broker switch while it kept connecting, without one failed handshake.
+    let restarts_after: usize = fleet.brokers.iter().map(|b| b.restarts().len()).sum();
+    assert_eq!(
+        restarts_after, restarts_before,
+        "a renewal restarted a broker"
+    );
+    for (broker, target) in fleet.brokers.iter().zip(&targets) {
+        let line = report
+            .lines()
+            .find(|line| line.starts_with(target.as_str()))
+            .unwrap_or_else(|| panic!("{report}"));
+        assert!(line.contains(" failed=0 "), "{line}");
+        let serials = line
+            .split(" serials=")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
+        assert!(
+            serials.split(',').count() >= 2,
+            "broker {} never switched: {line}",
+            broker.id
+        );
+        let log = fleet.agents[&broker.node].log();
+        assert!(
+            log.contains("reloading key stores without a restart"),
+            "{log}"
+        );
+        let node = renewed["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == broker.node.as_str())
+            .unwrap();
+        assert!(
+            node["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|check| check["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("serves the new certificate")),
+            "{node:#}"
+        );
+    }
+}
