@@ -210,7 +210,7 @@ fn a_rewritten_key_store_is_reloaded_over_the_kafka_protocol_and_the_new_serial_
         .reload_certificates(
             7,
             &listeners,
-            &[reload.clone()],
+            std::slice::from_ref(&reload),
             &ca.cert_pem,
             Duration::from_secs(10),
         )
