@@ -298,7 +298,11 @@ impl Fleet {
         for broker in &self.brokers {
             text += &format!(
                 "\n[[broker]]\nid = {}\nnode = \"{}\"\nhostname = \"{}.fleet-{net}\"\nprivate_ip = \"{}\"\npublic_ip = \"198.19.{net}.{}\"\n",
-                broker.id, broker.node, broker.node, broker.ip, broker.id
+                broker.id,
+                broker.node,
+                broker.node,
+                broker.ip,
+                broker.id + options.public_ip_offset
             );
         }
         for (node, _) in &self.clients {
@@ -557,6 +561,8 @@ pub struct FleetSpec {
     pub settle: &'static str,
     /// The body of a `[tls]` section (certificate lifetime and renewal), when given.
     pub tls: Option<&'static str>,
+    /// Broker N's public IP is 198.19.NET.(N + this): a new value moves every elastic IP.
+    pub public_ip_offset: u32,
 }
 
 impl Default for FleetSpec {
@@ -569,6 +575,7 @@ impl Default for FleetSpec {
             health_timeout: "20s",
             settle: "0s",
             tls: None,
+            public_ip_offset: 0,
         }
     }
 }

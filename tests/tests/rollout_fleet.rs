@@ -1584,3 +1584,122 @@ fn certificates_due_for_renewal_are_renewed_and_reloaded_live_while_a_client_kee
         );
     }
 }
+
+#[test]
+fn an_elastic_ip_move_in_hostname_mode_changes_public_clients_entries_and_reloads_the_certificate_without_a_restart(
+) {
+    let mut fleet = Fleet::new(21, 3, &[("laptop-1", "public")]).unwrap();
+    fleet.probe = "kafka";
+    // Kafka 3.7+ (KIP-978): a reloaded certificate may drop the old elastic IP's SAN.
+    for broker in &fleet.brokers {
+        let mut text = broker.properties();
+        text.push_str("ssl.allow.san.changes=true\n");
+        std::fs::write(broker.properties_path(), text).unwrap();
+    }
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(Some(2)).unwrap();
+    let secure = FleetSpec {
+        hostnames: true,
+        external: true,
+        external_protocol: "SSL",
+        ..FleetSpec::default()
+    };
+    let gen1 = fleet.write_spec("gen1.toml", &secure).unwrap();
+    let run = fleet
+        .ctl(&[
+            "apply",
+            "--yes",
+            "--force",
+            "--wait",
+            gen1.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    let hostname = |broker: &kreach_tests::fleet::Broker| format!("{}.fleet-21", broker.node);
+    let hosts = fleet.client_hosts("laptop-1");
+    for broker in &fleet.brokers {
+        assert!(
+            hosts.contains(&format!("198.19.21.{}\t{}", broker.id, hostname(broker))),
+            "{hosts}"
+        );
+    }
+    let restarts_before: usize = fleet.brokers.iter().map(|b| b.restarts().len()).sum();
+    let ca = fleet.brokers[0].dir.join("kafka-tls/ca.pem");
+    // A public client keeps connecting by each broker's name (its address: the NAT's target).
+    let targets: Vec<String> = fleet
+        .brokers
+        .iter()
+        .map(|b| format!("{}:{}@{}", b.ip, fleet.port + 1, hostname(b)))
+        .collect();
+    let stop = fleet.brokers[0].dir.join("client-loop.stop");
+    let client = std::process::Command::new("python3")
+        .args([
+            "-c",
+            TLS_CLIENT_LOOP,
+            &ca.display().to_string(),
+            &stop.display().to_string(),
+        ])
+        .args(&targets)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the TLS client loop");
+
+    // Every elastic IP moves.
+    let moved = FleetSpec {
+        public_ip_offset: 100,
+        ..secure
+    };
+    let gen2 = fleet.write_spec("gen2.toml", &moved).unwrap();
+    let plan = fleet
+        .ctl(&["plan", "--force", gen2.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        plan.stdout.contains("reload certificates") && !plan.stdout.contains("restart brokers"),
+        "{}",
+        plan.stdout
+    );
+    let run = fleet
+        .ctl(&[
+            "apply",
+            "--yes",
+            "--force",
+            "--wait",
+            gen2.to_str().unwrap(),
+        ])
+        .unwrap();
+    assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&stop, "").unwrap();
+    let report = client.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&report.stdout).to_string();
+
+    let restarts_after: usize = fleet.brokers.iter().map(|b| b.restarts().len()).sum();
+    assert_eq!(
+        restarts_after, restarts_before,
+        "the move restarted a broker"
+    );
+    let hosts = fleet.client_hosts("laptop-1");
+    for (broker, target) in fleet.brokers.iter().zip(&targets) {
+        let new_ip = format!("198.19.21.{}", broker.id + 100);
+        assert!(
+            hosts.contains(&format!("{new_ip}\t{}", hostname(broker)))
+                && !hosts.contains(&format!("198.19.21.{}\t", broker.id)),
+            "{hosts}"
+        );
+        let line = report
+            .lines()
+            .find(|line| line.starts_with(target.as_str()))
+            .unwrap_or_else(|| panic!("{report}"));
+        assert!(line.contains(" failed=0 "), "{line}");
+        // The served certificate covers the new address, no longer the old one.
+        let addr = format!("{}:{}", broker.ip, fleet.port + 1);
+        tls_handshake(&addr, &ca, &new_ip).unwrap_or_else(|error| panic!("{new_ip}: {error}"));
+        assert!(tls_handshake(&addr, &ca, &format!("198.19.21.{}", broker.id)).is_err());
+        let log = fleet.agents[&broker.node].log();
+        assert!(
+            log.contains("reloading key stores without a restart"),
+            "{log}"
+        );
+    }
+}
