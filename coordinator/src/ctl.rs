@@ -571,15 +571,15 @@ pub fn certificates_text(certificates: &[pb::CertificateView]) -> String {
     out
 }
 
-/// Certificates that need the operator: expired, or due for renewal (kreach renews at the next
-/// apply of the spec; it does not yet renew on its own).
+/// Certificates that need attention: expired, or due for renewal (the coordinator renews them by
+/// itself after a completed rollout; one still due means the newest rollout did not complete).
 pub fn certificate_problems(certificates: &[pb::CertificateView]) -> Vec<String> {
     certificates
         .iter()
         .filter(|cert| cert.state != "ok")
         .map(|cert| {
             format!(
-                "{} {}: certificate {} {} ({}); apply the spec again to renew it",
+                "{} {}: certificate {} {} ({}); the coordinator renews it once the newest rollout has completed (see `kreachctl status`)",
                 cert.node,
                 cert.listener,
                 cert.serial,
