@@ -1147,7 +1147,9 @@ mod tests {
             problems[0].starts_with("b2 EXTERNAL: certificate 0a due for renewal"),
             "{problems:?}"
         );
-        assert!(problems[1].contains("expired") && problems[1].contains("apply the spec again"));
+        assert!(
+            problems[1].contains("expired") && problems[1].contains("the coordinator renews it")
+        );
         let text = certificates_text(&certificates);
         assert!(
             text.contains("b1 EXTERNAL: serial 0a, valid until ")
