@@ -66,6 +66,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// On a broker: list the dynamic broker configs (set over the Kafka protocol, e.g. with
+    /// `kafka-configs.sh --alter`, and kept in the cluster's metadata) that Kafka uses instead of
+    /// what kreach wrote to server.properties for a key it owns (`advertised.listeners`,
+    /// `listeners`, the protocol map, a listener's TLS/SASL keys). Asks this broker over its
+    /// PLAINTEXT listener. Exit 0 when there are none, 3 when some hide kreach's edits.
+    Overrides {
+        /// Delete this broker's overrides (per-broker ones; a cluster-wide default is named with
+        /// the kafka-configs.sh command that deletes it), then list again.
+        #[arg(long)]
+        delete: bool,
+    },
 }
 
 /// Write `shell`'s completion script for kreach-agent to `out`.

@@ -1,6 +1,6 @@
 //! What the agent knows of its host between releases, for the node's status: the hosts lines that
 //! shadow kreach's entries, drift repairs and the last one's time, an enforcement that cannot run,
-//! the EXTERNAL port filter.
+//! the EXTERNAL port filter, dynamic broker configs that hide kreach's edits.
 //!
 //! Owns one value, [`LocalHealth`], on a `watch` channel: the drift enforcer and the firewall
 //! repair write their parts of it, the coordinator client reports it whenever it changes (and at
@@ -19,6 +19,9 @@ pub struct LocalHealth {
     pub enforce_error: String,
     /// The EXTERNAL port filter: what is in force, "not managed", or "error: ...".
     pub firewall: String,
+    /// Dynamic broker configs that hide kreach's edits of server.properties, one sentence each
+    /// (see [`crate::overrides`]).
+    pub dynamic_overrides: Vec<String>,
 }
 
 /// The one writer side, shared by the enforcer and the client; readers subscribe.

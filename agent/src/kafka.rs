@@ -56,8 +56,9 @@ const CLUSTER_METADATA_TOPIC: &str = "__cluster_metadata";
 const UNSUPPORTED_VERSION: i16 = 35;
 /// Kafka's resource type for one broker's configs (the resource name is its id).
 const RESOURCE_TYPE_BROKER: i8 = 4;
-/// IncrementalAlterConfigs' SET operation.
+/// IncrementalAlterConfigs' SET and DELETE operations.
 const CONFIG_OPERATION_SET: i8 = 0;
+const CONFIG_OPERATION_DELETE: i8 = 1;
 
 /// Why a probe failed. Every variant names the address it talked to.
 #[derive(Debug, thiserror::Error)]
@@ -364,14 +365,14 @@ impl KafkaConnection {
         }
     }
 
-    /// Set broker `broker_id`'s dynamic configs (IncrementalAlterConfigs, SET each `(key,
-    /// value)`). Setting a listener's `ssl.keystore.location` to the path it already has is how
-    /// Kafka is told to reload that key store from disk, without a restart. The broker's own
-    /// error message, if it refuses, is part of the error.
-    pub fn set_broker_configs(
+    /// Change broker `broker_id`'s dynamic configs (IncrementalAlterConfigs): SET each `(key,
+    /// Some(value))`, DELETE each `(key, None)`. Setting a listener's `ssl.keystore.location` to
+    /// the path it already has is how Kafka is told to reload that key store from disk, without a
+    /// restart. The broker's own error message, if it refuses, is part of the error.
+    pub fn alter_broker_configs(
         &mut self,
         broker_id: i32,
-        settings: &[(String, String)],
+        settings: &[(String, Option<String>)],
     ) -> Result<(), ProbeError> {
         let api = ApiKey::IncrementalAlterConfigs;
         let version = self.negotiated_version(api)?;
@@ -383,8 +384,11 @@ impl KafkaConnection {
             .map(|(key, value)| {
                 let mut config = AlterableConfig::default();
                 config.name = StrBytes::from_string(key.clone());
-                config.config_operation = CONFIG_OPERATION_SET;
-                config.value = Some(StrBytes::from_string(value.clone()));
+                config.config_operation = match value {
+                    Some(_) => CONFIG_OPERATION_SET,
+                    None => CONFIG_OPERATION_DELETE,
+                };
+                config.value = value.clone().map(StrBytes::from_string);
                 config
             })
             .collect();
@@ -409,6 +413,45 @@ impl KafkaConnection {
             return Err(error);
         }
         Ok(())
+    }
+
+    /// Every config of broker `broker_id` as DescribeConfigs lists it: `(key, value, config
+    /// source)` (the value is None for a sensitive one). Sources 2 and 3 are dynamic
+    /// (`DYNAMIC_BROKER_CONFIG`, `DYNAMIC_DEFAULT_BROKER_CONFIG`) and beat server.properties.
+    pub fn broker_configs(
+        &mut self,
+        broker_id: i32,
+    ) -> Result<Vec<(String, Option<String>, i8)>, ProbeError> {
+        let api = ApiKey::DescribeConfigs;
+        let version = self.negotiated_version(api)?;
+        let mut resource = DescribeConfigsResource::default();
+        resource.resource_type = RESOURCE_TYPE_BROKER;
+        resource.resource_name = StrBytes::from_string(broker_id.to_string());
+        resource.configuration_keys = None;
+        let mut request = DescribeConfigsRequest::default();
+        request.resources = vec![resource];
+        let response = self.send(api, version, &request)?;
+        let Some(answer) = response.results.into_iter().next() else {
+            return Err(ProbeError::Protocol {
+                addr: self.addr,
+                api,
+                message: "the answer lists no resource".to_string(),
+            });
+        };
+        if answer.error_code != 0 {
+            return Err(self.kafka_error(api, answer.error_code));
+        }
+        Ok(answer
+            .configs
+            .into_iter()
+            .map(|config| {
+                (
+                    config.name.to_string(),
+                    config.value.map(|value| value.to_string()),
+                    config.config_source,
+                )
+            })
+            .collect())
     }
 
     /// How many APIs the broker listed.

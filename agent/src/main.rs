@@ -59,6 +59,25 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Completions { .. } => unreachable!("handled before the config is read"),
         Command::Run => run_daemon(config),
+        Command::Overrides { delete } => {
+            let mut found = kreach_agent::overrides::find(&config).map_err(anyhow::Error::msg)?;
+            if delete && !found.is_empty() {
+                let deleted =
+                    kreach_agent::overrides::delete(&config, &found).map_err(anyhow::Error::msg)?;
+                for key in &deleted {
+                    println!("deleted the dynamic override of {key}");
+                }
+                found = kreach_agent::overrides::find(&config).map_err(anyhow::Error::msg)?;
+            }
+            if found.is_empty() {
+                println!("no dynamic broker config hides kreach's settings in server.properties");
+                return Ok(0);
+            }
+            for o in &found {
+                println!("{o}; {}", kreach_agent::overrides::remedy(&config.node, o));
+            }
+            Ok(3)
+        }
         Command::State => {
             match state::load(&config.state_dir)? {
                 Some(applied) => println!("{}", serde_json::to_string_pretty(&applied)?),

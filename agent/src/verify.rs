@@ -193,6 +193,25 @@ impl KafkaProbe {
         )
     }
 
+    /// A connection to the broker's first PLAINTEXT listener (where kreach speaks Kafka to its own
+    /// broker), and that listener's name.
+    pub fn plaintext_connection(
+        &self,
+        listeners: &[ListenerSpec],
+        timeout: Duration,
+    ) -> Result<(KafkaConnection, String), String> {
+        let listener = listeners
+            .iter()
+            .find(|l| speaks_plaintext(&l.security_protocol))
+            .ok_or("the broker has no PLAINTEXT listener kreach can speak Kafka on")?;
+        let address = probe_address(&listener.bind_host, listener.port)
+            .map_err(|error| format!("listener {}: {error}", listener.name))?;
+        let connection = self
+            .connect(address, timeout)
+            .map_err(|error| error.to_string())?;
+        Ok((connection, listener.name.clone()))
+    }
+
     /// What the broker as it runs now answers, for the pre-restart gate.
     pub fn observe_running(&self, running: &[RunningListener], timeout: Duration) -> RunningBroker {
         let deadline = Instant::now() + timeout;
@@ -383,13 +402,7 @@ impl ListenerProbe for KafkaProbe {
         timeout: Duration,
     ) -> Result<Vec<String>, String> {
         let deadline = Instant::now() + timeout;
-        let asked = listeners
-            .iter()
-            .find(|l| speaks_plaintext(&l.security_protocol))
-            .ok_or("the broker has no PLAINTEXT listener to ask it to reload over")?;
-        let address = probe_address(&asked.bind_host, asked.port)
-            .map_err(|error| format!("listener {}: {error}", asked.name))?;
-        let settings: Vec<(String, String)> = reloads
+        let settings: Vec<(String, Option<String>)> = reloads
             .iter()
             .map(|reload| {
                 (
@@ -397,12 +410,16 @@ impl ListenerProbe for KafkaProbe {
                         "listener.name.{}.ssl.keystore.location",
                         reload.listener.to_ascii_lowercase()
                     ),
-                    reload.keystore.clone(),
+                    Some(reload.keystore.clone()),
                 )
             })
             .collect();
-        self.connect(address, timeout)
-            .and_then(|mut connection| connection.set_broker_configs(broker_id, &settings))
+        let (mut connection, asked) = self
+            .plaintext_connection(listeners, timeout)
+            .map_err(|error| format!("cannot ask the broker to reload: {error}"))?;
+        let address = connection.addr();
+        connection
+            .alter_broker_configs(broker_id, &settings)
             .map_err(|error| format!("the broker did not take the key store reload: {error}"))?;
         let mut passed = vec![format!(
             "reload: broker {broker_id} took {} over {} ({address})",
@@ -411,7 +428,7 @@ impl ListenerProbe for KafkaProbe {
                 .map(|(key, _)| key.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            asked.name
+            asked
         )];
         let trusted = TlsClient::from_ca_pem(ca_pem)?;
         for reload in reloads {

@@ -818,3 +818,51 @@ fn sigterm_stops_the_agent_at_once_while_its_reachability_checks_time_out() {
     );
     drop(silent);
 }
+
+#[test]
+fn a_dynamic_override_of_advertised_listeners_is_found_and_deleted_with_kreach_agent_overrides() {
+    let ports = Ports::new();
+    let (host, _) = applied_broker(&ports);
+    let run = host.agent(&["overrides"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout.contains("no dynamic broker config hides"),
+        "{run}"
+    );
+
+    // Someone sets broker 1's advertised.listeners over the Kafka protocol (as `kafka-configs.sh
+    // --alter --entity-type brokers --entity-name 1` does): Kafka would now advertise that.
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", ports.internal).parse().unwrap();
+    let mut kafka =
+        kreach_agent::kafka::KafkaConnection::connect(addr, Duration::from_secs(5)).unwrap();
+    kafka
+        .alter_broker_configs(
+            1,
+            &[(
+                "advertised.listeners".to_string(),
+                Some("INTERNAL://stale-name:9092".to_string()),
+            )],
+        )
+        .unwrap();
+    let run = host.agent(&["overrides"]);
+    assert_eq!(run.code, 3, "{run}");
+    assert!(
+        run.stdout.contains(
+            "advertised.listeners is set dynamically (DYNAMIC_BROKER_CONFIG: \"INTERNAL://stale-name:9092\"), which Kafka uses instead of server.properties' \"INTERNAL://emr-worker-1.cluster-48742:"
+        ) && run.stdout.contains("`kreach-agent overrides --delete` on emr-worker-1"),
+        "{run}"
+    );
+
+    let run = host.agent(&["overrides", "--delete"]);
+    assert_eq!(run.code, 0, "{run}");
+    assert!(
+        run.stdout
+            .contains("deleted the dynamic override of advertised.listeners"),
+        "{run}"
+    );
+    let left = kafka.broker_configs(1).unwrap();
+    assert!(
+        left.iter().all(|(key, _, _)| key != "advertised.listeners"),
+        "{left:?}"
+    );
+}

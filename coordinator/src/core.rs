@@ -652,6 +652,23 @@ impl Core {
         );
         let (mut warnings, mut notes) = self.fact_warnings(&spec);
         warnings.extend(attached.warnings);
+        // A dynamic override of a key kreach owns beats server.properties: this plan's edits of
+        // that key would not take effect on that broker.
+        for broker in &spec.brokers {
+            let Some(health) = self
+                .agents
+                .get(&broker.node)
+                .and_then(|e| e.health.as_ref())
+            else {
+                continue;
+            };
+            for dynamic in &health.dynamic_overrides {
+                warnings.push(format!(
+                    "broker {} (node {:?}): {dynamic}; kreach's edits of that key would not take effect",
+                    broker.id, broker.node
+                ));
+            }
+        }
         if controller.is_none() && plan.steps.iter().any(|step| step.restarts) {
             notes.push(
                 "the active controller is not known (no agent reports it): brokers restart in id order, \

@@ -606,6 +606,9 @@ pub fn host_problems(nodes: &[pb::NodeView]) -> Vec<String> {
         if health.firewall.starts_with("error") {
             problems.push(format!("{}: firewall {}", node.node, health.firewall));
         }
+        for dynamic in &health.dynamic_overrides {
+            problems.push(format!("{}: dynamic override: {dynamic}", node.node));
+        }
     }
     problems
 }

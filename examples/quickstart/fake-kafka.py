@@ -17,12 +17,15 @@ A listener with `listener.name.NAME.ssl.keystore.location` (kreach writes it for
 served over TLS with that PEM key store (key and certificate chain), as Kafka would.
 FAKE_KAFKA_EIP=IP also accepts the EXTERNAL listener's connections on IP (same port), as a cloud's
 1:1 NAT of an elastic IP to the broker's private address does.
-IncrementalAlterConfigs (v0) of this broker's `listener.name.NAME.ssl.keystore.location` reloads
-that listener's key store for new connections without a restart, as Kafka's dynamic broker config
+IncrementalAlterConfigs (v0) sets (or deletes) this broker's dynamic configs, which DescribeConfigs
+(v1) lists with source DYNAMIC_BROKER_CONFIG, as Kafka keeps them in its metadata (this stand-in
+keeps them in STATE_DIR/dynamic.json, across restarts). Setting `listener.name.NAME.ssl.keystore.
+location` also reloads that listener's key store for new connections without a restart, as Kafka
 does when the setting is altered, even to the same path; a file it cannot load is refused with
-INVALID_CONFIG and the old certificate stays. FAKE_KAFKA_NO_RELOAD=1 leaves the API out of
-ApiVersions, as a broker that cannot reload.
+INVALID_CONFIG and the old certificate stays. FAKE_KAFKA_NO_RELOAD=1 leaves IncrementalAlterConfigs
+out of ApiVersions, as a broker that cannot reload.
 """
+import json
 import os
 import signal
 import socket
@@ -105,9 +108,12 @@ def stop(state_dir):
     os.unlink(pid_path(state_dir))
 
 
-API_VERSIONS, METADATA, INCREMENTAL_ALTER_CONFIGS = 18, 3, 44
+LOCK = threading.Lock()
+API_VERSIONS, METADATA, DESCRIBE_CONFIGS, INCREMENTAL_ALTER_CONFIGS = 18, 3, 32, 44
 UNSUPPORTED_VERSION, INVALID_CONFIG, INVALID_REQUEST = 35, 40, 42
 RESOURCE_BROKER = 4
+SET, DELETE = 0, 1
+DYNAMIC_BROKER_CONFIG = 2
 KEYSTORE_KEY = "ssl.keystore.location"
 
 
@@ -153,8 +159,8 @@ class Reader:
         return text
 
 
-def alter_configs(body, node_id, tls_by_listener):
-    """IncrementalAlterConfigs v0: reload the named listeners' key stores; the response body."""
+def alter_configs(body, node_id, tls_by_listener, dynamic):
+    """IncrementalAlterConfigs v0: set or delete dynamic configs, reloading key stores set."""
     reader = Reader(body)
     answers = []
     for _ in range(reader.take(">i")):
@@ -165,30 +171,79 @@ def alter_configs(body, node_id, tls_by_listener):
         error, message = 0, None
         if resource_type != RESOURCE_BROKER or name != str(node_id):
             error, message = INVALID_REQUEST, f"this is broker {node_id}"
+        changed = {}
         for key, operation, value in configs if error == 0 else []:
+            if operation not in (SET, DELETE):
+                error, message = INVALID_CONFIG, f"the stand-in Kafka only sets and deletes, not operation {operation}"
+                break
             prefix, _, rest = key.partition(".name.")
             listener, _, setting = rest.partition(".")
             holder = tls_by_listener.get(listener.upper())
-            if prefix != "listener" or setting != KEYSTORE_KEY or operation != 0 or holder is None:
-                error, message = INVALID_CONFIG, f"the stand-in Kafka reloads only a TLS listener's {KEYSTORE_KEY}, not {key}"
-                break
-            try:
-                context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                context.load_cert_chain(certfile=value, keyfile=value)
-            except (OSError, ssl.SSLError) as failure:
-                error, message = INVALID_CONFIG, f"cannot load {value}: {failure}"
-                break
-            holder[0] = context
+            if operation == SET and prefix == "listener" and setting == KEYSTORE_KEY and holder is not None:
+                try:
+                    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                    context.load_cert_chain(certfile=value, keyfile=value)
+                except (OSError, ssl.SSLError) as failure:
+                    error, message = INVALID_CONFIG, f"cannot load {value}: {failure}"
+                    break
+                holder[0] = context
+            changed[key] = value if operation == SET else None
+        if error == 0:
+            dynamic.update(changed)
         answers.append(struct.pack(">h", error) + nullable_string(message)
                        + struct.pack(">b", resource_type) + kafka_string(name))
+    save_dynamic(dynamic)
     return struct.pack(">ii", 0, len(answers)) + b"".join(answers)
 
 
-def answer(api_key, api_version, body, node_id, endpoint, tls_by_listener):
+def describe_configs(body, node_id, dynamic):
+    """DescribeConfigs v1: this broker's dynamic configs; other resources are unknown here."""
+    reader = Reader(body)
+    results = []
+    for _ in range(reader.take(">i")):
+        resource_type, name = reader.take(">b"), reader.string()
+        keys = reader.take(">i")
+        for _ in range(max(keys, 0)):
+            reader.string()
+        configs = []
+        if resource_type == RESOURCE_BROKER and name == str(node_id):
+            error = 0
+            for key, value in sorted(dynamic.items()):
+                if value is None:
+                    continue
+                # name, value, read_only, source, is_sensitive, no synonyms
+                configs.append(kafka_string(key) + nullable_string(value)
+                               + struct.pack(">bbbi", 0, DYNAMIC_BROKER_CONFIG, 0, 0))
+        else:
+            error = INVALID_REQUEST
+        results.append(struct.pack(">h", error) + nullable_string(None) + struct.pack(">b", resource_type)
+                       + kafka_string(name) + struct.pack(">i", len(configs)) + b"".join(configs))
+    return struct.pack(">ii", 0, len(results)) + b"".join(results)
+
+
+DYNAMIC_PATH = None
+
+
+def load_dynamic():
+    if DYNAMIC_PATH is None or not os.path.exists(DYNAMIC_PATH):
+        return {}
+    with open(DYNAMIC_PATH) as handle:
+        return json.load(handle)
+
+
+def save_dynamic(dynamic):
+    if DYNAMIC_PATH is None:
+        return
+    with open(DYNAMIC_PATH + ".tmp", "w") as handle:
+        json.dump({k: v for k, v in dynamic.items() if v is not None}, handle)
+    os.replace(DYNAMIC_PATH + ".tmp", DYNAMIC_PATH)
+
+
+def answer(api_key, api_version, body, node_id, endpoint, tls_by_listener, dynamic):
     """The response body, or None for a request this stand-in does not serve (it then hangs up)."""
     if api_key == API_VERSIONS:
         error = 0 if api_version == 0 else UNSUPPORTED_VERSION
-        apis = [(API_VERSIONS, 0, 0), (METADATA, 1, 1)]
+        apis = [(API_VERSIONS, 0, 0), (METADATA, 1, 1), (DESCRIBE_CONFIGS, 1, 1)]
         if not os.environ.get("FAKE_KAFKA_NO_RELOAD"):
             apis.append((INCREMENTAL_ALTER_CONFIGS, 0, 0))
         return struct.pack(">hi", error, len(apis)) + b"".join(struct.pack(">hhh", *a) for a in apis)
@@ -197,7 +252,9 @@ def answer(api_key, api_version, body, node_id, endpoint, tls_by_listener):
         broker = struct.pack(">i", node_id) + kafka_string(host) + struct.pack(">ih", port, -1)
         return struct.pack(">i", 1) + broker + struct.pack(">ii", -1, 0)
     if api_key == INCREMENTAL_ALTER_CONFIGS and api_version == 0 and not os.environ.get("FAKE_KAFKA_NO_RELOAD"):
-        return alter_configs(body, node_id, tls_by_listener)
+        return alter_configs(body, node_id, tls_by_listener, dynamic)
+    if api_key == DESCRIBE_CONFIGS and api_version == 1:
+        return describe_configs(body, node_id, dynamic)
     return None
 
 
@@ -211,7 +268,7 @@ def read_exactly(conn, size):
     return data
 
 
-def converse(conn, node_id, endpoint, tls_by_listener):
+def converse(conn, node_id, endpoint, tls_by_listener, dynamic):
     with conn:
         conn.settimeout(10)
         try:
@@ -220,8 +277,9 @@ def converse(conn, node_id, endpoint, tls_by_listener):
                 request = Reader(read_exactly(conn, size))
                 api_key, api_version, correlation = request.take(">hhi")
                 request.string()  # client id (request header v1)
-                body = answer(api_key, api_version, request.data[request.pos:], node_id, endpoint,
-                              tls_by_listener)
+                with LOCK:
+                    body = answer(api_key, api_version, request.data[request.pos:], node_id, endpoint,
+                                  tls_by_listener, dynamic)
                 if body is None:
                     return
                 frame = struct.pack(">i", correlation) + body
@@ -230,14 +288,14 @@ def converse(conn, node_id, endpoint, tls_by_listener):
             return
 
 
-def accept_forever(sock, node_id, endpoint, listener, tls_by_listener):
+def accept_forever(sock, node_id, endpoint, listener, tls_by_listener, dynamic):
     while True:
         conn, _ = sock.accept()
-        threading.Thread(target=serve_one, args=(conn, node_id, endpoint, listener, tls_by_listener),
+        threading.Thread(target=serve_one, args=(conn, node_id, endpoint, listener, tls_by_listener, dynamic),
                          daemon=True).start()
 
 
-def serve_one(conn, node_id, endpoint, listener, tls_by_listener):
+def serve_one(conn, node_id, endpoint, listener, tls_by_listener, dynamic):
     holder = tls_by_listener.get(listener)
     if holder is not None:
         try:
@@ -246,7 +304,7 @@ def serve_one(conn, node_id, endpoint, listener, tls_by_listener):
         except (ssl.SSLError, OSError):
             conn.close()
             return
-    converse(conn, node_id, endpoint, tls_by_listener)
+    converse(conn, node_id, endpoint, tls_by_listener, dynamic)
 
 
 def tls_context(props, listener):
@@ -259,7 +317,10 @@ def tls_context(props, listener):
     return context
 
 
-def serve(properties):
+def serve(properties, state_dir):
+    global DYNAMIC_PATH
+    DYNAMIC_PATH = os.path.join(state_dir, "dynamic.json")
+    dynamic = load_dynamic()
     props = read_properties(properties)
     node_id = int(props.get("node.id", props.get("broker.id", "-1")))
     skip = set(filter(None, os.environ.get("FAKE_KAFKA_SKIP", "").split(",")))
@@ -295,7 +356,7 @@ def serve(properties):
             tls_by_listener.setdefault(name.upper(), [tls])
         sockets.append((sock, advertised(props, name), name.upper()))
     for sock, endpoint, listener in sockets:
-        threading.Thread(target=accept_forever, args=(sock, node_id, endpoint, listener, tls_by_listener),
+        threading.Thread(target=accept_forever, args=(sock, node_id, endpoint, listener, tls_by_listener, dynamic),
                          daemon=True).start()
     print("ready", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -307,7 +368,8 @@ def restart(properties, state_dir):
     start = time.time_ns()
     stop(state_dir)
     child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "serve", os.path.abspath(properties)],
+        [sys.executable, os.path.abspath(__file__), "serve", os.path.abspath(properties),
+         os.path.abspath(state_dir)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
@@ -327,8 +389,8 @@ def restart(properties, state_dir):
 
 
 def main():
-    if len(sys.argv) == 3 and sys.argv[1] == "serve":
-        serve(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "serve":
+        serve(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 4 and sys.argv[1] == "restart":
         restart(sys.argv[2], sys.argv[3])
     elif len(sys.argv) == 3 and sys.argv[1] == "stop":

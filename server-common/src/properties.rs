@@ -400,6 +400,97 @@ pub fn owned_values(desired: &ListenerSettings) -> Result<Vec<(String, String)>,
     Ok(values)
 }
 
+/// Every key kreach owns for `desired`: the listener lists, the protocol map, the inter-broker
+/// listener, and each listener-scoped key of every owned listener name (set or to be absent).
+pub fn owned_keys(desired: &ListenerSettings) -> Vec<String> {
+    let mut keys: Vec<String> = MANAGED_KEYS.iter().map(|key| key.to_string()).collect();
+    let mut names: Vec<&str> = desired.owned_names.iter().map(String::as_str).collect();
+    names.extend(desired.listeners.iter().map(|l| l.name.as_str()));
+    let mut seen = HashSet::new();
+    for name in names {
+        if seen.insert(name.to_uppercase()) {
+            keys.extend(LISTENER_SCOPED_KEYS.iter().map(|key| scoped_key(name, key)));
+        }
+    }
+    keys
+}
+
+/// Kafka's name for where a broker config's value comes from (DescribeConfigs' config source).
+pub fn config_source_name(source: i8) -> &'static str {
+    match source {
+        1 => "TOPIC_CONFIG",
+        2 => "DYNAMIC_BROKER_CONFIG",
+        3 => "DYNAMIC_DEFAULT_BROKER_CONFIG",
+        4 => "STATIC_BROKER_CONFIG",
+        5 => "DEFAULT_CONFIG",
+        6 => "DYNAMIC_BROKER_LOGGER_CONFIG",
+        _ => "UNKNOWN",
+    }
+}
+
+/// A dynamic broker config (set over the Kafka protocol, kept in the cluster's metadata) that
+/// Kafka uses instead of what server.properties says for a key kreach owns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicOverride {
+    pub key: String,
+    /// None when the broker hides it (a sensitive config, e.g. a JAAS line).
+    pub value: Option<String>,
+    /// `DYNAMIC_BROKER_CONFIG` (this broker) or `DYNAMIC_DEFAULT_BROKER_CONFIG` (every broker).
+    pub source: &'static str,
+    /// What server.properties has for the key (None: absent).
+    pub file_value: Option<String>,
+}
+
+impl std::fmt::Display for DynamicOverride {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} is set dynamically ({}: {}), which Kafka uses instead of server.properties' {}",
+            self.key,
+            self.source,
+            self.value
+                .as_deref()
+                .map_or("value hidden, sensitive".to_string(), |v| format!("{v:?}")),
+            self.file_value
+                .as_deref()
+                .map_or("absence of it".to_string(), |v| format!("{v:?}"))
+        )
+    }
+}
+
+/// Which of a broker's configs (`(key, value, config source)` as DescribeConfigs lists them) are
+/// dynamic overrides of keys kreach owns whose value is not the one in `file` (server.properties
+/// as written): those hide kreach's edits. An override equal to the file hides nothing (kreach's
+/// own key store reload sets one) and is left out.
+pub fn hidden_by_dynamic(
+    desired: &ListenerSettings,
+    file: &str,
+    configs: &[(String, Option<String>, i8)],
+) -> Vec<DynamicOverride> {
+    let owned = owned_keys(desired);
+    let document = Document::parse(file).ok();
+    configs
+        .iter()
+        .filter(|(_, _, source)| matches!(source, 2 | 3))
+        .filter(|(key, _, _)| owned.iter().any(|owned| owned == key))
+        .filter_map(|(key, value, source)| {
+            let file_value = document
+                .as_ref()
+                .and_then(|doc| doc.value(key))
+                .map(str::to_string);
+            if value.is_some() && *value == file_value {
+                return None;
+            }
+            Some(DynamicOverride {
+                key: key.clone(),
+                value: value.clone(),
+                source: config_source_name(*source),
+                file_value,
+            })
+        })
+        .collect()
+}
+
 /// `desired`, validated and rendered into the text of each list's entries.
 struct DesiredEntries {
     /// Upper-cased owned names.
@@ -1190,6 +1281,56 @@ mod tests {
             ],
             inter_broker_listener: "INTERNAL".into(),
         }
+    }
+
+    #[test]
+    fn dynamic_overrides_of_owned_keys_that_differ_from_the_file_are_found() {
+        let settings = secure_settings("SSL", None);
+        let original = "node.id=1\nlisteners=INTERNAL://0.0.0.0:9092\n\
+                        listener.security.protocol.map=INTERNAL:PLAINTEXT\n";
+        let file = apply_listeners(original, &settings).unwrap().content;
+        let keystore = "/etc/kafka/kreach-tls/external.keystore.pem";
+        let configs = vec![
+            // Hides kreach's advertised address.
+            (
+                "advertised.listeners".to_string(),
+                Some("INTERNAL://old-name:9092".to_string()),
+                2,
+            ),
+            // kreach's own key store reload: the same value as the file, hides nothing.
+            (
+                "listener.name.external.ssl.keystore.location".to_string(),
+                Some(keystore.to_string()),
+                2,
+            ),
+            // A cluster-wide default for a key kreach owns, hidden as sensitive.
+            (
+                "listener.name.internal.scram-sha-512.sasl.jaas.config".to_string(),
+                None,
+                3,
+            ),
+            // Not kreach's key, and a static one of kreach's: neither is an override of ours.
+            ("log.retention.ms".to_string(), Some("1".to_string()), 2),
+            ("listeners".to_string(), Some("X://:1".to_string()), 4),
+        ];
+        let found = hidden_by_dynamic(&settings, &file, &configs);
+        let keys: Vec<&str> = found.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "advertised.listeners",
+                "listener.name.internal.scram-sha-512.sasl.jaas.config"
+            ]
+        );
+        let text = found[0].to_string();
+        assert!(
+            text.contains("DYNAMIC_BROKER_CONFIG: \"INTERNAL://old-name:9092\"")
+                && text.contains("INTERNAL://10.0.0.1:9092"),
+            "{text}"
+        );
+        assert!(found[1]
+            .to_string()
+            .contains("DYNAMIC_DEFAULT_BROKER_CONFIG: value hidden"));
     }
 
     #[test]

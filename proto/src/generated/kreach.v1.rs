@@ -199,6 +199,11 @@ pub struct AgentHealth {
     /// "error: ..." when the agent could not enforce it.
     #[prost(string, tag = "6")]
     pub firewall: ::prost::alloc::string::String,
+    /// Brokers probed with the Kafka protocol: dynamic broker configs (set over the Kafka protocol,
+    /// kept in the cluster's metadata) of keys kreach owns whose value is not server.properties', so
+    /// Kafka runs with them instead of kreach's edits; one sentence each.
+    #[prost(string, repeated, tag = "7")]
+    pub dynamic_overrides: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// One change an agent made to a managed file (a line of its STATE_DIR/audit.jsonl).
 #[allow(clippy::all)]
