@@ -1703,3 +1703,109 @@ fn an_elastic_ip_move_in_hostname_mode_changes_public_clients_entries_and_reload
         );
     }
 }
+
+/// Set broker `id`'s dynamic config `key` = `value` at `addr` with IncrementalAlterConfigs v0, as
+/// `kafka-configs.sh --alter --entity-type brokers --entity-name ID` does.
+fn set_dynamic_config(addr: &str, id: u32, key: &str, value: &str) {
+    let script = r#"
+import socket, struct, sys
+addr, broker, key, value = sys.argv[1:]
+host, port = addr.rsplit(":", 1)
+def s(text):
+    data = text.encode()
+    return struct.pack(">h", len(data)) + data
+body = (struct.pack(">hhi", 44, 0, 1) + s("test") + struct.pack(">i", 1) + struct.pack(">b", 4) + s(broker)
+        + struct.pack(">i", 1) + s(key) + struct.pack(">b", 0) + s(value) + struct.pack(">b", 0))
+with socket.create_connection((host, int(port)), timeout=5) as conn:
+    conn.sendall(struct.pack(">i", len(body)) + body)
+    size = struct.unpack(">i", conn.recv(4))[0]
+    answer = b""
+    while len(answer) < size:
+        answer += conn.recv(size - len(answer))
+    error = struct.unpack(">h", answer[12:14])[0]
+    sys.exit(error)
+"#;
+    let status = std::process::Command::new("python3")
+        .args(["-c", script, addr, &id.to_string(), key, value])
+        .status()
+        .unwrap();
+    assert!(status.success(), "IncrementalAlterConfigs failed: {status}");
+}
+
+#[test]
+fn a_dynamic_override_that_hides_kreachs_edit_shows_in_status_fails_check_and_warns_in_plan() {
+    let mut fleet = Fleet::new(22, 2, &[("etl-1", "private")]).unwrap();
+    fleet.probe = "kafka";
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(Some(2)).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    let broker = &fleet.brokers[0];
+    set_dynamic_config(
+        &format!("{}:{}", broker.ip, fleet.port),
+        broker.id,
+        "advertised.listeners",
+        "INTERNAL://stale-name:9092",
+    );
+    // The broker's agent finds it within a facts period (1 s here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = fleet.ctl(&["status"]).unwrap().stdout;
+        if status.contains("dynamic override") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        status.contains(&format!(
+            "{}: dynamic override: advertised.listeners is set dynamically (DYNAMIC_BROKER_CONFIG: \"INTERNAL://stale-name:9092\")",
+            broker.node
+        )),
+        "{status}"
+    );
+    let check = fleet.ctl(&["check"]).unwrap();
+    assert_ne!(check.code, 0, "{}", check.stdout);
+    assert!(
+        check.stdout.contains("dynamic override"),
+        "{}",
+        check.stdout
+    );
+    let plan = fleet.ctl(&["plan", gen1.to_str().unwrap()]).unwrap();
+    assert!(
+        plan.stdout
+            .contains("kreach's edits of that key would not take effect")
+            || plan
+                .stderr
+                .contains("kreach's edits of that key would not take effect"),
+        "{}{}",
+        plan.stdout,
+        plan.stderr
+    );
+    // Deleted on the broker's host, it leaves the status.
+    let deleted = std::process::Command::new(kreach_tests::fleet::agent_binary())
+        .arg("--config")
+        .arg(broker.dir.join("agent.toml"))
+        .args(["overrides", "--delete"])
+        .output()
+        .unwrap();
+    assert!(
+        deleted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deleted.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = fleet.ctl(&["status"]).unwrap().stdout;
+        if !status.contains("dynamic override") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
