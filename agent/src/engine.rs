@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use kreach_common::desired::{NodeRole, NodeSpec};
+use kreach_common::desired::{NodeRole, NodeSpec, ScramUser};
 use kreach_common::diff::{content_hash, unified_diff};
 use kreach_common::gates;
 use kreach_common::hosts::{self, HostsConflict};
@@ -201,6 +201,8 @@ pub enum EngineError {
     Firewall(#[from] crate::firewall::FirewallError),
     #[error("rollback failed: {message}; the node needs attention")]
     RollbackFailed { message: String },
+    #[error("the cluster's SCRAM users could not be kept: {reason}; nothing was changed")]
+    ScramUsers { reason: String },
     #[error("listener {listener} uses TLS but {missing} does not exist on this host, so Kafka could not start on it; nothing was changed (put the PEM key store — private key and certificate chain — and the CA bundle there)")]
     TlsFilesMissing { listener: String, missing: String },
 }
@@ -264,6 +266,7 @@ impl Engine {
         if let Some((unit, _)) = &plan.restart {
             checks.extend(self.pre_restart_gate(plan, unit, broker_id, &running, generation)?);
         }
+        checks.extend(self.keep_scram_users(plan, &running)?);
         // The EXTERNAL filter before any file (brokers with `manage.firewall`): if nft refuses, nothing changed.
         let firewall_check = crate::firewall::enforce_for(&self.config, &plan.node_spec)?;
         let written = self
@@ -365,6 +368,62 @@ impl Engine {
             .as_deref()
             .map(gates::running_listeners)
             .unwrap_or_default())
+    }
+
+    /// A broker's SCRAM users, before anything is written: what the last applied release kept
+    /// against this one's, created, changed or deleted over the broker as it runs now. A refusal
+    /// fails the release with nothing changed.
+    fn keep_scram_users(
+        &self,
+        plan: &Plan,
+        running: &[gates::RunningListener],
+    ) -> Result<Vec<String>, EngineError> {
+        if !matches!(plan.node_spec.role, NodeRole::Broker { .. }) {
+            return Ok(Vec::new());
+        }
+        let held = state::load(&self.config.state_dir)?
+            .map(|applied| applied.node_spec.scram_users)
+            .unwrap_or_default();
+        let wanted = &plan.node_spec.scram_users;
+        let upsert: Vec<ScramUser> = wanted
+            .iter()
+            .filter(|user| !held.contains(user))
+            .cloned()
+            .collect();
+        let delete: Vec<(String, String)> = held
+            .iter()
+            .filter(|old| {
+                !wanted
+                    .iter()
+                    .any(|new| new.name == old.name && new.mechanism == old.mechanism)
+            })
+            .map(|old| (old.name.clone(), old.mechanism.clone()))
+            .collect();
+        if upsert.is_empty() && delete.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut listeners: Vec<ListenerSpec> = running
+            .iter()
+            .filter(|listener| !listener.controller)
+            .map(gates::RunningListener::as_listener_spec)
+            .collect();
+        if listeners.is_empty() {
+            if let Some(path) = &self.config.manage.kafka_properties {
+                listeners = read_text(path)?
+                    .as_deref()
+                    .map(gates::running_listeners)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter(|listener| !listener.controller)
+                    .map(gates::RunningListener::as_listener_spec)
+                    .collect();
+            }
+        }
+        let timeout =
+            Duration::from_millis(plan.node_spec.health_timeout_ms).min(PRE_RESTART_TIMEOUT);
+        self.probe
+            .apply_scram_users(&listeners, &upsert, &delete, timeout)
+            .map_err(|reason| EngineError::ScramUsers { reason })
     }
 
     /// May the broker go down now? The checks that passed, or the refusal (nothing written yet).
@@ -1003,6 +1062,15 @@ mod tests {
         ) -> Result<Vec<String>, String> {
             self.reloads.lock().unwrap().push(reloads.to_vec());
             self.reload.clone()
+        }
+        fn apply_scram_users(
+            &self,
+            _listeners: &[ListenerSpec],
+            _upsert: &[ScramUser],
+            _delete: &[(String, String)],
+            _timeout: Duration,
+        ) -> Result<Vec<String>, String> {
+            Ok(Vec::new())
         }
     }
 

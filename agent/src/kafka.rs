@@ -21,6 +21,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::alter_user_scram_credentials_request::{
+    ScramCredentialDeletion, ScramCredentialUpsertion,
+};
 use kafka_protocol::messages::api_versions_response::ApiVersionsResponse;
 use kafka_protocol::messages::describe_configs_request::{
     DescribeConfigsRequest, DescribeConfigsResource,
@@ -32,8 +35,8 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
     AlterConfigsResource, AlterableConfig,
 };
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, IncrementalAlterConfigsRequest, MetadataRequest, RequestHeader,
-    ResponseHeader, TopicName,
+    AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest, IncrementalAlterConfigsRequest,
+    MetadataRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Encodable, Request, StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
@@ -128,6 +131,10 @@ impl ProbeError {
         matches!(self, ProbeError::Connect { .. })
     }
 }
+
+/// A SCRAM credential as AlterUserScramCredentials carries it: (user, mechanism number,
+/// iterations, salt, salted password).
+pub type ScramCredential = (String, i8, i32, Vec<u8>, Vec<u8>);
 
 /// One broker's API range as its ApiVersions answer lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -413,6 +420,72 @@ impl KafkaConnection {
             return Err(error);
         }
         Ok(())
+    }
+
+    /// Create or change SCRAM credentials and delete others (AlterUserScramCredentials, KIP-554):
+    /// `upsert` are [`ScramCredential`]s with the mechanism as Kafka numbers it (1: SCRAM-SHA-256,
+    /// 2: SCRAM-SHA-512); `delete` are `(user, mechanism)`. Every user the broker refuses is
+    /// named with its error.
+    pub fn alter_scram_credentials(
+        &mut self,
+        upsert: &[ScramCredential],
+        delete: &[(String, i8)],
+    ) -> Result<(), ProbeError> {
+        let api = ApiKey::AlterUserScramCredentials;
+        let version = self.negotiated_version(api)?;
+        let mut request = AlterUserScramCredentialsRequest::default();
+        request.upsertions = upsert
+            .iter()
+            .map(|(name, mechanism, iterations, salt, salted)| {
+                let mut upsertion = ScramCredentialUpsertion::default();
+                upsertion.name = StrBytes::from_string(name.clone());
+                upsertion.mechanism = *mechanism;
+                upsertion.iterations = *iterations;
+                upsertion.salt = Bytes::from(salt.clone());
+                upsertion.salted_password = Bytes::from(salted.clone());
+                upsertion
+            })
+            .collect();
+        request.deletions = delete
+            .iter()
+            .map(|(name, mechanism)| {
+                let mut deletion = ScramCredentialDeletion::default();
+                deletion.name = StrBytes::from_string(name.clone());
+                deletion.mechanism = *mechanism;
+                deletion
+            })
+            .collect();
+        let response = self.send(api, version, &request)?;
+        let refused: Vec<String> = response
+            .results
+            .iter()
+            .filter(|result| result.error_code != 0)
+            .map(|result| {
+                format!(
+                    "{}: {}{}",
+                    result.user.as_str(),
+                    error_name(result.error_code),
+                    result
+                        .error_message
+                        .as_ref()
+                        .map(|m| format!(" ({})", m.as_str()))
+                        .unwrap_or_default()
+                )
+            })
+            .collect();
+        match response
+            .results
+            .iter()
+            .find(|result| result.error_code != 0)
+        {
+            None => Ok(()),
+            Some(first) => Err(ProbeError::Kafka {
+                addr: self.addr,
+                api,
+                code: first.error_code,
+                name: refused.join("; "),
+            }),
+        }
     }
 
     /// Every config of broker `broker_id` as DescribeConfigs lists it: `(key, value, config

@@ -285,6 +285,7 @@ mod tests {
             external_filter: None,
             certificates: Vec::new(),
             kafka_ca_pem: String::new(),
+            scram_users: Vec::new(),
         };
         let mut old = serde_json::json!({
             "generation": 3,

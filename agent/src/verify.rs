@@ -15,6 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs}
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::ApiKey;
+use kreach_common::desired::ScramUser;
 use kreach_common::gates::{
     self, GateVerdict, ListenerAnswer, ListenerObservation, RunningBroker, RunningListener,
 };
@@ -67,6 +68,31 @@ pub trait ListenerProbe: Send + Sync {
         ca_pem: &str,
         timeout: Duration,
     ) -> Result<Vec<String>, String>;
+
+    /// Keep the cluster's SCRAM users: create or change `upsert`, delete `delete` (user,
+    /// mechanism), over one of `listeners` (the broker as it runs). Ok with the checks that
+    /// passed; otherwise why not (then nothing else of the release is applied).
+    fn apply_scram_users(
+        &self,
+        listeners: &[ListenerSpec],
+        upsert: &[ScramUser],
+        delete: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Vec<String>, String>;
+}
+
+/// Kafka's number for a SCRAM mechanism in AlterUserScramCredentials.
+fn scram_mechanism(name: &str) -> Result<i8, String> {
+    match name {
+        "SCRAM-SHA-256" => Ok(1),
+        "SCRAM-SHA-512" => Ok(2),
+        other => Err(format!("unknown SCRAM mechanism {other:?}")),
+    }
+}
+
+fn unhex(text: &str) -> Result<Vec<u8>, String> {
+    kreach_common::desired::from_hex(text)
+        .ok_or_else(|| "a SCRAM credential is not hex".to_string())
 }
 
 /// Connects with TCP to each listener's bind address (a wildcard bind is probed on loopback).
@@ -153,6 +179,16 @@ impl ListenerProbe for TcpProbe {
         _timeout: Duration,
     ) -> Result<Vec<String>, String> {
         Err("manage.probe = \"tcp\" does not speak Kafka, so it cannot ask the broker to reload its key store".to_string())
+    }
+
+    fn apply_scram_users(
+        &self,
+        _listeners: &[ListenerSpec],
+        _upsert: &[ScramUser],
+        _delete: &[(String, String)],
+        _timeout: Duration,
+    ) -> Result<Vec<String>, String> {
+        Err("manage.probe = \"tcp\" does not speak Kafka, so it cannot keep SCRAM users; set probe = \"kafka\"".to_string())
     }
 }
 
@@ -487,6 +523,56 @@ impl ListenerProbe for KafkaProbe {
             }
         }
         Ok(passed)
+    }
+
+    fn apply_scram_users(
+        &self,
+        listeners: &[ListenerSpec],
+        upsert: &[ScramUser],
+        delete: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<Vec<String>, String> {
+        let upserts = upsert
+            .iter()
+            .map(|user| {
+                Ok((
+                    user.name.clone(),
+                    scram_mechanism(&user.mechanism)?,
+                    i32::try_from(user.iterations)
+                        .map_err(|_| "too many iterations".to_string())?,
+                    unhex(&user.salt)?,
+                    unhex(&user.salted_password)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let deletions = delete
+            .iter()
+            .map(|(name, mechanism)| Ok((name.clone(), scram_mechanism(mechanism)?)))
+            .collect::<Result<Vec<_>, String>>()?;
+        let (mut connection, listener) = self
+            .plaintext_connection(listeners, timeout)
+            .map_err(|error| format!("cannot reach the broker to keep its SCRAM users: {error}"))?;
+        connection
+            .alter_scram_credentials(&upserts, &deletions)
+            .map_err(|error| format!("SCRAM users not kept: {error}"))?;
+        let named = |users: Vec<String>| {
+            if users.is_empty() {
+                "none".to_string()
+            } else {
+                users.join(", ")
+            }
+        };
+        Ok(vec![format!(
+            "scram users: kept over {listener} ({}): set {}, deleted {}",
+            connection.addr(),
+            named(
+                upsert
+                    .iter()
+                    .map(|u| format!("{} {}", u.name, u.mechanism))
+                    .collect()
+            ),
+            named(delete.iter().map(|(n, m)| format!("{n} {m}")).collect())
+        )])
     }
 }
 

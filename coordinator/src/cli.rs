@@ -288,6 +288,17 @@ pub mod kreachctl {
             #[command(flatten)]
             connect: ConnectArgs,
         },
+        /// The cluster's SCRAM users for SASL listeners: list them, add one (or change its
+        /// password), remove one. kreachctl salts the password itself (PBKDF2, Kafka's SCRAM
+        /// format); the coordinator stores only the salted credential, never the password, and
+        /// every broker's agent keeps the users in Kafka (AlterUserScramCredentials). An add or
+        /// remove is rolled out as a new generation of the newest spec.
+        Users {
+            #[command(subcommand)]
+            action: UsersAction,
+            #[command(flatten)]
+            connect: ConnectArgs,
+        },
         /// Create the mutual-TLS certificates; needs no coordinator.
         Certs {
             #[command(subcommand)]
@@ -317,7 +328,8 @@ pub mod kreachctl {
                 | Command::History { connect, .. }
                 | Command::Rollback { connect, .. }
                 | Command::Nodes { connect }
-                | Command::ClientConfig { connect, .. } => Some(connect),
+                | Command::ClientConfig { connect, .. }
+                | Command::Users { connect, .. } => Some(connect),
                 Command::Validate { .. }
                 | Command::Render { .. }
                 | Command::Certs { .. }
@@ -340,6 +352,31 @@ pub mod kreachctl {
         Resume,
         /// Stop the rollout for good; nodes keep what they were released.
         Abort,
+    }
+
+    #[derive(Subcommand)]
+    pub enum UsersAction {
+        /// Every SCRAM user: name, mechanism, iterations, when added (never a credential).
+        List,
+        /// Add a user, or change its password: the password is read from standard input (one
+        /// line), e.g. `printf '%s' "$PASSWORD" | kreachctl users add app`.
+        Add {
+            /// The user name clients log in with.
+            #[arg(value_name = "NAME")]
+            name: String,
+            /// The SCRAM mechanism (the listener's `sasl_mechanism`).
+            #[arg(long, value_parser = ["SCRAM-SHA-256", "SCRAM-SHA-512"], default_value = "SCRAM-SHA-512")]
+            mechanism: String,
+            /// PBKDF2 iterations (Kafka takes 4096 to 16384).
+            #[arg(long, default_value_t = 8192)]
+            iterations: u32,
+        },
+        /// Remove a user (every mechanism of it).
+        Remove {
+            /// The user to remove.
+            #[arg(value_name = "NAME")]
+            name: String,
+        },
     }
 
     #[derive(Subcommand)]

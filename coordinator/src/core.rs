@@ -632,6 +632,18 @@ impl Core {
             .issuer
             .attach(&spec, &current, &public_keys, &mut desired)
             .map_err(CoreError::Refused)?;
+        // The SCRAM users go to every broker: any one of them can keep them in Kafka.
+        let users: Vec<kreach_common::desired::ScramUser> = self
+            .store
+            .scram_users::<crate::users::StoredUser>()?
+            .into_iter()
+            .map(|stored| stored.user)
+            .collect();
+        for node in desired.iter_mut() {
+            if matches!(node.role, NodeRole::Broker { .. }) {
+                node.scram_users.clone_from(&users);
+            }
+        }
         let uncovered = crate::certs::uncovered(&desired);
         if !uncovered.is_empty() {
             return Err(CoreError::Refused(format!(
@@ -1063,6 +1075,100 @@ impl Core {
             generations,
             changes: Vec::new(),
         })
+    }
+
+    /// `kreachctl users`: list the cluster's SCRAM users, or add (change) or remove one and roll
+    /// the change out as a new generation of the newest spec (every broker keeps the users).
+    pub fn users(
+        &mut self,
+        request: &pb::UsersRequest,
+        who: &str,
+    ) -> Result<pb::UsersResponse, CoreError> {
+        let mut stored: Vec<crate::users::StoredUser> = self.store.scram_users()?;
+        let view = |stored: &[crate::users::StoredUser]| {
+            stored
+                .iter()
+                .map(|s| pb::UserView {
+                    name: s.user.name.clone(),
+                    mechanism: s.user.mechanism.clone(),
+                    iterations: s.user.iterations,
+                    added_ms: s.added_ms,
+                })
+                .collect()
+        };
+        let what = match request.action.as_str() {
+            "list" => {
+                return Ok(pb::UsersResponse {
+                    users: view(&stored),
+                    generation: 0,
+                })
+            }
+            "add" => {
+                let user = request
+                    .user
+                    .as_ref()
+                    .map(kreach_common::desired::ScramUser::from)
+                    .ok_or_else(|| CoreError::Refused("users add: no credential".to_string()))?;
+                crate::users::check(&user)
+                    .map_err(|error| CoreError::Refused(format!("users add: {error}")))?;
+                stored
+                    .retain(|s| !(s.user.name == user.name && s.user.mechanism == user.mechanism));
+                let what = format!("users add {} ({})", user.name, user.mechanism);
+                stored.push(crate::users::StoredUser {
+                    user,
+                    added_ms: now_ms(),
+                });
+                stored.sort_by(|a, b| a.user.cmp(&b.user));
+                what
+            }
+            "remove" => {
+                let before = stored.len();
+                stored.retain(|s| s.user.name != request.name);
+                if stored.len() == before {
+                    return Err(CoreError::NotFound(format!(
+                        "no SCRAM user {:?} (kreachctl users list)",
+                        request.name
+                    )));
+                }
+                format!("users remove {}", request.name)
+            }
+            other => {
+                return Err(CoreError::Refused(format!(
+                    "users: unknown action {other:?} (list, add, remove)"
+                )))
+            }
+        };
+        let newest = self
+            .store
+            .generations()?
+            .last()
+            .map(|g| g.spec_toml.clone());
+        let Some(spec_toml) = newest else {
+            return Err(CoreError::Refused(
+                "no spec applied yet: apply one first; users are kept by its brokers".to_string(),
+            ));
+        };
+        if let Some(rollout) = &self.record.rollout {
+            if !rollout.is_finished() {
+                return Err(CoreError::Refused(format!(
+                    "generation {} is still rolling out ({}); change users once it is done",
+                    rollout.generation(),
+                    rollout.state().name()
+                )));
+            }
+        }
+        let previous = self.store.scram_users::<crate::users::StoredUser>()?;
+        self.store.save_scram_users(&stored)?;
+        match self.apply(&spec_toml, true, &format!("{who}: {what}"), None) {
+            Ok(applied) => Ok(pb::UsersResponse {
+                users: view(&stored),
+                generation: applied.generation,
+            }),
+            Err(error) => {
+                self.store.save_scram_users(&previous)?;
+                Err(error)
+            }
+        }
     }
 
     /// What a Kafka client on `client`'s host needs: its view's bootstrap endpoints and listener

@@ -386,4 +386,13 @@ impl AdminService for Services {
             self.core().client_config(&request.get_ref().client)?,
         ))
     }
+
+    async fn users(
+        &self,
+        request: Request<pb::UsersRequest>,
+    ) -> Result<Response<pb::UsersResponse>, Status> {
+        self.require_admin(&request)?;
+        let who = self.who(&request);
+        Ok(Response::new(self.core().users(request.get_ref(), &who)?))
+    }
 }

@@ -9,6 +9,7 @@ pub mod dry_run;
 pub mod grpc;
 pub mod store;
 pub mod tls_accept;
+pub mod users;
 pub mod writer;
 
 pub mod rollout;

@@ -70,6 +70,8 @@ fn append_audit_in(
 }
 
 const ROLLOUT_KEY: &str = "rollout";
+/// The SCRAM users of `kreachctl users` (a JSON list of salted credentials).
+const SCRAM_USERS_KEY: &str = "scram_users";
 
 /// One applied spec.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,6 +199,25 @@ impl Store {
         self.write(|txn| {
             txn.open_table(META)?
                 .insert(ROLLOUT_KEY, bytes.as_slice())?;
+            Ok(())
+        })
+    }
+
+    /// The cluster's SCRAM users (salted credentials), as `kreachctl users` left them.
+    pub fn scram_users<U: DeserializeOwned>(&self) -> Result<Vec<U>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(META).map_err(|e| self.io(e))?;
+        match table.get(SCRAM_USERS_KEY).map_err(|e| self.io(e))? {
+            Some(value) => self.decode(SCRAM_USERS_KEY, value.value()),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    pub fn save_scram_users<U: Serialize>(&self, users: &[U]) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(users).expect("serializable");
+        self.write(|txn| {
+            txn.open_table(META)?
+                .insert(SCRAM_USERS_KEY, bytes.as_slice())?;
             Ok(())
         })
     }

@@ -24,6 +24,8 @@ location` also reloads that listener's key store for new connections without a r
 does when the setting is altered, even to the same path; a file it cannot load is refused with
 INVALID_CONFIG and the old certificate stays. FAKE_KAFKA_NO_RELOAD=1 leaves IncrementalAlterConfigs
 out of ApiVersions, as a broker that cannot reload.
+AlterUserScramCredentials (v0) keeps SCRAM credentials (salt and salted password, as Kafka stores
+them) in STATE_DIR/scram-users.json; this stand-in does not authenticate clients with them.
 """
 import json
 import os
@@ -110,6 +112,9 @@ def stop(state_dir):
 
 LOCK = threading.Lock()
 API_VERSIONS, METADATA, DESCRIBE_CONFIGS, INCREMENTAL_ALTER_CONFIGS = 18, 3, 32, 44
+ALTER_USER_SCRAM_CREDENTIALS = 51
+SCRAM_MECHANISMS = {1: "SCRAM-SHA-256", 2: "SCRAM-SHA-512"}
+UNSUPPORTED_SASL_MECHANISM, RESOURCE_NOT_FOUND = 33, 91
 UNSUPPORTED_VERSION, INVALID_CONFIG, INVALID_REQUEST = 35, 40, 42
 RESOURCE_BROKER = 4
 SET, DELETE = 0, 1
@@ -138,7 +143,36 @@ def nullable_string(text):
 
 
 class Reader:
-    """Reads a classic (non-flexible) request body; a short one raises struct.error."""
+    """Reads a request body (classic, or flexible with the compact_ methods); a short one raises
+    struct.error."""
+
+    def varint(self):
+        value, shift = 0, 0
+        while True:
+            byte = self.take(">B")
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+
+    def compact_bytes(self):
+        size = self.varint() - 1
+        if size < 0:
+            return None
+        if self.pos + size > len(self.data):
+            raise struct.error("short bytes")
+        data = self.data[self.pos:self.pos + size]
+        self.pos += size
+        return data
+
+    def compact_string(self):
+        data = self.compact_bytes()
+        return None if data is None else data.decode()
+
+    def tagged_fields(self):
+        for _ in range(self.varint()):
+            self.varint()
+            self.compact_bytes()
 
     def __init__(self, data):
         self.data, self.pos = data, 0
@@ -224,6 +258,61 @@ def describe_configs(body, node_id, dynamic):
 DYNAMIC_PATH = None
 
 
+def compact_string(text):
+    if text is None:
+        return b"\x00"
+    data = text.encode()
+    return varint(len(data) + 1) + data
+
+
+def varint(value):
+    out = b""
+    while value >= 0x80:
+        out += bytes([(value & 0x7F) | 0x80])
+        value >>= 7
+    return out + bytes([value])
+
+
+def alter_scram(body):
+    """AlterUserScramCredentials v0 (flexible): keep salted credentials; the response body."""
+    reader = Reader(body)
+    path = os.path.join(os.path.dirname(DYNAMIC_PATH), "scram-users.json") if DYNAMIC_PATH else None
+    users = {}
+    if path and os.path.exists(path):
+        with open(path) as handle:
+            users = json.load(handle)
+    results = []
+    for _ in range(reader.varint() - 1):
+        name, mechanism = reader.compact_string(), reader.take(">b")
+        reader.tagged_fields()
+        error, message = 0, None
+        if SCRAM_MECHANISMS.get(mechanism) not in users.get(name, {}):
+            error, message = RESOURCE_NOT_FOUND, "no such credential"
+        else:
+            del users[name][SCRAM_MECHANISMS[mechanism]]
+            if not users[name]:
+                del users[name]
+        results.append((name, error, message))
+    for _ in range(reader.varint() - 1):
+        name, mechanism, iterations = reader.compact_string(), reader.take(">b"), reader.take(">i")
+        salt, salted = reader.compact_bytes(), reader.compact_bytes()
+        reader.tagged_fields()
+        error, message = 0, None
+        if mechanism not in SCRAM_MECHANISMS:
+            error, message = UNSUPPORTED_SASL_MECHANISM, f"mechanism {mechanism}"
+        else:
+            users.setdefault(name, {})[SCRAM_MECHANISMS[mechanism]] = {
+                "iterations": iterations, "salt": salt.hex(), "salted_password": salted.hex()}
+        results.append((name, error, message))
+    if path:
+        with open(path + ".tmp", "w") as handle:
+            json.dump(users, handle)
+        os.replace(path + ".tmp", path)
+    encoded = b"".join(compact_string(name) + struct.pack(">h", error) + compact_string(message) + b"\x00"
+                       for name, error, message in results)
+    return struct.pack(">i", 0) + varint(len(results) + 1) + encoded + b"\x00"
+
+
 def load_dynamic():
     if DYNAMIC_PATH is None or not os.path.exists(DYNAMIC_PATH):
         return {}
@@ -243,7 +332,8 @@ def answer(api_key, api_version, body, node_id, endpoint, tls_by_listener, dynam
     """The response body, or None for a request this stand-in does not serve (it then hangs up)."""
     if api_key == API_VERSIONS:
         error = 0 if api_version == 0 else UNSUPPORTED_VERSION
-        apis = [(API_VERSIONS, 0, 0), (METADATA, 1, 1), (DESCRIBE_CONFIGS, 1, 1)]
+        apis = [(API_VERSIONS, 0, 0), (METADATA, 1, 1), (DESCRIBE_CONFIGS, 1, 1),
+                (ALTER_USER_SCRAM_CREDENTIALS, 0, 0)]
         if not os.environ.get("FAKE_KAFKA_NO_RELOAD"):
             apis.append((INCREMENTAL_ALTER_CONFIGS, 0, 0))
         return struct.pack(">hi", error, len(apis)) + b"".join(struct.pack(">hhh", *a) for a in apis)
@@ -255,6 +345,8 @@ def answer(api_key, api_version, body, node_id, endpoint, tls_by_listener, dynam
         return alter_configs(body, node_id, tls_by_listener, dynamic)
     if api_key == DESCRIBE_CONFIGS and api_version == 1:
         return describe_configs(body, node_id, dynamic)
+    if api_key == ALTER_USER_SCRAM_CREDENTIALS and api_version == 0:
+        return alter_scram(body)
     return None
 
 
@@ -276,13 +368,16 @@ def converse(conn, node_id, endpoint, tls_by_listener, dynamic):
                 (size,) = struct.unpack(">i", read_exactly(conn, 4))
                 request = Reader(read_exactly(conn, size))
                 api_key, api_version, correlation = request.take(">hhi")
-                request.string()  # client id (request header v1)
+                request.string()  # client id (request header v1, v2)
+                flexible = api_key == ALTER_USER_SCRAM_CREDENTIALS
+                if flexible:
+                    request.tagged_fields()  # request header v2
                 with LOCK:
                     body = answer(api_key, api_version, request.data[request.pos:], node_id, endpoint,
                                   tls_by_listener, dynamic)
                 if body is None:
                     return
-                frame = struct.pack(">i", correlation) + body
+                frame = struct.pack(">i", correlation) + (b"\x00" if flexible else b"") + body
                 conn.sendall(struct.pack(">i", len(frame)) + frame)
         except (ConnectionError, OSError, struct.error):
             return

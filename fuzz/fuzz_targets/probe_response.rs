@@ -10,8 +10,8 @@
 
 use bytes::Bytes;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, DescribeConfigsResponse, DescribeQuorumResponse,
-    IncrementalAlterConfigsResponse, MetadataResponse, ResponseHeader,
+    AlterUserScramCredentialsResponse, ApiKey, ApiVersionsResponse, DescribeConfigsResponse,
+    DescribeQuorumResponse, IncrementalAlterConfigsResponse, MetadataResponse, ResponseHeader,
 };
 use kreach_common::kafka_frame::{check, decode, CheckedResponse};
 use libfuzzer_sys::fuzz_target;
@@ -28,6 +28,7 @@ fn targets() -> Vec<(ApiKey, i16)> {
     targets.extend((1..=4).map(|v| (ApiKey::DescribeConfigs, v)));
     targets.extend((0..=2).map(|v| (ApiKey::DescribeQuorum, v)));
     targets.extend((0..=1).map(|v| (ApiKey::IncrementalAlterConfigs, v)));
+    targets.push((ApiKey::AlterUserScramCredentials, 0));
     targets
 }
 
@@ -80,6 +81,9 @@ fuzz_target!(|data: &[u8]| {
         }
         ApiKey::IncrementalAlterConfigs => {
             let _ = read::<IncrementalAlterConfigsResponse>(&mut payload, version);
+        }
+        ApiKey::AlterUserScramCredentials => {
+            let _ = read::<AlterUserScramCredentialsResponse>(&mut payload, version);
         }
         _ => unreachable!("not a probe API"),
     }

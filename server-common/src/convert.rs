@@ -107,6 +107,31 @@ impl From<&NodeSpec> for pb::NodeSpec {
                 })
                 .collect(),
             kafka_ca_pem: spec.kafka_ca_pem.clone(),
+            scram_users: spec.scram_users.iter().map(pb::ScramUser::from).collect(),
+        }
+    }
+}
+
+impl From<&crate::desired::ScramUser> for pb::ScramUser {
+    fn from(user: &crate::desired::ScramUser) -> pb::ScramUser {
+        pb::ScramUser {
+            name: user.name.clone(),
+            mechanism: user.mechanism.clone(),
+            iterations: user.iterations,
+            salt: user.salt.clone(),
+            salted_password: user.salted_password.clone(),
+        }
+    }
+}
+
+impl From<&pb::ScramUser> for crate::desired::ScramUser {
+    fn from(user: &pb::ScramUser) -> crate::desired::ScramUser {
+        crate::desired::ScramUser {
+            name: user.name.clone(),
+            mechanism: user.mechanism.clone(),
+            iterations: user.iterations,
+            salt: user.salt.clone(),
+            salted_password: user.salted_password.clone(),
         }
     }
 }
@@ -307,6 +332,11 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
             external_filter,
             certificates,
             kafka_ca_pem: wire.kafka_ca_pem.clone(),
+            scram_users: wire
+                .scram_users
+                .iter()
+                .map(crate::desired::ScramUser::from)
+                .collect(),
         })
     }
 }

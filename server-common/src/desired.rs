@@ -50,6 +50,39 @@ pub struct NodeSpec {
     /// themselves and clients install it. Empty otherwise.
     #[serde(default)]
     pub kafka_ca_pem: String,
+    /// Brokers: the SCRAM users the cluster should have (salted, never a password), kept with
+    /// AlterUserScramCredentials. Empty otherwise.
+    #[serde(default)]
+    pub scram_users: Vec<ScramUser>,
+}
+
+/// A SCRAM credential as Kafka stores it (RFC 5802): the salted password, never the password.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ScramUser {
+    pub name: String,
+    /// `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: String,
+    pub iterations: u32,
+    /// Hex.
+    pub salt: String,
+    /// Hex: PBKDF2-HMAC of the password with `salt` and `iterations`.
+    pub salted_password: String,
+}
+
+/// Lower-case hex of `bytes` (how a [`ScramUser`] carries its salt and salted password).
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The bytes of a hex string; None if it is not hex.
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
 }
 
 /// A TLS listener's certificate as the coordinator issued it.
@@ -171,6 +204,7 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
         external_filter,
         certificates: Vec::new(),
         kafka_ca_pem: String::new(),
+        scram_users: Vec::new(),
     })
 }
 

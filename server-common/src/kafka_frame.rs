@@ -13,13 +13,14 @@
 //! Covered, exactly the messages and versions the probe decodes: the response header (v0, v1),
 //! ApiVersions (v0..v4; v3+ flexible, with its known tagged fields), Metadata (v0..v13; v9+
 //! flexible), DescribeConfigs (v1..v4; v4 flexible), DescribeQuorum (v0..v2, always flexible)
-//! and IncrementalAlterConfigs (v0..v1; v1 flexible).
+//! IncrementalAlterConfigs (v0..v1; v1 flexible) and AlterUserScramCredentials (v0, flexible).
 //! Anything else is refused. Pure: no I/O.
 //!
 //! The walk checks bounds and the grammar, not meaning: UTF-8, error codes and the like are left
 //! to the crate and the caller. Trailing bytes after the message are tolerated, as the crate does.
 
 use bytes::Bytes;
+use kafka_protocol::messages::alter_user_scram_credentials_response::AlterUserScramCredentialsResult;
 use kafka_protocol::messages::api_versions_response::{
     ApiVersion, FinalizedFeatureKey, SupportedFeatureKey,
 };
@@ -34,8 +35,8 @@ use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::{
-    ApiVersionsResponse, DescribeConfigsResponse, DescribeQuorumResponse,
-    IncrementalAlterConfigsResponse, MetadataResponse, ResponseHeader,
+    AlterUserScramCredentialsResponse, ApiVersionsResponse, DescribeConfigsResponse,
+    DescribeQuorumResponse, IncrementalAlterConfigsResponse, MetadataResponse, ResponseHeader,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -534,6 +535,24 @@ impl CheckedResponse for IncrementalAlterConfigsResponse {
     }
 }
 
+impl CheckedResponse for AlterUserScramCredentialsResponse {
+    const NAME: &'static str = "AlterUserScramCredentials";
+    fn walk(w: &mut Walker<'_>) -> Result<(), String> {
+        if w.version != 0 {
+            return Err(w.unsupported_version());
+        }
+        let prefix = Prefix::Compact;
+        w.skip(4, "the throttle time")?;
+        w.array::<AlterUserScramCredentialsResult>(prefix, "results", |w| {
+            w.string(prefix, false, "user")?;
+            w.skip(2, "a user's error code")?;
+            w.string(prefix, true, "error message")?;
+            w.tagged_fields_none()
+        })?;
+        w.tagged_fields_none()
+    }
+}
+
 impl CheckedResponse for DescribeQuorumResponse {
     const NAME: &'static str = "DescribeQuorum";
     fn walk(w: &mut Walker<'_>) -> Result<(), String> {
@@ -911,6 +930,21 @@ mod tests {
                 .collect();
             accepts(&response, version);
         }
+        let mut response = AlterUserScramCredentialsResponse::default();
+        response.results = [
+            ("app", 0, None),
+            ("bad", 68, Some(text("no such mechanism"))),
+        ]
+        .into_iter()
+        .map(|(user, code, message)| {
+            let mut result = AlterUserScramCredentialsResult::default();
+            result.user = text(user);
+            result.error_code = code;
+            result.error_message = message;
+            result
+        })
+        .collect();
+        accepts(&response, 0);
     }
 
     #[test]

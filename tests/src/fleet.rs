@@ -490,13 +490,27 @@ impl Fleet {
     }
 
     pub fn ctl(&self, args: &[&str]) -> Result<Ctl> {
-        let output = Command::new(kreachctl_binary())
+        self.ctl_with_input(args, "")
+    }
+
+    /// [`Fleet::ctl`] with `input` on kreachctl's standard input.
+    pub fn ctl_with_input(&self, args: &[&str], input: &str) -> Result<Ctl> {
+        use std::io::Write as _;
+        let mut child = Command::new(kreachctl_binary())
             .arg("--coordinator")
             .arg(format!("http://{}", self.coordinator_addr))
             .arg("--insecure")
             .args(args)
-            .stdin(Stdio::null())
-            .output()?;
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())?;
+        let output = child.wait_with_output()?;
         Ok(Ctl {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

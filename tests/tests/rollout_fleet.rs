@@ -1809,3 +1809,109 @@ fn a_dynamic_override_that_hides_kreachs_edit_shows_in_status_fails_check_and_wa
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// PBKDF2-HMAC-SHA512 of `password` over the hex `salt`, hex: the salted password Kafka checks a
+/// SCRAM-SHA-512 login against (RFC 5802), computed by Python's hashlib, not by kreach.
+fn scram_sha512_salted(password: &str, salt_hex: &str, iterations: u64) -> String {
+    let output = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import hashlib, sys; print(hashlib.pbkdf2_hmac('sha512', sys.argv[1].encode(), bytes.fromhex(sys.argv[2]), int(sys.argv[3])).hex())",
+            password,
+            salt_hex,
+            &iterations.to_string(),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+#[test]
+fn scram_users_are_salted_by_kreachctl_stored_without_the_password_and_kept_by_every_broker() {
+    let mut fleet = Fleet::new(23, 2, &[("etl-1", "private")]).unwrap();
+    fleet.probe = "kafka";
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(Some(2)).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    let list = fleet.ctl(&["users", "list"]).unwrap();
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(list.stdout.contains("no SCRAM users"), "{}", list.stdout);
+
+    // Kafka's bounds are checked before anything is stored.
+    let refused = fleet
+        .ctl_with_input(&["users", "add", "app", "--iterations", "100"], "pw\n")
+        .unwrap();
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("iterations 100"),
+        "{}",
+        refused.stderr
+    );
+
+    let password = "correct horse battery staple";
+    let added = fleet
+        .ctl_with_input(&["users", "add", "app"], &format!("{password}\n"))
+        .unwrap();
+    assert_eq!(added.code, 0, "{}{}", added.stdout, added.stderr);
+    assert!(
+        added.stdout.contains("rolls the change out"),
+        "{}",
+        added.stdout
+    );
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    // Every broker holds the credential in Kafka: the salted password of that password (checked
+    // with an independent PBKDF2), never the password.
+    for broker in &fleet.brokers {
+        let held = std::fs::read_to_string(broker.state_dir().join("scram-users.json"))
+            .unwrap_or_else(|_| panic!("broker {} keeps no SCRAM users", broker.id));
+        let users: serde_json::Value = serde_json::from_str(&held).unwrap();
+        let credential = &users["app"]["SCRAM-SHA-512"];
+        assert_eq!(credential["iterations"], 8192, "{held}");
+        let salt = credential["salt"].as_str().unwrap();
+        assert_eq!(
+            credential["salted_password"].as_str().unwrap(),
+            scram_sha512_salted(password, salt, 8192),
+            "{held}"
+        );
+        assert!(!held.contains(password));
+    }
+    let store = std::fs::read(fleet.dir.path().join("coordinator/coordinator.redb")).unwrap();
+    assert!(
+        !store
+            .windows(password.len())
+            .any(|window| window == password.as_bytes()),
+        "the password is in the coordinator's store"
+    );
+    let list = fleet.ctl(&["users", "list"]).unwrap();
+    assert!(
+        list.stdout.contains("app\tSCRAM-SHA-512\t8192 iterations"),
+        "{}",
+        list.stdout
+    );
+    assert!(!list.stdout.contains(password));
+
+    let removed = fleet.ctl(&["users", "remove", "app"]).unwrap();
+    assert_eq!(removed.code, 0, "{}{}", removed.stdout, removed.stderr);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    for broker in &fleet.brokers {
+        let held = std::fs::read_to_string(broker.state_dir().join("scram-users.json")).unwrap();
+        assert!(!held.contains("\"app\""), "{held}");
+    }
+    let missing = fleet.ctl(&["users", "remove", "app"]).unwrap();
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("no SCRAM user"),
+        "{}",
+        missing.stderr
+    );
+}

@@ -7,7 +7,7 @@ use clap::Parser;
 use kreach_common::desired::node_spec;
 use kreach_common::spec::{read_spec_file, ClusterSpec, SpecFileError};
 use kreach_coordinator::cli::kreachctl::{
-    CertsAction, Cli, ClientFormat, Command, Output, RolloutAction,
+    CertsAction, Cli, ClientFormat, Command, Output, RolloutAction, UsersAction,
 };
 use kreach_coordinator::ctl;
 use kreach_proto as pb;
@@ -480,6 +480,74 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                     .map(|(key, value)| (key, serde_json::Value::String(value)))
                     .collect(),
             );
+            print_value(cli, text, json);
+            Ok(0)
+        }
+        Command::Users { action, .. } => {
+            let request = match action {
+                UsersAction::List => pb::UsersRequest {
+                    action: "list".into(),
+                    ..pb::UsersRequest::default()
+                },
+                UsersAction::Add {
+                    name,
+                    mechanism,
+                    iterations,
+                } => {
+                    use std::io::{BufRead, IsTerminal};
+                    if std::io::stdin().is_terminal() {
+                        return Err(anyhow::anyhow!(
+                            "users add: pipe the password on standard input (kreachctl does not read it from a terminal), e.g. printf '%s' \"$PASSWORD\" | kreachctl users add {name}"
+                        ));
+                    }
+                    let mut password = String::new();
+                    std::io::stdin().lock().read_line(&mut password)?;
+                    let password = password.trim_end_matches(['\n', '\r']);
+                    let user = kreach_coordinator::users::salt_password(
+                        name,
+                        mechanism,
+                        *iterations,
+                        password,
+                    )
+                    .map_err(|error| anyhow::anyhow!("users add: {error}"))?;
+                    pb::UsersRequest {
+                        action: "add".into(),
+                        user: Some(pb::ScramUser::from(&user)),
+                        ..pb::UsersRequest::default()
+                    }
+                }
+                UsersAction::Remove { name } => pb::UsersRequest {
+                    action: "remove".into(),
+                    name: name.clone(),
+                    ..pb::UsersRequest::default()
+                },
+            };
+            let response = admin.users(request).await.map_err(fail)?.into_inner();
+            let mut text = String::new();
+            if response.generation > 0 {
+                text.push_str(&format!(
+                    "generation {} rolls the change out to the brokers (kreachctl status)\n",
+                    response.generation
+                ));
+            }
+            if response.users.is_empty() {
+                text.push_str("no SCRAM users\n");
+            }
+            for user in &response.users {
+                text.push_str(&format!(
+                    "{}\t{}\t{} iterations\tadded {}\n",
+                    user.name,
+                    user.mechanism,
+                    user.iterations,
+                    ctl::format_ms(user.added_ms)
+                ));
+            }
+            let json = serde_json::json!({
+                "generation": response.generation,
+                "users": response.users.iter().map(|u| serde_json::json!({
+                    "name": u.name, "mechanism": u.mechanism, "iterations": u.iterations, "added_ms": u.added_ms,
+                })).collect::<Vec<_>>(),
+            });
             print_value(cli, text, json);
             Ok(0)
         }

@@ -72,6 +72,10 @@ pub struct NodeSpec {
     /// With TLS listeners: the Kafka CA (PEM) the certificates chain to. Empty otherwise.
     #[prost(string, tag = "11")]
     pub kafka_ca_pem: ::prost::alloc::string::String,
+    /// Brokers: the SCRAM users the cluster should have (`kreachctl users`), salted; every broker's
+    /// agent keeps them with AlterUserScramCredentials over its PLAINTEXT listener.
+    #[prost(message, repeated, tag = "12")]
+    pub scram_users: ::prost::alloc::vec::Vec<ScramUser>,
     #[prost(oneof = "node_spec::Role", tags = "3, 4")]
     pub role: ::core::option::Option<node_spec::Role>,
 }
@@ -86,6 +90,24 @@ pub mod node_spec {
         #[prost(string, tag = "4")]
         ClientView(::prost::alloc::string::String),
     }
+}
+/// A SCRAM credential as Kafka stores it: never the password, only the salted password.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ScramUser {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// "SCRAM-SHA-256" or "SCRAM-SHA-512".
+    #[prost(string, tag = "2")]
+    pub mechanism: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub iterations: u32,
+    /// Hex.
+    #[prost(string, tag = "4")]
+    pub salt: ::prost::alloc::string::String,
+    /// Hex: PBKDF2-HMAC(password, salt, iterations).
+    #[prost(string, tag = "5")]
+    pub salted_password: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -364,6 +386,41 @@ pub struct HostFacts {
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Ack {}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UsersRequest {
+    /// "list", "add" or "remove".
+    #[prost(string, tag = "1")]
+    pub action: ::prost::alloc::string::String,
+    /// add: the credential, salted by kreachctl (the password never leaves it).
+    #[prost(message, optional, tag = "2")]
+    pub user: ::core::option::Option<ScramUser>,
+    /// remove: the user's name (every mechanism of it).
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct UsersResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub users: ::prost::alloc::vec::Vec<UserView>,
+    /// The generation that rolls an add or remove out to the brokers (0 for list).
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+}
+/// A SCRAM user without its credential.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct UserView {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub mechanism: ::prost::alloc::string::String,
+    #[prost(uint32, tag = "3")]
+    pub iterations: u32,
+    #[prost(uint64, tag = "4")]
+    pub added_ms: u64,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct PlanRequest {
@@ -1769,6 +1826,30 @@ pub mod admin_service_client {
                 .insert(GrpcMethod::new("kreach.v1.AdminService", "ClientConfig"));
             self.inner.unary(req, path, codec).await
         }
+        /// The cluster's SCRAM users (`kreachctl users`): list, add (or change a password), remove. A
+        /// change is rolled out as a new generation of the newest spec; every broker's agent then keeps
+        /// the users with AlterUserScramCredentials.
+        pub async fn users(
+            &mut self,
+            request: impl tonic::IntoRequest<super::UsersRequest>,
+        ) -> std::result::Result<tonic::Response<super::UsersResponse>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/kreach.v1.AdminService/Users",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("kreach.v1.AdminService", "Users"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1838,6 +1919,13 @@ pub mod admin_service_server {
             tonic::Response<super::ClientConfigResponse>,
             tonic::Status,
         >;
+        /// The cluster's SCRAM users (`kreachctl users`): list, add (or change a password), remove. A
+        /// change is rolled out as a new generation of the newest spec; every broker's agent then keeps
+        /// the users with AlterUserScramCredentials.
+        async fn users(
+            &self,
+            request: tonic::Request<super::UsersRequest>,
+        ) -> std::result::Result<tonic::Response<super::UsersResponse>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServiceServer<T> {
@@ -2392,6 +2480,50 @@ pub mod admin_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ClientConfigSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/kreach.v1.AdminService/Users" => {
+                    #[allow(non_camel_case_types)]
+                    struct UsersSvc<T: AdminService>(pub Arc<T>);
+                    impl<
+                        T: AdminService,
+                    > tonic::server::UnaryService<super::UsersRequest> for UsersSvc<T> {
+                        type Response = super::UsersResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::UsersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AdminService>::users(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = UsersSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
