@@ -729,6 +729,34 @@ fn health_message(node: &str, health: LocalHealth) -> pb::AgentHealth {
     }
 }
 
+/// The SCRAM login of the reachability check: on a SASL listener, when agent.toml names a user
+/// and a password file (read now, so a new password needs no agent restart).
+fn sasl_login(
+    config: &AgentConfig,
+    mechanism: &str,
+    node: &str,
+) -> Option<crate::reach::SaslLogin> {
+    let mechanism = crate::scram::Mechanism::from_name(mechanism)?;
+    let (Some(user), Some(path)) = (
+        &config.reachability.sasl_username,
+        &config.reachability.sasl_password_file,
+    ) else {
+        tracing::debug!(node = %node, "reachability: a SASL listener, but no [reachability] sasl_username / sasl_password_file: not logging in");
+        return None;
+    };
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(crate::reach::SaslLogin {
+            mechanism,
+            user: user.clone(),
+            password: text.lines().next().unwrap_or("").to_string(),
+        }),
+        Err(error) => {
+            tracing::warn!(node = %node, "reachability: cannot read {}: {error}; not logging in", path.display());
+            None
+        }
+    }
+}
+
 /// Check reachability after each apply (`check_now`) and every `reachability.period` on client
 /// hosts (the applied state says which role this node has), and publish each result. On brokers
 /// the same timer repairs the EXTERNAL filter when it went missing.
@@ -794,6 +822,7 @@ async fn check_reachability(
             let system = crate::reach::SystemNetwork {
                 timeout: crate::reach::CONNECT_TIMEOUT,
                 tls,
+                sasl: sasl_login(&config_for_check, &spec.sasl_mechanism, &node),
             };
             let hosts_file;
             let network: &dyn crate::reach::Network = match config_for_check.reachability.resolve {

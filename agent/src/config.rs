@@ -28,7 +28,7 @@ pub struct AgentConfig {
 
 /// `[reachability]`: a client agent checks every broker endpoint after each apply and every
 /// `period` (e.g. "30s"), and reports only what changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReachabilityConfig {
     #[serde(
@@ -39,6 +39,13 @@ pub struct ReachabilityConfig {
     /// How broker names are resolved for the checks.
     #[serde(default)]
     pub resolve: Resolve,
+    /// On a SASL listener: the SCRAM user the check logs in as (with `sasl_password_file`), so
+    /// the check proves the login works from this host as well as the connection.
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    /// A file holding that user's password (the first line; keep it 0600). Read at every check.
+    #[serde(default)]
+    pub sasl_password_file: Option<std::path::PathBuf>,
 }
 
 /// `[reachability] resolve`: where a check looks broker names up.
@@ -60,6 +67,8 @@ impl Default for ReachabilityConfig {
         ReachabilityConfig {
             period: default_reachability_period(),
             resolve: Resolve::default(),
+            sasl_username: None,
+            sasl_password_file: None,
         }
     }
 }

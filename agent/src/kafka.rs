@@ -36,7 +36,8 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 };
 use kafka_protocol::messages::{
     AlterUserScramCredentialsRequest, ApiKey, ApiVersionsRequest, IncrementalAlterConfigsRequest,
-    MetadataRequest, RequestHeader, ResponseHeader, TopicName,
+    MetadataRequest, RequestHeader, ResponseHeader, SaslAuthenticateRequest, SaslHandshakeRequest,
+    TopicName,
 };
 use kafka_protocol::protocol::{Encodable, Request, StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
@@ -103,6 +104,12 @@ pub enum ProbeError {
         addr: SocketAddr,
         host: String,
         failure: TlsFailure,
+        message: String,
+    },
+    #[error("SASL login to {addr} as {user:?} failed: {message}")]
+    Auth {
+        addr: SocketAddr,
+        user: String,
         message: String,
     },
     #[error("i/o error with {addr} during {api:?}: {source}")]
@@ -486,6 +493,81 @@ impl KafkaConnection {
                 name: refused.join("; "),
             }),
         }
+    }
+
+    /// Log in with SCRAM (SaslHandshake, then SaslAuthenticate carrying RFC 5802's messages), as
+    /// a Kafka client on a SASL listener must before any request but ApiVersions. The broker must
+    /// also prove it holds the credential (the server signature).
+    pub fn sasl_scram_login(
+        &mut self,
+        mechanism: crate::scram::Mechanism,
+        user: &str,
+        password: &str,
+    ) -> Result<(), ProbeError> {
+        let addr = self.addr;
+        let failed = move |message: String| ProbeError::Auth {
+            addr,
+            user: user.to_string(),
+            message,
+        };
+        let api = ApiKey::SaslHandshake;
+        let version = self.negotiated_version(api)?;
+        if version < 1 {
+            return Err(failed(
+                "the broker offers only SaslHandshake v0 (raw SASL tokens), which kreach does not speak"
+                    .to_string(),
+            ));
+        }
+        let mut handshake = SaslHandshakeRequest::default();
+        handshake.mechanism = StrBytes::from_static_str(mechanism.name());
+        let answer = self.send(api, version, &handshake)?;
+        if answer.error_code != 0 {
+            return Err(failed(format!(
+                "the listener does not offer {} (it offers {})",
+                mechanism.name(),
+                answer
+                    .mechanisms
+                    .iter()
+                    .map(|m| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let nonce = crate::scram::ScramClient::random_nonce().map_err(failed)?;
+        let client = crate::scram::ScramClient::new(mechanism, user, password, &nonce);
+        let server_first = self.sasl_step(client.client_first().into_bytes(), &failed)?;
+        let (client_final, awaiting) = client
+            .client_final(&String::from_utf8_lossy(&server_first))
+            .map_err(failed)?;
+        let server_final = self.sasl_step(client_final.into_bytes(), &failed)?;
+        awaiting
+            .verify(&String::from_utf8_lossy(&server_final))
+            .map_err(failed)
+    }
+
+    /// One SaslAuthenticate round trip: our bytes out, the server's back.
+    fn sasl_step(
+        &mut self,
+        bytes: Vec<u8>,
+        failed: &dyn Fn(String) -> ProbeError,
+    ) -> Result<Vec<u8>, ProbeError> {
+        let api = ApiKey::SaslAuthenticate;
+        let version = self.negotiated_version(api)?;
+        let mut request = SaslAuthenticateRequest::default();
+        request.auth_bytes = Bytes::from(bytes);
+        let answer = self.send(api, version, &request)?;
+        if answer.error_code != 0 {
+            return Err(failed(format!(
+                "{}{}",
+                error_name(answer.error_code),
+                answer
+                    .error_message
+                    .as_ref()
+                    .map(|m| format!(": {}", m.as_str()))
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(answer.auth_bytes.to_vec())
     }
 
     /// Every config of broker `broker_id` as DescribeConfigs lists it: `(key, value, config

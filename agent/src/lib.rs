@@ -21,6 +21,7 @@ pub mod kafka;
 pub mod kafka_tls;
 pub mod overrides;
 pub mod reach;
+pub mod scram;
 pub mod service;
 pub mod state;
 pub mod verify;

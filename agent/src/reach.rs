@@ -52,6 +52,8 @@ pub enum Failure {
     CertificateExpired,
     /// TLS: the handshake failed otherwise (nothing speaks TLS there, ...).
     TlsFailed,
+    /// SASL: the SCRAM login with this host's credentials failed.
+    AuthenticationFailed,
 }
 
 impl Failure {
@@ -69,6 +71,7 @@ impl Failure {
             Failure::UnknownCa => "unknown CA",
             Failure::CertificateExpired => "expired",
             Failure::TlsFailed => "tls failed",
+            Failure::AuthenticationFailed => "authentication failed",
         }
     }
 }
@@ -82,6 +85,8 @@ pub enum ConnectError {
     Kafka(String),
     /// Connected, but the TLS handshake failed (see [`Failure`]'s TLS variants).
     Tls(Failure, String),
+    /// Connected, but the SASL login failed.
+    Auth(String),
 }
 
 /// The network as seen from this host: resolving names and asking a broker for its metadata.
@@ -102,6 +107,15 @@ pub struct SystemNetwork {
     pub timeout: Duration,
     /// The view's listener speaks TLS: connect over it, trusting this CA only.
     pub tls: Option<crate::kafka::TlsClient>,
+    /// The view's listener speaks SASL and this host has credentials: log in before Metadata.
+    pub sasl: Option<SaslLogin>,
+}
+
+/// A SCRAM login the check makes as a client of a SASL listener would.
+pub struct SaslLogin {
+    pub mechanism: crate::scram::Mechanism,
+    pub user: String,
+    pub password: String,
 }
 
 impl Network for SystemNetwork {
@@ -123,6 +137,11 @@ impl Network for SystemNetwork {
             Some(tls) => KafkaConnection::connect_tls(address, self.timeout, tls, host),
         }
         .map_err(kafka_error)?;
+        if let Some(login) = &self.sasl {
+            connection
+                .sasl_scram_login(login.mechanism, &login.user, &login.password)
+                .map_err(kafka_error)?;
+        }
         let metadata = connection.metadata().map_err(kafka_error)?;
         Ok(metadata.brokers)
     }
@@ -140,6 +159,7 @@ fn kafka_error(error: ProbeError) -> ConnectError {
     }
     match error {
         ProbeError::Connect { source, .. } => ConnectError::Io(source),
+        auth @ ProbeError::Auth { .. } => ConnectError::Auth(auth.to_string()),
         other => ConnectError::Kafka(other.to_string()),
     }
 }
@@ -149,6 +169,7 @@ pub fn classify_connect(error: &ConnectError) -> Failure {
     let error = match error {
         ConnectError::Kafka(_) => return Failure::NotKafka,
         ConnectError::Tls(failure, _) => return *failure,
+        ConnectError::Auth(_) => return Failure::AuthenticationFailed,
         ConnectError::Io(error) => error,
     };
     match error.kind() {
@@ -251,7 +272,9 @@ fn probe(network: &dyn Network, host: &str, port: u16) -> Probe {
                     ConnectError::Io(error) => {
                         format!("connecting to {address} ({endpoint}): {error}")
                     }
-                    ConnectError::Kafka(message) | ConnectError::Tls(_, message) => {
+                    ConnectError::Kafka(message)
+                    | ConnectError::Tls(_, message)
+                    | ConnectError::Auth(message) => {
                         format!("{endpoint} at {address}: {message}")
                     }
                 };
@@ -713,6 +736,7 @@ mod tests {
         let network = SystemNetwork {
             timeout: CONNECT_TIMEOUT,
             tls: None,
+            sasl: None,
         };
         let results = check(&network, &spec(&[(1, "127.0.0.1", port)]));
         assert_eq!(results[0].failure, Some(Failure::Refused), "{results:?}");

@@ -286,6 +286,7 @@ mod tests {
             certificates: Vec::new(),
             kafka_ca_pem: String::new(),
             scram_users: Vec::new(),
+            sasl_mechanism: String::new(),
         };
         let mut old = serde_json::json!({
             "generation": 3,

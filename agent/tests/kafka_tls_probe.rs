@@ -304,3 +304,103 @@ fn a_broker_without_incremental_alter_configs_cannot_reload_and_says_so() {
         "{error}"
     );
 }
+
+/// PBKDF2 of `password` as Kafka stores a SCRAM-SHA-512 credential (what `kreachctl users add`
+/// hands the brokers).
+fn scram_sha512(password: &str, salt: &[u8], iterations: u32) -> Vec<u8> {
+    let mut salted = vec![0u8; 64];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA512,
+        std::num::NonZeroU32::new(iterations).unwrap(),
+        salt,
+        password.as_bytes(),
+        &mut salted,
+    );
+    salted
+}
+
+#[test]
+fn the_reachability_check_logs_in_with_scram_over_tls_and_names_a_failed_login() {
+    use kreach_agent::reach::{classify_connect, Failure, Network, SaslLogin, SystemNetwork};
+    use kreach_agent::scram::Mechanism;
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ca = KafkaCa::create("c", now).unwrap();
+    let key = new_private_key_pem().unwrap();
+    let issued = ca
+        .issue(
+            "kafka broker 7 EXTERNAL",
+            &public_key_pem(&key).unwrap(),
+            &["broker-7.c".into()],
+            now,
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let keystore = dir.path().join("external.keystore.pem");
+    std::fs::write(&keystore, format!("{key}{}", issued.chain_pem)).unwrap();
+    let (internal, external) = (free_port(), free_port());
+    let properties = format!(
+        "node.id=7\nlisteners=INTERNAL://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{external}\n\
+         advertised.listeners=INTERNAL://broker-7.c:{internal},EXTERNAL://broker-7.c:{external}\n\
+         listener.security.protocol.map=INTERNAL:PLAINTEXT,EXTERNAL:SASL_SSL\n\
+         listener.name.external.ssl.keystore.location={}\n\
+         listener.name.external.sasl.enabled.mechanisms=SCRAM-SHA-512\n",
+        keystore.display()
+    );
+    let _broker = Broker::start_with(&properties, &[]);
+    // The user, as every broker's agent keeps it: over INTERNAL, salted.
+    let salt = b"0123456789abcdef0123456789abcdef".to_vec();
+    let internal_addr: SocketAddr = format!("127.0.0.1:{internal}").parse().unwrap();
+    KafkaConnection::connect(internal_addr, Duration::from_secs(5))
+        .unwrap()
+        .alter_scram_credentials(
+            &[(
+                "app".to_string(),
+                2,
+                4096,
+                salt.clone(),
+                scram_sha512("s3cret", &salt, 4096),
+            )],
+            &[],
+        )
+        .unwrap();
+
+    let addr: SocketAddr = format!("127.0.0.1:{external}").parse().unwrap();
+    let network = |password: Option<&str>| SystemNetwork {
+        timeout: Duration::from_secs(5),
+        tls: Some(TlsClient::from_ca_pem(&ca.cert_pem).unwrap()),
+        sasl: password.map(|password| SaslLogin {
+            mechanism: Mechanism::Sha512,
+            user: "app".into(),
+            password: password.into(),
+        }),
+    };
+    // The right password: TLS, SCRAM login (the broker proves it holds the credential too),
+    // then Metadata.
+    let brokers = network(Some("s3cret"))
+        .advertised("broker-7.c", addr)
+        .unwrap_or_else(|error| panic!("{error:?}"));
+    assert_eq!(brokers[0].host, "broker-7.c");
+    assert_eq!(brokers[0].port, external);
+
+    // A wrong password is "authentication failed", with the broker's reason.
+    let error = network(Some("wrong"))
+        .advertised("broker-7.c", addr)
+        .unwrap_err();
+    assert_eq!(
+        classify_connect(&error),
+        Failure::AuthenticationFailed,
+        "{error:?}"
+    );
+    assert_eq!(
+        Failure::AuthenticationFailed.reason(),
+        "authentication failed"
+    );
+    assert!(
+        format!("{error:?}").contains("invalid credentials"),
+        "{error:?}"
+    );
+
+    // Without a login the broker answers nothing but ApiVersions, as Kafka does.
+    assert!(network(None).advertised("broker-7.c", addr).is_err());
+}

@@ -25,8 +25,13 @@ does when the setting is altered, even to the same path; a file it cannot load i
 INVALID_CONFIG and the old certificate stays. FAKE_KAFKA_NO_RELOAD=1 leaves IncrementalAlterConfigs
 out of ApiVersions, as a broker that cannot reload.
 AlterUserScramCredentials (v0) keeps SCRAM credentials (salt and salted password, as Kafka stores
-them) in STATE_DIR/scram-users.json; this stand-in does not authenticate clients with them.
+them) in STATE_DIR/scram-users.json. A SASL_* listener (listener.security.protocol.map) takes
+SaslHandshake (v0..1) and SaslAuthenticate (v0..1) with SCRAM (RFC 5802) against those credentials,
+as Kafka does, and answers nothing but ApiVersions before a successful login.
 """
+import base64
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -115,6 +120,11 @@ API_VERSIONS, METADATA, DESCRIBE_CONFIGS, INCREMENTAL_ALTER_CONFIGS = 18, 3, 32,
 ALTER_USER_SCRAM_CREDENTIALS = 51
 SCRAM_MECHANISMS = {1: "SCRAM-SHA-256", 2: "SCRAM-SHA-512"}
 UNSUPPORTED_SASL_MECHANISM, RESOURCE_NOT_FOUND = 33, 91
+SASL_HANDSHAKE, SASL_AUTHENTICATE = 17, 36
+ILLEGAL_SASL_STATE, SASL_AUTHENTICATION_FAILED = 34, 58
+HASHES = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}
+# Listener (upper case) → the SASL mechanisms it enables; only SASL_* listeners are here.
+SASL_BY_LISTENER = {}
 UNSUPPORTED_VERSION, INVALID_CONFIG, INVALID_REQUEST = 35, 40, 42
 RESOURCE_BROKER = 4
 SET, DELETE = 0, 1
@@ -333,7 +343,7 @@ def answer(api_key, api_version, body, node_id, endpoint, tls_by_listener, dynam
     if api_key == API_VERSIONS:
         error = 0 if api_version == 0 else UNSUPPORTED_VERSION
         apis = [(API_VERSIONS, 0, 0), (METADATA, 1, 1), (DESCRIBE_CONFIGS, 1, 1),
-                (ALTER_USER_SCRAM_CREDENTIALS, 0, 0)]
+                (ALTER_USER_SCRAM_CREDENTIALS, 0, 0), (SASL_HANDSHAKE, 0, 1), (SASL_AUTHENTICATE, 0, 1)]
         if not os.environ.get("FAKE_KAFKA_NO_RELOAD"):
             apis.append((INCREMENTAL_ALTER_CONFIGS, 0, 0))
         return struct.pack(">hi", error, len(apis)) + b"".join(struct.pack(">hhh", *a) for a in apis)
@@ -360,7 +370,73 @@ def read_exactly(conn, size):
     return data
 
 
-def converse(conn, node_id, endpoint, tls_by_listener, dynamic):
+def scram_users():
+    path = os.path.join(os.path.dirname(DYNAMIC_PATH), "scram-users.json") if DYNAMIC_PATH else None
+    if path and os.path.exists(path):
+        with open(path) as handle:
+            return json.load(handle)
+    return {}
+
+
+def sasl_step(session, auth_bytes):
+    """One SCRAM step of a SASL session: (error code, message, bytes for the client)."""
+    mechanism = session.get("mechanism")
+    if mechanism is None:
+        return ILLEGAL_SASL_STATE, "SaslHandshake first", b""
+    text = auth_bytes.decode(errors="replace")
+    digest = HASHES[mechanism]
+    if "server_first" not in session:
+        bare = text[3:] if text.startswith("n,,") else None
+        fields = dict(part.split("=", 1) for part in (bare or "").split(",") if "=" in part)
+        user = fields.get("n", "").replace("=2C", ",").replace("=3D", "=")
+        credential = scram_users().get(user, {}).get(mechanism)
+        if bare is None or "r" not in fields or credential is None:
+            return SASL_AUTHENTICATION_FAILED, f"Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}", b""
+        nonce = fields["r"] + base64.b64encode(os.urandom(18)).decode()
+        salt = bytes.fromhex(credential["salt"])
+        server_first = f"r={nonce},s={base64.b64encode(salt).decode()},i={credential['iterations']}"
+        session.update(bare=bare, server_first=server_first, nonce=nonce,
+                       salted=bytes.fromhex(credential["salted_password"]))
+        return 0, None, server_first.encode()
+    without_proof, _, proof = text.rpartition(",p=")
+    auth_message = f"{session['bare']},{session['server_first']},{without_proof}"
+    salted = session["salted"]
+    stored_key = digest(hmac.new(salted, b"Client Key", digest).digest()).digest()
+    signature = hmac.new(stored_key, auth_message.encode(), digest).digest()
+    try:
+        client_key = bytes(a ^ b for a, b in zip(base64.b64decode(proof), signature))
+    except ValueError:
+        client_key = b""
+    if without_proof != f"c=biws,r={session['nonce']}" or digest(client_key).digest() != stored_key:
+        return SASL_AUTHENTICATION_FAILED, f"Authentication failed during authentication due to invalid credentials with SASL mechanism {mechanism}", b""
+    server_key = hmac.new(salted, b"Server Key", digest).digest()
+    session["authenticated"] = True
+    server_signature = hmac.new(server_key, auth_message.encode(), digest).digest()
+    return 0, None, b"v=" + base64.b64encode(server_signature)
+
+
+def sasl_answer(api_key, api_version, body, session, mechanisms):
+    """SaslHandshake and SaslAuthenticate (v0..1) on a SASL listener; None for anything else."""
+    reader = Reader(body)
+    if api_key == SASL_HANDSHAKE and api_version <= 1:
+        wanted = reader.string()
+        error = 0 if wanted in mechanisms and wanted in HASHES else UNSUPPORTED_SASL_MECHANISM
+        if error == 0:
+            session["mechanism"] = wanted
+        return struct.pack(">hi", error, len(mechanisms)) + b"".join(kafka_string(m) for m in mechanisms)
+    if api_key == SASL_AUTHENTICATE and api_version <= 1:
+        size = reader.take(">i")
+        error, message, reply = sasl_step(session, reader.data[reader.pos:reader.pos + size])
+        out = struct.pack(">h", error) + nullable_string(message) + struct.pack(">i", len(reply)) + reply
+        if api_version >= 1:
+            out += struct.pack(">q", 0)
+        return out
+    return None
+
+
+def converse(conn, node_id, endpoint, tls_by_listener, dynamic, listener=None):
+    mechanisms = SASL_BY_LISTENER.get(listener)
+    session = {"authenticated": mechanisms is None}
     with conn:
         conn.settimeout(10)
         try:
@@ -372,9 +448,20 @@ def converse(conn, node_id, endpoint, tls_by_listener, dynamic):
                 flexible = api_key == ALTER_USER_SCRAM_CREDENTIALS
                 if flexible:
                     request.tagged_fields()  # request header v2
-                with LOCK:
-                    body = answer(api_key, api_version, request.data[request.pos:], node_id, endpoint,
-                                  tls_by_listener, dynamic)
+                body = None
+                if mechanisms is not None and api_key in (SASL_HANDSHAKE, SASL_AUTHENTICATE):
+                    body = sasl_answer(api_key, api_version, request.data[request.pos:], session, mechanisms)
+                    if body is not None and not session["authenticated"] and api_key == SASL_AUTHENTICATE \
+                            and struct.unpack(">h", body[:2])[0] != 0:
+                        frame = struct.pack(">i", correlation) + body
+                        conn.sendall(struct.pack(">i", len(frame)) + frame)
+                        return  # Kafka closes the connection after a failed login
+                elif not session["authenticated"] and api_key != API_VERSIONS:
+                    return  # Kafka allows nothing but ApiVersions before the login
+                else:
+                    with LOCK:
+                        body = answer(api_key, api_version, request.data[request.pos:], node_id, endpoint,
+                                      tls_by_listener, dynamic)
                 if body is None:
                     return
                 frame = struct.pack(">i", correlation) + (b"\x00" if flexible else b"") + body
@@ -399,7 +486,7 @@ def serve_one(conn, node_id, endpoint, listener, tls_by_listener, dynamic):
         except (ssl.SSLError, OSError):
             conn.close()
             return
-    converse(conn, node_id, endpoint, tls_by_listener, dynamic)
+    converse(conn, node_id, endpoint, tls_by_listener, dynamic, listener)
 
 
 def tls_context(props, listener):
@@ -417,6 +504,11 @@ def serve(properties, state_dir):
     DYNAMIC_PATH = os.path.join(state_dir, "dynamic.json")
     dynamic = load_dynamic()
     props = read_properties(properties)
+    for entry in filter(None, (e.strip() for e in props.get("listener.security.protocol.map", "").split(","))):
+        name, _, protocol = entry.partition(":")
+        if protocol.upper().startswith("SASL_"):
+            enabled = props.get(f"listener.name.{name.lower()}.sasl.enabled.mechanisms", "")
+            SASL_BY_LISTENER[name.upper()] = [m.strip() for m in enabled.split(",") if m.strip()]
     node_id = int(props.get("node.id", props.get("broker.id", "-1")))
     skip = set(filter(None, os.environ.get("FAKE_KAFKA_SKIP", "").split(",")))
     eip = os.environ.get("FAKE_KAFKA_EIP")

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use kafka_protocol::messages::{
     AlterUserScramCredentialsResponse, ApiKey, ApiVersionsResponse, DescribeConfigsResponse,
     DescribeQuorumResponse, IncrementalAlterConfigsResponse, MetadataResponse, ResponseHeader,
+    SaslAuthenticateResponse, SaslHandshakeResponse,
 };
 use kreach_common::kafka_frame::{check, decode, CheckedResponse};
 use libfuzzer_sys::fuzz_target;
@@ -29,6 +30,8 @@ fn targets() -> Vec<(ApiKey, i16)> {
     targets.extend((0..=2).map(|v| (ApiKey::DescribeQuorum, v)));
     targets.extend((0..=1).map(|v| (ApiKey::IncrementalAlterConfigs, v)));
     targets.push((ApiKey::AlterUserScramCredentials, 0));
+    targets.extend((0..=1).map(|v| (ApiKey::SaslHandshake, v)));
+    targets.extend((0..=2).map(|v| (ApiKey::SaslAuthenticate, v)));
     targets
 }
 
@@ -84,6 +87,12 @@ fuzz_target!(|data: &[u8]| {
         }
         ApiKey::AlterUserScramCredentials => {
             let _ = read::<AlterUserScramCredentialsResponse>(&mut payload, version);
+        }
+        ApiKey::SaslHandshake => {
+            let _ = read::<SaslHandshakeResponse>(&mut payload, version);
+        }
+        ApiKey::SaslAuthenticate => {
+            let _ = read::<SaslAuthenticateResponse>(&mut payload, version);
         }
         _ => unreachable!("not a probe API"),
     }

@@ -309,6 +309,16 @@ fn only_managed(text: &str) -> bool {
     }
 }
 
+/// `end`, moved past the line terminator (`\r\n`, `\n` or `\r`) that follows it, if any.
+fn with_terminator(text: &str, end: usize) -> usize {
+    let b = text.as_bytes();
+    match (b.get(end), b.get(end + 1)) {
+        (Some(b'\r'), Some(b'\n')) => end + 2,
+        (Some(b'\n' | b'\r'), _) => end + 1,
+        _ => end,
+    }
+}
+
 fn check_outside_survives(input: &str, output: &str, changed: &[String]) {
     let Some(lines) = logical_lines(input) else {
         return;
@@ -318,7 +328,13 @@ fn check_outside_survives(input: &str, output: &str, changed: &[String]) {
     let mut spans: Vec<(usize, usize)> = Vec::new();
     for key in changed {
         if get_property(output, key).ok().flatten().is_none() {
-            spans.extend(lines.iter().filter(|l| &l.key == key).map(|l| (l.start, l.end)));
+            // A removed definition goes with its line terminator.
+            spans.extend(
+                lines
+                    .iter()
+                    .filter(|l| &l.key == key)
+                    .map(|l| (l.start, with_terminator(input, l.end))),
+            );
         } else if let Some(l) = lines.iter().rev().find(|l| &l.key == key) {
             spans.push((l.start, l.end));
         }

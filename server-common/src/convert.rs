@@ -108,6 +108,7 @@ impl From<&NodeSpec> for pb::NodeSpec {
                 .collect(),
             kafka_ca_pem: spec.kafka_ca_pem.clone(),
             scram_users: spec.scram_users.iter().map(pb::ScramUser::from).collect(),
+            sasl_mechanism: spec.sasl_mechanism.clone(),
         }
     }
 }
@@ -337,6 +338,7 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
                 .iter()
                 .map(crate::desired::ScramUser::from)
                 .collect(),
+            sasl_mechanism: wire.sasl_mechanism.clone(),
         })
     }
 }

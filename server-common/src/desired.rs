@@ -54,6 +54,10 @@ pub struct NodeSpec {
     /// AlterUserScramCredentials. Empty otherwise.
     #[serde(default)]
     pub scram_users: Vec<ScramUser>,
+    /// Clients of a SASL listener: its SCRAM mechanism (the reachability check logs in with it
+    /// when the agent has credentials). Empty otherwise.
+    #[serde(default)]
+    pub sasl_mechanism: String,
 }
 
 /// A SCRAM credential as Kafka stores it (RFC 5802): the salted password, never the password.
@@ -173,6 +177,16 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
             known: spec.nodes().join(", "),
         });
     };
+    let sasl_mechanism = match &role {
+        NodeRole::Client {
+            view: View::Private,
+        } => spec.internal.sasl_mechanism.clone(),
+        NodeRole::Client { view: View::Public } if spec.external.enabled => {
+            spec.external.sasl_mechanism.clone()
+        }
+        _ => None,
+    }
+    .unwrap_or_default();
     let (hosts_entries, listeners, bootstrap, external_filter) = match &role {
         NodeRole::Broker { .. } => {
             let broker = spec
@@ -205,6 +219,7 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
         certificates: Vec::new(),
         kafka_ca_pem: String::new(),
         scram_users: Vec::new(),
+        sasl_mechanism,
     })
 }
 

@@ -13,7 +13,8 @@
 //! Covered, exactly the messages and versions the probe decodes: the response header (v0, v1),
 //! ApiVersions (v0..v4; v3+ flexible, with its known tagged fields), Metadata (v0..v13; v9+
 //! flexible), DescribeConfigs (v1..v4; v4 flexible), DescribeQuorum (v0..v2, always flexible)
-//! IncrementalAlterConfigs (v0..v1; v1 flexible) and AlterUserScramCredentials (v0, flexible).
+//! IncrementalAlterConfigs (v0..v1; v1 flexible), AlterUserScramCredentials (v0, flexible),
+//! SaslHandshake (v0..v1) and SaslAuthenticate (v0..v2; v2 flexible).
 //! Anything else is refused. Pure: no I/O.
 //!
 //! The walk checks bounds and the grammar, not meaning: UTF-8, error codes and the like are left
@@ -37,6 +38,7 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::{
     AlterUserScramCredentialsResponse, ApiVersionsResponse, DescribeConfigsResponse,
     DescribeQuorumResponse, IncrementalAlterConfigsResponse, MetadataResponse, ResponseHeader,
+    SaslAuthenticateResponse, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable};
 
@@ -211,7 +213,22 @@ impl Walker<'_> {
     /// A string field (STRING / COMPACT_STRING); `nullable` when the crate's field is an
     /// `Option`, otherwise a null is refused as the crate refuses it.
     fn string(&mut self, prefix: Prefix, nullable: bool, field: &str) -> Result<(), String> {
-        match self.length(prefix, 2, field)? {
+        self.sized(prefix, 2, nullable, field)
+    }
+
+    /// A non-nullable byte field (BYTES, INT32 length / COMPACT_BYTES).
+    fn bytes(&mut self, prefix: Prefix, field: &str) -> Result<(), String> {
+        self.sized(prefix, 4, false, field)
+    }
+
+    fn sized(
+        &mut self,
+        prefix: Prefix,
+        classic_width: u8,
+        nullable: bool,
+        field: &str,
+    ) -> Result<(), String> {
+        match self.length(prefix, classic_width, field)? {
             Length::Null if nullable => Ok(()),
             Length::Null => Err(self.error(format_args!("has a null {field}"))),
             Length::Some(len) => {
@@ -550,6 +567,42 @@ impl CheckedResponse for AlterUserScramCredentialsResponse {
             w.tagged_fields_none()
         })?;
         w.tagged_fields_none()
+    }
+}
+
+impl CheckedResponse for SaslHandshakeResponse {
+    const NAME: &'static str = "SaslHandshake";
+    fn walk(w: &mut Walker<'_>) -> Result<(), String> {
+        if !(0..=1).contains(&w.version) {
+            return Err(w.unsupported_version());
+        }
+        w.skip(2, "the error code")?;
+        // Each mechanism is a STRING: at least its two-byte length.
+        w.array_of(Prefix::Classic, "mechanisms", 2, |w| {
+            w.string(Prefix::Classic, false, "mechanism")
+        })
+    }
+}
+
+impl CheckedResponse for SaslAuthenticateResponse {
+    const NAME: &'static str = "SaslAuthenticate";
+    fn walk(w: &mut Walker<'_>) -> Result<(), String> {
+        let v = w.version;
+        if !(0..=2).contains(&v) {
+            return Err(w.unsupported_version());
+        }
+        let flexible = v >= 2;
+        let prefix = Prefix::when_flexible(flexible);
+        w.skip(2, "the error code")?;
+        w.string(prefix, true, "error message")?;
+        w.bytes(prefix, "auth bytes")?;
+        if v >= 1 {
+            w.skip(8, "the session lifetime")?;
+        }
+        if flexible {
+            w.tagged_fields_none()?;
+        }
+        Ok(())
     }
 }
 
@@ -945,6 +998,20 @@ mod tests {
         })
         .collect();
         accepts(&response, 0);
+        for version in 0..=1 {
+            let mut response = SaslHandshakeResponse::default();
+            response.mechanisms = vec![text("SCRAM-SHA-256"), text("SCRAM-SHA-512")];
+            accepts(&response, version);
+        }
+        for version in 0..=2 {
+            let mut response = SaslAuthenticateResponse::default();
+            response.error_message = Some(text("fine"));
+            response.auth_bytes = Bytes::from_static(b"v=c2lnbmF0dXJl");
+            if version >= 1 {
+                response.session_lifetime_ms = 3_600_000;
+            }
+            accepts(&response, version);
+        }
     }
 
     #[test]

@@ -76,6 +76,10 @@ pub struct NodeSpec {
     /// agent keeps them with AlterUserScramCredentials over its PLAINTEXT listener.
     #[prost(message, repeated, tag = "12")]
     pub scram_users: ::prost::alloc::vec::Vec<ScramUser>,
+    /// Clients of a SASL listener: its SCRAM mechanism (the reachability check logs in with it when
+    /// the agent has credentials). Empty otherwise.
+    #[prost(string, tag = "13")]
+    pub sasl_mechanism: ::prost::alloc::string::String,
     #[prost(oneof = "node_spec::Role", tags = "3, 4")]
     pub role: ::core::option::Option<node_spec::Role>,
 }
