@@ -336,6 +336,18 @@ impl AgentConfig {
             ),
             _ => {}
         }
+        match (
+            &config.reachability.sasl_username,
+            &config.reachability.sasl_password_file,
+        ) {
+            (Some(user), Some(_)) if user.trim().is_empty() => problems.push(
+                "reachability.sasl_username: must not be empty".to_string(),
+            ),
+            (Some(_), None) | (None, Some(_)) => problems.push(
+                "reachability.sasl_username and sasl_password_file: give both (the SCRAM user the check logs in as, and the file with its password) or neither".to_string(),
+            ),
+            _ => {}
+        }
         if config.reachability.period < std::time::Duration::from_secs(1) {
             problems.push(
                 "reachability.period: must be at least \"1s\" (each check connects to every broker)"
