@@ -1144,9 +1144,13 @@ impl Core {
             .last()
             .map(|g| g.spec_toml.clone());
         let Some(spec_toml) = newest else {
-            return Err(CoreError::Refused(
-                "no spec applied yet: apply one first; users are kept by its brokers".to_string(),
-            ));
+            // Nothing to roll out yet: the first apply gives the brokers their users.
+            self.store.save_scram_users(&stored)?;
+            tracing::info!(who, "{what} (kept for the first apply)");
+            return Ok(pb::UsersResponse {
+                users: view(&stored),
+                generation: 0,
+            });
         };
         if let Some(rollout) = &self.record.rollout {
             if !rollout.is_finished() {

@@ -47,6 +47,9 @@ pids+=($!)
 export KREACH_COORDINATOR="https://127.0.0.1:$port" KREACH_CERTS="$sandbox/certs"
 for _ in $(seq 50); do grep -q "listening on" "$sandbox/coordinator.log" && break; sleep 0.1; done
 
+# The SCRAM password of the quickstart's user "app" (laptop-1's agent logs in with it).
+password=$(python3 -c 'import secrets; print(secrets.token_urlsafe(18))')
+
 step "five agents: three brokers (stand-in Kafka on 127.0.100.x) and two clients"
 for id in 1 2 3; do
   node=emr-worker-$id dir=$sandbox/emr-worker-$id
@@ -72,7 +75,7 @@ state_dir = "$dir/state"
 hosts_file = "$dir/etc/hosts"
 kafka_properties = "$dir/etc/kafka/server.properties"
 kafka_tls_dir = "$dir/etc/kafka/kreach-tls"
-probe = "tcp"
+probe = "kafka"
 controller_check = ["test", "-e", "$dir/is-controller"]
 [service_manager]
 kind = "command"
@@ -88,6 +91,7 @@ for node in etl-1 laptop-1; do
   dir=$sandbox/$node
   mkdir -p "$dir/etc" "$dir/state"
   cp "$here/hosts.sample" "$dir/etc/hosts"
+  (umask 077; printf '%s\n' "$password" > "$dir/scram-password")
   cat > "$dir/agent.toml" <<TOML
 node = "$node"
 state_dir = "$dir/state"
@@ -98,6 +102,9 @@ kafka_ca_dir = "$dir/etc/kreach/kafka-ca"
 # Programs on this machine resolve through the real /etc/hosts, not this sandbox file: check the
 # names the way a client host whose /etc/hosts this were would.
 resolve = "hosts_file"
+# On the SASL_SSL public listener the check logs in as a Kafka client would.
+sasl_username = "app"
+sasl_password_file = "$dir/scram-password"
 [coordinator]
 url = "https://127.0.0.1:$port"
 ca = "$sandbox/certs/ca.pem"
@@ -118,6 +125,10 @@ for _ in $(seq 100); do
 done
 show "$ctl" nodes
 
+step "a SCRAM user for the public listener: kreachctl salts the password, the coordinator keeps only that"
+printf '%s\n' "$password" | show "$ctl" users add app --mechanism SCRAM-SHA-512
+show "$ctl" users list
+
 step "the plan: per-node diffs and the step order (nothing changes yet)"
 show "$ctl" plan "$here/fleet.toml" || echo "(plan exited $?)"
 
@@ -136,6 +147,8 @@ show cat "$sandbox/emr-worker-2/etc/kafka/server.properties"
 show cat "$sandbox/laptop-1/etc/hosts"
 printf '\nTLS on the public listener: each broker key store is 0600 and holds its own key; laptop-1 trusts the Kafka CA kreach installed:\n'
 show ls -l "$sandbox/emr-worker-2/etc/kafka/kreach-tls" "$sandbox/laptop-1/etc/kreach/kafka-ca"
+printf '\nWhat a Kafka client on laptop-1 needs (USER is app, PASSWORD is in laptop-1/scram-password):\n'
+show "$ctl" client-config laptop-1
 printf '\nKafka restarts, as the stand-in services logged them (one at a time, the controller last):\n'
 for id in 1 2 3; do printf 'emr-worker-%s %s\n' "$id" "$(tail -1 "$sandbox/emr-worker-$id/state/restarts.log")"; done |
   sort -k2 -n | awk 'NR == 1 { t0 = $2 } { printf "  +%6.0f ms  %s down for %.0f ms\n", ($2 - t0) / 1e6, $1, ($3 - $2) / 1e6 }'

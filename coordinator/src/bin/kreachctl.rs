@@ -529,6 +529,10 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                     "generation {} rolls the change out to the brokers (kreachctl status)\n",
                     response.generation
                 ));
+            } else if !matches!(action, UsersAction::List) {
+                text.push_str(
+                    "no spec applied yet: the brokers get their users with the first apply\n",
+                );
             }
             if response.users.is_empty() {
                 text.push_str("no SCRAM users\n");
