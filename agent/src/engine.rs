@@ -48,6 +48,11 @@ impl ManagedFile {
     }
 }
 
+/// The most a live key store reload may take until the listener serves the new certificate: Kafka
+/// applies a dynamic config within seconds; a broker still serving the old one after this did not
+/// reload it, and the gated restart takes over.
+pub const RELOAD_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// The most the pre-restart gate may spend probing the running broker.
 pub const PRE_RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -466,7 +471,7 @@ impl Engine {
             &listeners,
             &plan.reload,
             &plan.node_spec.kafka_ca_pem,
-            Duration::from_millis(plan.node_spec.health_timeout_ms),
+            Duration::from_millis(plan.node_spec.health_timeout_ms).min(RELOAD_TIMEOUT),
         )
     }
 
