@@ -137,6 +137,32 @@ fn the_probe_verifies_the_brokers_certificate_for_the_advertised_name_and_speaks
     assert!(KafkaConnection::connect(addr, timeout).is_err());
 }
 
+/// A Kafka CA and broker 7's EXTERNAL key store under `dir` (its key, then a certificate for
+/// broker-7.c), as the agent writes it.
+fn key_store_for_broker_7(
+    dir: &std::path::Path,
+) -> (
+    KafkaCa,
+    kreach_common::kafka_tls::IssuedCertificate,
+    std::path::PathBuf,
+) {
+    let now = SystemTime::now();
+    let ca = KafkaCa::create("c", now).unwrap();
+    let key = new_private_key_pem().unwrap();
+    let issued = ca
+        .issue(
+            "kafka broker 7 EXTERNAL",
+            &public_key_pem(&key).unwrap(),
+            &["broker-7.c".into()],
+            now,
+            Duration::from_secs(86_400),
+        )
+        .unwrap();
+    let keystore = dir.join("external.keystore.pem");
+    std::fs::write(&keystore, format!("{key}{}", issued.chain_pem)).unwrap();
+    (ca, issued, keystore)
+}
+
 /// The served certificate's serial on `addr`, verified for `host`.
 fn served_serial(addr: SocketAddr, trusted: &TlsClient, host: &str) -> String {
     let connection = KafkaConnection::connect_tls(addr, Duration::from_secs(5), trusted, host)
@@ -261,20 +287,7 @@ fn a_rewritten_key_store_is_reloaded_over_the_kafka_protocol_and_the_new_serial_
 #[test]
 fn a_broker_without_incremental_alter_configs_cannot_reload_and_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let now = SystemTime::now();
-    let ca = KafkaCa::create("c", now).unwrap();
-    let key = new_private_key_pem().unwrap();
-    let issued = ca
-        .issue(
-            "kafka broker 7 EXTERNAL",
-            &public_key_pem(&key).unwrap(),
-            &["broker-7.c".into()],
-            now,
-            Duration::from_secs(86_400),
-        )
-        .unwrap();
-    let keystore = dir.path().join("external.keystore.pem");
-    std::fs::write(&keystore, format!("{key}{}", issued.chain_pem)).unwrap();
+    let (ca, issued, keystore) = key_store_for_broker_7(dir.path());
     let (internal, external) = (free_port(), free_port());
     let properties = format!(
         "node.id=7\nlisteners=INTERNAL://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{external}\n\
@@ -324,20 +337,7 @@ fn the_reachability_check_logs_in_with_scram_over_tls_and_names_a_failed_login()
     use kreach_agent::reach::{classify_connect, Failure, Network, SaslLogin, SystemNetwork};
     use kreach_agent::scram::Mechanism;
     let dir = tempfile::tempdir().unwrap();
-    let now = SystemTime::now();
-    let ca = KafkaCa::create("c", now).unwrap();
-    let key = new_private_key_pem().unwrap();
-    let issued = ca
-        .issue(
-            "kafka broker 7 EXTERNAL",
-            &public_key_pem(&key).unwrap(),
-            &["broker-7.c".into()],
-            now,
-            Duration::from_secs(86_400),
-        )
-        .unwrap();
-    let keystore = dir.path().join("external.keystore.pem");
-    std::fs::write(&keystore, format!("{key}{}", issued.chain_pem)).unwrap();
+    let (ca, _issued, keystore) = key_store_for_broker_7(dir.path());
     let (internal, external) = (free_port(), free_port());
     let properties = format!(
         "node.id=7\nlisteners=INTERNAL://127.0.0.1:{internal},EXTERNAL://127.0.0.1:{external}\n\

@@ -901,6 +901,25 @@ impl Cluster {
             .join(",")
     }
 
+    /// [`SERVED_CERTIFICATE`] run on the public client against `broker`'s public endpoint, trusting
+    /// `ca`: whether it serves exactly its installed key store's certificate.
+    fn served_certificate(&self, broker: &Broker, ca: &Path) -> Result<std::process::Output> {
+        let keystore = broker.kafka_tls_dir().join("external.keystore.pem");
+        self.net.exec(
+            "laptop",
+            &[
+                "python3",
+                "-c",
+                SERVED_CERTIFICATE,
+                &keystore.display().to_string(),
+                &ca.display().to_string(),
+                &broker.public_ip(),
+                "9093",
+            ],
+            Duration::from_secs(20),
+        )
+    }
+
     /// Apply a spec and wait: (exit code, output).
     fn apply(&mut self, options: &SpecOptions) -> Result<Ctl> {
         let spec = self.write_spec(options)?;
@@ -1221,20 +1240,7 @@ fn secure_public_access_serves_each_brokers_certificate_that_real_clients_verify
                 "through {endpoint} over TLS the public client sees {advertised:?} advertised, expected {}'s public endpoint",
                 broker.node
             );
-            let keystore = broker.kafka_tls_dir().join("external.keystore.pem");
-            let output = cluster.net.exec(
-                "laptop",
-                &[
-                    "python3",
-                    "-c",
-                    SERVED_CERTIFICATE,
-                    &keystore.display().to_string(),
-                    &ca.display().to_string(),
-                    &broker.public_ip(),
-                    "9093",
-                ],
-                Duration::from_secs(20),
-            )?;
+            let output = cluster.served_certificate(broker, &ca)?;
             let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
             ensure!(
                 output.status.success()
@@ -1397,20 +1403,7 @@ fn a_certificate_renewal_serves_every_brokers_new_certificate_while_a_tls_produc
                 "{}'s key store was not renewed",
                 broker.node
             );
-            let keystore = broker.kafka_tls_dir().join("external.keystore.pem");
-            let output = cluster.net.exec(
-                "laptop",
-                &[
-                    "python3",
-                    "-c",
-                    SERVED_CERTIFICATE,
-                    &keystore.display().to_string(),
-                    &ca.display().to_string(),
-                    &broker.public_ip(),
-                    "9093",
-                ],
-                Duration::from_secs(20),
-            )?;
+            let output = cluster.served_certificate(broker, &ca)?;
             let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
             ensure!(
                 output.status.success() && stdout.contains("served: same"),

@@ -26,7 +26,20 @@ fn fleet_on_generation_1(
     clients: &[(&str, &str)],
     controller: Option<u32>,
 ) -> (Fleet, std::path::PathBuf) {
+    fleet_probing_on_generation_1(net, brokers, clients, controller, "tcp")
+}
+
+/// [`fleet_on_generation_1`] with the brokers' `[manage] probe` (`"kafka"`: the agents speak Kafka
+/// to their stand-in brokers, for key store reloads, dynamic overrides and SCRAM users).
+fn fleet_probing_on_generation_1(
+    net: u8,
+    brokers: u32,
+    clients: &[(&str, &str)],
+    controller: Option<u32>,
+    probe: &'static str,
+) -> (Fleet, std::path::PathBuf) {
     let mut fleet = Fleet::new(net, brokers, clients).unwrap();
+    fleet.probe = probe;
     fleet.start_coordinator().unwrap();
     fleet.start_agents(controller).unwrap();
     let gen1 = fleet
@@ -1438,20 +1451,32 @@ for target, entry in seen.items():
     print(f"{target} ok={entry['ok']} failed={entry['failed']} serials={','.join(entry['serials'])} errors={entry['errors'][:3]}")
 "#;
 
+/// Start [`TLS_CLIENT_LOOP`] against `targets` (`addr@server-name`), trusting `ca`, until `stop`
+/// exists.
+fn spawn_tls_client(
+    ca: &std::path::Path,
+    stop: &std::path::Path,
+    targets: &[String],
+) -> std::process::Child {
+    std::process::Command::new("python3")
+        .args([
+            "-c",
+            TLS_CLIENT_LOOP,
+            &ca.display().to_string(),
+            &stop.display().to_string(),
+        ])
+        .args(targets)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs the TLS client loop")
+}
+
 #[test]
 fn certificates_due_for_renewal_are_renewed_and_reloaded_live_while_a_client_keeps_connecting() {
-    let mut fleet = Fleet::new(20, 3, &[("etl-1", "private")]).unwrap();
     // The Kafka-speaking probe: it asks the broker to reload and checks what it serves.
-    fleet.probe = "kafka";
-    fleet.start_coordinator().unwrap();
-    fleet.start_agents(Some(2)).unwrap();
-    let gen1 = fleet
-        .write_spec("gen1.toml", &FleetSpec::default())
-        .unwrap();
-    apply(&fleet, &gen1);
-    fleet
-        .wait_for_rollout("completed", Duration::from_secs(60))
-        .unwrap();
+    let (fleet, _gen1) =
+        fleet_probing_on_generation_1(20, 3, &[("etl-1", "private")], Some(2), "kafka");
     // Due 25 s after issue: long enough for the rollout that enables TLS to complete first.
     let secure = FleetSpec {
         external: true,
@@ -1484,18 +1509,7 @@ fn certificates_due_for_renewal_are_renewed_and_reloaded_live_while_a_client_kee
         .map(|b| format!("{}:{}@198.19.20.{}", b.ip, fleet.port + 1, b.id))
         .collect();
     let stop = fleet.brokers[0].dir.join("client-loop.stop");
-    let client = std::process::Command::new("python3")
-        .args([
-            "-c",
-            TLS_CLIENT_LOOP,
-            &ca.display().to_string(),
-            &stop.display().to_string(),
-        ])
-        .args(&targets)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs the TLS client loop");
+    let client = spawn_tls_client(&ca, &stop, &targets);
 
     // Nobody applies anything: the coordinator renews by itself once the certificates are due.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -1632,18 +1646,7 @@ fn an_elastic_ip_move_in_hostname_mode_changes_public_clients_entries_and_reload
         .map(|b| format!("{}:{}@{}", b.ip, fleet.port + 1, hostname(b)))
         .collect();
     let stop = fleet.brokers[0].dir.join("client-loop.stop");
-    let client = std::process::Command::new("python3")
-        .args([
-            "-c",
-            TLS_CLIENT_LOOP,
-            &ca.display().to_string(),
-            &stop.display().to_string(),
-        ])
-        .args(&targets)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 runs the TLS client loop");
+    let client = spawn_tls_client(&ca, &stop, &targets);
 
     // Every elastic IP moves.
     let moved = FleetSpec {
@@ -1734,17 +1737,8 @@ with socket.create_connection((host, int(port)), timeout=5) as conn:
 
 #[test]
 fn a_dynamic_override_that_hides_kreachs_edit_shows_in_status_fails_check_and_warns_in_plan() {
-    let mut fleet = Fleet::new(22, 2, &[("etl-1", "private")]).unwrap();
-    fleet.probe = "kafka";
-    fleet.start_coordinator().unwrap();
-    fleet.start_agents(Some(2)).unwrap();
-    let gen1 = fleet
-        .write_spec("gen1.toml", &FleetSpec::default())
-        .unwrap();
-    apply(&fleet, &gen1);
-    fleet
-        .wait_for_rollout("completed", Duration::from_secs(60))
-        .unwrap();
+    let (fleet, gen1) =
+        fleet_probing_on_generation_1(22, 2, &[("etl-1", "private")], Some(2), "kafka");
     let broker = &fleet.brokers[0];
     set_dynamic_config(
         &format!("{}:{}", broker.ip, fleet.port),
@@ -1828,17 +1822,8 @@ fn scram_sha512_salted(password: &str, salt_hex: &str, iterations: u64) -> Strin
 
 #[test]
 fn scram_users_are_salted_by_kreachctl_stored_without_the_password_and_kept_by_every_broker() {
-    let mut fleet = Fleet::new(23, 2, &[("etl-1", "private")]).unwrap();
-    fleet.probe = "kafka";
-    fleet.start_coordinator().unwrap();
-    fleet.start_agents(Some(2)).unwrap();
-    let gen1 = fleet
-        .write_spec("gen1.toml", &FleetSpec::default())
-        .unwrap();
-    apply(&fleet, &gen1);
-    fleet
-        .wait_for_rollout("completed", Duration::from_secs(60))
-        .unwrap();
+    let (fleet, _gen1) =
+        fleet_probing_on_generation_1(23, 2, &[("etl-1", "private")], Some(2), "kafka");
     let list = fleet.ctl(&["users", "list"]).unwrap();
     assert_eq!(list.code, 0, "{}", list.stderr);
     assert!(list.stdout.contains("no SCRAM users"), "{}", list.stdout);
