@@ -1529,6 +1529,7 @@ fn certificates_due_for_renewal_are_renewed_and_reloaded_live_while_a_client_kee
     std::fs::write(&stop, "").unwrap();
     let report = client.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&report.stdout).to_string();
+    eprintln!("TLS client during the change:\n{report}");
 
     let steps: Vec<&str> = renewed["rollout"]["steps"]
         .as_array()
@@ -1676,6 +1677,7 @@ fn an_elastic_ip_move_in_hostname_mode_changes_public_clients_entries_and_reload
     std::fs::write(&stop, "").unwrap();
     let report = client.wait_with_output().unwrap();
     let report = String::from_utf8_lossy(&report.stdout).to_string();
+    eprintln!("TLS client during the change:\n{report}");
 
     let restarts_after: usize = fleet.brokers.iter().map(|b| b.restarts().len()).sum();
     assert_eq!(
