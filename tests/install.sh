@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install every real part the test tiers need, on a fresh machine of this kind (Debian 12, root):
-#   - Debian packages: iproute2, mount, debootstrap, systemd-container, zstd, faketime, e2fsprogs;
+#   - Debian packages: iproute2, mount, debootstrap, systemd-container, zstd, faketime, e2fsprogs,
+#     prometheus (for promtool, which checks the metrics endpoints);
 #   - the e2e-net tier: nftables, kcat, tansu and confluent-kafka (tests/e2e-net/install.sh);
 #   - the e2e-systemd tier: the bookworm rootfs (tests/e2e-systemd/prepare-rootfs.sh) and the
 #     .deb/.rpm packages with their gates (.ci/packages.sh), which that tier installs.
@@ -21,7 +22,7 @@ echo "== Debian packages the tiers use"
 export DEBIAN_FRONTEND=noninteractive
 need=()
 for tool in ip:iproute2 mount:mount python3:python3 debootstrap:debootstrap systemd-nspawn:systemd-container \
-            zstd:zstd faketime:faketime chattr:e2fsprogs setpriv:util-linux; do
+            zstd:zstd faketime:faketime chattr:e2fsprogs setpriv:util-linux promtool:prometheus; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -20,6 +20,16 @@ pub struct CoordinatorConfig {
     pub max_agents: usize,
     #[serde(default)]
     pub tls: TlsConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: Prometheus metrics over plain HTTP, off unless `listen` is set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `GET /metrics` is served, e.g. "127.0.0.1:9464".
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]

@@ -1319,6 +1319,11 @@ impl Core {
             nodes,
             reachability: self.reachability_rows(),
             certificates,
+            cluster: self
+                .spec
+                .as_ref()
+                .map(|spec| spec.name.clone())
+                .unwrap_or_default(),
         }
     }
 

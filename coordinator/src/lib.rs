@@ -7,6 +7,7 @@ pub mod core;
 pub mod ctl;
 pub mod dry_run;
 pub mod grpc;
+pub mod metrics;
 pub mod store;
 pub mod tls_accept;
 pub mod users;

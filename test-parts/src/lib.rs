@@ -28,7 +28,8 @@ pub const SKIP_LOG_VAR: &str = "KREACH_SKIP_LOG";
 /// A group of tests that need the same real parts, named as in `KREACH_SKIP`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
-    /// Tests that need root: bind mounts, chown, `chattr`, network namespaces.
+    /// Tests that need root: bind mounts, chown, `chattr`, network namespaces; and the Debian
+    /// tools `tests/install.sh` installs as root (promtool, from `prometheus`).
     Root,
     /// A real Kafka-protocol broker (tansu) and real Kafka clients, hosts in network namespaces,
     /// nftables: `bash tests/e2e-net/install.sh`.

@@ -211,6 +211,8 @@ pub struct Fleet {
     /// The brokers' `[manage] probe` ("tcp" unless a test asks for "kafka": the stand-in Kafka
     /// answers ApiVersions, Metadata and IncrementalAlterConfigs, enough for key store reloads).
     pub probe: &'static str,
+    /// More coordinator.toml (whole sections, e.g. `[metrics]`), appended as written.
+    pub coordinator_extra: String,
     /// Extra environment for the coordinator (key "coordinator") or one agent (key: its node), set
     /// before it starts; e.g. to run it under a faked clock.
     pub env: BTreeMap<String, Vec<(String, String)>>,
@@ -244,6 +246,7 @@ impl Fleet {
             clients: Vec::new(),
             agents: BTreeMap::new(),
             probe: "tcp",
+            coordinator_extra: String::new(),
             views: BTreeMap::new(),
             env: BTreeMap::new(),
             restart_wrapper: BTreeMap::new(),
@@ -337,8 +340,9 @@ impl Fleet {
             std::fs::write(
                 &config,
                 format!(
-                    "listen = {listen:?}\nstate_dir = {:?}\n[tls]\ninsecure = true\n",
-                    self.dir.path().join("coordinator").display().to_string()
+                    "listen = {listen:?}\nstate_dir = {:?}\n[tls]\ninsecure = true\n{}",
+                    self.dir.path().join("coordinator").display().to_string(),
+                    self.coordinator_extra
                 ),
             )?;
         }
@@ -361,8 +365,9 @@ impl Fleet {
             std::fs::write(
                 &config,
                 format!(
-                    "listen = {address:?}\nstate_dir = {:?}\n[tls]\ninsecure = true\n",
-                    self.dir.path().join("coordinator").display().to_string()
+                    "listen = {address:?}\nstate_dir = {:?}\n[tls]\ninsecure = true\n{}",
+                    self.dir.path().join("coordinator").display().to_string(),
+                    self.coordinator_extra
                 ),
             )?;
         }

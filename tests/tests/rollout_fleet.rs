@@ -1902,3 +1902,114 @@ fn scram_users_are_salted_by_kreachctl_stored_without_the_password_and_kept_by_e
         missing.stderr
     );
 }
+
+/// `GET path` on `address` over plain HTTP/1.1; the body.
+fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+#[test]
+fn the_coordinator_serves_prometheus_metrics_that_promtool_accepts() {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists());
+    if !kreach_test_parts::require(
+        kreach_test_parts::Tier::Root,
+        "coordinator_metrics",
+        promtool.is_none().then(|| {
+            kreach_test_parts::Missing::new(
+                "promtool (Prometheus' checker)",
+                "apt-get install prometheus (or bash tests/install.sh)",
+            )
+        }),
+    ) {
+        return;
+    }
+    let mut fleet = Fleet::new(24, 2, &[("etl-1", "private")]).unwrap();
+    fleet.coordinator_extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_string();
+    fleet.start_coordinator().unwrap();
+    let line = fleet
+        .coordinator
+        .as_ref()
+        .unwrap()
+        .wait_for_log("metrics on http://", Duration::from_secs(10))
+        .unwrap();
+    let address = line
+        .split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    let before = http_get(&address, "/metrics");
+    assert!(
+        before.contains("kreach_rollout_info{cluster=\"\",phase=\"none\"} 1"),
+        "{before}"
+    );
+    fleet.start_agents(None).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    // The status is republished at the next tick.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let metrics = http_get(&address, "/metrics");
+        if metrics.contains("kreach_rollout_info{cluster=\"fleet-24\",phase=\"completed\"} 1") {
+            break metrics;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for line in [
+        "kreach_rollout_generation{cluster=\"fleet-24\"} 1",
+        "kreach_nodes{cluster=\"fleet-24\",state=\"converged\"} 3",
+        "kreach_agents_connected{cluster=\"fleet-24\"} 3",
+        "kreach_reachability_up{cluster=\"fleet-24\",client=\"etl-1\",broker_id=\"1\"}",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
+    // Prometheus' own checker: the format parses and the names follow its conventions.
+    let mut check = std::process::Command::new(promtool.unwrap())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        check
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(metrics.as_bytes())
+            .unwrap();
+    }
+    let checked = check.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    assert!(
+        checked.status.success() && said.trim().is_empty(),
+        "promtool check metrics:\n{said}\n{metrics}"
+    );
+}

@@ -103,6 +103,22 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         "kreach-coordinator listening on {address}"
     );
 
+    if let Some(address) = config.metrics.listen {
+        let metrics = tokio::net::TcpListener::bind(address)
+            .await
+            .with_context(|| format!("binding the metrics endpoint {address}"))?;
+        tracing::info!(address = %metrics.local_addr()?, "metrics on http://{}/metrics", metrics.local_addr()?);
+        let status = core
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .watch_status();
+        tokio::spawn(async move {
+            if let Err(error) = kreach_coordinator::metrics::serve(metrics, status).await {
+                tracing::error!("the metrics endpoint stopped: {error}");
+            }
+        });
+    }
+
     // Watchdog pings come from the rollout ticker: a wedged core (its mutex, the store) stops them.
     let watchdog_every = kreach_common::daemon::systemd_notify::watchdog_interval();
     let ticker = {

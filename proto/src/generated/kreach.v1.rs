@@ -577,6 +577,9 @@ pub struct StatusResponse {
     /// Every TLS listener certificate released to a broker.
     #[prost(message, repeated, tag = "5")]
     pub certificates: ::prost::alloc::vec::Vec<CertificateView>,
+    /// The newest spec's cluster name (empty before the first apply).
+    #[prost(string, tag = "6")]
+    pub cluster: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

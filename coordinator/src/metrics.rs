@@ -1,0 +1,247 @@
+//! Prometheus metrics of the coordinator (issue 15): `[metrics] listen` in coordinator.toml serves
+//! `GET /metrics` in the text exposition format, plain HTTP (bind it to loopback or a management
+//! network; it carries node names, never a secret).
+//!
+//! Owns turning one status snapshot (the same one `kreachctl status` shows, from the core's
+//! `watch` channel, so a scrape never takes the core's lock) into metrics, named by prometheus.io's
+//! rules: a `kreach_` prefix, base units, `_info` gauges of 1, labels with bounded values (phases,
+//! states, node and listener names of the spec).
+
+use std::sync::atomic::AtomicU64;
+
+use kreach_proto as pb;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A gauge family registered under `name`.
+fn gauges(registry: &mut Registry, name: &str, help: &str) -> Family<Labels, Gauge> {
+    let family = Family::<Labels, Gauge>::default();
+    registry.register(name, help, family.clone());
+    family
+}
+
+/// What a node's last report says, as the `state` label of `kreach_nodes`.
+fn node_state(node: &pb::NodeView) -> &'static str {
+    if !node.online {
+        return "offline";
+    }
+    match node.status.as_ref().map(|s| s.phase()) {
+        Some(pb::Phase::Converged) => "converged",
+        Some(pb::Phase::Applying) => "applying",
+        Some(pb::Phase::Failed) => "failed",
+        Some(pb::Phase::RolledBack) => "rolled_back",
+        _ => "unknown",
+    }
+}
+
+/// The metrics text for `status`.
+pub fn render(status: &pb::StatusResponse) -> String {
+    let mut registry = Registry::with_prefix("kreach");
+    let cluster = status.cluster.as_str();
+
+    gauges(
+        &mut registry,
+        "build_info",
+        "The running kreach-coordinator's version.",
+    )
+    .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+    .set(1);
+
+    let rollout = status.rollout.as_ref();
+    let phase = rollout.map(|r| r.state.as_str()).unwrap_or("none");
+    let info = gauges(
+        &mut registry,
+        "rollout_info",
+        "The newest rollout's phase (running, settling, paused, aborted, completed, none): 1 for the current one.",
+    );
+    for each in [
+        "running",
+        "settling",
+        "paused",
+        "aborted",
+        "completed",
+        "none",
+    ] {
+        info.get_or_create(&labels(&[("cluster", cluster), ("phase", each)]))
+            .set(i64::from(each == phase));
+    }
+    let cluster_only = labels(&[("cluster", cluster)]);
+    gauges(
+        &mut registry,
+        "rollout_generation",
+        "The newest rollout's generation (0: none yet).",
+    )
+    .get_or_create(&cluster_only)
+    .set(rollout.map_or(0, |r| r.generation as i64));
+    gauges(
+        &mut registry,
+        "rollout_step",
+        "The newest rollout's current step (1-based; 0: none).",
+    )
+    .get_or_create(&cluster_only)
+    .set(rollout.map_or(0, |r| i64::from(r.current_step)));
+    gauges(
+        &mut registry,
+        "rollout_steps",
+        "How many steps the newest rollout has.",
+    )
+    .get_or_create(&cluster_only)
+    .set(rollout.map_or(0, |r| i64::from(r.total_steps)));
+
+    let nodes = gauges(
+        &mut registry,
+        "nodes",
+        "Nodes by what their agent last reported (converged, applying, failed, rolled_back, unknown) or offline.",
+    );
+    for each in [
+        "converged",
+        "applying",
+        "failed",
+        "rolled_back",
+        "unknown",
+        "offline",
+    ] {
+        let count = status
+            .nodes
+            .iter()
+            .filter(|n| node_state(n) == each)
+            .count();
+        nodes
+            .get_or_create(&labels(&[("cluster", cluster), ("state", each)]))
+            .set(count as i64);
+    }
+    gauges(
+        &mut registry,
+        "agents_connected",
+        "Agents with an open session to this coordinator.",
+    )
+    .get_or_create(&cluster_only)
+    .set(status.nodes.iter().filter(|n| n.online).count() as i64);
+    gauges(
+        &mut registry,
+        "host_problems",
+        "Problems agents report on their hosts: conflicting hosts lines, enforcement errors, firewall errors, dynamic overrides.",
+    )
+    .get_or_create(&cluster_only)
+    .set(crate::ctl::host_problems(&status.nodes).len() as i64);
+
+    let reachable = gauges(
+        &mut registry,
+        "reachability_up",
+        "Whether a client reaches a broker of its view, as the client last reported (1 yes, 0 no).",
+    );
+    for row in &status.reachability {
+        for cell in &row.brokers {
+            reachable
+                .get_or_create(&labels(&[
+                    ("cluster", cluster),
+                    ("client", &row.client),
+                    ("broker_id", &cell.broker_id.to_string()),
+                ]))
+                .set(i64::from(cell.ok));
+        }
+    }
+
+    let expiry = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "certificate_expiry_timestamp_seconds",
+        "When a broker listener's TLS certificate expires (Unix seconds).",
+        expiry.clone(),
+    );
+    for cert in &status.certificates {
+        expiry
+            .get_or_create(&labels(&[
+                ("cluster", cluster),
+                ("node", &cert.node),
+                ("listener", &cert.listener),
+            ]))
+            .set(cert.not_after_ms as f64 / 1000.0);
+    }
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode_registry(&mut text, &registry)
+        .expect("writing to a String does not fail");
+    text
+}
+
+/// Serve `GET /metrics` on `listener` from the latest status until the process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    status: tokio::sync::watch::Receiver<pb::StatusResponse>,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let text = render(&status.borrow());
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    text,
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_becomes_metrics_with_the_kreach_prefix_and_bounded_labels() {
+        let status = pb::StatusResponse {
+            cluster: "c".into(),
+            rollout: Some(pb::RolloutView {
+                generation: 3,
+                state: "paused".into(),
+                current_step: 2,
+                total_steps: 4,
+                ..pb::RolloutView::default()
+            }),
+            nodes: vec![pb::NodeView {
+                node: "b1".into(),
+                online: true,
+                status: Some(pb::NodeStatus {
+                    phase: pb::Phase::Converged as i32,
+                    ..pb::NodeStatus::default()
+                }),
+                ..pb::NodeView::default()
+            }],
+            certificates: vec![pb::CertificateView {
+                node: "b1".into(),
+                listener: "EXTERNAL".into(),
+                not_after_ms: 1_800_000_000_000,
+                ..pb::CertificateView::default()
+            }],
+            ..pb::StatusResponse::default()
+        };
+        let text = render(&status);
+        for line in [
+            "kreach_rollout_info{cluster=\"c\",phase=\"paused\"} 1",
+            "kreach_rollout_info{cluster=\"c\",phase=\"running\"} 0",
+            "kreach_rollout_generation{cluster=\"c\"} 3",
+            "kreach_nodes{cluster=\"c\",state=\"converged\"} 1",
+            "kreach_nodes{cluster=\"c\",state=\"offline\"} 0",
+            "kreach_agents_connected{cluster=\"c\"} 1",
+            "kreach_certificate_expiry_timestamp_seconds{cluster=\"c\",node=\"b1\",listener=\"EXTERNAL\"} 1800000000.0",
+            "# TYPE kreach_build_info gauge",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"), "{text}");
+    }
+}
