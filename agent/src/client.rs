@@ -129,6 +129,13 @@ impl CoordinatorClient {
         }
     }
 
+    /// The latest reachability result of this client host, for the metrics endpoint.
+    pub fn reachability_watch(
+        &self,
+    ) -> tokio::sync::watch::Receiver<Option<(Vec<pb::Reachability>, bool)>> {
+        self.reachability.clone()
+    }
+
     /// Connect, subscribe and apply releases until `cancel`; reconnect with backoff on any error or
     /// end of stream. An apply in flight when `cancel` fires finishes (and is reported) first.
     pub async fn run(mut self, cancel: CancellationToken) {
@@ -616,6 +623,7 @@ impl CoordinatorClient {
                     )
                 };
                 tracing::info!(node = %node, generation = id.generation, step = id.step, attempt = id.attempt, "converged on release {}", describe(&id));
+                crate::metrics::record_apply("converged", restart_window.is_some());
                 self.failed = None;
                 if let Err(error) = state::clear_failed(&self.config.state_dir) {
                     tracing::warn!(node = %node, "{error}");
@@ -635,6 +643,7 @@ impl CoordinatorClient {
                 _,
             )) => {
                 tracing::warn!(node = %node, generation = id.generation, "release {} rolled back: {reason}", describe(&id));
+                crate::metrics::record_apply("rolled_back", restart_window.is_some());
                 let mut rolled_back = status(pb::Phase::RolledBack, reason);
                 set_restart_window(&mut rolled_back, restart_window);
                 self.report_failure(client, id, rolled_back).await
@@ -642,6 +651,7 @@ impl CoordinatorClient {
             Err(error) => {
                 let reason = error.to_string();
                 tracing::error!(node = %node, generation = id.generation, "release {} failed: {reason}", describe(&id));
+                crate::metrics::record_apply("failed", false);
                 self.report_failure(client, id, status(pb::Phase::Failed, reason))
                     .await
             }

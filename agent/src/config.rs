@@ -24,6 +24,16 @@ pub struct AgentConfig {
     /// Client hosts: how often reachability is checked (see [`crate::reach`]).
     #[serde(default)]
     pub reachability: ReachabilityConfig,
+    /// Prometheus metrics (see [`crate::metrics`]); off unless `listen` is set.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: `GET /metrics` over plain HTTP on `listen`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[reachability]`: a client agent checks every broker endpoint after each apply and every

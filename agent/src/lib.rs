@@ -19,6 +19,7 @@ pub mod health;
 pub mod jitter;
 pub mod kafka;
 pub mod kafka_tls;
+pub mod metrics;
 pub mod overrides;
 pub mod reach;
 pub mod scram;

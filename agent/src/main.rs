@@ -343,13 +343,27 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
 
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let mut reachability = None;
         match config.coordinator.clone() {
             Some(coordinator) => {
                 tracing::info!(node = %config.node, url = %coordinator.url, "following the coordinator's releases");
                 let client = CoordinatorClient::new(config.clone(), coordinator, Arc::clone(&engine), Arc::clone(&health));
+                reachability = Some(client.reachability_watch());
                 tasks.spawn(client.run(cancel.clone()));
             }
             None => tracing::info!(node = %config.node, "no [coordinator] in the config: running stand-alone"),
+        }
+        if let Some(address) = config.metrics.listen {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("binding the metrics endpoint {address}"))?;
+            tracing::info!(node = %config.node, "metrics on http://{}/metrics", listener.local_addr()?);
+            let (config, health) = (config.clone(), health.subscribe());
+            tokio::spawn(async move {
+                if let Err(error) = kreach_agent::metrics::serve(listener, config, health, reachability).await {
+                    tracing::error!("the metrics endpoint stopped: {error}");
+                }
+            });
         }
         tasks.close();
 

@@ -52,7 +52,7 @@ pub fn render(status: &pb::StatusResponse) -> String {
     gauges(
         &mut registry,
         "build_info",
-        "The running kreach-coordinator's version.",
+        "The running kreach-coordinator's version",
     )
     .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
     .set(1);
@@ -62,7 +62,7 @@ pub fn render(status: &pb::StatusResponse) -> String {
     let info = gauges(
         &mut registry,
         "rollout_info",
-        "The newest rollout's phase (running, settling, paused, aborted, completed, none): 1 for the current one.",
+        "The newest rollout's phase (running, settling, paused, aborted, completed, none): 1 for the current one",
     );
     for each in [
         "running",
@@ -79,21 +79,21 @@ pub fn render(status: &pb::StatusResponse) -> String {
     gauges(
         &mut registry,
         "rollout_generation",
-        "The newest rollout's generation (0: none yet).",
+        "The newest rollout's generation (0: none yet)",
     )
     .get_or_create(&cluster_only)
     .set(rollout.map_or(0, |r| r.generation as i64));
     gauges(
         &mut registry,
         "rollout_step",
-        "The newest rollout's current step (1-based; 0: none).",
+        "The newest rollout's current step (1-based; 0: none)",
     )
     .get_or_create(&cluster_only)
     .set(rollout.map_or(0, |r| i64::from(r.current_step)));
     gauges(
         &mut registry,
         "rollout_steps",
-        "How many steps the newest rollout has.",
+        "How many steps the newest rollout has",
     )
     .get_or_create(&cluster_only)
     .set(rollout.map_or(0, |r| i64::from(r.total_steps)));
@@ -101,7 +101,7 @@ pub fn render(status: &pb::StatusResponse) -> String {
     let nodes = gauges(
         &mut registry,
         "nodes",
-        "Nodes by what their agent last reported (converged, applying, failed, rolled_back, unknown) or offline.",
+        "Nodes by what their agent last reported (converged, applying, failed, rolled_back, unknown) or offline",
     );
     for each in [
         "converged",
@@ -123,14 +123,14 @@ pub fn render(status: &pb::StatusResponse) -> String {
     gauges(
         &mut registry,
         "agents_connected",
-        "Agents with an open session to this coordinator.",
+        "Agents with an open session to this coordinator",
     )
     .get_or_create(&cluster_only)
     .set(status.nodes.iter().filter(|n| n.online).count() as i64);
     gauges(
         &mut registry,
         "host_problems",
-        "Problems agents report on their hosts: conflicting hosts lines, enforcement errors, firewall errors, dynamic overrides.",
+        "Problems agents report on their hosts: conflicting hosts lines, enforcement errors, firewall errors, dynamic overrides",
     )
     .get_or_create(&cluster_only)
     .set(crate::ctl::host_problems(&status.nodes).len() as i64);
@@ -138,7 +138,7 @@ pub fn render(status: &pb::StatusResponse) -> String {
     let reachable = gauges(
         &mut registry,
         "reachability_up",
-        "Whether a client reaches a broker of its view, as the client last reported (1 yes, 0 no).",
+        "Whether a client reaches a broker of its view, as the client last reported (1 yes, 0 no)",
     );
     for row in &status.reachability {
         for cell in &row.brokers {
@@ -155,7 +155,7 @@ pub fn render(status: &pb::StatusResponse) -> String {
     let expiry = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     registry.register(
         "certificate_expiry_timestamp_seconds",
-        "When a broker listener's TLS certificate expires (Unix seconds).",
+        "When a broker listener's TLS certificate expires (Unix seconds)",
         expiry.clone(),
     );
     for cert in &status.certificates {

@@ -213,6 +213,8 @@ pub struct Fleet {
     pub probe: &'static str,
     /// More coordinator.toml (whole sections, e.g. `[metrics]`), appended as written.
     pub coordinator_extra: String,
+    /// More agent.toml for every agent (whole sections), appended as written.
+    pub agent_extra: String,
     /// Extra environment for the coordinator (key "coordinator") or one agent (key: its node), set
     /// before it starts; e.g. to run it under a faked clock.
     pub env: BTreeMap<String, Vec<(String, String)>>,
@@ -247,6 +249,7 @@ impl Fleet {
             agents: BTreeMap::new(),
             probe: "tcp",
             coordinator_extra: String::new(),
+            agent_extra: String::new(),
             views: BTreeMap::new(),
             env: BTreeMap::new(),
             restart_wrapper: BTreeMap::new(),
@@ -417,7 +420,10 @@ impl Fleet {
                 addr = self.coordinator_addr,
                 probe = self.probe,
             );
-            std::fs::write(broker.dir.join("agent.toml"), config)?;
+            std::fs::write(
+                broker.dir.join("agent.toml"),
+                format!("{config}{}", self.agent_extra),
+            )?;
         }
         for (node, dir) in &self.clients {
             let config = format!(
@@ -427,7 +433,10 @@ impl Fleet {
                 dir.join("kafka-ca").display().to_string(),
                 self.coordinator_addr
             );
-            std::fs::write(dir.join("agent.toml"), config)?;
+            std::fs::write(
+                dir.join("agent.toml"),
+                format!("{config}{}", self.agent_extra),
+            )?;
         }
         let nodes: Vec<(String, PathBuf)> = self
             .brokers

@@ -1941,6 +1941,7 @@ fn the_coordinator_serves_prometheus_metrics_that_promtool_accepts() {
     }
     let mut fleet = Fleet::new(24, 2, &[("etl-1", "private")]).unwrap();
     fleet.coordinator_extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_string();
+    fleet.agent_extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_string();
     fleet.start_coordinator().unwrap();
     let line = fleet
         .coordinator
@@ -1985,8 +1986,45 @@ fn the_coordinator_serves_prometheus_metrics_that_promtool_accepts() {
     ] {
         assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
     }
-    // Prometheus' own checker: the format parses and the names follow its conventions.
-    let mut check = std::process::Command::new(promtool.unwrap())
+    // The client agent's own metrics: what it applied and what it reaches.
+    let agent_address = |node: &str| {
+        let line = fleet.agents[node]
+            .wait_for_log("metrics on http://", Duration::from_secs(10))
+            .unwrap();
+        line.split("metrics on http://")
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .unwrap()
+            .to_string()
+    };
+    let client_metrics = http_get(&agent_address("etl-1"), "/metrics");
+    for line in [
+        "kreach_applied_generation 1",
+        "kreach_applies_total{outcome=\"converged\"} ",
+        "kreach_reachability_up{broker_id=\"1\"} 1",
+        "kreach_reachability_up{broker_id=\"2\"} 1",
+        "kreach_drift_repairs_total 0",
+    ] {
+        assert!(
+            client_metrics.contains(line),
+            "no {line:?} in\n{client_metrics}"
+        );
+    }
+    let broker_metrics = http_get(&agent_address(&fleet.brokers[0].node), "/metrics");
+    assert!(
+        broker_metrics.contains("kreach_applies_total{outcome=\"converged\"} 1")
+            && broker_metrics.contains("kreach_kafka_restarts_total "),
+        "{broker_metrics}"
+    );
+    for text in [&metrics, &client_metrics, &broker_metrics] {
+        promtool_check_metrics(promtool.unwrap(), text);
+    }
+}
+
+/// `promtool check metrics` on `metrics`: the format parses and the names follow Prometheus'
+/// conventions (no lint).
+fn promtool_check_metrics(promtool: &str, metrics: &str) {
+    let mut check = std::process::Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
