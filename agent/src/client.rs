@@ -76,7 +76,7 @@ pub enum ClientError {
 /// One reachability result, and whether it answers a check asked for (after an apply, or the
 /// coordinator handing the release again when a rollout completed): that one is reported even
 /// when nothing changed, so the coordinator knows the client looked again.
-type Checked = (Vec<pb::Reachability>, bool);
+pub type Checked = (Vec<pb::Reachability>, bool);
 
 /// The coordinator client of one agent.
 pub struct CoordinatorClient {
@@ -130,9 +130,7 @@ impl CoordinatorClient {
     }
 
     /// The latest reachability result of this client host, for the metrics endpoint.
-    pub fn reachability_watch(
-        &self,
-    ) -> tokio::sync::watch::Receiver<Option<(Vec<pb::Reachability>, bool)>> {
+    pub fn reachability_watch(&self) -> tokio::sync::watch::Receiver<Option<Checked>> {
         self.reachability.clone()
     }
 

@@ -190,7 +190,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     config: AgentConfig,
     health: tokio::sync::watch::Receiver<LocalHealth>,
-    reachability: Option<tokio::sync::watch::Receiver<Option<(Vec<pb::Reachability>, bool)>>>,
+    reachability: Option<tokio::sync::watch::Receiver<Option<crate::client::Checked>>>,
 ) -> std::io::Result<()> {
     let config = std::sync::Arc::new(config);
     let app = axum::Router::new().route(
