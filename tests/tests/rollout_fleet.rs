@@ -1903,6 +1903,37 @@ fn scram_users_are_salted_by_kreachctl_stored_without_the_password_and_kept_by_e
     );
 }
 
+/// The `ADDRESS:PORT` a process logged its metrics endpoint on ("metrics on http://ADDR/metrics").
+fn metrics_address(process: &kreach_tests::fleet::Proc) -> String {
+    let line = process
+        .wait_for_log("metrics on http://", Duration::from_secs(10))
+        .unwrap();
+    line.split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string()
+}
+
+/// Where `promtool` (Debian's prometheus package) is, or the test fails saying how to install it.
+fn promtool_or_fail(test: &str) -> Option<&'static str> {
+    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists());
+    kreach_test_parts::require(
+        kreach_test_parts::Tier::Root,
+        test,
+        promtool.is_none().then(|| {
+            kreach_test_parts::Missing::new(
+                "promtool and prometheus (Debian's prometheus package)",
+                "apt-get install prometheus (or bash tests/install.sh)",
+            )
+        }),
+    )
+    .then_some(promtool)
+    .flatten()
+}
+
 /// `GET path` on `address` over plain HTTP/1.1; the body.
 fn http_get(address: &str, path: &str) -> String {
     use std::io::{Read, Write};
@@ -1924,37 +1955,14 @@ fn http_get(address: &str, path: &str) -> String {
 
 #[test]
 fn the_coordinator_serves_prometheus_metrics_that_promtool_accepts() {
-    let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
-        .into_iter()
-        .find(|path| std::path::Path::new(path).exists());
-    if !kreach_test_parts::require(
-        kreach_test_parts::Tier::Root,
-        "coordinator_metrics",
-        promtool.is_none().then(|| {
-            kreach_test_parts::Missing::new(
-                "promtool (Prometheus' checker)",
-                "apt-get install prometheus (or bash tests/install.sh)",
-            )
-        }),
-    ) {
+    let Some(promtool) = promtool_or_fail("coordinator_metrics") else {
         return;
-    }
+    };
     let mut fleet = Fleet::new(24, 2, &[("etl-1", "private")]).unwrap();
     fleet.coordinator_extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_string();
     fleet.agent_extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_string();
     fleet.start_coordinator().unwrap();
-    let line = fleet
-        .coordinator
-        .as_ref()
-        .unwrap()
-        .wait_for_log("metrics on http://", Duration::from_secs(10))
-        .unwrap();
-    let address = line
-        .split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_string();
+    let address = metrics_address(fleet.coordinator.as_ref().unwrap());
     let before = http_get(&address, "/metrics");
     assert!(
         before.contains("kreach_rollout_info{cluster=\"\",phase=\"none\"} 1"),
@@ -1987,16 +1995,7 @@ fn the_coordinator_serves_prometheus_metrics_that_promtool_accepts() {
         assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
     }
     // The client agent's own metrics: what it applied and what it reaches.
-    let agent_address = |node: &str| {
-        let line = fleet.agents[node]
-            .wait_for_log("metrics on http://", Duration::from_secs(10))
-            .unwrap();
-        line.split("metrics on http://")
-            .nth(1)
-            .and_then(|rest| rest.split('/').next())
-            .unwrap()
-            .to_string()
-    };
+    let agent_address = |node: &str| metrics_address(&fleet.agents[node]);
     let client_metrics = http_get(&agent_address("etl-1"), "/metrics");
     for line in [
         "kreach_applied_generation 1",
@@ -2017,7 +2016,7 @@ fn the_coordinator_serves_prometheus_metrics_that_promtool_accepts() {
         "{broker_metrics}"
     );
     for text in [&metrics, &client_metrics, &broker_metrics] {
-        promtool_check_metrics(promtool.unwrap(), text);
+        promtool_check_metrics(promtool, text);
     }
 }
 
@@ -2050,4 +2049,159 @@ fn promtool_check_metrics(promtool: &str, metrics: &str) {
         checked.status.success() && said.trim().is_empty(),
         "promtool check metrics:\n{said}\n{metrics}"
     );
+}
+
+/// Prometheus' answer to an instant `query` at `prometheus` (HTTP API): each series' labels and
+/// value.
+fn prometheus_query(prometheus: &str, query: &str) -> Vec<(serde_json::Value, f64)> {
+    let encoded: String = query
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' => (b as char).to_string(),
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let body = http_get(prometheus, &format!("/api/v1/query?query={encoded}"));
+    let answer: serde_json::Value =
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("{body}"));
+    answer["data"]["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{answer:#}"))
+        .iter()
+        .map(|series| {
+            let value = series["value"][1].as_str().unwrap().parse::<f64>().unwrap();
+            (series["metric"].clone(), value)
+        })
+        .collect()
+}
+
+#[test]
+fn prometheus_scrapes_a_rollout_from_running_to_completed_and_the_generations_converge() {
+    if promtool_or_fail("prometheus_scrape").is_none() {
+        return;
+    }
+    let prometheus_binary = "/usr/bin/prometheus";
+    let mut fleet = Fleet::new(25, 2, &[("etl-1", "private")]).unwrap();
+    fleet.coordinator_extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_string();
+    fleet.agent_extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_string();
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(None).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+
+    // Prometheus from Debian's package, scraping every second, with its own storage here.
+    let coordinator = metrics_address(fleet.coordinator.as_ref().unwrap());
+    let by_address: std::collections::BTreeMap<String, String> = fleet
+        .agents
+        .iter()
+        .map(|(node, agent)| (metrics_address(agent), node.clone()))
+        .collect();
+    let agents: Vec<String> = by_address.keys().cloned().collect();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = fleet.brokers[0].dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: coordinator\n    static_configs:\n      - targets: [{coordinator:?}]\n  - job_name: agents\n    static_configs:\n      - targets: {agents:?}\n"
+        ),
+    )
+    .unwrap();
+    let prometheus = kreach_tests::fleet::Proc::spawn(
+        std::process::Command::new(prometheus_binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}")),
+    )
+    .unwrap();
+    let web = format!("127.0.0.1:{port}");
+    prometheus
+        .wait_for_log(
+            "Server is ready to receive web requests",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while prometheus_query(&web, "up")
+        .iter()
+        .filter(|(_, v)| *v == 1.0)
+        .count()
+        < 1 + agents.len()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "targets not up: {:?}",
+            prometheus_query(&web, "up")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // A rolling change that takes a while: two brokers restart one at a time, settling between.
+    let gen2 = fleet
+        .write_spec(
+            "gen2.toml",
+            &FleetSpec {
+                external: true,
+                settle: "3s",
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap();
+    apply(&fleet, &gen2);
+    let mut saw = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        for (metric, value) in prometheus_query(&web, "kreach_rollout_info == 1") {
+            if metric["cluster"] == "fleet-25" && value == 1.0 {
+                saw.insert(metric["phase"].as_str().unwrap().to_string());
+            }
+        }
+        // Every broker applied generation 2; etl-1 (private view, private IPs) kept generation 1,
+        // which gen2 did not change for it.
+        let applied: std::collections::BTreeMap<String, f64> =
+            prometheus_query(&web, "kreach_applied_generation")
+                .into_iter()
+                .filter_map(|(metric, value)| {
+                    let node = by_address.get(metric["instance"].as_str()?)?;
+                    Some((node.clone(), value))
+                })
+                .collect();
+        let converged = fleet
+            .brokers
+            .iter()
+            .all(|b| applied.get(&b.node) == Some(&2.0))
+            && applied.get("etl-1") == Some(&1.0);
+        if saw.contains("completed") && saw.len() > 1 && converged {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus saw the phases {saw:?}; generations: {:?}",
+            prometheus_query(&web, "kreach_applied_generation")
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        saw.contains("running") || saw.contains("settling"),
+        "Prometheus never saw the rollout in progress: {saw:?}"
+    );
+    let generation = prometheus_query(&web, "kreach_rollout_generation");
+    assert_eq!(generation[0].1, 2.0, "{generation:?}");
+    eprintln!(
+        "Prometheus saw the rollout phases {saw:?}; both brokers report generation 2, etl-1 (unchanged) 1"
+    );
+    drop(prometheus);
 }
