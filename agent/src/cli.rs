@@ -66,6 +66,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// On a client host: the steps a person takes by hand when a Kafka client cannot connect,
+    /// against every broker of this client's view (or one): resolve the advertised name (and what
+    /// answered), TCP connect, TLS handshake with hostname verification, SASL login, ApiVersions,
+    /// Metadata, and the advertised endpoint compared with the spec; each with its result and
+    /// time, printed as it finishes. A broker's steps stop at the first that breaks. Exit 0 when
+    /// every step passed, 4 when one broke (named on the last line).
+    Diagnose {
+        /// Only this broker id.
+        #[arg(long, value_name = "ID")]
+        broker: Option<i32>,
+        /// One JSON object per step (broker_id, step, ok, detail, elapsed_ms).
+        #[arg(long)]
+        json: bool,
+    },
     /// On a broker: list the dynamic broker configs (set over the Kafka protocol, e.g. with
     /// `kafka-configs.sh --alter`, and kept in the cluster's metadata) that Kafka uses instead of
     /// what kreach wrote to server.properties for a key it owns (`advertised.listeners`,

@@ -739,7 +739,7 @@ fn health_message(node: &str, health: LocalHealth) -> pb::AgentHealth {
 
 /// The SCRAM login of the reachability check: on a SASL listener, when agent.toml names a user
 /// and a password file (read now, so a new password needs no agent restart).
-fn sasl_login(
+pub(crate) fn sasl_login(
     config: &AgentConfig,
     mechanism: &str,
     node: &str,

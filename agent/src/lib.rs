@@ -9,6 +9,7 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod diagnose;
 pub mod drift;
 pub mod dry_run;
 pub mod engine;

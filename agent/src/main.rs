@@ -59,6 +59,41 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Completions { .. } => unreachable!("handled before the config is read"),
         Command::Run => run_daemon(config),
+        Command::Diagnose { broker, json } => {
+            let mut first_broken: Option<kreach_agent::diagnose::Step> = None;
+            let mut report = |step: kreach_agent::diagnose::Step| {
+                if json {
+                    println!("{}", serde_json::to_string(&step).expect("json"));
+                } else {
+                    println!(
+                        "broker {:<3} {:<28} {} {} ({} ms)",
+                        step.broker_id,
+                        step.step,
+                        if step.ok { "ok " } else { "BROKEN" },
+                        step.detail,
+                        step.elapsed_ms
+                    );
+                }
+                if !step.ok && first_broken.is_none() {
+                    first_broken = Some(step);
+                }
+            };
+            let all_ok = kreach_agent::diagnose::run(&config, broker, &mut report)
+                .map_err(anyhow::Error::msg)?;
+            if all_ok {
+                if !json {
+                    println!("every step passed");
+                }
+                return Ok(0);
+            }
+            if let (Some(step), false) = (&first_broken, json) {
+                println!(
+                    "broken: broker {} at {}: {}",
+                    step.broker_id, step.step, step.detail
+                );
+            }
+            Ok(4)
+        }
         Command::Overrides { delete } => {
             let mut found = kreach_agent::overrides::find(&config).map_err(anyhow::Error::msg)?;
             if delete && !found.is_empty() {

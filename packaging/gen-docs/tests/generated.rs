@@ -60,6 +60,7 @@ fn every_page_a_man_page_refers_to_exists() {
         "kreach-agent-state.8",
         "kreach-agent-audit.8",
         "kreach-agent-overrides.8",
+        "kreach-agent-diagnose.8",
         "kreach-agent-completions.8",
         "kreach-coordinator.8",
     ] {
