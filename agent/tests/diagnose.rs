@@ -50,20 +50,33 @@ fn diagnose_walks_each_brokers_steps_and_names_the_first_that_breaks() {
                 && line.contains(if ok { " ok " } else { " BROKEN " })
         })
     };
-    assert!(has(1, "resolve", true) && has(1, "TCP connect", true), "{run}");
-    assert!(has(1, "Metadata", true) && has(1, "advertised endpoint", true), "{run}");
     assert!(
-        run.stdout.contains("emr-worker-1.c → 127.0.0.1 by the hosts file"),
+        has(1, "resolve", true) && has(1, "TCP connect", true),
         "{run}"
     );
-    assert!(has(2, "TCP connect", false) && !has(2, "ApiVersions", true), "{run}");
+    assert!(
+        has(1, "Metadata", true) && has(1, "advertised endpoint", true),
+        "{run}"
+    );
+    assert!(
+        run.stdout
+            .contains("emr-worker-1.c → 127.0.0.1 by the hosts file"),
+        "{run}"
+    );
+    assert!(
+        has(2, "TCP connect", false) && !has(2, "ApiVersions", true),
+        "{run}"
+    );
     assert!(has(3, "advertised endpoint", false), "{run}");
     assert!(
         run.stdout.contains("the spec expects emr-worker-3.c:"),
         "{run}"
     );
     assert!(
-        lines.last().unwrap().starts_with("broken: broker 2 at TCP connect"),
+        lines
+            .last()
+            .unwrap()
+            .starts_with("broken: broker 2 at TCP connect"),
         "{run}"
     );
 
