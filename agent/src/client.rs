@@ -339,6 +339,17 @@ impl CoordinatorClient {
                         return;
                     }
                 };
+                if let Some(diagnose) = request.diagnose.clone() {
+                    // Its own task: a diagnosis takes seconds (timeouts) and a plan asked
+                    // meanwhile is still answered.
+                    tokio::spawn(Self::diagnose_for_the_coordinator(
+                        config.clone(),
+                        client.clone(),
+                        request.id,
+                        diagnose.broker,
+                    ));
+                    continue;
+                }
                 let config = config.clone();
                 let report = match tokio::task::spawn_blocking(move || {
                     crate::dry_run::answer(&config, &request)
@@ -362,6 +373,53 @@ impl CoordinatorClient {
             }
         });
         Ok(Some(AbortOnDrop(task)))
+    }
+
+    /// Run `kreach-agent diagnose`'s steps for the coordinator (`kreachctl diagnose`) and send each
+    /// as it finishes, then a done message (with why, when nothing could be diagnosed). Reads only.
+    async fn diagnose_for_the_coordinator(
+        config: AgentConfig,
+        mut client: AgentServiceClient<Channel>,
+        id: u64,
+        broker: Option<i32>,
+    ) {
+        let node = config.node.clone();
+        tracing::info!(node = %node, id, "diagnosing from this host's vantage for kreachctl diagnose");
+        let (sender, mut steps) = tokio::sync::mpsc::channel::<pb::DiagnoseStep>(16);
+        let message = |mut step: pb::DiagnoseStep| {
+            step.node = node.clone();
+            step.id = id;
+            step
+        };
+        let worker = {
+            let sender = sender.clone();
+            tokio::task::spawn_blocking(move || {
+                let outcome = crate::diagnose::run(&config, broker, &mut |step| {
+                    let _ = sender.blocking_send(pb::DiagnoseStep::from(&step));
+                });
+                let done = pb::DiagnoseStep {
+                    done: true,
+                    error: outcome.err().unwrap_or_default(),
+                    ..pb::DiagnoseStep::default()
+                };
+                let _ = sender.blocking_send(done);
+            })
+        };
+        drop(sender);
+        while let Some(step) = steps.recv().await {
+            let done = step.done;
+            if let Err(error) = call("ReportDiagnose", client.report_diagnose(message(step))).await
+            {
+                tracing::warn!(node = %node, id, "diagnosis not delivered: {error}");
+                break;
+            }
+            if done {
+                break;
+            }
+        }
+        // A dropped receiver makes the remaining sends fail at once: the worker ends on its own.
+        drop(steps);
+        let _ = worker.await;
     }
 
     /// Hand the coordinator the audit entries it does not have yet (for `kreachctl history

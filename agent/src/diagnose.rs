@@ -19,15 +19,7 @@ use crate::kafka::{KafkaConnection, TlsClient};
 /// Bounds each connect and each request.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// One step against one broker.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Step {
-    pub broker_id: i32,
-    pub step: &'static str,
-    pub ok: bool,
-    pub detail: String,
-    pub elapsed_ms: u64,
-}
+pub use kreach_common::diagnose::Step;
 
 fn timed<T>(
     work: impl FnOnce() -> Result<(T, String), String>,
@@ -112,7 +104,7 @@ fn diagnose_broker(
     let mut step = |name: &'static str, ok: bool, detail: String, elapsed_ms: u64| {
         report(Step {
             broker_id: id,
-            step: name,
+            step: name.to_string(),
             ok,
             detail,
             elapsed_ms,

@@ -71,6 +71,7 @@ mod tests {
         pb::DryRunRequest {
             id: 7,
             spec: Some(pb::NodeSpec::from(&node_spec)),
+            diagnose: None,
         }
     }
 
@@ -212,7 +213,11 @@ mod tests {
         // No spec at all.
         let report = answer(
             &config(dir.path()),
-            &pb::DryRunRequest { id: 1, spec: None },
+            &pb::DryRunRequest {
+                id: 1,
+                spec: None,
+                diagnose: None,
+            },
         );
         assert!(report.error.contains("missing"), "{}", report.error);
         assert_eq!(

@@ -65,14 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 if json {
                     println!("{}", serde_json::to_string(&step).expect("json"));
                 } else {
-                    println!(
-                        "broker {:<3} {:<28} {} {} ({} ms)",
-                        step.broker_id,
-                        step.step,
-                        if step.ok { "ok " } else { "BROKEN" },
-                        step.detail,
-                        step.elapsed_ms
-                    );
+                    println!("{}", step.line());
                 }
                 if !step.ok && first_broken.is_none() {
                     first_broken = Some(step);
@@ -82,15 +75,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .map_err(anyhow::Error::msg)?;
             if all_ok {
                 if !json {
-                    println!("every step passed");
+                    println!("{}", kreach_common::diagnose::ALL_PASSED);
                 }
                 return Ok(0);
             }
             if let (Some(step), false) = (&first_broken, json) {
-                println!(
-                    "broken: broker {} at {}: {}",
-                    step.broker_id, step.step, step.detail
-                );
+                println!("{}", step.broken_line());
             }
             Ok(4)
         }

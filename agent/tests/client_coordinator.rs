@@ -122,6 +122,15 @@ impl AgentService for TestAgentService {
             "this test coordinator takes no dry runs",
         ))
     }
+
+    async fn report_diagnose(
+        &self,
+        _request: Request<pb::DiagnoseStep>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        Err(Status::unimplemented(
+            "this test coordinator asks for no diagnoses",
+        ))
+    }
 }
 
 /// A coordinator on 127.0.0.1 in its own runtime; dropping it closes the port and every connection.

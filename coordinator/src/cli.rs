@@ -288,6 +288,23 @@ pub mod kreachctl {
             #[command(flatten)]
             connect: ConnectArgs,
         },
+        /// From a client host's vantage, the steps a person takes by hand when a Kafka client
+        /// cannot connect: resolve each advertised name (and which file or resolver answered), TCP
+        /// connect, TLS handshake with hostname verification, SASL login, ApiVersions, Metadata,
+        /// and the advertised endpoint compared with the spec. The client's agent takes the steps
+        /// and each line is printed as it finishes; a broker's steps stop at the first that breaks.
+        /// Changes nothing. Exit 0 when every step passed, 4 naming the first broken step, 1 when
+        /// the agent cannot be asked (offline, not a client).
+        Diagnose {
+            /// A client node of the newest spec; its agent must be connected.
+            #[arg(value_name = "CLIENT")]
+            client: String,
+            /// Only this broker (its id); default: every broker of the client's view.
+            #[arg(long, value_name = "ID")]
+            broker: Option<i32>,
+            #[command(flatten)]
+            connect: ConnectArgs,
+        },
         /// The cluster's SCRAM users for SASL listeners: list them, add one (or change its
         /// password), remove one. kreachctl salts the password itself (PBKDF2, Kafka's SCRAM
         /// format); the coordinator stores only the salted credential, never the password, and
@@ -329,6 +346,7 @@ pub mod kreachctl {
                 | Command::Rollback { connect, .. }
                 | Command::Nodes { connect }
                 | Command::ClientConfig { connect, .. }
+                | Command::Diagnose { connect, .. }
                 | Command::Users { connect, .. } => Some(connect),
                 Command::Validate { .. }
                 | Command::Render { .. }

@@ -15,7 +15,7 @@ use kreach_common::desired::{
     bootstrap_endpoints, render_node, BootstrapEndpoint, NodeRole, NodeSpec,
 };
 use kreach_common::diff::unified_diff;
-use kreach_common::spec::{ClusterSpec, View};
+use kreach_common::spec::{ClientSpec, ClusterSpec, View};
 use kreach_proto as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -1178,20 +1178,7 @@ impl Core {
     /// What a Kafka client on `client`'s host needs: its view's bootstrap endpoints and listener
     /// security, and where its agent installs the Kafka CA.
     pub fn client_config(&self, client: &str) -> Result<pb::ClientConfigResponse, CoreError> {
-        let spec = self.spec.as_ref().ok_or_else(|| {
-            CoreError::NotFound("no spec applied yet (kreachctl apply SPEC first)".to_string())
-        })?;
-        let Some(found) = spec.clients.iter().find(|c| c.node == client) else {
-            let known: Vec<&str> = spec.clients.iter().map(|c| c.node.as_str()).collect();
-            return Err(CoreError::NotFound(format!(
-                "{client:?} is not a client of the newest spec (its clients: {})",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
-                    known.join(", ")
-                }
-            )));
-        };
+        let (spec, found) = self.client_of_newest_spec(client)?;
         let listener = match found.view {
             View::Private => &spec.internal,
             View::Public => &spec.external,
@@ -1216,6 +1203,28 @@ impl Core {
                 String::new()
             },
         })
+    }
+
+    /// The newest spec and `client`'s entry in it; NotFound naming the spec's clients otherwise.
+    pub fn client_of_newest_spec(
+        &self,
+        client: &str,
+    ) -> Result<(&ClusterSpec, &ClientSpec), CoreError> {
+        let spec = self.spec.as_ref().ok_or_else(|| {
+            CoreError::NotFound("no spec applied yet (kreachctl apply SPEC first)".to_string())
+        })?;
+        let Some(found) = spec.clients.iter().find(|c| c.node == client) else {
+            let known: Vec<&str> = spec.clients.iter().map(|c| c.node.as_str()).collect();
+            return Err(CoreError::NotFound(format!(
+                "{client:?} is not a client of the newest spec (its clients: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        };
+        Ok((spec, found))
     }
 
     pub fn nodes(&self) -> pb::NodesResponse {

@@ -31,6 +31,22 @@ struct Inner {
     agents: BTreeMap<String, (u64, mpsc::Sender<pb::DryRunRequest>)>,
     /// request id → (the node asked, where its answer goes).
     pending: HashMap<u64, (String, oneshot::Sender<pb::DryRunReport>)>,
+    /// diagnosis id → (the client node asked, where its steps go).
+    diagnoses: HashMap<u64, (String, mpsc::Sender<pb::DiagnoseStep>)>,
+}
+
+/// A diagnosis asked of a client's agent: its steps arrive on `steps`. Dropping it (kreachctl went
+/// away, the diagnosis ended) forgets the request; later steps from the agent are refused.
+pub struct Diagnosis {
+    pub steps: mpsc::Receiver<pb::DiagnoseStep>,
+    dry_runs: DryRuns,
+    id: u64,
+}
+
+impl Drop for Diagnosis {
+    fn drop(&mut self) {
+        self.dry_runs.lock().diagnoses.remove(&self.id);
+    }
 }
 
 /// Unregisters an agent's stream when the stream is dropped (its connection ended).
@@ -91,10 +107,86 @@ impl DryRuns {
         self.lock().agents.contains_key(node)
     }
 
+    /// Ask `node`'s agent to diagnose from its vantage (`kreachctl diagnose`). Refused when its
+    /// agent has no stream open here or is busy.
+    pub fn diagnose(&self, node: &str, broker: Option<i32>) -> Result<Diagnosis, String> {
+        let mut inner = self.lock();
+        let Some((_, sender)) = inner.agents.get(node).cloned() else {
+            return Err(format!(
+                "{node}'s agent is not connected to the coordinator, so it cannot be asked (kreachctl status shows when it was last seen)"
+            ));
+        };
+        inner.next_id += 1;
+        let id = inner.next_id;
+        let request = pb::DryRunRequest {
+            id,
+            spec: None,
+            diagnose: Some(pb::DiagnoseRequest {
+                node: node.to_string(),
+                broker,
+            }),
+        };
+        if sender.try_send(request).is_err() {
+            return Err(format!(
+                "{node}'s agent is busy with other requests; try again"
+            ));
+        }
+        let (steps_sender, steps) = mpsc::channel(QUEUE);
+        inner.diagnoses.insert(id, (node.to_string(), steps_sender));
+        Ok(Diagnosis {
+            steps,
+            dry_runs: self.clone(),
+            id,
+        })
+    }
+
+    /// One step of a diagnosis from its agent, passed on to whoever asked. Refused when no
+    /// diagnosis with that id waits for that node (kreachctl went away, or another node's id).
+    pub async fn report_diagnose(&self, step: pb::DiagnoseStep) -> Result<(), String> {
+        let sender = {
+            let mut inner = self.lock();
+            let sender = match inner.diagnoses.get(&step.id) {
+                Some((node, sender)) if *node == step.node => sender.clone(),
+                _ => {
+                    return Err(format!(
+                        "no diagnosis {} is waiting for node {:?} (whoever asked went away)",
+                        step.id, step.node
+                    ))
+                }
+            };
+            if step.done {
+                inner.diagnoses.remove(&step.id);
+            }
+            sender
+        };
+        let id = step.id;
+        sender
+            .send(step)
+            .await
+            .map_err(|_| format!("nobody waits for diagnosis {id} any more"))
+    }
+
     /// An agent's answer. Refused when no request with that id waits for that node (too late,
     /// already answered, or another node's).
     pub fn report(&self, report: pb::DryRunReport) -> Result<(), String> {
         let mut inner = self.lock();
+        // An agent that knows no diagnoses took the request for a dry run without a spec.
+        if let Some((node, sender)) = inner.diagnoses.get(&report.id) {
+            if *node == report.node {
+                let _ = sender.try_send(pb::DiagnoseStep {
+                    node: node.clone(),
+                    id: report.id,
+                    done: true,
+                    error: format!(
+                        "its agent cannot diagnose (a kreach-agent older than the coordinator?): {}",
+                        report.error
+                    ),
+                    ..pb::DiagnoseStep::default()
+                });
+                inner.diagnoses.remove(&report.id);
+                return Ok(());
+            }
+        }
         match inner.pending.get(&report.id) {
             Some((node, _)) if *node == report.node => {}
             _ => {
@@ -135,6 +227,7 @@ impl DryRuns {
                 let request = pb::DryRunRequest {
                     id,
                     spec: Some(spec),
+                    diagnose: None,
                 };
                 if sender.try_send(request).is_err() {
                     answers.insert(
@@ -278,6 +371,74 @@ mod tests {
             })
             .is_err());
         assert!(dry_runs.lock().pending.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_diagnosis_passes_its_steps_on_until_done_and_refuses_strays() {
+        let dry_runs = DryRuns::default();
+        assert!(dry_runs
+            .diagnose("etl-1", None)
+            .err()
+            .is_some_and(|why| why.contains("not connected")));
+        let (mut agent, _registered) = dry_runs.connect("etl-1");
+        let mut diagnosis = dry_runs.diagnose("etl-1", Some(2)).unwrap();
+        let request = agent.recv().await.unwrap();
+        assert_eq!(request.spec, None);
+        assert_eq!(request.diagnose.unwrap().broker, Some(2));
+        let step = |node: &str, done: bool| pb::DiagnoseStep {
+            node: node.into(),
+            id: request.id,
+            step: "resolve".into(),
+            ok: true,
+            done,
+            ..Default::default()
+        };
+        assert!(dry_runs
+            .report_diagnose(step("laptop-1", false))
+            .await
+            .is_err());
+        dry_runs
+            .report_diagnose(step("etl-1", false))
+            .await
+            .unwrap();
+        dry_runs.report_diagnose(step("etl-1", true)).await.unwrap();
+        assert_eq!(diagnosis.steps.recv().await.unwrap().step, "resolve");
+        assert!(diagnosis.steps.recv().await.unwrap().done);
+        // Done: the diagnosis is forgotten; a late step is refused.
+        assert!(dry_runs
+            .report_diagnose(step("etl-1", false))
+            .await
+            .is_err());
+
+        // kreachctl went away: the agent's next step is refused, so it stops.
+        let gone = dry_runs.diagnose("etl-1", None).unwrap();
+        let request = agent.recv().await.unwrap();
+        drop(gone);
+        assert!(dry_runs
+            .report_diagnose(pb::DiagnoseStep {
+                node: "etl-1".into(),
+                id: request.id,
+                ..Default::default()
+            })
+            .await
+            .is_err());
+
+        // An agent that knows no diagnoses answers with a dry-run report: the asker is told.
+        let mut old = dry_runs.diagnose("etl-1", None).unwrap();
+        let request = agent.recv().await.unwrap();
+        dry_runs
+            .report(pb::DryRunReport {
+                node: "etl-1".into(),
+                id: request.id,
+                error: "invalid DryRunRequest.spec: missing".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        let last = old.steps.recv().await.unwrap();
+        assert!(
+            last.done && last.error.contains("cannot diagnose"),
+            "{last:?}"
+        );
     }
 
     #[test]

@@ -126,6 +126,11 @@ impl Services {
 type ReleaseStream = Pin<Box<dyn Stream<Item = Result<pb::Release, Status>> + Send>>;
 type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::StatusResponse, Status>> + Send>>;
 type DryRunStream = Pin<Box<dyn Stream<Item = Result<pb::DryRunRequest, Status>> + Send>>;
+type DiagnoseStream = Pin<Box<dyn Stream<Item = Result<pb::DiagnoseStep, Status>> + Send>>;
+
+/// How long a diagnosis may go without a step before kreachctl is told (each step is bounded by
+/// the agent's own timeouts, a few seconds; a slow system resolver takes longer).
+const DIAGNOSE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Marks the agent offline when its stream is dropped (the connection ended).
 struct Presence {
@@ -267,11 +272,62 @@ impl AgentService for Services {
             .map_err(Status::failed_precondition)?;
         Ok(Response::new(pb::Ack {}))
     }
+
+    async fn report_diagnose(
+        &self,
+        request: Request<pb::DiagnoseStep>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let node = request.get_ref().node.clone();
+        self.require_node(&request, &node)?;
+        self.dry_runs
+            .report_diagnose(request.into_inner())
+            .await
+            .map_err(Status::failed_precondition)?;
+        Ok(Response::new(pb::Ack {}))
+    }
 }
 
 #[tonic::async_trait]
 impl AdminService for Services {
     type WatchStream = StatusStream;
+    type DiagnoseStream = DiagnoseStream;
+
+    async fn diagnose(
+        &self,
+        request: Request<pb::DiagnoseRequest>,
+    ) -> Result<Response<DiagnoseStream>, Status> {
+        self.require_admin(&request)?;
+        let pb::DiagnoseRequest { node, broker } = request.into_inner();
+        self.core().client_of_newest_spec(&node)?;
+        let mut diagnosis = self
+            .dry_runs
+            .diagnose(&node, broker)
+            .map_err(Status::unavailable)?;
+        tracing::info!(node, "diagnosis asked of a client's agent");
+        let (sender, receiver) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            loop {
+                let next = tokio::time::timeout(DIAGNOSE_IDLE, diagnosis.steps.recv()).await;
+                let item = match next {
+                    Ok(Some(step)) => Ok(step),
+                    Ok(None) => Err(Status::unavailable(format!(
+                        "{node}'s agent went away during the diagnosis"
+                    ))),
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "{node}'s agent sent nothing for {}s during the diagnosis",
+                        DIAGNOSE_IDLE.as_secs()
+                    ))),
+                };
+                let last = item.as_ref().map_or(true, |step| step.done);
+                if sender.send(item).await.is_err() || last {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
 
     async fn plan(
         &self,

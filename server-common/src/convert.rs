@@ -113,6 +113,31 @@ impl From<&NodeSpec> for pb::NodeSpec {
     }
 }
 
+impl From<&crate::diagnose::Step> for pb::DiagnoseStep {
+    fn from(step: &crate::diagnose::Step) -> pb::DiagnoseStep {
+        pb::DiagnoseStep {
+            broker_id: step.broker_id,
+            step: step.step.clone(),
+            ok: step.ok,
+            detail: step.detail.clone(),
+            elapsed_ms: step.elapsed_ms,
+            ..pb::DiagnoseStep::default()
+        }
+    }
+}
+
+impl From<&pb::DiagnoseStep> for crate::diagnose::Step {
+    fn from(step: &pb::DiagnoseStep) -> crate::diagnose::Step {
+        crate::diagnose::Step {
+            broker_id: step.broker_id,
+            step: step.step.clone(),
+            ok: step.ok,
+            detail: step.detail.clone(),
+            elapsed_ms: step.elapsed_ms,
+        }
+    }
+}
+
 impl From<&crate::desired::ScramUser> for pb::ScramUser {
     fn from(user: &crate::desired::ScramUser) -> pb::ScramUser {
         pb::ScramUser {

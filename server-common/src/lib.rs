@@ -11,6 +11,7 @@
 pub mod convert;
 pub mod daemon;
 pub mod desired;
+pub mod diagnose;
 pub mod diff;
 pub mod gates;
 pub mod hosts;

@@ -80,6 +80,13 @@ impl AgentService for EchoIdentity {
     ) -> Result<Response<Ack>, Status> {
         Err(Status::unimplemented("not used by the handshake tests"))
     }
+
+    async fn report_diagnose(
+        &self,
+        _request: Request<kreach_proto::DiagnoseStep>,
+    ) -> Result<Response<Ack>, Status> {
+        Err(Status::unimplemented("not used by the handshake tests"))
+    }
 }
 
 fn load(dir: &Path, cert: &str, key: &str) -> TlsFiles {

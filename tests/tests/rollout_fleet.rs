@@ -2205,3 +2205,133 @@ fn prometheus_scrapes_a_rollout_from_running_to_completed_and_the_generations_co
     );
     drop(prometheus);
 }
+
+/// `kreachctl diagnose CLIENT`: the client's agent takes the steps a person would take by hand
+/// and kreachctl prints them as they come; a stopped broker is named at its broken step, and a
+/// diagnosis that cannot be asked (a broker node, an unknown broker, an offline agent) says why.
+#[test]
+fn kreachctl_diagnose_walks_a_clients_steps_and_names_the_first_broken_one() {
+    let mut fleet = Fleet::new(26, 2, &[("etl-1", "private")]).unwrap();
+    fleet.probe = "kafka";
+    // Names from the managed hosts file, as the sandbox's agents cannot change /etc/hosts.
+    fleet.agent_extra = "[reachability]\nresolve = \"hosts_file\"\n".to_string();
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(None).unwrap();
+    let spec = fleet
+        .write_spec(
+            "gen1.toml",
+            &FleetSpec {
+                hostnames: true,
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap();
+    apply(&fleet, &spec);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+
+    let working = fleet.ctl(&["diagnose", "etl-1"]).unwrap();
+    println!("kreachctl diagnose etl-1 (working):\n{}", working.stdout);
+    assert_eq!(working.code, 0, "{}{}", working.stdout, working.stderr);
+    let lines: Vec<&str> = working.stdout.lines().collect();
+    assert!(
+        lines[0].contains("from etl-1's vantage"),
+        "{}",
+        working.stdout
+    );
+    for id in [1, 2] {
+        for step in [
+            "resolve",
+            "TCP connect",
+            "ApiVersions",
+            "Metadata",
+            "advertised endpoint",
+        ] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|line| line.starts_with(&format!("broker {id} "))
+                        && line.contains(step)
+                        && line.contains(" ok ")),
+                "no passing {step} for broker {id}:\n{}",
+                working.stdout
+            );
+        }
+    }
+    assert!(
+        working.stdout.contains("by the hosts file"),
+        "{}",
+        working.stdout
+    );
+    assert_eq!(lines.last(), Some(&"every step passed"));
+
+    let json = fleet
+        .ctl(&["--output", "json", "diagnose", "etl-1", "--broker", "1"])
+        .unwrap();
+    assert_eq!(json.code, 0, "{}{}", json.stdout, json.stderr);
+    let document: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(document["ok"], true, "{document}");
+    let steps = document["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 5, "{document}");
+    assert!(steps.iter().all(|step| step["broker_id"] == 1));
+
+    // Broker 2's Kafka stops: its TCP connect is refused and named; broker 1 still passes.
+    let stopped = std::process::Command::new("python3")
+        .arg(kreach_tests::fleet::FAKE_KAFKA)
+        .arg("stop")
+        .arg(fleet.brokers[1].state_dir())
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let broken = fleet.ctl(&["diagnose", "etl-1"]).unwrap();
+    println!(
+        "kreachctl diagnose etl-1 (broker 2 stopped):\n{}",
+        broken.stdout
+    );
+    assert_eq!(broken.code, 4, "{}{}", broken.stdout, broken.stderr);
+    let last = broken.stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("broken: broker 2 at TCP connect:") && last.contains("refused"),
+        "{}",
+        broken.stdout
+    );
+    assert!(
+        !broken.stdout.contains("broker 2   ApiVersions"),
+        "steps after the broken one ran:\n{}",
+        broken.stdout
+    );
+    assert!(broken
+        .stdout
+        .lines()
+        .any(|line| line.starts_with("broker 1 ")
+            && line.contains("advertised endpoint")
+            && line.contains(" ok ")));
+
+    for (args, why) in [
+        (
+            vec!["diagnose", "etl-1", "--broker", "9"],
+            "broker 9 is not one this client's view reaches",
+        ),
+        (
+            vec!["diagnose", "emr-worker-1"],
+            "is not a client of the newest spec",
+        ),
+    ] {
+        let refused = fleet.ctl(&args).unwrap();
+        assert_eq!(
+            refused.code, 1,
+            "{args:?}: {}{}",
+            refused.stdout, refused.stderr
+        );
+        assert!(refused.stderr.contains(why), "{args:?}: {}", refused.stderr);
+    }
+    fleet.stop_agent("etl-1");
+    let offline = fleet.ctl(&["diagnose", "etl-1"]).unwrap();
+    assert_eq!(offline.code, 1, "{}{}", offline.stdout, offline.stderr);
+    assert!(
+        offline.stderr.contains("etl-1's agent is not connected"),
+        "{}",
+        offline.stderr
+    );
+}

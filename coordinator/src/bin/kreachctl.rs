@@ -483,6 +483,54 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             print_value(cli, text, json);
             Ok(0)
         }
+        Command::Diagnose { client, broker, .. } => {
+            let mut stream = admin
+                .diagnose(pb::DiagnoseRequest {
+                    node: client.clone(),
+                    broker: *broker,
+                })
+                .await
+                .map_err(fail)?
+                .into_inner();
+            let table = cli.output == Output::Table;
+            if table {
+                println!("diagnosing from {client}'s vantage (its agent takes the steps):");
+            }
+            let mut steps: Vec<kreach_common::diagnose::Step> = Vec::new();
+            loop {
+                let message = stream.message().await.map_err(fail)?.ok_or_else(|| {
+                    anyhow::anyhow!("the coordinator ended the diagnosis before its last step")
+                })?;
+                if message.done {
+                    if !message.error.is_empty() {
+                        return Err(anyhow::anyhow!("diagnose {client}: {}", message.error));
+                    }
+                    break;
+                }
+                let step = kreach_common::diagnose::Step::from(&message);
+                if table {
+                    println!("{}", step.line());
+                }
+                steps.push(step);
+            }
+            let broken = steps.iter().find(|step| !step.ok);
+            let text = match broken {
+                None => format!("{}\n", kreach_common::diagnose::ALL_PASSED),
+                Some(step) => format!("{}\n", step.broken_line()),
+            };
+            let json = serde_json::json!({
+                "client": client,
+                "ok": broken.is_none(),
+                "broken": broken,
+                "steps": steps,
+            });
+            print_value(cli, text, json);
+            Ok(if broken.is_some() {
+                EXIT_UNREACHABLE
+            } else {
+                0
+            })
+        }
         Command::Users { action, .. } => {
             let request = match action {
                 UsersAction::List => pb::UsersRequest {

@@ -128,6 +128,7 @@ fn online_commands_list_the_connection_flags_with_their_environment_variables() 
         &["rollback"],
         &["nodes"],
         &["client-config"],
+        &["diagnose"],
     ] {
         let mut sub = &command;
         for word in path {

@@ -39,6 +39,7 @@ fn every_page_a_man_page_refers_to_exists() {
         "kreachctl-status.1",
         "kreachctl-check.1",
         "kreachctl-client-config.1",
+        "kreachctl-diagnose.1",
         "kreachctl-users.1",
         "kreachctl-users-add.1",
         "kreachctl-users-list.1",

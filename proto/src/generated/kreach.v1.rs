@@ -176,9 +176,50 @@ pub struct DryRunRequest {
     /// Echoed in the report; unique for the life of the coordinator process.
     #[prost(uint64, tag = "1")]
     pub id: u64,
-    /// The desired state to render (the node's final spec of the plan).
+    /// The desired state to render (the node's final spec of the plan). Unset when diagnose is set.
     #[prost(message, optional, tag = "2")]
     pub spec: ::core::option::Option<NodeSpec>,
+    /// Set: not a dry run but a diagnosis from this client host's vantage (`kreachctl diagnose`),
+    /// answered step by step with ReportDiagnose under the same id. Reads only, like a dry run.
+    #[prost(message, optional, tag = "3")]
+    pub diagnose: ::core::option::Option<DiagnoseRequest>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DiagnoseRequest {
+    /// The client node whose agent takes the steps (kreachctl → coordinator; ignored by agents).
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// Only this broker; unset: every broker of the client's view.
+    #[prost(int32, optional, tag = "2")]
+    pub broker: ::core::option::Option<i32>,
+}
+/// One step a person would take by hand from a client host (resolve, TCP connect, TLS handshake,
+/// SASL login, ApiVersions, Metadata, advertised endpoint), against one broker.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct DiagnoseStep {
+    #[prost(string, tag = "1")]
+    pub node: ::prost::alloc::string::String,
+    /// The DryRunRequest's id (agent → coordinator); 0 on the admin stream.
+    #[prost(uint64, tag = "2")]
+    pub id: u64,
+    #[prost(int32, tag = "3")]
+    pub broker_id: i32,
+    #[prost(string, tag = "4")]
+    pub step: ::prost::alloc::string::String,
+    #[prost(bool, tag = "5")]
+    pub ok: bool,
+    #[prost(string, tag = "6")]
+    pub detail: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "7")]
+    pub elapsed_ms: u64,
+    /// The last message of a diagnosis; it carries no step. error: why the agent could not diagnose
+    /// at all (not a client, nothing applied yet, no such broker in its view).
+    #[prost(bool, tag = "8")]
+    pub done: bool,
+    #[prost(string, tag = "9")]
+    pub error: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -1007,6 +1048,29 @@ pub mod agent_service_client {
                 .insert(GrpcMethod::new("kreach.v1.AgentService", "ReportDryRun"));
             self.inner.unary(req, path, codec).await
         }
+        /// One step of a diagnosis asked for on the dry-run stream (DryRunRequest.diagnose), sent as it
+        /// finishes; the last message of a diagnosis has done set.
+        pub async fn report_diagnose(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DiagnoseStep>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status> {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/kreach.v1.AgentService/ReportDiagnose",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("kreach.v1.AgentService", "ReportDiagnose"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1074,6 +1138,12 @@ pub mod agent_service_server {
         async fn report_dry_run(
             &self,
             request: tonic::Request<super::DryRunReport>,
+        ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
+        /// One step of a diagnosis asked for on the dry-run stream (DryRunRequest.diagnose), sent as it
+        /// finishes; the last message of a diagnosis has done set.
+        async fn report_diagnose(
+            &self,
+            request: tonic::Request<super::DiagnoseStep>,
         ) -> std::result::Result<tonic::Response<super::Ack>, tonic::Status>;
     }
     #[derive(Debug)]
@@ -1446,6 +1516,51 @@ pub mod agent_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = ReportDryRunSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/kreach.v1.AgentService/ReportDiagnose" => {
+                    #[allow(non_camel_case_types)]
+                    struct ReportDiagnoseSvc<T: AgentService>(pub Arc<T>);
+                    impl<
+                        T: AgentService,
+                    > tonic::server::UnaryService<super::DiagnoseStep>
+                    for ReportDiagnoseSvc<T> {
+                        type Response = super::Ack;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DiagnoseStep>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AgentService>::report_diagnose(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ReportDiagnoseSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
@@ -1857,6 +1972,32 @@ pub mod admin_service_client {
                 .insert(GrpcMethod::new("kreach.v1.AdminService", "Users"));
             self.inner.unary(req, path, codec).await
         }
+        /// From a client agent's vantage, the steps a person takes by hand when a client cannot connect
+        /// (`kreachctl diagnose`), streamed as the agent finishes them; ends with a done message.
+        pub async fn diagnose(
+            &mut self,
+            request: impl tonic::IntoRequest<super::DiagnoseRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::DiagnoseStep>>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/kreach.v1.AdminService/Diagnose",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("kreach.v1.AdminService", "Diagnose"));
+            self.inner.server_streaming(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1933,6 +2074,18 @@ pub mod admin_service_server {
             &self,
             request: tonic::Request<super::UsersRequest>,
         ) -> std::result::Result<tonic::Response<super::UsersResponse>, tonic::Status>;
+        /// Server streaming response type for the Diagnose method.
+        type DiagnoseStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::DiagnoseStep, tonic::Status>,
+            >
+            + std::marker::Send
+            + 'static;
+        /// From a client agent's vantage, the steps a person takes by hand when a client cannot connect
+        /// (`kreachctl diagnose`), streamed as the agent finishes them; ends with a done message.
+        async fn diagnose(
+            &self,
+            request: tonic::Request<super::DiagnoseRequest>,
+        ) -> std::result::Result<tonic::Response<Self::DiagnoseStream>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct AdminServiceServer<T> {
@@ -2542,6 +2695,52 @@ pub mod admin_service_server {
                                 max_encoding_message_size,
                             );
                         let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/kreach.v1.AdminService/Diagnose" => {
+                    #[allow(non_camel_case_types)]
+                    struct DiagnoseSvc<T: AdminService>(pub Arc<T>);
+                    impl<
+                        T: AdminService,
+                    > tonic::server::ServerStreamingService<super::DiagnoseRequest>
+                    for DiagnoseSvc<T> {
+                        type Response = super::DiagnoseStep;
+                        type ResponseStream = T::DiagnoseStream;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::ResponseStream>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::DiagnoseRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AdminService>::diagnose(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = DiagnoseSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
                         Ok(res)
                     };
                     Box::pin(fut)
