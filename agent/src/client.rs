@@ -644,7 +644,8 @@ impl CoordinatorClient {
             }
         }
 
-        tracing::info!(node = %node, generation = id.generation, step = id.step, attempt = id.attempt, "applying release {} ({})", describe(&id), release.released_by);
+        let cluster = spec.cluster.clone();
+        tracing::info!(node = %node, cluster = %cluster, generation = id.generation, step = id.step, attempt = id.attempt, "applying release {} ({})", describe(&id), release.released_by);
         report(client, status(pb::Phase::Applying, String::new())).await?;
         let engine = Arc::clone(&self.engine);
         let released_by = release.released_by.clone();
@@ -678,7 +679,7 @@ impl CoordinatorClient {
                         conflicts.join("; ")
                     )
                 };
-                tracing::info!(node = %node, generation = id.generation, step = id.step, attempt = id.attempt, "converged on release {}", describe(&id));
+                tracing::info!(node = %node, cluster = %cluster, generation = id.generation, step = id.step, attempt = id.attempt, "converged on release {}", describe(&id));
                 crate::metrics::record_apply("converged", restart_window.is_some());
                 self.failed = None;
                 if let Err(error) = state::clear_failed(&self.config.state_dir) {
@@ -698,7 +699,7 @@ impl CoordinatorClient {
                 },
                 _,
             )) => {
-                tracing::warn!(node = %node, generation = id.generation, "release {} rolled back: {reason}", describe(&id));
+                tracing::warn!(node = %node, cluster = %cluster, generation = id.generation, "release {} rolled back: {reason}", describe(&id));
                 crate::metrics::record_apply("rolled_back", restart_window.is_some());
                 let mut rolled_back = status(pb::Phase::RolledBack, reason);
                 set_restart_window(&mut rolled_back, restart_window);
@@ -706,7 +707,7 @@ impl CoordinatorClient {
             }
             Err(error) => {
                 let reason = error.to_string();
-                tracing::error!(node = %node, generation = id.generation, "release {} failed: {reason}", describe(&id));
+                tracing::error!(node = %node, cluster = %cluster, generation = id.generation, "release {} failed: {reason}", describe(&id));
                 crate::metrics::record_apply("failed", false);
                 self.report_failure(client, id, status(pb::Phase::Failed, reason))
                     .await
@@ -1035,7 +1036,7 @@ fn applied_release(state_dir: &Path) -> Option<pb::ReleaseId> {
         }),
         Ok(_) => None,
         Err(error) => {
-            tracing::error!(path = %state_dir.display(), "cannot read the applied state: {error}");
+            tracing::error!(dir = %state_dir.display(), "cannot read the applied state: {error}");
             None
         }
     }

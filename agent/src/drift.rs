@@ -128,8 +128,9 @@ fn repair_drift(
     }
     for change in &plan.changes {
         tracing::warn!(
-            path = %change.path.display(),
+            file = %change.path.display(),
             node = %applied.node_spec.node,
+            cluster = %applied.node_spec.cluster,
             generation = applied.generation,
             "drift: kreach's {} in {} was changed outside kreach; restoring it",
             change.file.describe(),
@@ -138,7 +139,7 @@ fn repair_drift(
     }
     let repaired = engine.repair(&plan, applied.generation, "drift-repair")?;
     for path in &repaired {
-        tracing::info!(path = %path.display(), generation = applied.generation, "corrective change: repaired {}", path.display());
+        tracing::info!(file = %path.display(), node = %applied.node_spec.node, cluster = %applied.node_spec.cluster, generation = applied.generation, "corrective change: repaired {}", path.display());
     }
     Ok(repaired)
 }
@@ -178,7 +179,7 @@ pub fn enforce(
                 match state::save(state_dir, &applied) {
                     Ok(()) => tracing::error!(
                         node = %engine.config().node,
-                        path = %state_dir.display(),
+                        dir = %state_dir.display(),
                         generation = applied.generation,
                         "the applied state in {} disappeared (state directory removed?); wrote it back from memory and keep enforcing generation {}",
                         state_dir.display(),

@@ -284,7 +284,7 @@ impl Engine {
                 Ok(passed) => checks.extend(passed),
                 Err(reason) => {
                     let unit = self.config.manage.kafka_unit.clone();
-                    tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "no live reload, restarting instead: {reason}");
+                    tracing::warn!(unit = %unit, node = %plan.node_spec.node, cluster = %plan.node_spec.cluster, generation, "no live reload, restarting instead: {reason}");
                     // The gate the restart would have had before the write: the broker still
                     // runs on the same listener settings, only its key store file is new.
                     match self.pre_restart_gate(plan, &unit, broker_id, &running, generation) {
@@ -444,11 +444,11 @@ impl Engine {
             Duration::from_millis(plan.node_spec.health_timeout_ms).min(PRE_RESTART_TIMEOUT);
         match self.probe.before_restart(broker_id, running, timeout) {
             Ok(passed) => {
-                tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "pre-restart gate passed");
+                tracing::info!(unit = %unit, node = %plan.node_spec.node, cluster = %plan.node_spec.cluster, generation, "pre-restart gate passed");
                 Ok(passed)
             }
             Err(reason) => {
-                tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "not restarting {unit}, nothing written: {reason}");
+                tracing::warn!(unit = %unit, node = %plan.node_spec.node, cluster = %plan.node_spec.cluster, generation, "not restarting {unit}, nothing written: {reason}");
                 Err(EngineError::PreRestartRefused {
                     unit: unit.to_string(),
                     reason,
@@ -497,7 +497,7 @@ impl Engine {
             .map(|l| l.listeners.as_slice())
             .unwrap_or(&[]);
         let timeout = Duration::from_millis(plan.node_spec.health_timeout_ms);
-        tracing::info!(unit = %unit, node = %plan.node_spec.node, generation, "restarting {unit}: {why}");
+        tracing::info!(unit = %unit, node = %plan.node_spec.node, cluster = %plan.node_spec.cluster, generation, "restarting {unit}: {why}");
         let started = Instant::now();
         let restart_started = SystemTime::now();
         let restarted = self.services.restart(unit, timeout);
@@ -522,7 +522,7 @@ impl Engine {
             }
             Err(reason) => reason,
         };
-        tracing::warn!(unit = %unit, node = %plan.node_spec.node, generation, "rolling back: {reason}");
+        tracing::warn!(unit = %unit, node = %plan.node_spec.node, cluster = %plan.node_spec.cluster, generation, "rolling back: {reason}");
         let restored = self.restore(
             written,
             generation,
@@ -548,7 +548,7 @@ impl Engine {
                     .map_err(|error| format!("it is not serving on them either: {error}"))
             });
         if let Err(error) = recovery {
-            tracing::error!(unit = %unit, node = %plan.node_spec.node, generation, "{unit} is down after the rollback: {error}");
+            tracing::error!(unit = %unit, node = %plan.node_spec.node, cluster = %plan.node_spec.cluster, generation, "{unit} is down after the rollback: {error}");
             return Err(EngineError::RollbackFailed {
                 message: format!(
                     "{reason}; the previous files of {unit} were restored, but {error}"
@@ -671,7 +671,7 @@ impl Engine {
             }
         };
         tracing::info!(
-            path = %change.path.display(),
+            file = %change.path.display(),
             node = %self.config.node,
             generation,
             released_by,
@@ -739,7 +739,7 @@ impl Engine {
             result.map_err(|error| EngineError::RollbackFailed {
                 message: format!("could not restore {}: {error}", item.path.display()),
             })?;
-            tracing::warn!(path = %item.path.display(), generation, "restored previous {} ({why})", item.path.display());
+            tracing::warn!(file = %item.path.display(), generation, "restored previous {} ({why})", item.path.display());
             self.audit(AuditEntry {
                 seq: 0,
                 at_ms: 0,

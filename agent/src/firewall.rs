@@ -193,7 +193,7 @@ pub fn restore_previous(config: &AgentConfig) {
         Ok(Some(applied)) => applied.node_spec,
         Ok(None) => return,
         Err(error) => {
-            tracing::error!(path = %config.state_dir.display(), "cannot restore the EXTERNAL filter: {error}");
+            tracing::error!(dir = %config.state_dir.display(), "cannot restore the EXTERNAL filter: {error}");
             return;
         }
     };

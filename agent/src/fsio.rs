@@ -376,13 +376,13 @@ fn write_replacing(
         Ok(()) => {
             temp.disarm();
             sync_directory(&target)?;
-            tracing::debug!(path = %target.display(), bytes = content.len(), "replaced file");
+            tracing::debug!(file = %target.display(), bytes = content.len(), "replaced file");
             Ok(WriteMethod::Renamed)
         }
         Err(error) if is_errno(&error, Errno::EBUSY) || is_errno(&error, Errno::EXDEV) => {
             drop(temp);
             tracing::info!(
-                path = %target.display(),
+                file = %target.display(),
                 error = %describe(&error),
                 "rewriting in place: the file is bind-mounted, so it cannot be renamed over"
             );
@@ -409,7 +409,7 @@ fn resolve_target(path: &Path) -> Result<PathBuf, FsError> {
     match fs::symlink_metadata(path) {
         Ok(metadata) if metadata.file_type().is_symlink() => match fs::canonicalize(path) {
             Ok(real) => {
-                tracing::debug!(path = %path.display(), real = %real.display(), "following symlink");
+                tracing::debug!(file = %path.display(), real = %real.display(), "following symlink");
                 Ok(real)
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
@@ -544,7 +544,7 @@ impl Drop for TempFile {
             if let Err(error) = fs::remove_file(&self.path) {
                 if error.kind() != io::ErrorKind::NotFound {
                     tracing::warn!(
-                        path = %self.path.display(),
+                        file = %self.path.display(),
                         error = %describe(&error),
                         "cannot remove temporary file; clean_stale_temp_files will retry"
                     );
@@ -629,14 +629,14 @@ pub fn save_backup(
         if let Err(error) = fs::remove_file(&old) {
             if error.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(
-                    path = %old.display(),
+                    file = %old.display(),
                     error = %describe(&error),
                     "cannot prune old backup"
                 );
             }
         }
     }
-    tracing::debug!(path = %target.display(), backup = %backup.display(), "saved backup");
+    tracing::debug!(file = %target.display(), backup = %backup.display(), "saved backup");
     Ok(backup)
 }
 
@@ -782,7 +782,7 @@ pub fn clean_stale_temp_files(path: &Path) -> Result<usize, FsError> {
         let _lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => lock,
             Err((_, Errno::EWOULDBLOCK)) => {
-                tracing::debug!(path = %stale.display(), "temp file in use by a live writer");
+                tracing::debug!(file = %stale.display(), "temp file in use by a live writer");
                 continue;
             }
             Err((_, errno)) => {
@@ -794,7 +794,7 @@ pub fn clean_stale_temp_files(path: &Path) -> Result<usize, FsError> {
         };
         match fs::remove_file(&stale) {
             Ok(()) => {
-                tracing::info!(path = %stale.display(), "removed stale temp file");
+                tracing::info!(file = %stale.display(), "removed stale temp file");
                 removed += 1;
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {}

@@ -66,7 +66,7 @@ pub fn ensure_key(config: &AgentConfig) -> Result<String, KafkaTlsFileError> {
     let key = kreach_common::kafka_tls::new_private_key_pem()
         .map_err(|error| KafkaTlsFileError::Generate(error.to_string()))?;
     fsio::atomic_write_private(&path, key.as_bytes(), fsio::Private { owner: None })?;
-    tracing::info!(path = %path.display(), "made the private key for Kafka's TLS listeners");
+    tracing::info!(file = %path.display(), "made the private key for Kafka's TLS listeners");
     kreach_common::kafka_tls::public_key_pem(&key)
         .map_err(|error| KafkaTlsFileError::Generate(error.to_string()))
 }

@@ -25,7 +25,6 @@ const EXIT_ROLLED_BACK: u8 = 3;
 const EXIT_CONFLICTS: u8 = 4;
 
 fn main() -> ExitCode {
-    kreach_common::daemon::init_logging();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => ExitCode::from(code),
@@ -48,6 +47,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
+    // Every journal line of this agent carries NODE (journalctl -u kreach-agent NODE=...).
+    kreach_common::daemon::init_logging(&[("NODE", config.node.as_str())]);
     match cli.command {
         Command::ApplyLocal {
             spec,

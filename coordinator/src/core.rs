@@ -254,14 +254,18 @@ impl Core {
 
     fn handle_events(&mut self, events: Vec<Event>) -> Result<(), CoreError> {
         let mut durable = false;
+        // Structured fields for journald (CLUSTER, GENERATION, NODE) and JSON logs.
+        let cluster = self.spec.as_ref().map(|spec| spec.name.as_str());
+        let generation = self.record.rollout.as_ref().map(Rollout::generation);
         for event in &events {
+            let node = event.node();
             match event {
                 Event::NodeConverged { .. } | Event::ReportIgnored { .. } => {
-                    tracing::debug!(event = ?event, "rollout event")
+                    tracing::debug!(cluster, generation, node, event = ?event, "rollout event")
                 }
                 _ => {
                     durable = true;
-                    tracing::info!(event = ?event, "rollout event")
+                    tracing::info!(cluster, generation, node, event = ?event, "rollout event")
                 }
             }
         }
@@ -931,7 +935,12 @@ impl Core {
             &self.record,
         )?;
         self.spec = Some(spec);
-        tracing::info!(generation, who, "applied a new generation");
+        tracing::info!(
+            cluster = self.spec.as_ref().map(|spec| spec.name.as_str()),
+            generation,
+            who,
+            "applied a new generation"
+        );
         self.handle_events(events)?;
         Ok(pb::ApplyResponse {
             generation,

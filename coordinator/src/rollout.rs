@@ -524,6 +524,20 @@ pub enum Event {
     Completed,
 }
 
+impl Event {
+    /// The node the event is about, when it is about one.
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            Event::NodeConverged { node, .. }
+            | Event::NodeFailed { node, .. }
+            | Event::NodeSkipped { node, .. }
+            | Event::ReportIgnored { node, .. }
+            | Event::Paused { node, .. } => Some(node),
+            _ => None,
+        }
+    }
+}
+
 /// One rollout in progress. Serialize it after every transition; a deserialized copy behaves
 /// exactly like the original.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

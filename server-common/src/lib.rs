@@ -15,6 +15,7 @@ pub mod diagnose;
 pub mod diff;
 pub mod gates;
 pub mod hosts;
+pub mod journal;
 pub mod kafka_frame;
 pub mod kafka_tls;
 pub mod limits;

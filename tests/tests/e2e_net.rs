@@ -1526,6 +1526,63 @@ fn hostname_mode_maps_names_per_view_before_any_broker_switches() {
                 );
             }
         }
+
+        // kreachctl diagnose from the private client's vantage: every step of every broker passes,
+        // names answered by /etc/hosts through the system resolver.
+        let working = cluster.ctl(&["diagnose", "etl-1"])?;
+        println!("kreachctl diagnose etl-1:\n{}", working.stdout);
+        ensure!(
+            working.code == 0
+                && working.stdout.ends_with("every step passed\n")
+                && working.stdout.contains(&format!(
+                    "{} → {} by the system resolver",
+                    cluster.brokers[1].hostname(),
+                    cluster.brokers[1].private_ip()
+                )),
+            "kreachctl diagnose etl-1 (exit {}):\n{}{}",
+            working.code,
+            working.stdout,
+            working.stderr
+        );
+        // A hosts entry removed by hand while etl-1's agent is stopped (a running one puts it
+        // back at once): diagnose on that host stops at resolve and names it.
+        cluster.net.stop("agent-etl-1");
+        let path = cluster.net.hosts_file("etl");
+        let name = cluster.brokers[1].hostname();
+        let hosts = std::fs::read_to_string(&path)?;
+        let removed: String = hosts
+            .lines()
+            .filter(|line| !line.split_whitespace().any(|word| word == name))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        ensure!(
+            removed != hosts,
+            "etl's /etc/hosts has no line for {name}:\n{hosts}"
+        );
+        std::fs::write(&path, removed)?;
+        let agent = agent_binary().display().to_string();
+        let config = cluster.client_dir("etl-1").join("agent.toml");
+        let output = cluster.net.exec(
+            "etl",
+            &[
+                &agent,
+                "--config",
+                &config.display().to_string(),
+                "diagnose",
+            ],
+            Duration::from_secs(60),
+        )?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        println!("kreach-agent diagnose on etl, {name} removed from /etc/hosts:\n{stdout}");
+        let last = stdout.lines().last().unwrap_or_default();
+        ensure!(
+            output.status.code() == Some(4)
+                && last.starts_with("broken: broker 2 at resolve:")
+                && last.contains(&name),
+            "kreach-agent diagnose with {name} removed (exit {:?}):\n{stdout}{}",
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr)
+        );
         Ok(())
     })
 }
@@ -1719,6 +1776,32 @@ fn a_public_client_outside_allow_is_dropped_and_reported() {
             table.stdout.contains("laptop-2") && table.stdout.contains("timed out"),
             "kreachctl status does not show laptop-2's drop:\n{}",
             table.stdout
+        );
+
+        // kreachctl diagnose: laptop-1 passes every step; laptop-2 stops at TCP connect, timed out.
+        let inside = cluster.ctl(&["diagnose", "laptop-1"])?;
+        println!("kreachctl diagnose laptop-1:\n{}", inside.stdout);
+        ensure!(
+            inside.code == 0 && inside.stdout.ends_with("every step passed\n"),
+            "kreachctl diagnose laptop-1 (exit {}):\n{}{}",
+            inside.code,
+            inside.stdout,
+            inside.stderr
+        );
+        let outside = cluster.ctl(&["diagnose", "laptop-2", "--broker", "1"])?;
+        println!(
+            "kreachctl diagnose laptop-2 --broker 1:\n{}",
+            outside.stdout
+        );
+        let last = outside.stdout.lines().last().unwrap_or_default();
+        ensure!(
+            outside.code == 4
+                && last.starts_with("broken: broker 1 at TCP connect:")
+                && last.contains("timed out"),
+            "kreachctl diagnose laptop-2 --broker 1 should stop at TCP connect, timed out (exit {}):\n{}{}",
+            outside.code,
+            outside.stdout,
+            outside.stderr
         );
 
         // Disabling public access removes the filter with the listener: from laptop-2 the port is

@@ -841,6 +841,38 @@ fn rollout(cluster: &Cluster) -> Result<()> {
             "{}: the agent's journal shows no restart of {KAFKA_UNIT} through systemd:\n{agent}",
             machine.name()
         );
+        // Structured journal fields: this broker's lines of the rollout, found by NODE and
+        // GENERATION, carry CLUSTER and show whole under journalctl's usual output.
+        let node = broker_node(*id);
+        let converged = machine.sh(&format!(
+            "journalctl --no-pager -o json -u {AGENT_UNIT} NODE={node} | grep 'converged on release' | tail -n 1"
+        ))?;
+        let entry: serde_json::Value = serde_json::from_str(converged.trim()).with_context(|| {
+            format!(
+                "{}: no journal entry of {AGENT_UNIT} with NODE={node} says 'converged on release':\n{}",
+                machine.name(),
+                machine.journal(AGENT_UNIT, 50)
+            )
+        })?;
+        let generation = entry["GENERATION"].as_str().unwrap_or_default().to_string();
+        ensure!(
+            entry["CLUSTER"] == "e2e-systemd" && !generation.is_empty(),
+            "{}: the agent's journal entry lacks CLUSTER/GENERATION fields: {entry}",
+            machine.name()
+        );
+        let by_generation = machine.sh(&format!(
+            "journalctl --no-pager -o cat -u {AGENT_UNIT} NODE={node} GENERATION={generation}"
+        ))?;
+        ensure!(
+            by_generation.contains("restarting")
+                && by_generation.contains("converged on release")
+                && by_generation.contains(&format!("generation={generation}")),
+            "{}: journalctl NODE={node} GENERATION={generation} shows:\n{by_generation}",
+            machine.name()
+        );
+        eprintln!(
+            "journalctl -u {AGENT_UNIT} NODE={node} GENERATION={generation}:\n{by_generation}"
+        );
         let found = restart_windows(machine, since)?;
         ensure!(
             found.len() == 1,

@@ -18,7 +18,7 @@ use tonic::transport::Server;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    kreach_common::daemon::init_logging();
+    kreach_common::daemon::init_logging(&[]);
     let cli = Cli::parse();
     let config = match CoordinatorConfig::load(&cli.config) {
         Ok(config) => config,
