@@ -649,6 +649,7 @@ impl CoordinatorClient {
         report(client, status(pb::Phase::Applying, String::new())).await?;
         let engine = Arc::clone(&self.engine);
         let released_by = release.released_by.clone();
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             let engine = lock_engine(&engine);
             let plan = engine.plan(&spec)?;
@@ -680,7 +681,11 @@ impl CoordinatorClient {
                     )
                 };
                 tracing::info!(node = %node, cluster = %cluster, generation = id.generation, step = id.step, attempt = id.attempt, "converged on release {}", describe(&id));
-                crate::metrics::record_apply("converged", restart_window.is_some());
+                crate::metrics::record_apply(
+                    "converged",
+                    restart_window.is_some(),
+                    started.elapsed(),
+                );
                 self.failed = None;
                 if let Err(error) = state::clear_failed(&self.config.state_dir) {
                     tracing::warn!(node = %node, "{error}");
@@ -700,7 +705,11 @@ impl CoordinatorClient {
                 _,
             )) => {
                 tracing::warn!(node = %node, cluster = %cluster, generation = id.generation, "release {} rolled back: {reason}", describe(&id));
-                crate::metrics::record_apply("rolled_back", restart_window.is_some());
+                crate::metrics::record_apply(
+                    "rolled_back",
+                    restart_window.is_some(),
+                    started.elapsed(),
+                );
                 let mut rolled_back = status(pb::Phase::RolledBack, reason);
                 set_restart_window(&mut rolled_back, restart_window);
                 self.report_failure(client, id, rolled_back).await
@@ -708,7 +717,7 @@ impl CoordinatorClient {
             Err(error) => {
                 let reason = error.to_string();
                 tracing::error!(node = %node, cluster = %cluster, generation = id.generation, "release {} failed: {reason}", describe(&id));
-                crate::metrics::record_apply("failed", false);
+                crate::metrics::record_apply("failed", false, started.elapsed());
                 self.report_failure(client, id, status(pb::Phase::Failed, reason))
                     .await
             }

@@ -138,6 +138,9 @@ fn repair_drift(
         );
     }
     let repaired = engine.repair(&plan, applied.generation, "drift-repair")?;
+    for change in plan.changes.iter().filter(|c| repaired.contains(&c.path)) {
+        crate::metrics::record_repair(change.file, change.old.is_none());
+    }
     for path in &repaired {
         tracing::info!(file = %path.display(), node = %applied.node_spec.node, cluster = %applied.node_spec.cluster, generation = applied.generation, "corrective change: repaired {}", path.display());
     }

@@ -9,6 +9,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+use kreach_common::prometheus_text::write_counter;
 
 use kreach_proto as pb;
 use prometheus_client::metrics::family::Family;
@@ -16,18 +19,26 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::config::AgentConfig;
+use crate::engine::ManagedFile;
 use crate::health::LocalHealth;
 
 type Labels = Vec<(String, String)>;
 
 /// The apply outcomes counted, in the order they are written.
 const OUTCOMES: [&str; 3] = ["converged", "rolled_back", "failed"];
+/// The managed files a drift repair counts, by [`ManagedFile`], as the `file` label.
+const FILES: [&str; 4] = ["hosts", "server_properties", "kafka_key_store", "kafka_ca"];
+/// Why a file was put back, as the `cause` label: its content changed, or it was removed.
+const CAUSES: [&str; 2] = ["changed", "removed"];
 
-/// Releases this agent applied since it started, by outcome ([`OUTCOMES`]), and the Kafka
-/// restarts they made.
+/// What this agent did since it started: releases applied by outcome ([`OUTCOMES`]), the Kafka
+/// restarts they made, files put back by file and cause, and how long the last apply took.
 struct Counters {
     applies: [AtomicU64; 3],
     restarts: AtomicU64,
+    repairs: [[AtomicU64; 2]; 4],
+    /// Milliseconds the last apply took, plus one (0: none yet).
+    last_apply_ms: AtomicU64,
 }
 
 fn counters() -> &'static Counters {
@@ -35,52 +46,79 @@ fn counters() -> &'static Counters {
     COUNTERS.get_or_init(|| Counters {
         applies: Default::default(),
         restarts: AtomicU64::new(0),
+        repairs: Default::default(),
+        last_apply_ms: AtomicU64::new(0),
     })
 }
 
-/// Count one release applied with `outcome` (`converged`, `rolled_back`, `failed`), and whether
-/// Kafka restarted for it.
-pub fn record_apply(outcome: &str, restarted: bool) {
+/// Count one release applied with `outcome` (`converged`, `rolled_back`, `failed`), whether
+/// Kafka restarted for it, and how long it took (gates and restart included).
+pub fn record_apply(outcome: &str, restarted: bool, took: Duration) {
     if let Some(index) = OUTCOMES.iter().position(|o| *o == outcome) {
         counters().applies[index].fetch_add(1, Ordering::Relaxed);
     }
     if restarted {
         counters().restarts.fetch_add(1, Ordering::Relaxed);
     }
+    counters()
+        .last_apply_ms
+        .store(took.as_millis() as u64 + 1, Ordering::Relaxed);
 }
 
-/// The counters in the Prometheus text format (0.0.4), whose `# TYPE` line names the sample
-/// itself, `NAME_total`. (prometheus-client writes counters the OpenMetrics way, TYPE without
-/// `_total`, which Prometheus' text parser and `promtool check metrics` read as help-less samples;
-/// so the agent's few counters are written here.)
-fn write_counters(out: &mut String, repairs: u64) {
+/// Count one managed file put back after someone changed (`removed`: deleted) it.
+pub fn record_repair(file: ManagedFile, removed: bool) {
+    let file = match file {
+        ManagedFile::Hosts => 0,
+        ManagedFile::KafkaProperties => 1,
+        ManagedFile::KafkaKeyStore => 2,
+        ManagedFile::KafkaCa => 3,
+    };
+    counters().repairs[file][usize::from(removed)].fetch_add(1, Ordering::Relaxed);
+}
+
+/// The counters, in the 0.0.4 text format ([`kreach_common::prometheus_text`]).
+fn write_counters(out: &mut String) {
     let counters = counters();
-    out.push_str(
-        "# HELP kreach_applies_total Releases applied since the agent started, by outcome.\n",
+    let applies: Vec<[(&str, &str); 1]> = OUTCOMES.iter().map(|o| [("outcome", *o)]).collect();
+    let samples: Vec<(&[(&str, &str)], u64)> = applies
+        .iter()
+        .zip(&counters.applies)
+        .map(|(labels, count)| (&labels[..], count.load(Ordering::Relaxed)))
+        .collect();
+    write_counter(
+        out,
+        "kreach_applies_total",
+        "Releases applied since the agent started, by outcome.",
+        &samples,
     );
-    out.push_str("# TYPE kreach_applies_total counter\n");
-    for (outcome, count) in OUTCOMES.iter().zip(&counters.applies) {
-        out.push_str(&format!(
-            "kreach_applies_total{{outcome=\"{outcome}\"}} {}\n",
-            count.load(Ordering::Relaxed)
-        ));
-    }
-    for (name, help, value) in [
-        (
-            "kreach_kafka_restarts_total",
-            "Kafka restarts the agent made for releases since it started.",
-            counters.restarts.load(Ordering::Relaxed),
-        ),
-        (
-            "kreach_drift_repairs_total",
-            "Managed files put back after someone changed them, since the agent started.",
-            repairs,
-        ),
-    ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
-        ));
-    }
+    write_counter(
+        out,
+        "kreach_kafka_restarts_total",
+        "Kafka restarts the agent made for releases since it started.",
+        &[(&[], counters.restarts.load(Ordering::Relaxed))],
+    );
+    let repairs: Vec<([(&str, &str); 2], u64)> = FILES
+        .iter()
+        .enumerate()
+        .flat_map(|(f, file)| {
+            CAUSES.iter().enumerate().map(move |(c, cause)| {
+                (
+                    [("file", *file), ("cause", *cause)],
+                    counters.repairs[f][c].load(Ordering::Relaxed),
+                )
+            })
+        })
+        .collect();
+    let samples: Vec<(&[(&str, &str)], u64)> = repairs
+        .iter()
+        .map(|(labels, count)| (&labels[..], *count))
+        .collect();
+    write_counter(
+        out,
+        "kreach_drift_repairs_total",
+        "Managed files put back after someone changed or removed them, since the agent started.",
+        &samples,
+    );
 }
 
 fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
@@ -139,6 +177,22 @@ pub fn render(
         "1 while the EXTERNAL port filter could not be enforced",
         i64::from(health.firewall.starts_with("error")),
     );
+    gauge(
+        &mut registry,
+        "firewall_filter_active",
+        "1 while the EXTERNAL port filter (nftables) is enforced on this broker",
+        i64::from(health.firewall.starts_with("nftables: tcp/")),
+    );
+    let last_apply_ms = counters().last_apply_ms.load(Ordering::Relaxed);
+    if last_apply_ms > 0 {
+        let duration = Gauge::<f64, AtomicU64>::default();
+        duration.set((last_apply_ms - 1) as f64 / 1000.0);
+        registry.register(
+            "last_apply_duration_seconds",
+            "How long the last release took to apply, gates and Kafka restart included",
+            duration,
+        );
+    }
 
     if let Some(rows) = reachability {
         let up = Family::<Labels, Gauge>::default();
@@ -181,7 +235,7 @@ pub fn render(
     let mut text = String::new();
     prometheus_client::encoding::text::encode_registry(&mut text, &registry)
         .expect("writing to a String does not fail");
-    write_counters(&mut text, health.repairs);
+    write_counters(&mut text);
     text
 }
 
@@ -232,7 +286,9 @@ mod tests {
             dir.path().display()
         ))
         .unwrap();
-        record_apply("converged", true);
+        record_apply("converged", true, Duration::from_millis(1500));
+        record_repair(ManagedFile::KafkaProperties, false);
+        record_repair(ManagedFile::Hosts, true);
         let health = LocalHealth {
             repairs: 2,
             conflicts: vec!["line 3".into()],
@@ -257,7 +313,11 @@ mod tests {
             "kreach_applies_total{outcome=\"converged\"} 1",
             "kreach_applies_total{outcome=\"failed\"} 0",
             "kreach_kafka_restarts_total 1",
-            "kreach_drift_repairs_total 2",
+            "kreach_drift_repairs_total{file=\"server_properties\",cause=\"changed\"} 1",
+            "kreach_drift_repairs_total{file=\"hosts\",cause=\"removed\"} 1",
+            "kreach_drift_repairs_total{file=\"kafka_ca\",cause=\"changed\"} 0",
+            "kreach_last_apply_duration_seconds 1.5",
+            "kreach_firewall_filter_active 0",
             "kreach_hosts_conflicts 1",
             "kreach_reachability_up{broker_id=\"1\"} 1",
             "kreach_reachability_up{broker_id=\"2\"} 0",

@@ -265,6 +265,9 @@ impl Core {
                 }
                 _ => {
                     durable = true;
+                    if let Some(cause) = event.pause_cause() {
+                        crate::metrics::record_pause(cause);
+                    }
                     tracing::info!(cluster, generation, node, event = ?event, "rollout event")
                 }
             }

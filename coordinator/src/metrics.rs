@@ -7,7 +7,12 @@
 //! rules: a `kreach_` prefix, base units, `_info` gauges of 1, labels with bounded values (phases,
 //! states, node and listener names of the spec).
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use kreach_common::prometheus_text::write_counter;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use kreach_proto as pb;
 use prometheus_client::metrics::family::Family;
@@ -15,6 +20,98 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(String, String)>;
+
+/// What paused rollouts, as [`crate::rollout::Event::pause_cause`] names it.
+const PAUSE_CAUSES: [&str; 6] = [
+    "rolled_back",
+    "failed",
+    "health_timeout",
+    "agent_offline",
+    "operator",
+    "other",
+];
+/// Why a TLS handshake with the coordinator was refused, as [`crate::tls_accept::refusal`] names it.
+pub const TLS_REFUSALS: [&str; 9] = [
+    "no_certificate",
+    "unknown_ca",
+    "bad_signature",
+    "expired",
+    "not_yet_valid",
+    "other_certificate",
+    "peer_refused",
+    "timeout",
+    "other",
+];
+
+/// What the coordinator counted since it started.
+struct Counters {
+    pauses: [AtomicU64; 6],
+    tls_refusals: [AtomicU64; 9],
+    /// How long each write transaction of the store took, commit (fsync) included.
+    store_writes: Histogram,
+}
+
+fn counters() -> &'static Counters {
+    static COUNTERS: OnceLock<Counters> = OnceLock::new();
+    COUNTERS.get_or_init(|| Counters {
+        pauses: Default::default(),
+        tls_refusals: Default::default(),
+        // 0.5 ms to about 1 s.
+        store_writes: Histogram::new(exponential_buckets(0.0005, 2.0, 12)),
+    })
+}
+
+/// Count a rollout pause by its cause (one of [`PAUSE_CAUSES`]).
+pub fn record_pause(cause: &str) {
+    if let Some(index) = PAUSE_CAUSES.iter().position(|c| *c == cause) {
+        counters().pauses[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Count a refused TLS handshake by its kind (one of [`TLS_REFUSALS`]).
+pub fn record_tls_refusal(kind: &str) {
+    if let Some(index) = TLS_REFUSALS.iter().position(|k| *k == kind) {
+        counters().tls_refusals[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Observe one store write transaction's duration.
+pub fn record_store_write(took: Duration) {
+    counters().store_writes.observe(took.as_secs_f64());
+}
+
+/// The counters for `cluster` in the 0.0.4 text format ([`kreach_common::prometheus_text`]).
+fn write_counters(out: &mut String, cluster: &str) {
+    let counters = counters();
+    let family = |out: &mut String, name, help, label, values: &[&str], counts: &[AtomicU64]| {
+        let labels: Vec<[(&str, &str); 2]> = values
+            .iter()
+            .map(|value| [("cluster", cluster), (label, *value)])
+            .collect();
+        let samples: Vec<(&[(&str, &str)], u64)> = labels
+            .iter()
+            .zip(counts)
+            .map(|(labels, count)| (&labels[..], count.load(Ordering::Relaxed)))
+            .collect();
+        write_counter(out, name, help, &samples);
+    };
+    family(
+        out,
+        "kreach_rollout_pauses_total",
+        "Rollouts paused since the coordinator started, by cause (a node's gates rolled it back or failed, nodes silent past the health timeout, an agent offline, an operator)",
+        "cause",
+        &PAUSE_CAUSES,
+        &counters.pauses,
+    );
+    family(
+        out,
+        "kreach_tls_handshakes_refused_total",
+        "TLS handshakes the coordinator refused since it started, by reason",
+        "reason",
+        &TLS_REFUSALS,
+        &counters.tls_refusals,
+    );
+}
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -168,9 +265,16 @@ pub fn render(status: &pb::StatusResponse) -> String {
             .set(cert.not_after_ms as f64 / 1000.0);
     }
 
+    registry.register(
+        "store_write_duration_seconds",
+        "How long the store's write transactions take, commit included",
+        counters().store_writes.clone(),
+    );
+
     let mut text = String::new();
     prometheus_client::encoding::text::encode_registry(&mut text, &registry)
         .expect("writing to a String does not fail");
+    write_counters(&mut text, cluster);
     text
 }
 
@@ -229,7 +333,26 @@ mod tests {
             }],
             ..pb::StatusResponse::default()
         };
+        record_pause("health_timeout");
+        record_tls_refusal("unknown_ca");
+        record_store_write(Duration::from_millis(3));
         let text = render(&status);
+        // Counters are the process's: other tests in this binary add to them too.
+        let sample = |series: &str| -> f64 {
+            text.lines()
+                .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        };
+        assert!(
+            sample("kreach_rollout_pauses_total{cluster=\"c\",cause=\"health_timeout\"}") >= 1.0
+        );
+        assert!(sample("kreach_rollout_pauses_total{cluster=\"c\",cause=\"operator\"}") >= 0.0);
+        assert!(
+            sample("kreach_tls_handshakes_refused_total{cluster=\"c\",reason=\"unknown_ca\"}")
+                >= 1.0
+        );
+        assert!(sample("kreach_store_write_duration_seconds_count") >= 1.0);
+        assert!(sample("kreach_store_write_duration_seconds_bucket{le=\"+Inf\"}") >= 1.0);
         for line in [
             "kreach_rollout_info{cluster=\"c\",phase=\"paused\"} 1",
             "kreach_rollout_info{cluster=\"c\",phase=\"running\"} 0",

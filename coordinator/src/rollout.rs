@@ -536,6 +536,28 @@ impl Event {
             _ => None,
         }
     }
+
+    /// For a pause, what stopped the rollout, as a bounded label: `rolled_back` or `failed` (a
+    /// node's gates), `health_timeout` (silent nodes), `agent_offline`, `operator`
+    /// (`kreachctl rollout pause`), `other`. None for other events.
+    pub fn pause_cause(&self) -> Option<&'static str> {
+        let Event::Paused { node, reason } = self else {
+            return None;
+        };
+        Some(if node.is_empty() {
+            "operator"
+        } else if reason.starts_with("rolled back:") {
+            "rolled_back"
+        } else if reason.starts_with("failed:") {
+            "failed"
+        } else if reason.starts_with("health_timeout:") {
+            "health_timeout"
+        } else if reason.starts_with("agent ") && reason.contains(" offline") {
+            "agent_offline"
+        } else {
+            "other"
+        })
+    }
 }
 
 /// One rollout in progress. Serialize it after every transition; a deserialized copy behaves

@@ -164,9 +164,12 @@ impl Store {
         &self,
         body: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let txn = self.db.begin_write().map_err(|e| self.io(e))?;
         body(&txn).map_err(|e| self.io(e))?;
-        txn.commit().map_err(|e| self.io(e))
+        txn.commit().map_err(|e| self.io(e))?;
+        crate::metrics::record_store_write(started.elapsed());
+        Ok(())
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {

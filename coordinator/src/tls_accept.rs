@@ -91,37 +91,49 @@ fn invalid(what: &'static str, error: impl std::fmt::Display) -> TlsSetupError {
     }
 }
 
-/// Why a handshake was refused, for the coordinator's log.
-pub fn refusal_reason(error: &std::io::Error) -> String {
+/// Why a handshake was refused: a bounded kind for metrics (one of
+/// [`crate::metrics::TLS_REFUSALS`]) and a sentence for the log.
+pub fn refusal(error: &std::io::Error) -> (&'static str, String) {
     let Some(tls) = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     else {
-        return error.to_string();
+        return ("other", error.to_string());
     };
     match tls {
-        rustls::Error::NoCertificatesPresented => {
-            "the client presented no certificate (agents need the node certificate from `kreachctl certs init`, kreachctl the admin one)".to_string()
-        }
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the client's certificate is not signed by this coordinator's CA (tls.ca)".to_string()
-        }
-        rustls::Error::InvalidCertificate(CertificateError::BadSignature) => {
-            "the client's certificate has a bad signature (not issued by this coordinator's CA?)".to_string()
-        }
+        rustls::Error::NoCertificatesPresented => (
+            "no_certificate",
+            "the client presented no certificate (agents need the node certificate from `kreachctl certs init`, kreachctl the admin one)".to_string(),
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => (
+            "unknown_ca",
+            "the client's certificate is not signed by this coordinator's CA (tls.ca)".to_string(),
+        ),
+        rustls::Error::InvalidCertificate(CertificateError::BadSignature) => (
+            "bad_signature",
+            "the client's certificate has a bad signature (not issued by this coordinator's CA?)".to_string(),
+        ),
         rustls::Error::InvalidCertificate(
             CertificateError::Expired | CertificateError::ExpiredContext { .. },
-        ) => "the client's certificate has expired (issue a new one: kreachctl certs issue)".to_string(),
+        ) => (
+            "expired",
+            "the client's certificate has expired (issue a new one: kreachctl certs issue)".to_string(),
+        ),
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
-        ) => "the client's certificate is not valid yet (check the clocks)".to_string(),
-        rustls::Error::InvalidCertificate(other) => {
-            format!("the client's certificate was refused: {other:?}")
-        }
-        rustls::Error::AlertReceived(alert) => {
-            format!("the client refused this coordinator's certificate (TLS alert {alert:?}): does it trust this coordinator's CA, and does tls.cert name the address it dials?")
-        }
-        other => format!("TLS: {other}"),
+        ) => (
+            "not_yet_valid",
+            "the client's certificate is not valid yet (check the clocks)".to_string(),
+        ),
+        rustls::Error::InvalidCertificate(other) => (
+            "other_certificate",
+            format!("the client's certificate was refused: {other:?}"),
+        ),
+        rustls::Error::AlertReceived(alert) => (
+            "peer_refused",
+            format!("the client refused this coordinator's certificate (TLS alert {alert:?}): does it trust this coordinator's CA, and does tls.cert name the address it dials?"),
+        ),
+        other => ("other", format!("TLS: {other}")),
     }
 }
 
@@ -168,10 +180,13 @@ async fn handshake(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(error)) => {
-            tracing::warn!(peer = %peer, "TLS handshake refused: {}", refusal_reason(&error));
+            let (kind, why) = refusal(&error);
+            crate::metrics::record_tls_refusal(kind);
+            tracing::warn!(peer = %peer, reason = kind, "TLS handshake refused: {why}");
             None
         }
         Err(_) => {
+            crate::metrics::record_tls_refusal("timeout");
             tracing::warn!(peer = %peer, "TLS handshake from {peer} did not finish within {HANDSHAKE_TIMEOUT:?}; closed");
             None
         }

@@ -19,6 +19,7 @@ pub mod journal;
 pub mod kafka_frame;
 pub mod kafka_tls;
 pub mod limits;
+pub mod prometheus_text;
 pub mod properties;
 pub mod spec;
 pub mod tls;

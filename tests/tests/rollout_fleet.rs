@@ -2002,7 +2002,8 @@ fn the_coordinator_serves_prometheus_metrics_that_promtool_accepts() {
         "kreach_applies_total{outcome=\"converged\"} ",
         "kreach_reachability_up{broker_id=\"1\"} 1",
         "kreach_reachability_up{broker_id=\"2\"} 1",
-        "kreach_drift_repairs_total 0",
+        "kreach_drift_repairs_total{file=\"hosts\",cause=\"changed\"} 0",
+        "kreach_last_apply_duration_seconds ",
     ] {
         assert!(
             client_metrics.contains(line),
