@@ -61,6 +61,9 @@ if [ ! -f systemd/kreach-coordinator.service ]; then
 fi
 stage_pkg kreach-coordinator coordinator kreach-coordinator kreachctl
 install -D -m 644 systemd/kreach.sysusers "$stage/kreach-coordinator/usr/lib/sysusers.d/kreach.conf"
+# The Prometheus alert rules (tested with promtool in CI), for an operator's rule_files.
+install -D -m 644 packaging/prometheus/kreach-rules.yml \
+  "$stage/kreach-coordinator/usr/share/kreach/prometheus/kreach-rules.yml"
 
 echo "== .deb (cargo-deb)"
 for variant in agent coordinator; do
