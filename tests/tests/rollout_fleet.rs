@@ -2165,8 +2165,12 @@ fn prometheus_scrapes_a_rollout_from_running_to_completed_and_the_generations_co
     let mut saw = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
+        // Phases of generation 2's rollout only (generation 1's completed one is there first).
+        let of_generation_2 = prometheus_query(&web, "kreach_rollout_generation")
+            .iter()
+            .any(|(_, generation)| *generation == 2.0);
         for (metric, value) in prometheus_query(&web, "kreach_rollout_info == 1") {
-            if metric["cluster"] == "fleet-25" && value == 1.0 {
+            if metric["cluster"] == "fleet-25" && value == 1.0 && of_generation_2 {
                 saw.insert(metric["phase"].as_str().unwrap().to_string());
             }
         }
@@ -2204,6 +2208,23 @@ fn prometheus_scrapes_a_rollout_from_running_to_completed_and_the_generations_co
     eprintln!(
         "Prometheus saw the rollout phases {saw:?}; both brokers report generation 2, etl-1 (unchanged) 1"
     );
+    // The store's writes (generations, rollout steps, agent records) are timed and scraped.
+    let writes = prometheus_query(&web, "kreach_store_write_duration_seconds_count");
+    assert!(
+        writes.first().is_some_and(|(_, count)| *count > 0.0),
+        "{writes:?}"
+    );
+    for query in [
+        "kreach_applied_generation",
+        "kreach_rollout_info == 1",
+        "histogram_quantile(0.9, sum by (le) (kreach_store_write_duration_seconds_bucket))",
+    ] {
+        let result: Vec<String> = prometheus_query(&web, query)
+            .iter()
+            .map(|(metric, value)| format!("{metric} {value}"))
+            .collect();
+        eprintln!("query {query}:\n  {}", result.join("\n  "));
+    }
     drop(prometheus);
 }
 
