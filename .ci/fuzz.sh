@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzz the pure parsers/editors of kreach-common (issue 6 item 1) and the check every Kafka response
+# Fuzz the pure parsers/editors of kreach-domain (issue 6 item 1) and the check every Kafka response
 # passes before the agent's probes decode it (issue 13 item 9) for a bounded time per target.
 #
 #   .ci/fuzz.sh                      # every target, 60 s each

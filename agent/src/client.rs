@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use kreach_common::desired::NodeSpec;
-use kreach_common::tls::error_chain;
+use kreach_domain::desired::NodeSpec;
 use kreach_proto as pb;
 use kreach_proto::agent_service_client::AgentServiceClient;
+use kreach_runtime::tls::error_chain;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
@@ -52,7 +52,7 @@ pub fn backoff_delay(failures: u32, unit: f64) -> Duration {
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("coordinator.ca/cert/key: {0}")]
-    TlsFiles(#[from] kreach_common::tls::TlsError),
+    TlsFiles(#[from] kreach_runtime::tls::TlsError),
     #[error("coordinator.url {url:?}: {source}")]
     Endpoint {
         url: String,
@@ -200,7 +200,7 @@ impl CoordinatorClient {
                 Ok(Ok(channel)) => channel,
                 Ok(Err(error)) => return Err(ClientError::Connect {
                     url: self.coordinator.url.clone(),
-                    detail: kreach_common::tls::explain_transport(error_chain(&error)),
+                    detail: kreach_runtime::tls::explain_transport(error_chain(&error)),
                 }),
                 Err(_) => return Err(ClientError::Connect {
                     url: self.coordinator.url.clone(),
@@ -871,7 +871,7 @@ async fn check_reachability(
                 }
             };
             let spec = applied.node_spec;
-            if !matches!(spec.role, kreach_common::desired::NodeRole::Client { .. }) {
+            if !matches!(spec.role, kreach_domain::desired::NodeRole::Client { .. }) {
                 // Brokers: the same timer keeps the EXTERNAL filter in place (drift repair).
                 let firewall = match crate::firewall::repair(&config_for_check, &spec) {
                     Ok(_) => crate::firewall::describe(&config_for_check, &spec),
@@ -1018,7 +1018,7 @@ fn endpoint(coordinator: &CoordinatorConfig) -> Result<Endpoint, ClientError> {
         // loader (as kreachctl and the coordinator use) also catches a key that does not belong to
         // the certificate, or a certificate from another CA, naming the file.
         let path = |path: &Option<PathBuf>| path.clone().unwrap_or_default();
-        let files = kreach_common::tls::load_tls_files(
+        let files = kreach_runtime::tls::load_tls_files(
             &path(&coordinator.ca),
             &path(&coordinator.cert),
             &path(&coordinator.key),
@@ -1092,7 +1092,7 @@ fn describe(id: &pb::ReleaseId) -> String {
 /// A failed call as the agent's log says it: the message, the code, the transport cause tonic
 /// keeps in the sources, and what a TLS alert means.
 fn rpc_failure(status: &tonic::Status) -> String {
-    let mut text = kreach_common::tls::with_causes(
+    let mut text = kreach_runtime::tls::with_causes(
         &format!("{} ({:?})", status.message(), status.code()),
         std::error::Error::source(status),
     );
@@ -1101,7 +1101,7 @@ fn rpc_failure(status: &tonic::Status) -> String {
         text.push_str("; if this persists, check that [coordinator] cert and key are this node's certificate from the coordinator's CA (the coordinator logs why it refuses a handshake)");
         return text;
     }
-    kreach_common::tls::explain_transport(text)
+    kreach_runtime::tls::explain_transport(text)
 }
 
 #[cfg(test)]

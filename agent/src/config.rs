@@ -91,7 +91,7 @@ fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
     deserializer: D,
 ) -> Result<std::time::Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
-    kreach_common::spec::parse_duration(&text).map_err(serde::de::Error::custom)
+    kreach_domain::spec::parse_duration(&text).map_err(serde::de::Error::custom)
 }
 
 /// Where the coordinator is and how this node proves who it is (mutual TLS).
@@ -290,7 +290,7 @@ fn default_kafka_unit() -> String {
     "kafka.service".to_string()
 }
 fn default_kafka_tls_dir() -> PathBuf {
-    PathBuf::from(kreach_common::desired::KAFKA_TLS_DIR)
+    PathBuf::from(kreach_domain::desired::KAFKA_TLS_DIR)
 }
 fn default_kafka_user() -> String {
     "kafka".to_string()

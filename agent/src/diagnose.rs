@@ -11,7 +11,7 @@
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
-use kreach_common::desired::{BootstrapEndpoint, NodeRole, NodeSpec};
+use kreach_domain::desired::{BootstrapEndpoint, NodeRole, NodeSpec};
 
 use crate::config::{AgentConfig, Resolve};
 use crate::kafka::{KafkaConnection, TlsClient};
@@ -19,7 +19,7 @@ use crate::kafka::{KafkaConnection, TlsClient};
 /// Bounds each connect and each request.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-pub use kreach_common::diagnose::Step;
+pub use kreach_domain::diagnose::Step;
 
 fn timed<T>(
     work: impl FnOnce() -> Result<(T, String), String>,
@@ -48,7 +48,7 @@ fn resolve(
     }
     let hosts_file = &config.manage.hosts_file;
     let in_file = std::fs::read_to_string(hosts_file)
-        .map(|content| kreach_common::hosts::lookup(&content, bare))
+        .map(|content| kreach_domain::hosts::lookup(&content, bare))
         .unwrap_or_default();
     let source = if in_file.is_empty() {
         format!("not in {}", hosts_file.display())

@@ -7,7 +7,7 @@
 //! no write, no audit entry, no applied-state change, no restart, no firewall change. It does not
 //! own the stream the requests arrive on ([`crate::client`]).
 
-use kreach_common::desired::NodeSpec;
+use kreach_domain::desired::NodeSpec;
 use kreach_proto as pb;
 
 use crate::config::AgentConfig;
@@ -60,14 +60,14 @@ mod tests {
 
     /// A dry-run request for `node` of a cluster whose INTERNAL listener is on `port`.
     fn request_on(node: &str, port: u16) -> pb::DryRunRequest {
-        let spec = kreach_common::spec::ClusterSpec::parse(&format!(
+        let spec = kreach_domain::spec::ClusterSpec::parse(&format!(
             "[cluster]\nname = \"c\"\n[listeners.internal]\nport = {port}\nadvertise = \"hostname\"\n\
              [[broker]]\nid = 2\nnode = \"emr-worker-2\"\nhostname = \"emr-worker-2.c\"\nprivate_ip = \"198.18.0.12\"\n\
              [[client]]\nnode = \"{}\"\n",
             if node == "emr-worker-2" { "etl-1" } else { node }
         ))
         .unwrap();
-        let node_spec = kreach_common::desired::node_spec(&spec, node).unwrap();
+        let node_spec = kreach_domain::desired::node_spec(&spec, node).unwrap();
         pb::DryRunRequest {
             id: 7,
             spec: Some(pb::NodeSpec::from(&node_spec)),

@@ -1,6 +1,6 @@
 //! The local engine: plan → backup → atomic write → restart if needed → verify → roll back on failure.
 //!
-//! Owns the order of side effects on one node. What to write comes from `kreach-common`'s pure
+//! Owns the order of side effects on one node. What to write comes from `kreach-domain`'s pure
 //! editors; how bytes reach the disk is [`crate::fsio`]'s; how Kafka restarts is behind
 //! [`ServiceManager`]; how health is checked is behind [`ListenerProbe`]: a pre-restart gate before
 //! anything is written (a refusal changes nothing), a post-restart gate after the restart (a
@@ -10,11 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use kreach_common::desired::{NodeRole, NodeSpec, ScramUser};
-use kreach_common::diff::{content_hash, unified_diff};
-use kreach_common::gates;
-use kreach_common::hosts::{self, HostsConflict};
-use kreach_common::properties::{self, ListenerSpec};
+use kreach_domain::desired::{NodeRole, NodeSpec, ScramUser};
+use kreach_domain::diff::{content_hash, unified_diff};
+use kreach_domain::gates;
+use kreach_domain::hosts::{self, HostsConflict};
+use kreach_domain::properties::{self, ListenerSpec};
 
 use crate::audit::{AuditAction, AuditEntry, AuditLog};
 use crate::config::AgentConfig;
@@ -172,7 +172,7 @@ pub struct RestartWindow {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
-    Desired(#[from] kreach_common::desired::DesiredError),
+    Desired(#[from] kreach_domain::desired::DesiredError),
     #[error("{path} is not valid UTF-8 (at byte {offset}); kreach edits text files only and changed nothing")]
     NotUtf8 { path: PathBuf, offset: usize },
     #[error("{path} changed while kreach was planning its edit; nothing was written (it is checked again)")]
@@ -903,7 +903,7 @@ fn keystore_reloads(
                 listener.name
             ));
         };
-        if let Ok(held) = kreach_common::kafka_tls::inspect(old) {
+        if let Ok(held) = kreach_runtime::kafka_tls::inspect(old) {
             let dropped: Vec<&String> = held
                 .sans
                 .iter()
@@ -995,7 +995,7 @@ mod tests {
     use super::*;
     use crate::service::ServiceError;
     use crate::verify::{KeystoreReload, ListenerProbe};
-    use kreach_common::gates::RunningListener;
+    use kreach_domain::gates::RunningListener;
     use std::sync::{Arc, Mutex};
 
     /// What the pre-restart gate was asked: the broker id and the running listeners.
@@ -1143,12 +1143,12 @@ mod tests {
         }
 
         fn node_spec(&self) -> NodeSpec {
-            let spec = kreach_common::spec::ClusterSpec::parse(
+            let spec = kreach_domain::spec::ClusterSpec::parse(
                 "[cluster]\nname = \"c\"\n[listeners.internal]\nport = 9092\nbind = \"127.0.0.1\"\nadvertise = \"hostname\"\n\
                  [[broker]]\nid = 2\nnode = \"emr-worker-2\"\nhostname = \"emr-worker-2.c\"\nprivate_ip = \"198.18.0.12\"\n",
             )
             .unwrap();
-            kreach_common::desired::node_spec(&spec, "emr-worker-2").unwrap()
+            kreach_domain::desired::node_spec(&spec, "emr-worker-2").unwrap()
         }
 
         fn read(&self, name: &str) -> String {
@@ -1162,7 +1162,7 @@ mod tests {
         let engine = fixture.engine(None, Ok(vec![]));
         let mut spec = fixture.node_spec();
         let dir = fixture.dir.path().join("kafka-tls");
-        let tls = kreach_common::properties::ListenerTls {
+        let tls = kreach_domain::properties::ListenerTls {
             keystore: dir.join("internal.keystore.pem").display().to_string(),
             truststore: dir.join("ca.pem").display().to_string(),
         };
@@ -1204,7 +1204,7 @@ mod tests {
         let engine = fixture.engine(None, Ok(vec![]));
         let public = crate::kafka_tls::ensure_key(engine.config()).unwrap();
         let key = std::fs::read_to_string(crate::kafka_tls::key_path(engine.config())).unwrap();
-        let ca = kreach_common::kafka_tls::KafkaCa::create("c", SystemTime::now()).unwrap();
+        let ca = kreach_runtime::kafka_tls::KafkaCa::create("c", SystemTime::now()).unwrap();
         let issued = ca
             .issue(
                 "broker 2",
@@ -1217,8 +1217,8 @@ mod tests {
         let mut spec = fixture.node_spec();
         let settings = spec.listeners.as_mut().unwrap();
         settings.listeners[0].security_protocol = "SSL".into();
-        settings.listeners[0].tls = Some(kreach_common::desired::tls_files("INTERNAL"));
-        spec.certificates = vec![kreach_common::desired::ListenerCertificate {
+        settings.listeners[0].tls = Some(kreach_domain::desired::tls_files("INTERNAL"));
+        spec.certificates = vec![kreach_domain::desired::ListenerCertificate {
             listener: "INTERNAL".into(),
             chain_pem: issued.chain_pem.clone(),
             sans: issued.sans.clone(),
@@ -1290,7 +1290,7 @@ mod tests {
     ) -> (NodeSpec, NodeSpec) {
         let engine = fixture.engine(None, Ok(vec![]));
         let public = crate::kafka_tls::ensure_key(engine.config()).unwrap();
-        let ca = kreach_common::kafka_tls::KafkaCa::create("c", SystemTime::now()).unwrap();
+        let ca = kreach_runtime::kafka_tls::KafkaCa::create("c", SystemTime::now()).unwrap();
         let certificate = |sans: &[&str]| {
             let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
             let issued = ca
@@ -1302,7 +1302,7 @@ mod tests {
                     Duration::from_secs(86_400),
                 )
                 .unwrap();
-            kreach_common::desired::ListenerCertificate {
+            kreach_domain::desired::ListenerCertificate {
                 listener: "INTERNAL".into(),
                 chain_pem: issued.chain_pem,
                 sans: issued.sans,
@@ -1313,7 +1313,7 @@ mod tests {
         let mut spec = fixture.node_spec();
         let settings = spec.listeners.as_mut().unwrap();
         settings.listeners[0].security_protocol = "SSL".into();
-        settings.listeners[0].tls = Some(kreach_common::desired::tls_files("INTERNAL"));
+        settings.listeners[0].tls = Some(kreach_domain::desired::tls_files("INTERNAL"));
         spec.certificates = vec![certificate(sans)];
         spec.kafka_ca_pem = ca.cert_pem.clone();
         let plan = engine.plan(&spec).unwrap();

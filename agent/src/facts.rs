@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use kreach_common::desired::NodeRole;
+use kreach_domain::desired::NodeRole;
 
 use crate::verify::KafkaProbe;
 

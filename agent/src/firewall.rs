@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
-use kreach_common::desired::{ExternalFilter, NodeRole, NodeSpec};
+use kreach_domain::desired::{ExternalFilter, NodeRole, NodeSpec};
 
 use crate::config::{AgentConfig, FirewallKind};
 

@@ -5,7 +5,7 @@
 //! the bind-mount fallback, keeping and pruning previous versions under the agent's state
 //! directory, and removing temp files a crashed writer left behind.
 //!
-//! Does not own: deciding *what* to write (the pure editors in `kreach-common`), comparing
+//! Does not own: deciding *what* to write (the pure editors in `kreach-domain`), comparing
 //! hashes to decide whether a restart is needed, or restarting anything. Extended attributes,
 //! ACLs and SELinux labels of a replaced file are not copied (only mode and owner are); hard
 //! links to a replaced file keep pointing at the old content, as with any rename-based write.

@@ -4,7 +4,7 @@
 //! reload it without a restart.
 //!
 //! Owns the wire exchange: size-prefixed frames, request headers, version negotiation from
-//! ApiVersions, timeouts, and turning the answers into `kreach_common::gates` values. The message
+//! ApiVersions, timeouts, and turning the answers into `kreach_domain::gates` values. The message
 //! encodings come from the `kafka-protocol` crate (generated from Kafka's own message specs); no
 //! Kafka message is hand-encoded here. Does not decide anything: the gates do.
 //!
@@ -12,7 +12,7 @@
 //! round trips with a deadline. Every read and write is bounded by the connection's timeout, and a
 //! response frame larger than [`MAX_RESPONSE_BYTES`] is refused as "not Kafka" before anything is
 //! allocated for it. The peer is never trusted: every response header and body is walked by
-//! [`kreach_common::kafka_frame`] before `kafka-protocol` decodes it, so a frame whose counts
+//! [`kreach_runtime::kafka_frame`] before `kafka-protocol` decodes it, so a frame whose counts
 //! claim more elements than it has bytes is refused as "not Kafka" instead of reserving memory
 //! for them.
 
@@ -41,8 +41,8 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::{Encodable, Request, StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
-use kreach_common::gates::{AdvertisedBroker, ClusterMetadata, PartitionState, TopicMinIsr};
-use kreach_common::kafka_frame::{self, CheckedResponse};
+use kreach_domain::gates::{AdvertisedBroker, ClusterMetadata, PartitionState, TopicMinIsr};
+use kreach_runtime::kafka_frame::{self, CheckedResponse};
 
 /// The client id every request carries, so broker logs show who probed.
 pub const CLIENT_ID: &str = "kreach-agent";
@@ -706,7 +706,7 @@ impl KafkaConnection {
             Err(unsupported @ ProbeError::Unsupported { .. }) => {
                 result.notes.push(format!(
                     "{unsupported}; using Kafka's default min.insync.replicas={} for every topic",
-                    kreach_common::gates::DEFAULT_MIN_INSYNC_REPLICAS
+                    kreach_domain::gates::DEFAULT_MIN_INSYNC_REPLICAS
                 ));
                 return Ok(result);
             }
@@ -733,7 +733,7 @@ impl KafkaConnection {
                     "DescribeConfigs for topic {topic:?} on {}: {}; using Kafka's default min.insync.replicas={}",
                     self.addr,
                     error_name(answer.error_code),
-                    kreach_common::gates::DEFAULT_MIN_INSYNC_REPLICAS
+                    kreach_domain::gates::DEFAULT_MIN_INSYNC_REPLICAS
                 ));
                 continue;
             }
@@ -749,7 +749,7 @@ impl KafkaConnection {
                 Some(Err(_)) | None => result.notes.push(format!(
                     "{} did not report a numeric min.insync.replicas for topic {topic:?}; using Kafka's default {}",
                     self.addr,
-                    kreach_common::gates::DEFAULT_MIN_INSYNC_REPLICAS
+                    kreach_domain::gates::DEFAULT_MIN_INSYNC_REPLICAS
                 )),
             }
         }

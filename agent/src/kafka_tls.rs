@@ -9,8 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
-use kreach_common::desired::{NodeRole, NodeSpec, KAFKA_TLS_DIR};
-use kreach_common::properties::ListenerSettings;
+use kreach_domain::desired::{NodeRole, NodeSpec, KAFKA_TLS_DIR};
+use kreach_domain::properties::ListenerSettings;
 
 use crate::config::AgentConfig;
 use crate::fsio;
@@ -55,7 +55,7 @@ pub fn ensure_key(config: &AgentConfig) -> Result<String, KafkaTlsFileError> {
     let path = key_path(config);
     if let Some(bytes) = fsio::read_file(&path)? {
         let text = String::from_utf8_lossy(&bytes);
-        return kreach_common::kafka_tls::public_key_pem(&text).map_err(|error| {
+        return kreach_runtime::kafka_tls::public_key_pem(&text).map_err(|error| {
             KafkaTlsFileError::BadKey {
                 path: path.clone(),
                 reason: error.to_string(),
@@ -63,11 +63,11 @@ pub fn ensure_key(config: &AgentConfig) -> Result<String, KafkaTlsFileError> {
         });
     }
     create_dir(&config.state_dir, 0o700, None)?;
-    let key = kreach_common::kafka_tls::new_private_key_pem()
+    let key = kreach_runtime::kafka_tls::new_private_key_pem()
         .map_err(|error| KafkaTlsFileError::Generate(error.to_string()))?;
     fsio::atomic_write_private(&path, key.as_bytes(), fsio::Private { owner: None })?;
     tracing::info!(file = %path.display(), "made the private key for Kafka's TLS listeners");
-    kreach_common::kafka_tls::public_key_pem(&key)
+    kreach_runtime::kafka_tls::public_key_pem(&key)
         .map_err(|error| KafkaTlsFileError::Generate(error.to_string()))
 }
 

@@ -3,7 +3,7 @@
 //! Owns everything that touches the host: reading its own config, writing files atomically,
 //! restarting the Kafka unit through a service manager, verifying listeners, repairing drift, and
 //! (when configured) following the coordinator's releases.
-//! The decisions themselves (what to write) come from `kreach-common`'s pure editors.
+//! The decisions themselves (what to write) come from `kreach-domain`'s pure editors.
 
 pub mod audit;
 pub mod cli;

@@ -13,8 +13,8 @@ use kreach_agent::engine::{Engine, Outcome};
 use kreach_agent::service::{CommandManager, ServiceManager, SystemdManager};
 use kreach_agent::verify::{KafkaProbe, ListenerProbe, TcpProbe};
 use kreach_agent::{drift, state};
-use kreach_common::desired::node_spec;
-use kreach_common::spec::ClusterSpec;
+use kreach_domain::desired::node_spec;
+use kreach_domain::spec::ClusterSpec;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -48,7 +48,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
     };
     // Every journal line of this agent carries NODE (journalctl -u kreach-agent NODE=...).
-    kreach_common::daemon::init_logging(&[("NODE", config.node.as_str())]);
+    kreach_runtime::daemon::init_logging(&[("NODE", config.node.as_str())]);
     match cli.command {
         Command::ApplyLocal {
             spec,
@@ -76,7 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .map_err(anyhow::Error::msg)?;
             if all_ok {
                 if !json {
-                    println!("{}", kreach_common::diagnose::ALL_PASSED);
+                    println!("{}", kreach_domain::diagnose::ALL_PASSED);
                 }
                 return Ok(0);
             }
@@ -161,7 +161,7 @@ fn apply_local(
     spec_path: &Path,
     dry_run: bool,
 ) -> anyhow::Result<u8> {
-    let text = match kreach_common::spec::read_spec_file(spec_path) {
+    let text = match kreach_domain::spec::read_spec_file(spec_path) {
         Ok(text) => text,
         Err(error) if error.is_invalid_spec() => {
             eprintln!("kreach-agent: {error}; nothing was changed");
@@ -292,7 +292,7 @@ fn converged_exit(plan: &kreach_agent::engine::Plan) -> u8 {
 /// Persist the desired state even when the files already match, so that `run` enforces it.
 fn record_state_if_new(
     engine: &Engine,
-    desired: &kreach_common::desired::NodeSpec,
+    desired: &kreach_domain::desired::NodeSpec,
 ) -> anyhow::Result<()> {
     let state_dir = &engine.config().state_dir;
     let current = state::load(state_dir)?;
@@ -398,20 +398,20 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         // A failed watch drops the sender; the loop below then reports the enforcer's error.
         if watching_rx.await.is_ok() {
-            kreach_common::daemon::systemd_notify::ready(&startup_status(&config));
+            kreach_runtime::daemon::systemd_notify::ready(&startup_status(&config));
         }
         // Watchdog pings come from this loop, so they stop when it or the enforcer does.
         // Half of WatchdogSec, jittered by at most 20 %: always well inside the limit.
-        let mut watchdog = kreach_common::daemon::systemd_notify::watchdog_interval().map(kreach_agent::jitter::PeriodicTimer::new);
+        let mut watchdog = kreach_runtime::daemon::systemd_notify::watchdog_interval().map(kreach_agent::jitter::PeriodicTimer::new);
         let early_end = loop {
             tokio::select! {
                 _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); break None }
                 _ = interrupt.recv() => { tracing::info!("SIGINT: stopping"); break None }
                 ended = &mut enforcer => break Some(ended),
-                _ = next_tick(&mut watchdog) => kreach_common::daemon::systemd_notify::watchdog(),
+                _ = next_tick(&mut watchdog) => kreach_runtime::daemon::systemd_notify::watchdog(),
             }
         };
-        kreach_common::daemon::systemd_notify::stopping();
+        kreach_runtime::daemon::systemd_notify::stopping();
         // The client first: an apply in flight finishes and is reported; then the enforcer.
         cancel.cancel();
         tasks.wait().await;

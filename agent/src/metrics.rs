@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kreach_common::prometheus_text::write_counter;
+use kreach_domain::prometheus_text::write_counter;
 
 use kreach_proto as pb;
 use prometheus_client::metrics::family::Family;
@@ -76,7 +76,7 @@ pub fn record_repair(file: ManagedFile, removed: bool) {
     counters().repairs[file][usize::from(removed)].fetch_add(1, Ordering::Relaxed);
 }
 
-/// The counters, in the 0.0.4 text format ([`kreach_common::prometheus_text`]).
+/// The counters, in the 0.0.4 text format ([`kreach_domain::prometheus_text`]).
 fn write_counters(out: &mut String) {
     let counters = counters();
     let applies: Vec<[(&str, &str); 1]> = OUTCOMES.iter().map(|o| [("outcome", *o)]).collect();

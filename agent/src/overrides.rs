@@ -6,12 +6,12 @@
 //!
 //! Owns asking the broker (DescribeConfigs of its own broker resource, over its PLAINTEXT
 //! listener) for the keys kreach owns and, on the operator's word, deleting them. Which config is
-//! an override that matters is `kreach_common::properties::hidden_by_dynamic`'s pure decision.
+//! an override that matters is `kreach_domain::properties::hidden_by_dynamic`'s pure decision.
 
 use std::time::Duration;
 
-use kreach_common::desired::NodeRole;
-use kreach_common::properties::{self, DynamicOverride};
+use kreach_domain::desired::NodeRole;
+use kreach_domain::properties::{self, DynamicOverride};
 
 use crate::config::AgentConfig;
 use crate::state;

@@ -17,8 +17,8 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use kreach_common::desired::BootstrapEndpoint;
-use kreach_common::gates::{endpoint_text, AdvertisedBroker};
+use kreach_domain::desired::BootstrapEndpoint;
+use kreach_domain::gates::{endpoint_text, AdvertisedBroker};
 
 use crate::kafka::{KafkaConnection, ProbeError};
 
@@ -225,7 +225,7 @@ impl Network for HostsFileNetwork {
         }
         let content = std::fs::read_to_string(&self.path)
             .map_err(|error| format!("cannot read {}: {error}", self.path.display()))?;
-        let addresses = kreach_common::hosts::lookup(&content, bare);
+        let addresses = kreach_domain::hosts::lookup(&content, bare);
         if addresses.is_empty() {
             return Err(format!("not in {}", self.path.display()));
         }

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kreach_common::desired::NodeSpec;
+use kreach_domain::desired::NodeSpec;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::fsio;
@@ -272,11 +272,11 @@ mod tests {
     #[test]
     fn state_files_without_step_and_attempt_still_load() {
         let dir = tempfile::tempdir().unwrap();
-        let spec = kreach_common::desired::NodeSpec {
+        let spec = kreach_domain::desired::NodeSpec {
             cluster: "c".into(),
             node: "etl-1".into(),
-            role: kreach_common::desired::NodeRole::Client {
-                view: kreach_common::spec::View::Private,
+            role: kreach_domain::desired::NodeRole::Client {
+                view: kreach_domain::spec::View::Private,
             },
             hosts_entries: Vec::new(),
             listeners: None,

@@ -2,7 +2,7 @@
 //!
 //! Owns the [`ListenerProbe`] seam between the engine and the network, and its two real
 //! implementations: [`KafkaProbe`] (the default: ApiVersions, Metadata and DescribeConfigs through
-//! [`crate::kafka`], judged by `kreach_common::gates`) and [`TcpProbe`] (only "does the port
+//! [`crate::kafka`], judged by `kreach_domain::gates`) and [`TcpProbe`] (only "does the port
 //! accept TCP", for services that do not speak Kafka, chosen with `manage.probe = "tcp"`). The
 //! decisions are the gates' pure functions; this module only gathers what they decide over, polls
 //! until the health timeout, and turns verdicts into check lines.
@@ -15,11 +15,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs}
 use std::time::{Duration, Instant};
 
 use kafka_protocol::messages::ApiKey;
-use kreach_common::desired::ScramUser;
-use kreach_common::gates::{
+use kreach_domain::desired::ScramUser;
+use kreach_domain::gates::{
     self, GateVerdict, ListenerAnswer, ListenerObservation, RunningBroker, RunningListener,
 };
-use kreach_common::properties::ListenerSpec;
+use kreach_domain::properties::ListenerSpec;
 
 use crate::kafka::{KafkaConnection, TlsClient};
 
@@ -91,7 +91,7 @@ fn scram_mechanism(name: &str) -> Result<i8, String> {
 }
 
 fn unhex(text: &str) -> Result<Vec<u8>, String> {
-    kreach_common::desired::from_hex(text)
+    kreach_domain::desired::from_hex(text)
         .ok_or_else(|| "a SCRAM credential is not hex".to_string())
 }
 
@@ -192,7 +192,7 @@ impl ListenerProbe for TcpProbe {
     }
 }
 
-/// The Kafka-aware probe: the pre- and post-restart gates of `kreach_common::gates` over what
+/// The Kafka-aware probe: the pre- and post-restart gates of `kreach_domain::gates` over what
 /// ApiVersions, Metadata and DescribeConfigs answer on the broker's own listeners.
 pub struct KafkaProbe {
     /// Bounds each connect and each request; the gates' overall deadline is the health timeout.
@@ -498,7 +498,7 @@ impl ListenerProbe for KafkaProbe {
                     let der = connection
                         .peer_certificate()
                         .ok_or("no certificate was presented")?;
-                    kreach_common::kafka_tls::inspect_der(&der)
+                    kreach_runtime::kafka_tls::inspect_der(&der)
                         .map(|info| info.serial)
                         .map_err(|error| error.to_string())
                 });

@@ -7,8 +7,8 @@ mod support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kreach_common::desired::node_spec;
-use kreach_common::spec::ClusterSpec;
+use kreach_domain::desired::node_spec;
+use kreach_domain::spec::ClusterSpec;
 use kreach_proto as pb;
 use kreach_proto::agent_service_server::{AgentService, AgentServiceServer};
 use support::{expected_client_hosts, wait_until, Host, Ports, SpecOptions};

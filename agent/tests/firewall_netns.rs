@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use kreach_agent::firewall;
 use kreach_agent::reach::{classify_connect, ConnectError};
-use kreach_common::desired::ExternalFilter;
+use kreach_domain::desired::ExternalFilter;
 
 const HELPER_ENV: &str = "KREACH_FIREWALL_TEST_HELPER";
 const PORT: u16 = 19093;
@@ -46,12 +46,12 @@ fn netns_helper() {
                 "node = \"w1\"\n[manage]\nfirewall = \"nftables\"\n",
             )
             .unwrap();
-            let spec = kreach_common::spec::ClusterSpec::parse(&format!(
+            let spec = kreach_domain::spec::ClusterSpec::parse(&format!(
                 "[cluster]\nname = \"c\"\n[listeners.external]\nport = {PORT}\nallow = [\"{ALLOWED}/32\"]\n\
                  [[broker]]\nid = 1\nnode = \"w1\"\nprivate_ip = \"{BROKER_FOR_ALLOWED}\"\npublic_ip = \"{BROKER_FOR_OTHER}\"\n"
             ))
             .unwrap();
-            let node = kreach_common::desired::node_spec(&spec, "w1").unwrap();
+            let node = kreach_domain::desired::node_spec(&spec, "w1").unwrap();
             match firewall::repair(&config, &node) {
                 Ok(Some(check)) => println!("RESULT: repaired: {check}"),
                 Ok(None) => println!("RESULT: nothing to repair"),

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::ApiKey;
 use kreach_agent::kafka::{KafkaConnection, ProbeError};
 use kreach_agent::verify::{KafkaProbe, ListenerProbe};
-use kreach_common::gates::RunningListener;
-use kreach_common::properties::ListenerSpec;
+use kreach_domain::gates::RunningListener;
+use kreach_domain::properties::ListenerSpec;
 
 /// The tansu binary; `None` only when the e2e-net tier is opted out (KREACH_SKIP), a missing
 /// broker otherwise fails the test with the command that installs it.

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime};
 
 use kreach_agent::kafka::{KafkaConnection, ProbeError, TlsClient, TlsFailure};
 use kreach_agent::verify::{KafkaProbe, KeystoreReload, ListenerProbe};
-use kreach_common::kafka_tls::{new_private_key_pem, public_key_pem, KafkaCa};
-use kreach_common::properties::ListenerSpec;
+use kreach_domain::properties::ListenerSpec;
+use kreach_runtime::kafka_tls::{new_private_key_pem, public_key_pem, KafkaCa};
 
 const FAKE_KAFKA: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -143,7 +143,7 @@ fn key_store_for_broker_7(
     dir: &std::path::Path,
 ) -> (
     KafkaCa,
-    kreach_common::kafka_tls::IssuedCertificate,
+    kreach_runtime::kafka_tls::IssuedCertificate,
     std::path::PathBuf,
 ) {
     let now = SystemTime::now();
@@ -167,7 +167,7 @@ fn key_store_for_broker_7(
 fn served_serial(addr: SocketAddr, trusted: &TlsClient, host: &str) -> String {
     let connection = KafkaConnection::connect_tls(addr, Duration::from_secs(5), trusted, host)
         .unwrap_or_else(|error| panic!("{host}: {error}"));
-    kreach_common::kafka_tls::inspect_der(&connection.peer_certificate().unwrap())
+    kreach_runtime::kafka_tls::inspect_der(&connection.peer_certificate().unwrap())
         .unwrap()
         .serial
 }

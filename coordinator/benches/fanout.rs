@@ -9,7 +9,7 @@
 //! "time until all 1,000 report it" is the report figure).
 //!
 //! By default it runs as the product does: mutual TLS, with a CA, the coordinator's certificate
-//! and one certificate per node made in a temp dir by `kreach_common::tls::init_certs` (what
+//! and one certificate per node made in a temp dir by `kreach_runtime::tls::init_certs` (what
 //! `kreachctl certs init` runs), each simulated agent presenting its own node certificate. Plaintext
 //! (`[tls] insecure = true`) is an option, to see what TLS costs:
 //!
@@ -30,9 +30,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kreach_common::tls;
 use kreach_coordinator::ctl::Connection;
 use kreach_proto as pb;
+use kreach_runtime::tls;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use pb::admin_service_client::AdminServiceClient;
 use pb::agent_service_client::AgentServiceClient;
@@ -502,7 +502,7 @@ struct AgentTarget {
 impl AgentTarget {
     /// The agent's endpoint. The agent crate builds its own in a private function
     /// (`kreach_agent::client`), so this repeats what it does there: the shared loader
-    /// `kreach_common::tls::load_tls_files` read at every connect, then the CA, the node's own
+    /// `kreach_runtime::tls::load_tls_files` read at every connect, then the CA, the node's own
     /// certificate and key, and the URL's host as the name to verify.
     fn endpoint(&self, node: &str) -> Result<Endpoint, String> {
         let mut endpoint = Endpoint::from_shared(self.url.clone())

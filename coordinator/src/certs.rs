@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use kreach_common::desired::{certificate_sans, ListenerCertificate, NodeRole, NodeSpec};
-use kreach_common::kafka_tls::{inspect, same_public_key, unix_ms, KafkaCa};
-use kreach_common::spec::{ClusterSpec, TlsIssuer, View};
+use kreach_domain::desired::{certificate_sans, ListenerCertificate, NodeRole, NodeSpec};
+use kreach_domain::spec::{ClusterSpec, TlsIssuer, View};
+use kreach_runtime::kafka_tls::{inspect, same_public_key, unix_ms, KafkaCa};
 
 /// Where the Kafka CA kreach creates lives, under the coordinator's state directory.
 pub const KAFKA_CA_DIR: &str = "kafka-ca";
@@ -78,7 +78,7 @@ impl Issuer {
                 }
                 let ca = KafkaCa::create(&spec.name, SystemTime::now())
                     .map_err(|error| format!("the Kafka CA: {error}"))?;
-                kreach_common::tls::write_new_ca(
+                kreach_runtime::tls::write_new_ca(
                     &dir,
                     "ca.pem",
                     &ca.cert_pem,

@@ -419,7 +419,7 @@ pub mod kreachctl {
             #[arg(long = "coordinator-name", value_name = "NAME")]
             coordinator_names: Vec<String>,
             /// Validity in days.
-            #[arg(long, default_value_t = kreach_common::tls::DEFAULT_VALID_DAYS)]
+            #[arg(long, default_value_t = kreach_runtime::tls::DEFAULT_VALID_DAYS)]
             days: u32,
             /// Overwrite certificates and keys that already exist in the directory (a new CA:
             /// every host needs its files again).

@@ -11,11 +11,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use kreach_common::desired::{
+use kreach_domain::desired::{
     bootstrap_endpoints, render_node, BootstrapEndpoint, NodeRole, NodeSpec,
 };
-use kreach_common::diff::unified_diff;
-use kreach_common::spec::{ClientSpec, ClusterSpec, View};
+use kreach_domain::diff::unified_diff;
+use kreach_domain::spec::{ClientSpec, ClusterSpec, View};
 use kreach_proto as pb;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -626,7 +626,7 @@ impl Core {
             .collect();
         let generation = self.next_generation()?;
         let controller = self.controller();
-        let mut desired = kreach_common::desired::all_node_specs(&spec);
+        let mut desired = kreach_domain::desired::all_node_specs(&spec);
         let public_keys: BTreeMap<String, String> = self
             .agents
             .iter()
@@ -640,7 +640,7 @@ impl Core {
             .attach(&spec, &current, &public_keys, &mut desired)
             .map_err(CoreError::Refused)?;
         // The SCRAM users go to every broker: any one of them can keep them in Kafka.
-        let users: Vec<kreach_common::desired::ScramUser> = self
+        let users: Vec<kreach_domain::desired::ScramUser> = self
             .store
             .scram_users::<crate::users::StoredUser>()?
             .into_iter()
@@ -828,7 +828,7 @@ impl Core {
         let mut warnings = Vec::new();
         let mut notes = Vec::new();
         // A node whose agent never connected would be waited on until `agent_timeout`.
-        for desired in kreach_common::desired::all_node_specs(spec) {
+        for desired in kreach_domain::desired::all_node_specs(spec) {
             if !self.agents.contains_key(&desired.node) {
                 warnings.push(format!(
                     "{} {:?}: its agent has never connected to this coordinator (not installed, \
@@ -1119,7 +1119,7 @@ impl Core {
                 let user = request
                     .user
                     .as_ref()
-                    .map(kreach_common::desired::ScramUser::from)
+                    .map(kreach_domain::desired::ScramUser::from)
                     .ok_or_else(|| CoreError::Refused("users add: no credential".to_string()))?;
                 crate::users::check(&user)
                     .map_err(|error| CoreError::Refused(format!("users add: {error}")))?;
@@ -1254,7 +1254,7 @@ impl Core {
         let releases = self.effective_releases();
         let mut roles: BTreeMap<String, String> = BTreeMap::new();
         if let Some(spec) = &self.spec {
-            for node in kreach_common::desired::all_node_specs(spec) {
+            for node in kreach_domain::desired::all_node_specs(spec) {
                 roles.insert(node.node.clone(), node.role.to_string());
             }
         }
@@ -1311,7 +1311,7 @@ impl Core {
             .as_ref()
             .map(|spec| u64::try_from(spec.tls.renew_before.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        let now = kreach_common::kafka_tls::unix_ms(SystemTime::now());
+        let now = kreach_runtime::kafka_tls::unix_ms(SystemTime::now());
         let certificates = releases
             .iter()
             .flat_map(|(node, release)| {
@@ -1638,8 +1638,8 @@ mod tests {
     fn brokers_get_certificates_for_their_own_keys_covering_what_they_advertise() {
         let dir = tempfile::tempdir().unwrap();
         let mut core = Core::open(dir.path()).unwrap();
-        let key = kreach_common::kafka_tls::new_private_key_pem().unwrap();
-        let public = kreach_common::kafka_tls::public_key_pem(&key).unwrap();
+        let key = kreach_runtime::kafka_tls::new_private_key_pem().unwrap();
+        let public = kreach_runtime::kafka_tls::public_key_pem(&key).unwrap();
         core.report_facts(pb::HostFacts {
             node: "b1".into(),
             kafka_tls_public_key: public.clone(),
@@ -1657,8 +1657,8 @@ mod tests {
         let cert = &b1.certificates[0];
         assert_eq!(cert.listener, "EXTERNAL");
         assert_eq!(cert.sans, ["b1.c", "b1", "198.19.0.1"]);
-        let info = kreach_common::kafka_tls::inspect(&cert.chain_pem).unwrap();
-        assert!(kreach_common::kafka_tls::same_public_key(
+        let info = kreach_runtime::kafka_tls::inspect(&cert.chain_pem).unwrap();
+        assert!(kreach_runtime::kafka_tls::same_public_key(
             &public,
             &info.public_key_der
         ));
@@ -1697,7 +1697,7 @@ mod tests {
         let current: BTreeMap<String, NodeSpec> = [("b1".to_string(), b1.clone())].into();
         let moved = spec.replace("198.19.0.1", "198.19.0.9");
         let spec = ClusterSpec::parse(&moved).unwrap();
-        let mut desired = kreach_common::desired::all_node_specs(&spec);
+        let mut desired = kreach_domain::desired::all_node_specs(&spec);
         let keys: BTreeMap<String, String> = [("b1".to_string(), public.clone())].into();
         core.issuer
             .attach(&spec, &current, &keys, &mut desired)
@@ -1710,7 +1710,7 @@ mod tests {
         assert_eq!(moved_cert.sans, ["b1.c", "b1", "198.19.0.9"]);
         assert_ne!(moved_cert.serial, cert.serial);
         let same = ClusterSpec::parse(&moved.replace("198.19.0.9", "198.19.0.1")).unwrap();
-        let mut desired = kreach_common::desired::all_node_specs(&same);
+        let mut desired = kreach_domain::desired::all_node_specs(&same);
         core.issuer
             .attach(&same, &current, &keys, &mut desired)
             .unwrap();

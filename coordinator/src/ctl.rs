@@ -40,10 +40,10 @@ impl Connection {
                 anyhow::bail!("--insecure is allowed only for a coordinator on a loopback address, not {host}");
             }
         } else {
-            let files = kreach_common::tls::load_tls_files(
-                &self.certs.join(kreach_common::tls::CA_CERT_FILE),
-                &self.certs.join(kreach_common::tls::ADMIN_CERT_FILE),
-                &self.certs.join(kreach_common::tls::ADMIN_KEY_FILE),
+            let files = kreach_runtime::tls::load_tls_files(
+                &self.certs.join(kreach_runtime::tls::CA_CERT_FILE),
+                &self.certs.join(kreach_runtime::tls::ADMIN_CERT_FILE),
+                &self.certs.join(kreach_runtime::tls::ADMIN_KEY_FILE),
             )?;
             endpoint = endpoint.tls_config(
                 ClientTlsConfig::new()
@@ -56,7 +56,7 @@ impl Connection {
             anyhow::anyhow!(
                 "cannot reach the coordinator at {}: {}",
                 self.url,
-                kreach_common::tls::explain_transport(kreach_common::tls::error_chain(&e))
+                kreach_runtime::tls::explain_transport(kreach_runtime::tls::error_chain(&e))
             )
         })?;
         Ok(AdminServiceClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES))
@@ -66,9 +66,9 @@ impl Connection {
 /// A gRPC error as an operator reads it.
 pub fn status_message(status: &tonic::Status) -> String {
     let message =
-        kreach_common::tls::with_causes(status.message(), std::error::Error::source(status));
-    if kreach_common::tls::handshake_hint(&message).is_some() {
-        return kreach_common::tls::explain_transport(message);
+        kreach_runtime::tls::with_causes(status.message(), std::error::Error::source(status));
+    if kreach_runtime::tls::handshake_hint(&message).is_some() {
+        return kreach_runtime::tls::explain_transport(message);
     }
     let hint = match status.code() {
         tonic::Code::Unavailable => " (is kreach-coordinator running, and is --coordinator right?)",

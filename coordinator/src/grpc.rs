@@ -8,8 +8,8 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kreach_common::tls::{peer_identity, PeerIdentity};
 use kreach_proto as pb;
+use kreach_runtime::tls::{peer_identity, PeerIdentity};
 use pb::admin_service_server::AdminService;
 use pb::agent_service_server::AgentService;
 use tokio_stream::{Stream, StreamExt};

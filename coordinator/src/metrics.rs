@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use kreach_common::prometheus_text::write_counter;
+use kreach_domain::prometheus_text::write_counter;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 
 use kreach_proto as pb;
@@ -80,7 +80,7 @@ pub fn record_store_write(took: Duration) {
     counters().store_writes.observe(took.as_secs_f64());
 }
 
-/// The counters for `cluster` in the 0.0.4 text format ([`kreach_common::prometheus_text`]).
+/// The counters for `cluster` in the 0.0.4 text format ([`kreach_domain::prometheus_text`]).
 fn write_counters(out: &mut String, cluster: &str) {
     let counters = counters();
     let family = |out: &mut String, name, help, label, values: &[&str], counts: &[AtomicU64]| {

@@ -15,9 +15,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use kreach_common::desired::{all_node_specs, NodeRole, NodeSpec};
-use kreach_common::hosts::HostsEntry;
-use kreach_common::spec::ClusterSpec;
+use kreach_domain::desired::{all_node_specs, NodeRole, NodeSpec};
+use kreach_domain::hosts::HostsEntry;
+use kreach_domain::spec::ClusterSpec;
 use serde::{Deserialize, Serialize};
 
 /// Added to the spec's `health_timeout` before a silent node pauses the rollout: the agent's own
@@ -1043,8 +1043,8 @@ pub struct StepStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kreach_common::desired::ListenerCertificate;
-    use kreach_common::properties::ListenerSettings;
+    use kreach_domain::desired::ListenerCertificate;
+    use kreach_domain::properties::ListenerSettings;
     use proptest::prelude::*;
 
     /// External listener of a test cluster.

@@ -9,7 +9,7 @@
 
 use std::num::NonZeroU32;
 
-use kreach_common::desired::{from_hex as unhex, to_hex as hex, ScramUser};
+use kreach_domain::desired::{from_hex as unhex, to_hex as hex, ScramUser};
 use serde::{Deserialize, Serialize};
 
 /// Kafka's bounds on SCRAM iterations (ScramMechanism: 4096 minimum, 16384 maximum).

@@ -1,4 +1,4 @@
-//! docs/spec.md against the spec parser (server-common/src/spec.rs) and the real kreachctl: every
+//! docs/spec.md against the spec parser (domain/src/spec.rs) and the real kreachctl: every
 //! key the parser knows has a row and every row is a key the parser knows; each documented
 //! default is the parser's default and each documented value is accepted; every worked example
 //! validates and renders exactly as shown.
@@ -8,7 +8,7 @@ mod reference_support;
 use std::collections::BTreeSet;
 use std::process::Command;
 
-use kreach_common::spec::{ClusterSpec, KNOWN_KEYS};
+use kreach_domain::spec::{ClusterSpec, KNOWN_KEYS};
 use reference_support::{join, read_doc, reference_rows, toml_values, with_key};
 
 /// A valid spec with every table present, two brokers and a client, into which one key at a time

@@ -1,4 +1,4 @@
-//! Fuzzes the hosts-file editor (`kreach_common::hosts`): whatever the file and the desired entries,
+//! Fuzzes the hosts-file editor (`kreach_domain::hosts`): whatever the file and the desired entries,
 //! nothing panics; and whenever `apply_block` accepts the file,
 //! - every byte outside the managed block survives: `strip_block(apply(x)) == strip_block(x)`, and
 //!   for a file without a block `strip_block(apply(x)) == x`;
@@ -12,7 +12,7 @@ mod common;
 use std::net::IpAddr;
 
 use arbitrary::Arbitrary;
-use kreach_common::hosts::{apply_block, read_block, strip_block, HostsEntry, HostsError};
+use kreach_domain::hosts::{apply_block, read_block, strip_block, HostsEntry, HostsError};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Debug, Arbitrary)]
@@ -122,7 +122,7 @@ fn build(desired: Desired, file: &str) -> (String, Vec<HostsEntry>) {
 }
 
 /// Conflicts without their line numbers, which move when the block changes size.
-fn conflict_keys(edit: &kreach_common::hosts::HostsEdit) -> Vec<(String, String, IpAddr, String)> {
+fn conflict_keys(edit: &kreach_domain::hosts::HostsEdit) -> Vec<(String, String, IpAddr, String)> {
     edit.conflicts
         .iter()
         .map(|c| (c.name.clone(), c.their_ip.clone(), c.our_ip, c.line.clone()))

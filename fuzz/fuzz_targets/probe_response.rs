@@ -1,4 +1,4 @@
-//! Fuzzes how the agent's Kafka probes read a response (`kreach_common::kafka_frame`, which
+//! Fuzzes how the agent's Kafka probes read a response (`kreach_runtime::kafka_frame`, which
 //! `agent/src/kafka.rs` calls for every header and body): the first byte picks one of the APIs
 //! and versions the probe decodes, the rest is the response frame after its size prefix. Whatever
 //! the bytes, nothing panics and nothing allocates beyond a small multiple of the frame (a count
@@ -14,7 +14,7 @@ use kafka_protocol::messages::{
     DescribeQuorumResponse, IncrementalAlterConfigsResponse, MetadataResponse, ResponseHeader,
     SaslAuthenticateResponse, SaslHandshakeResponse,
 };
-use kreach_common::kafka_frame::{check, decode, CheckedResponse};
+use kreach_runtime::kafka_frame::{check, decode, CheckedResponse};
 use libfuzzer_sys::fuzz_target;
 
 /// Kafka's error code for a request version the broker does not support.

@@ -1,4 +1,4 @@
-//! Fuzzes the `server.properties` editor (`kreach_common::properties`): whatever the file and the
+//! Fuzzes the `server.properties` editor (`kreach_domain::properties`): whatever the file and the
 //! desired listener settings, nothing panics; and whenever `apply_listeners` accepts them,
 //! - every byte outside the managed region survives, in order: the file is cut at the effective
 //!   (last) definition of each managed key whose value changed, every piece in between must appear
@@ -13,7 +13,7 @@
 mod common;
 
 use arbitrary::Arbitrary;
-use kreach_common::properties::{
+use kreach_domain::properties::{
     apply_listeners, check_kafka_rules, get_property, ListenerSettings, ListenerSpec, ListenerTls,
     LISTENER_SCOPED_KEYS, MANAGED_KEYS,
 };

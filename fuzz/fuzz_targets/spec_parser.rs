@@ -5,10 +5,10 @@
 //! consistent (the editor may only refuse them over Kafka's own rules for the file at hand).
 #![no_main]
 
-use kreach_common::desired::{all_node_specs, render_node};
-use kreach_common::hosts::apply_block;
-use kreach_common::properties::{apply_listeners, owned_values, PropertiesError};
-use kreach_common::spec::ClusterSpec;
+use kreach_domain::desired::{all_node_specs, render_node};
+use kreach_domain::hosts::apply_block;
+use kreach_domain::properties::{apply_listeners, owned_values, PropertiesError};
+use kreach_domain::spec::ClusterSpec;
 use libfuzzer_sys::fuzz_target;
 
 const STOCK_PROPERTIES: &str = "broker.id=1\nlisteners=PLAINTEXT://:9092\nlog.dirs=/tmp/kafka-logs\n";

@@ -2,7 +2,7 @@
 //!
 //! Owns the wire schema (`proto/kreach/v1/kreach.proto`) and its generated code, checked in under
 //! `src/generated/` so that no build needs `protoc` (a test regenerates it and fails when stale).
-//! Conversion to and from the domain lives in `kreach-common`, at the edge, in one place.
+//! Conversion to and from the domain ([`kreach_domain`]) is [`convert`], at the edge, in one place.
 
 #[allow(clippy::all, clippy::pedantic, missing_docs, rust_2018_idioms)]
 mod generated {
@@ -10,6 +10,8 @@ mod generated {
 }
 
 pub use generated::*;
+
+pub mod convert;
 
 /// The API's package name, as it appears on the wire.
 pub const API_PACKAGE: &str = "kreach.v1";

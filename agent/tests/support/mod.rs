@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use kreach_common::desired::node_spec;
-use kreach_common::spec::ClusterSpec;
+use kreach_domain::desired::node_spec;
+use kreach_domain::spec::ClusterSpec;
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_kreach-agent");
 pub const FAKE_KAFKA: &str = concat!(
@@ -412,7 +412,7 @@ impl<'a> SpecOptions<'a> {
 pub fn expected_client_hosts(before: &str, spec_path: &str) -> String {
     let spec = ClusterSpec::parse(&std::fs::read_to_string(spec_path).unwrap()).unwrap();
     let desired = node_spec(&spec, "etl-1").unwrap();
-    kreach_common::hosts::apply_block(before, &desired.cluster, &desired.hosts_entries)
+    kreach_domain::hosts::apply_block(before, &desired.cluster, &desired.hosts_entries)
         .unwrap()
         .content
 }

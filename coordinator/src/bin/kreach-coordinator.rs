@@ -18,7 +18,7 @@ use tonic::transport::Server;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    kreach_common::daemon::init_logging(&[]);
+    kreach_runtime::daemon::init_logging(&[]);
     let cli = Cli::parse();
     let config = match CoordinatorConfig::load(&cli.config) {
         Ok(config) => config,
@@ -86,7 +86,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
             config.tls.cert.as_ref().expect("validated"),
             config.tls.key.as_ref().expect("validated"),
         );
-        let files = kreach_common::tls::load_tls_files(ca, cert, key)?;
+        let files = kreach_runtime::tls::load_tls_files(ca, cert, key)?;
         Some(
             tls_accept::server_config(&files.ca_pem, &files.cert_pem, &files.key_pem)
                 .context("configuring TLS")?,
@@ -120,7 +120,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     }
 
     // Watchdog pings come from the rollout ticker: a wedged core (its mutex, the store) stops them.
-    let watchdog_every = kreach_common::daemon::systemd_notify::watchdog_interval();
+    let watchdog_every = kreach_runtime::daemon::systemd_notify::watchdog_interval();
     let ticker = {
         let core = Arc::clone(&core);
         tokio::spawn(async move {
@@ -133,7 +133,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
                     tracing::error!("periodic work failed: {error}");
                 }
                 if watchdog_every.is_some_and(|every| last_ping.elapsed() >= every) {
-                    kreach_common::daemon::systemd_notify::watchdog();
+                    kreach_runtime::daemon::systemd_notify::watchdog();
                     last_ping = tokio::time::Instant::now();
                 }
             }
@@ -165,7 +165,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         )),
     };
     // The store is open and the listener bound: connections queue in the backlog until serving.
-    kreach_common::daemon::systemd_notify::ready(&format!("listening on {address}"));
+    kreach_runtime::daemon::systemd_notify::ready(&format!("listening on {address}"));
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
@@ -177,7 +177,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }
-    kreach_common::daemon::systemd_notify::stopping();
+    kreach_runtime::daemon::systemd_notify::stopping();
     let _ = stop_sender.send(());
     // A graceful shutdown waits for every open call to end, and agents' Subscribe streams never
     // end by themselves: give calls in flight SHUTDOWN_GRACE, then close what is left (agents

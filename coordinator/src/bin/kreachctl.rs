@@ -4,12 +4,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use kreach_common::desired::node_spec;
-use kreach_common::spec::{read_spec_file, ClusterSpec, SpecFileError};
 use kreach_coordinator::cli::kreachctl::{
     CertsAction, Cli, ClientFormat, Command, Output, RolloutAction, UsersAction,
 };
 use kreach_coordinator::ctl;
+use kreach_domain::desired::node_spec;
+use kreach_domain::spec::{read_spec_file, ClusterSpec, SpecFileError};
 use kreach_proto as pb;
 
 const EXIT_FAILED: u8 = 1;
@@ -119,9 +119,9 @@ fn render(cli: &Cli, path: &Path, node: &str) -> anyhow::Result<u8> {
             return Ok(EXIT_INVALID);
         }
     };
-    let parts = kreach_common::desired::render_parts(&desired)
+    let parts = kreach_domain::desired::render_parts(&desired)
         .map_err(|message| anyhow::anyhow!("rendering node {}: {message}", desired.node))?;
-    let rendered = kreach_common::desired::render_text(&parts);
+    let rendered = kreach_domain::desired::render_text(&parts);
     let listener_settings: serde_json::Map<String, serde_json::Value> = parts
         .listener_settings
         .unwrap_or_default()
@@ -144,7 +144,7 @@ fn render(cli: &Cli, path: &Path, node: &str) -> anyhow::Result<u8> {
     Ok(0)
 }
 
-fn ctl_role(desired: &kreach_common::desired::NodeSpec) -> &'static str {
+fn ctl_role(desired: &kreach_domain::desired::NodeSpec) -> &'static str {
     kreach_coordinator::core::role_word(&desired.role)
 }
 
@@ -162,14 +162,14 @@ fn certs(cli: &Cli, action: &CertsAction) -> anyhow::Result<u8> {
             } else {
                 coordinator_names.clone()
             };
-            kreach_common::tls::init_certs(dir, &names, nodes, *days, *force)?
+            kreach_runtime::tls::init_certs(dir, &names, nodes, *days, *force)?
         }
         CertsAction::Issue {
             dir,
             node,
             days,
             force,
-        } => kreach_common::tls::issue_node_cert(dir, node, *days, *force)?,
+        } => kreach_runtime::tls::issue_node_cert(dir, node, *days, *force)?,
     };
     const ADVICE: &str = "Give each host only its own nodes/NODE.pem and .key plus ca.pem; keep ca.key on this machine.";
     let text: String = written
@@ -496,7 +496,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             if table {
                 println!("diagnosing from {client}'s vantage (its agent takes the steps):");
             }
-            let mut steps: Vec<kreach_common::diagnose::Step> = Vec::new();
+            let mut steps: Vec<kreach_domain::diagnose::Step> = Vec::new();
             loop {
                 let message = stream.message().await.map_err(fail)?.ok_or_else(|| {
                     anyhow::anyhow!("the coordinator ended the diagnosis before its last step")
@@ -507,7 +507,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                     }
                     break;
                 }
-                let step = kreach_common::diagnose::Step::from(&message);
+                let step = kreach_domain::diagnose::Step::from(&message);
                 if table {
                     println!("{}", step.line());
                 }
@@ -515,7 +515,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             }
             let broken = steps.iter().find(|step| !step.ok);
             let text = match broken {
-                None => format!("{}\n", kreach_common::diagnose::ALL_PASSED),
+                None => format!("{}\n", kreach_domain::diagnose::ALL_PASSED),
                 Some(step) => format!("{}\n", step.broken_line()),
             };
             let json = serde_json::json!({

@@ -5,12 +5,12 @@
 
 use std::net::IpAddr;
 
-use kreach_proto as pb;
+use crate as pb;
 
-use crate::desired::{BootstrapEndpoint, ExternalFilter, NodeRole, NodeSpec};
-use crate::hosts::HostsEntry;
-use crate::properties::{ListenerSettings, ListenerSpec};
-use crate::spec::View;
+use kreach_domain::desired::{BootstrapEndpoint, ExternalFilter, NodeRole, NodeSpec};
+use kreach_domain::hosts::HostsEntry;
+use kreach_domain::properties::{ListenerSettings, ListenerSpec};
+use kreach_domain::spec::View;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("invalid {field} in a kreach.v1 message: {message}")]
@@ -113,8 +113,8 @@ impl From<&NodeSpec> for pb::NodeSpec {
     }
 }
 
-impl From<&crate::diagnose::Step> for pb::DiagnoseStep {
-    fn from(step: &crate::diagnose::Step) -> pb::DiagnoseStep {
+impl From<&kreach_domain::diagnose::Step> for pb::DiagnoseStep {
+    fn from(step: &kreach_domain::diagnose::Step) -> pb::DiagnoseStep {
         pb::DiagnoseStep {
             broker_id: step.broker_id,
             step: step.step.clone(),
@@ -126,9 +126,9 @@ impl From<&crate::diagnose::Step> for pb::DiagnoseStep {
     }
 }
 
-impl From<&pb::DiagnoseStep> for crate::diagnose::Step {
-    fn from(step: &pb::DiagnoseStep) -> crate::diagnose::Step {
-        crate::diagnose::Step {
+impl From<&pb::DiagnoseStep> for kreach_domain::diagnose::Step {
+    fn from(step: &pb::DiagnoseStep) -> kreach_domain::diagnose::Step {
+        kreach_domain::diagnose::Step {
             broker_id: step.broker_id,
             step: step.step.clone(),
             ok: step.ok,
@@ -138,8 +138,8 @@ impl From<&pb::DiagnoseStep> for crate::diagnose::Step {
     }
 }
 
-impl From<&crate::desired::ScramUser> for pb::ScramUser {
-    fn from(user: &crate::desired::ScramUser) -> pb::ScramUser {
+impl From<&kreach_domain::desired::ScramUser> for pb::ScramUser {
+    fn from(user: &kreach_domain::desired::ScramUser) -> pb::ScramUser {
         pb::ScramUser {
             name: user.name.clone(),
             mechanism: user.mechanism.clone(),
@@ -150,9 +150,9 @@ impl From<&crate::desired::ScramUser> for pb::ScramUser {
     }
 }
 
-impl From<&pb::ScramUser> for crate::desired::ScramUser {
-    fn from(user: &pb::ScramUser) -> crate::desired::ScramUser {
-        crate::desired::ScramUser {
+impl From<&pb::ScramUser> for kreach_domain::desired::ScramUser {
+    fn from(user: &pb::ScramUser) -> kreach_domain::desired::ScramUser {
+        kreach_domain::desired::ScramUser {
             name: user.name.clone(),
             mechanism: user.mechanism.clone(),
             iterations: user.iterations,
@@ -244,7 +244,7 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
                         let tls =
                             match (listener.keystore.is_empty(), listener.truststore.is_empty()) {
                                 (true, true) => None,
-                                (false, false) => Some(crate::properties::ListenerTls {
+                                (false, false) => Some(kreach_domain::properties::ListenerTls {
                                     keystore: listener.keystore.clone(),
                                     truststore: listener.truststore.clone(),
                                 }),
@@ -339,7 +339,7 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
         let certificates = wire
             .certificates
             .iter()
-            .map(|cert| crate::desired::ListenerCertificate {
+            .map(|cert| kreach_domain::desired::ListenerCertificate {
                 listener: cert.listener.clone(),
                 chain_pem: cert.chain_pem.clone(),
                 sans: cert.sans.clone(),
@@ -361,7 +361,7 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
             scram_users: wire
                 .scram_users
                 .iter()
-                .map(crate::desired::ScramUser::from)
+                .map(kreach_domain::desired::ScramUser::from)
                 .collect(),
             sasl_mechanism: wire.sasl_mechanism.clone(),
         })
@@ -371,8 +371,8 @@ impl TryFrom<&pb::NodeSpec> for NodeSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::all_node_specs;
-    use crate::spec::ClusterSpec;
+    use kreach_domain::desired::all_node_specs;
+    use kreach_domain::spec::ClusterSpec;
 
     #[test]
     fn every_node_of_the_example_survives_the_wire() {

@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use kreach_common::hosts::{apply_block, read_block, strip_block, HostsEntry};
+use kreach_domain::hosts::{apply_block, read_block, strip_block, HostsEntry};
 
 #[derive(serde::Deserialize)]
 struct Case {

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use kreach_common::properties::{
+use kreach_domain::properties::{
     apply_listeners, check_kafka_rules, get_property, ListenerSettings, ListenerSpec,
 };
 

@@ -1,7 +1,7 @@
 //! Property tests for the listener editor: whatever surrounds the managed keys survives byte for
 //! byte and in order, a second apply changes nothing, and the result reads back as desired.
 
-use kreach_common::properties::{apply_listeners, get_property, ListenerSettings, ListenerSpec};
+use kreach_domain::properties::{apply_listeners, get_property, ListenerSettings, ListenerSpec};
 use proptest::prelude::*;
 
 const MANAGED: [&str; 4] = [

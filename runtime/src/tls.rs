@@ -208,11 +208,7 @@ impl std::fmt::Debug for TlsFiles {
 
 /// A node name as the cluster spec allows it: letters, digits, '-', '_', '.'.
 pub fn validate_node_name(node: &str) -> Result<(), TlsError> {
-    let valid = !node.is_empty()
-        && node
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if valid {
+    if kreach_domain::spec::is_valid_node_name(node) {
         Ok(())
     } else {
         Err(TlsError::InvalidNodeName {

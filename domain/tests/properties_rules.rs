@@ -1,7 +1,7 @@
 //! Kafka's startup rules and malformed input: `apply_listeners` must refuse to produce a file
 //! Kafka would reject, and say why.
 
-use kreach_common::properties::{
+use kreach_domain::properties::{
     apply_listeners, check_kafka_rules, get_property, ListenerSettings, ListenerSpec,
     PropertiesError,
 };

@@ -5,12 +5,12 @@
 use std::path::Path;
 use std::time::Duration;
 
-use kreach_common::tls::{init_certs, load_tls_files, peer_identity, PeerIdentity, TlsFiles};
 use kreach_proto::agent_service_client::AgentServiceClient;
 use kreach_proto::agent_service_server::{AgentService, AgentServiceServer};
 use kreach_proto::{
     Ack, AgentHealth, AuditAck, AuditReport, HostFacts, NodeStatus, Release, SubscribeRequest,
 };
+use kreach_runtime::tls::{init_certs, load_tls_files, peer_identity, PeerIdentity, TlsFiles};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::{
     Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Server, ServerTlsConfig,

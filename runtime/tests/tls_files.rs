@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use kreach_common::tls::{
+use kreach_runtime::tls::{
     init_certs, issue_node_cert, load_tls_files, peer_identity, verify_signed_by, PeerIdentity,
     TlsError,
 };

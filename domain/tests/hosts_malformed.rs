@@ -1,7 +1,7 @@
 //! Hosts files whose kreach markers do not form exactly one block: every function refuses them and
 //! names the line, rather than guessing which lines are ours.
 
-use kreach_common::hosts::{apply_block, read_block, strip_block, HostsEntry, HostsError};
+use kreach_domain::hosts::{apply_block, read_block, strip_block, HostsEntry, HostsError};
 
 const BEGIN: &str =
     "# BEGIN kreach cluster=orders (managed by kreach-agent; manual edits inside are reverted)";

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use kreach_common::hosts::{apply_block, read_block, strip_block, HostsEntry};
+use kreach_domain::hosts::{apply_block, read_block, strip_block, HostsEntry};
 use proptest::prelude::*;
 
 fn is_marker_like(text: &str) -> bool {
