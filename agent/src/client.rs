@@ -25,7 +25,7 @@ use crate::drift::lock_engine;
 use crate::engine::{Engine, EngineError, Outcome, RestartWindow};
 use crate::facts::{self, HostFacts};
 use crate::jitter::{jittered, random_unit, PeriodicTimer};
-use crate::state::{self, ReleaseRef};
+use crate::state::{self, ReleaseId};
 
 /// The first reconnect waits this long; each further failure doubles it up to [`BACKOFF_MAX`].
 pub const BACKOFF_INITIAL: Duration = Duration::from_millis(200);
@@ -565,11 +565,7 @@ impl CoordinatorClient {
             };
             return report(client, status).await;
         };
-        let reference = ReleaseRef {
-            generation: id.generation,
-            step: id.step,
-            attempt: id.attempt,
-        };
+        let reference = ReleaseId::from(&id);
         let status = |phase: pb::Phase, reason: String| pb::NodeStatus {
             node: node.clone(),
             release: Some(id),
@@ -770,12 +766,7 @@ fn load_failed_release(config: &AgentConfig) -> Option<(pb::ReleaseId, pb::NodeS
             return None;
         }
     };
-    let reference = failed.release();
-    let id = pb::ReleaseId {
-        generation: reference.generation,
-        step: reference.step,
-        attempt: reference.attempt,
-    };
+    let id = pb::ReleaseId::from(failed.release());
     let phase = if failed.phase == "rolled_back" {
         pb::Phase::RolledBack
     } else {
@@ -1038,11 +1029,9 @@ fn endpoint(coordinator: &CoordinatorConfig) -> Result<Endpoint, ClientError> {
 /// (generation 0), which the coordinator never released.
 fn applied_release(state_dir: &Path) -> Option<pb::ReleaseId> {
     match state::load(state_dir) {
-        Ok(Some(applied)) if applied.generation > 0 => Some(pb::ReleaseId {
-            generation: applied.generation,
-            step: applied.step,
-            attempt: applied.attempt,
-        }),
+        Ok(Some(applied)) if applied.release().is_from_coordinator() => {
+            Some(pb::ReleaseId::from(applied.release()))
+        }
         Ok(_) => None,
         Err(error) => {
             tracing::error!(dir = %state_dir.display(), "cannot read the applied state: {error}");
@@ -1082,10 +1071,7 @@ fn unix_ms(time: SystemTime) -> u64 {
 }
 
 fn describe(id: &pb::ReleaseId) -> String {
-    format!(
-        "generation {} step {} attempt {}",
-        id.generation, id.step, id.attempt
-    )
+    ReleaseId::from(id).to_string()
 }
 
 /// The error and its sources on one line (tonic's transport errors hide the useful part below).

@@ -20,7 +20,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use crate::engine::{Engine, EngineError};
 use crate::health::HealthBoard;
 use crate::jitter::{first_delay, jittered, random_unit};
-use crate::state::{self, AppliedState, ReleaseRef};
+use crate::state::{self, AppliedState, ReleaseId};
 
 /// How long a drifted file must stay unchanged before it is repaired.
 const STABLE_AFTER: Duration = Duration::from_millis(150);
@@ -165,7 +165,7 @@ pub fn enforce(
     health: &HealthBoard,
 ) {
     let managed = lock_engine(engine).managed_paths();
-    let mut enforcing: Option<(ReleaseRef, String)> = None;
+    let mut enforcing: Option<(ReleaseId, String)> = None;
     let mut waiting_logged = false;
     // The last applied state seen on disk: if its file disappears (the state directory removed
     // under us), enforcing goes on from memory and the file is written back.

@@ -20,7 +20,7 @@ use crate::audit::{AuditAction, AuditEntry, AuditLog};
 use crate::config::AgentConfig;
 use crate::fsio::{self, WriteMethod};
 use crate::service::ServiceManager;
-use crate::state::{self, AppliedState, ReleaseRef};
+use crate::state::{self, AppliedState, ReleaseId};
 use crate::verify::{KeystoreReload, ListenerProbe};
 
 /// How many previous versions of each managed file are kept under `state_dir/backups`.
@@ -254,7 +254,7 @@ impl Engine {
     pub fn apply(
         &self,
         plan: &Plan,
-        release: ReleaseRef,
+        release: ReleaseId,
         released_by: &str,
     ) -> Result<Outcome, EngineError> {
         let generation = release.generation;
@@ -486,7 +486,7 @@ impl Engine {
         broker_id: i32,
         running: &[gates::RunningListener],
         written: &[Written],
-        release: ReleaseRef,
+        release: ReleaseId,
         released_by: &str,
     ) -> Result<Result<(Vec<String>, RestartWindow), Outcome>, EngineError> {
         let generation = release.generation;
@@ -1251,7 +1251,7 @@ mod tests {
             shown.contains(&format!("certificate serial {}", issued.serial)),
             "{shown}"
         );
-        engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
         let keystore = fixture.dir.path().join("kafka-tls/internal.keystore.pem");
         let content = std::fs::read_to_string(&keystore).unwrap();
         assert!(content.starts_with(&key) && content.ends_with(&issued.chain_pem));
@@ -1317,7 +1317,7 @@ mod tests {
         spec.certificates = vec![certificate(sans)];
         spec.kafka_ca_pem = ca.cert_pem.clone();
         let plan = engine.plan(&spec).unwrap();
-        engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
         let mut renewed = spec.clone();
         renewed.certificates = vec![certificate(renewed_sans)];
         (spec, renewed)
@@ -1347,7 +1347,7 @@ mod tests {
             "{}",
             plan.render()
         );
-        let outcome = engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        let outcome = engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
         let Outcome::Converged {
             restarted, checks, ..
         } = outcome
@@ -1380,7 +1380,7 @@ mod tests {
             Err("127.0.0.1:9092 does not support IncrementalAlterConfigs".into()),
         );
         let plan = engine.plan(&renewed).unwrap();
-        let outcome = engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        let outcome = engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
         let Outcome::Converged { restarted, .. } = outcome else {
             panic!("{outcome:?}")
         };
@@ -1407,7 +1407,7 @@ mod tests {
             Err("the broker did not take the key store reload".into()),
         );
         let plan = engine.plan(&renewed).unwrap();
-        let outcome = engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap();
+        let outcome = engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
         let Outcome::RolledBack {
             reason, restored, ..
         } = outcome
@@ -1459,7 +1459,7 @@ mod tests {
         );
         let plan = engine.plan(&fixture.node_spec()).unwrap();
         assert!(plan.restart.is_some());
-        let error = engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap_err();
+        let error = engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap_err();
         assert!(
             matches!(error, EngineError::PreRestartRefused { .. })
                 && error.to_string().contains("refused to restart kafka.service, so nothing was written: min.insync.replicas: restarting broker 2"),
@@ -1485,7 +1485,7 @@ mod tests {
         let fixture = Fixture::new();
         let engine = fixture.engine(None, Ok(vec!["advertised endpoint: right".into()]));
         let plan = engine.plan(&fixture.node_spec()).unwrap();
-        match engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap() {
+        match engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap() {
             Outcome::Converged { checks, .. } => assert_eq!(
                 checks,
                 vec![
@@ -1505,7 +1505,7 @@ mod tests {
             ],
         );
         let plan = engine.plan(&fixture.node_spec()).unwrap();
-        match engine.apply(&plan, ReleaseRef::LOCAL, "test").unwrap() {
+        match engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap() {
             Outcome::RolledBack { reason, .. } => {
                 assert!(
                     reason.contains("advertised endpoint: listener INTERNAL"),
@@ -1555,7 +1555,7 @@ mod tests {
             .unwrap()
             .is_none());
         let error = engine
-            .apply(&plan, ReleaseRef::LOCAL, "test")
+            .apply(&plan, ReleaseId::LOCAL, "test")
             .expect_err("a broker down after the rollback is not a clean rollback");
         assert!(
             matches!(error, EngineError::RollbackFailed { .. }),

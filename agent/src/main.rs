@@ -226,7 +226,7 @@ fn apply_local(
         println!("dry run: nothing was changed");
         return Ok(converged_exit(&plan));
     }
-    let outcome = match engine.apply(&plan, state::ReleaseRef::LOCAL, "apply-local") {
+    let outcome = match engine.apply(&plan, state::ReleaseId::LOCAL, "apply-local") {
         Ok(outcome) => outcome,
         Err(refused @ kreach_agent::engine::EngineError::PreRestartRefused { .. }) => {
             println!("refused: {refused}");

@@ -38,8 +38,8 @@ pub struct AppliedState {
 }
 
 impl AppliedState {
-    pub fn release(&self) -> ReleaseRef {
-        ReleaseRef {
+    pub fn release(&self) -> ReleaseId {
+        ReleaseId {
             generation: self.generation,
             step: self.step,
             attempt: self.attempt,
@@ -48,22 +48,8 @@ impl AppliedState {
 }
 
 /// Which release a state came from: the coordinator's generation, step and attempt (all 0 for a
-/// local `apply-local`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ReleaseRef {
-    pub generation: u64,
-    pub step: u32,
-    pub attempt: u32,
-}
-
-impl ReleaseRef {
-    /// The local one-shot `apply-local`.
-    pub const LOCAL: ReleaseRef = ReleaseRef {
-        generation: 0,
-        step: 0,
-        attempt: 0,
-    };
-}
+/// local `apply-local`), the domain's one type.
+pub use kreach_domain::release::ReleaseId;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -145,8 +131,8 @@ pub struct FailedRelease {
 }
 
 impl FailedRelease {
-    pub fn release(&self) -> ReleaseRef {
-        ReleaseRef {
+    pub fn release(&self) -> ReleaseId {
+        ReleaseId {
             generation: self.generation,
             step: self.step,
             attempt: self.attempt,
@@ -298,7 +284,7 @@ mod tests {
         let loaded = load(dir.path()).unwrap().unwrap();
         assert_eq!(
             loaded.release(),
-            ReleaseRef {
+            ReleaseId {
                 generation: 3,
                 step: 0,
                 attempt: 0

@@ -421,11 +421,7 @@ impl Core {
         };
         match (outcome, release, self.record.rollout.as_mut()) {
             (Some(outcome), Some(release), Some(rollout)) => {
-                let id = ReleaseId {
-                    generation: release.generation,
-                    step: release.step,
-                    attempt: release.attempt,
-                };
+                let id = ReleaseId::from(&release);
                 let events = rollout.on_report(&node, id, outcome, now_ms());
                 self.handle_events(events)
             }
@@ -1514,11 +1510,7 @@ fn plan_steps(plan: &rollout::RolloutPlan) -> Vec<pb::PlannedStep> {
 }
 
 fn wire_id(release: &rollout::Release) -> pb::ReleaseId {
-    pb::ReleaseId {
-        generation: release.generation,
-        step: release.step,
-        attempt: release.attempt,
-    }
+    pb::ReleaseId::from(release.id())
 }
 
 fn to_wire_release(release: &rollout::Release) -> pb::Release {

@@ -366,24 +366,8 @@ fn expanded_entries(current: &[HostsEntry], desired: &[HostsEntry]) -> Vec<Hosts
     entries
 }
 
-/// Which release a report is about. Agents echo it back, so a late report for an older release is
-/// recognisable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReleaseId {
-    pub generation: u64,
-    pub step: u32,
-    pub attempt: u32,
-}
-
-impl fmt::Display for ReleaseId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "generation {} step {} attempt {}",
-            self.generation, self.step, self.attempt
-        )
-    }
-}
+/// Which release a report is about (the domain's one type; agents echo it back).
+pub use kreach_domain::release::ReleaseId;
 
 /// The spec a node is to apply now, and which release it belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,8 @@
 //! ([`desired`]), the two editors that turn desired state into file content — the hosts block
 //! ([`hosts`]) and the listener keys of `server.properties` ([`properties`]) — the health gates
 //! ([`gates`]), diffs ([`diff`]), the bounds of what the agent accepts ([`limits`]), a diagnosis
-//! step ([`diagnose`]) and the counters' text format ([`prometheus_text`]).
+//! step ([`diagnose`]), the one [`release::ReleaseId`] of the agent–coordinator contract, and the
+//! counters' text format ([`prometheus_text`]).
 //!
 //! Does not own: the wire (proto ↔ domain conversion is `kreach-proto`'s `convert`), TLS material,
 //! the daemons' logging and systemd notifications, or the Kafka frame check (`kreach-runtime`).
@@ -18,4 +19,5 @@ pub mod hosts;
 pub mod limits;
 pub mod prometheus_text;
 pub mod properties;
+pub mod release;
 pub mod spec;

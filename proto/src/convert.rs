@@ -113,6 +113,26 @@ impl From<&NodeSpec> for pb::NodeSpec {
     }
 }
 
+impl From<kreach_domain::release::ReleaseId> for pb::ReleaseId {
+    fn from(id: kreach_domain::release::ReleaseId) -> pb::ReleaseId {
+        pb::ReleaseId {
+            generation: id.generation,
+            step: id.step,
+            attempt: id.attempt,
+        }
+    }
+}
+
+impl From<&pb::ReleaseId> for kreach_domain::release::ReleaseId {
+    fn from(id: &pb::ReleaseId) -> kreach_domain::release::ReleaseId {
+        kreach_domain::release::ReleaseId {
+            generation: id.generation,
+            step: id.step,
+            attempt: id.attempt,
+        }
+    }
+}
+
 impl From<&kreach_domain::diagnose::Step> for pb::DiagnoseStep {
     fn from(step: &kreach_domain::diagnose::Step) -> pb::DiagnoseStep {
         pb::DiagnoseStep {
