@@ -2,14 +2,13 @@
 //!
 //! Owns: the [`ServiceManager`] trait and its implementations — [`SystemdManager`] (systemd over the
 //! system D-Bus), [`CommandManager`] (argv commands, for hosts without systemd) and
-//! [`FakeServiceManager`] (a recording fake for the engine's tests).
+//! a recording fake for tests (compiled into tests only).
 //!
 //! Does not own: *whether* to restart (the reconciler decides, only when a rendered file changed) nor
 //! whether the restarted broker is healthy as Kafka (the verify gates probe listeners and metadata).
 //! "Restarted" here means the service manager reports the unit running again.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
@@ -141,7 +140,8 @@ pub enum ServiceError {
         stderr_tail: String,
     },
 
-    /// A failure injected into [`FakeServiceManager`].
+    /// A failure injected into the tests' fake service manager.
+    #[cfg(test)]
     #[error("restart of {unit} failed (injected by the fake service manager): {message}")]
     Injected { unit: String, message: String },
 }
@@ -648,125 +648,137 @@ impl TailReader {
 }
 
 // ---------------------------------------------------------------------------------------------
-// fake
+// fake (tests only: not in the product binary)
 // ---------------------------------------------------------------------------------------------
 
-/// One restart seen by [`FakeServiceManager`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RestartRecord {
-    pub unit: String,
-    pub started: Instant,
-    pub finished: Instant,
-    /// The injected failure message, if this restart was made to fail.
-    pub failure: Option<String>,
-}
+#[cfg(test)]
+pub use fake::{FakeServiceManager, RestartRecord};
 
-#[derive(Debug, Default)]
-struct FakeState {
-    records: Vec<RestartRecord>,
-    /// Failures keyed by the 1-based number of the restart they apply to.
-    planned_failures: Vec<(usize, String)>,
-    delay: Duration,
-}
+#[cfg(test)]
+mod fake {
+    use super::{ServiceError, ServiceManager};
+    use std::fmt;
+    use std::sync::Mutex;
+    use std::thread;
+    use std::time::{Duration, Instant};
 
-/// A recording fake for tests of the engine: records every restart (unit, start and end instant)
-/// and fails the restarts it was told to.
-#[derive(Debug, Default)]
-pub struct FakeServiceManager {
-    state: Mutex<FakeState>,
-}
-
-impl FakeServiceManager {
-    pub fn new() -> Self {
-        Self::default()
+    /// One restart seen by [`FakeServiceManager`].
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct RestartRecord {
+        pub unit: String,
+        pub started: Instant,
+        pub finished: Instant,
+        /// The injected failure message, if this restart was made to fail.
+        pub failure: Option<String>,
     }
 
-    /// Each restart takes this long (so tests can observe overlap between nodes).
-    #[must_use]
-    pub fn with_delay(self, delay: Duration) -> Self {
-        self.lock().delay = delay;
-        self
+    #[derive(Debug, Default)]
+    struct FakeState {
+        records: Vec<RestartRecord>,
+        /// Failures keyed by the 1-based number of the restart they apply to.
+        planned_failures: Vec<(usize, String)>,
+        delay: Duration,
     }
 
-    /// Make the next restart fail with `message`.
-    pub fn fail_next(&self, message: impl Into<String>) {
-        let mut state = self.lock();
-        let next = state.records.len() + 1;
-        state.planned_failures.push((next, message.into()));
+    /// A recording fake for tests of the engine: records every restart (unit, start and end instant)
+    /// and fails the restarts it was told to.
+    #[derive(Debug, Default)]
+    pub struct FakeServiceManager {
+        state: Mutex<FakeState>,
     }
 
-    /// Make the `n`th restart (1-based, counting all restarts this fake has seen) fail with `message`.
-    pub fn fail_nth(&self, n: usize, message: impl Into<String>) {
-        self.lock().planned_failures.push((n, message.into()));
-    }
+    impl FakeServiceManager {
+        pub fn new() -> Self {
+            Self::default()
+        }
 
-    /// The units restarted so far, in order (failed restarts included).
-    pub fn restarts(&self) -> Vec<String> {
-        self.lock().records.iter().map(|r| r.unit.clone()).collect()
-    }
+        /// Each restart takes this long (so tests can observe overlap between nodes).
+        #[must_use]
+        pub fn with_delay(self, delay: Duration) -> Self {
+            self.lock().delay = delay;
+            self
+        }
 
-    /// Every restart with its timing.
-    pub fn records(&self) -> Vec<RestartRecord> {
-        self.lock().records.clone()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl ServiceManager for FakeServiceManager {
-    fn restart(&self, unit: &str, _timeout: Duration) -> Result<(), ServiceError> {
-        let started = Instant::now();
-        let (number, delay) = {
+        /// Make the next restart fail with `message`.
+        pub fn fail_next(&self, message: impl Into<String>) {
             let mut state = self.lock();
-            // Reserve our slot now so concurrent restarts number themselves in call order.
-            state.records.push(RestartRecord {
-                unit: unit.to_owned(),
-                started,
-                finished: started,
-                failure: None,
-            });
-            (state.records.len(), state.delay)
-        };
-        if !delay.is_zero() {
-            thread::sleep(delay);
+            let next = state.records.len() + 1;
+            state.planned_failures.push((next, message.into()));
         }
-        let mut state = self.lock();
-        let failure = state
-            .planned_failures
-            .iter()
-            .position(|(n, _)| *n == number)
-            .map(|i| state.planned_failures.remove(i).1);
-        let record = &mut state.records[number - 1];
-        record.finished = Instant::now();
-        record.failure.clone_from(&failure);
-        match failure {
-            Some(message) => Err(ServiceError::Injected {
-                unit: unit.to_owned(),
-                message,
-            }),
-            None => Ok(()),
+
+        /// Make the `n`th restart (1-based, counting all restarts this fake has seen) fail with `message`.
+        pub fn fail_nth(&self, n: usize, message: impl Into<String>) {
+            self.lock().planned_failures.push((n, message.into()));
+        }
+
+        /// The units restarted so far, in order (failed restarts included).
+        pub fn restarts(&self) -> Vec<String> {
+            self.lock().records.iter().map(|r| r.unit.clone()).collect()
+        }
+
+        /// Every restart with its timing.
+        pub fn records(&self) -> Vec<RestartRecord> {
+            self.lock().records.clone()
+        }
+
+        fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
         }
     }
 
-    fn describe(&self) -> String {
-        "fake".to_owned()
-    }
-}
+    impl ServiceManager for FakeServiceManager {
+        fn restart(&self, unit: &str, _timeout: Duration) -> Result<(), ServiceError> {
+            let started = Instant::now();
+            let (number, delay) = {
+                let mut state = self.lock();
+                // Reserve our slot now so concurrent restarts number themselves in call order.
+                state.records.push(RestartRecord {
+                    unit: unit.to_owned(),
+                    started,
+                    finished: started,
+                    failure: None,
+                });
+                (state.records.len(), state.delay)
+            };
+            if !delay.is_zero() {
+                thread::sleep(delay);
+            }
+            let mut state = self.lock();
+            let failure = state
+                .planned_failures
+                .iter()
+                .position(|(n, _)| *n == number)
+                .map(|i| state.planned_failures.remove(i).1);
+            let record = &mut state.records[number - 1];
+            record.finished = Instant::now();
+            record.failure.clone_from(&failure);
+            match failure {
+                Some(message) => Err(ServiceError::Injected {
+                    unit: unit.to_owned(),
+                    message,
+                }),
+                None => Ok(()),
+            }
+        }
 
-impl fmt::Display for RestartRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} ({:?}{})",
-            self.unit,
-            self.finished - self.started,
-            self.failure
-                .as_deref()
-                .map(|m| format!(", failed: {m}"))
-                .unwrap_or_default()
-        )
+        fn describe(&self) -> String {
+            "fake".to_owned()
+        }
+    }
+
+    impl fmt::Display for RestartRecord {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(
+                f,
+                "{} ({:?}{})",
+                self.unit,
+                self.finished - self.started,
+                self.failure
+                    .as_deref()
+                    .map(|m| format!(", failed: {m}"))
+                    .unwrap_or_default()
+            )
+        }
     }
 }
 
