@@ -25,56 +25,7 @@ use crate::kafka::{KafkaConnection, ProbeError};
 /// How long one connect (and each Kafka request after it) may take before it counts as timed out.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Why an endpoint is not reachable. The short text ([`Failure::reason`]) is what the matrix shows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Failure {
-    /// The system resolver has no address for the advertised name.
-    DoesNotResolve,
-    /// The network says there is no way there (EHOSTUNREACH, ENETUNREACH, ...).
-    NoRoute,
-    /// Something answered and refused the connection: nothing listens on that port.
-    Refused,
-    /// Nothing answered in time: typically a packet filter dropping this source.
-    TimedOut,
-    /// Another broker (or another cluster's broker) is behind the address.
-    WrongBroker,
-    /// The broker is in the spec but no metadata advertises it.
-    NotAdvertised,
-    /// A connection was made, but what is there does not answer Kafka's requests.
-    NotKafka,
-    /// Any other connect error.
-    CannotConnect,
-    /// TLS: the certificate is not valid for the advertised name or address.
-    CertificateNotForHost,
-    /// TLS: the certificate is not signed by the Kafka CA this host trusts.
-    UnknownCa,
-    /// TLS: the certificate has expired.
-    CertificateExpired,
-    /// TLS: the handshake failed otherwise (nothing speaks TLS there, ...).
-    TlsFailed,
-    /// SASL: the SCRAM login with this host's credentials failed.
-    AuthenticationFailed,
-}
-
-impl Failure {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Failure::DoesNotResolve => "does not resolve",
-            Failure::NoRoute => "no route",
-            Failure::Refused => "refused",
-            Failure::TimedOut => "timed out",
-            Failure::WrongBroker => "wrong broker",
-            Failure::NotAdvertised => "not advertised",
-            Failure::NotKafka => "not kafka",
-            Failure::CannotConnect => "cannot connect",
-            Failure::CertificateNotForHost => "certificate does not cover it",
-            Failure::UnknownCa => "unknown CA",
-            Failure::CertificateExpired => "expired",
-            Failure::TlsFailed => "tls failed",
-            Failure::AuthenticationFailed => "authentication failed",
-        }
-    }
-}
+pub use kreach_domain::reachability::Failure;
 
 /// Why a connect (or the Kafka handshake after it) failed, as the [`Network`] seam reports it.
 #[derive(Debug)]

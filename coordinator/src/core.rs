@@ -15,6 +15,7 @@ use kreach_domain::desired::{
     bootstrap_endpoints, render_node, BootstrapEndpoint, NodeRole, NodeSpec,
 };
 use kreach_domain::diff::unified_diff;
+use kreach_domain::reachability::Failure;
 use kreach_domain::spec::{ClientSpec, ClusterSpec, View};
 use kreach_proto as pb;
 use prost::Message;
@@ -1367,7 +1368,9 @@ impl Core {
                     .iter()
                     .map(|endpoint| {
                         let mut cell = reachability_cell(endpoint, reported, &client.node);
-                        if client.view == View::Public && cell.reason == "timed out" {
+                        if client.view == View::Public
+                            && Failure::from_reason(&cell.reason) == Some(Failure::TimedOut)
+                        {
                             if let Some(note) = dropped_note(&addresses, &spec.external.allow) {
                                 cell.detail = format!("{note}; {}", cell.detail);
                             }

@@ -5,7 +5,8 @@
 //! ([`desired`]), the two editors that turn desired state into file content — the hosts block
 //! ([`hosts`]) and the listener keys of `server.properties` ([`properties`]) — the health gates
 //! ([`gates`]), diffs ([`diff`]), the bounds of what the agent accepts ([`limits`]), a diagnosis
-//! step ([`diagnose`]), the one [`release::ReleaseId`] of the agent–coordinator contract, and the
+//! step ([`diagnose`]), the one [`release::ReleaseId`] of the agent–coordinator contract, the reachability
+//! failures ([`reachability::Failure`]), and the
 //! counters' text format ([`prometheus_text`]).
 //!
 //! Does not own: the wire (proto ↔ domain conversion is `kreach-proto`'s `convert`), TLS material,
@@ -19,5 +20,6 @@ pub mod hosts;
 pub mod limits;
 pub mod prometheus_text;
 pub mod properties;
+pub mod reachability;
 pub mod release;
 pub mod spec;
