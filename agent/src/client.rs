@@ -688,7 +688,7 @@ impl CoordinatorClient {
                 }
                 self.check_now.notify_one();
                 let mut converged = status(pb::Phase::Converged, reason);
-                converged.checks = checks.iter().map(|check| passed_check(check)).collect();
+                converged.checks = checks.iter().map(pb::Check::from).collect();
                 set_restart_window(&mut converged, restart_window);
                 report(client, converged).await
             }
@@ -1045,18 +1045,6 @@ fn applied_release(state_dir: &Path) -> Option<pb::ReleaseId> {
 /// A passed check's line as the engine gives it: the gates' `name: detail` ("advertised endpoint:
 /// listener EXTERNAL on ..."), or a TCP check's "INTERNAL accepts connections on ...", named by
 /// its listener.
-fn passed_check(text: &str) -> pb::Check {
-    let (name, detail) = match text.split_once(": ") {
-        Some((name, detail)) if !name.contains(':') && name.len() <= 40 => (name, detail),
-        _ => (text.split_whitespace().next().unwrap_or("check"), text),
-    };
-    pb::Check {
-        name: name.to_string(),
-        ok: true,
-        detail: detail.to_string(),
-    }
-}
-
 fn set_restart_window(status: &mut pb::NodeStatus, window: Option<RestartWindow>) {
     if let Some(window) = window {
         status.restart_started_ms = unix_ms(window.started);
@@ -1122,24 +1110,5 @@ mod tests {
         }
         // The source is not constant: jitter actually spreads agents out.
         assert!(seen.iter().any(|unit| *unit < 0.3) && seen.iter().any(|unit| *unit > 0.7));
-    }
-
-    #[test]
-    fn checks_are_named_by_listener() {
-        let check = passed_check("INTERNAL accepts connections on 127.0.0.1:9092");
-        assert_eq!(check.name, "INTERNAL");
-        assert!(check.ok);
-        assert_eq!(
-            check.detail,
-            "INTERNAL accepts connections on 127.0.0.1:9092"
-        );
-        let check = passed_check(
-            "advertised endpoint: listener EXTERNAL on 198.19.0.11:9093 advertises 198.19.0.11:9093",
-        );
-        assert_eq!(check.name, "advertised endpoint");
-        assert_eq!(
-            check.detail,
-            "listener EXTERNAL on 198.19.0.11:9093 advertises 198.19.0.11:9093"
-        );
     }
 }

@@ -149,7 +149,7 @@ pub enum Outcome {
     Converged {
         written: Vec<(PathBuf, WriteMethod)>,
         restarted: Option<String>,
-        checks: Vec<String>,
+        checks: Vec<gates::GateCheck>,
         /// When the restart of the unit began and ended; None when nothing restarted.
         restart_window: Option<RestartWindow>,
     },
@@ -382,7 +382,7 @@ impl Engine {
         &self,
         plan: &Plan,
         running: &[gates::RunningListener],
-    ) -> Result<Vec<String>, EngineError> {
+    ) -> Result<Vec<gates::GateCheck>, EngineError> {
         if !matches!(plan.node_spec.role, NodeRole::Broker { .. }) {
             return Ok(Vec::new());
         }
@@ -439,7 +439,7 @@ impl Engine {
         broker_id: i32,
         running: &[gates::RunningListener],
         generation: u64,
-    ) -> Result<Vec<String>, EngineError> {
+    ) -> Result<Vec<gates::GateCheck>, EngineError> {
         let timeout =
             Duration::from_millis(plan.node_spec.health_timeout_ms).min(PRE_RESTART_TIMEOUT);
         match self.probe.before_restart(broker_id, running, timeout) {
@@ -458,7 +458,7 @@ impl Engine {
     }
 
     /// Have the running broker load its rewritten key stores and check it serves them.
-    fn reload_live(&self, plan: &Plan, broker_id: i32) -> Result<Vec<String>, String> {
+    fn reload_live(&self, plan: &Plan, broker_id: i32) -> Result<Vec<gates::GateCheck>, String> {
         let listeners = plan
             .node_spec
             .listeners
@@ -488,7 +488,7 @@ impl Engine {
         written: &[Written],
         release: ReleaseId,
         released_by: &str,
-    ) -> Result<Result<(Vec<String>, RestartWindow), Outcome>, EngineError> {
+    ) -> Result<Result<(Vec<gates::GateCheck>, RestartWindow), Outcome>, EngineError> {
         let generation = release.generation;
         let listeners = plan
             .node_spec
@@ -995,7 +995,7 @@ mod tests {
     use super::*;
     use crate::service::ServiceError;
     use crate::verify::{KeystoreReload, ListenerProbe};
-    use kreach_domain::gates::RunningListener;
+    use kreach_domain::gates::{GateCheck, RunningListener};
     use std::sync::{Arc, Mutex};
 
     /// What the pre-restart gate was asked: the broker id and the running listeners.
@@ -1020,11 +1020,11 @@ mod tests {
     struct ScriptedProbe {
         refuse: Option<String>,
         /// The post-restart answers in turn; the last one repeats.
-        post: Vec<Result<Vec<String>, String>>,
+        post: Vec<Result<Vec<GateCheck>, String>>,
         asked: Asked,
         verified: Verified,
         /// What a live key store reload answers.
-        reload: Result<Vec<String>, String>,
+        reload: Result<Vec<GateCheck>, String>,
         reloads: Reloads,
     }
 
@@ -1037,14 +1037,14 @@ mod tests {
             broker_id: i32,
             running: &[RunningListener],
             _timeout: Duration,
-        ) -> Result<Vec<String>, String> {
+        ) -> Result<Vec<GateCheck>, String> {
             self.asked
                 .lock()
                 .unwrap()
                 .push((broker_id, running.to_vec()));
             match &self.refuse {
                 Some(reason) => Err(reason.clone()),
-                None => Ok(vec!["min.insync.replicas: fine".into()]),
+                None => Ok(vec![GateCheck::pass("min.insync.replicas", "fine")]),
             }
         }
         fn verify(
@@ -1052,7 +1052,7 @@ mod tests {
             _broker_id: i32,
             listeners: &[ListenerSpec],
             _timeout: Duration,
-        ) -> Result<Vec<String>, String> {
+        ) -> Result<Vec<GateCheck>, String> {
             let mut verified = self.verified.lock().unwrap();
             verified.push(listeners.to_vec());
             self.post[(verified.len() - 1).min(self.post.len() - 1)].clone()
@@ -1064,7 +1064,7 @@ mod tests {
             reloads: &[KeystoreReload],
             _ca_pem: &str,
             _timeout: Duration,
-        ) -> Result<Vec<String>, String> {
+        ) -> Result<Vec<GateCheck>, String> {
             self.reloads.lock().unwrap().push(reloads.to_vec());
             self.reload.clone()
         }
@@ -1074,7 +1074,7 @@ mod tests {
             _upsert: &[ScramUser],
             _delete: &[(String, String)],
             _timeout: Duration,
-        ) -> Result<Vec<String>, String> {
+        ) -> Result<Vec<GateCheck>, String> {
             Ok(Vec::new())
         }
     }
@@ -1103,7 +1103,7 @@ mod tests {
             }
         }
 
-        fn engine(&self, refuse: Option<&str>, post: Result<Vec<String>, String>) -> Engine {
+        fn engine(&self, refuse: Option<&str>, post: Result<Vec<GateCheck>, String>) -> Engine {
             self.engine_answering(refuse, vec![post])
         }
 
@@ -1111,7 +1111,7 @@ mod tests {
         fn engine_answering(
             &self,
             refuse: Option<&str>,
-            post: Vec<Result<Vec<String>, String>>,
+            post: Vec<Result<Vec<GateCheck>, String>>,
         ) -> Engine {
             self.engine_reloading(refuse, post, Err("not asked to".into()))
         }
@@ -1120,8 +1120,8 @@ mod tests {
         fn engine_reloading(
             &self,
             refuse: Option<&str>,
-            post: Vec<Result<Vec<String>, String>>,
-            reload: Result<Vec<String>, String>,
+            post: Vec<Result<Vec<GateCheck>, String>>,
+            reload: Result<Vec<GateCheck>, String>,
         ) -> Engine {
             let root = self.dir.path().display().to_string();
             let config = AgentConfig::parse(&format!(
@@ -1335,7 +1335,10 @@ mod tests {
         let engine = fixture.engine_reloading(
             None,
             vec![Ok(vec![])],
-            Ok(vec!["reload: INTERNAL serves the new certificate".into()]),
+            Ok(vec![GateCheck::pass(
+                "reload",
+                "INTERNAL serves the new certificate",
+            )]),
         );
         let plan = engine.plan(&renewed).unwrap();
         assert!(plan.restart.is_none(), "{:?}", plan.restart);
@@ -1357,7 +1360,7 @@ mod tests {
         assert_eq!(restarted, None);
         assert!(checks
             .iter()
-            .any(|c| c.contains("serves the new certificate")));
+            .any(|c| c.detail.contains("serves the new certificate")));
         assert_eq!(*fixture.restarts.lock().unwrap(), restarts_before);
         let asked = fixture.reloads.lock().unwrap().clone();
         assert_eq!(asked.len(), 1);
@@ -1376,7 +1379,7 @@ mod tests {
         let asked_before = fixture.asked.lock().unwrap().len();
         let engine = fixture.engine_reloading(
             None,
-            vec![Ok(vec!["INTERNAL: healthy".into()])],
+            vec![Ok(vec![GateCheck::pass("INTERNAL", "healthy")])],
             Err("127.0.0.1:9092 does not support IncrementalAlterConfigs".into()),
         );
         let plan = engine.plan(&renewed).unwrap();
@@ -1483,14 +1486,17 @@ mod tests {
     #[test]
     fn both_gates_checks_are_reported_and_a_failed_post_gate_rolls_back() {
         let fixture = Fixture::new();
-        let engine = fixture.engine(None, Ok(vec!["advertised endpoint: right".into()]));
+        let engine = fixture.engine(
+            None,
+            Ok(vec![GateCheck::pass("advertised endpoint", "right")]),
+        );
         let plan = engine.plan(&fixture.node_spec()).unwrap();
         match engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap() {
             Outcome::Converged { checks, .. } => assert_eq!(
                 checks,
                 vec![
-                    "min.insync.replicas: fine".to_string(),
-                    "advertised endpoint: right".to_string()
+                    GateCheck::pass("min.insync.replicas", "fine"),
+                    GateCheck::pass("advertised endpoint", "right")
                 ]
             ),
             other => panic!("{other:?}"),
@@ -1501,7 +1507,7 @@ mod tests {
             None,
             vec![
                 Err("advertised endpoint: listener INTERNAL on 127.0.0.1:9092 advertises x".into()),
-                Ok(vec!["advertised endpoint: back".into()]),
+                Ok(vec![GateCheck::pass("advertised endpoint", "back")]),
             ],
         );
         let plan = engine.plan(&fixture.node_spec()).unwrap();

@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 
 use ipnet::IpNet;
 use kreach_domain::desired::{ExternalFilter, NodeRole, NodeSpec};
+use kreach_domain::gates::GateCheck;
 
 use crate::config::{AgentConfig, FirewallKind};
 
@@ -99,15 +100,19 @@ pub fn ruleset(filter: Option<&ExternalFilter>) -> String {
 
 /// Make the host's table match `filter`, using the `nft` at `program`; on success, the check to
 /// report (what is now in force), read back from the kernel.
-pub fn enforce(program: &Path, filter: Option<&ExternalFilter>) -> Result<String, FirewallError> {
+pub fn enforce(
+    program: &Path,
+    filter: Option<&ExternalFilter>,
+) -> Result<GateCheck, FirewallError> {
     run(program, &["-f", "-"], Some(&ruleset(filter)))?;
     let Some(filter) = filter else {
         tracing::info!(
             table = TABLE,
             "removed the EXTERNAL filter: public access is disabled"
         );
-        return Ok(format!(
-            "firewall: no EXTERNAL filter (public access disabled; table {TABLE} removed)"
+        return Ok(GateCheck::pass(
+            "firewall",
+            format!("no EXTERNAL filter (public access disabled; table {TABLE} removed)"),
         ));
     };
     let listing = run(program, &["list", "table", "inet", "kreach"], None)?;
@@ -124,15 +129,21 @@ pub fn enforce(program: &Path, filter: Option<&ExternalFilter>) -> Result<String
         .collect::<Vec<_>>()
         .join(", ");
     tracing::info!(table = TABLE, port = filter.port, allow = %allowed, "EXTERNAL filter in force");
-    Ok(format!(
-        "firewall: nftables table {TABLE} drops tcp/{} from every source outside {allowed}",
-        filter.port
+    Ok(GateCheck::pass(
+        "firewall",
+        format!(
+            "nftables table {TABLE} drops tcp/{} from every source outside {allowed}",
+            filter.port
+        ),
     ))
 }
 
 /// What the agent's apply does: on a broker whose config enables the firewall, enforce the node's
 /// filter; otherwise nothing (`None`).
-pub fn enforce_for(config: &AgentConfig, node: &NodeSpec) -> Result<Option<String>, FirewallError> {
+pub fn enforce_for(
+    config: &AgentConfig,
+    node: &NodeSpec,
+) -> Result<Option<GateCheck>, FirewallError> {
     match (config.manage.firewall, &node.role) {
         (FirewallKind::Nftables, NodeRole::Broker { .. }) => {
             enforce(Path::new(NFT), node.external_filter.as_ref()).map(Some)
@@ -175,11 +186,11 @@ pub fn repair(config: &AgentConfig, node: &NodeSpec) -> Result<Option<String>, F
     match (&node.external_filter, present) {
         (Some(filter), false) => {
             tracing::warn!(node = %config.node, table = TABLE, "the EXTERNAL filter is missing (a reboot or a flushed ruleset?); putting it back");
-            enforce(program, Some(filter)).map(Some)
+            enforce(program, Some(filter)).map(|check| Some(check.to_string()))
         }
         (None, true) => {
             tracing::warn!(node = %config.node, table = TABLE, "table {TABLE} is there but public access is disabled; removing it");
-            enforce(program, None).map(Some)
+            enforce(program, None).map(|check| Some(check.to_string()))
         }
         _ => Ok(None),
     }

@@ -254,7 +254,7 @@ fn apply_local(
                 println!("restarted {unit}");
             }
             for check in checks {
-                println!("check passed: {check}");
+                println!("check passed: {}", check.line());
             }
             if plan.conflicts.is_empty() {
                 println!("converged: {} matches the spec", desired.node);

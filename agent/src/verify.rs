@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 use kafka_protocol::messages::ApiKey;
 use kreach_domain::desired::ScramUser;
 use kreach_domain::gates::{
-    self, GateVerdict, ListenerAnswer, ListenerObservation, RunningBroker, RunningListener,
+    self, GateCheck, GateVerdict, ListenerAnswer, ListenerObservation, RunningBroker,
+    RunningListener,
 };
 use kreach_domain::properties::ListenerSpec;
 
@@ -45,7 +46,7 @@ pub trait ListenerProbe: Send + Sync {
         broker_id: i32,
         running: &[RunningListener],
         timeout: Duration,
-    ) -> Result<Vec<String>, String>;
+    ) -> Result<Vec<GateCheck>, String>;
 
     /// After a restart: Ok with the checks that passed once every listener is healthy within
     /// `timeout`; otherwise the reason, naming the listener and the address that failed.
@@ -54,7 +55,7 @@ pub trait ListenerProbe: Send + Sync {
         broker_id: i32,
         listeners: &[ListenerSpec],
         timeout: Duration,
-    ) -> Result<Vec<String>, String>;
+    ) -> Result<Vec<GateCheck>, String>;
 
     /// After new key stores were written for TLS listeners of the running broker: have it load
     /// them without a restart, and check that each listener then serves its new certificate (a
@@ -67,7 +68,7 @@ pub trait ListenerProbe: Send + Sync {
         reloads: &[KeystoreReload],
         ca_pem: &str,
         timeout: Duration,
-    ) -> Result<Vec<String>, String>;
+    ) -> Result<Vec<GateCheck>, String>;
 
     /// Keep the cluster's SCRAM users: create or change `upsert`, delete `delete` (user,
     /// mechanism), over one of `listeners` (the broker as it runs). Ok with the checks that
@@ -78,7 +79,7 @@ pub trait ListenerProbe: Send + Sync {
         upsert: &[ScramUser],
         delete: &[(String, String)],
         timeout: Duration,
-    ) -> Result<Vec<String>, String>;
+    ) -> Result<Vec<GateCheck>, String>;
 }
 
 /// Kafka's number for a SCRAM mechanism in AlterUserScramCredentials.
@@ -125,10 +126,11 @@ impl ListenerProbe for TcpProbe {
         _broker_id: i32,
         _running: &[RunningListener],
         _timeout: Duration,
-    ) -> Result<Vec<String>, String> {
-        Ok(vec![
-            "pre-restart: not checked (manage.probe = \"tcp\": the service is not asked about Kafka partitions)".to_string(),
-        ])
+    ) -> Result<Vec<GateCheck>, String> {
+        Ok(vec![GateCheck::pass(
+            "pre-restart",
+            "not checked (manage.probe = \"tcp\": the service is not asked about Kafka partitions)",
+        )])
     }
 
     fn verify(
@@ -136,7 +138,7 @@ impl ListenerProbe for TcpProbe {
         _broker_id: i32,
         listeners: &[ListenerSpec],
         timeout: Duration,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<GateCheck>, String> {
         let deadline = Instant::now() + timeout;
         let mut passed = Vec::new();
         for listener in listeners {
@@ -150,9 +152,9 @@ impl ListenerProbe for TcpProbe {
                     .max(Duration::from_millis(50));
                 match TcpStream::connect_timeout(&address, attempt) {
                     Ok(_) => {
-                        passed.push(format!(
-                            "{} accepts connections on {address}",
-                            listener.name
+                        passed.push(GateCheck::sentence(
+                            &listener.name,
+                            format!("{} accepts connections on {address}", listener.name),
                         ));
                         break;
                     }
@@ -177,7 +179,7 @@ impl ListenerProbe for TcpProbe {
         _reloads: &[KeystoreReload],
         _ca_pem: &str,
         _timeout: Duration,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<GateCheck>, String> {
         Err("manage.probe = \"tcp\" does not speak Kafka, so it cannot ask the broker to reload its key store".to_string())
     }
 
@@ -187,7 +189,7 @@ impl ListenerProbe for TcpProbe {
         _upsert: &[ScramUser],
         _delete: &[(String, String)],
         _timeout: Duration,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<GateCheck>, String> {
         Err("manage.probe = \"tcp\" does not speak Kafka, so it cannot keep SCRAM users; set probe = \"kafka\"".to_string())
     }
 }
@@ -381,21 +383,17 @@ impl KafkaProbe {
     }
 }
 
-fn check_lines(verdict: &GateVerdict) -> Vec<String> {
-    verdict.checks.iter().map(ToString::to_string).collect()
-}
-
 impl ListenerProbe for KafkaProbe {
     fn before_restart(
         &self,
         broker_id: i32,
         running: &[RunningListener],
         timeout: Duration,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<GateCheck>, String> {
         let observed = self.observe_running(running, timeout);
         let verdict = gates::pre_restart_gate(broker_id, &observed);
         match verdict.failure_reason() {
-            None => Ok(check_lines(&verdict)),
+            None => Ok(verdict.checks),
             Some(reason) => Err(reason),
         }
     }
@@ -405,7 +403,7 @@ impl ListenerProbe for KafkaProbe {
         broker_id: i32,
         listeners: &[ListenerSpec],
         timeout: Duration,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<GateCheck>, String> {
         let deadline = Instant::now() + timeout;
         // Bounded in time by the deadline and in count by the rounds that fit in it.
         let rounds = 2 + timeout.as_millis() / self.poll_interval.as_millis().max(1);
@@ -414,7 +412,7 @@ impl ListenerProbe for KafkaProbe {
             last =
                 gates::post_restart_gate(broker_id, &self.observe_listeners(listeners, deadline));
             if last.passed() {
-                return Ok(check_lines(&last));
+                return Ok(last.checks);
             }
             if Instant::now() + self.poll_interval >= deadline {
                 break;
@@ -436,7 +434,7 @@ impl ListenerProbe for KafkaProbe {
         reloads: &[KeystoreReload],
         ca_pem: &str,
         timeout: Duration,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<GateCheck>, String> {
         let deadline = Instant::now() + timeout;
         let settings: Vec<(String, Option<String>)> = reloads
             .iter()
@@ -457,14 +455,17 @@ impl ListenerProbe for KafkaProbe {
         connection
             .alter_broker_configs(broker_id, &settings)
             .map_err(|error| format!("the broker did not take the key store reload: {error}"))?;
-        let mut passed = vec![format!(
-            "reload: broker {broker_id} took {} over {} ({address})",
-            settings
-                .iter()
-                .map(|(key, _)| key.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            asked
+        let mut passed = vec![GateCheck::pass(
+            "reload",
+            format!(
+                "broker {broker_id} took {} over {} ({address})",
+                settings
+                    .iter()
+                    .map(|(key, _)| key.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                asked
+            ),
         )];
         let trusted = TlsClient::from_ca_pem(ca_pem)?;
         for reload in reloads {
@@ -504,10 +505,10 @@ impl ListenerProbe for KafkaProbe {
                 });
                 match served {
                     Ok(serial) if serial.eq_ignore_ascii_case(&reload.serial) => {
-                        passed.push(format!(
-                            "reload: {} serves the new certificate (serial {serial}) on {target} for {host}, without a restart",
+                        passed.push(GateCheck::pass("reload", format!(
+                            "{} serves the new certificate (serial {serial}) on {target} for {host}, without a restart",
                             listener.name
-                        ));
+                        )));
                         break;
                     }
                     Ok(serial) => last = format!("certificate serial {serial}"),
@@ -531,7 +532,7 @@ impl ListenerProbe for KafkaProbe {
         upsert: &[ScramUser],
         delete: &[(String, String)],
         timeout: Duration,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<Vec<GateCheck>, String> {
         let upserts = upsert
             .iter()
             .map(|user| {
@@ -562,16 +563,19 @@ impl ListenerProbe for KafkaProbe {
                 users.join(", ")
             }
         };
-        Ok(vec![format!(
-            "scram users: kept over {listener} ({}): set {}, deleted {}",
-            connection.addr(),
-            named(
-                upsert
-                    .iter()
-                    .map(|u| format!("{} {}", u.name, u.mechanism))
-                    .collect()
+        Ok(vec![GateCheck::pass(
+            "scram users",
+            format!(
+                "kept over {listener} ({}): set {}, deleted {}",
+                connection.addr(),
+                named(
+                    upsert
+                        .iter()
+                        .map(|u| format!("{} {}", u.name, u.mechanism))
+                        .collect()
+                ),
+                named(delete.iter().map(|(n, m)| format!("{n} {m}")).collect())
             ),
-            named(delete.iter().map(|(n, m)| format!("{n} {m}")).collect())
         )])
     }
 }

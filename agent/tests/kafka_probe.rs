@@ -187,7 +187,8 @@ fn the_post_restart_gate_passes_on_the_desired_endpoint_and_notes_node_111() {
             Duration::from_secs(10),
         )
         .unwrap();
-    let text = checks.join("\n");
+    let text: Vec<String> = checks.iter().map(ToString::to_string).collect();
+    let text = text.join("\n");
     assert!(
         text.contains(&format!("kafka serving: listener INTERNAL on {} answers", tansu.addr))
             && text.contains(&format!("advertised endpoint: listener INTERNAL on {} advertises {} for node 111 (answers as node 111; the spec calls it broker 1)", tansu.addr, tansu.addr))
@@ -257,7 +258,8 @@ fn the_pre_restart_gate_checks_partitions_on_a_serving_broker_and_passes_a_silen
     let checks = quick_probe()
         .before_restart(1, &running, Duration::from_secs(10))
         .unwrap();
-    let text = checks.join("\n");
+    let text: Vec<String> = checks.iter().map(ToString::to_string).collect();
+    let text = text.join("\n");
     assert!(
         text.contains("min.insync.replicas: 2 partition(s) have a replica on node 111 (the spec calls it broker 1)")
             && text.contains("cluster health: every partition has a leader"),
@@ -267,7 +269,10 @@ fn the_pre_restart_gate_checks_partitions_on_a_serving_broker_and_passes_a_silen
     let checks = quick_probe()
         .before_restart(1, &running, Duration::from_secs(2))
         .unwrap();
-    assert!(checks[0].contains("nothing to protect"), "{checks:?}");
+    assert!(
+        checks[0].detail.contains("nothing to protect"),
+        "{checks:?}"
+    );
 }
 
 /// A TCP server that is not Kafka: it answers every connection with `reply` and closes.

@@ -242,10 +242,12 @@ fn a_rewritten_key_store_is_reloaded_over_the_kafka_protocol_and_the_new_serial_
         )
         .unwrap();
     assert!(
-        checks.iter().any(|check| check.contains(&format!(
-            "EXTERNAL serves the new certificate (serial {})",
-            second.serial
-        ))),
+        checks
+            .iter()
+            .any(|check| check.to_string().contains(&format!(
+                "EXTERNAL serves the new certificate (serial {})",
+                second.serial
+            ))),
         "{checks:?}"
     );
     assert_eq!(served_serial(addr, &trusted, "broker-7.c"), second.serial);

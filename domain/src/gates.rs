@@ -107,18 +107,37 @@ pub struct GateCheck {
 }
 
 impl GateCheck {
-    fn pass(name: &str, detail: impl Into<String>) -> GateCheck {
+    /// A check that passed: `name` and what it found.
+    pub fn pass(name: &str, detail: impl Into<String>) -> GateCheck {
         GateCheck {
             name: name.to_string(),
             ok: true,
             detail: detail.into(),
         }
     }
-    fn fail(name: &str, detail: impl Into<String>) -> GateCheck {
+    /// A check that failed: `name` and what it found.
+    pub fn fail(name: &str, detail: impl Into<String>) -> GateCheck {
         GateCheck {
             name: name.to_string(),
             ok: false,
             detail: detail.into(),
+        }
+    }
+}
+
+impl GateCheck {
+    /// A passed check named `name` whose finding is a whole sentence that starts with the name
+    /// (`INTERNAL accepts connections on 127.0.0.1:9092`).
+    pub fn sentence(name: &str, sentence: impl Into<String>) -> GateCheck {
+        GateCheck::pass(name, sentence)
+    }
+
+    /// The check as one line for people: the sentence itself, or `name: detail`.
+    pub fn line(&self) -> String {
+        if self.detail.starts_with(&self.name) {
+            self.detail.clone()
+        } else {
+            self.to_string()
         }
     }
 }
@@ -789,6 +808,33 @@ fn parse_listener_entries(value: &str) -> Vec<(String, String, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_are_named_and_read_as_one_line() {
+        // A TCP probe's check: named by the listener, its finding a whole sentence.
+        let check =
+            GateCheck::sentence("INTERNAL", "INTERNAL accepts connections on 127.0.0.1:9092");
+        assert_eq!((check.name.as_str(), check.ok), ("INTERNAL", true));
+        assert_eq!(
+            check.detail,
+            "INTERNAL accepts connections on 127.0.0.1:9092"
+        );
+        assert_eq!(
+            check.line(),
+            "INTERNAL accepts connections on 127.0.0.1:9092"
+        );
+        // A gate's check: its name, then what it found.
+        let check = GateCheck::pass(
+            CHECK_ADVERTISED,
+            "listener EXTERNAL on 198.19.0.11:9093 advertises 198.19.0.11:9093",
+        );
+        assert_eq!(check.name, "advertised endpoint");
+        assert_eq!(
+            check.line(),
+            "advertised endpoint: listener EXTERNAL on 198.19.0.11:9093 advertises 198.19.0.11:9093"
+        );
+        assert_eq!(check.line(), check.to_string());
+    }
     use proptest::prelude::*;
 
     fn broker(id: i32, host: &str, port: u16) -> AdvertisedBroker {

@@ -113,6 +113,16 @@ impl From<&NodeSpec> for pb::NodeSpec {
     }
 }
 
+impl From<&kreach_domain::gates::GateCheck> for pb::Check {
+    fn from(check: &kreach_domain::gates::GateCheck) -> pb::Check {
+        pb::Check {
+            name: check.name.clone(),
+            ok: check.ok,
+            detail: check.detail.clone(),
+        }
+    }
+}
+
 impl From<kreach_domain::release::ReleaseId> for pb::ReleaseId {
     fn from(id: kreach_domain::release::ReleaseId) -> pb::ReleaseId {
         pb::ReleaseId {

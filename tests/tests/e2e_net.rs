@@ -1396,6 +1396,13 @@ fn a_certificate_renewal_serves_every_brokers_new_certificate_while_a_tls_produc
         );
         cluster.check_producer_with(&producer, "laptop", &public, &tls_args)?;
 
+        // The coordinator may renew once more on its own before the steady spec lands (its
+        // certificates are due 30 s after issue, and a loaded machine takes longer than that to
+        // roll three brokers): every generation since the enabling one is one renewal here.
+        let final_generation = cluster.status_json()?["rollout"]["generation"]
+            .as_u64()
+            .unwrap_or(0);
+        let renewals = final_generation.saturating_sub(enabled) as usize;
         let after = keystores(cluster);
         for (index, broker) in cluster.brokers.iter().enumerate() {
             ensure!(
@@ -1412,15 +1419,16 @@ fn a_certificate_renewal_serves_every_brokers_new_certificate_while_a_tls_produc
                 String::from_utf8_lossy(&output.stderr)
             );
             let restarts = broker.restarts().len() - restarts_before[index];
-            // Two renewals, each a live reload or, here, the gated restart instead.
+            // Each renewal is a live reload or, here, the gated restart instead: at most one
+            // restart per renewal.
             ensure!(
-                restarts <= 2,
-                "{} restarted {restarts} times for two renewals",
+                restarts <= renewals,
+                "{} restarted {restarts} times for {renewals} renewals",
                 broker.node
             );
             let log = cluster.net.daemon(&format!("agent-{}", broker.node)).log();
             eprintln!(
-                "e2e-net certificate_renewal: {}: {} restart(s) for two renewals; {}",
+                "e2e-net certificate_renewal: {}: {} restart(s) for {renewals} renewals; {}",
                 broker.node,
                 restarts,
                 log.lines()
