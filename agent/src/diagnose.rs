@@ -8,13 +8,14 @@
 //! lookups are the reachability check's ([`crate::reach`]), so what diagnose says is what the check
 //! does, one step at a time.
 
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use kreach_domain::desired::{BootstrapEndpoint, NodeRole, NodeSpec};
 
 use crate::config::{AgentConfig, Resolve};
 use crate::kafka::{KafkaConnection, TlsClient};
+use crate::reach::{HostsFileNetwork, Network, SystemNetwork};
 
 /// Bounds each connect and each request.
 const TIMEOUT: Duration = Duration::from_secs(3);
@@ -46,51 +47,60 @@ fn resolve(
             format!("{bare} is an address"),
         ));
     }
+    // The reachability check's own lookup, so diagnose resolves exactly as the check does.
     let hosts_file = &config.manage.hosts_file;
-    let in_file = std::fs::read_to_string(hosts_file)
-        .map(|content| kreach_domain::hosts::lookup(&content, bare))
-        .unwrap_or_default();
-    let source = if in_file.is_empty() {
-        format!("not in {}", hosts_file.display())
-    } else {
-        format!(
-            "{} maps it to {}",
-            hosts_file.display(),
-            in_file
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+    let system = SystemNetwork {
+        timeout: TIMEOUT,
+        tls: None,
+        sasl: None,
     };
-    let addresses: Vec<SocketAddr> = match config.reachability.resolve {
-        Resolve::HostsFile => in_file
+    let (addresses, how) = match config.reachability.resolve {
+        Resolve::HostsFile => {
+            let network = HostsFileNetwork {
+                path: hosts_file.clone(),
+                system,
+            };
+            let addresses = network
+                .resolve(bare, port)
+                .map_err(|error| format!("{bare} does not resolve: {error}"))?;
+            (addresses, "the hosts file".to_string())
+        }
+        Resolve::System => {
+            // What the managed hosts file says, to tell whether it or DNS answered.
+            let in_file = std::fs::read_to_string(hosts_file)
+                .map(|content| kreach_domain::hosts::lookup(&content, bare))
+                .unwrap_or_default();
+            let source = if in_file.is_empty() {
+                format!("not in {}", hosts_file.display())
+            } else {
+                format!(
+                    "{} maps it to {}",
+                    hosts_file.display(),
+                    in_file
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            let addresses = system
+                .resolve(bare, port)
+                .map_err(|error| format!("{bare} does not resolve ({error}); {source}"))?;
+            if addresses.is_empty() {
+                return Err(format!("{bare} does not resolve: {source}"));
+            }
+            (addresses, format!("the system resolver ({source})"))
+        }
+    };
+    let detail = format!(
+        "{bare} → {} by {how}",
+        addresses
             .iter()
-            .map(|ip| SocketAddr::new(*ip, port))
-            .collect(),
-        Resolve::System => (bare, port)
-            .to_socket_addrs()
-            .map(Iterator::collect)
-            .map_err(|error| format!("{bare} does not resolve ({error}); {source}"))?,
-    };
-    if addresses.is_empty() {
-        return Err(format!("{bare} does not resolve: {source}"));
-    }
-    let how = match config.reachability.resolve {
-        Resolve::HostsFile => "the hosts file".to_string(),
-        Resolve::System => format!("the system resolver ({source})"),
-    };
-    Ok((
-        addresses.clone(),
-        format!(
-            "{bare} → {} by {how}",
-            addresses
-                .iter()
-                .map(|a| a.ip().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    ))
+            .map(|a| a.ip().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok((addresses, detail))
 }
 
 /// Every step against `endpoint`, reported to `report` as it finishes; stops at the first failure.
