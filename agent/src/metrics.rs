@@ -79,45 +79,36 @@ pub fn record_repair(file: ManagedFile, removed: bool) {
 /// The counters, in the 0.0.4 text format ([`kreach_domain::prometheus_text`]).
 fn write_counters(out: &mut String) {
     let counters = counters();
-    let applies: Vec<[(&str, &str); 1]> = OUTCOMES.iter().map(|o| [("outcome", *o)]).collect();
-    let samples: Vec<(&[(&str, &str)], u64)> = applies
-        .iter()
-        .zip(&counters.applies)
-        .map(|(labels, count)| (&labels[..], count.load(Ordering::Relaxed)))
-        .collect();
     write_counter(
         out,
         "kreach_applies_total",
         "Releases applied since the agent started, by outcome.",
-        &samples,
+        OUTCOMES
+            .iter()
+            .zip(&counters.applies)
+            .map(|(outcome, count)| ([("outcome", *outcome)], count.load(Ordering::Relaxed))),
     );
     write_counter(
         out,
         "kreach_kafka_restarts_total",
         "Kafka restarts the agent made for releases since it started.",
-        &[(&[], counters.restarts.load(Ordering::Relaxed))],
+        [([], counters.restarts.load(Ordering::Relaxed))],
     );
-    let repairs: Vec<([(&str, &str); 2], u64)> = FILES
-        .iter()
-        .enumerate()
-        .flat_map(|(f, file)| {
-            CAUSES.iter().enumerate().map(move |(c, cause)| {
-                (
-                    [("file", *file), ("cause", *cause)],
-                    counters.repairs[f][c].load(Ordering::Relaxed),
-                )
-            })
-        })
-        .collect();
-    let samples: Vec<(&[(&str, &str)], u64)> = repairs
-        .iter()
-        .map(|(labels, count)| (&labels[..], *count))
-        .collect();
     write_counter(
         out,
         "kreach_drift_repairs_total",
         "Managed files put back after someone changed or removed them, since the agent started.",
-        &samples,
+        FILES
+            .iter()
+            .zip(&counters.repairs)
+            .flat_map(|(file, by_cause)| {
+                CAUSES.iter().zip(by_cause).map(|(cause, count)| {
+                    (
+                        [("file", *file), ("cause", *cause)],
+                        count.load(Ordering::Relaxed),
+                    )
+                })
+            }),
     );
 }
 

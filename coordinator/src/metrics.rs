@@ -84,16 +84,13 @@ pub fn record_store_write(took: Duration) {
 fn write_counters(out: &mut String, cluster: &str) {
     let counters = counters();
     let family = |out: &mut String, name, help, label, values: &[&str], counts: &[AtomicU64]| {
-        let labels: Vec<[(&str, &str); 2]> = values
-            .iter()
-            .map(|value| [("cluster", cluster), (label, *value)])
-            .collect();
-        let samples: Vec<(&[(&str, &str)], u64)> = labels
-            .iter()
-            .zip(counts)
-            .map(|(labels, count)| (&labels[..], count.load(Ordering::Relaxed)))
-            .collect();
-        write_counter(out, name, help, &samples);
+        let samples = values.iter().zip(counts).map(|(value, count)| {
+            (
+                [("cluster", cluster), (label, *value)],
+                count.load(Ordering::Relaxed),
+            )
+        });
+        write_counter(out, name, help, samples);
     };
     family(
         out,

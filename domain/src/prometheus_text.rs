@@ -7,10 +7,16 @@
 
 /// One counter family: `# HELP`, `# TYPE` and a sample per label set, in the order given. `name`
 /// ends in `_total`; label values are escaped.
-pub fn write_counter(out: &mut String, name: &str, help: &str, samples: &[(&[(&str, &str)], u64)]) {
+pub fn write_counter<'a, L: AsRef<[(&'a str, &'a str)]>>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, u64)>,
+) {
     out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n"));
     for (labels, value) in samples {
         out.push_str(name);
+        let labels = labels.as_ref();
         if !labels.is_empty() {
             let pairs: Vec<String> = labels
                 .iter()
@@ -40,7 +46,7 @@ mod tests {
             &mut out,
             "kreach_x_total",
             "Things.",
-            &[(&[("reason", "a \"b\"")], 2), (&[], 5)],
+            [(&[("reason", "a \"b\"")][..], 2), (&[][..], 5)],
         );
         assert_eq!(
             out,
