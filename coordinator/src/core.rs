@@ -256,7 +256,7 @@ impl Core {
     fn handle_events(&mut self, events: Vec<Event>) -> Result<(), CoreError> {
         let mut durable = false;
         // Structured fields for journald (CLUSTER, GENERATION, NODE) and JSON logs.
-        let cluster = self.spec.as_ref().map(|spec| spec.name.as_str());
+        let cluster = self.cluster_name();
         let generation = self.record.rollout.as_ref().map(Rollout::generation);
         for event in &events {
             let node = event.node();
@@ -936,7 +936,7 @@ impl Core {
         )?;
         self.spec = Some(spec);
         tracing::info!(
-            cluster = self.spec.as_ref().map(|spec| spec.name.as_str()),
+            cluster = self.cluster_name(),
             generation,
             who,
             "applied a new generation"
@@ -1094,6 +1094,8 @@ impl Core {
         who: &str,
     ) -> Result<pb::UsersResponse, CoreError> {
         let mut stored: Vec<crate::users::StoredUser> = self.store.scram_users()?;
+        // What to put back when the rollout of the change cannot start.
+        let previous = stored.clone();
         let view = |stored: &[crate::users::StoredUser]| {
             stored
                 .iter()
@@ -1170,7 +1172,6 @@ impl Core {
                 )));
             }
         }
-        let previous = self.store.scram_users::<crate::users::StoredUser>()?;
         self.store.save_scram_users(&stored)?;
         match self.apply(&spec_toml, true, &format!("{who}: {what}"), None) {
             Ok(applied) => Ok(pb::UsersResponse {
@@ -1212,6 +1213,11 @@ impl Core {
                 String::new()
             },
         })
+    }
+
+    /// The newest spec's cluster name (None before the first apply).
+    fn cluster_name(&self) -> Option<&str> {
+        self.spec.as_ref().map(|spec| spec.name.as_str())
     }
 
     /// The newest spec and `client`'s entry in it; NotFound naming the spec's clients otherwise.
@@ -1337,11 +1343,7 @@ impl Core {
             nodes,
             reachability: self.reachability_rows(),
             certificates,
-            cluster: self
-                .spec
-                .as_ref()
-                .map(|spec| spec.name.clone())
-                .unwrap_or_default(),
+            cluster: self.cluster_name().unwrap_or_default().to_string(),
         }
     }
 
