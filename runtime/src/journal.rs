@@ -90,6 +90,11 @@ fn put_field(buf: &mut Vec<u8>, name: &str, value: &str) {
     buf.push(b'\n');
 }
 
+/// `value` cut to at most [`MAX_MESSAGE`] bytes, on a character boundary.
+fn at_most(value: &str) -> &str {
+    &value[..value.floor_char_boundary(MAX_MESSAGE)]
+}
+
 fn priority(level: &Level) -> &'static str {
     match *level {
         Level::ERROR => "3",
@@ -128,12 +133,12 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for JournalLayer {
     fn on_event(&self, event: &Event<'_>, _context: Context<'_, S>) {
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let mut message = fields.message.clone();
+        let mut message = std::mem::take(&mut fields.message);
         for (name, value) in &fields.fields {
             let _ = write!(message, " {name}={value}");
         }
         if message.len() > MAX_MESSAGE {
-            message.truncate(message.floor_char_boundary(MAX_MESSAGE));
+            message.truncate(at_most(&message).len());
             message.push_str(" …(cut)");
         }
         let mut buf = Vec::with_capacity(message.len() + 256);
@@ -146,12 +151,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for JournalLayer {
             if self.fixed_names.contains(&name) {
                 continue;
             }
-            let value = if value.len() > MAX_MESSAGE {
-                &value[..value.floor_char_boundary(MAX_MESSAGE)]
-            } else {
-                value.as_str()
-            };
-            put_field(&mut buf, &name, value);
+            put_field(&mut buf, &name, at_most(value));
         }
         // Nowhere to report a failed log line; the next may succeed.
         let _ = self.socket.send_to(&buf, &self.path);
