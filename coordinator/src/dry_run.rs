@@ -35,6 +35,30 @@ struct Inner {
     diagnoses: HashMap<u64, (String, mpsc::Sender<pb::DiagnoseStep>)>,
 }
 
+/// Why a request was not put on an agent's stream.
+enum Unsent {
+    /// The agent has no dry-run stream open here.
+    NoStream,
+    /// Its queue is full.
+    Busy,
+}
+
+impl Inner {
+    /// Put the request `build` makes (given a fresh id) on `node`'s stream; the id it went with.
+    fn send(
+        &mut self,
+        node: &str,
+        build: impl FnOnce(u64) -> pb::DryRunRequest,
+    ) -> Result<u64, Unsent> {
+        let (_, sender) = self.agents.get(node).ok_or(Unsent::NoStream)?;
+        self.next_id += 1;
+        sender
+            .try_send(build(self.next_id))
+            .map_err(|_| Unsent::Busy)?;
+        Ok(self.next_id)
+    }
+}
+
 /// A diagnosis asked of a client's agent: its steps arrive on `steps`. Dropping it (kreachctl went
 /// away, the diagnosis ended) forgets the request; later steps from the agent are refused.
 pub struct Diagnosis {
@@ -111,26 +135,21 @@ impl DryRuns {
     /// agent has no stream open here or is busy.
     pub fn diagnose(&self, node: &str, broker: Option<i32>) -> Result<Diagnosis, String> {
         let mut inner = self.lock();
-        let Some((_, sender)) = inner.agents.get(node).cloned() else {
-            return Err(format!(
-                "{node}'s agent is not connected to the coordinator, so it cannot be asked (kreachctl status shows when it was last seen)"
-            ));
-        };
-        inner.next_id += 1;
-        let id = inner.next_id;
-        let request = pb::DryRunRequest {
-            id,
-            spec: None,
-            diagnose: Some(pb::DiagnoseRequest {
-                node: node.to_string(),
-                broker,
-            }),
-        };
-        if sender.try_send(request).is_err() {
-            return Err(format!(
-                "{node}'s agent is busy with other requests; try again"
-            ));
-        }
+        let id = inner
+            .send(node, |id| pb::DryRunRequest {
+                id,
+                spec: None,
+                diagnose: Some(pb::DiagnoseRequest {
+                    node: node.to_string(),
+                    broker,
+                }),
+            })
+            .map_err(|unsent| match unsent {
+                Unsent::NoStream => format!(
+                    "{node}'s agent is not connected to the coordinator, so it cannot be asked (kreachctl status shows when it was last seen)"
+                ),
+                Unsent::Busy => format!("{node}'s agent is busy with other requests; try again"),
+            })?;
         let (steps_sender, steps) = mpsc::channel(QUEUE);
         inner.diagnoses.insert(id, (node.to_string(), steps_sender));
         Ok(Diagnosis {
@@ -212,30 +231,22 @@ impl DryRuns {
         {
             let mut inner = self.lock();
             for (node, spec) in specs {
-                let Some((_, sender)) = inner.agents.get(&node).cloned() else {
-                    answers.insert(
-                        node,
-                        Answer::NotChecked(
-                            "its agent takes no dry runs (a kreach-agent older than the coordinator?)"
-                                .to_string(),
-                        ),
-                    );
-                    continue;
-                };
-                inner.next_id += 1;
-                let id = inner.next_id;
-                let request = pb::DryRunRequest {
+                let sent = inner.send(&node, |id| pb::DryRunRequest {
                     id,
                     spec: Some(spec),
                     diagnose: None,
+                });
+                let id = match sent {
+                    Ok(id) => id,
+                    Err(unsent) => {
+                        let why = match unsent {
+                            Unsent::NoStream => "its agent takes no dry runs (a kreach-agent older than the coordinator?)",
+                            Unsent::Busy => "its agent is busy with other dry runs",
+                        };
+                        answers.insert(node, Answer::NotChecked(why.to_string()));
+                        continue;
+                    }
                 };
-                if sender.try_send(request).is_err() {
-                    answers.insert(
-                        node,
-                        Answer::NotChecked("its agent is busy with other dry runs".to_string()),
-                    );
-                    continue;
-                }
                 let (answer, receiver) = oneshot::channel();
                 inner.pending.insert(id, (node.clone(), answer));
                 waiting.push((node, id, receiver));
