@@ -1001,6 +1001,19 @@ fn agent_command(net: &Net, host: &str, hostname: &str, agent: &Path, config: &P
     command
 }
 
+/// librdkafka's options for a TLS client with hostname verification that trusts the CA named by
+/// `ca_option` (`ssl.ca.location=PATH`).
+fn librdkafka_tls(ca_option: &str) -> [&str; 6] {
+    [
+        "-X",
+        "security.protocol=SSL",
+        "-X",
+        ca_option,
+        "-X",
+        "ssl.endpoint.identification.algorithm=https",
+    ]
+}
+
 /// Run a scenario on a fresh cluster; on failure print the scenario's error, the last status and
 /// the logs, keep the directory, and fail the test.
 fn scenario(test: &str, body: impl FnOnce(&mut Cluster) -> Result<()>) {
@@ -1222,14 +1235,7 @@ fn secure_public_access_serves_each_brokers_certificate_that_real_clients_verify
             "the CA laptop-1 trusts is not the one the brokers' certificates chain to"
         );
         let ca_option = format!("ssl.ca.location={}", ca.display());
-        let tls_args = [
-            "-X",
-            "security.protocol=SSL",
-            "-X",
-            ca_option.as_str(),
-            "-X",
-            "ssl.endpoint.identification.algorithm=https",
-        ];
+        let tls_args = librdkafka_tls(&ca_option);
         let public = cluster.bootstrap(true);
         cluster.produce_and_consume_with("laptop", &public, "secure-public", 200, &tls_args)?;
         for broker in &cluster.brokers {
@@ -1262,14 +1268,7 @@ fn secure_public_access_serves_each_brokers_certificate_that_real_clients_verify
         )?;
         let other_option = format!("ssl.ca.location={}", other.join("ca.pem").display());
         let mut args = vec!["metadata", "--bootstrap", public.as_str(), "--timeout", "5"];
-        args.extend_from_slice(&[
-            "-X",
-            "security.protocol=SSL",
-            "-X",
-            other_option.as_str(),
-            "-X",
-            "ssl.endpoint.identification.algorithm=https",
-        ]);
+        args.extend_from_slice(&librdkafka_tls(&other_option));
         let (code, result, stderr) = cluster.client("laptop", &args, Duration::from_secs(30))?;
         ensure!(
             code != 0 && stderr.contains("certificate verify failed"),
@@ -1338,14 +1337,7 @@ fn a_certificate_renewal_serves_every_brokers_new_certificate_while_a_tls_produc
             cluster.brokers.iter().map(|b| b.restarts().len()).collect();
         let ca = cluster.client_dir("laptop-1").join("kafka-ca/e2e-net.pem");
         let ca_option = format!("ssl.ca.location={}", ca.display());
-        let tls_args = [
-            "-X",
-            "security.protocol=SSL",
-            "-X",
-            ca_option.as_str(),
-            "-X",
-            "ssl.endpoint.identification.algorithm=https",
-        ];
+        let tls_args = librdkafka_tls(&ca_option);
         let public = cluster.bootstrap(true);
         let producer =
             cluster.start_producer_with("during-renewal", "laptop", &public, &tls_args)?;
