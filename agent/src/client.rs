@@ -1,15 +1,16 @@
 //! The coordinator client: subscribe to this node's releases, apply each one, report what happened.
 //!
 //! Owns the connection to the coordinator (mutual TLS, or plaintext to loopback), reconnecting with
-//! backoff, and the translation between `kreach.v1` messages and the engine. It does not own the
-//! engine's side effects (those are [`crate::engine`]'s) nor drift repair ([`crate::drift`]), which
+//! backoff, and the translation between `kreach.v1` messages and the reconciler's commands and
+//! answers. It changes nothing on the host itself: releases go to [`crate::reconciler`], which owns
+//! the engine, the applied state and drift repair, and keeps enforcing the last applied state
 //! keeps enforcing the last applied state on disk whether or not the coordinator is reachable.
 //! Only a release received from the coordinator is ever applied (Rule 7: offline is safe).
 
 use crate::health::{HealthBoard, LocalHealth};
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kreach_domain::desired::NodeSpec;
@@ -21,10 +22,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use crate::audit::{AuditEntry, AuditLog};
 use crate::config::{AgentConfig, CoordinatorConfig};
-use crate::drift::lock_engine;
-use crate::engine::{Engine, EngineError, Outcome, RestartWindow};
+use crate::engine::RestartWindow;
 use crate::facts::{self, HostFacts};
 use crate::jitter::{jittered, random_unit, PeriodicTimer};
+use crate::reconciler::{self, Command, ReleaseEvent, ReleaseRequest, ReleaseResult};
 use crate::state::{self, ReleaseId};
 
 /// The first reconnect waits this long; each further failure doubles it up to [`BACKOFF_MAX`].
@@ -82,11 +83,7 @@ pub type Checked = (Vec<pb::Reachability>, bool);
 pub struct CoordinatorClient {
     config: AgentConfig,
     coordinator: CoordinatorConfig,
-    engine: Arc<Mutex<Engine>>,
-    /// The last release that failed or rolled back, and what was reported for it: the same release
-    /// sent again (after a reconnect) is answered with that report, never applied again (Rule 4:
-    /// failure halts; the coordinator retries with the next attempt number).
-    failed: Option<(pb::ReleaseId, pb::NodeStatus)>,
+    reconciler: reconciler::Handle,
     /// Wakes the reachability check at once (after an apply).
     check_now: Arc<tokio::sync::Notify>,
     /// The latest reachability result of this client host (None: not checked, or not a client).
@@ -103,11 +100,10 @@ impl CoordinatorClient {
     pub fn new(
         config: AgentConfig,
         coordinator: CoordinatorConfig,
-        engine: Arc<Mutex<Engine>>,
+        reconciler: reconciler::Handle,
         health: Arc<HealthBoard>,
     ) -> CoordinatorClient {
         let (sender, receiver) = tokio::sync::watch::channel(None);
-        let failed = load_failed_release(&config);
         let kafka_tls_public_key = if config.manage.kafka_properties.is_some() {
             crate::kafka_tls::ensure_key(&config).unwrap_or_else(|error| {
                 tracing::error!(node = %config.node, "Kafka TLS key: {error}; this broker cannot get certificates");
@@ -120,8 +116,7 @@ impl CoordinatorClient {
             kafka_tls_public_key,
             config,
             coordinator,
-            engine,
-            failed,
+            reconciler,
             check_now: Arc::new(tokio::sync::Notify::new()),
             reachability: receiver,
             reachability_sender: Some(sender),
@@ -144,7 +139,7 @@ impl CoordinatorClient {
                 self.config.clone(),
                 Arc::clone(&self.check_now),
                 sender,
-                Arc::clone(&self.health),
+                self.reconciler.applied(),
                 cancel.clone(),
             ))
         });
@@ -222,7 +217,7 @@ impl CoordinatorClient {
         let mut audit_acked = None;
         self.sync_audit(&mut client, &mut audit_acked).await?;
 
-        let applied = applied_release(&self.config.state_dir);
+        let applied = applied_release(&self.reconciler.applied().borrow());
         let mut stream = call(
             "Subscribe",
             client.subscribe(pb::SubscribeRequest {
@@ -329,6 +324,7 @@ impl CoordinatorClient {
             Err(error) => return Err(error),
         };
         let config = self.config.clone();
+        let applied = self.reconciler.applied();
         let task = tokio::spawn(async move {
             loop {
                 let request = match requests.message().await {
@@ -344,6 +340,7 @@ impl CoordinatorClient {
                     // meanwhile is still answered.
                     tokio::spawn(Self::diagnose_for_the_coordinator(
                         config.clone(),
+                        applied.borrow().clone(),
                         client.clone(),
                         request.id,
                         diagnose.broker,
@@ -379,6 +376,7 @@ impl CoordinatorClient {
     /// as it finishes, then a done message (with why, when nothing could be diagnosed). Reads only.
     async fn diagnose_for_the_coordinator(
         config: AgentConfig,
+        applied: Option<state::AppliedState>,
         mut client: AgentServiceClient<Channel>,
         id: u64,
         broker: Option<i32>,
@@ -394,9 +392,10 @@ impl CoordinatorClient {
         let worker = {
             let sender = sender.clone();
             tokio::task::spawn_blocking(move || {
-                let outcome = crate::diagnose::run(&config, broker, &mut |step| {
-                    let _ = sender.blocking_send(pb::DiagnoseStep::from(&step));
-                });
+                let outcome =
+                    crate::diagnose::run(&config, applied.as_ref(), broker, &mut |step| {
+                        let _ = sender.blocking_send(pb::DiagnoseStep::from(&step));
+                    });
                 let done = pb::DiagnoseStep {
                     done: true,
                     error: outcome.err().unwrap_or_default(),
@@ -500,7 +499,10 @@ impl CoordinatorClient {
             return Ok(());
         }
         let config = self.config.clone();
-        let found = tokio::task::spawn_blocking(move || crate::overrides::find(&config)).await?;
+        let applied = self.reconciler.applied().borrow().clone();
+        let found =
+            tokio::task::spawn_blocking(move || crate::overrides::find(&config, applied.as_ref()))
+                .await?;
         let found = match found {
             Ok(found) => found,
             Err(error) => {
@@ -546,8 +548,8 @@ impl CoordinatorClient {
         }
     }
 
-    /// Validate, apply and report one release. Errors are only those of the connection; a release
-    /// that cannot be applied is reported as FAILED.
+    /// Translate one release for the reconciler, and its answers into reports. Errors are only
+    /// those of the connection; a release that cannot be applied is reported as FAILED.
     async fn handle_release(
         &mut self,
         client: &mut AgentServiceClient<Channel>,
@@ -565,21 +567,6 @@ impl CoordinatorClient {
             };
             return report(client, status).await;
         };
-        let reference = ReleaseId::from(&id);
-        let status = |phase: pb::Phase, reason: String| pb::NodeStatus {
-            node: node.clone(),
-            release: Some(id),
-            phase: phase as i32,
-            reason,
-            ..pb::NodeStatus::default()
-        };
-        if let Some((failed_id, failed_status)) = &self.failed {
-            if *failed_id == id {
-                tracing::info!(node = %node, release = %describe(&id), "release already failed here; reporting that again instead of re-applying");
-                return report(client, failed_status.clone()).await;
-            }
-        }
-
         let spec = match release.spec.as_ref() {
             None => Err("invalid Release.spec in a kreach.v1 message: missing".to_string()),
             Some(wire) => NodeSpec::try_from(wire).map_err(|error| error.to_string()),
@@ -594,80 +581,61 @@ impl CoordinatorClient {
                 ))
             }
         });
-        let spec = match spec {
-            Ok(spec) => spec,
-            Err(reason) => {
-                let reason = format!("{reason}; nothing was applied");
-                tracing::warn!(node = %node, release = %describe(&id), "refusing release: {reason}");
-                return self
-                    .report_failure(client, id, status(pb::Phase::Failed, reason))
-                    .await;
+        let (events, mut answers) = tokio::sync::mpsc::unbounded_channel();
+        let sent = self
+            .reconciler
+            .send(Command::Release(Box::new(ReleaseRequest {
+                id: ReleaseId::from(&id),
+                spec,
+                released_by: release.released_by,
+                events,
+            })));
+        let status = |phase: pb::Phase, reason: String| pb::NodeStatus {
+            node: node.clone(),
+            release: Some(id),
+            phase: phase as i32,
+            reason,
+            ..pb::NodeStatus::default()
+        };
+        // Not raced against anything: an apply, once started, finishes and is reported.
+        let result = loop {
+            match answers.recv().await {
+                Some(ReleaseEvent::Applying) => {
+                    report(client, status(pb::Phase::Applying, String::new())).await?
+                }
+                Some(ReleaseEvent::Done(result)) => break result,
+                None => {
+                    let why = if sent {
+                        "stopped while applying it"
+                    } else {
+                        "has stopped"
+                    };
+                    break ReleaseResult::Failed {
+                        reason: format!("the agent's reconciler {why}"),
+                    };
+                }
             }
         };
-
-        // Already applied and nothing drifted: say so without touching anything.
-        let engine = Arc::clone(&self.engine);
-        let check_spec = spec.clone();
-        let already = tokio::task::spawn_blocking(move || -> Result<bool, EngineError> {
-            let engine = lock_engine(&engine);
-            let applied = state::load(&engine.config().state_dir)?;
-            let same = applied.is_some_and(|applied| {
-                applied.release() == reference && applied.node_spec == check_spec
-            });
-            if !(same && engine.plan(&check_spec)?.is_empty()) {
-                return Ok(false);
+        let status = match result {
+            ReleaseResult::FailedBefore(failed) => {
+                let phase = if failed.phase == "rolled_back" {
+                    pb::Phase::RolledBack
+                } else {
+                    pb::Phase::Failed
+                };
+                status(phase, failed.reason)
             }
-            // The files match, but a reboot empties the kernel's ruleset: the filter again.
-            crate::firewall::enforce_for(engine.config(), &check_spec)?;
-            Ok(true)
-        })
-        .await?;
-        match already {
-            Ok(true) => {
-                tracing::info!(node = %node, release = %describe(&id), "release already applied; nothing to change");
+            ReleaseResult::AlreadyApplied => {
                 // Handed again (a reconnect, or the coordinator's nudge when a rollout
                 // completed): what the brokers advertise may have moved since the last check.
                 self.check_now.notify_one();
-                return report(client, status(pb::Phase::Converged, String::new())).await;
+                status(pb::Phase::Converged, String::new())
             }
-            Ok(false) => {}
-            Err(error) => {
-                let reason = format!("{error}");
-                tracing::warn!(node = %node, release = %describe(&id), "cannot apply release: {reason}");
-                return self
-                    .report_failure(client, id, status(pb::Phase::Failed, reason))
-                    .await;
-            }
-        }
-
-        let cluster = spec.cluster.clone();
-        tracing::info!(node = %node, cluster = %cluster, generation = id.generation, step = id.step, attempt = id.attempt, "applying release {} ({})", describe(&id), release.released_by);
-        report(client, status(pb::Phase::Applying, String::new())).await?;
-        let engine = Arc::clone(&self.engine);
-        let released_by = release.released_by.clone();
-        let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            let engine = lock_engine(&engine);
-            let plan = engine.plan(&spec)?;
-            let conflicts: Vec<String> = plan.conflicts.iter().map(ToString::to_string).collect();
-            if !plan.is_empty() {
-                tracing::info!(node = %spec.node, "plan:\n{}", plan.render().trim_end());
-            }
-            engine
-                .apply(&plan, reference, &released_by)
-                .map(|outcome| (outcome, conflicts))
-        })
-        .await?;
-
-        match result {
-            Ok((
-                Outcome::Converged {
-                    checks,
-                    restart_window,
-                    ..
-                },
+            ReleaseResult::Converged {
+                checks,
+                restart_window,
                 conflicts,
-            )) => {
+            } => {
                 let reason = if conflicts.is_empty() {
                     String::new()
                 } else {
@@ -676,74 +644,22 @@ impl CoordinatorClient {
                         conflicts.join("; ")
                     )
                 };
-                tracing::info!(node = %node, cluster = %cluster, generation = id.generation, step = id.step, attempt = id.attempt, "converged on release {}", describe(&id));
-                crate::metrics::record_apply(
-                    "converged",
-                    restart_window.is_some(),
-                    started.elapsed(),
-                );
-                self.failed = None;
-                if let Err(error) = state::clear_failed(&self.config.state_dir) {
-                    tracing::warn!(node = %node, "{error}");
-                }
                 self.check_now.notify_one();
                 let mut converged = status(pb::Phase::Converged, reason);
                 converged.checks = checks.iter().map(pb::Check::from).collect();
                 set_restart_window(&mut converged, restart_window);
-                report(client, converged).await
+                converged
             }
-            Ok((
-                Outcome::RolledBack {
-                    reason,
-                    restart_window,
-                    ..
-                },
-                _,
-            )) => {
-                tracing::warn!(node = %node, cluster = %cluster, generation = id.generation, "release {} rolled back: {reason}", describe(&id));
-                crate::metrics::record_apply(
-                    "rolled_back",
-                    restart_window.is_some(),
-                    started.elapsed(),
-                );
+            ReleaseResult::RolledBack {
+                reason,
+                restart_window,
+            } => {
                 let mut rolled_back = status(pb::Phase::RolledBack, reason);
                 set_restart_window(&mut rolled_back, restart_window);
-                self.report_failure(client, id, rolled_back).await
+                rolled_back
             }
-            Err(error) => {
-                let reason = error.to_string();
-                tracing::error!(node = %node, cluster = %cluster, generation = id.generation, "release {} failed: {reason}", describe(&id));
-                crate::metrics::record_apply("failed", false, started.elapsed());
-                self.report_failure(client, id, status(pb::Phase::Failed, reason))
-                    .await
-            }
-        }
-    }
-
-    async fn report_failure(
-        &mut self,
-        client: &mut AgentServiceClient<Channel>,
-        id: pb::ReleaseId,
-        status: pb::NodeStatus,
-    ) -> Result<(), ClientError> {
-        let saved = state::FailedRelease {
-            generation: id.generation,
-            step: id.step,
-            attempt: id.attempt,
-            phase: if status.phase == pb::Phase::RolledBack as i32 {
-                "rolled_back"
-            } else {
-                "failed"
-            }
-            .to_string(),
-            reason: status.reason.clone(),
-            at_unix_ms: state::now_unix_ms(),
+            ReleaseResult::Failed { reason } => status(pb::Phase::Failed, reason),
         };
-        if let Err(error) = state::save_failed(&self.config.state_dir, &saved) {
-            // Still kept in memory: only a restart of this agent would apply the release again.
-            tracing::warn!(node = %self.config.node, "cannot persist the failed release: {error}");
-        }
-        self.failed = Some((id, status.clone()));
         report(client, status).await
     }
 }
@@ -755,32 +671,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// The failed release a previous run of this agent persisted, as the report to repeat for it.
-fn load_failed_release(config: &AgentConfig) -> Option<(pb::ReleaseId, pb::NodeStatus)> {
-    let failed = match state::load_failed(&config.state_dir) {
-        Ok(failed) => failed?,
-        Err(error) => {
-            tracing::warn!(node = %config.node, "{error}");
-            return None;
-        }
-    };
-    let id = pb::ReleaseId::from(failed.release());
-    let phase = if failed.phase == "rolled_back" {
-        pb::Phase::RolledBack
-    } else {
-        pb::Phase::Failed
-    };
-    tracing::info!(node = %config.node, release = %describe(&id), "remembering a failed release from the previous run: it is not applied again until the coordinator retries it");
-    let status = pb::NodeStatus {
-        node: config.node.clone(),
-        release: Some(id),
-        phase: phase as i32,
-        reason: failed.reason,
-        ..pb::NodeStatus::default()
-    };
-    Some((id, status))
 }
 
 /// The wire form of the agent's health.
@@ -825,13 +715,13 @@ pub(crate) fn sasl_login(
 }
 
 /// Check reachability after each apply (`check_now`) and every `reachability.period` on client
-/// hosts (the applied state says which role this node has), and publish each result. On brokers
-/// the same timer repairs the EXTERNAL filter when it went missing.
+/// hosts (the applied state the reconciler holds says which role this node has), and publish
+/// each result.
 async fn check_reachability(
     config: AgentConfig,
     check_now: Arc<tokio::sync::Notify>,
     results: tokio::sync::watch::Sender<Option<Checked>>,
-    health: Arc<HealthBoard>,
+    applied: tokio::sync::watch::Receiver<Option<state::AppliedState>>,
     cancel: CancellationToken,
 ) {
     // A first check at once (what can this host reach now?), then periodic checks from a random
@@ -849,31 +739,19 @@ async fn check_reachability(
                 _ = timer.tick() => false,
             }
         };
-        let state_dir = config.state_dir.clone();
+        // Only clients check; a broker (or a node with nothing applied yet) has nothing to reach.
+        let Some(spec) = applied
+            .borrow()
+            .as_ref()
+            .map(|applied| &applied.node_spec)
+            .filter(|spec| matches!(spec.role, kreach_domain::desired::NodeRole::Client { .. }))
+            .cloned()
+        else {
+            continue;
+        };
         let node = config.node.clone();
         let config_for_check = config.clone();
-        let health = Arc::clone(&health);
         let check = tokio::task::spawn_blocking(move || {
-            let applied = match state::load(&state_dir) {
-                Ok(applied) => applied?,
-                Err(error) => {
-                    tracing::warn!(node = %node, "reachability: cannot read the applied state: {error}");
-                    return None;
-                }
-            };
-            let spec = applied.node_spec;
-            if !matches!(spec.role, kreach_domain::desired::NodeRole::Client { .. }) {
-                // Brokers: the same timer keeps the EXTERNAL filter in place (drift repair).
-                let firewall = match crate::firewall::repair(&config_for_check, &spec) {
-                    Ok(_) => crate::firewall::describe(&config_for_check, &spec),
-                    Err(error) => {
-                        tracing::error!(node = %node, "cannot repair the EXTERNAL filter: {error}");
-                        format!("error: {error}")
-                    }
-                };
-                crate::health::update(&health, |health| health.firewall = firewall);
-                return None;
-            }
             // The view's listener speaks TLS when the release carries the Kafka CA.
             let tls = if spec.kafka_ca_pem.is_empty() {
                 None
@@ -1027,17 +905,12 @@ fn endpoint(coordinator: &CoordinatorConfig) -> Result<Endpoint, ClientError> {
 
 /// The release this node last applied from a coordinator; none after only `apply-local`
 /// (generation 0), which the coordinator never released.
-fn applied_release(state_dir: &Path) -> Option<pb::ReleaseId> {
-    match state::load(state_dir) {
-        Ok(Some(applied)) if applied.release().is_from_coordinator() => {
-            Some(pb::ReleaseId::from(applied.release()))
-        }
-        Ok(_) => None,
-        Err(error) => {
-            tracing::error!(dir = %state_dir.display(), "cannot read the applied state: {error}");
-            None
-        }
-    }
+fn applied_release(applied: &Option<state::AppliedState>) -> Option<pb::ReleaseId> {
+    applied
+        .as_ref()
+        .map(state::AppliedState::release)
+        .filter(ReleaseId::is_from_coordinator)
+        .map(pb::ReleaseId::from)
 }
 
 /// A check the engine passed, e.g. "INTERNAL accepts connections on 127.0.0.1:9092": named by

@@ -232,13 +232,13 @@ fn diagnose_broker(
 /// spec.
 pub fn run(
     config: &AgentConfig,
+    applied: Option<&crate::state::AppliedState>,
     broker: Option<i32>,
     report: &mut dyn FnMut(Step),
 ) -> Result<bool, String> {
-    let applied = crate::state::load(&config.state_dir)
-        .map_err(|error| error.to_string())?
-        .ok_or("nothing applied on this host yet: no spec to diagnose against")?;
-    let spec = applied.node_spec;
+    let spec = &applied
+        .ok_or("nothing applied on this host yet: no spec to diagnose against")?
+        .node_spec;
     if !matches!(spec.role, NodeRole::Client { .. }) {
         return Err(format!(
             "{} is {}, not a client: diagnose checks from a client's vantage",
@@ -260,7 +260,7 @@ pub fn run(
     }
     let mut all_ok = true;
     for endpoint in endpoints {
-        all_ok &= diagnose_broker(config, &spec, endpoint, report);
+        all_ok &= diagnose_broker(config, spec, endpoint, report);
     }
     Ok(all_ok)
 }

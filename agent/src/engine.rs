@@ -147,6 +147,8 @@ impl Plan {
 pub enum Outcome {
     /// The node matches its desired state; `written` lists the files that changed.
     Converged {
+        /// The state now applied (also persisted): its owner keeps it from here on.
+        applied: Box<AppliedState>,
         written: Vec<(PathBuf, WriteMethod)>,
         restarted: Option<String>,
         checks: Vec<gates::GateCheck>,
@@ -250,10 +252,14 @@ impl Engine {
     /// Carry out `plan`: back up and write every changed file, restart Kafka when its listener
     /// settings changed (or have it reload rewritten key stores live, restarting only when it
     /// cannot), verify, and on a failed gate restore the previous bytes and restart again.
-    /// On success the node state is persisted as the last applied state.
+    /// `previous` is the state last applied (its SCRAM users are the ones to keep or delete, its
+    /// filter is the one a rollback puts back); its owner passes it, the engine never reads it
+    /// back from disk. On success the new state is persisted (for the agent's next start) and
+    /// returned in the outcome for the owner to hold.
     pub fn apply(
         &self,
         plan: &Plan,
+        previous: Option<&AppliedState>,
         release: ReleaseId,
         released_by: &str,
     ) -> Result<Outcome, EngineError> {
@@ -271,12 +277,13 @@ impl Engine {
         if let Some((unit, _)) = &plan.restart {
             checks.extend(self.pre_restart_gate(plan, unit, broker_id, &running, generation)?);
         }
-        checks.extend(self.keep_scram_users(plan, &running)?);
+        checks.extend(self.keep_scram_users(plan, previous, &running)?);
+        let previous_spec = previous.map(|applied| &applied.node_spec);
         // The EXTERNAL filter before any file (brokers with `manage.firewall`): if nft refuses, nothing changed.
         let firewall_check = crate::firewall::enforce_for(&self.config, &plan.node_spec)?;
         let written = self
             .write_all(plan, generation, released_by, AuditAction::Apply)
-            .inspect_err(|_| crate::firewall::restore_previous(&self.config))?;
+            .inspect_err(|_| crate::firewall::restore_previous(&self.config, previous_spec))?;
 
         let mut restart = plan.restart.clone();
         if restart.is_none() && !plan.reload.is_empty() {
@@ -298,7 +305,7 @@ impl Engine {
                                 AuditAction::Rollback,
                                 &reason,
                             )?;
-                            crate::firewall::restore_previous(&self.config);
+                            crate::firewall::restore_previous(&self.config, previous_spec);
                             return Ok(Outcome::RolledBack {
                                 reason,
                                 restored,
@@ -319,6 +326,7 @@ impl Engine {
                 broker_id,
                 &running,
                 &written,
+                previous_spec,
                 release,
                 released_by,
             )? {
@@ -330,18 +338,17 @@ impl Engine {
             }
         }
         checks.extend(firewall_check);
-        state::save(
-            state_dir,
-            &AppliedState {
-                generation,
-                step: release.step,
-                attempt: release.attempt,
-                released_by: released_by.to_string(),
-                applied_at_unix_ms: state::now_unix_ms(),
-                node_spec: plan.node_spec.clone(),
-            },
-        )?;
+        let applied = AppliedState {
+            generation,
+            step: release.step,
+            attempt: release.attempt,
+            released_by: released_by.to_string(),
+            applied_at_unix_ms: state::now_unix_ms(),
+            node_spec: plan.node_spec.clone(),
+        };
+        state::save(state_dir, &applied)?;
         Ok(Outcome::Converged {
+            applied: Box::new(applied),
             written: written.into_iter().map(|w| (w.path, w.method)).collect(),
             restarted: restart.map(|(unit, _)| unit),
             checks,
@@ -381,13 +388,14 @@ impl Engine {
     fn keep_scram_users(
         &self,
         plan: &Plan,
+        previous: Option<&AppliedState>,
         running: &[gates::RunningListener],
     ) -> Result<Vec<gates::GateCheck>, EngineError> {
         if !matches!(plan.node_spec.role, NodeRole::Broker { .. }) {
             return Ok(Vec::new());
         }
-        let held = state::load(&self.config.state_dir)?
-            .map(|applied| applied.node_spec.scram_users)
+        let held: &[ScramUser] = previous
+            .map(|applied| applied.node_spec.scram_users.as_slice())
             .unwrap_or_default();
         let wanted = &plan.node_spec.scram_users;
         let upsert: Vec<ScramUser> = wanted
@@ -486,6 +494,7 @@ impl Engine {
         broker_id: i32,
         running: &[gates::RunningListener],
         written: &[Written],
+        previous: Option<&NodeSpec>,
         release: ReleaseId,
         released_by: &str,
     ) -> Result<Result<(Vec<gates::GateCheck>, RestartWindow), Outcome>, EngineError> {
@@ -530,7 +539,7 @@ impl Engine {
             AuditAction::Rollback,
             &reason,
         )?;
-        crate::firewall::restore_previous(&self.config);
+        crate::firewall::restore_previous(&self.config, previous);
         // Checked against the restored bytes, not the last applied state: on a
         // node's first apply there is none, and the old broker must still serve.
         let previous: Vec<ListenerSpec> = running
@@ -1251,7 +1260,7 @@ mod tests {
             shown.contains(&format!("certificate serial {}", issued.serial)),
             "{shown}"
         );
-        engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
+        engine.apply(&plan, None, ReleaseId::LOCAL, "test").unwrap();
         let keystore = fixture.dir.path().join("kafka-tls/internal.keystore.pem");
         let content = std::fs::read_to_string(&keystore).unwrap();
         assert!(content.starts_with(&key) && content.ends_with(&issued.chain_pem));
@@ -1317,7 +1326,7 @@ mod tests {
         spec.certificates = vec![certificate(sans)];
         spec.kafka_ca_pem = ca.cert_pem.clone();
         let plan = engine.plan(&spec).unwrap();
-        engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
+        engine.apply(&plan, None, ReleaseId::LOCAL, "test").unwrap();
         let mut renewed = spec.clone();
         renewed.certificates = vec![certificate(renewed_sans)];
         (spec, renewed)
@@ -1350,7 +1359,7 @@ mod tests {
             "{}",
             plan.render()
         );
-        let outcome = engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
+        let outcome = engine.apply(&plan, None, ReleaseId::LOCAL, "test").unwrap();
         let Outcome::Converged {
             restarted, checks, ..
         } = outcome
@@ -1383,7 +1392,7 @@ mod tests {
             Err("127.0.0.1:9092 does not support IncrementalAlterConfigs".into()),
         );
         let plan = engine.plan(&renewed).unwrap();
-        let outcome = engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
+        let outcome = engine.apply(&plan, None, ReleaseId::LOCAL, "test").unwrap();
         let Outcome::Converged { restarted, .. } = outcome else {
             panic!("{outcome:?}")
         };
@@ -1410,7 +1419,7 @@ mod tests {
             Err("the broker did not take the key store reload".into()),
         );
         let plan = engine.plan(&renewed).unwrap();
-        let outcome = engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap();
+        let outcome = engine.apply(&plan, None, ReleaseId::LOCAL, "test").unwrap();
         let Outcome::RolledBack {
             reason, restored, ..
         } = outcome
@@ -1462,7 +1471,9 @@ mod tests {
         );
         let plan = engine.plan(&fixture.node_spec()).unwrap();
         assert!(plan.restart.is_some());
-        let error = engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap_err();
+        let error = engine
+            .apply(&plan, None, ReleaseId::LOCAL, "test")
+            .unwrap_err();
         assert!(
             matches!(error, EngineError::PreRestartRefused { .. })
                 && error.to_string().contains("refused to restart kafka.service, so nothing was written: min.insync.replicas: restarting broker 2"),
@@ -1491,7 +1502,7 @@ mod tests {
             Ok(vec![GateCheck::pass("advertised endpoint", "right")]),
         );
         let plan = engine.plan(&fixture.node_spec()).unwrap();
-        match engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap() {
+        match engine.apply(&plan, None, ReleaseId::LOCAL, "test").unwrap() {
             Outcome::Converged { checks, .. } => assert_eq!(
                 checks,
                 vec![
@@ -1511,7 +1522,7 @@ mod tests {
             ],
         );
         let plan = engine.plan(&fixture.node_spec()).unwrap();
-        match engine.apply(&plan, ReleaseId::LOCAL, "test").unwrap() {
+        match engine.apply(&plan, None, ReleaseId::LOCAL, "test").unwrap() {
             Outcome::RolledBack { reason, .. } => {
                 assert!(
                     reason.contains("advertised endpoint: listener INTERNAL"),
@@ -1561,7 +1572,7 @@ mod tests {
             .unwrap()
             .is_none());
         let error = engine
-            .apply(&plan, ReleaseId::LOCAL, "test")
+            .apply(&plan, None, ReleaseId::LOCAL, "test")
             .expect_err("a broker down after the rollback is not a clean rollback");
         assert!(
             matches!(error, EngineError::RollbackFailed { .. }),

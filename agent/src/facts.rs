@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use kreach_domain::desired::NodeRole;
@@ -104,14 +104,17 @@ pub fn is_kafka_process(name: &str, command_line: &str) -> bool {
     name == "kafka" || name == "tansu" || command_line.contains("kafka.Kafka")
 }
 
-/// The state dir whose last applied broker listeners the Kafka probe asks who the controller is.
-/// Set once by the daemon when `manage.probe = "kafka"` on a broker; a process-wide setting
-/// because [`gather`]'s callers pass only the hosts file and the explicit controller check.
-static KAFKA_CONTROLLER_STATE_DIR: OnceLock<PathBuf> = OnceLock::new();
+/// The applied state (as the reconciler holds it) whose broker listeners the Kafka probe asks who
+/// the controller is. Set once by the daemon when `manage.probe = "kafka"` on a broker; a
+/// process-wide setting because [`gather`]'s callers pass only the hosts file and the explicit
+/// controller check.
+static KAFKA_CONTROLLER_APPLIED: OnceLock<Applied> = OnceLock::new();
+
+type Applied = tokio::sync::watch::Receiver<Option<crate::state::AppliedState>>;
 
 /// Detect the controller with the Kafka probe when no `manage.controller_check` is configured.
-pub fn use_kafka_probe_for_controller(state_dir: PathBuf) {
-    let _ = KAFKA_CONTROLLER_STATE_DIR.set(state_dir);
+pub fn use_kafka_probe_for_controller(applied: Applied) {
+    let _ = KAFKA_CONTROLLER_APPLIED.set(applied);
 }
 
 /// Read the facts from this host. Blocking (a walk over /proc, a Kafka probe); call it off the
@@ -120,9 +123,10 @@ pub fn use_kafka_probe_for_controller(state_dir: PathBuf) {
 pub fn gather(hosts_file: &Path, controller_check: Option<&[String]>) -> HostFacts {
     let controller = match controller_check {
         Some(argv) => run_controller_check(argv),
-        None => KAFKA_CONTROLLER_STATE_DIR
+        None => KAFKA_CONTROLLER_APPLIED
             .get()
-            .is_some_and(|state_dir| kafka_controller(state_dir)),
+            .and_then(|applied| applied.borrow().clone())
+            .is_some_and(|applied| kafka_controller(&applied)),
     };
     facts_from(&RawFacts {
         controller,
@@ -136,10 +140,7 @@ pub fn gather(hosts_file: &Path, controller_check: Option<&[String]>) -> HostFac
 }
 
 /// Ask this broker, on the listeners it last applied, whether it is the active controller.
-fn kafka_controller(state_dir: &Path) -> bool {
-    let Ok(Some(applied)) = crate::state::load(state_dir) else {
-        return false;
-    };
+fn kafka_controller(applied: &crate::state::AppliedState) -> bool {
     let (NodeRole::Broker { id }, Some(settings)) =
         (&applied.node_spec.role, &applied.node_spec.listeners)
     else {

@@ -199,16 +199,11 @@ pub fn repair(config: &AgentConfig, node: &NodeSpec) -> Result<Option<String>, F
 /// Put back the filter of the last applied state (after a rollback or a failed write), so the
 /// filter and Kafka's listeners stay from the same release. Errors are logged: the rollback itself
 /// must go on.
-pub fn restore_previous(config: &AgentConfig) {
-    let previous = match crate::state::load(&config.state_dir) {
-        Ok(Some(applied)) => applied.node_spec,
-        Ok(None) => return,
-        Err(error) => {
-            tracing::error!(dir = %config.state_dir.display(), "cannot restore the EXTERNAL filter: {error}");
-            return;
-        }
+pub fn restore_previous(config: &AgentConfig, previous: Option<&NodeSpec>) {
+    let Some(previous) = previous else {
+        return;
     };
-    if let Err(error) = enforce_for(config, &previous) {
+    if let Err(error) = enforce_for(config, previous) {
         tracing::error!(node = %config.node, "cannot restore the previous EXTERNAL filter: {error}");
     }
 }

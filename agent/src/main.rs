@@ -2,7 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
@@ -10,9 +10,10 @@ use kreach_agent::cli::{Cli, Command};
 use kreach_agent::client::CoordinatorClient;
 use kreach_agent::config::{AgentConfig, ProbeKind, ServiceManagerKind};
 use kreach_agent::engine::{Engine, Outcome};
+use kreach_agent::reconciler::{self, Reconciler};
 use kreach_agent::service::{CommandManager, ServiceManager, SystemdManager};
+use kreach_agent::state;
 use kreach_agent::verify::{KafkaProbe, ListenerProbe, TcpProbe};
-use kreach_agent::{drift, state};
 use kreach_domain::desired::node_spec;
 use kreach_domain::spec::ClusterSpec;
 use tokio_util::sync::CancellationToken;
@@ -72,8 +73,13 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                     first_broken = Some(step);
                 }
             };
-            let all_ok = kreach_agent::diagnose::run(&config, broker, &mut report)
-                .map_err(anyhow::Error::msg)?;
+            let all_ok = kreach_agent::diagnose::run(
+                &config,
+                state::load(&config.state_dir)?.as_ref(),
+                broker,
+                &mut report,
+            )
+            .map_err(anyhow::Error::msg)?;
             if all_ok {
                 if !json {
                     println!("{}", kreach_domain::diagnose::ALL_PASSED);
@@ -86,14 +92,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(4)
         }
         Command::Overrides { delete } => {
-            let mut found = kreach_agent::overrides::find(&config).map_err(anyhow::Error::msg)?;
+            let applied = state::load(&config.state_dir)?;
+            let applied = applied.as_ref();
+            let mut found =
+                kreach_agent::overrides::find(&config, applied).map_err(anyhow::Error::msg)?;
             if delete && !found.is_empty() {
-                let deleted =
-                    kreach_agent::overrides::delete(&config, &found).map_err(anyhow::Error::msg)?;
+                let deleted = kreach_agent::overrides::delete(&config, applied, &found)
+                    .map_err(anyhow::Error::msg)?;
                 for key in &deleted {
                     println!("deleted the dynamic override of {key}");
                 }
-                found = kreach_agent::overrides::find(&config).map_err(anyhow::Error::msg)?;
+                found =
+                    kreach_agent::overrides::find(&config, applied).map_err(anyhow::Error::msg)?;
             }
             if found.is_empty() {
                 println!("no dynamic broker config hides kreach's settings in server.properties");
@@ -201,6 +211,8 @@ fn apply_local(
     });
     let probe = health_probe(&config);
     let engine = Engine::new(config, services, probe);
+    // What this node applied last: read once, here (the daemon's reconciler holds its own copy).
+    let previous = state::load(&engine.config().state_dir)?;
     let plan = match engine.plan(&desired) {
         Ok(plan) => plan,
         Err(error) => {
@@ -217,7 +229,7 @@ fn apply_local(
             println!("conflict: {conflict}");
         }
         if !dry_run {
-            record_state_if_new(&engine, &desired)?;
+            record_state_if_new(&engine, previous.as_ref(), &desired)?;
         }
         return Ok(converged_exit(&plan));
     }
@@ -226,7 +238,12 @@ fn apply_local(
         println!("dry run: nothing was changed");
         return Ok(converged_exit(&plan));
     }
-    let outcome = match engine.apply(&plan, state::ReleaseId::LOCAL, "apply-local") {
+    let outcome = match engine.apply(
+        &plan,
+        previous.as_ref(),
+        state::ReleaseId::LOCAL,
+        "apply-local",
+    ) {
         Ok(outcome) => outcome,
         Err(refused @ kreach_agent::engine::EngineError::PreRestartRefused { .. }) => {
             println!("refused: {refused}");
@@ -292,11 +309,11 @@ fn converged_exit(plan: &kreach_agent::engine::Plan) -> u8 {
 /// Persist the desired state even when the files already match, so that `run` enforces it.
 fn record_state_if_new(
     engine: &Engine,
+    current: Option<&state::AppliedState>,
     desired: &kreach_domain::desired::NodeSpec,
 ) -> anyhow::Result<()> {
     let state_dir = &engine.config().state_dir;
-    let current = state::load(state_dir)?;
-    if current.as_ref().map(|applied| &applied.node_spec) != Some(desired) {
+    if current.map(|applied| &applied.node_spec) != Some(desired) {
         state::save(
             state_dir,
             &state::AppliedState {
@@ -342,30 +359,19 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         .build()
         .context("starting the async runtime")?;
     let result = runtime.block_on(async move {
-        // Whoever changes files holds this mutex: the client's applies and the enforcer's repairs
-        // never interleave (the state dir's flock would refuse a second in-process holder).
+        // The reconciler is the one owner of the engine, the applied state and the filter; the
+        // coordinator client, the metrics endpoint and the facts talk to it or read its state.
         let services: Box<dyn ServiceManager> = Box::new(LazyServices { config: config.clone() });
-        if config.manage.probe == ProbeKind::Kafka && config.manage.kafka_properties.is_some() {
-            kreach_agent::facts::use_kafka_probe_for_controller(config.state_dir.clone());
-        }
-        let engine = Arc::new(Mutex::new(Engine::new(config.clone(), services, health_probe(&config))));
-        let (wake_tx, wake_rx) = std::sync::mpsc::channel();
-        // What the enforcer and the firewall repair learn of the host, for the node's status.
+        let engine = Engine::new(config.clone(), services, health_probe(&config));
+        // What the reconciler and the coordinator client learn of the host, for the node's status.
         let health = Arc::new(kreach_agent::health::board());
-        // READY waits for the enforcer's watches: before them, drift would go unnoticed.
+        let (reconciler, handle) = Reconciler::new(engine, Arc::clone(&health));
+        if config.manage.probe == ProbeKind::Kafka && config.manage.kafka_properties.is_some() {
+            kreach_agent::facts::use_kafka_probe_for_controller(handle.applied());
+        }
+        // READY waits for the reconciler's watches: before them, drift would go unnoticed.
         let (watching_tx, watching_rx) = tokio::sync::oneshot::channel();
-        let mut enforcer = {
-            let engine = Arc::clone(&engine);
-            let wake_tx = wake_tx.clone();
-            let health = Arc::clone(&health);
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let paths = drift::lock_engine(&engine).managed_paths();
-                let mut watcher = drift::watch(&paths, wake_tx).context("watching the managed files")?;
-                let _ = watching_tx.send(());
-                drift::enforce(&engine, &mut watcher, &wake_rx, &health);
-                Ok(())
-            })
-        };
+        let mut enforcer = reconciler::spawn(reconciler, &handle, watching_tx);
 
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -373,7 +379,7 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         match config.coordinator.clone() {
             Some(coordinator) => {
                 tracing::info!(node = %config.node, url = %coordinator.url, "following the coordinator's releases");
-                let client = CoordinatorClient::new(config.clone(), coordinator, Arc::clone(&engine), Arc::clone(&health));
+                let client = CoordinatorClient::new(config.clone(), coordinator, handle.clone(), Arc::clone(&health));
                 reachability = Some(client.reachability_watch());
                 tasks.spawn(client.run(cancel.clone()));
             }
@@ -384,9 +390,9 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
                 .await
                 .with_context(|| format!("binding the metrics endpoint {address}"))?;
             tracing::info!(node = %config.node, "metrics on http://{}/metrics", listener.local_addr()?);
-            let (config, health) = (config.clone(), health.subscribe());
+            let (config, health, applied) = (config.clone(), health.subscribe(), handle.applied());
             tokio::spawn(async move {
-                if let Err(error) = kreach_agent::metrics::serve(listener, config, health, reachability).await {
+                if let Err(error) = kreach_agent::metrics::serve(listener, config, health, applied, reachability).await {
                     tracing::error!("the metrics endpoint stopped: {error}");
                 }
             });
@@ -398,7 +404,7 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         let mut interrupt = signal(SignalKind::interrupt())?;
         // A failed watch drops the sender; the loop below then reports the enforcer's error.
         if watching_rx.await.is_ok() {
-            kreach_runtime::daemon::systemd_notify::ready(&startup_status(&config));
+            kreach_runtime::daemon::systemd_notify::ready(&startup_status(&handle.applied().borrow()));
         }
         // Watchdog pings come from this loop, so they stop when it or the enforcer does.
         // Half of WatchdogSec, jittered by at most 20 %: always well inside the limit.
@@ -416,11 +422,11 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         cancel.cancel();
         tasks.wait().await;
         if let Some(ended) = early_end {
-            ended.context("enforcer task")??;
-            anyhow::bail!("the drift enforcer stopped unexpectedly");
+            ended.context("reconciler task")?.context("watching the managed files")?;
+            anyhow::bail!("the reconciler stopped unexpectedly");
         }
-        let _ = wake_tx.send(drift::Wake::Stop);
-        enforcer.await.context("enforcer task")??;
+        handle.send(reconciler::Command::Stop);
+        enforcer.await.context("reconciler task")?.context("watching the managed files")?;
         Ok::<u8, anyhow::Error>(0)
     });
     // Blocking work left behind on purpose (a reachability check waiting on connect timeouts)
@@ -430,17 +436,13 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
 }
 
 /// The unit's status line at READY: what the agent enforces from now on.
-fn startup_status(config: &AgentConfig) -> String {
-    match state::load(&config.state_dir) {
-        Ok(Some(applied)) => format!(
+fn startup_status(applied: &Option<state::AppliedState>) -> String {
+    match applied {
+        Some(applied) => format!(
             "enforcing generation {} (released by {})",
             applied.generation, applied.released_by
         ),
-        Ok(None) => "no applied state yet; waiting for a spec".to_string(),
-        Err(error) => {
-            tracing::error!(node = %config.node, "cannot load the last applied state: {error}");
-            format!("cannot load the last applied state: {error}")
-        }
+        None => "no applied state yet; waiting for a spec".to_string(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! network; it carries broker ids and file states, never a secret).
 //!
 //! Owns the apply counters the coordinator client bumps ([`record_apply`]) and turning the agent's
-//! own views — the applied state on disk, the health board, the latest reachability result — into
+//! own views — the applied state the reconciler holds, the health board, the latest reachability result — into
 //! metrics at each scrape, named by prometheus.io's rules (`kreach_` prefix, base units, `_total`
 //! counters, labels with bounded values).
 
@@ -121,6 +121,7 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, value: i64) {
 /// The metrics text for this agent now.
 pub fn render(
     config: &AgentConfig,
+    applied: Option<&crate::state::AppliedState>,
     health: &LocalHealth,
     reachability: Option<&[pb::Reachability]>,
 ) -> String {
@@ -137,7 +138,6 @@ pub fn render(
     ])
     .set(1);
 
-    let applied = crate::state::load(&config.state_dir).ok().flatten();
     gauge(
         &mut registry,
         "applied_generation",
@@ -235,6 +235,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     config: AgentConfig,
     health: tokio::sync::watch::Receiver<LocalHealth>,
+    applied: tokio::sync::watch::Receiver<Option<crate::state::AppliedState>>,
     reachability: Option<tokio::sync::watch::Receiver<Option<crate::client::Checked>>>,
 ) -> std::io::Result<()> {
     let config = std::sync::Arc::new(config);
@@ -243,15 +244,13 @@ pub async fn serve(
         axum::routing::get(move || {
             let config = std::sync::Arc::clone(&config);
             let health = health.borrow().clone();
+            let applied = applied.borrow().clone();
             let rows = reachability
                 .as_ref()
                 .and_then(|r| r.borrow().as_ref().map(|(rows, _)| rows.clone()));
             async move {
-                // Reads the applied state from disk: off the async thread.
-                let text =
-                    tokio::task::spawn_blocking(move || render(&config, &health, rows.as_deref()))
-                        .await
-                        .unwrap_or_default();
+                // Everything is in memory: rendered on the async thread.
+                let text = render(&config, applied.as_ref(), &health, rows.as_deref());
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
@@ -298,7 +297,7 @@ mod tests {
                 ..pb::Reachability::default()
             },
         ];
-        let text = render(&config, &health, Some(&rows));
+        let text = render(&config, None, &health, Some(&rows));
         for line in [
             "kreach_applied_generation 0",
             "kreach_applies_total{outcome=\"converged\"} 1",

@@ -14,7 +14,7 @@ use kreach_domain::desired::NodeRole;
 use kreach_domain::properties::{self, DynamicOverride};
 
 use crate::config::AgentConfig;
-use crate::state;
+use crate::state::AppliedState;
 use crate::verify::KafkaProbe;
 
 /// Bounds the connect and each request.
@@ -24,11 +24,11 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// that is not a broker with applied listener settings.
 fn applied_broker(
     config: &AgentConfig,
+    applied: Option<&AppliedState>,
 ) -> Result<Option<(i32, properties::ListenerSettings, String)>, String> {
     let Some(path) = &config.manage.kafka_properties else {
         return Ok(None);
     };
-    let applied = state::load(&config.state_dir).map_err(|error| error.to_string())?;
     let Some(applied) = applied else {
         return Ok(None);
     };
@@ -48,8 +48,11 @@ fn applied_broker(
 
 /// The dynamic overrides of keys kreach owns that differ from server.properties (empty on a node
 /// that is not a broker kreach has configured).
-pub fn find(config: &AgentConfig) -> Result<Vec<DynamicOverride>, String> {
-    let Some((id, settings, file)) = applied_broker(config)? else {
+pub fn find(
+    config: &AgentConfig,
+    applied: Option<&AppliedState>,
+) -> Result<Vec<DynamicOverride>, String> {
+    let Some((id, settings, file)) = applied_broker(config, applied)? else {
         return Ok(Vec::new());
     };
     let probe = KafkaProbe::default();
@@ -63,8 +66,12 @@ pub fn find(config: &AgentConfig) -> Result<Vec<DynamicOverride>, String> {
 /// Delete `overrides` (per-broker ones from this broker's resource; a cluster-wide default is
 /// left alone and named: deleting it changes every broker, which is for the operator to do).
 /// Returns what was deleted.
-pub fn delete(config: &AgentConfig, overrides: &[DynamicOverride]) -> Result<Vec<String>, String> {
-    let Some((id, settings, _)) = applied_broker(config)? else {
+pub fn delete(
+    config: &AgentConfig,
+    applied: Option<&AppliedState>,
+    overrides: &[DynamicOverride],
+) -> Result<Vec<String>, String> {
+    let Some((id, settings, _)) = applied_broker(config, applied)? else {
         return Ok(Vec::new());
     };
     let keys: Vec<(String, Option<String>)> = overrides

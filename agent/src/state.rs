@@ -89,6 +89,11 @@ pub fn load(state_dir: &Path) -> Result<Option<AppliedState>, StateError> {
     load_json(&state_dir.join(STATE_FILE))
 }
 
+/// Whether the applied state's file is there (without reading it).
+pub fn exists(state_dir: &Path) -> bool {
+    state_dir.join(STATE_FILE).exists()
+}
+
 pub fn save(state_dir: &Path, state: &AppliedState) -> Result<(), StateError> {
     save_json(state_dir, STATE_FILE, state)
 }
