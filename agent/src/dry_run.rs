@@ -25,8 +25,9 @@ pub fn answer(config: &AgentConfig, request: &pb::DryRunRequest) -> pb::DryRunRe
         None => Err("invalid DryRunRequest.spec in a kreach.v1 message: missing".to_string()),
         Some(wire) => NodeSpec::try_from(wire).map_err(|error| error.to_string()),
     };
-    let plan =
-        spec.and_then(|spec| engine::plan_files(config, &spec).map_err(|error| error.to_string()));
+    let plan = spec.and_then(|spec| {
+        engine::plan_files(&crate::fsio::Disk, config, &spec).map_err(|error| error.to_string())
+    });
     match plan {
         Ok(plan) => {
             report.diff = plan.render_diff();
@@ -157,7 +158,7 @@ mod tests {
         // Its hosts file as an earlier release left it.
         let mut request = request("emr-worker-2");
         let spec = NodeSpec::try_from(request.spec.as_ref().unwrap()).unwrap();
-        let plan = engine::plan_files(&config, &spec).unwrap();
+        let plan = engine::plan_files(&crate::fsio::Disk, &config, &spec).unwrap();
         let hosts = &plan.changes[0];
         std::fs::write(&hosts.path, &hosts.new).unwrap();
         // What the coordinator releases a broker dropped from the spec: no entries, no listeners.

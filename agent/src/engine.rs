@@ -18,7 +18,8 @@ use kreach_domain::properties::{self, ListenerSpec};
 
 use crate::audit::{AuditAction, AuditEntry, AuditLog};
 use crate::config::AgentConfig;
-use crate::fsio::{self, WriteMethod};
+use crate::firewall::{Nft, PacketFilter};
+use crate::fsio::{self, Files, WriteMethod};
 use crate::service::ServiceManager;
 use crate::state::{self, AppliedState, ReleaseId};
 use crate::verify::{KeystoreReload, ListenerProbe};
@@ -218,6 +219,10 @@ pub struct Engine {
     config: AgentConfig,
     services: Box<dyn ServiceManager>,
     probe: Box<dyn ListenerProbe>,
+    /// The managed files: the disk, or a fake in unit tests.
+    files: Box<dyn Files>,
+    /// The kernel's packet filter (`nft`), or a fake in unit tests.
+    packet_filter: Box<dyn PacketFilter>,
 }
 
 impl Engine {
@@ -230,7 +235,43 @@ impl Engine {
             config,
             services,
             probe,
+            files: Box::new(fsio::Disk),
+            packet_filter: Box::new(Nft::default()),
         }
+    }
+
+    /// The same engine changing the packet filter through `packet_filter` (the unit tests' fake).
+    pub fn with_packet_filter(mut self, packet_filter: Box<dyn PacketFilter>) -> Engine {
+        self.packet_filter = packet_filter;
+        self
+    }
+
+    /// Put `node`'s EXTERNAL filter in force (brokers with `manage.firewall`; else `None`).
+    pub fn enforce_filter(&self, node: &NodeSpec) -> Result<Option<gates::GateCheck>, EngineError> {
+        Ok(crate::firewall::enforce_for(
+            &self.config,
+            self.packet_filter.as_ref(),
+            node,
+        )?)
+    }
+
+    /// Put `node`'s EXTERNAL filter back if it went from the kernel (or remove a table that
+    /// should not be there); `Some(what)` when something was repaired.
+    pub fn repair_filter(
+        &self,
+        node: &NodeSpec,
+    ) -> Result<Option<String>, crate::firewall::FirewallError> {
+        crate::firewall::repair(&self.config, self.packet_filter.as_ref(), node)
+    }
+
+    fn restore_filter(&self, previous: Option<&NodeSpec>) {
+        crate::firewall::restore_previous(&self.config, self.packet_filter.as_ref(), previous);
+    }
+
+    /// The same engine reaching its managed files through `files` (the unit tests' fake).
+    pub fn with_files(mut self, files: Box<dyn Files>) -> Engine {
+        self.files = files;
+        self
     }
 
     pub fn config(&self) -> &AgentConfig {
@@ -246,7 +287,7 @@ impl Engine {
 
     /// Render every managed file for `node_spec` and compare with what is on disk. No side effects.
     pub fn plan(&self, node_spec: &NodeSpec) -> Result<Plan, EngineError> {
-        plan_files(&self.config, node_spec)
+        plan_files(self.files.as_ref(), &self.config, node_spec)
     }
 
     /// Carry out `plan`: back up and write every changed file, restart Kafka when its listener
@@ -280,10 +321,10 @@ impl Engine {
         checks.extend(self.keep_scram_users(plan, previous, &running)?);
         let previous_spec = previous.map(|applied| &applied.node_spec);
         // The EXTERNAL filter before any file (brokers with `manage.firewall`): if nft refuses, nothing changed.
-        let firewall_check = crate::firewall::enforce_for(&self.config, &plan.node_spec)?;
+        let firewall_check = self.enforce_filter(&plan.node_spec)?;
         let written = self
             .write_all(plan, generation, released_by, AuditAction::Apply)
-            .inspect_err(|_| crate::firewall::restore_previous(&self.config, previous_spec))?;
+            .inspect_err(|_| self.restore_filter(previous_spec))?;
 
         let mut restart = plan.restart.clone();
         if restart.is_none() && !plan.reload.is_empty() {
@@ -305,7 +346,7 @@ impl Engine {
                                 AuditAction::Rollback,
                                 &reason,
                             )?;
-                            crate::firewall::restore_previous(&self.config, previous_spec);
+                            self.restore_filter(previous_spec);
                             return Ok(Outcome::RolledBack {
                                 reason,
                                 restored,
@@ -376,7 +417,7 @@ impl Engine {
         let Some(path) = &self.config.manage.kafka_properties else {
             return Ok(Vec::new());
         };
-        Ok(read_text(path)?
+        Ok(read_text(self.files.as_ref(), path)?
             .as_deref()
             .map(gates::running_listeners)
             .unwrap_or_default())
@@ -422,7 +463,7 @@ impl Engine {
             .collect();
         if listeners.is_empty() {
             if let Some(path) = &self.config.manage.kafka_properties {
-                listeners = read_text(path)?
+                listeners = read_text(self.files.as_ref(), path)?
                     .as_deref()
                     .map(gates::running_listeners)
                     .unwrap_or_default()
@@ -539,7 +580,7 @@ impl Engine {
             AuditAction::Rollback,
             &reason,
         )?;
-        crate::firewall::restore_previous(&self.config, previous);
+        self.restore_filter(previous);
         // Checked against the restored bytes, not the last applied state: on a
         // node's first apply there is none, and the old broker must still serve.
         let previous: Vec<ListenerSpec> = running
@@ -633,15 +674,14 @@ impl Engine {
     ) -> Result<WriteMethod, EngineError> {
         // Compare-and-swap: the plan was rendered from `change.old`; if another writer touched the
         // file since, writing our render would drop their edit.
-        let current = fsio::read_file(&change.path)?;
+        let current = self.files.read(&change.path)?;
         if current.as_deref() != change.old.as_deref().map(str::as_bytes) {
             return Err(EngineError::ChangedUnderneath {
                 path: change.path.clone(),
             });
         }
-        fsio::clean_stale_temp_files(&change.path)?;
         if let Some(old) = &change.old {
-            fsio::save_backup(
+            self.files.backup(
                 &self.config.state_dir,
                 &change.path,
                 old.as_bytes(),
@@ -658,25 +698,21 @@ impl Engine {
                     .flatten();
                 let mode = if broker { 0o750 } else { 0o755 };
                 if let Some(dir) = change.path.parent() {
-                    crate::kafka_tls::create_dir(dir, mode, owner).map_err(|error| {
+                    self.files.create_dir(dir, mode, owner).map_err(|message| {
                         EngineError::Render {
                             path: dir.to_path_buf(),
-                            message: error.to_string(),
+                            message,
                         }
                     })?;
                 }
-                if change.file == ManagedFile::KafkaKeyStore {
-                    fsio::atomic_write_private(
-                        &change.path,
-                        change.new.as_bytes(),
-                        fsio::Private { owner },
-                    )?
-                } else {
-                    fsio::atomic_write(&change.path, change.new.as_bytes())?
-                }
+                let private =
+                    (change.file == ManagedFile::KafkaKeyStore).then_some(fsio::Private { owner });
+                self.files
+                    .replace(&change.path, change.new.as_bytes(), private)?
             }
             ManagedFile::Hosts | ManagedFile::KafkaProperties => {
-                fsio::atomic_write(&change.path, change.new.as_bytes())?
+                self.files
+                    .replace(&change.path, change.new.as_bytes(), None)?
             }
         };
         tracing::info!(
@@ -739,11 +775,13 @@ impl Engine {
         let mut restored = Vec::new();
         for item in written.iter().rev() {
             let result = match &item.old {
-                Some(old) => fsio::atomic_write(&item.path, old.as_bytes())
+                Some(old) => self
+                    .files
+                    .replace(&item.path, old.as_bytes(), None)
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
                 // The file did not exist before this apply: restoring means removing it.
-                None => std::fs::remove_file(&item.path).map_err(|e| e.to_string()),
+                None => self.files.remove(&item.path).map_err(|e| e.to_string()),
             };
             result.map_err(|error| EngineError::RollbackFailed {
                 message: format!("could not restore {}: {error}", item.path.display()),
@@ -771,7 +809,11 @@ impl Engine {
 /// [`Engine::plan`] without an engine: render every managed file of `config` for `node_spec` and
 /// compare with what is on disk. It only reads: no lock, no backup, no write, no audit entry, no
 /// state change, so a dry run may call it at any time (even while an apply holds the engine).
-pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, EngineError> {
+pub fn plan_files(
+    files: &dyn Files,
+    config: &AgentConfig,
+    node_spec: &NodeSpec,
+) -> Result<Plan, EngineError> {
     if node_spec.node != config.node {
         return Err(EngineError::WrongNode {
             spec_node: node_spec.node.clone(),
@@ -781,7 +823,7 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
     let mut changes = Vec::new();
 
     let hosts_path = &config.manage.hosts_file;
-    let hosts_old = read_text(hosts_path)?;
+    let hosts_old = read_text(files, hosts_path)?;
     let edit = hosts::apply_block(
         hosts_old.as_deref().unwrap_or(""),
         &node_spec.cluster,
@@ -812,7 +854,7 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
             message: error.to_string(),
         })?
     {
-        let old = read_text(&file.path)?;
+        let old = read_text(files, &file.path)?;
         if old.as_deref() != Some(file.content.as_str()) {
             changes.push(FileChange {
                 file: if file.private {
@@ -837,7 +879,7 @@ pub fn plan_files(config: &AgentConfig, node_spec: &NodeSpec) -> Result<Plan, En
                 node: node_spec.node.clone(),
             }
         })?;
-        let old = read_text(&path)?
+        let old = read_text(files, &path)?
             .ok_or_else(|| EngineError::PropertiesMissing { path: path.clone() })?;
         let listeners = &crate::kafka_tls::localize(listeners, config);
         check_tls_files(listeners, &changes)?;
@@ -987,8 +1029,8 @@ struct Written {
     method: WriteMethod,
 }
 
-fn read_text(path: &Path) -> Result<Option<String>, EngineError> {
-    let Some(bytes) = fsio::read_file(path)? else {
+fn read_text(files: &dyn Files, path: &Path) -> Result<Option<String>, EngineError> {
+    let Some(bytes) = files.read(path)? else {
         return Ok(None);
     };
     String::from_utf8(bytes)
@@ -1591,5 +1633,267 @@ mod tests {
             fixture.verified.lock().unwrap()[1],
             vec![initial_internal()]
         );
+    }
+
+    /// The managed files in memory: the engine's file seam without a disk. The `n`-th write of a
+    /// path named in `failing` fails (as a full disk would), after the writes before it went
+    /// through.
+    #[derive(Default)]
+    struct MemFiles {
+        files: Mutex<std::collections::BTreeMap<PathBuf, Vec<u8>>>,
+        failing: Vec<(PathBuf, usize)>,
+        writes: Mutex<Vec<PathBuf>>,
+    }
+
+    impl MemFiles {
+        fn with(files: &[(&Path, &str)], failing: &[(&Path, usize)]) -> MemFiles {
+            MemFiles {
+                files: Mutex::new(
+                    files
+                        .iter()
+                        .map(|(path, text)| (path.to_path_buf(), text.as_bytes().to_vec()))
+                        .collect(),
+                ),
+                failing: failing.iter().map(|(p, n)| (p.to_path_buf(), *n)).collect(),
+                writes: Mutex::new(Vec::new()),
+            }
+        }
+    }
+
+    impl Files for Arc<MemFiles> {
+        fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, fsio::FsError> {
+            Ok(self.files.lock().unwrap().get(path).cloned())
+        }
+        fn replace(
+            &self,
+            path: &Path,
+            content: &[u8],
+            _private: Option<fsio::Private>,
+        ) -> Result<WriteMethod, fsio::FsError> {
+            let mut writes = self.writes.lock().unwrap();
+            writes.push(path.to_path_buf());
+            let nth = writes.iter().filter(|written| *written == path).count();
+            if self.failing.iter().any(|(p, n)| p == path && *n == nth) {
+                return Err(fsio::FsError::WriteTemp {
+                    path: path.to_path_buf(),
+                    temp: path.with_extension("kreach-tmp"),
+                    source: std::io::Error::from_raw_os_error(28),
+                });
+            }
+            self.files
+                .lock()
+                .unwrap()
+                .insert(path.to_path_buf(), content.to_vec());
+            Ok(WriteMethod::Renamed)
+        }
+        fn backup(&self, _: &Path, _: &Path, _: &[u8], _: usize) -> Result<(), fsio::FsError> {
+            Ok(())
+        }
+        fn remove(&self, path: &Path) -> std::io::Result<()> {
+            match self.files.lock().unwrap().remove(path) {
+                Some(_) => Ok(()),
+                None => Err(std::io::ErrorKind::NotFound.into()),
+            }
+        }
+        fn create_dir(&self, _: &Path, _: u32, _: Option<(u32, u32)>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// The fixture's hosts file and server.properties paths.
+    fn managed(fixture: &Fixture) -> (PathBuf, PathBuf) {
+        let dir = fixture.dir.path();
+        (dir.join("hosts"), dir.join("server.properties"))
+    }
+
+    /// An engine reaching its managed files through `files`.
+    fn engine_on(fixture: &Fixture, files: &Arc<MemFiles>) -> Engine {
+        fixture
+            .engine(None, Ok(vec![]))
+            .with_files(Box::new(Arc::clone(files)))
+    }
+
+    fn text(files: &MemFiles, path: &Path) -> Option<String> {
+        let files = files.files.lock().unwrap();
+        files
+            .get(path)
+            .map(|b| String::from_utf8(b.clone()).unwrap())
+    }
+
+    #[test]
+    fn a_failed_write_puts_back_the_files_the_apply_had_already_written() {
+        let fixture = Fixture::new();
+        let (hosts, properties) = managed(&fixture);
+        let original_hosts = "127.0.0.1 localhost\n# an operator's line\n";
+        // The hosts file goes through; server.properties, written after it, does not.
+        let files = Arc::new(MemFiles::with(
+            &[(&hosts, original_hosts), (&properties, INITIAL)],
+            &[(&properties, 1)],
+        ));
+        let engine = engine_on(&fixture, &files);
+        let plan = engine.plan(&fixture.node_spec()).unwrap();
+        let order: Vec<&Path> = plan.changes.iter().map(|c| c.path.as_path()).collect();
+        assert_eq!(order, [hosts.as_path(), properties.as_path()]);
+
+        let error = engine
+            .apply(&plan, None, ReleaseId::LOCAL, "test")
+            .unwrap_err();
+        let EngineError::WriteFailedRestored { path, restored, .. } = &error else {
+            panic!("expected WriteFailedRestored, got {error}");
+        };
+        assert_eq!(path, &properties);
+        assert_eq!(restored, &hosts.display().to_string());
+        assert!(
+            error.to_string().contains("no space left on device"),
+            "{error}"
+        );
+        // Nothing half-done: both files hold their bytes from before, Kafka was not restarted,
+        // and nothing was recorded as applied.
+        assert_eq!(text(&files, &hosts).as_deref(), Some(original_hosts));
+        assert_eq!(text(&files, &properties).as_deref(), Some(INITIAL));
+        assert_eq!(*fixture.restarts.lock().unwrap(), 0);
+        assert!(state::load(&fixture.dir.path().join("state"))
+            .unwrap()
+            .is_none());
+        // The trail says what happened to the hosts file: written, then undone.
+        let trail = AuditLog::new(&fixture.dir.path().join("state"))
+            .read_since(0)
+            .unwrap();
+        let actions: Vec<(AuditAction, &str)> = trail
+            .iter()
+            .map(|entry| (entry.action, entry.path.as_str()))
+            .collect();
+        let hosts_text = hosts.display().to_string();
+        assert_eq!(
+            actions,
+            [
+                (AuditAction::Apply, hosts_text.as_str()),
+                (AuditAction::Undo, hosts_text.as_str())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_the_failed_apply_created_is_removed_again() {
+        let fixture = Fixture::new();
+        let (hosts, properties) = managed(&fixture);
+        // No hosts file yet: the apply creates it, then the properties write fails.
+        let files = Arc::new(MemFiles::with(
+            &[(&properties, INITIAL)],
+            &[(&properties, 1)],
+        ));
+        let engine = engine_on(&fixture, &files);
+        let plan = engine.plan(&fixture.node_spec()).unwrap();
+        assert!(plan.changes[0].old.is_none());
+
+        let error = engine
+            .apply(&plan, None, ReleaseId::LOCAL, "test")
+            .unwrap_err();
+        assert!(
+            matches!(error, EngineError::WriteFailedRestored { .. }),
+            "{error}"
+        );
+        assert_eq!(text(&files, &hosts), None, "the created file is gone again");
+        assert_eq!(text(&files, &properties).as_deref(), Some(INITIAL));
+    }
+
+    #[test]
+    fn an_undo_that_fails_too_names_the_file_left_changed() {
+        let fixture = Fixture::new();
+        let (hosts, properties) = managed(&fixture);
+        // The properties write fails, and so does putting the hosts file back (its 2nd write).
+        let files = Arc::new(MemFiles::with(
+            &[(&hosts, "127.0.0.1 localhost\n"), (&properties, INITIAL)],
+            &[(&properties, 1), (&hosts, 2)],
+        ));
+        let engine = engine_on(&fixture, &files);
+        let plan = engine.plan(&fixture.node_spec()).unwrap();
+
+        let error = engine
+            .apply(&plan, None, ReleaseId::LOCAL, "test")
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(
+            matches!(error, EngineError::RollbackFailed { .. }),
+            "{message}"
+        );
+        assert!(
+            message.contains(&format!("could not restore {}", hosts.display()))
+                && message.contains("the node needs attention"),
+            "{message}"
+        );
+        assert_eq!(*fixture.restarts.lock().unwrap(), 0);
+    }
+
+    /// The packet filter in memory: records every filter it is asked to put in force.
+    type Enforced = Arc<Mutex<Vec<Option<kreach_domain::desired::ExternalFilter>>>>;
+    struct RecordingFilter(Enforced);
+
+    impl PacketFilter for RecordingFilter {
+        fn enforce(
+            &self,
+            filter: Option<&kreach_domain::desired::ExternalFilter>,
+        ) -> Result<GateCheck, crate::firewall::FirewallError> {
+            self.0.lock().unwrap().push(filter.cloned());
+            Ok(GateCheck::pass("firewall", "recorded"))
+        }
+        fn present(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn a_rollback_puts_the_previous_releases_filter_back_after_the_new_one() {
+        let fixture = Fixture::new();
+        let root = fixture.dir.path().display().to_string();
+        let config = AgentConfig::parse(&format!(
+            "node = \"emr-worker-2\"\nstate_dir = \"{root}/state\"\n[manage]\nhosts_file = \"{root}/hosts\"\nkafka_properties = \"{root}/server.properties\"\nfirewall = \"nftables\"\n"
+        ))
+        .unwrap();
+        let spec = |allow: &str| {
+            let spec = kreach_domain::spec::ClusterSpec::parse(&format!(
+                "[cluster]\nname = \"c\"\n[listeners.internal]\nport = 9092\nbind = \"127.0.0.1\"\n\
+                 [listeners.external]\nport = 9093\nallow = [\"{allow}\"]\n\
+                 [[broker]]\nid = 2\nnode = \"emr-worker-2\"\nprivate_ip = \"198.18.0.12\"\npublic_ip = \"198.19.0.12\"\n",
+            ))
+            .unwrap();
+            kreach_domain::desired::node_spec(&spec, "emr-worker-2").unwrap()
+        };
+        let previous = state::AppliedState {
+            generation: 1,
+            step: 1,
+            attempt: 1,
+            released_by: "test".into(),
+            applied_at_unix_ms: 0,
+            node_spec: spec("198.18.5.0/24"),
+        };
+        let filters = Arc::new(Mutex::new(Vec::new()));
+        // The restarted broker fails its check; back on the old files it passes.
+        let engine = Engine::new(
+            config,
+            Box::new(CountingServices(Arc::clone(&fixture.restarts))),
+            Box::new(ScriptedProbe {
+                refuse: None,
+                post: vec![Err("EXTERNAL does not answer".into()), Ok(vec![])],
+                asked: Arc::clone(&fixture.asked),
+                verified: Arc::clone(&fixture.verified),
+                reload: Err("not asked to".into()),
+                reloads: Arc::clone(&fixture.reloads),
+            }),
+        )
+        .with_packet_filter(Box::new(RecordingFilter(Arc::clone(&filters))));
+        let new = spec("198.18.7.0/24");
+        let plan = engine.plan(&new).unwrap();
+        assert!(plan.restart.is_some());
+
+        let outcome = engine
+            .apply(&plan, Some(&previous), ReleaseId::LOCAL, "test")
+            .unwrap();
+        assert!(matches!(outcome, Outcome::RolledBack { .. }), "{outcome:?}");
+        // The new filter went in before the files, and the previous one is back with them.
+        let (new, previous) = (new.external_filter, previous.node_spec.external_filter);
+        assert!(new.is_some() && new != previous);
+        assert_eq!(*filters.lock().unwrap(), [new, previous]);
+        assert_eq!(fixture.read("server.properties"), INITIAL);
     }
 }

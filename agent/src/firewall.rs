@@ -138,16 +138,49 @@ pub fn enforce(
     ))
 }
 
+/// How the agent reaches the kernel's packet filter: [`Nft`] in the agent; a recording fake in
+/// the engine's unit tests.
+pub trait PacketFilter: Send + Sync {
+    /// Make table `inet kreach` match `filter` (None: remove it); the check, read back.
+    fn enforce(&self, filter: Option<&ExternalFilter>) -> Result<GateCheck, FirewallError>;
+    /// Whether table `inet kreach` is in the kernel now.
+    fn present(&self) -> bool;
+}
+
+/// The `nft` binary (found on PATH by default).
+#[derive(Debug, Clone)]
+pub struct Nft {
+    pub program: std::path::PathBuf,
+}
+
+impl Default for Nft {
+    fn default() -> Nft {
+        Nft {
+            program: NFT.into(),
+        }
+    }
+}
+
+impl PacketFilter for Nft {
+    fn enforce(&self, filter: Option<&ExternalFilter>) -> Result<GateCheck, FirewallError> {
+        enforce(&self.program, filter)
+    }
+    fn present(&self) -> bool {
+        run(&self.program, &["list", "table", "inet", "kreach"], None).is_ok()
+    }
+}
+
 /// What the agent's apply does: on a broker whose config enables the firewall, enforce the node's
 /// filter; otherwise nothing (`None`).
 pub fn enforce_for(
     config: &AgentConfig,
+    packet_filter: &dyn PacketFilter,
     node: &NodeSpec,
 ) -> Result<Option<GateCheck>, FirewallError> {
     match (config.manage.firewall, &node.role) {
-        (FirewallKind::Nftables, NodeRole::Broker { .. }) => {
-            enforce(Path::new(NFT), node.external_filter.as_ref()).map(Some)
-        }
+        (FirewallKind::Nftables, NodeRole::Broker { .. }) => packet_filter
+            .enforce(node.external_filter.as_ref())
+            .map(Some),
         _ => Ok(None),
     }
 }
@@ -175,22 +208,28 @@ pub fn describe(config: &AgentConfig, node: &NodeSpec) -> String {
 /// Drift repair for the filter: on a broker whose config enables the firewall, put the table back
 /// when it is missing while a filter is desired (a reboot, `nft flush ruleset`), or remove it when
 /// it is there while none is. `Ok(Some(what))` when something was repaired.
-pub fn repair(config: &AgentConfig, node: &NodeSpec) -> Result<Option<String>, FirewallError> {
+pub fn repair(
+    config: &AgentConfig,
+    packet_filter: &dyn PacketFilter,
+    node: &NodeSpec,
+) -> Result<Option<String>, FirewallError> {
     if config.manage.firewall != FirewallKind::Nftables
         || !matches!(node.role, NodeRole::Broker { .. })
     {
         return Ok(None);
     }
-    let program = Path::new(NFT);
-    let present = run(program, &["list", "table", "inet", "kreach"], None).is_ok();
-    match (&node.external_filter, present) {
+    match (&node.external_filter, packet_filter.present()) {
         (Some(filter), false) => {
             tracing::warn!(node = %config.node, table = TABLE, "the EXTERNAL filter is missing (a reboot or a flushed ruleset?); putting it back");
-            enforce(program, Some(filter)).map(|check| Some(check.to_string()))
+            packet_filter
+                .enforce(Some(filter))
+                .map(|check| Some(check.to_string()))
         }
         (None, true) => {
             tracing::warn!(node = %config.node, table = TABLE, "table {TABLE} is there but public access is disabled; removing it");
-            enforce(program, None).map(|check| Some(check.to_string()))
+            packet_filter
+                .enforce(None)
+                .map(|check| Some(check.to_string()))
         }
         _ => Ok(None),
     }
@@ -199,11 +238,15 @@ pub fn repair(config: &AgentConfig, node: &NodeSpec) -> Result<Option<String>, F
 /// Put back the filter of the last applied state (after a rollback or a failed write), so the
 /// filter and Kafka's listeners stay from the same release. Errors are logged: the rollback itself
 /// must go on.
-pub fn restore_previous(config: &AgentConfig, previous: Option<&NodeSpec>) {
+pub fn restore_previous(
+    config: &AgentConfig,
+    packet_filter: &dyn PacketFilter,
+    previous: Option<&NodeSpec>,
+) {
     let Some(previous) = previous else {
         return;
     };
-    if let Err(error) = enforce_for(config, previous) {
+    if let Err(error) = enforce_for(config, packet_filter, previous) {
         tracing::error!(node = %config.node, "cannot restore the previous EXTERNAL filter: {error}");
     }
 }

@@ -250,6 +250,63 @@ pub fn read_file(path: &Path) -> Result<Option<Vec<u8>>, FsError> {
     Ok(Some(content))
 }
 
+/// How the engine reaches the files it manages: [`Disk`] in the agent; an in-memory fake in the
+/// engine's unit tests, which can make a chosen write fail (the partial-write undo).
+pub trait Files: Send + Sync {
+    /// The file's bytes, None when it does not exist ([`read_file`]).
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, FsError>;
+    /// Replace the file's content atomically, after removing temp files an earlier crash left
+    /// ([`clean_stale_temp_files`], then [`atomic_write`], or [`atomic_write_private`] with
+    /// `private`).
+    fn replace(
+        &self,
+        path: &Path,
+        content: &[u8],
+        private: Option<Private>,
+    ) -> Result<WriteMethod, FsError>;
+    /// Keep `old` as the newest backup of `path` under `state_dir` ([`save_backup`]).
+    fn backup(&self, state_dir: &Path, path: &Path, old: &[u8], keep: usize)
+        -> Result<(), FsError>;
+    /// Remove the file (undoing the creation of one that did not exist before).
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Make `dir` (and its parents) with `mode` and `owner` when it is not there yet.
+    fn create_dir(&self, dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), String>;
+}
+
+/// The real files, through this module's functions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Disk;
+
+impl Files for Disk {
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, FsError> {
+        read_file(path)
+    }
+    fn replace(
+        &self,
+        path: &Path,
+        content: &[u8],
+        private: Option<Private>,
+    ) -> Result<WriteMethod, FsError> {
+        clean_stale_temp_files(path)?;
+        write_replacing(path, content, private)
+    }
+    fn backup(
+        &self,
+        state_dir: &Path,
+        path: &Path,
+        old: &[u8],
+        keep: usize,
+    ) -> Result<(), FsError> {
+        save_backup(state_dir, path, old, keep).map(|_| ())
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+    fn create_dir(&self, dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), String> {
+        crate::kafka_tls::create_dir(dir, mode, owner).map_err(|error| error.to_string())
+    }
+}
+
 /// Replace `path`'s content with `content` atomically.
 ///
 /// A temp file `.<filename>.kreach-tmp.<pid>.<n>` is created in the same directory, written,

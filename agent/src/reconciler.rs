@@ -341,7 +341,7 @@ impl Reconciler {
             return;
         }
         let config = self.engine.config();
-        let firewall = match crate::firewall::repair(config, &spec) {
+        let firewall = match self.engine.repair_filter(&spec) {
             Ok(_) => crate::firewall::describe(config, &spec),
             Err(error) => {
                 tracing::error!(node = %config.node, "cannot repair the EXTERNAL filter: {error}");
@@ -394,7 +394,7 @@ impl Reconciler {
                     return Ok(false);
                 }
                 // The files match, but a reboot empties the kernel's ruleset: the filter again.
-                crate::firewall::enforce_for(self.engine.config(), &spec)?;
+                self.engine.enforce_filter(&spec)?;
                 Ok(true)
             })
         } else {

@@ -52,7 +52,7 @@ fn netns_helper() {
             ))
             .unwrap();
             let node = kreach_domain::desired::node_spec(&spec, "w1").unwrap();
-            match firewall::repair(&config, &node) {
+            match firewall::repair(&config, &firewall::Nft::default(), &node) {
                 Ok(Some(check)) => println!("RESULT: repaired: {check}"),
                 Ok(None) => println!("RESULT: nothing to repair"),
                 Err(error) => println!("RESULT: error: {error}"),
