@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kreach_domain::desired::{
     bootstrap_endpoints, render_node, BootstrapEndpoint, NodeRole, NodeSpec,
@@ -22,6 +21,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::clock::{Clock, SteadyWallClock};
 use crate::rollout::{self, Event, ReleaseId, ReportOutcome, Rollout, RolloutState};
 use crate::store::{AgentRecord, GenerationRecord, Store, StoreError};
 use crate::writer::ReportWriter;
@@ -90,28 +90,14 @@ pub struct Core {
     /// When certificates were last looked at for renewal, and when a renewal was last refused.
     renewal_checked_ms: u64,
     renewal_refused_ms: Option<u64>,
+    /// Every timer and timestamp of the core (see [`crate::clock`]).
+    clock: Arc<dyn Clock>,
 }
 
 /// How often the coordinator looks for Kafka certificates due for renewal (`[tls] renew_before`).
 pub const RENEWAL_CHECK_MS: u64 = 5_000;
 /// After a renewal that could not be applied, how long before it is tried again.
 pub const RENEWAL_RETRY_MS: u64 = 10 * 60 * 1000;
-
-/// Milliseconds since the epoch as read once at start, advanced by the monotonic clock from then
-/// on: a wall-clock step (NTP, `date -s`) must neither end a settle early nor stretch it, nor fire
-/// a health timeout (found by the fault suite, tests/tests/faults.rs). Stored times stay roughly
-/// wall-clock, so a restarted coordinator still resumes a settle or a timeout where it was.
-pub fn now_ms() -> u64 {
-    static START: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
-    let (started, wall_ms) = *START.get_or_init(|| {
-        let wall_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        (std::time::Instant::now(), wall_ms)
-    });
-    wall_ms.saturating_add(started.elapsed().as_millis() as u64)
-}
 
 /// A plan as [`Core::make_plan`] makes it: the spec, the rollout, what `plan` shows, and every
 /// node's final spec (certificates included).
@@ -124,6 +110,11 @@ struct MadePlan {
 
 impl Core {
     pub fn open(state_dir: &Path) -> Result<Core, CoreError> {
+        Core::open_with_clock(state_dir, Arc::new(SteadyWallClock::new()))
+    }
+
+    /// [`Core::open`] with the clock every timer and timestamp of the core reads.
+    pub fn open_with_clock(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Core, CoreError> {
         let store = Arc::new(Store::open(&state_dir.join("coordinator.redb"))?);
         let record: RolloutRecord = store.load_rollout()?.unwrap_or_default();
         let mut agents = BTreeMap::new();
@@ -165,6 +156,7 @@ impl Core {
             completed_at_ms: 0,
             renewal_checked_ms: 0,
             renewal_refused_ms: None,
+            clock,
         };
         if let Some(rollout) = &core.record.rollout {
             tracing::info!(
@@ -281,7 +273,7 @@ impl Core {
         }
         if let Some(Event::Completed) = events.last() {
             // Before the status is published: clients' reports from before now are not current.
-            self.completed_at_ms = now_ms();
+            self.completed_at_ms = self.clock.now_ms();
         }
         if durable {
             self.publish();
@@ -352,7 +344,7 @@ impl Core {
         self.admit(node)?;
         let entry = self.agents.entry(node.to_string()).or_default();
         entry.connections += 1;
-        entry.last_seen_ms = now_ms();
+        entry.last_seen_ms = self.clock.now_ms();
         tracing::info!(node, connections = entry.connections, "agent subscribed");
         let receiver = self
             .channels
@@ -396,8 +388,8 @@ impl Core {
                     ..pb::NodeStatus::default()
                 })
                 .reachability = status.reachability;
-            entry.last_seen_ms = now_ms();
-            entry.reachability_at_ms = now_ms();
+            entry.last_seen_ms = self.clock.now_ms();
+            entry.reachability_at_ms = self.clock.now_ms();
             self.dirty_agents.insert(node);
             self.refresh_status();
             return Ok(());
@@ -411,7 +403,7 @@ impl Core {
                 status.reachability = previous.reachability;
             }
             entry.status = Some(status);
-            entry.last_seen_ms = now_ms();
+            entry.last_seen_ms = self.clock.now_ms();
         }
         self.dirty_agents.insert(node.clone());
         let outcome = match phase {
@@ -423,7 +415,7 @@ impl Core {
         match (outcome, release, self.record.rollout.as_mut()) {
             (Some(outcome), Some(release), Some(rollout)) => {
                 let id = ReleaseId::from(&release);
-                let events = rollout.on_report(&node, id, outcome, now_ms());
+                let events = rollout.on_report(&node, id, outcome, self.clock.now_ms());
                 self.handle_events(events)
             }
             _ => {
@@ -438,7 +430,7 @@ impl Core {
         self.admit(&node)?;
         let entry = self.agents.entry(node.clone()).or_default();
         entry.facts = Some(facts);
-        entry.last_seen_ms = now_ms();
+        entry.last_seen_ms = self.clock.now_ms();
         self.dirty_agents.insert(node);
         self.refresh_status();
         Ok(())
@@ -457,7 +449,7 @@ impl Core {
             );
         }
         entry.health = Some(health);
-        entry.last_seen_ms = now_ms();
+        entry.last_seen_ms = self.clock.now_ms();
         self.refresh_status();
         Ok(())
     }
@@ -465,7 +457,7 @@ impl Core {
     /// Periodic work: settle timers and health timeouts, and flushing agent records.
     pub fn tick(&mut self) -> Result<(), CoreError> {
         if let Some(rollout) = self.record.rollout.as_mut() {
-            let now = now_ms();
+            let now = self.clock.now_ms();
             let agents = &self.agents;
             let mut events = rollout.skip_offline_dropped(
                 |node| agents.get(node).is_none_or(|entry| entry.connections == 0),
@@ -513,7 +505,7 @@ impl Core {
                 .collect();
             self.reports.save_agents(records);
         }
-        self.renew_certificates(now_ms());
+        self.renew_certificates(self.clock.now_ms());
         if self.status_dirty {
             self.status_dirty = false;
             let status = self.status_response();
@@ -804,7 +796,7 @@ impl Core {
                         .insert(node, "its agent never connected".to_string());
                 }
                 Some(entry) if entry.connections == 0 => {
-                    let ago = now_ms().saturating_sub(entry.last_seen_ms) / 1000;
+                    let ago = self.clock.now_ms().saturating_sub(entry.last_seen_ms) / 1000;
                     let why = if entry.last_seen_ms == 0 {
                         "its agent is offline".to_string()
                     } else {
@@ -917,8 +909,11 @@ impl Core {
                 .unwrap_or_default()
         );
         let base = self.held_releases();
-        let (rollout, events) =
-            Rollout::start(plan, format!("{who}: generation {generation}"), now_ms());
+        let (rollout, events) = Rollout::start(
+            plan,
+            format!("{who}: generation {generation}"),
+            self.clock.now_ms(),
+        );
         self.record = RolloutRecord {
             rollout: Some(rollout),
             base,
@@ -927,7 +922,7 @@ impl Core {
             &GenerationRecord {
                 generation,
                 spec_toml: spec_toml.to_string(),
-                applied_at_ms: now_ms(),
+                applied_at_ms: self.clock.now_ms(),
                 summary,
                 rollback_of,
                 outcome: None,
@@ -983,7 +978,8 @@ impl Core {
                 )));
             }
         }
-        self.with_rollout("resume", |rollout| rollout.resume(now_ms()))
+        let now = self.clock.now_ms();
+        self.with_rollout("resume", |rollout| rollout.resume(now))
     }
 
     pub fn abort(&mut self) -> Result<pb::StatusResponse, CoreError> {
@@ -1127,7 +1123,7 @@ impl Core {
                 let what = format!("users add {} ({})", user.name, user.mechanism);
                 stored.push(crate::users::StoredUser {
                     user,
-                    added_ms: now_ms(),
+                    added_ms: self.clock.now_ms(),
                 });
                 stored.sort_by(|a, b| a.user.cmp(&b.user));
                 what
@@ -1314,7 +1310,7 @@ impl Core {
             .as_ref()
             .map(|spec| u64::try_from(spec.tls.renew_before.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0);
-        let now = kreach_runtime::kafka_tls::unix_ms(SystemTime::now());
+        let now = self.clock.now_ms();
         let certificates = releases
             .iter()
             .flat_map(|(node, release)| {
@@ -1775,5 +1771,84 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a client of the newest spec (its clients: laptop, etl)"));
+    }
+
+    /// A clock the test moves.
+    struct ManualClock(std::sync::atomic::AtomicU64);
+
+    impl Clock for ManualClock {
+        fn now_ms(&self) -> u64 {
+            self.0.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    impl ManualClock {
+        fn advance_to(&self, ms: u64) {
+            self.0.store(ms, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn the_next_step_waits_for_settle_and_a_silent_node_pauses_the_rollout_on_the_cores_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = 1_800_000_000_000;
+        let clock = Arc::new(ManualClock(start.into()));
+        let mut core = Core::open_with_clock(dir.path(), clock.clone()).unwrap();
+        let mut channels: BTreeMap<&str, _> = ["b1", "b2"]
+            .into_iter()
+            .map(|node| (node, core.subscribe(node).unwrap()))
+            .collect();
+        let spec =
+            "[cluster]\nname = \"c\"\n[rollout]\nsettle = \"30s\"\nhealth_timeout = \"60s\"\n\
+                    [[broker]]\nid = 1\nnode = \"b1\"\nprivate_ip = \"10.0.0.1\"\n\
+                    [[broker]]\nid = 2\nnode = \"b2\"\nprivate_ip = \"10.0.0.2\"\n";
+        core.apply(spec, true, "test", None).unwrap();
+        let released = |channels: &mut BTreeMap<&str, watch::Receiver<Option<pb::Release>>>| {
+            // The nodes handed a new release since the last look.
+            channels
+                .iter_mut()
+                .filter_map(|(node, rx)| {
+                    let new = rx.has_changed().unwrap() && rx.borrow_and_update().is_some();
+                    new.then(|| node.to_string())
+                })
+                .collect::<Vec<_>>()
+        };
+        let first = released(&mut channels);
+        assert_eq!(first.len(), 1, "one broker at a time: {first:?}");
+        let first = first[0].clone();
+        let id = channels[first.as_str()].borrow().as_ref().unwrap().id;
+        core.report_status(pb::NodeStatus {
+            node: first.clone(),
+            release: id,
+            phase: pb::Phase::Converged as i32,
+            ..Default::default()
+        })
+        .unwrap();
+        // Settling: a second short of 30 s nothing more is released; at 30 s the other broker is.
+        clock.advance_to(start + 29_000);
+        core.tick().unwrap();
+        assert_eq!(released(&mut channels), Vec::<String>::new());
+        clock.advance_to(start + 30_000);
+        core.tick().unwrap();
+        let second = released(&mut channels);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0], first);
+        // The second broker never reports: once health_timeout (and its grace) has passed on the
+        // core's clock, the rollout pauses on it and says why.
+        let limit = 60_000 + crate::rollout::HEALTH_TIMEOUT_GRACE_MS;
+        clock.advance_to(start + 30_000 + limit - 1);
+        core.tick().unwrap();
+        assert_eq!(core.status_response().rollout.unwrap().state, "running");
+        clock.advance_to(start + 30_000 + limit);
+        core.tick().unwrap();
+        let rollout = core.status_response().rollout.unwrap();
+        assert_eq!(rollout.state, "paused");
+        assert_eq!(
+            rollout.paused_reason,
+            format!(
+                "health_timeout: node {} did not report within 90s",
+                second[0]
+            )
+        );
     }
 }
