@@ -25,6 +25,8 @@ use crate::config::{AgentConfig, CoordinatorConfig};
 use crate::engine::RestartWindow;
 use crate::facts::{self, HostFacts};
 use crate::jitter::{jittered, random_unit, PeriodicTimer};
+use crate::reach::EndpointReach;
+use crate::reachability::Checked;
 use crate::reconciler::{self, Command, ReleaseEvent, ReleaseRequest, ReleaseResult};
 use crate::state::{self, ReleaseId};
 
@@ -74,21 +76,13 @@ pub enum ClientError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// One reachability result, and whether it answers a check asked for (after an apply, or the
-/// coordinator handing the release again when a rollout completed): that one is reported even
-/// when nothing changed, so the coordinator knows the client looked again.
-pub type Checked = (Vec<pb::Reachability>, bool);
-
 /// The coordinator client of one agent.
 pub struct CoordinatorClient {
     config: AgentConfig,
     coordinator: CoordinatorConfig,
     reconciler: reconciler::Handle,
-    /// Wakes the reachability check at once (after an apply).
-    check_now: Arc<tokio::sync::Notify>,
-    /// The latest reachability result of this client host (None: not checked, or not a client).
-    reachability: tokio::sync::watch::Receiver<Option<Checked>>,
-    reachability_sender: Option<tokio::sync::watch::Sender<Option<Checked>>>,
+    /// This client host's reachability check: asked again after an apply, its results reported.
+    reachability: crate::reachability::Checker,
     /// What the agent knows of its host between releases; reported whenever it changes.
     health: Arc<HealthBoard>,
     /// Brokers: the public key of Kafka's TLS key (see [`crate::kafka_tls`]); empty on clients or
@@ -101,9 +95,9 @@ impl CoordinatorClient {
         config: AgentConfig,
         coordinator: CoordinatorConfig,
         reconciler: reconciler::Handle,
+        reachability: crate::reachability::Checker,
         health: Arc<HealthBoard>,
     ) -> CoordinatorClient {
-        let (sender, receiver) = tokio::sync::watch::channel(None);
         let kafka_tls_public_key = if config.manage.kafka_properties.is_some() {
             crate::kafka_tls::ensure_key(&config).unwrap_or_else(|error| {
                 tracing::error!(node = %config.node, "Kafka TLS key: {error}; this broker cannot get certificates");
@@ -117,36 +111,15 @@ impl CoordinatorClient {
             config,
             coordinator,
             reconciler,
-            check_now: Arc::new(tokio::sync::Notify::new()),
-            reachability: receiver,
-            reachability_sender: Some(sender),
+            reachability,
             health,
         }
-    }
-
-    /// The latest reachability result of this client host, for the metrics endpoint.
-    pub fn reachability_watch(&self) -> tokio::sync::watch::Receiver<Option<Checked>> {
-        self.reachability.clone()
     }
 
     /// Connect, subscribe and apply releases until `cancel`; reconnect with backoff on any error or
     /// end of stream. An apply in flight when `cancel` fires finishes (and is reported) first.
     pub async fn run(mut self, cancel: CancellationToken) {
-        // Reachability is checked whether or not the coordinator is there; the latest result is
-        // reported by whichever session is up.
-        let checker = self.reachability_sender.take().map(|sender| {
-            tokio::spawn(check_reachability(
-                self.config.clone(),
-                Arc::clone(&self.check_now),
-                sender,
-                self.reconciler.applied(),
-                cancel.clone(),
-            ))
-        });
         self.follow(&cancel).await;
-        if let Some(checker) = checker {
-            let _ = checker.await;
-        }
         tracing::info!(node = %self.config.node, "coordinator client stopped");
     }
 
@@ -237,8 +210,9 @@ impl CoordinatorClient {
         );
 
         // A new session reports the latest reachability again: the coordinator may have restarted.
-        let mut reported_reachability: Option<Vec<pb::Reachability>> = None;
-        self.reachability.mark_changed();
+        let mut reported_reachability: Option<Vec<EndpointReach>> = None;
+        let mut reachability = self.reachability.results();
+        reachability.mark_changed();
         // And its health: every session starts with a report of it.
         let mut health = self.health.subscribe();
         health.mark_changed();
@@ -249,23 +223,24 @@ impl CoordinatorClient {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => return Ok(()),
-                changed = self.reachability.changed() => {
+                changed = reachability.changed() => {
                     if changed.is_err() {
                         // The checker ended: only on cancel, which the next turn sees.
                         continue;
                     }
-                    let latest = self.reachability.borrow_and_update().clone();
-                    if let Some((latest, asked)) = latest {
-                        if asked || reported_reachability.as_ref().is_none_or(|reported| !same_reachability(reported, &latest)) {
-                            let failing = latest.iter().filter(|reach| !reach.ok).count();
-                            tracing::info!(node = %self.config.node, endpoints = latest.len(), failing, "reachability changed; reporting it");
+                    let latest = reachability.borrow_and_update().clone();
+                    if let Some(latest) = latest {
+                        // Only a change is reported (the time of the check aside), or an answer.
+                        if latest.asked || reported_reachability.as_ref() != Some(&latest.endpoints) {
+                            let failing = latest.endpoints.iter().filter(|reach| !reach.ok()).count();
+                            tracing::info!(node = %self.config.node, endpoints = latest.endpoints.len(), failing, "reachability changed; reporting it");
                             report(&mut client, pb::NodeStatus {
                                 node: self.config.node.clone(),
                                 phase: pb::Phase::Unspecified as i32,
-                                reachability: latest.clone(),
+                                reachability: wire_reachability(&latest),
                                 ..pb::NodeStatus::default()
                             }).await?;
-                            reported_reachability = Some(latest);
+                            reported_reachability = Some(latest.endpoints);
                         }
                     }
                 }
@@ -628,7 +603,7 @@ impl CoordinatorClient {
             ReleaseResult::AlreadyApplied => {
                 // Handed again (a reconnect, or the coordinator's nudge when a rollout
                 // completed): what the brokers advertise may have moved since the last check.
-                self.check_now.notify_one();
+                self.reachability.check_now();
                 status(pb::Phase::Converged, String::new())
             }
             ReleaseResult::Converged {
@@ -644,7 +619,7 @@ impl CoordinatorClient {
                         conflicts.join("; ")
                     )
                 };
-                self.check_now.notify_one();
+                self.reachability.check_now();
                 let mut converged = status(pb::Phase::Converged, reason);
                 converged.checks = checks.iter().map(pb::Check::from).collect();
                 set_restart_window(&mut converged, restart_window);
@@ -686,149 +661,23 @@ fn health_message(node: &str, health: LocalHealth) -> pb::AgentHealth {
     }
 }
 
-/// The SCRAM login of the reachability check: on a SASL listener, when agent.toml names a user
-/// and a password file (read now, so a new password needs no agent restart).
-pub(crate) fn sasl_login(
-    config: &AgentConfig,
-    mechanism: &str,
-    node: &str,
-) -> Option<crate::reach::SaslLogin> {
-    let mechanism = crate::scram::Mechanism::from_name(mechanism)?;
-    let (Some(user), Some(path)) = (
-        &config.reachability.sasl_username,
-        &config.reachability.sasl_password_file,
-    ) else {
-        tracing::debug!(node = %node, "reachability: a SASL listener, but no [reachability] sasl_username / sasl_password_file: not logging in");
-        return None;
-    };
-    match std::fs::read_to_string(path) {
-        Ok(text) => Some(crate::reach::SaslLogin {
-            mechanism,
-            user: user.clone(),
-            password: text.lines().next().unwrap_or("").to_string(),
-        }),
-        Err(error) => {
-            tracing::warn!(node = %node, "reachability: cannot read {}: {error}; not logging in", path.display());
-            None
-        }
-    }
-}
-
-/// Check reachability after each apply (`check_now`) and every `reachability.period` on client
-/// hosts (the applied state the reconciler holds says which role this node has), and publish
-/// each result.
-async fn check_reachability(
-    config: AgentConfig,
-    check_now: Arc<tokio::sync::Notify>,
-    results: tokio::sync::watch::Sender<Option<Checked>>,
-    applied: tokio::sync::watch::Receiver<Option<state::AppliedState>>,
-    cancel: CancellationToken,
-) {
-    // A first check at once (what can this host reach now?), then periodic checks from a random
-    // phase, each period jittered: clients of one fleet do not all connect to every broker at once.
-    let mut timer = PeriodicTimer::new(config.reachability.period);
-    let mut first = true;
-    loop {
-        let asked = if std::mem::take(&mut first) {
-            true
-        } else {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => return,
-                _ = check_now.notified() => true,
-                _ = timer.tick() => false,
-            }
-        };
-        // Only clients check; a broker (or a node with nothing applied yet) has nothing to reach.
-        let Some(spec) = applied
-            .borrow()
-            .as_ref()
-            .map(|applied| &applied.node_spec)
-            .filter(|spec| matches!(spec.role, kreach_domain::desired::NodeRole::Client { .. }))
-            .cloned()
-        else {
-            continue;
-        };
-        let node = config.node.clone();
-        let config_for_check = config.clone();
-        let check = tokio::task::spawn_blocking(move || {
-            // The view's listener speaks TLS when the release carries the Kafka CA.
-            let tls = if spec.kafka_ca_pem.is_empty() {
-                None
-            } else {
-                match crate::kafka::TlsClient::from_ca_pem(&spec.kafka_ca_pem) {
-                    Ok(tls) => Some(tls),
-                    Err(error) => {
-                        tracing::warn!(node = %node, "reachability: {error}; checking without TLS");
-                        None
-                    }
-                }
-            };
-            let system = crate::reach::SystemNetwork {
-                timeout: crate::reach::CONNECT_TIMEOUT,
-                tls,
-                sasl: sasl_login(&config_for_check, &spec.sasl_mechanism, &node),
-            };
-            let hosts_file;
-            let network: &dyn crate::reach::Network = match config_for_check.reachability.resolve {
-                crate::config::Resolve::System => &system,
-                crate::config::Resolve::HostsFile => {
-                    hosts_file = crate::reach::HostsFileNetwork {
-                        path: config_for_check.manage.hosts_file.clone(),
-                        system,
-                    };
-                    &hosts_file
-                }
-            };
-            let checked_at_ms = unix_ms(SystemTime::now());
-            Some(
-                crate::reach::check(network, &spec.bootstrap)
-                    .into_iter()
-                    .map(|reach| pb::Reachability {
-                        broker_id: reach.broker_id,
-                        ok: reach.ok(),
-                        reason: reach
-                            .failure
-                            .map(|failure| failure.reason().to_string())
-                            .unwrap_or_default(),
-                        endpoint: reach.endpoint,
-                        checked_at_ms,
-                        detail: reach.detail,
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        });
-        // A check whose connects are timing out must not hold up a stop: it is left behind (the
-        // runtime does not wait for it either, see run_daemon's shutdown_timeout).
-        let checked = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => return,
-            checked = check => checked,
-        };
-        match checked {
-            Ok(Some(result)) => {
-                results.send_replace(Some((result, asked)));
-            }
-            Ok(None) => {}
-            Err(error) => {
-                tracing::error!(node = %config.node, "reachability check failed: {error}")
-            }
-        }
-    }
-}
-
-/// Equal apart from when they were checked: only a change is reported.
-fn same_reachability(a: &[pb::Reachability], b: &[pb::Reachability]) -> bool {
-    let key = |reach: &pb::Reachability| {
-        (
-            reach.broker_id,
-            reach.endpoint.clone(),
-            reach.ok,
-            reach.reason.clone(),
-            reach.detail.clone(),
-        )
-    };
-    a.len() == b.len() && a.iter().map(key).eq(b.iter().map(key))
+/// A reachability result as `kreach.v1` reports it.
+fn wire_reachability(checked: &Checked) -> Vec<pb::Reachability> {
+    checked
+        .endpoints
+        .iter()
+        .map(|reach| pb::Reachability {
+            broker_id: reach.broker_id,
+            ok: reach.ok(),
+            reason: reach
+                .failure
+                .map(|failure| failure.reason().to_string())
+                .unwrap_or_default(),
+            endpoint: reach.endpoint.clone(),
+            checked_at_ms: checked.at_ms,
+            detail: reach.detail.clone(),
+        })
+        .collect()
 }
 
 async fn report(

@@ -176,7 +176,8 @@ fn diagnose_broker(
         return false;
     }
     let mut connection = connection.expect("checked");
-    if let Some(login) = crate::client::sasl_login(config, &spec.sasl_mechanism, &config.node) {
+    if let Some(login) = crate::reachability::sasl_login(config, &spec.sasl_mechanism, &config.node)
+    {
         let (logged_in, detail, ms) = timed(|| {
             connection
                 .sasl_scram_login(login.mechanism, &login.user, &login.password)

@@ -303,8 +303,22 @@ impl Files for Disk {
         fs::remove_file(path)
     }
     fn create_dir(&self, dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<(), String> {
-        crate::kafka_tls::create_dir(dir, mode, owner).map_err(|error| error.to_string())
+        create_dir(dir, mode, owner)
+            .map_err(|error| format!("cannot create {}: {error}", dir.display()))
     }
+}
+
+/// `dir` (and its parents), with `mode` and owned by `owner` when made here; nothing when it is
+/// already a directory.
+pub fn create_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    DirBuilder::new().recursive(true).mode(mode).create(dir)?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
+    }
+    Ok(())
 }
 
 /// Replace `path`'s content with `content` atomically.

@@ -7,7 +7,7 @@
 //! settings' paths into this host's. Does not own: writing the key stores (the engine does, with
 //! its backups, audit and rollback) or issuing certificates (the coordinator).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use kreach_domain::desired::{NodeRole, NodeSpec, KAFKA_TLS_DIR};
 use kreach_domain::properties::ListenerSettings;
@@ -62,38 +62,18 @@ pub fn ensure_key(config: &AgentConfig) -> Result<String, KafkaTlsFileError> {
             }
         });
     }
-    create_dir(&config.state_dir, 0o700, None)?;
+    fsio::create_dir(&config.state_dir, 0o700, None).map_err(|source| {
+        KafkaTlsFileError::CreateDir {
+            path: config.state_dir.clone(),
+            source,
+        }
+    })?;
     let key = kreach_runtime::kafka_tls::new_private_key_pem()
         .map_err(|error| KafkaTlsFileError::Generate(error.to_string()))?;
     fsio::atomic_write_private(&path, key.as_bytes(), fsio::Private { owner: None })?;
     tracing::info!(file = %path.display(), "made the private key for Kafka's TLS listeners");
     kreach_runtime::kafka_tls::public_key_pem(&key)
         .map_err(|error| KafkaTlsFileError::Generate(error.to_string()))
-}
-
-/// `dir`, with `mode` and owned by `owner` when made here.
-pub fn create_dir(
-    dir: &Path,
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> Result<(), KafkaTlsFileError> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let error = |source| KafkaTlsFileError::CreateDir {
-        path: dir.to_path_buf(),
-        source,
-    };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .map_err(error)?;
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(error)?;
-    }
-    Ok(())
 }
 
 /// The listener settings with the TLS files under this host's `kafka_tls_dir` (the spec names

@@ -23,6 +23,7 @@ pub mod kafka_tls;
 pub mod metrics;
 pub mod overrides;
 pub mod reach;
+pub mod reachability;
 pub mod reconciler;
 pub mod scram;
 pub mod service;

@@ -379,8 +379,14 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
         match config.coordinator.clone() {
             Some(coordinator) => {
                 tracing::info!(node = %config.node, url = %coordinator.url, "following the coordinator's releases");
-                let client = CoordinatorClient::new(config.clone(), coordinator, handle.clone(), Arc::clone(&health));
-                reachability = Some(client.reachability_watch());
+                // Reachability is checked whether or not the coordinator is there; the latest
+                // result is reported by whichever session is up.
+                let (checker, checking) = kreach_agent::reachability::start(config.clone(), handle.applied(), cancel.clone());
+                tasks.spawn(async move {
+                    let _ = checking.await;
+                });
+                reachability = Some(checker.results());
+                let client = CoordinatorClient::new(config.clone(), coordinator, handle.clone(), checker, Arc::clone(&health));
                 tasks.spawn(client.run(cancel.clone()));
             }
             None => tracing::info!(node = %config.node, "no [coordinator] in the config: running stand-alone"),

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use kreach_domain::prometheus_text::write_counter;
 
-use kreach_proto as pb;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -123,7 +122,7 @@ pub fn render(
     config: &AgentConfig,
     applied: Option<&crate::state::AppliedState>,
     health: &LocalHealth,
-    reachability: Option<&[pb::Reachability]>,
+    reachability: Option<&[crate::reach::EndpointReach]>,
 ) -> String {
     let mut registry = Registry::with_prefix("kreach");
     let info = Family::<Labels, Gauge>::default();
@@ -200,10 +199,10 @@ pub fn render(
         );
         for row in rows {
             up.get_or_create(&vec![("broker_id".to_string(), row.broker_id.to_string())])
-                .set(i64::from(row.ok));
-            if !row.ok {
+                .set(i64::from(row.ok()));
+            if let Some(failure) = row.failure {
                 failures
-                    .get_or_create(&vec![("reason".to_string(), row.reason.clone())])
+                    .get_or_create(&vec![("reason".to_string(), failure.reason().to_string())])
                     .inc();
             }
         }
@@ -236,7 +235,7 @@ pub async fn serve(
     config: AgentConfig,
     health: tokio::sync::watch::Receiver<LocalHealth>,
     applied: tokio::sync::watch::Receiver<Option<crate::state::AppliedState>>,
-    reachability: Option<tokio::sync::watch::Receiver<Option<crate::client::Checked>>>,
+    reachability: Option<tokio::sync::watch::Receiver<Option<crate::reachability::Checked>>>,
 ) -> std::io::Result<()> {
     let config = std::sync::Arc::new(config);
     let app = axum::Router::new().route(
@@ -247,7 +246,7 @@ pub async fn serve(
             let applied = applied.borrow().clone();
             let rows = reachability
                 .as_ref()
-                .and_then(|r| r.borrow().as_ref().map(|(rows, _)| rows.clone()));
+                .and_then(|r| r.borrow().as_ref().map(|checked| checked.endpoints.clone()));
             async move {
                 // Everything is in memory: rendered on the async thread.
                 let text = render(&config, applied.as_ref(), &health, rows.as_deref());
@@ -285,16 +284,17 @@ mod tests {
             ..LocalHealth::default()
         };
         let rows = vec![
-            pb::Reachability {
+            crate::reach::EndpointReach {
                 broker_id: 1,
-                ok: true,
-                ..pb::Reachability::default()
+                endpoint: "b1:9093".into(),
+                failure: None,
+                detail: String::new(),
             },
-            pb::Reachability {
+            crate::reach::EndpointReach {
                 broker_id: 2,
-                ok: false,
-                reason: "timed out".into(),
-                ..pb::Reachability::default()
+                endpoint: "b2:9093".into(),
+                failure: Some(kreach_domain::reachability::Failure::TimedOut),
+                detail: String::new(),
             },
         ];
         let text = render(&config, None, &health, Some(&rows));

@@ -10,11 +10,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use kreach_domain::desired::{
-    bootstrap_endpoints, render_node, BootstrapEndpoint, NodeRole, NodeSpec,
-};
+use kreach_domain::desired::{bootstrap_endpoints, render_node, NodeRole, NodeSpec};
 use kreach_domain::diff::unified_diff;
-use kreach_domain::reachability::Failure;
 use kreach_domain::spec::{ClientSpec, ClusterSpec, View};
 use kreach_proto as pb;
 use prost::Message;
@@ -22,8 +19,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::clock::{Clock, SteadyWallClock};
+use crate::registry::{AgentEntry, Registry};
 use crate::rollout::{self, Event, ReleaseId, ReportOutcome, Rollout, RolloutState};
-use crate::store::{AgentRecord, GenerationRecord, Store, StoreError};
+use crate::store::{GenerationRecord, Store, StoreError};
+use crate::views::{self, plan_steps};
 use crate::writer::ReportWriter;
 
 /// Errors an operator or agent sees; converted to `tonic::Status` in exactly one place (grpc.rs).
@@ -53,35 +52,21 @@ struct RolloutRecord {
     base: BTreeMap<String, rollout::Release>,
 }
 
-#[derive(Default)]
-struct AgentEntry {
-    connections: u32,
-    status: Option<pb::NodeStatus>,
-    facts: Option<pb::HostFacts>,
-    /// The agent's last health report (kept in memory: every session starts with one).
-    health: Option<pb::AgentHealth>,
-    last_seen_ms: u64,
-    /// When this coordinator last received the agent's reachability report (0: not since start).
-    reachability_at_ms: u64,
-}
-
 pub struct Core {
     store: Arc<Store>,
     /// Agents' reports (audit entries, status and facts records) reach the store through this
     /// writer, off the lock; rollout state is written here, under it.
     reports: ReportWriter,
     record: RolloutRecord,
-    agents: BTreeMap<String, AgentEntry>,
+    /// The agents and what they last reported.
+    registry: Registry,
     channels: BTreeMap<String, watch::Sender<Option<pb::Release>>>,
     status: watch::Sender<pb::StatusResponse>,
     /// The spec of the newest generation, for roles.
     spec: Option<ClusterSpec>,
-    /// Agents whose records changed since the last flush to the store.
-    dirty_agents: std::collections::BTreeSet<String>,
     /// The published status is stale; rebuilt at the next tick (a rebuild walks every node, so it
     /// is not done once per report of a 1,000-node fleet).
     status_dirty: bool,
-    max_agents: usize,
     /// Issues Kafka's TLS certificates (see [`crate::certs`]).
     issuer: crate::certs::Issuer,
     /// When the newest rollout completed, as this process saw it (0: not since start); a client's
@@ -117,24 +102,7 @@ impl Core {
     pub fn open_with_clock(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Core, CoreError> {
         let store = Arc::new(Store::open(&state_dir.join("coordinator.redb"))?);
         let record: RolloutRecord = store.load_rollout()?.unwrap_or_default();
-        let mut agents = BTreeMap::new();
-        for (node, saved) in store.agents()? {
-            agents.insert(
-                node,
-                AgentEntry {
-                    connections: 0,
-                    status: saved
-                        .status
-                        .and_then(|bytes| pb::NodeStatus::decode(bytes.as_slice()).ok()),
-                    facts: saved
-                        .facts
-                        .and_then(|bytes| pb::HostFacts::decode(bytes.as_slice()).ok()),
-                    health: None,
-                    last_seen_ms: saved.last_seen_ms,
-                    reachability_at_ms: 0,
-                },
-            );
-        }
+        let registry = Registry::load(store.agents()?, DEFAULT_MAX_AGENTS);
         let spec = store
             .generations()?
             .last()
@@ -145,13 +113,11 @@ impl Core {
             store,
             reports,
             record,
-            agents,
+            registry,
             channels: BTreeMap::new(),
             status,
             spec,
-            dirty_agents: Default::default(),
             status_dirty: false,
-            max_agents: DEFAULT_MAX_AGENTS,
             issuer: crate::certs::Issuer::new(state_dir),
             completed_at_ms: 0,
             renewal_checked_ms: 0,
@@ -206,7 +172,7 @@ impl Core {
     /// The node's last report is a rollback or failure of exactly this release.
     fn reported_not_held(&self, node: &str, release: &rollout::Release) -> bool {
         let Some(status) = self
-            .agents
+            .registry
             .get(node)
             .and_then(|entry| entry.status.as_ref())
         else {
@@ -318,34 +284,15 @@ impl Core {
     /// How many distinct agents (nodes) the coordinator keeps track of; a new one beyond it is
     /// refused with [`CoreError::TooManyAgents`].
     pub fn set_max_agents(&mut self, max_agents: usize) {
-        self.max_agents = max_agents;
-    }
-
-    /// Refuse a node the coordinator does not know yet when it already tracks `max_agents`.
-    fn admit(&self, node: &str) -> Result<(), CoreError> {
-        if self.agents.contains_key(node) || self.agents.len() < self.max_agents {
-            return Ok(());
-        }
-        tracing::warn!(
-            node,
-            limit = self.max_agents,
-            "agent refused: max_agents reached"
-        );
-        Err(CoreError::TooManyAgents {
-            node: node.to_string(),
-            limit: self.max_agents,
-        })
+        self.registry.set_max_agents(max_agents);
     }
 
     pub fn subscribe(
         &mut self,
         node: &str,
     ) -> Result<watch::Receiver<Option<pb::Release>>, CoreError> {
-        self.admit(node)?;
-        let entry = self.agents.entry(node.to_string()).or_default();
-        entry.connections += 1;
-        entry.last_seen_ms = self.clock.now_ms();
-        tracing::info!(node, connections = entry.connections, "agent subscribed");
+        self.registry.admit(node)?;
+        self.registry.connected(node, self.clock.now_ms());
         let receiver = self
             .channels
             .entry(node.to_string())
@@ -356,10 +303,7 @@ impl Core {
     }
 
     pub fn disconnect(&mut self, node: &str) {
-        if let Some(entry) = self.agents.get_mut(node) {
-            entry.connections = entry.connections.saturating_sub(1);
-            tracing::info!(node, connections = entry.connections, "agent stream ended");
-        }
+        self.registry.disconnected(node);
         self.refresh_status();
     }
 
@@ -367,45 +311,20 @@ impl Core {
         self.status_dirty = true;
     }
 
-    pub fn report_status(&mut self, mut status: pb::NodeStatus) -> Result<(), CoreError> {
+    pub fn report_status(&mut self, status: pb::NodeStatus) -> Result<(), CoreError> {
         let node = status.node.clone();
-        self.admit(&node)?;
+        self.registry.admit(&node)?;
         let phase = pb::Phase::try_from(status.phase).unwrap_or(pb::Phase::Unspecified);
         if phase == pb::Phase::Unspecified {
-            // A reachability report only: replace the node's reachability, keep the rest.
-            let entry = self.agents.entry(node.clone()).or_default();
-            let failing = status.reachability.iter().filter(|r| !r.ok).count();
-            tracing::info!(
-                node,
-                endpoints = status.reachability.len(),
-                failing,
-                "reachability reported"
-            );
-            entry
-                .status
-                .get_or_insert_with(|| pb::NodeStatus {
-                    node: node.clone(),
-                    ..pb::NodeStatus::default()
-                })
-                .reachability = status.reachability;
-            entry.last_seen_ms = self.clock.now_ms();
-            entry.reachability_at_ms = self.clock.now_ms();
-            self.dirty_agents.insert(node);
+            // A reachability report only.
+            self.registry
+                .record_reachability(status, self.clock.now_ms());
             self.refresh_status();
             return Ok(());
         }
         let release = status.release;
         let reason = status.reason.clone();
-        {
-            let entry = self.agents.entry(node.clone()).or_default();
-            // Release reports carry no reachability: the last reachability report stands.
-            if let Some(previous) = entry.status.take() {
-                status.reachability = previous.reachability;
-            }
-            entry.status = Some(status);
-            entry.last_seen_ms = self.clock.now_ms();
-        }
-        self.dirty_agents.insert(node.clone());
+        self.registry.record_status(status, self.clock.now_ms());
         let outcome = match phase {
             pb::Phase::Converged => Some(ReportOutcome::Converged),
             pb::Phase::RolledBack => Some(ReportOutcome::RolledBack { reason }),
@@ -426,30 +345,15 @@ impl Core {
     }
 
     pub fn report_facts(&mut self, facts: pb::HostFacts) -> Result<(), CoreError> {
-        let node = facts.node.clone();
-        self.admit(&node)?;
-        let entry = self.agents.entry(node.clone()).or_default();
-        entry.facts = Some(facts);
-        entry.last_seen_ms = self.clock.now_ms();
-        self.dirty_agents.insert(node);
+        self.registry.admit(&facts.node)?;
+        self.registry.record_facts(facts, self.clock.now_ms());
         self.refresh_status();
         Ok(())
     }
 
     pub fn report_health(&mut self, health: pb::AgentHealth) -> Result<(), CoreError> {
-        let node = health.node.clone();
-        self.admit(&node)?;
-        let entry = self.agents.entry(node.clone()).or_default();
-        if !health.conflicts.is_empty() || !health.enforce_error.is_empty() {
-            tracing::warn!(
-                node,
-                conflicts = health.conflicts.len(),
-                enforce_error = %health.enforce_error,
-                "agent reports a problem on its host"
-            );
-        }
-        entry.health = Some(health);
-        entry.last_seen_ms = self.clock.now_ms();
+        self.registry.admit(&health.node)?;
+        self.registry.record_health(health, self.clock.now_ms());
         self.refresh_status();
         Ok(())
     }
@@ -458,19 +362,16 @@ impl Core {
     pub fn tick(&mut self) -> Result<(), CoreError> {
         if let Some(rollout) = self.record.rollout.as_mut() {
             let now = self.clock.now_ms();
-            let agents = &self.agents;
-            let mut events = rollout.skip_offline_dropped(
-                |node| agents.get(node).is_none_or(|entry| entry.connections == 0),
-                now,
-            );
+            let registry = &self.registry;
+            let mut events = rollout.skip_offline_dropped(|node| !registry.online(node), now);
             events.extend(rollout.on_tick(now));
             // A target whose agent is not connected: offline since it was last seen, but never
             // counted from before the release it waits on (a node may have been off for days).
             let offline: Vec<(String, u64)> = rollout
                 .waiting_nodes()
                 .filter_map(|node| {
-                    let entry = self.agents.get(node);
-                    if entry.is_some_and(|entry| entry.connections > 0) {
+                    let entry = self.registry.get(node);
+                    if entry.is_some_and(AgentEntry::online) {
                         return None;
                     }
                     let since = entry
@@ -486,23 +387,10 @@ impl Core {
                 self.handle_events(events)?;
             }
         }
-        if !self.dirty_agents.is_empty() {
+        let records = self.registry.take_changed();
+        if !records.is_empty() {
             // Queued for the report writer's next commit, shared with the audit reports queued
             // then: not one fsync per agent, and none under this lock.
-            let records: Vec<(String, AgentRecord)> = std::mem::take(&mut self.dirty_agents)
-                .into_iter()
-                .filter_map(|node| {
-                    let entry = self.agents.get(&node)?;
-                    Some((
-                        node,
-                        AgentRecord {
-                            status: entry.status.as_ref().map(Message::encode_to_vec),
-                            facts: entry.facts.as_ref().map(Message::encode_to_vec),
-                            last_seen_ms: entry.last_seen_ms,
-                        },
-                    ))
-                })
-                .collect();
             self.reports.save_agents(records);
         }
         self.renew_certificates(self.clock.now_ms());
@@ -584,7 +472,7 @@ impl Core {
     // Operators
 
     fn controller(&self) -> Option<String> {
-        self.agents
+        self.registry
             .iter()
             .find(|(_, entry)| {
                 entry
@@ -617,7 +505,7 @@ impl Core {
         let controller = self.controller();
         let mut desired = kreach_domain::desired::all_node_specs(&spec);
         let public_keys: BTreeMap<String, String> = self
-            .agents
+            .registry
             .iter()
             .filter_map(|(node, entry)| {
                 let facts = entry.facts.as_ref()?;
@@ -664,7 +552,7 @@ impl Core {
         // that key would not take effect on that broker.
         for broker in &spec.brokers {
             let Some(health) = self
-                .agents
+                .registry
                 .get(&broker.node)
                 .and_then(|e| e.health.as_ref())
             else {
@@ -752,11 +640,7 @@ impl Core {
                     have.role
                 ));
             }
-            if self
-                .agents
-                .get(node)
-                .is_none_or(|entry| entry.connections == 0)
-            {
+            if !self.registry.online(node) {
                 notes.push(format!(
                     "{node} is no longer in the spec and its agent is offline: the contract step does not wait for it; its block is removed when its agent reconnects"
                 ));
@@ -789,7 +673,7 @@ impl Core {
             unreachable: BTreeMap::new(),
         };
         for (node, spec) in finals {
-            match self.agents.get(&node) {
+            match self.registry.get(&node) {
                 None => {
                     draft
                         .unreachable
@@ -818,7 +702,7 @@ impl Core {
         let mut notes = Vec::new();
         // A node whose agent never connected would be waited on until `agent_timeout`.
         for desired in kreach_domain::desired::all_node_specs(spec) {
-            if !self.agents.contains_key(&desired.node) {
+            if !self.registry.contains(&desired.node) {
                 warnings.push(format!(
                     "{} {:?}: its agent has never connected to this coordinator (not installed, \
                      another node name in agent.toml, or no route to the coordinator); its steps \
@@ -829,11 +713,11 @@ impl Core {
             }
         }
         for broker in &spec.brokers {
-            if !self.agents.contains_key(&broker.node) {
+            if !self.registry.contains(&broker.node) {
                 continue;
             }
             let Some(facts) = self
-                .agents
+                .registry
                 .get(&broker.node)
                 .and_then(|entry| entry.facts.as_ref())
             else {
@@ -1239,240 +1123,21 @@ impl Core {
     }
 
     pub fn nodes(&self) -> pb::NodesResponse {
-        let mut response = pb::NodesResponse::default();
-        for (node, entry) in &self.agents {
-            let mut facts = entry.facts.clone().unwrap_or_default();
-            facts.node = node.clone();
-            response.nodes.push(facts);
-            response.online.push(entry.connections > 0);
-        }
-        response
+        views::nodes(&self.registry)
     }
 
     pub fn status_response(&self) -> pb::StatusResponse {
         let releases = self.effective_releases();
-        let mut roles: BTreeMap<String, String> = BTreeMap::new();
-        if let Some(spec) = &self.spec {
-            for node in kreach_domain::desired::all_node_specs(spec) {
-                roles.insert(node.node.clone(), node.role.to_string());
-            }
-        }
-        for (node, release) in &releases {
-            roles
-                .entry(node.clone())
-                .or_insert_with(|| release.spec.role.to_string());
-        }
-        for node in self.agents.keys() {
-            roles
-                .entry(node.clone())
-                .or_insert_with(|| "unknown (not in the spec)".to_string());
-        }
-        let nodes = roles
-            .into_iter()
-            .map(|(node, role)| {
-                let entry = self.agents.get(&node);
-                pb::NodeView {
-                    online: entry.is_some_and(|e| e.connections > 0),
-                    released: releases.get(&node).map(wire_id),
-                    status: entry.and_then(|e| e.status.clone()),
-                    health: entry.and_then(|e| e.health.clone()),
-                    node,
-                    role,
-                }
-            })
-            .collect();
-        let rollout = self.record.rollout.as_ref().map(|rollout| {
-            let status = rollout.status();
-            pb::RolloutView {
-                generation: status.generation,
-                state: status.state.clone(),
-                current_step: status.current_step.unwrap_or(status.total_steps),
-                total_steps: status.total_steps,
-                paused_node: status.paused_node.clone().unwrap_or_default(),
-                paused_reason: status.paused_reason.clone().unwrap_or_default(),
-                steps: plan_steps(rollout.plan()),
-                waiting: status
-                    .nodes
-                    .iter()
-                    .filter(|(_, progress)| !progress.is_done())
-                    .map(|(node, _)| node.clone())
-                    .collect(),
-                step_nodes: status.nodes.len() as u32,
-                skipped: status
-                    .skipped
-                    .iter()
-                    .map(|(node, why)| format!("{node}: {why}"))
-                    .collect(),
-            }
-        });
-        let renew_before_ms = self
-            .spec
-            .as_ref()
-            .map(|spec| u64::try_from(spec.tls.renew_before.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or(0);
-        let now = self.clock.now_ms();
-        let certificates = releases
-            .iter()
-            .flat_map(|(node, release)| {
-                release.spec.certificates.iter().map(move |cert| {
-                    let state = if cert.not_after_ms <= now {
-                        "expired"
-                    } else if cert.not_after_ms <= now.saturating_add(renew_before_ms) {
-                        "due for renewal"
-                    } else {
-                        "ok"
-                    };
-                    pb::CertificateView {
-                        node: node.clone(),
-                        listener: cert.listener.clone(),
-                        serial: cert.serial.clone(),
-                        sans: cert.sans.clone(),
-                        not_after_ms: cert.not_after_ms,
-                        state: state.to_string(),
-                    }
-                })
-            })
-            .collect();
-        pb::StatusResponse {
-            applied_generation: rollout.as_ref().map(|r| r.generation).unwrap_or(0),
-            rollout,
-            nodes,
-            reachability: self.reachability_rows(),
-            certificates,
-            cluster: self.cluster_name().unwrap_or_default().to_string(),
-        }
+        views::status(&views::StatusInputs {
+            releases: &releases,
+            spec: self.spec.as_ref(),
+            registry: &self.registry,
+            rollout: self.record.rollout.as_ref(),
+            now_ms: self.clock.now_ms(),
+            completed_at_ms: self.completed_at_ms,
+            cluster: self.cluster_name().unwrap_or_default(),
+        })
     }
-
-    /// The reachability matrix: one row per client of the newest spec, one cell per broker it
-    /// should reach (its view's bootstrap endpoints), from what the client last reported.
-    fn reachability_rows(&self) -> Vec<pb::ReachabilityRow> {
-        let Some(spec) = &self.spec else {
-            return Vec::new();
-        };
-        spec.clients
-            .iter()
-            .map(|client| {
-                let entry = self.agents.get(&client.node);
-                let reported: &[pb::Reachability] = entry
-                    .and_then(|entry| entry.status.as_ref())
-                    .map(|status| status.reachability.as_slice())
-                    .unwrap_or(&[]);
-                let addresses: Vec<String> = entry
-                    .and_then(|entry| entry.facts.as_ref())
-                    .map(|facts| facts.addresses.clone())
-                    .unwrap_or_default();
-                let expected = bootstrap_endpoints(spec, client.view);
-                let brokers = expected
-                    .iter()
-                    .map(|endpoint| {
-                        let mut cell = reachability_cell(endpoint, reported, &client.node);
-                        if client.view == View::Public
-                            && Failure::from_reason(&cell.reason) == Some(Failure::TimedOut)
-                        {
-                            if let Some(note) = dropped_note(&addresses, &spec.external.allow) {
-                                cell.detail = format!("{note}; {}", cell.detail);
-                            }
-                        }
-                        cell
-                    })
-                    .collect();
-                pb::ReachabilityRow {
-                    client: client.node.clone(),
-                    view: match client.view {
-                        View::Private => "private",
-                        View::Public => "public",
-                    }
-                    .to_string(),
-                    brokers,
-                    reported: !reported.is_empty(),
-                    current: !reported.is_empty()
-                        && entry
-                            .is_some_and(|entry| entry.reachability_at_ms >= self.completed_at_ms),
-                }
-            })
-            .collect()
-    }
-}
-
-/// One cell of the matrix: the client's report on `expected`'s broker, judged against the spec.
-/// Pure.
-pub fn reachability_cell(
-    expected: &BootstrapEndpoint,
-    reported: &[pb::Reachability],
-    client: &str,
-) -> pb::Reachability {
-    let endpoint = expected.to_string();
-    let same = |reach: &&pb::Reachability| reach.endpoint.eq_ignore_ascii_case(&endpoint);
-    let about: Vec<&pb::Reachability> = reported
-        .iter()
-        .filter(|reach| reach.broker_id == expected.broker_id)
-        .collect();
-    if let Some(ok) = about.iter().find(|reach| reach.ok && same(reach)) {
-        return (*ok).clone();
-    }
-    if let Some(failed) = about
-        .iter()
-        .find(|reach| !reach.ok && same(reach))
-        .or_else(|| about.iter().find(|reach| !reach.ok))
-    {
-        return (*failed).clone();
-    }
-    let (reason, detail, checked_at_ms) = match about.first() {
-        Some(reached) => (
-            "stale",
-            format!(
-                "{client} reached broker {} at {}, but the spec advertises {endpoint} for its view (not checked since)",
-                expected.broker_id, reached.endpoint
-            ),
-            reached.checked_at_ms,
-        ),
-        None if reported.is_empty() => (
-            "unknown",
-            format!("{client} has not reported its reachability yet (is its agent running?)"),
-            0,
-        ),
-        None => (
-            "unknown",
-            format!(
-                "{client} has not reported on broker {} yet (it checks after each apply and periodically)",
-                expected.broker_id
-            ),
-            0,
-        ),
-    };
-    pb::Reachability {
-        broker_id: expected.broker_id,
-        endpoint,
-        ok: false,
-        reason: reason.to_string(),
-        checked_at_ms,
-        detail,
-    }
-}
-
-/// "dropped: 198.19.0.50 is not in listeners.external.allow", when none of the client's own
-/// addresses is allowed (its packets to the EXTERNAL port are dropped, which looks like a timeout).
-pub fn dropped_note(addresses: &[String], allow: &[ipnet::IpNet]) -> Option<String> {
-    let parsed: Vec<std::net::IpAddr> = addresses
-        .iter()
-        .filter_map(|address| address.parse().ok())
-        .collect();
-    if parsed.is_empty()
-        || parsed
-            .iter()
-            .any(|ip| allow.iter().any(|net| net.contains(ip)))
-    {
-        return None;
-    }
-    let list = parsed
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
-    Some(format!(
-        "dropped: {list} {} not in listeners.external.allow",
-        if parsed.len() == 1 { "is" } else { "are" }
-    ))
 }
 
 /// A plan before its nodes are checked on their hosts (see [`Core::plan_draft`]).
@@ -1491,23 +1156,6 @@ fn dropped_target<'a>(plan: &'a rollout::RolloutPlan, node: &str) -> Option<&'a 
         .iter()
         .rev()
         .find_map(|step| step.targets.get(node))
-}
-
-fn plan_steps(plan: &rollout::RolloutPlan) -> Vec<pb::PlannedStep> {
-    plan.steps
-        .iter()
-        .enumerate()
-        .map(|(index, step)| pb::PlannedStep {
-            index: index as u32,
-            kind: if step.controller {
-                format!("{} (controller)", step.kind)
-            } else {
-                step.kind.to_string()
-            },
-            nodes: step.nodes(),
-            restarts: step.restarts,
-        })
-        .collect()
 }
 
 fn wire_id(release: &rollout::Release) -> pb::ReleaseId {
@@ -1534,69 +1182,6 @@ pub fn role_word(role: &NodeRole) -> &'static str {
 mod tests {
     use super::*;
 
-    fn endpoint(id: i32, host: &str) -> BootstrapEndpoint {
-        BootstrapEndpoint {
-            broker_id: id,
-            host: host.to_string(),
-            port: 9093,
-        }
-    }
-
-    fn reach(id: i32, endpoint: &str, reason: &str) -> pb::Reachability {
-        pb::Reachability {
-            broker_id: id,
-            endpoint: endpoint.to_string(),
-            ok: reason.is_empty(),
-            reason: reason.to_string(),
-            checked_at_ms: 7,
-            detail: "d".to_string(),
-        }
-    }
-
-    #[test]
-    fn cells_judge_reports_against_the_spec() {
-        let expected = endpoint(1, "B1.c");
-        let cell = |reported: &[pb::Reachability]| reachability_cell(&expected, reported, "etl");
-        assert!(
-            cell(&[reach(1, "b1.c:9093", "")]).ok,
-            "names compare case-insensitively"
-        );
-        assert_eq!(cell(&[reach(1, "b1.c:9093", "refused")]).reason, "refused");
-        // Reached, but at an endpoint the spec no longer advertises for this view.
-        let stale = cell(&[reach(1, "198.19.0.11:9093", "")]);
-        assert_eq!((stale.ok, stale.reason.as_str()), (false, "stale"));
-        // Never reported at all, or not on this broker.
-        let unknown = cell(&[]);
-        assert_eq!(unknown.reason, "unknown");
-        assert!(
-            unknown
-                .detail
-                .contains("has not reported its reachability yet"),
-            "{}",
-            unknown.detail
-        );
-        let unknown = cell(&[reach(2, "b2.c:9093", "")]);
-        assert!(
-            unknown.detail.contains("not reported on broker 1"),
-            "{}",
-            unknown.detail
-        );
-    }
-
-    #[test]
-    fn a_client_outside_allow_is_told_it_is_dropped() {
-        let allow: Vec<ipnet::IpNet> = vec!["198.19.0.0/28".parse().unwrap()];
-        assert_eq!(
-            dropped_note(&["198.19.0.50".into()], &allow).as_deref(),
-            Some("dropped: 198.19.0.50 is not in listeners.external.allow")
-        );
-        assert_eq!(
-            dropped_note(&["198.19.0.5".into(), "10.0.0.1".into()], &allow),
-            None
-        );
-        assert_eq!(dropped_note(&[], &allow), None, "no facts: no guess");
-    }
-
     #[test]
     fn agents_beyond_max_agents_are_refused_and_known_ones_still_served() {
         let dir = tempfile::tempdir().unwrap();
@@ -1621,7 +1206,7 @@ mod tests {
             core.report_status(status).is_err(),
             "nothing is kept about w4"
         );
-        assert_eq!(core.agents.len(), 2);
+        assert_eq!(core.registry.len(), 2);
         // Nodes already known keep working.
         core.subscribe("w2").unwrap();
         core.subscribe("w1").unwrap();

@@ -9,9 +9,11 @@ pub mod ctl;
 pub mod dry_run;
 pub mod grpc;
 pub mod metrics;
+pub mod registry;
 pub mod store;
 pub mod tls_accept;
 pub mod users;
+pub mod views;
 pub mod writer;
 
 pub mod rollout;
