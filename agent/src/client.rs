@@ -7,7 +7,7 @@
 //! keeps enforcing the last applied state on disk whether or not the coordinator is reachable.
 //! Only a release received from the coordinator is ever applied (Rule 7: offline is safe).
 
-use crate::health::{HealthBoard, LocalHealth};
+use crate::health::HealthBoard;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -249,7 +249,7 @@ impl CoordinatorClient {
                         continue;
                     }
                     let latest = health.borrow_and_update().clone();
-                    call("ReportHealth", client.report_health(health_message(&self.config.node, latest))).await?;
+                    call("ReportHealth", client.report_health(pb::AgentHealth::from((self.config.node.as_str(), &latest)))).await?;
                 }
                 _ = facts_timer.tick() => {
                     self.check_dynamic_overrides().await?;
@@ -645,19 +645,6 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
-    }
-}
-
-/// The wire form of the agent's health.
-fn health_message(node: &str, health: LocalHealth) -> pb::AgentHealth {
-    pb::AgentHealth {
-        node: node.to_string(),
-        conflicts: health.conflicts,
-        repairs: health.repairs,
-        last_repair_ms: health.last_repair_ms,
-        enforce_error: health.enforce_error,
-        firewall: health.firewall,
-        dynamic_overrides: health.dynamic_overrides,
     }
 }
 

@@ -8,21 +8,8 @@
 
 use tokio::sync::watch;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LocalHealth {
-    /// Unmanaged hosts lines that shadow kreach's entries, one sentence each.
-    pub conflicts: Vec<String>,
-    /// Drift repairs since the agent started, and the Unix milliseconds of the last one (0: none).
-    pub repairs: u64,
-    pub last_repair_ms: u64,
-    /// Why the last check of the managed files could not enforce the applied state (empty: it did).
-    pub enforce_error: String,
-    /// The EXTERNAL port filter: what is in force, "not managed", or "error: ...".
-    pub firewall: String,
-    /// Dynamic broker configs that hide kreach's edits of server.properties, one sentence each
-    /// (see [`crate::overrides`]).
-    pub dynamic_overrides: Vec<String>,
-}
+/// What the agent reports as its health: the domain's [`AgentHealth`], the coordinator's word for it.
+pub use kreach_domain::report::AgentHealth as LocalHealth;
 
 /// The one writer side, shared by the enforcer and the client; readers subscribe.
 pub type HealthBoard = watch::Sender<LocalHealth>;

@@ -14,13 +14,14 @@ use kreach_domain::desired::{bootstrap_endpoints, render_node, NodeRole, NodeSpe
 use kreach_domain::diff::unified_diff;
 use kreach_domain::spec::{ClientSpec, ClusterSpec, View};
 use kreach_proto as pb;
-use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use kreach_domain::report::{AgentHealth, HostFacts, NodeReport, Phase};
+
 use crate::clock::{Clock, SteadyWallClock};
 use crate::registry::{AgentEntry, Registry};
-use crate::rollout::{self, Event, ReleaseId, ReportOutcome, Rollout, RolloutState};
+use crate::rollout::{self, Event, ReportOutcome, Rollout, RolloutState};
 use crate::store::{GenerationRecord, Store, StoreError};
 use crate::views::{self, plan_steps};
 use crate::writer::ReportWriter;
@@ -178,11 +179,7 @@ impl Core {
         else {
             return false;
         };
-        status.release == Some(wire_id(release))
-            && matches!(
-                pb::Phase::try_from(status.phase),
-                Ok(pb::Phase::RolledBack | pb::Phase::Failed)
-            )
+        status.release == Some(release.id()) && status.phase.refused()
     }
 
     /// Push every node's latest release to its channel (only where it changed) and refresh status.
@@ -311,29 +308,30 @@ impl Core {
         self.status_dirty = true;
     }
 
-    pub fn report_status(&mut self, status: pb::NodeStatus) -> Result<(), CoreError> {
-        let node = status.node.clone();
-        self.registry.admit(&node)?;
-        let phase = pb::Phase::try_from(status.phase).unwrap_or(pb::Phase::Unspecified);
-        if phase == pb::Phase::Unspecified {
-            // A reachability report only.
+    /// `node`'s report on its release; one whose phase is [`Phase::Unknown`] carries only the
+    /// client's reachability.
+    pub fn report_status(&mut self, node: &str, report: NodeReport) -> Result<(), CoreError> {
+        self.registry.admit(node)?;
+        let phase = report.phase;
+        if phase == Phase::Unknown {
             self.registry
-                .record_reachability(status, self.clock.now_ms());
+                .record_reachability(node, report.reachability, self.clock.now_ms());
             self.refresh_status();
             return Ok(());
         }
-        let release = status.release;
-        let reason = status.reason.clone();
-        self.registry.record_status(status, self.clock.now_ms());
+        let release = report.release;
+        let reason = report.reason.clone();
+        self.registry
+            .record_status(node, report, self.clock.now_ms());
+        let node = node.to_string();
         let outcome = match phase {
-            pb::Phase::Converged => Some(ReportOutcome::Converged),
-            pb::Phase::RolledBack => Some(ReportOutcome::RolledBack { reason }),
-            pb::Phase::Failed => Some(ReportOutcome::Failed { reason }),
-            _ => None,
+            Phase::Converged => Some(ReportOutcome::Converged),
+            Phase::RolledBack => Some(ReportOutcome::RolledBack { reason }),
+            Phase::Failed => Some(ReportOutcome::Failed { reason }),
+            Phase::Unknown | Phase::Idle | Phase::Applying => None,
         };
         match (outcome, release, self.record.rollout.as_mut()) {
-            (Some(outcome), Some(release), Some(rollout)) => {
-                let id = ReleaseId::from(&release);
+            (Some(outcome), Some(id), Some(rollout)) => {
                 let events = rollout.on_report(&node, id, outcome, self.clock.now_ms());
                 self.handle_events(events)
             }
@@ -344,16 +342,17 @@ impl Core {
         }
     }
 
-    pub fn report_facts(&mut self, facts: pb::HostFacts) -> Result<(), CoreError> {
-        self.registry.admit(&facts.node)?;
-        self.registry.record_facts(facts, self.clock.now_ms());
+    pub fn report_facts(&mut self, node: &str, facts: HostFacts) -> Result<(), CoreError> {
+        self.registry.admit(node)?;
+        self.registry.record_facts(node, facts, self.clock.now_ms());
         self.refresh_status();
         Ok(())
     }
 
-    pub fn report_health(&mut self, health: pb::AgentHealth) -> Result<(), CoreError> {
-        self.registry.admit(&health.node)?;
-        self.registry.record_health(health, self.clock.now_ms());
+    pub fn report_health(&mut self, node: &str, health: AgentHealth) -> Result<(), CoreError> {
+        self.registry.admit(node)?;
+        self.registry
+            .record_health(node, health, self.clock.now_ms());
         self.refresh_status();
         Ok(())
     }
@@ -924,8 +923,8 @@ impl Core {
         let changes = self
             .store
             .audit(&request.node, last)?
-            .into_iter()
-            .filter_map(|bytes| pb::AuditRecord::decode(bytes.as_slice()).ok())
+            .iter()
+            .map(pb::AuditRecord::from)
             .collect();
         Ok(pb::HistoryResponse {
             generations: Vec::new(),
@@ -1188,22 +1187,14 @@ mod tests {
         let mut core = Core::open(dir.path()).unwrap();
         core.set_max_agents(2);
         core.subscribe("w1").unwrap();
-        core.report_facts(pb::HostFacts {
-            node: "w2".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        core.report_facts("w2", HostFacts::default()).unwrap();
         let error = core.subscribe("w3").unwrap_err().to_string();
         assert_eq!(
             error,
             "node \"w3\" refused: the coordinator already serves 2 agents, its limit (max_agents in coordinator.toml)"
         );
-        let status = pb::NodeStatus {
-            node: "w4".into(),
-            ..Default::default()
-        };
         assert!(
-            core.report_status(status).is_err(),
+            core.report_status("w4", NodeReport::default()).is_err(),
             "nothing is kept about w4"
         );
         assert_eq!(core.registry.len(), 2);
@@ -1218,12 +1209,11 @@ mod tests {
         let mut core = Core::open(dir.path()).unwrap();
         let key = kreach_runtime::kafka_tls::new_private_key_pem().unwrap();
         let public = kreach_runtime::kafka_tls::public_key_pem(&key).unwrap();
-        core.report_facts(pb::HostFacts {
-            node: "b1".into(),
+        let facts = HostFacts {
             kafka_tls_public_key: public.clone(),
             ..Default::default()
-        })
-        .unwrap();
+        };
+        core.report_facts("b1", facts).unwrap();
         let spec = "[cluster]\nname = \"c\"\n\
                     [listeners.external]\nallow = [\"0.0.0.0/0\"]\nadvertise = \"hostname\"\nsecurity_protocol = \"SASL_SSL\"\nsasl_mechanism = \"SCRAM-SHA-512\"\n\
                     [[broker]]\nid = 1\nnode = \"b1\"\nhostname = \"b1.c\"\nprivate_ip = \"10.0.0.1\"\npublic_ip = \"198.19.0.1\"\n\
@@ -1402,13 +1392,12 @@ mod tests {
         assert_eq!(first.len(), 1, "one broker at a time: {first:?}");
         let first = first[0].clone();
         let id = channels[first.as_str()].borrow().as_ref().unwrap().id;
-        core.report_status(pb::NodeStatus {
-            node: first.clone(),
-            release: id,
-            phase: pb::Phase::Converged as i32,
+        let converged = NodeReport {
+            release: id.as_ref().map(Into::into),
+            phase: Phase::Converged,
             ..Default::default()
-        })
-        .unwrap();
+        };
+        core.report_status(&first, converged).unwrap();
         // Settling: a second short of 30 s nothing more is released; at 30 s the other broker is.
         clock.advance_to(start + 29_000);
         core.tick().unwrap();

@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 use crate::core::{Core, CoreError, PlanDraft};
 use crate::dry_run::{self, DryRuns, DRY_RUN_TIMEOUT};
 use crate::store::AuditBatch;
-use prost::Message;
+use kreach_domain::report::{AgentHealth, AuditRecord, HostFacts, NodeReport};
 
 /// The most audit entries one AuditReport may carry (agents send batches of 500).
 pub const MAX_AUDIT_BATCH: usize = 1000;
@@ -179,7 +179,8 @@ impl AgentService for Services {
     ) -> Result<Response<pb::Ack>, Status> {
         let node = request.get_ref().node.clone();
         self.require_node(&request, &node)?;
-        self.core().report_status(request.into_inner())?;
+        let report = NodeReport::from(request.get_ref());
+        self.core().report_status(&node, report)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -208,7 +209,7 @@ impl AgentService for Services {
                 .into_iter()
                 .map(|mut record| {
                     record.node = node.clone();
-                    (record.seq, record.encode_to_vec())
+                    AuditRecord::from(&record)
                 })
                 .collect();
             let batch = AuditBatch {
@@ -227,7 +228,8 @@ impl AgentService for Services {
     ) -> Result<Response<pb::Ack>, Status> {
         let node = request.get_ref().node.clone();
         self.require_node(&request, &node)?;
-        self.core().report_facts(request.into_inner())?;
+        let facts = HostFacts::from(request.get_ref());
+        self.core().report_facts(&node, facts)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -237,7 +239,8 @@ impl AgentService for Services {
     ) -> Result<Response<pb::Ack>, Status> {
         let node = request.get_ref().node.clone();
         self.require_node(&request, &node)?;
-        self.core().report_health(request.into_inner())?;
+        let health = AgentHealth::from(request.get_ref());
+        self.core().report_health(&node, health)?;
         Ok(Response::new(pb::Ack {}))
     }
 

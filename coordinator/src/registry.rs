@@ -8,8 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kreach_proto as pb;
-use prost::Message;
+use kreach_domain::report::{AgentHealth, HostFacts, NodeReport, Reached};
 
 use crate::core::CoreError;
 use crate::store::AgentRecord;
@@ -19,10 +18,10 @@ use crate::store::AgentRecord;
 pub struct AgentEntry {
     /// Release streams open now (0: offline).
     pub connections: u32,
-    pub status: Option<pb::NodeStatus>,
-    pub facts: Option<pb::HostFacts>,
+    pub status: Option<NodeReport>,
+    pub facts: Option<HostFacts>,
     /// The agent's last health report (kept in memory: every session starts with one).
-    pub health: Option<pb::AgentHealth>,
+    pub health: Option<AgentHealth>,
     pub last_seen_ms: u64,
     /// When this coordinator last received the agent's reachability report (0: not since start).
     pub reachability_at_ms: u64,
@@ -49,12 +48,8 @@ impl Registry {
             .map(|(node, saved)| {
                 let entry = AgentEntry {
                     connections: 0,
-                    status: saved
-                        .status
-                        .and_then(|bytes| pb::NodeStatus::decode(bytes.as_slice()).ok()),
-                    facts: saved
-                        .facts
-                        .and_then(|bytes| pb::HostFacts::decode(bytes.as_slice()).ok()),
+                    status: saved.status,
+                    facts: saved.facts,
                     health: None,
                     last_seen_ms: saved.last_seen_ms,
                     reachability_at_ms: 0,
@@ -108,52 +103,45 @@ impl Registry {
     }
 
     /// A reachability report: replaces the node's reachability, keeps the rest of its status.
-    pub fn record_reachability(&mut self, status: pb::NodeStatus, now_ms: u64) {
-        let node = status.node;
-        let failing = status.reachability.iter().filter(|r| !r.ok).count();
+    pub fn record_reachability(&mut self, node: &str, reachability: Vec<Reached>, now_ms: u64) {
+        let failing = reachability.iter().filter(|r| !r.ok).count();
         tracing::info!(
             node,
-            endpoints = status.reachability.len(),
+            endpoints = reachability.len(),
             failing,
             "reachability reported"
         );
-        let entry = self.agents.entry(node.clone()).or_default();
+        let entry = self.agents.entry(node.to_string()).or_default();
         entry
             .status
-            .get_or_insert_with(|| pb::NodeStatus {
-                node: node.clone(),
-                ..pb::NodeStatus::default()
-            })
-            .reachability = status.reachability;
+            .get_or_insert_with(NodeReport::default)
+            .reachability = reachability;
         entry.last_seen_ms = now_ms;
         entry.reachability_at_ms = now_ms;
-        self.changed.insert(node);
+        self.changed.insert(node.to_string());
     }
 
     /// A report on a release. Release reports carry no reachability: the last reachability
     /// report stands.
-    pub fn record_status(&mut self, mut status: pb::NodeStatus, now_ms: u64) {
-        let node = status.node.clone();
-        let entry = self.agents.entry(node.clone()).or_default();
+    pub fn record_status(&mut self, node: &str, mut report: NodeReport, now_ms: u64) {
+        let entry = self.agents.entry(node.to_string()).or_default();
         if let Some(previous) = entry.status.take() {
-            status.reachability = previous.reachability;
+            report.reachability = previous.reachability;
         }
-        entry.status = Some(status);
+        entry.status = Some(report);
         entry.last_seen_ms = now_ms;
-        self.changed.insert(node);
+        self.changed.insert(node.to_string());
     }
 
-    pub fn record_facts(&mut self, facts: pb::HostFacts, now_ms: u64) {
-        let node = facts.node.clone();
-        let entry = self.agents.entry(node.clone()).or_default();
+    pub fn record_facts(&mut self, node: &str, facts: HostFacts, now_ms: u64) {
+        let entry = self.agents.entry(node.to_string()).or_default();
         entry.facts = Some(facts);
         entry.last_seen_ms = now_ms;
-        self.changed.insert(node);
+        self.changed.insert(node.to_string());
     }
 
     /// Health is kept in memory only: every session starts with a report of it.
-    pub fn record_health(&mut self, health: pb::AgentHealth, now_ms: u64) {
-        let node = health.node.clone();
+    pub fn record_health(&mut self, node: &str, health: AgentHealth, now_ms: u64) {
         if !health.conflicts.is_empty() || !health.enforce_error.is_empty() {
             tracing::warn!(
                 node,
@@ -162,7 +150,7 @@ impl Registry {
                 "agent reports a problem on its host"
             );
         }
-        let entry = self.agents.entry(node).or_default();
+        let entry = self.agents.entry(node.to_string()).or_default();
         entry.health = Some(health);
         entry.last_seen_ms = now_ms;
     }
@@ -200,8 +188,8 @@ impl Registry {
             .filter_map(|node| {
                 let entry = self.agents.get(&node)?;
                 let record = AgentRecord {
-                    status: entry.status.as_ref().map(Message::encode_to_vec),
-                    facts: entry.facts.as_ref().map(Message::encode_to_vec),
+                    status: entry.status.clone(),
+                    facts: entry.facts.clone(),
                     last_seen_ms: entry.last_seen_ms,
                 };
                 Some((node, record))

@@ -4,9 +4,16 @@
 //! Owns persistence only. Every write is one redb transaction, committed durably before the
 //! coordinator acts on it, so a `kill -9` at any point resumes exactly where it was: a release is
 //! stored before it is sent, never after.
+//!
+//! Everything is kept as JSON of the domain's types, never as wire messages. The format is
+//! versioned ([`FORMAT`], under the key `format` in the meta table): a store without the key was
+//! written before the version existed (format 1: agents' reports and audit entries as encoded
+//! `kreach.v1` messages) and is migrated in one transaction when it is opened; a store from a
+//! newer coordinator is refused rather than misread.
 
 use std::path::{Path, PathBuf};
 
+use kreach_domain::report::{AuditRecord, HostFacts, NodeReport};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -27,11 +34,15 @@ struct AuditCursor {
     next_ordinal: u64,
 }
 
-/// One node's audit entries as one ReportAudit handed them over: `(agent seq, encoded entry)`.
+/// This coordinator's store format; see the module docs.
+pub const FORMAT: u64 = 2;
+const FORMAT_KEY: &str = "format";
+
+/// One node's audit entries as one ReportAudit handed them over, in the agent's seq order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditBatch {
     pub node: String,
-    pub entries: Vec<(u64, Vec<u8>)>,
+    pub entries: Vec<AuditRecord>,
     /// The agent's trail started over: its first entry is kept even at a lower seq.
     pub restarted: bool,
 }
@@ -47,18 +58,19 @@ fn append_audit_in(
         .get(node)?
         .and_then(|value| serde_json::from_slice(value.value()).ok())
         .unwrap_or_default();
-    for (index, (seq, bytes)) in batch.entries.iter().enumerate() {
+    for (index, record) in batch.entries.iter().enumerate() {
         let fresh = if batch.restarted && index == 0 {
             true
         } else {
-            *seq > cursor.last_seq
+            record.seq > cursor.last_seq
         };
         if !fresh {
             continue;
         }
+        let bytes = serde_json::to_vec(record).expect("serializable");
         table.insert((node, cursor.next_ordinal), bytes.as_slice())?;
         cursor.next_ordinal += 1;
-        cursor.last_seq = *seq;
+        cursor.last_seq = record.seq;
     }
     if cursor.next_ordinal > AUDIT_KEPT_PER_NODE {
         let below = cursor.next_ordinal - AUDIT_KEPT_PER_NODE;
@@ -90,11 +102,18 @@ pub struct GenerationRecord {
 /// What the coordinator last heard from one agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentRecord {
-    /// The last NodeStatus, protobuf-encoded (it is the wire value, kept as such).
-    pub status: Option<Vec<u8>>,
-    /// The last HostFacts, protobuf-encoded.
-    pub facts: Option<Vec<u8>>,
+    /// Its last report on its release (and its reachability).
+    pub status: Option<NodeReport>,
+    pub facts: Option<HostFacts>,
     pub last_seen_ms: u64,
+}
+
+/// An agent record as format 1 kept it: the wire messages, protobuf-encoded.
+#[derive(Deserialize)]
+struct AgentRecordV1 {
+    status: Option<Vec<u8>>,
+    facts: Option<Vec<u8>>,
+    last_seen_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +130,8 @@ pub enum StoreError {
         key: String,
         message: String,
     },
+    #[error("coordinator store {path} is in format {found}, newer than this coordinator reads ({FORMAT}): it was written by a newer kreach-coordinator; run that version (nothing was changed)")]
+    Newer { path: PathBuf, found: u64 },
 }
 
 pub struct Store {
@@ -145,7 +166,114 @@ impl Store {
             txn.open_table(AUDIT_CURSORS)?;
             Ok(())
         })?;
+        store.upgrade()?;
         Ok(store)
+    }
+
+    /// The format this store was written in; None: written before formats were numbered (1).
+    pub fn format(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(META).map_err(|e| self.io(e))?;
+        match table.get(FORMAT_KEY).map_err(|e| self.io(e))? {
+            Some(value) => self.decode(FORMAT_KEY, value.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Bring a format 1 store (or a new, empty one) to [`FORMAT`] in one transaction; refuse a
+    /// newer one.
+    fn upgrade(&self) -> Result<(), StoreError> {
+        match self.format()? {
+            Some(FORMAT) => Ok(()),
+            Some(found) if found > FORMAT => Err(StoreError::Newer {
+                path: self.path.clone(),
+                found,
+            }),
+            _ => self.migrate_from_v1(),
+        }
+    }
+
+    /// Format 1 → 2: every agent record and audit entry from encoded `kreach.v1` messages to JSON
+    /// of the domain's types (through `kreach-proto`'s conversions), then the format marker. A
+    /// record that does not decode is dropped with a warning: it is a cache of what agents report
+    /// again when they connect (the audit trail's source stays on each agent).
+    fn migrate_from_v1(&self) -> Result<(), StoreError> {
+        use prost::Message;
+        let mut agents = 0usize;
+        let mut audit = 0usize;
+        let mut dropped = 0usize;
+        self.write(|txn| {
+            let mut table = txn.open_table(AGENTS)?;
+            let mut migrated = Vec::new();
+            for item in table.iter()? {
+                let (key, value) = item?;
+                let node = key.value().to_string();
+                let Ok(old) = serde_json::from_slice::<AgentRecordV1>(value.value()) else {
+                    dropped += 1;
+                    continue;
+                };
+                let status = old.status.and_then(|bytes| {
+                    kreach_proto::NodeStatus::decode(bytes.as_slice())
+                        .ok()
+                        .map(|status| NodeReport::from(&status))
+                });
+                let facts = old.facts.and_then(|bytes| {
+                    kreach_proto::HostFacts::decode(bytes.as_slice())
+                        .ok()
+                        .map(|facts| HostFacts::from(&facts))
+                });
+                let record = AgentRecord {
+                    status,
+                    facts,
+                    last_seen_ms: old.last_seen_ms,
+                };
+                migrated.push((node, serde_json::to_vec(&record).expect("serializable")));
+            }
+            for (node, bytes) in &migrated {
+                table.insert(node.as_str(), bytes.as_slice())?;
+            }
+            agents = migrated.len();
+
+            let mut table = txn.open_table(AUDIT)?;
+            let mut migrated = Vec::new();
+            let mut undecodable = Vec::new();
+            for item in table.iter()? {
+                let (key, value) = item?;
+                let (node, ordinal) = key.value();
+                match kreach_proto::AuditRecord::decode(value.value()) {
+                    Ok(record) => migrated.push((
+                        (node.to_string(), ordinal),
+                        serde_json::to_vec(&AuditRecord::from(&record)).expect("serializable"),
+                    )),
+                    Err(_) => undecodable.push((node.to_string(), ordinal)),
+                }
+            }
+            for ((node, ordinal), bytes) in &migrated {
+                table.insert((node.as_str(), *ordinal), bytes.as_slice())?;
+            }
+            for (node, ordinal) in &undecodable {
+                table.remove((node.as_str(), *ordinal))?;
+            }
+            audit = migrated.len();
+            dropped += undecodable.len();
+
+            let marker = serde_json::to_vec(&FORMAT).expect("serializable");
+            txn.open_table(META)?
+                .insert(FORMAT_KEY, marker.as_slice())?;
+            Ok(())
+        })?;
+        if agents + audit + dropped > 0 {
+            tracing::info!(
+                store = %self.path.display(),
+                agents,
+                audit_entries = audit,
+                "migrated the coordinator store from format 1 to {FORMAT}"
+            );
+        }
+        if dropped > 0 {
+            tracing::warn!(store = %self.path.display(), dropped, "format 1 records that did not decode were dropped (agents report them again)");
+        }
+        Ok(())
     }
 
     /// The store's file.
@@ -284,14 +412,14 @@ impl Store {
         })
     }
 
-    /// Keep a node's audit entries `(agent seq, encoded entry)`, in one transaction: entries at or
+    /// Keep a node's audit entries (in the agent's seq order), in one transaction: entries at or
     /// below the highest seq already kept are duplicates of a resend and skipped, unless the
     /// agent's trail `restarted`. Only the latest [`AUDIT_KEPT_PER_NODE`] stay. Returns the
     /// highest seq kept.
     pub fn append_audit(
         &self,
         node: &str,
-        entries: &[(u64, Vec<u8>)],
+        entries: &[AuditRecord],
         restarted: bool,
     ) -> Result<u64, StoreError> {
         let batch = AuditBatch {
@@ -350,8 +478,8 @@ impl Store {
         Ok(cursor.last_seq)
     }
 
-    /// `node`'s kept audit entries (encoded), oldest first; at most the `last` latest when set.
-    pub fn audit(&self, node: &str, last: Option<usize>) -> Result<Vec<Vec<u8>>, StoreError> {
+    /// `node`'s kept audit entries, oldest first; at most the `last` latest when set.
+    pub fn audit(&self, node: &str, last: Option<usize>) -> Result<Vec<AuditRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(AUDIT).map_err(|e| self.io(e))?;
         let mut entries = Vec::new();
@@ -359,8 +487,9 @@ impl Store {
             .range((node, 0)..=(node, u64::MAX))
             .map_err(|e| self.io(e))?
         {
-            let (_, value) = item.map_err(|e| self.io(e))?;
-            entries.push(value.value().to_vec());
+            let (key, value) = item.map_err(|e| self.io(e))?;
+            let (_, ordinal) = key.value();
+            entries.push(self.decode(&format!("audit {node} {ordinal}"), value.value())?);
         }
         if let Some(last) = last {
             entries.drain(..entries.len().saturating_sub(last));
@@ -413,7 +542,10 @@ mod tests {
                 .save_agent(
                     "w1",
                     &AgentRecord {
-                        status: Some(vec![1, 2]),
+                        status: Some(NodeReport {
+                            reason: "a rollback".into(),
+                            ..NodeReport::default()
+                        }),
                         facts: None,
                         last_seen_ms: 9,
                     },
@@ -428,7 +560,23 @@ mod tests {
             store.load_rollout::<FakeRollout>().unwrap(),
             Some(FakeRollout { step: 2 })
         );
-        assert_eq!(store.agents().unwrap()[0].1.last_seen_ms, 9);
+        let agents = store.agents().unwrap();
+        assert_eq!(agents[0].1.last_seen_ms, 9);
+        assert_eq!(agents[0].1.status.as_ref().unwrap().reason, "a rollback");
+        assert_eq!(store.format().unwrap(), Some(FORMAT));
+    }
+
+    /// An audit entry whose reason marks it.
+    fn entry(seq: u64, mark: &str) -> AuditRecord {
+        AuditRecord {
+            seq,
+            reason: mark.to_string(),
+            ..AuditRecord::default()
+        }
+    }
+
+    fn marks(entries: &[AuditRecord]) -> Vec<&str> {
+        entries.iter().map(|entry| entry.reason.as_str()).collect()
     }
 
     #[test]
@@ -437,31 +585,31 @@ mod tests {
         let path = dir.path().join("coordinator.redb");
         {
             let store = Store::open(&path).unwrap();
-            let batch: Vec<(u64, Vec<u8>)> = (1..=3).map(|seq| (seq, vec![seq as u8])).collect();
+            let batch: Vec<AuditRecord> = (1..=3).map(|seq| entry(seq, &seq.to_string())).collect();
             assert_eq!(store.append_audit("w1", &batch, false).unwrap(), 3);
             // A resend after a lost ack adds nothing.
             assert_eq!(store.append_audit("w1", &batch[1..], false).unwrap(), 3);
             assert_eq!(store.append_audit("w2", &batch[..1], false).unwrap(), 1);
             // A trail that started over keeps the older entries too.
-            assert_eq!(store.append_audit("w1", &[(1, vec![9])], true).unwrap(), 1);
+            assert_eq!(store.append_audit("w1", &[entry(1, "9")], true).unwrap(), 1);
         }
         let store = Store::open(&path).unwrap();
         assert_eq!(
-            store.audit("w1", None).unwrap(),
-            vec![vec![1], vec![2], vec![3], vec![9]]
+            marks(&store.audit("w1", None).unwrap()),
+            ["1", "2", "3", "9"]
         );
-        assert_eq!(store.audit("w1", Some(2)).unwrap(), vec![vec![3], vec![9]]);
-        assert_eq!(store.audit("w2", None).unwrap(), vec![vec![1]]);
+        assert_eq!(marks(&store.audit("w1", Some(2)).unwrap()), ["3", "9"]);
+        assert_eq!(marks(&store.audit("w2", None).unwrap()), ["1"]);
         assert_eq!(store.audit_last_seq("w1").unwrap(), 1);
         assert_eq!(store.audit_last_seq("nobody").unwrap(), 0);
 
-        let many: Vec<(u64, Vec<u8>)> = (10..10 + AUDIT_KEPT_PER_NODE + 5)
-            .map(|seq| (seq, seq.to_le_bytes().to_vec()))
+        let many: Vec<AuditRecord> = (10..10 + AUDIT_KEPT_PER_NODE + 5)
+            .map(|seq| entry(seq, &seq.to_string()))
             .collect();
         store.append_audit("w1", &many, false).unwrap();
         let kept = store.audit("w1", None).unwrap();
         assert_eq!(kept.len() as u64, AUDIT_KEPT_PER_NODE);
-        assert_eq!(kept.last().unwrap(), &many.last().unwrap().1);
+        assert_eq!(kept.last(), many.last());
     }
 
     #[test]
@@ -477,5 +625,114 @@ mod tests {
             error.contains("cannot open the coordinator store"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_format_1_store_is_migrated_to_domain_records_once_when_opened() {
+        use prost::Message;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.redb");
+        // A store as a coordinator before formats wrote it: no marker, wire messages as bytes.
+        let status = kreach_proto::NodeStatus {
+            node: "b1".into(),
+            release: Some(kreach_proto::ReleaseId {
+                generation: 4,
+                step: 2,
+                attempt: 1,
+            }),
+            phase: kreach_proto::Phase::RolledBack as i32,
+            reason: "EXTERNAL did not answer".into(),
+            checks: vec![kreach_proto::Check {
+                name: "min.insync.replicas".into(),
+                ok: true,
+                detail: "2 of 3 in sync".into(),
+            }],
+            reachability: vec![kreach_proto::Reachability {
+                broker_id: 1,
+                endpoint: "b1.c:9093".into(),
+                ok: false,
+                reason: "timed out".into(),
+                checked_at_ms: 7,
+                detail: "no answer in 3 s".into(),
+            }],
+            ..Default::default()
+        };
+        let facts = kreach_proto::HostFacts {
+            node: "b1".into(),
+            hostname: "b1".into(),
+            addresses: vec!["198.18.0.11".into()],
+            kafka_controller: true,
+            ..Default::default()
+        };
+        let audit = kreach_proto::AuditRecord {
+            seq: 3,
+            node: "b1".into(),
+            action: "repair".into(),
+            path: "/etc/hosts".into(),
+            generation: 4,
+            ..Default::default()
+        };
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let v1 = serde_json::json!({
+                "status": status.encode_to_vec(),
+                "facts": facts.encode_to_vec(),
+                "last_seen_ms": 99,
+            });
+            txn.open_table(AGENTS)
+                .unwrap()
+                .insert("b1", serde_json::to_vec(&v1).unwrap().as_slice())
+                .unwrap();
+            txn.open_table(AUDIT)
+                .unwrap()
+                .insert(("b1", 0), audit.encode_to_vec().as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.format().unwrap(), Some(FORMAT));
+        let agents = store.agents().unwrap();
+        let record = &agents[0].1;
+        assert_eq!(agents[0].0, "b1");
+        assert_eq!(record.last_seen_ms, 99);
+        // Every field came across, through the one conversion module.
+        assert_eq!(record.status, Some(NodeReport::from(&status)));
+        let report = record.status.as_ref().unwrap();
+        assert_eq!(report.phase, kreach_domain::report::Phase::RolledBack);
+        assert_eq!(report.reachability[0].reason, "timed out");
+        assert_eq!(record.facts, Some(HostFacts::from(&facts)));
+        assert_eq!(
+            store.audit("b1", None).unwrap(),
+            [AuditRecord::from(&audit)]
+        );
+        drop(store);
+        // Opened again: format 2 already, nothing to migrate, the same records.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.agents().unwrap(), agents);
+    }
+
+    #[test]
+    fn a_store_from_a_newer_coordinator_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coordinator.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META)
+                .unwrap()
+                .insert(FORMAT_KEY, b"3".as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+        let error = Store::open(&path).err().expect("refused").to_string();
+        assert!(
+            error.contains("is in format 3, newer than this coordinator reads (2)"),
+            "{error}"
+        );
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let meta = txn.open_table(META).unwrap();
+        assert_eq!(meta.get(FORMAT_KEY).unwrap().unwrap().value(), b"3");
     }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use kreach_domain::desired::{bootstrap_endpoints, BootstrapEndpoint};
 use kreach_domain::reachability::Failure;
+use kreach_domain::report::Reached;
 use kreach_domain::spec::{ClusterSpec, View};
 use kreach_proto as pb;
 
@@ -35,9 +36,10 @@ pub struct StatusInputs<'a> {
 pub fn nodes(registry: &Registry) -> pb::NodesResponse {
     let mut response = pb::NodesResponse::default();
     for (node, entry) in registry.iter() {
-        let mut facts = entry.facts.clone().unwrap_or_default();
-        facts.node = node.clone();
-        response.nodes.push(facts);
+        let facts = entry.facts.clone().unwrap_or_default();
+        response
+            .nodes
+            .push(pb::HostFacts::from((node.as_str(), &facts)));
         response.online.push(entry.connections > 0);
     }
     response
@@ -80,8 +82,12 @@ pub fn status(inputs: &StatusInputs<'_>) -> pb::StatusResponse {
                 released: releases
                     .get(&node)
                     .map(|release| pb::ReleaseId::from(release.id())),
-                status: entry.and_then(|e| e.status.clone()),
-                health: entry.and_then(|e| e.health.clone()),
+                status: entry
+                    .and_then(|e| e.status.as_ref())
+                    .map(|status| pb::NodeStatus::from((node.as_str(), status))),
+                health: entry
+                    .and_then(|e| e.health.as_ref())
+                    .map(|health| pb::AgentHealth::from((node.as_str(), health))),
                 node,
                 role,
             }
@@ -159,7 +165,7 @@ fn reachability_rows(
         .iter()
         .map(|client| {
             let entry = registry.get(&client.node);
-            let reported: &[pb::Reachability] = entry
+            let reported: &[Reached] = entry
                 .and_then(|entry| entry.status.as_ref())
                 .map(|status| status.reachability.as_slice())
                 .unwrap_or(&[]);
@@ -179,7 +185,7 @@ fn reachability_rows(
                             cell.detail = format!("{note}; {}", cell.detail);
                         }
                     }
-                    cell
+                    pb::Reachability::from(&cell)
                 })
                 .collect();
             pb::ReachabilityRow {
@@ -202,12 +208,12 @@ fn reachability_rows(
 /// Pure.
 pub fn reachability_cell(
     expected: &BootstrapEndpoint,
-    reported: &[pb::Reachability],
+    reported: &[Reached],
     client: &str,
-) -> pb::Reachability {
+) -> Reached {
     let endpoint = expected.to_string();
-    let same = |reach: &&pb::Reachability| reach.endpoint.eq_ignore_ascii_case(&endpoint);
-    let about: Vec<&pb::Reachability> = reported
+    let same = |reach: &&Reached| reach.endpoint.eq_ignore_ascii_case(&endpoint);
+    let about: Vec<&Reached> = reported
         .iter()
         .filter(|reach| reach.broker_id == expected.broker_id)
         .collect();
@@ -244,7 +250,7 @@ pub fn reachability_cell(
             0,
         ),
     };
-    pb::Reachability {
+    Reached {
         broker_id: expected.broker_id,
         endpoint,
         ok: false,
@@ -309,8 +315,8 @@ mod tests {
         }
     }
 
-    fn reach(id: i32, endpoint: &str, reason: &str) -> pb::Reachability {
-        pb::Reachability {
+    fn reach(id: i32, endpoint: &str, reason: &str) -> Reached {
+        Reached {
             broker_id: id,
             endpoint: endpoint.to_string(),
             ok: reason.is_empty(),
@@ -323,7 +329,7 @@ mod tests {
     #[test]
     fn cells_judge_reports_against_the_spec() {
         let expected = endpoint(1, "B1.c");
-        let cell = |reported: &[pb::Reachability]| reachability_cell(&expected, reported, "etl");
+        let cell = |reported: &[Reached]| reachability_cell(&expected, reported, "etl");
         assert!(
             cell(&[reach(1, "b1.c:9093", "")]).ok,
             "names compare case-insensitively"

@@ -142,7 +142,12 @@ mod tests {
     fn batch(node: &str, seqs: std::ops::RangeInclusive<u64>) -> AuditBatch {
         AuditBatch {
             node: node.to_string(),
-            entries: seqs.map(|seq| (seq, vec![seq as u8])).collect(),
+            entries: seqs
+                .map(|seq| kreach_domain::report::AuditRecord {
+                    seq,
+                    ..Default::default()
+                })
+                .collect(),
             restarted: false,
         }
     }

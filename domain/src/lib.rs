@@ -6,7 +6,7 @@
 //! ([`hosts`]) and the listener keys of `server.properties` ([`properties`]) — the health gates
 //! ([`gates`]), diffs ([`diff`]), the bounds of what the agent accepts ([`limits`]), a diagnosis
 //! step ([`diagnose`]), the one [`release::ReleaseId`] of the agent–coordinator contract, the reachability
-//! failures ([`reachability::Failure`]), and the
+//! failures ([`reachability::Failure`]), what agents report of their nodes ([`report`]), and the
 //! counters' text format ([`prometheus_text`]).
 //!
 //! Does not own: the wire (proto ↔ domain conversion is `kreach-proto`'s `convert`), TLS material,
@@ -22,4 +22,5 @@ pub mod prometheus_text;
 pub mod properties;
 pub mod reachability;
 pub mod release;
+pub mod report;
 pub mod spec;

@@ -10,6 +10,7 @@ use crate as pb;
 use kreach_domain::desired::{BootstrapEndpoint, ExternalFilter, NodeRole, NodeSpec};
 use kreach_domain::hosts::HostsEntry;
 use kreach_domain::properties::{ListenerSettings, ListenerSpec};
+use kreach_domain::report;
 use kreach_domain::spec::View;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -122,6 +123,155 @@ impl From<&kreach_domain::gates::GateCheck> for pb::Check {
         }
     }
 }
+
+impl From<&pb::Check> for kreach_domain::gates::GateCheck {
+    fn from(check: &pb::Check) -> kreach_domain::gates::GateCheck {
+        kreach_domain::gates::GateCheck {
+            name: check.name.clone(),
+            ok: check.ok,
+            detail: check.detail.clone(),
+        }
+    }
+}
+
+impl From<pb::Phase> for report::Phase {
+    fn from(phase: pb::Phase) -> report::Phase {
+        match phase {
+            pb::Phase::Unspecified => report::Phase::Unknown,
+            pb::Phase::Idle => report::Phase::Idle,
+            pb::Phase::Applying => report::Phase::Applying,
+            pb::Phase::Converged => report::Phase::Converged,
+            pb::Phase::RolledBack => report::Phase::RolledBack,
+            pb::Phase::Failed => report::Phase::Failed,
+        }
+    }
+}
+
+impl From<report::Phase> for pb::Phase {
+    fn from(phase: report::Phase) -> pb::Phase {
+        match phase {
+            report::Phase::Unknown => pb::Phase::Unspecified,
+            report::Phase::Idle => pb::Phase::Idle,
+            report::Phase::Applying => pb::Phase::Applying,
+            report::Phase::Converged => pb::Phase::Converged,
+            report::Phase::RolledBack => pb::Phase::RolledBack,
+            report::Phase::Failed => pb::Phase::Failed,
+        }
+    }
+}
+
+/// An unknown phase number (from a newer agent) reads as [`report::Phase::Unknown`].
+impl From<&pb::NodeStatus> for report::NodeReport {
+    fn from(status: &pb::NodeStatus) -> report::NodeReport {
+        report::NodeReport {
+            release: status.release.as_ref().map(Into::into),
+            phase: pb::Phase::try_from(status.phase)
+                .unwrap_or(pb::Phase::Unspecified)
+                .into(),
+            reason: status.reason.clone(),
+            checks: status.checks.iter().map(Into::into).collect(),
+            restart_started_ms: status.restart_started_ms,
+            restart_finished_ms: status.restart_finished_ms,
+            reachability: status.reachability.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// `node`'s report as `kreach.v1` carries it.
+impl From<(&str, &report::NodeReport)> for pb::NodeStatus {
+    fn from((node, report): (&str, &report::NodeReport)) -> pb::NodeStatus {
+        pb::NodeStatus {
+            node: node.to_string(),
+            release: report.release.map(Into::into),
+            phase: pb::Phase::from(report.phase) as i32,
+            reason: report.reason.clone(),
+            checks: report.checks.iter().map(Into::into).collect(),
+            restart_started_ms: report.restart_started_ms,
+            restart_finished_ms: report.restart_finished_ms,
+            reachability: report.reachability.iter().map(Into::into).collect(),
+        }
+    }
+}
+
+/// Field-for-field conversions both ways between a `kreach.v1` message and its domain twin.
+/// With `node`: the wire message also names the node, which the domain keeps as the key of the
+/// record; it is dropped on the way in and given as `(node, &record)` on the way out.
+macro_rules! twins {
+    ($wire:path, $domain:path, node, [$($field:ident),* $(,)?]) => {
+        impl From<&$wire> for $domain {
+            fn from(wire: &$wire) -> $domain {
+                $domain { $($field: wire.$field.clone()),* }
+            }
+        }
+        impl From<(&str, &$domain)> for $wire {
+            fn from((node, record): (&str, &$domain)) -> $wire {
+                $wire { node: node.to_string(), $($field: record.$field.clone()),* }
+            }
+        }
+    };
+    ($wire:path, $domain:path, [$($field:ident),* $(,)?]) => {
+        impl From<&$wire> for $domain {
+            fn from(wire: &$wire) -> $domain {
+                $domain { $($field: wire.$field.clone()),* }
+            }
+        }
+        impl From<&$domain> for $wire {
+            fn from(record: &$domain) -> $wire {
+                $wire { $($field: record.$field.clone()),* }
+            }
+        }
+    };
+}
+
+twins!(
+    pb::Reachability,
+    report::Reached,
+    [broker_id, endpoint, ok, reason, checked_at_ms, detail]
+);
+twins!(
+    pb::HostFacts,
+    report::HostFacts,
+    node,
+    [
+        hostname,
+        fqdn,
+        addresses,
+        kafka_running,
+        agent_version,
+        kafka_controller,
+        kafka_tls_public_key
+    ]
+);
+twins!(
+    pb::AgentHealth,
+    report::AgentHealth,
+    node,
+    [
+        conflicts,
+        repairs,
+        last_repair_ms,
+        enforce_error,
+        firewall,
+        dynamic_overrides
+    ]
+);
+twins!(
+    pb::AuditRecord,
+    report::AuditRecord,
+    [
+        seq,
+        at_ms,
+        file,
+        path,
+        action,
+        old_hash,
+        new_hash,
+        reason,
+        generation,
+        released_by,
+        node
+    ]
+);
 
 impl From<kreach_domain::release::ReleaseId> for pb::ReleaseId {
     fn from(id: kreach_domain::release::ReleaseId) -> pb::ReleaseId {
