@@ -520,6 +520,7 @@ impl CoordinatorClient {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             kafka_controller: facts.kafka_controller,
             kafka_tls_public_key: self.kafka_tls_public_key.clone(),
+            labels: self.config.labels.clone(),
         }
     }
 

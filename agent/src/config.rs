@@ -16,6 +16,10 @@ pub struct AgentConfig {
     /// Where the agent keeps its applied state, backups and lock.
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// What this host is, as `key = "value"` pairs (`cluster = "spark-prod"`, `role = "task"`):
+    /// reported with its facts, for the coordinator's `kreachctl nodes` and client groups.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
     pub manage: ManageConfig,
     #[serde(default)]
     pub service_manager: ServiceManagerConfig,
@@ -358,6 +362,7 @@ impl AgentConfig {
             ),
             _ => {}
         }
+        problems.extend(label_problems(&config.labels));
         if config.reachability.period < std::time::Duration::from_secs(1) {
             problems.push(
                 "reachability.period: must be at least \"1s\" (each check connects to every broker)"
@@ -375,9 +380,62 @@ impl AgentConfig {
     }
 }
 
+/// At most this many labels per host.
+pub const MAX_LABELS: usize = 32;
+
+/// What is wrong with `labels`: a key is 1–63 letters, digits, `_`, `.` or `-`, starting with a
+/// letter or digit; a value is at most 255 characters with no control characters.
+fn label_problems(labels: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    if labels.len() > MAX_LABELS {
+        problems.push(format!(
+            "labels: {} labels; at most {MAX_LABELS}",
+            labels.len()
+        ));
+    }
+    for (key, value) in labels {
+        let key_ok = key.len() <= 63
+            && key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric())
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !key_ok {
+            problems.push(format!(
+                "labels.{key:?}: a label name is 1-63 letters, digits, '_', '.' or '-', starting with a letter or digit"
+            ));
+        }
+        if value.chars().count() > 255 || value.chars().any(char::is_control) {
+            problems.push(format!(
+                "labels.{key}: the value must be at most 255 characters, none of them control characters"
+            ));
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_are_name_value_pairs_with_names_a_selector_can_use() {
+        let parse = |labels: &str| {
+            AgentConfig::parse(&format!("node = \"w1\"\nlabels = {labels}\n[manage]\n"))
+        };
+        let config = parse(r#"{ cluster = "spark-prod", role = "task" }"#).unwrap();
+        assert_eq!(config.labels["cluster"], "spark-prod");
+        assert_eq!(config.labels.len(), 2);
+        let error = parse(r#"{ "bad key" = "x", role = "a\u0007b" }"#).unwrap_err();
+        assert!(
+            error.contains("labels.\"bad key\": a label name is 1-63 letters")
+                && error.contains("labels.role: the value must be at most 255 characters"),
+            "{error}"
+        );
+        assert!(parse("{ cluster = 3 }").is_err(), "values are strings");
+    }
 
     #[test]
     fn the_documented_example_parses() {

@@ -867,6 +867,7 @@ pub fn nodes_text(nodes: &pb::NodesResponse) -> String {
                 facts.addresses.join(","),
                 if facts.kafka_running { "running" } else { "-" }.to_string(),
                 if facts.kafka_controller { "yes" } else { "-" }.to_string(),
+                labels_text(&facts.labels),
             ]
         })
         .collect();
@@ -879,9 +880,22 @@ pub fn nodes_text(nodes: &pb::NodesResponse) -> String {
             "ADDRESSES",
             "KAFKA",
             "CONTROLLER",
+            "LABELS",
         ],
         &rows,
     )
+}
+
+/// `cluster=spark-prod,role=task`, or `-` for none.
+fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return "-".to_string();
+    }
+    labels
+        .iter()
+        .map(|(name, value)| format!("{name}={value}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 pub fn nodes_json(nodes: &pb::NodesResponse) -> Value {
@@ -890,7 +904,7 @@ pub fn nodes_json(nodes: &pb::NodesResponse) -> Value {
             .nodes
             .iter()
             .zip(nodes.online.iter().chain(std::iter::repeat(&false)))
-            .map(|(f, online)| json!({"node": f.node, "online": online, "hostname": f.hostname, "fqdn": f.fqdn, "addresses": f.addresses, "kafka_running": f.kafka_running, "kafka_controller": f.kafka_controller, "agent_version": f.agent_version}))
+            .map(|(f, online)| json!({"node": f.node, "online": online, "hostname": f.hostname, "fqdn": f.fqdn, "addresses": f.addresses, "kafka_running": f.kafka_running, "kafka_controller": f.kafka_controller, "agent_version": f.agent_version, "labels": f.labels}))
             .collect(),
     )
 }

@@ -272,6 +272,7 @@ fn facts(node: &str) -> pb::HostFacts {
         agent_version: "test".to_string(),
         kafka_controller: false,
         kafka_tls_public_key: String::new(),
+        labels: Default::default(),
     }
 }
 

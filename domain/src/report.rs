@@ -73,6 +73,9 @@ pub struct HostFacts {
     pub kafka_controller: bool,
     /// Brokers: the public key (PEM) of Kafka's TLS key, for the coordinator to certify.
     pub kafka_tls_public_key: String,
+    /// The host's labels from its agent.toml.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// What an agent knows of its host between releases.

@@ -239,7 +239,8 @@ twins!(
         kafka_running,
         agent_version,
         kafka_controller,
-        kafka_tls_public_key
+        kafka_tls_public_key,
+        labels,
     ]
 );
 twins!(

@@ -15,6 +15,8 @@ fn generated_code_matches_the_schema() {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Labels compare and print in one order (the domain keeps them in a BTreeMap too).
+        .btree_map(".kreach.v1.HostFacts.labels")
         .out_dir(out.path())
         .compile_protos(
             &[root.join("proto/kreach/v1/kreach.proto")],

@@ -215,6 +215,8 @@ pub struct Fleet {
     pub coordinator_extra: String,
     /// More agent.toml for every agent (whole sections), appended as written.
     pub agent_extra: String,
+    /// An agent's `labels` (key: its node), as the inline table's inside: `role = "etl"`.
+    pub labels: BTreeMap<String, String>,
     /// Extra environment for the coordinator (key "coordinator") or one agent (key: its node), set
     /// before it starts; e.g. to run it under a faked clock.
     pub env: BTreeMap<String, Vec<(String, String)>>,
@@ -230,6 +232,14 @@ pub struct Ctl {
 }
 
 impl Fleet {
+    /// The `labels = { .. }` line of `node`'s agent.toml, or nothing.
+    fn labels_line(&self, node: &str) -> String {
+        self.labels
+            .get(node)
+            .map(|labels| format!("labels = {{ {labels} }}\n"))
+            .unwrap_or_default()
+    }
+
     /// `brokers` brokers (ids 1..) and the given clients (node, view). Nothing runs yet.
     pub fn new(net: u8, brokers: u32, clients: &[(&str, &str)]) -> Result<Fleet> {
         let dir = tempfile::tempdir()?;
@@ -250,6 +260,7 @@ impl Fleet {
             probe: "tcp",
             coordinator_extra: String::new(),
             agent_extra: String::new(),
+            labels: BTreeMap::new(),
             views: BTreeMap::new(),
             env: BTreeMap::new(),
             restart_wrapper: BTreeMap::new(),
@@ -407,11 +418,12 @@ impl Fleet {
                 broker.state_dir().display().to_string(),
             ]);
             let config = format!(
-                "node = \"{node}\"\nstate_dir = {state:?}\n[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\nprobe = {probe:?}\nkafka_tls_dir = {tls:?}\n\
+                "node = \"{node}\"\nstate_dir = {state:?}\n{labels}[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\nprobe = {probe:?}\nkafka_tls_dir = {tls:?}\n\
                  controller_check = [\"test\", \"-e\", {flag:?}]\n\
                  [service_manager]\nkind = \"command\"\nrestart = {restart:?}\n\
                  [coordinator]\nurl = \"http://{addr}\"\ninsecure = true\nfacts_period = \"1s\"\n",
                 node = broker.node,
+                labels = self.labels_line(&broker.node),
                 state = broker.state_dir().display().to_string(),
                 hosts = broker.dir.join("etc/hosts").display().to_string(),
                 props = broker.properties_path().display().to_string(),
@@ -427,8 +439,9 @@ impl Fleet {
         }
         for (node, dir) in &self.clients {
             let config = format!(
-                "node = \"{node}\"\nstate_dir = {:?}\n[manage]\nhosts_file = {:?}\nkafka_ca_dir = {:?}\n[coordinator]\nurl = \"http://{}\"\ninsecure = true\nfacts_period = \"1s\"\n",
+                "node = \"{node}\"\nstate_dir = {:?}\n{}[manage]\nhosts_file = {:?}\nkafka_ca_dir = {:?}\n[coordinator]\nurl = \"http://{}\"\ninsecure = true\nfacts_period = \"1s\"\n",
                 dir.join("state").display().to_string(),
+                self.labels_line(node),
                 dir.join("etc/hosts").display().to_string(),
                 dir.join("kafka-ca").display().to_string(),
                 self.coordinator_addr

@@ -104,6 +104,10 @@ impl HostsObserver {
 #[test]
 fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expands_first() {
     let mut fleet = Fleet::new(11, 3, &[("etl-1", "private"), ("etl-2", "private")]).unwrap();
+    fleet.labels.insert(
+        "etl-2".into(),
+        r#"cluster = "spark-prod", role = "task""#.into(),
+    );
     fleet.start_coordinator().unwrap();
     fleet.start_agents(Some(2)).unwrap();
 
@@ -141,6 +145,16 @@ fn a_rolling_change_keeps_max_unavailable_restarts_the_controller_last_and_expan
     assert_eq!(nodes.stdout.lines().count(), 6, "{}", nodes.stdout);
     assert!(
         nodes.stdout.contains("emr-worker-2") && nodes.stdout.contains("etl-2"),
+        "{}",
+        nodes.stdout
+    );
+    // The labels in etl-2's agent.toml came with its facts; etl-1 has none.
+    let row = |node: &str| {
+        let line = nodes.stdout.lines().find(|l| l.starts_with(node));
+        line.unwrap_or_default().trim_end().to_string()
+    };
+    assert!(
+        row("etl-2").ends_with("cluster=spark-prod,role=task") && row("etl-1").ends_with(" -"),
         "{}",
         nodes.stdout
     );

@@ -207,7 +207,10 @@ pub fn example_keys(example: &str) -> BTreeSet<String> {
         let setting = line.strip_prefix('#').map(str::trim).unwrap_or(line);
         if let Ok(table) = setting.parse::<toml::Table>() {
             if let Some((key, value)) = table.iter().next() {
-                if table.len() == 1 && !value.is_table() {
+                // A dotted key parses as a table too; an inline table (`labels = { .. }`) is
+                // one key's value.
+                let inline_table = setting.contains("= {");
+                if table.len() == 1 && (!value.is_table() || inline_table) {
                     keys.insert(join(&section, key));
                 }
             }

@@ -404,7 +404,7 @@ pub struct Reachability {
     pub detail: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct HostFacts {
     #[prost(string, tag = "1")]
     pub node: ::prost::alloc::string::String,
@@ -427,6 +427,13 @@ pub struct HostFacts {
     /// clients.
     #[prost(string, tag = "8")]
     pub kafka_tls_public_key: ::prost::alloc::string::String,
+    /// The host's labels from agent.toml (`labels = { cluster = "spark-prod" }`), which a spec's
+    /// client groups select on.
+    #[prost(btree_map = "string, string", tag = "9")]
+    pub labels: ::prost::alloc::collections::BTreeMap<
+        ::prost::alloc::string::String,
+        ::prost::alloc::string::String,
+    >,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
