@@ -11,7 +11,7 @@ use crate::health::HealthBoard;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use kreach_domain::desired::NodeSpec;
 use kreach_proto as pb;
@@ -757,15 +757,9 @@ fn applied_release(applied: &Option<state::AppliedState>) -> Option<pb::ReleaseI
 /// its listener.
 fn set_restart_window(status: &mut pb::NodeStatus, window: Option<RestartWindow>) {
     if let Some(window) = window {
-        status.restart_started_ms = unix_ms(window.started);
-        status.restart_finished_ms = unix_ms(window.finished);
+        status.restart_started_ms = window.started_ms;
+        status.restart_finished_ms = window.finished_ms;
     }
-}
-
-fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 fn describe(id: &pb::ReleaseId) -> String {

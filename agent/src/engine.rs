@@ -8,7 +8,7 @@
 //! bad input changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use kreach_domain::desired::{NodeRole, NodeSpec, ScramUser};
 use kreach_domain::diff::{content_hash, unified_diff};
@@ -23,6 +23,8 @@ use crate::fsio::{self, Files, WriteMethod};
 use crate::service::ServiceManager;
 use crate::state::{self, AppliedState, ReleaseId};
 use crate::verify::{KeystoreReload, ListenerProbe};
+use kreach_domain::clock::Clock;
+use kreach_runtime::clock::SteadyWallClock;
 
 /// How many previous versions of each managed file are kept under `state_dir/backups`.
 pub const BACKUPS_KEPT: usize = 10;
@@ -165,11 +167,12 @@ pub enum Outcome {
     },
 }
 
-/// The wall-clock span of a restart, for the coordinator's availability accounting.
+/// The wall-clock span of a restart (Unix ms, from the engine's clock), for the coordinator's
+/// availability accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RestartWindow {
-    pub started: SystemTime,
-    pub finished: SystemTime,
+    pub started_ms: u64,
+    pub finished_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,6 +226,8 @@ pub struct Engine {
     files: Box<dyn Files>,
     /// The kernel's packet filter (`nft`), or a fake in unit tests.
     packet_filter: Box<dyn PacketFilter>,
+    /// Restart windows and the applied state's time: the system's clock, or a test's.
+    clock: Box<dyn Clock>,
 }
 
 impl Engine {
@@ -237,7 +242,14 @@ impl Engine {
             probe,
             files: Box::new(fsio::Disk),
             packet_filter: Box::new(Nft::default()),
+            clock: Box::new(SteadyWallClock::new()),
         }
+    }
+
+    /// The same engine reading time from `clock` (the unit tests' own).
+    pub fn with_clock(mut self, clock: Box<dyn Clock>) -> Engine {
+        self.clock = clock;
+        self
     }
 
     /// The same engine changing the packet filter through `packet_filter` (the unit tests' fake).
@@ -384,7 +396,7 @@ impl Engine {
             step: release.step,
             attempt: release.attempt,
             released_by: released_by.to_string(),
-            applied_at_unix_ms: state::now_unix_ms(),
+            applied_at_unix_ms: self.clock.now_ms(),
             node_spec: plan.node_spec.clone(),
         };
         state::save(state_dir, &applied)?;
@@ -549,11 +561,11 @@ impl Engine {
         let timeout = Duration::from_millis(plan.node_spec.health_timeout_ms);
         tracing::info!(unit = %unit, node = %plan.node_spec.node, cluster = %plan.node_spec.cluster, generation, "restarting {unit}: {why}");
         let started = Instant::now();
-        let restart_started = SystemTime::now();
+        let restart_started = self.clock.now_ms();
         let restarted = self.services.restart(unit, timeout);
         let mut window = RestartWindow {
-            started: restart_started,
-            finished: SystemTime::now(),
+            started_ms: restart_started,
+            finished_ms: self.clock.now_ms(),
         };
         let gate = restarted
             .map_err(|error| format!("restart of {unit} failed: {error}"))
@@ -589,7 +601,7 @@ impl Engine {
             .map(gates::RunningListener::as_listener_spec)
             .collect();
         let recovery = self.services.restart(unit, timeout);
-        window.finished = SystemTime::now();
+        window.finished_ms = self.clock.now_ms();
         let recovery = recovery
             .map_err(|error| format!("restarting it on them failed: {error}"))
             .and_then(|()| {
@@ -1048,6 +1060,7 @@ mod tests {
     use crate::verify::{KeystoreReload, ListenerProbe};
     use kreach_domain::gates::{GateCheck, RunningListener};
     use std::sync::{Arc, Mutex};
+    use std::time::SystemTime;
 
     /// What the pre-restart gate was asked: the broker id and the running listeners.
     type Asked = Arc<Mutex<Vec<(i32, Vec<RunningListener>)>>>;
@@ -1895,5 +1908,46 @@ mod tests {
         assert!(new.is_some() && new != previous);
         assert_eq!(*filters.lock().unwrap(), [new, previous]);
         assert_eq!(fixture.read("server.properties"), INITIAL);
+    }
+
+    /// A clock that moves one second at every reading, from 1 s after the epoch.
+    struct SteppingClock(std::sync::atomic::AtomicU64);
+
+    impl Clock for SteppingClock {
+        fn now_ms(&self) -> u64 {
+            self.0
+                .fetch_add(1_000, std::sync::atomic::Ordering::SeqCst)
+                .saturating_add(1_000)
+        }
+    }
+
+    #[test]
+    fn the_restart_window_and_the_applied_time_are_read_from_the_engines_clock() {
+        let fixture = Fixture::new();
+        let engine = fixture
+            .engine(None, Ok(vec![]))
+            .with_clock(Box::new(SteppingClock(0.into())));
+        let plan = engine.plan(&fixture.node_spec()).unwrap();
+        assert!(plan.restart.is_some());
+        let outcome = engine.apply(&plan, None, ReleaseId::LOCAL, "test").unwrap();
+        let Outcome::Converged {
+            applied,
+            restart_window,
+            ..
+        } = outcome
+        else {
+            panic!("{outcome:?}")
+        };
+        // Read just before and just after the restart, then when the state was recorded.
+        assert_eq!(
+            restart_window,
+            Some(RestartWindow {
+                started_ms: 1_000,
+                finished_ms: 2_000
+            })
+        );
+        assert_eq!(applied.applied_at_unix_ms, 3_000);
+        let saved = state::load(&fixture.dir.path().join("state")).unwrap();
+        assert_eq!(saved.map(|s| s.applied_at_unix_ms), Some(3_000));
     }
 }

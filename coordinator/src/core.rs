@@ -19,12 +19,13 @@ use tokio::sync::watch;
 
 use kreach_domain::report::{AgentHealth, HostFacts, NodeReport, Phase};
 
-use crate::clock::{Clock, SteadyWallClock};
 use crate::registry::{AgentEntry, Registry};
 use crate::rollout::{self, Event, ReportOutcome, Rollout, RolloutState};
 use crate::store::{GenerationRecord, Store, StoreError};
 use crate::views::{self, plan_steps};
 use crate::writer::ReportWriter;
+use kreach_domain::clock::Clock;
+use kreach_runtime::clock::SteadyWallClock;
 
 /// Errors an operator or agent sees; converted to `tonic::Status` in exactly one place (grpc.rs).
 #[derive(Debug, thiserror::Error)]
@@ -76,7 +77,7 @@ pub struct Core {
     /// When certificates were last looked at for renewal, and when a renewal was last refused.
     renewal_checked_ms: u64,
     renewal_refused_ms: Option<u64>,
-    /// Every timer and timestamp of the core (see [`crate::clock`]).
+    /// Every timer and timestamp of the core (see [`kreach_domain::clock`]).
     clock: Arc<dyn Clock>,
 }
 

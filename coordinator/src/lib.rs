@@ -2,7 +2,6 @@
 
 pub mod certs;
 pub mod cli;
-pub mod clock;
 pub mod config;
 pub mod core;
 pub mod ctl;

@@ -12,6 +12,7 @@
 //! Does not own: the wire (proto ↔ domain conversion is `kreach-proto`'s `convert`), TLS material,
 //! the daemons' logging and systemd notifications, or the Kafka frame check (`kreach-runtime`).
 
+pub mod clock;
 pub mod desired;
 pub mod diagnose;
 pub mod diff;

@@ -6,6 +6,7 @@
 //!
 //! Owns no policy: what to issue, when to log and when a daemon is ready are its callers'.
 
+pub mod clock;
 pub mod daemon;
 pub mod journal;
 pub mod kafka_frame;

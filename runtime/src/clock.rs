@@ -1,13 +1,7 @@
-//! The coordinator's clock, injected into [`crate::core::Core`]: settle timers, health and offline
-//! timeouts, last-seen times, certificate renewal and expiry all read it, so unit tests drive them
-//! with a clock of their own instead of sleeping.
+//! The system's clock for the daemons: [`SteadyWallClock`], the implementation of the domain's
+//! [`kreach_domain::clock::Clock`] that the agent and the coordinator run with.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch, as the coordinator counts them.
-pub trait Clock: Send + Sync {
-    fn now_ms(&self) -> u64;
-}
 
 /// The wall clock read once, when the clock is made, then advanced by the monotonic clock: a
 /// wall-clock step (NTP, `date -s`) must neither end a settle early nor stretch it, nor fire a
@@ -37,7 +31,7 @@ impl Default for SteadyWallClock {
     }
 }
 
-impl Clock for SteadyWallClock {
+impl kreach_domain::clock::Clock for SteadyWallClock {
     fn now_ms(&self) -> u64 {
         self.wall_ms
             .saturating_add(self.started.elapsed().as_millis() as u64)
