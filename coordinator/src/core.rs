@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use kreach_domain::report::{AgentHealth, HostFacts, NodeReport, Phase};
 
+use crate::groups::{self, Membership};
 use crate::registry::{AgentEntry, Registry};
 use crate::rollout::{self, Event, ReportOutcome, Rollout, RolloutState};
 use crate::store::{GenerationRecord, Store, StoreError};
@@ -186,23 +187,116 @@ impl Core {
     /// Push every node's latest release to its channel (only where it changed) and refresh status.
     /// Walks every node: called when releases change, not per report.
     fn publish(&mut self) {
-        for (node, release) in self.effective_releases() {
-            let wire = to_wire_release(&release);
-            let sender = self
-                .channels
-                .entry(node)
-                .or_insert_with(|| watch::channel(None).0);
-            sender.send_if_modified(|current| {
-                if current.as_ref() == Some(&wire) {
-                    false
-                } else {
-                    *current = Some(wire);
-                    true
-                }
-            });
+        let releases = self.effective_releases();
+        let members = self.member_releases(&releases, &self.membership());
+        for (node, release) in releases.into_iter().chain(members) {
+            self.send_release(node, &release);
         }
         let status = self.status_response();
         self.status.send_replace(status);
+    }
+
+    /// Put `release` on `node`'s channel unless it is there already.
+    fn send_release(&mut self, node: String, release: &rollout::Release) {
+        let wire = to_wire_release(release);
+        let sender = self
+            .channels
+            .entry(node)
+            .or_insert_with(|| watch::channel(None).0);
+        sender.send_if_modified(|current| {
+            if current.as_ref() == Some(&wire) {
+                false
+            } else {
+                *current = Some(wire);
+                true
+            }
+        });
+    }
+
+    /// The agents the newest spec's client groups select now.
+    fn membership(&self) -> Membership {
+        self.spec
+            .as_ref()
+            .map(|spec| groups::membership(spec, &self.registry))
+            .unwrap_or_default()
+    }
+
+    /// What each client group member is released: a copy of what a listed client of its view
+    /// holds now (so a member that joins mid-rollout gets the entries of the step it joins), or,
+    /// with no listed client of its view, the newest spec's state for a client of that view, once
+    /// no rollout is running. Members are in no rollout: they are not waited on, and a later plan
+    /// does not see them.
+    fn member_releases(
+        &self,
+        releases: &BTreeMap<String, rollout::Release>,
+        membership: &Membership,
+    ) -> BTreeMap<String, rollout::Release> {
+        let Some(spec) = &self.spec else {
+            return BTreeMap::new();
+        };
+        let running = self
+            .record
+            .rollout
+            .as_ref()
+            .is_some_and(|rollout| !rollout.is_finished());
+        let generation = self.record.rollout.as_ref().map_or(0, Rollout::generation);
+        let mut out = BTreeMap::new();
+        for (node, member) in &membership.members {
+            let template = spec
+                .clients
+                .iter()
+                .filter(|client| client.view == member.view)
+                .find_map(|client| releases.get(&client.node));
+            let release = match template {
+                Some(template) => {
+                    let mut release = template.clone();
+                    release.spec.node = node.clone();
+                    release
+                }
+                None if running || generation == 0 => continue,
+                None => {
+                    let mut node_spec =
+                        kreach_domain::desired::client_node_spec(spec, node, member.view);
+                    let tls = match member.view {
+                        View::Private => spec.internal.uses_tls(),
+                        View::Public => spec.external.enabled && spec.external.uses_tls(),
+                    };
+                    if tls {
+                        // Every broker of a TLS cluster holds the CA its clients trust.
+                        node_spec.kafka_ca_pem = releases
+                            .values()
+                            .map(|release| &release.spec)
+                            .find(|spec| matches!(spec.role, NodeRole::Broker { .. }))
+                            .map(|spec| spec.kafka_ca_pem.clone())
+                            .unwrap_or_default();
+                    }
+                    rollout::Release {
+                        generation,
+                        step: 0,
+                        attempt: 0,
+                        spec: node_spec,
+                        released_by: format!("client group {}", member.group),
+                    }
+                }
+            };
+            out.insert(node.clone(), release);
+        }
+        out
+    }
+
+    /// A member may have joined or left: hand members their releases and refresh the status.
+    fn refresh_members(&mut self) {
+        if self
+            .spec
+            .as_ref()
+            .is_none_or(|spec| spec.client_groups.is_empty())
+        {
+            return;
+        }
+        let releases = self.effective_releases();
+        for (node, release) in self.member_releases(&releases, &self.membership()) {
+            self.send_release(node, &release);
+        }
     }
 
     fn persist_rollout(&self) -> Result<(), CoreError> {
@@ -252,14 +346,17 @@ impl Core {
 
     /// A completed rollout changed what the brokers advertise after the clients took their last
     /// release (step 1): hand every client its release again so that its agent, finding it already
-    /// applied, checks reachability now instead of at its next period. The status then settles
-    /// within a check's time of the rollout's end (`apply --wait` waits for it).
+    /// applied, checks reachability now instead of at its next period (client group members
+    /// too). The status then settles within a check's time of the rollout's end (`apply --wait`
+    /// waits for it).
     fn nudge_clients(&self) {
-        for (node, release) in self.effective_releases() {
+        let releases = self.effective_releases();
+        let members = self.member_releases(&releases, &self.membership());
+        for (node, release) in releases.iter().chain(&members) {
             if !matches!(release.spec.role, NodeRole::Client { .. }) {
                 continue;
             }
-            if let Some(sender) = self.channels.get(&node) {
+            if let Some(sender) = self.channels.get(node) {
                 sender.send_modify(|_| {});
             }
         }
@@ -291,6 +388,7 @@ impl Core {
     ) -> Result<watch::Receiver<Option<pb::Release>>, CoreError> {
         self.registry.admit(node)?;
         self.registry.connected(node, self.clock.now_ms());
+        self.refresh_members();
         let receiver = self
             .channels
             .entry(node.to_string())
@@ -302,6 +400,7 @@ impl Core {
 
     pub fn disconnect(&mut self, node: &str) {
         self.registry.disconnected(node);
+        self.refresh_members();
         self.refresh_status();
     }
 
@@ -346,6 +445,7 @@ impl Core {
     pub fn report_facts(&mut self, node: &str, facts: HostFacts) -> Result<(), CoreError> {
         self.registry.admit(node)?;
         self.registry.record_facts(node, facts, self.clock.now_ms());
+        self.refresh_members();
         self.refresh_status();
         Ok(())
     }
@@ -700,6 +800,27 @@ impl Core {
     fn fact_warnings(&self, spec: &ClusterSpec) -> (Vec<String>, Vec<String>) {
         let mut warnings = Vec::new();
         let mut notes = Vec::new();
+        // Client groups: who they select now, and hosts two groups of different views select.
+        let membership = groups::membership(spec, &self.registry);
+        for group in &spec.client_groups {
+            let selected: Vec<&str> = membership
+                .members
+                .iter()
+                .filter(|(_, member)| member.group == group.name)
+                .map(|(node, _)| node.as_str())
+                .collect();
+            notes.push(format!(
+                "client group {:?} ({} view) selects {} connected agent(s){}{}",
+                group.name,
+                group.view.as_str(),
+                selected.len(),
+                if selected.is_empty() { "" } else { ": " },
+                selected.join(", ")
+            ));
+        }
+        for (node, why) in &membership.conflicts {
+            warnings.push(format!("node {node:?}: {why}"));
+        }
         // A node whose agent never connected would be waited on until `agent_timeout`.
         for desired in kreach_domain::desired::all_node_specs(spec) {
             if !self.registry.contains(&desired.node) {
@@ -1076,11 +1197,7 @@ impl Core {
         let tls = listener.uses_tls();
         Ok(pb::ClientConfigResponse {
             cluster: spec.name.clone(),
-            view: match found.view {
-                View::Private => "private",
-                View::Public => "public",
-            }
-            .to_string(),
+            view: found.view.as_str().to_string(),
             bootstrap: bootstrap_endpoints(spec, found.view)
                 .iter()
                 .map(ToString::to_string)
@@ -1128,10 +1245,14 @@ impl Core {
 
     pub fn status_response(&self) -> pb::StatusResponse {
         let releases = self.effective_releases();
+        let membership = self.membership();
+        let member_releases = self.member_releases(&releases, &membership);
         views::status(&views::StatusInputs {
             releases: &releases,
             spec: self.spec.as_ref(),
             registry: &self.registry,
+            membership: &membership,
+            member_releases: &member_releases,
             rollout: self.record.rollout.as_ref(),
             now_ms: self.clock.now_ms(),
             completed_at_ms: self.completed_at_ms,

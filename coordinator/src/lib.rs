@@ -6,6 +6,7 @@ pub mod config;
 pub mod core;
 pub mod ctl;
 pub mod dry_run;
+pub mod groups;
 pub mod grpc;
 pub mod metrics;
 pub mod registry;

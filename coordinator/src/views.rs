@@ -7,12 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use kreach_domain::desired::{bootstrap_endpoints, BootstrapEndpoint};
+use kreach_domain::desired::{bootstrap_endpoints, BootstrapEndpoint, NodeRole};
 use kreach_domain::reachability::Failure;
 use kreach_domain::report::Reached;
 use kreach_domain::spec::{ClusterSpec, View};
 use kreach_proto as pb;
 
+use crate::groups::Membership;
 use crate::registry::{AgentEntry, Registry};
 use crate::rollout::{self, Rollout};
 
@@ -24,6 +25,9 @@ pub struct StatusInputs<'a> {
     /// The newest generation's spec.
     pub spec: Option<&'a ClusterSpec>,
     pub registry: &'a Registry,
+    /// The client groups' members now and their releases (see [`crate::groups`]).
+    pub membership: &'a Membership,
+    pub member_releases: &'a BTreeMap<String, rollout::Release>,
     pub rollout: Option<&'a Rollout>,
     pub now_ms: u64,
     /// When the newest rollout completed (0: not since this coordinator started): a client's
@@ -52,6 +56,8 @@ pub fn status(inputs: &StatusInputs<'_>) -> pb::StatusResponse {
         releases,
         spec,
         registry,
+        membership,
+        member_releases,
         rollout,
         now_ms: now,
         completed_at_ms,
@@ -68,6 +74,16 @@ pub fn status(inputs: &StatusInputs<'_>) -> pb::StatusResponse {
             .entry(node.clone())
             .or_insert_with(|| release.spec.role.to_string());
     }
+    for (node, member) in &membership.members {
+        let role = NodeRole::Client { view: member.view };
+        roles.insert(
+            node.clone(),
+            format!("{role} (client group {})", member.group),
+        );
+    }
+    for (node, why) in &membership.conflicts {
+        roles.insert(node.clone(), format!("no role: {why}"));
+    }
     for (node, _) in registry.iter() {
         roles
             .entry(node.clone())
@@ -81,6 +97,7 @@ pub fn status(inputs: &StatusInputs<'_>) -> pb::StatusResponse {
                 online: entry.is_some_and(AgentEntry::online),
                 released: releases
                     .get(&node)
+                    .or_else(|| member_releases.get(&node))
                     .map(|release| pb::ReleaseId::from(release.id())),
                 status: entry
                     .and_then(|e| e.status.as_ref())
@@ -147,7 +164,7 @@ pub fn status(inputs: &StatusInputs<'_>) -> pb::StatusResponse {
         rollout,
         nodes,
         reachability: spec
-            .map(|spec| reachability_rows(spec, registry, completed_at_ms))
+            .map(|spec| reachability_rows(spec, membership, registry, completed_at_ms))
             .unwrap_or_default(),
         certificates,
         cluster: cluster.to_string(),
@@ -158,13 +175,23 @@ pub fn status(inputs: &StatusInputs<'_>) -> pb::StatusResponse {
 /// should reach (its view's bootstrap endpoints), from what the client last reported.
 fn reachability_rows(
     spec: &ClusterSpec,
+    membership: &Membership,
     registry: &Registry,
     completed_at_ms: u64,
 ) -> Vec<pb::ReachabilityRow> {
-    spec.clients
+    // Listed clients, then the group members connected now.
+    let listed = spec
+        .clients
         .iter()
-        .map(|client| {
-            let entry = registry.get(&client.node);
+        .map(|client| (client.node.as_str(), client.view));
+    let members = membership
+        .members
+        .iter()
+        .map(|(node, member)| (node.as_str(), member.view));
+    listed
+        .chain(members)
+        .map(|(node, view)| {
+            let entry = registry.get(node);
             let reported: &[Reached] = entry
                 .and_then(|entry| entry.status.as_ref())
                 .map(|status| status.reachability.as_slice())
@@ -173,12 +200,12 @@ fn reachability_rows(
                 .and_then(|entry| entry.facts.as_ref())
                 .map(|facts| facts.addresses.clone())
                 .unwrap_or_default();
-            let expected = bootstrap_endpoints(spec, client.view);
+            let expected = bootstrap_endpoints(spec, view);
             let brokers = expected
                 .iter()
                 .map(|endpoint| {
-                    let mut cell = reachability_cell(endpoint, reported, &client.node);
-                    if client.view == View::Public
+                    let mut cell = reachability_cell(endpoint, reported, node);
+                    if view == View::Public
                         && Failure::from_reason(&cell.reason) == Some(Failure::TimedOut)
                     {
                         if let Some(note) = dropped_note(&addresses, &spec.external.allow) {
@@ -189,12 +216,8 @@ fn reachability_rows(
                 })
                 .collect();
             pb::ReachabilityRow {
-                client: client.node.clone(),
-                view: match client.view {
-                    View::Private => "private",
-                    View::Public => "public",
-                }
-                .to_string(),
+                client: node.to_string(),
+                view: view.as_str().to_string(),
                 brokers,
                 reported: !reported.is_empty(),
                 current: !reported.is_empty()

@@ -39,6 +39,10 @@ public_ip = "192.0.2.102"
 [[client]]
 node = "probe-c1"
 
+[[client_group]]
+name = "probe-group"
+nodes = "probe-g*"
+
 [rollout]
 "#;
 

@@ -177,6 +177,16 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
             known: spec.nodes().join(", "),
         });
     };
+    Ok(node_spec_as(spec, node, role))
+}
+
+/// The desired state of `node` as a client of `view`: what a member of a client group gets, the
+/// same as a listed client of that view.
+pub fn client_node_spec(spec: &ClusterSpec, node: &str, view: View) -> NodeSpec {
+    node_spec_as(spec, node, NodeRole::Client { view })
+}
+
+fn node_spec_as(spec: &ClusterSpec, node: &str, role: NodeRole) -> NodeSpec {
     let sasl_mechanism = match &role {
         NodeRole::Client {
             view: View::Private,
@@ -206,7 +216,7 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
             None,
         ),
     };
-    Ok(NodeSpec {
+    NodeSpec {
         cluster: spec.name.clone(),
         node: node.to_string(),
         role,
@@ -220,7 +230,7 @@ pub fn node_spec(spec: &ClusterSpec, node: &str) -> Result<NodeSpec, DesiredErro
         kafka_ca_pem: String::new(),
         scram_users: Vec::new(),
         sasl_mechanism,
-    })
+    }
 }
 
 /// Every broker's endpoint on the listener a client of `view` uses: INTERNAL for the private view,

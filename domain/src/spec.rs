@@ -140,6 +140,16 @@ pub enum View {
     Public,
 }
 
+impl View {
+    /// `"private"` or `"public"`, as the spec writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            View::Private => "private",
+            View::Public => "public",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSpecConfig {
     pub enabled: bool,
@@ -219,6 +229,44 @@ pub struct ClientSpec {
     pub view: View,
 }
 
+/// `[[client_group]]`: every agent the selectors pick (all of those given must match) is a client
+/// of `view`, without being listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientGroup {
+    pub name: String,
+    pub view: View,
+    /// Every one of these must be among the agent's labels (agent.toml `labels`).
+    pub labels: BTreeMap<String, String>,
+    /// One of the host's addresses must be inside one of these.
+    pub cidrs: Vec<IpNet>,
+    /// A glob (`*`, `?`, `[a-z]`) the node name must match.
+    pub nodes: Option<String>,
+}
+
+impl ClientGroup {
+    /// Whether this group selects the agent of `node` with these labels and addresses.
+    pub fn selects(
+        &self,
+        node: &str,
+        labels: &BTreeMap<String, String>,
+        addresses: &[std::net::IpAddr],
+    ) -> bool {
+        let labels_match = self
+            .labels
+            .iter()
+            .all(|(name, value)| labels.get(name) == Some(value));
+        let cidrs_match = self.cidrs.is_empty()
+            || addresses
+                .iter()
+                .any(|ip| self.cidrs.iter().any(|net| net.contains(ip)));
+        let nodes_match = self
+            .nodes
+            .as_deref()
+            .is_none_or(|glob| glob::Pattern::new(glob).is_ok_and(|pattern| pattern.matches(node)));
+        labels_match && cidrs_match && nodes_match
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutSpec {
     pub max_unavailable: u32,
@@ -241,11 +289,20 @@ pub const KNOWN_KEYS: &[(&str, &[&str])] = &[
     ("listeners.external", EXTERNAL_LISTENER_KEYS),
     ("broker", BROKER_KEYS),
     ("client", CLIENT_KEYS),
+    ("client_group", CLIENT_GROUP_KEYS),
     ("rollout", ROLLOUT_KEYS),
     ("tls", TLS_KEYS),
 ];
 
-const ROOT_KEYS: &[&str] = &["cluster", "listeners", "broker", "client", "rollout", "tls"];
+const ROOT_KEYS: &[&str] = &[
+    "cluster",
+    "listeners",
+    "broker",
+    "client",
+    "client_group",
+    "rollout",
+    "tls",
+];
 const CLUSTER_KEYS: &[&str] = &["name", "metadata"];
 const LISTENERS_KEYS: &[&str] = &["internal", "external"];
 const INTERNAL_LISTENER_KEYS: &[&str] = &[
@@ -268,6 +325,7 @@ const EXTERNAL_LISTENER_KEYS: &[&str] = &[
 ];
 const BROKER_KEYS: &[&str] = &["id", "node", "hostname", "private_ip", "public_ip"];
 const CLIENT_KEYS: &[&str] = &["node", "view"];
+const CLIENT_GROUP_KEYS: &[&str] = &["name", "view", "labels", "cidrs", "nodes"];
 const TLS_KEYS: &[&str] = &["issuer", "ca_cert", "ca_key", "lifetime", "renew_before"];
 const ROLLOUT_KEYS: &[&str] = &[
     "max_unavailable",
@@ -286,6 +344,8 @@ pub struct ClusterSpec {
     pub external: ListenerSpecConfig,
     pub brokers: Vec<BrokerSpec>,
     pub clients: Vec<ClientSpec>,
+    /// Clients that enrol themselves: any agent a group selects is a client of its view.
+    pub client_groups: Vec<ClientGroup>,
     pub rollout: RolloutSpec,
     /// `[tls]`, defaults when absent; used when a listener's protocol is `SSL` or `SASL_SSL`.
     pub tls: TlsSpec,
@@ -602,6 +662,7 @@ impl Compiler {
         let (internal, external) = self.compile_listeners(root);
         let brokers = self.compile_brokers(root);
         let clients = self.compile_clients(root);
+        let client_groups = self.compile_client_groups(root, &external);
         let rollout = self.compile_rollout(root);
         let tls = self.compile_tls(root);
 
@@ -620,6 +681,7 @@ impl Compiler {
                 .map(|broker| broker.finish())
                 .collect::<Option<Vec<_>>>()?,
             clients: clients.into_iter().collect::<Option<Vec<_>>>()?,
+            client_groups: client_groups?,
             rollout: rollout?,
             tls: tls?,
         })
@@ -896,12 +958,17 @@ impl Compiler {
             );
             return None;
         }
+        self.cidr_items(items, &field)
+    }
+
+    /// A list of CIDR strings, each bad one named by its index.
+    fn cidr_items(&mut self, items: &[Value], field: &Place) -> Option<Vec<IpNet>> {
         let mut nets = Vec::new();
         let mut ok = true;
         for (index, item) in items.iter().enumerate() {
             let item_place = Place {
                 path: format!("{}[{}]", field.path, index),
-                subject: None,
+                subject: field.subject.clone(),
             };
             match item {
                 Value::String(text) => match parse_cidr(text) {
@@ -1121,21 +1188,43 @@ impl Compiler {
         }
     }
 
-    fn compile_clients(&mut self, root: &Table) -> Vec<Option<ClientSpec>> {
-        let items = match root.get("client") {
-            None => return Vec::new(),
+    /// The `[[key]]` entries (none when absent), each None (with an error) when it is not a
+    /// table; None (with an error) when `key` is not an array of tables at all.
+    fn array_of_tables<'t>(
+        &mut self,
+        root: &'t Table,
+        key: &str,
+    ) -> Option<Vec<Option<&'t Table>>> {
+        let items = match root.get(key) {
+            None => return Some(Vec::new()),
             Some(Value::Array(items)) => items,
             Some(other) => {
-                let message = format!("expected [[client]] tables, found {}", other.type_str());
-                self.error(&Place::root("client"), message);
-                return Vec::new();
+                let message = format!("expected [[{key}]] tables, found {}", other.type_str());
+                self.error(&Place::root(key), message);
+                return None;
             }
         };
-        let mut clients = Vec::new();
+        let mut tables = Vec::new();
         for (index, item) in items.iter().enumerate() {
-            let Value::Table(table) = item else {
-                let message = format!("expected a table, found {}", item.type_str());
-                self.error(&Place::root(&format!("client[{index}]")), message);
+            match item {
+                Value::Table(table) => tables.push(Some(table)),
+                other => {
+                    let message = format!("expected a table, found {}", other.type_str());
+                    self.error(&Place::root(&format!("{key}[{index}]")), message);
+                    tables.push(None);
+                }
+            }
+        }
+        Some(tables)
+    }
+
+    fn compile_clients(&mut self, root: &Table) -> Vec<Option<ClientSpec>> {
+        let Some(items) = self.array_of_tables(root, "client") else {
+            return Vec::new();
+        };
+        let mut clients = Vec::new();
+        for (index, table) in items.into_iter().enumerate() {
+            let Some(table) = table else {
                 clients.push(None);
                 continue;
             };
@@ -1146,24 +1235,163 @@ impl Compiler {
             };
             self.unknown_keys(table, &place, CLIENT_KEYS);
             let node = self.node_name(table, &place);
-            let view = match self.string(table, "view", &place).as_deref() {
-                None if table.contains_key("view") => None,
-                None | Some("private") => Some(View::Private),
-                Some("public") => Some(View::Public),
-                Some(other) => {
-                    self.error(
-                        &place.field("view"),
-                        format!("{other:?} is not a view (\"private\" or \"public\")"),
-                    );
-                    None
-                }
-            };
+            let view = self.view(table, &place);
             clients.push(match (node, view) {
                 (Some(node), Some(view)) => Some(ClientSpec { node, view }),
                 _ => None,
             });
         }
         clients
+    }
+
+    /// `view`: "private" (the default) or "public".
+    fn view(&mut self, table: &Table, place: &Place) -> Option<View> {
+        match self.string(table, "view", place).as_deref() {
+            None if table.contains_key("view") => None,
+            None | Some("private") => Some(View::Private),
+            Some("public") => Some(View::Public),
+            Some(other) => {
+                self.error(
+                    &place.field("view"),
+                    format!("{other:?} is not a view (\"private\" or \"public\")"),
+                );
+                None
+            }
+        }
+    }
+
+    fn compile_client_groups(
+        &mut self,
+        root: &Table,
+        external: &PartialListener,
+    ) -> Option<Vec<ClientGroup>> {
+        let items = self.array_of_tables(root, "client_group")?;
+        let mut groups = Vec::new();
+        let mut ok = true;
+        let mut names: HashMap<String, usize> = HashMap::new();
+        for (index, table) in items.into_iter().enumerate() {
+            let Some(table) = table else {
+                ok = false;
+                continue;
+            };
+            let name_value = table.get("name").and_then(Value::as_str);
+            let place = Place {
+                path: format!("client_group[{index}]"),
+                subject: name_value.map(|name| format!("client group {name:?}")),
+            };
+            self.unknown_keys(table, &place, CLIENT_GROUP_KEYS);
+            let name = self.required_string(table, "name", &place).and_then(|name| {
+                if !is_valid_node_name(&name) {
+                    self.error(
+                        &place.field("name"),
+                        format!("{name:?} is not a valid group name (letters, digits, '-', '_', '.')"),
+                    );
+                    return None;
+                }
+                if let Some(first) = names.insert(name.clone(), index) {
+                    self.error(
+                        &place.field("name"),
+                        format!("also the name of client_group[{first}]; every group name must be unique"),
+                    );
+                    return None;
+                }
+                Some(name)
+            });
+            let view = self.view(table, &place);
+            if view == Some(View::Public) && external.enabled == Some(false) {
+                self.error(
+                    &place.field("view"),
+                    "\"public\" needs the external listener enabled ([listeners.external] enabled = true)",
+                );
+                ok = false;
+            }
+            let labels = self.string_table(table, "labels", &place);
+            let cidrs = match table.get("cidrs") {
+                None => Some(Vec::new()),
+                Some(Value::Array(items)) => self.cidr_items(items, &place.field("cidrs")),
+                Some(other) => {
+                    self.error(
+                        &place.field("cidrs"),
+                        format!("expected a list of CIDRs, found {}", other.type_str()),
+                    );
+                    None
+                }
+            };
+            let nodes = match self.string(table, "nodes", &place) {
+                Some(glob) => match glob::Pattern::new(&glob) {
+                    Ok(_) => Some(Some(glob)),
+                    Err(error) => {
+                        self.error(
+                            &place.field("nodes"),
+                            format!("{glob:?} is not a glob: {error}"),
+                        );
+                        None
+                    }
+                },
+                None if table.contains_key("nodes") => None,
+                None => Some(None),
+            };
+            let (Some(name), Some(view), Some(labels), Some(cidrs), Some(nodes)) =
+                (name, view, labels, cidrs, nodes)
+            else {
+                ok = false;
+                continue;
+            };
+            if labels.is_empty() && cidrs.is_empty() && nodes.is_none() {
+                self.error(
+                    &place,
+                    "selects nothing: give labels, cidrs or nodes (every one given must match)",
+                );
+                ok = false;
+                continue;
+            }
+            groups.push(ClientGroup {
+                name,
+                view,
+                labels,
+                cidrs,
+                nodes,
+            });
+        }
+        ok.then_some(groups)
+    }
+
+    /// A table of string values (`labels = { role = "task" }`); empty when absent.
+    fn string_table(
+        &mut self,
+        table: &Table,
+        key: &str,
+        place: &Place,
+    ) -> Option<BTreeMap<String, String>> {
+        let field = place.field(key);
+        let entries = match table.get(key) {
+            None => return Some(BTreeMap::new()),
+            Some(Value::Table(entries)) => entries,
+            Some(other) => {
+                self.error(
+                    &field,
+                    format!("expected a table of strings, found {}", other.type_str()),
+                );
+                return None;
+            }
+        };
+        let mut map = BTreeMap::new();
+        let mut ok = true;
+        for (name, value) in entries {
+            match value.as_str() {
+                Some(text) => {
+                    map.insert(name.clone(), text.to_string());
+                }
+                None => {
+                    self.error(
+                        &field.field(name),
+                        format!("expected a string, found {}", value.type_str()),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(map)
     }
 
     fn check_clients_against_listeners(
@@ -1870,5 +2098,60 @@ view = "public"
             errors[0].contains("short alias would read as an address"),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn client_groups_select_agents_by_labels_addresses_and_node_name() {
+        let spec = ClusterSpec::parse(&format!(
+            "{SECURE_BASE}[[client_group]]\nname = \"spark-task\"\nlabels = {{ cluster = \"spark-prod\", role = \"task\" }}\n\
+             [[client_group]]\nname = \"lab\"\ncidrs = [\"198.18.7.0/24\"]\nnodes = \"lab-*\"\n"
+        ))
+        .unwrap();
+        let [task, lab] = spec.client_groups.as_slice() else {
+            panic!("{:?}", spec.client_groups)
+        };
+        assert_eq!(task.view, View::Private);
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect()
+        };
+        let prod_task = labels(&[("cluster", "spark-prod"), ("role", "task"), ("zone", "a")]);
+        assert!(task.selects("any-node", &prod_task, &[]));
+        assert!(!task.selects("any-node", &labels(&[("cluster", "spark-prod")]), &[]));
+        let inside: IpAddr = "198.18.7.9".parse().unwrap();
+        let outside: IpAddr = "198.18.8.9".parse().unwrap();
+        assert!(lab.selects("lab-3", &BTreeMap::new(), &[outside, inside]));
+        assert!(
+            !lab.selects("lab-3", &BTreeMap::new(), &[outside]),
+            "cidrs must match"
+        );
+        assert!(
+            !lab.selects("prod-3", &BTreeMap::new(), &[inside]),
+            "and the glob"
+        );
+    }
+
+    #[test]
+    fn a_client_group_that_selects_nothing_or_repeats_a_name_is_refused_with_each_problem() {
+        let errors = errors_of(&format!(
+            "{SECURE_BASE}[[client_group]]\nname = \"g\"\n\
+             [[client_group]]\nname = \"g\"\nnodes = \"[\"\n\
+             [[client_group]]\nname = \"h\"\nview = \"public\"\ncidrs = [\"10.0.0.0/33\"]\nlabels = {{ role = 3 }}\n"
+        ));
+        let expected = [
+            "client_group[0]: client group \"g\": selects nothing: give labels, cidrs or nodes",
+            "client_group[1].name: client group \"g\": also the name of client_group[0]",
+            "client_group[1].nodes: client group \"g\": \"[\" is not a glob",
+            "client_group[2].cidrs[0]: client group \"h\":",
+            "client_group[2].labels.role: client group \"h\": expected a string, found integer",
+        ];
+        for want in expected {
+            assert!(
+                errors.iter().any(|error| error.starts_with(want)),
+                "{want}\nnot in {errors:#?}"
+            );
+        }
     }
 }

@@ -217,6 +217,10 @@ pub struct Fleet {
     pub agent_extra: String,
     /// An agent's `labels` (key: its node), as the inline table's inside: `role = "etl"`.
     pub labels: BTreeMap<String, String>,
+    /// Clients the spec does not list (members of a client group, or hosts no group selects).
+    pub unlisted: std::collections::BTreeSet<String>,
+    /// Clients whose agent `start_agents` configures but does not start (`restart_agent` does).
+    pub idle: std::collections::BTreeSet<String>,
     /// Extra environment for the coordinator (key "coordinator") or one agent (key: its node), set
     /// before it starts; e.g. to run it under a faked clock.
     pub env: BTreeMap<String, Vec<(String, String)>>,
@@ -261,6 +265,8 @@ impl Fleet {
             coordinator_extra: String::new(),
             agent_extra: String::new(),
             labels: BTreeMap::new(),
+            unlisted: Default::default(),
+            idle: Default::default(),
             views: BTreeMap::new(),
             env: BTreeMap::new(),
             restart_wrapper: BTreeMap::new(),
@@ -322,7 +328,11 @@ impl Fleet {
                 broker.id + options.public_ip_offset
             );
         }
-        for (node, _) in &self.clients {
+        for (node, _) in self
+            .clients
+            .iter()
+            .filter(|(n, _)| !self.unlisted.contains(n))
+        {
             let view = self.views.get(node).map_or("private", String::as_str);
             text += &format!("\n[[client]]\nnode = \"{node}\"\nview = \"{view}\"\n");
         }
@@ -332,6 +342,9 @@ impl Fleet {
         );
         if let Some(tls) = options.tls {
             text += &format!("\n[tls]\n{tls}\n");
+        }
+        if let Some(groups) = options.client_groups {
+            text += &format!("\n{groups}\n");
         }
         text
     }
@@ -456,6 +469,7 @@ impl Fleet {
             .iter()
             .map(|b| (b.node.clone(), b.dir.clone()))
             .chain(self.clients.iter().cloned())
+            .filter(|(node, _)| !self.idle.contains(node))
             .collect();
         for (node, dir) in nodes {
             self.spawn_agent(&node, &dir)?;
@@ -499,7 +513,7 @@ impl Fleet {
 
     pub fn wait_until_online(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let expected = self.brokers.len() + self.clients.len();
+        let expected = self.brokers.len() + self.clients.len() - self.idle.len();
         loop {
             let status = self.status_json()?;
             let online = status["nodes"]
@@ -602,6 +616,8 @@ pub struct FleetSpec {
     pub settle: &'static str,
     /// The body of a `[tls]` section (certificate lifetime and renewal), when given.
     pub tls: Option<&'static str>,
+    /// `[[client_group]]` tables, appended as written.
+    pub client_groups: Option<&'static str>,
     /// Broker N's public IP is 198.19.NET.(N + this): a new value moves every elastic IP.
     pub public_ip_offset: u32,
 }
@@ -616,6 +632,7 @@ impl Default for FleetSpec {
             health_timeout: "20s",
             settle: "0s",
             tls: None,
+            client_groups: None,
             public_ip_offset: 0,
         }
     }

@@ -2371,3 +2371,140 @@ fn kreachctl_diagnose_walks_a_clients_steps_and_names_the_first_broken_one() {
         offline.stderr
     );
 }
+
+/// Issue 14 (client groups): agents a `[[client_group]]` selects by label enrol themselves during
+/// a rollout, each getting the brokers' names in its hosts file shortly after it connects; the
+/// matrix lists exactly the members whose agent runs; an agent the group does not select gets
+/// nothing; the rollout still restarts one broker at a time.
+#[test]
+fn agents_a_client_group_selects_enrol_themselves_during_a_rollout_and_leave_the_matrix_when_they_stop(
+) {
+    let tasks: Vec<String> = (1..=20).map(|i| format!("task-{i:02}")).collect();
+    let mut clients: Vec<(&str, &str)> = vec![("etl-1", "private"), ("driver-1", "private")];
+    clients.extend(tasks.iter().map(|task| (task.as_str(), "private")));
+    let mut fleet = Fleet::new(27, 3, &clients).unwrap();
+    for task in &tasks {
+        fleet.unlisted.insert(task.clone());
+        fleet.idle.insert(task.clone());
+        fleet.labels.insert(
+            task.clone(),
+            r#"cluster = "spark-prod", role = "task""#.into(),
+        );
+    }
+    // Same cluster label, another role: the group does not select it.
+    fleet.unlisted.insert("driver-1".into());
+    let driver = r#"cluster = "spark-prod", role = "driver""#;
+    fleet.labels.insert("driver-1".into(), driver.into());
+    fleet.start_coordinator().unwrap();
+    fleet.start_agents(Some(2)).unwrap();
+
+    let gen1 = fleet
+        .write_spec(
+            "gen1.toml",
+            &FleetSpec {
+                hostnames: true,
+                settle: "3s",
+                client_groups: Some(
+                    "[[client_group]]\nname = \"spark-task\"\nlabels = { cluster = \"spark-prod\", role = \"task\" }\n",
+                ),
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap();
+    let since = now_ns();
+    apply(&fleet, &gen1);
+    assert_eq!(
+        fleet.status_json().unwrap()["rollout"]["state"],
+        "running",
+        "the agents join during the rollout"
+    );
+    let names: Vec<String> = fleet
+        .brokers
+        .iter()
+        .map(|broker| format!("{}.fleet-27", broker.node))
+        .collect();
+    let has_names = |hosts: &str| names.iter().all(|name| hosts.contains(name.as_str()));
+
+    // One by one: each new agent's hosts file holds every broker's name soon after it starts.
+    let mut took = Vec::new();
+    let mut joined_while_running = 0;
+    for task in &tasks {
+        let state = fleet.status_json().unwrap()["rollout"]["state"].clone();
+        if state == "running" || state == "settling" {
+            joined_while_running += 1;
+        }
+        let started = std::time::Instant::now();
+        fleet.restart_agent(task).unwrap();
+        while !has_names(&fleet.client_hosts(task)) {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "{task} has no broker names after 10 s:\n{}",
+                fleet.client_hosts(task)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        took.push(started.elapsed().as_millis());
+    }
+    took.sort_unstable();
+    eprintln!(
+        "client group: names in place after agent start (ms): median {}, max {}; {joined_while_running} of 20 joined while the rollout ran",
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    assert!(
+        joined_while_running >= 1,
+        "no agent joined during the rollout"
+    );
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(90))
+        .unwrap();
+
+    // Ten leave: the matrix lists exactly etl-1 and the ten still running.
+    for task in &tasks[10..] {
+        fleet.stop_agent(task);
+    }
+    let mut expected: Vec<String> = tasks[..10].to_vec();
+    expected.push("etl-1".into());
+    expected.sort();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = fleet.status_json().unwrap();
+        let mut rows: Vec<String> = status["reachability"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row["client"].as_str().unwrap().to_string())
+            .collect();
+        rows.sort();
+        if rows == expected {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the matrix lists {rows:?}, not {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let role = |node: &str| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["node"] == node)
+            .map(|n| n["role"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        role("task-01"),
+        "client, private view (client group spark-task)"
+    );
+    // The driver is no client: no names, no row, and status says it is not in the spec.
+    assert!(!has_names(&fleet.client_hosts("driver-1")));
+    assert_eq!(role("driver-1"), "unknown (not in the spec)");
+
+    // The rollout itself went on as ever: every broker restarted once, one at a time.
+    let restarts = restarts_since(&fleet, since);
+    let windows: Vec<Restart> = restarts.iter().map(|(_, r)| *r).collect();
+    assert_eq!(restarts.len(), 3, "{restarts:?}");
+    assert!(max_concurrent(&windows) <= 1, "{restarts:?}");
+}
