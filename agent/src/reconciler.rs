@@ -520,3 +520,147 @@ pub fn spawn(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgentConfig;
+    use crate::service::CommandManager;
+    use crate::verify::TcpProbe;
+    use tokio::sync::mpsc::unbounded_channel;
+
+    const SPEC: &str = "[cluster]\nname = \"c\"\n[listeners.internal]\nadvertise = \"hostname\"\n\
+        [[broker]]\nid = 1\nnode = \"b1\"\nhostname = \"b1.c\"\nprivate_ip = \"198.18.0.11\"\n\
+        [[client]]\nnode = \"etl-1\"\n";
+
+    /// A client host's agent in `dir`: its reconciler runs on a thread of its own.
+    fn start(dir: &std::path::Path) -> (Handle, tokio::task::JoinHandle<notify::Result<()>>) {
+        let root = dir.display();
+        let config = AgentConfig::parse(&format!(
+            "node = \"etl-1\"\nstate_dir = \"{root}/state\"\n[manage]\nhosts_file = \"{root}/hosts\"\n"
+        ))
+        .unwrap();
+        // A client host: nothing restarts and nothing is probed.
+        let services = CommandManager {
+            restart: vec!["false".into()],
+            status: None,
+        };
+        let engine = Engine::new(config, Box::new(services), Box::new(TcpProbe));
+        let (reconciler, handle) =
+            Reconciler::new(engine, std::sync::Arc::new(crate::health::board()));
+        let (watching, _) = tokio::sync::oneshot::channel();
+        let task = spawn(reconciler, &handle, watching);
+        (handle, task)
+    }
+
+    /// Send a release and collect what the reconciler answers.
+    async fn release(
+        handle: &Handle,
+        id: ReleaseId,
+        spec: Result<NodeSpec, String>,
+    ) -> (bool, ReleaseResult) {
+        let (events, mut answers) = unbounded_channel();
+        let request = ReleaseRequest {
+            id,
+            spec,
+            released_by: "test".into(),
+            events,
+        };
+        assert!(handle.send(Command::Release(Box::new(request))));
+        let mut applying = false;
+        loop {
+            match answers.recv().await.expect("an answer") {
+                ReleaseEvent::Applying => applying = true,
+                ReleaseEvent::Done(result) => return (applying, result),
+            }
+        }
+    }
+
+    fn id(attempt: u32) -> ReleaseId {
+        ReleaseId {
+            generation: 3,
+            step: 1,
+            attempt,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_actor_refuses_applies_remembers_and_holds_the_applied_state() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let spec = kreach_domain::desired::node_spec(
+            &kreach_domain::spec::ClusterSpec::parse(SPEC).unwrap(),
+            "etl-1",
+        )
+        .unwrap();
+        let hosts = || std::fs::read_to_string(dir.path().join("hosts")).unwrap();
+        let (handle, task) = start(dir.path());
+
+        // A release that cannot be read fails, and the same release is not applied later.
+        let (applying, result) = release(&handle, id(1), Err("invalid Release.spec".into())).await;
+        assert!(!applying);
+        assert_eq!(
+            result,
+            ReleaseResult::Failed {
+                reason: "invalid Release.spec; nothing was applied".into()
+            }
+        );
+        let (applying, result) = release(&handle, id(1), Ok(spec.clone())).await;
+        assert!(!applying && matches!(result, ReleaseResult::FailedBefore(_)));
+        assert!(!hosts().contains("b1.c"), "nothing applied");
+
+        // The next attempt applies, and the actor holds what it applied.
+        let (applying, result) = release(&handle, id(2), Ok(spec.clone())).await;
+        assert!(applying, "{result:?}");
+        assert!(
+            matches!(result, ReleaseResult::Converged { .. }),
+            "{result:?}"
+        );
+        assert!(hosts().contains("198.18.0.11\tb1.c"), "{}", hosts());
+        let held = handle.applied().borrow().clone().unwrap();
+        assert_eq!(
+            (held.release(), held.node_spec.clone()),
+            (id(2), spec.clone())
+        );
+        let (_, again) = release(&handle, id(2), Ok(spec.clone())).await;
+        assert_eq!(again, ReleaseResult::AlreadyApplied);
+
+        // Drift inside the block is repaired from the state in memory, whose file is gone.
+        std::fs::remove_file(dir.path().join("state/applied.json")).unwrap();
+        std::fs::write(
+            dir.path().join("hosts"),
+            hosts().replace("198.18.0.11", "198.18.0.99"),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !hosts().contains("198.18.0.11\tb1.c")
+            || !crate::state::exists(&dir.path().join("state"))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not repaired:\n{}",
+                hosts()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(handle.send(Command::Stop));
+        task.await.unwrap().unwrap();
+
+        // A new agent reads the state once at start: it holds release 2, and release 1's failure
+        // was forgotten when release 2 converged.
+        let (handle, task) = start(dir.path());
+        assert_eq!(
+            handle
+                .applied()
+                .borrow()
+                .as_ref()
+                .map(AppliedState::release),
+            Some(id(2))
+        );
+        assert!(crate::state::load_failed(&dir.path().join("state"))
+            .unwrap()
+            .is_none());
+        handle.send(Command::Stop);
+        task.await.unwrap().unwrap();
+    }
+}
