@@ -45,7 +45,7 @@ impl Issuer {
 
     /// The Kafka CA for `spec`: the operator's files, or kreach's own (made on first use, its key
     /// 0600 in the state directory).
-    fn ca(&self, spec: &ClusterSpec) -> Result<KafkaCa, String> {
+    fn ca(&self, spec: &ClusterSpec, now: SystemTime) -> Result<KafkaCa, String> {
         match &spec.tls.issuer {
             TlsIssuer::Files { ca_cert, ca_key } => {
                 let read = |path: &Path| {
@@ -76,7 +76,7 @@ impl Issuer {
                     return KafkaCa::from_pem(&read(&cert_path)?, &read(&key_path)?)
                         .map_err(|error| format!("the Kafka CA in {}: {error}", dir.display()));
                 }
-                let ca = KafkaCa::create(&spec.name, SystemTime::now())
+                let ca = KafkaCa::create(&spec.name, now)
                     .map_err(|error| format!("the Kafka CA: {error}"))?;
                 kreach_runtime::tls::write_new_ca(
                     &dir,
@@ -94,13 +94,15 @@ impl Issuer {
 
     /// Give every broker's TLS listener its certificate and every node of a TLS cluster the CA.
     /// `current` is what the nodes hold (certificates to reuse); `public_keys` the brokers' keys
-    /// as their agents reported them.
+    /// as their agents reported them; `now` the coordinator's clock (validity starts there, and
+    /// certificates within `renew_before` of their end are renewed).
     pub fn attach(
         &self,
         spec: &ClusterSpec,
         current: &BTreeMap<String, NodeSpec>,
         public_keys: &BTreeMap<String, String>,
         desired: &mut [NodeSpec],
+        now: SystemTime,
     ) -> Result<Attached, String> {
         let mut attached = Attached::default();
         let internal_tls = spec.internal.uses_tls();
@@ -108,8 +110,7 @@ impl Issuer {
         if !internal_tls && !external_tls {
             return Ok(attached);
         }
-        let ca = self.ca(spec)?;
-        let now = SystemTime::now();
+        let ca = self.ca(spec, now)?;
         for node in desired.iter_mut() {
             match node.role {
                 NodeRole::Client { view } => {

@@ -9,15 +9,17 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use kreach_domain::clock::Clock;
 use kreach_domain::desired::{bootstrap_endpoints, render_node, NodeRole, NodeSpec};
 use kreach_domain::diff::unified_diff;
+use kreach_domain::report::{AgentHealth, HostFacts, NodeReport, Phase};
 use kreach_domain::spec::{ClientSpec, ClusterSpec, View};
 use kreach_proto as pb;
+use kreach_runtime::clock::SteadyWallClock;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-
-use kreach_domain::report::{AgentHealth, HostFacts, NodeReport, Phase};
 
 use crate::groups::{self, Membership};
 use crate::registry::{AgentEntry, Registry};
@@ -25,8 +27,6 @@ use crate::rollout::{self, Event, ReportOutcome, Rollout, RolloutState};
 use crate::store::{GenerationRecord, Store, StoreError};
 use crate::views::{self, plan_steps};
 use crate::writer::ReportWriter;
-use kreach_domain::clock::Clock;
-use kreach_runtime::clock::SteadyWallClock;
 
 /// Errors an operator or agent sees; converted to `tonic::Status` in exactly one place (grpc.rs).
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +211,11 @@ impl Core {
                 true
             }
         });
+    }
+
+    /// The core's clock as a `SystemTime` (for certificate validity).
+    fn system_time(&self) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_millis(self.clock.now_ms())
     }
 
     /// The agents the newest spec's client groups select now.
@@ -614,7 +619,13 @@ impl Core {
             .collect();
         let attached = self
             .issuer
-            .attach(&spec, &current, &public_keys, &mut desired)
+            .attach(
+                &spec,
+                &current,
+                &public_keys,
+                &mut desired,
+                self.system_time(),
+            )
             .map_err(CoreError::Refused)?;
         // The SCRAM users go to every broker: any one of them can keep them in Kafka.
         let users: Vec<kreach_domain::desired::ScramUser> = self
@@ -1390,7 +1401,7 @@ mod tests {
         let mut desired = kreach_domain::desired::all_node_specs(&spec);
         let keys: BTreeMap<String, String> = [("b1".to_string(), public.clone())].into();
         core.issuer
-            .attach(&spec, &current, &keys, &mut desired)
+            .attach(&spec, &current, &keys, &mut desired, core.system_time())
             .unwrap();
         let moved_cert = &desired
             .iter()
@@ -1402,7 +1413,7 @@ mod tests {
         let same = ClusterSpec::parse(&moved.replace("198.19.0.9", "198.19.0.1")).unwrap();
         let mut desired = kreach_domain::desired::all_node_specs(&same);
         core.issuer
-            .attach(&same, &current, &keys, &mut desired)
+            .attach(&same, &current, &keys, &mut desired, core.system_time())
             .unwrap();
         assert_eq!(
             desired
@@ -1545,6 +1556,32 @@ mod tests {
                 "health_timeout: node {} did not report within 90s",
                 second[0]
             )
+        );
+    }
+
+    #[test]
+    fn certificates_are_issued_on_the_cores_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        // A fixed moment well in the past: a certificate from the system clock would end later.
+        let start: u64 = 1_700_000_000_000;
+        let clock = Arc::new(ManualClock(start.into()));
+        let mut core = Core::open_with_clock(dir.path(), clock).unwrap();
+        let key = kreach_runtime::kafka_tls::new_private_key_pem().unwrap();
+        let facts = HostFacts {
+            kafka_tls_public_key: kreach_runtime::kafka_tls::public_key_pem(&key).unwrap(),
+            ..Default::default()
+        };
+        core.report_facts("b1", facts).unwrap();
+        let spec = "[cluster]\nname = \"c\"\n[listeners.external]\nallow = [\"0.0.0.0/0\"]\nsecurity_protocol = \"SSL\"\n\
+                    [[broker]]\nid = 1\nnode = \"b1\"\nprivate_ip = \"10.0.0.1\"\npublic_ip = \"198.19.0.1\"\n\
+                    [tls]\nlifetime = \"10d\"\n";
+        let made = core.make_plan(spec).unwrap();
+        let b1 = made.desired.iter().find(|n| n.node == "b1").unwrap();
+        let ends = b1.certificates[0].not_after_ms;
+        let lifetime = 10 * 86_400_000;
+        assert!(
+            ends <= start + lifetime && ends + 60_000 >= start + lifetime,
+            "{ends} is not {start} + 10 days"
         );
     }
 }
