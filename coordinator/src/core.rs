@@ -236,71 +236,86 @@ impl Core {
         releases: &BTreeMap<String, rollout::Release>,
         membership: &Membership,
     ) -> BTreeMap<String, rollout::Release> {
-        let Some(spec) = &self.spec else {
-            return BTreeMap::new();
-        };
-        let running = self
-            .record
-            .rollout
-            .as_ref()
-            .is_some_and(|rollout| !rollout.is_finished());
-        let generation = self.record.rollout.as_ref().map_or(0, Rollout::generation);
-        let mut out = BTreeMap::new();
-        for (node, member) in &membership.members {
-            let template = spec
-                .clients
-                .iter()
-                .filter(|client| client.view == member.view)
-                .find_map(|client| releases.get(&client.node));
-            let release = match template {
-                Some(template) => {
-                    let mut release = template.clone();
-                    release.spec.node = node.clone();
-                    release
-                }
-                None if running || generation == 0 => continue,
-                None => {
-                    let mut node_spec =
-                        kreach_domain::desired::client_node_spec(spec, node, member.view);
-                    let tls = match member.view {
-                        View::Private => spec.internal.uses_tls(),
-                        View::Public => spec.external.enabled && spec.external.uses_tls(),
-                    };
-                    if tls {
-                        // Every broker of a TLS cluster holds the CA its clients trust.
-                        node_spec.kafka_ca_pem = releases
-                            .values()
-                            .map(|release| &release.spec)
-                            .find(|spec| matches!(spec.role, NodeRole::Broker { .. }))
-                            .map(|spec| spec.kafka_ca_pem.clone())
-                            .unwrap_or_default();
-                    }
-                    rollout::Release {
-                        generation,
-                        step: 0,
-                        attempt: 0,
-                        spec: node_spec,
-                        released_by: format!("client group {}", member.group),
-                    }
-                }
-            };
-            out.insert(node.clone(), release);
-        }
-        out
+        let release_of = |node: &str| releases.get(node).cloned();
+        membership
+            .members
+            .iter()
+            .filter_map(|(node, member)| {
+                let release = self.member_release(node, member, &release_of)?;
+                Some((node.clone(), release))
+            })
+            .collect()
     }
 
-    /// A member may have joined or left: hand members their releases and refresh the status.
-    fn refresh_members(&mut self) {
-        if self
-            .spec
+    /// `node`'s release as a member of a client group; `release_of` gives a listed node's latest
+    /// release. None while it has to wait (no listed client of its view and a rollout running).
+    fn member_release(
+        &self,
+        node: &str,
+        member: &groups::Member,
+        release_of: &dyn Fn(&str) -> Option<rollout::Release>,
+    ) -> Option<rollout::Release> {
+        let spec = self.spec.as_ref()?;
+        let template = spec
+            .clients
+            .iter()
+            .filter(|client| client.view == member.view)
+            .find_map(|client| release_of(&client.node));
+        if let Some(mut release) = template {
+            release.spec.node = node.to_string();
+            return Some(release);
+        }
+        let rollout = self.record.rollout.as_ref()?;
+        if !rollout.is_finished() {
+            return None;
+        }
+        let mut node_spec = kreach_domain::desired::client_node_spec(spec, node, member.view);
+        let tls = match member.view {
+            View::Private => spec.internal.uses_tls(),
+            View::Public => spec.external.enabled && spec.external.uses_tls(),
+        };
+        if tls {
+            // Every broker of a TLS cluster holds the CA its clients trust.
+            node_spec.kafka_ca_pem = spec
+                .brokers
+                .iter()
+                .find_map(|broker| release_of(&broker.node))
+                .map(|release| release.spec.kafka_ca_pem)
+                .unwrap_or_default();
+        }
+        Some(rollout::Release {
+            generation: rollout.generation(),
+            step: 0,
+            attempt: 0,
+            spec: node_spec,
+            released_by: format!("client group {}", member.group),
+        })
+    }
+
+    /// `node`'s latest release: [`Core::effective_releases`] for one node.
+    fn effective_release_of(&self, node: &str) -> Option<rollout::Release> {
+        self.record
+            .rollout
             .as_ref()
-            .is_none_or(|spec| spec.client_groups.is_empty())
-        {
+            .and_then(|rollout| rollout.release_of(node))
+            .or_else(|| self.record.base.get(node).cloned())
+    }
+
+    /// `node` connected or reported new facts: if a client group selects it now, hand it its
+    /// release. Looks at this one node (a fleet reconnecting does not walk the fleet per agent).
+    fn refresh_member(&mut self, node: &str) {
+        let (Some(spec), Some(entry)) = (&self.spec, self.registry.get(node)) else {
+            return;
+        };
+        if spec.client_groups.is_empty() {
             return;
         }
-        let releases = self.effective_releases();
-        for (node, release) in self.member_releases(&releases, &self.membership()) {
-            self.send_release(node, &release);
+        let Some(Ok(member)) = groups::member_of(spec, node, entry) else {
+            return;
+        };
+        let release_of = |node: &str| self.effective_release_of(node);
+        if let Some(release) = self.member_release(node, &member, &release_of) {
+            self.send_release(node.to_string(), &release);
         }
     }
 
@@ -393,7 +408,7 @@ impl Core {
     ) -> Result<watch::Receiver<Option<pb::Release>>, CoreError> {
         self.registry.admit(node)?;
         self.registry.connected(node, self.clock.now_ms());
-        self.refresh_members();
+        self.refresh_member(node);
         let receiver = self
             .channels
             .entry(node.to_string())
@@ -405,7 +420,6 @@ impl Core {
 
     pub fn disconnect(&mut self, node: &str) {
         self.registry.disconnected(node);
-        self.refresh_members();
         self.refresh_status();
     }
 
@@ -450,7 +464,7 @@ impl Core {
     pub fn report_facts(&mut self, node: &str, facts: HostFacts) -> Result<(), CoreError> {
         self.registry.admit(node)?;
         self.registry.record_facts(node, facts, self.clock.now_ms());
-        self.refresh_members();
+        self.refresh_member(node);
         self.refresh_status();
         Ok(())
     }

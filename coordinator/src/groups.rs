@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use kreach_domain::spec::{ClusterSpec, View};
 
-use crate::registry::Registry;
+use crate::registry::{AgentEntry, Registry};
 
 /// One agent a group selects.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,47 +33,56 @@ pub fn membership(spec: &ClusterSpec, registry: &Registry) -> Membership {
         return membership;
     }
     for (node, entry) in registry.iter() {
-        if !entry.online()
-            || spec.broker_by_node(node).is_some()
-            || spec.client_by_node(node).is_some()
-        {
-            continue;
+        match member_of(spec, node, entry) {
+            Some(Ok(member)) => {
+                membership.members.insert(node.clone(), member);
+            }
+            Some(Err(conflict)) => {
+                membership.conflicts.insert(node.clone(), conflict);
+            }
+            None => {}
         }
-        let Some(facts) = &entry.facts else { continue };
-        let addresses: Vec<std::net::IpAddr> = facts
-            .addresses
-            .iter()
-            .filter_map(|address| address.parse().ok())
-            .collect();
-        let selecting: Vec<&kreach_domain::spec::ClientGroup> = spec
-            .client_groups
-            .iter()
-            .filter(|group| group.selects(node, &facts.labels, &addresses))
-            .collect();
-        let Some(first) = selecting.first() else {
-            continue;
-        };
-        if selecting.iter().any(|group| group.view != first.view) {
-            let groups = selecting
-                .iter()
-                .map(|group| format!("{} ({})", group.name, group.view.as_str()))
-                .collect::<Vec<_>>()
-                .join(", ");
-            membership.conflicts.insert(
-                node.clone(),
-                format!("client groups of different views select it: {groups}; it is a client of none until one no longer does"),
-            );
-            continue;
-        }
-        membership.members.insert(
-            node.clone(),
-            Member {
-                group: first.name.clone(),
-                view: first.view,
-            },
-        );
     }
     membership
+}
+
+/// Whether `spec`'s groups select `node`'s agent: the first group that does, why none may (two
+/// views select it), or None.
+pub fn member_of(
+    spec: &ClusterSpec,
+    node: &str,
+    entry: &AgentEntry,
+) -> Option<Result<Member, String>> {
+    if !entry.online() || spec.broker_by_node(node).is_some() || spec.client_by_node(node).is_some()
+    {
+        return None;
+    }
+    let facts = entry.facts.as_ref()?;
+    let addresses: Vec<std::net::IpAddr> = facts
+        .addresses
+        .iter()
+        .filter_map(|address| address.parse().ok())
+        .collect();
+    let selecting: Vec<&kreach_domain::spec::ClientGroup> = spec
+        .client_groups
+        .iter()
+        .filter(|group| group.selects(node, &facts.labels, &addresses))
+        .collect();
+    let first = selecting.first()?;
+    if selecting.iter().any(|group| group.view != first.view) {
+        let groups = selecting
+            .iter()
+            .map(|group| format!("{} ({})", group.name, group.view.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Some(Err(format!(
+            "client groups of different views select it: {groups}; it is a client of none until one no longer does"
+        )));
+    }
+    Some(Ok(Member {
+        group: first.name.clone(),
+        view: first.view,
+    }))
 }
 
 #[cfg(test)]

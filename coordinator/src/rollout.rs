@@ -644,6 +644,23 @@ impl Rollout {
         releases
     }
 
+    /// [`Rollout::releases`] for one node, without building the others.
+    pub fn release_of(&self, node: &str) -> Option<Release> {
+        let released_steps = (self.step + 1).min(self.plan.steps.len());
+        let (index, spec) = self.plan.steps[..released_steps]
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(index, step)| step.targets.get(node).map(|spec| (index, spec)))?;
+        Some(Release {
+            generation: self.plan.generation,
+            step: step_number(index),
+            attempt: self.attempts[index],
+            spec: spec.clone(),
+            released_by: self.released_by.clone(),
+        })
+    }
+
     /// An agent's report about `release`.
     pub fn on_report(
         &mut self,
@@ -2191,6 +2208,13 @@ mod tests {
                 }
                 if frozen {
                     prop_assert_eq!(rollout.releases(), before_action, "(e) released while stopped");
+                }
+                // One node's release is the same whether asked for alone or with all.
+                let all = rollout.releases();
+                for step in &rollout.plan.steps {
+                    for node in step.targets.keys() {
+                        prop_assert_eq!(rollout.release_of(node), all.get(node).cloned());
+                    }
                 }
                 if matches!(rollout.state(), RolloutState::Settling { .. }) {
                     prop_assert!(rollout.plan.steps[rollout.step].restarts, "(g) settling after a step that restarted nothing");
