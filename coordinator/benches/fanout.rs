@@ -17,7 +17,12 @@
 //! cargo bench -p kreach-coordinator --bench fanout                  # mutual TLS
 //! FANOUT_TLS=0 cargo bench -p kreach-coordinator --bench fanout     # plaintext
 //! cargo bench -p kreach-coordinator --bench fanout -- --plaintext   # plaintext (--tls: TLS)
+//! cargo bench -p kreach-coordinator --bench fanout -- --group       # clients as a client group
 //! ```
+//!
+//! With `--group` (or `FANOUT_GROUP=1`) only the first client is listed in the spec; the other
+//! 999 are members of a `[[client_group]]` that selects them by a label they report with their
+//! host facts before subscribing, so they get their releases as copies of the listed client's.
 //!
 //! The simulated agents touch no files: they report PHASE_CONVERGED for every release they
 //! receive. All traffic stays on 127.0.0.1, and every wait is bounded by one overall deadline.
@@ -74,7 +79,15 @@ fn main() -> std::process::ExitCode {
 fn run() -> anyhow::Result<()> {
     let deadline = std::time::Instant::now() + DEADLINE;
     let mode = Mode::from_args_and_env()?;
-    println!("fanout: mode: {}", mode.describe());
+    println!(
+        "fanout: mode: {}; clients: {}",
+        mode.describe(),
+        if group_mode() {
+            "1 listed, 999 members of a client group (--group)"
+        } else {
+            "1,000 listed"
+        }
+    );
     let transport = Transport::prepare(mode)?;
     if let Some(took) = transport.certs_took {
         println!(
@@ -152,8 +165,9 @@ impl Mode {
                 "--bench" => {}
                 "--tls" => mode = Mode::MutualTls,
                 "--plaintext" => mode = Mode::Plaintext,
+                "--group" => {}
                 other => {
-                    bail!("unknown argument {other:?}: use --tls (the default) or --plaintext")
+                    bail!("unknown argument {other:?}: use --tls (the default), --plaintext or --group")
                 }
             }
         }
@@ -257,6 +271,18 @@ fn node_name(index: usize) -> String {
 
 /// The cluster: brokers advertise hostnames (so every client gets hosts entries) on 0.0.0.0;
 /// `subnet` is the third octet of the brokers' private addresses, the only thing that changes.
+/// `--group` or `FANOUT_GROUP=1`: clients after the first enrol through a client group.
+fn group_mode() -> bool {
+    static GROUP: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *GROUP.get_or_init(|| {
+        std::env::args().any(|arg| arg == "--group")
+            || matches!(
+                std::env::var("FANOUT_GROUP").as_deref(),
+                Ok("1") | Ok("true")
+            )
+    })
+}
+
 fn spec_toml(subnet: u8) -> String {
     let mut spec = String::from(
         "[cluster]\nname = \"fanout-bench\"\nmetadata = \"kraft\"\n\n\
@@ -272,10 +298,16 @@ fn spec_toml(subnet: u8) -> String {
             10 + broker
         ));
     }
-    for client in 0..CLIENTS {
+    let listed = if group_mode() { 1 } else { CLIENTS };
+    for client in 0..listed {
         spec.push_str(&format!(
             "\n[[client]]\nnode = \"c{client:04}\"\nview = \"private\"\n"
         ));
+    }
+    if group_mode() {
+        spec.push_str(
+            "\n[[client_group]]\nname = \"fanout\"\nlabels = { role = \"fanout-client\" }\n",
+        );
     }
     spec
 }
@@ -556,6 +588,18 @@ async fn agent_loop(
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
+    if group_mode() && agent > BROKERS {
+        // A group member is selected by the labels of its host facts.
+        client
+            .report_facts(pb::HostFacts {
+                node: node.clone(),
+                agent_version: "fanout-bench".to_string(),
+                labels: [("role".to_string(), "fanout-client".to_string())].into(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|status| format!("report_facts: {status}"))?;
+    }
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
             node: node.clone(),
