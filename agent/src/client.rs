@@ -252,7 +252,6 @@ impl CoordinatorClient {
                     call("ReportHealth", client.report_health(pb::AgentHealth::from((self.config.node.as_str(), &latest)))).await?;
                 }
                 _ = facts_timer.tick() => {
-                    self.check_dynamic_overrides().await?;
                     let facts = self.gather_facts().await?;
                     if facts != reported_facts {
                         tracing::info!(node = %self.config.node, "host facts changed; reporting them");
@@ -462,42 +461,6 @@ impl CoordinatorClient {
         if !entries.is_empty() {
             tracing::debug!(node = %node, entries = entries.len(), "audit entries reported");
         }
-        Ok(())
-    }
-
-    /// With the Kafka probe, on a broker: look for dynamic broker configs that hide kreach's edits
-    /// (every facts period); a new one is logged once and goes into the node's health.
-    async fn check_dynamic_overrides(&self) -> Result<(), ClientError> {
-        if self.config.manage.probe != crate::config::ProbeKind::Kafka
-            || self.config.manage.kafka_properties.is_none()
-        {
-            return Ok(());
-        }
-        let config = self.config.clone();
-        let applied = self.reconciler.applied().borrow().clone();
-        let found =
-            tokio::task::spawn_blocking(move || crate::overrides::find(&config, applied.as_ref()))
-                .await?;
-        let found = match found {
-            Ok(found) => found,
-            Err(error) => {
-                tracing::debug!(node = %self.config.node, "dynamic broker configs not checked: {error}");
-                return Ok(());
-            }
-        };
-        let sentences: Vec<String> = found
-            .iter()
-            .map(|o| format!("{o}; {}", crate::overrides::remedy(&self.config.node, o)))
-            .collect();
-        let node = self.config.node.clone();
-        crate::health::update(&self.health, |health| {
-            for sentence in &sentences {
-                if !health.dynamic_overrides.contains(sentence) {
-                    tracing::warn!(node = %node, "dynamic override: {sentence}");
-                }
-            }
-            health.dynamic_overrides = sentences;
-        });
         Ok(())
     }
 

@@ -386,6 +386,10 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
                     let _ = checking.await;
                 });
                 reachability = Some(checker.results());
+                if config.manage.probe == ProbeKind::Kafka && config.manage.kafka_properties.is_some() {
+                    // Dynamic broker configs that hide kreach's edits, looked for every facts period.
+                    tasks.spawn(kreach_agent::overrides::watch(config.clone(), handle.applied(), Arc::clone(&health), coordinator.facts_period, cancel.clone()));
+                }
                 let client = CoordinatorClient::new(config.clone(), coordinator, handle.clone(), checker, Arc::clone(&health));
                 tasks.spawn(client.run(cancel.clone()));
             }

@@ -5,8 +5,9 @@
 //! file silently ineffective.
 //!
 //! Owns asking the broker (DescribeConfigs of its own broker resource, over its PLAINTEXT
-//! listener) for the keys kreach owns and, on the operator's word, deleting them. Which config is
-//! an override that matters is `kreach_domain::properties::hidden_by_dynamic`'s pure decision.
+//! listener) for the keys kreach owns and, on the operator's word, deleting them, and the daemon's
+//! periodic look ([`watch`]) whose findings go into the node's health. Which config is an
+//! override that matters is `kreach_domain::properties::hidden_by_dynamic`'s pure decision.
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use kreach_domain::desired::NodeRole;
 use kreach_domain::properties::{self, DynamicOverride};
 
 use crate::config::AgentConfig;
+use crate::health::HealthBoard;
 use crate::state::AppliedState;
 use crate::verify::KafkaProbe;
 
@@ -100,5 +102,57 @@ pub fn remedy(node: &str, found: &DynamicOverride) -> String {
             "a cluster-wide default: `kafka-configs.sh --bootstrap-server BROKER --entity-type brokers --entity-default --alter --delete-config {}` deletes it for every broker",
             found.key
         )
+    }
+}
+
+/// A broker's agent with the Kafka probe: look for overrides every `period` (jittered, from a
+/// random phase) until `cancel`, against the applied state the reconciler holds; the node's
+/// health lists each one found (a new one is logged once) and drops it once it is gone.
+pub async fn watch(
+    config: AgentConfig,
+    applied: tokio::sync::watch::Receiver<Option<AppliedState>>,
+    health: std::sync::Arc<HealthBoard>,
+    period: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+) {
+    let mut timer = crate::jitter::PeriodicTimer::new(period);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            _ = timer.tick() => {}
+        }
+        let config_for_check = config.clone();
+        let held = applied.borrow().clone();
+        let found = tokio::task::spawn_blocking(move || find(&config_for_check, held.as_ref()));
+        let found = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return,
+            found = found => found,
+        };
+        let found = match found {
+            Ok(Ok(found)) => found,
+            Ok(Err(error)) => {
+                tracing::debug!(node = %config.node, "dynamic broker configs not checked: {error}");
+                continue;
+            }
+            Err(error) => {
+                tracing::error!(node = %config.node, "the dynamic-config check failed: {error}");
+                continue;
+            }
+        };
+        let sentences: Vec<String> = found
+            .iter()
+            .map(|o| format!("{o}; {}", remedy(&config.node, o)))
+            .collect();
+        let node = config.node.as_str();
+        crate::health::update(&health, |health| {
+            for sentence in &sentences {
+                if !health.dynamic_overrides.contains(sentence) {
+                    tracing::warn!(node = %node, "dynamic override: {sentence}");
+                }
+            }
+            health.dynamic_overrides = sentences;
+        });
     }
 }
