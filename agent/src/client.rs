@@ -4,7 +4,7 @@
 //! backoff, and the translation between `kreach.v1` messages and the reconciler's commands and
 //! answers. It changes nothing on the host itself: releases go to [`crate::reconciler`], which owns
 //! the engine, the applied state and drift repair, and keeps enforcing the last applied state
-//! keeps enforcing the last applied state on disk whether or not the coordinator is reachable.
+//! whether or not the coordinator is reachable.
 //! Only a release received from the coordinator is ever applied (Rule 7: offline is safe).
 
 use crate::health::HealthBoard;
@@ -713,11 +713,7 @@ fn applied_release(applied: &Option<state::AppliedState>) -> Option<pb::ReleaseI
         .map(pb::ReleaseId::from)
 }
 
-/// A check the engine passed, e.g. "INTERNAL accepts connections on 127.0.0.1:9092": named by
-/// its first word (the listener).
-/// A passed check's line as the engine gives it: the gates' `name: detail` ("advertised endpoint:
-/// listener EXTERNAL on ..."), or a TCP check's "INTERNAL accepts connections on ...", named by
-/// its listener.
+/// The restart's span, when Kafka restarted, as the report carries it.
 fn set_restart_window(status: &mut pb::NodeStatus, window: Option<RestartWindow>) {
     if let Some(window) = window {
         status.restart_started_ms = window.started_ms;

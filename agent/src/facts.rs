@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 
 use kreach_domain::desired::NodeRole;
 
+use crate::reconciler::AppliedWatch;
 use crate::verify::KafkaProbe;
 
 /// What the agent reports about its host.
@@ -108,12 +109,10 @@ pub fn is_kafka_process(name: &str, command_line: &str) -> bool {
 /// the controller is. Set once by the daemon when `manage.probe = "kafka"` on a broker; a
 /// process-wide setting because [`gather`]'s callers pass only the hosts file and the explicit
 /// controller check.
-static KAFKA_CONTROLLER_APPLIED: OnceLock<Applied> = OnceLock::new();
-
-type Applied = tokio::sync::watch::Receiver<Option<crate::state::AppliedState>>;
+static KAFKA_CONTROLLER_APPLIED: OnceLock<AppliedWatch> = OnceLock::new();
 
 /// Detect the controller with the Kafka probe when no `manage.controller_check` is configured.
-pub fn use_kafka_probe_for_controller(applied: Applied) {
+pub fn use_kafka_probe_for_controller(applied: AppliedWatch) {
     let _ = KAFKA_CONTROLLER_APPLIED.set(applied);
 }
 

@@ -382,9 +382,7 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
                 // Reachability is checked whether or not the coordinator is there; the latest
                 // result is reported by whichever session is up.
                 let (checker, checking) = kreach_agent::reachability::start(config.clone(), handle.applied(), cancel.clone());
-                tasks.spawn(async move {
-                    let _ = checking.await;
-                });
+                tasks.spawn(checking);
                 reachability = Some(checker.results());
                 if config.manage.probe == ProbeKind::Kafka && config.manage.kafka_properties.is_some() {
                     // Dynamic broker configs that hide kreach's edits, looked for every facts period.

@@ -234,7 +234,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     config: AgentConfig,
     health: tokio::sync::watch::Receiver<LocalHealth>,
-    applied: tokio::sync::watch::Receiver<Option<crate::state::AppliedState>>,
+    applied: crate::reconciler::AppliedWatch,
     reachability: Option<tokio::sync::watch::Receiver<Option<crate::reachability::Checked>>>,
 ) -> std::io::Result<()> {
     let config = std::sync::Arc::new(config);

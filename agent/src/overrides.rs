@@ -110,7 +110,7 @@ pub fn remedy(node: &str, found: &DynamicOverride) -> String {
 /// health lists each one found (a new one is logged once) and drops it once it is gone.
 pub async fn watch(
     config: AgentConfig,
-    applied: tokio::sync::watch::Receiver<Option<AppliedState>>,
+    applied: crate::reconciler::AppliedWatch,
     health: std::sync::Arc<HealthBoard>,
     period: Duration,
     cancel: tokio_util::sync::CancellationToken,

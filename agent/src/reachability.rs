@@ -8,7 +8,6 @@
 //! work is [`crate::reach`]'s; turning a result into `kreach.v1` messages is [`crate::client`]'s.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use kreach_domain::desired::NodeRole;
 use tokio::sync::{watch, Notify};
@@ -17,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::AgentConfig;
 use crate::jitter::PeriodicTimer;
 use crate::reach::EndpointReach;
-use crate::state::AppliedState;
+use crate::reconciler::AppliedWatch;
 
 /// One reachability check's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,22 +50,16 @@ impl Checker {
     }
 }
 
-/// Start checking, until `cancel`.
+/// The check's handles, and the check itself to run (it checks until `cancel`).
 pub fn start(
     config: AgentConfig,
-    applied: watch::Receiver<Option<AppliedState>>,
+    applied: AppliedWatch,
     cancel: CancellationToken,
-) -> (Checker, tokio::task::JoinHandle<()>) {
+) -> (Checker, impl std::future::Future<Output = ()>) {
     let check_now = Arc::new(Notify::new());
     let (sender, results) = watch::channel(None);
-    let task = tokio::spawn(check_reachability(
-        config,
-        Arc::clone(&check_now),
-        sender,
-        applied,
-        cancel,
-    ));
-    (Checker { check_now, results }, task)
+    let checking = check_reachability(config, Arc::clone(&check_now), sender, applied, cancel);
+    (Checker { check_now, results }, checking)
 }
 
 /// The SCRAM login of the reachability check: on a SASL listener, when agent.toml names a user
@@ -104,7 +97,7 @@ async fn check_reachability(
     config: AgentConfig,
     check_now: Arc<Notify>,
     results: watch::Sender<Option<Checked>>,
-    applied: watch::Receiver<Option<AppliedState>>,
+    applied: AppliedWatch,
     cancel: CancellationToken,
 ) {
     // A first check at once (what can this host reach now?), then periodic checks from a random
@@ -163,10 +156,7 @@ async fn check_reachability(
                     &hosts_file
                 }
             };
-            let at_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|elapsed| elapsed.as_millis() as u64)
-                .unwrap_or(0);
+            let at_ms = crate::state::now_unix_ms();
             Some((crate::reach::check(network, &spec.bootstrap), at_ms))
         });
         // A check whose connects are timing out must not hold up a stop: it is left behind (the

@@ -103,11 +103,14 @@ pub struct Reconciler {
     reported_conflicts: Vec<String>,
 }
 
+/// The applied state as the reconciler holds it (None: nothing applied yet), for readers.
+pub type AppliedWatch = watch::Receiver<Option<AppliedState>>;
+
 /// How the rest of the agent talks to the actor.
 #[derive(Clone)]
 pub struct Handle {
     commands: Sender<Command>,
-    applied: watch::Receiver<Option<AppliedState>>,
+    applied: AppliedWatch,
 }
 
 impl Handle {
@@ -117,7 +120,7 @@ impl Handle {
     }
 
     /// The applied state as the actor holds it now (None: nothing applied yet).
-    pub fn applied(&self) -> watch::Receiver<Option<AppliedState>> {
+    pub fn applied(&self) -> AppliedWatch {
         self.applied.clone()
     }
 
