@@ -557,12 +557,7 @@ impl CoordinatorClient {
         };
         let status = match result {
             ReleaseResult::FailedBefore(failed) => {
-                let phase = if failed.phase == "rolled_back" {
-                    pb::Phase::RolledBack
-                } else {
-                    pb::Phase::Failed
-                };
-                status(phase, failed.reason)
+                status(pb::Phase::from(failed.phase), failed.reason)
             }
             ReleaseResult::AlreadyApplied => {
                 // Handed again (a reconnect, or the coordinator's nudge when a rollout

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use kreach_domain::desired::{NodeRole, NodeSpec};
 use kreach_domain::gates::GateCheck;
+use kreach_domain::report::Phase;
 use tokio::sync::watch;
 
 use crate::drift;
@@ -383,36 +384,36 @@ impl Reconciler {
             Err(reason) => {
                 let reason = format!("{reason}; nothing was applied");
                 tracing::warn!(node = %node, release = %id, "refusing release: {reason}");
-                return self.failed(id, "failed", reason);
+                return self.failed(id, Phase::Failed, reason);
             }
         };
         let applied = self.applied.borrow().clone();
+        let plan = self.engine.plan(&spec);
         // Already applied and nothing drifted: say so without touching anything.
         let same = applied
             .as_ref()
             .is_some_and(|applied| applied.release() == id && applied.node_spec == spec);
-        let already = if same {
-            self.engine.plan(&spec).and_then(|plan| {
-                if !plan.is_empty() {
-                    return Ok(false);
-                }
+        if same {
+            let already = match &plan {
                 // The files match, but a reboot empties the kernel's ruleset: the filter again.
-                self.engine.enforce_filter(&spec)?;
-                Ok(true)
-            })
-        } else {
-            Ok(false)
-        };
-        match already {
-            Ok(true) => {
-                tracing::info!(node = %node, release = %id, "release already applied; nothing to change");
-                return ReleaseResult::AlreadyApplied;
-            }
-            Ok(false) => {}
-            Err(error) => {
-                let reason = error.to_string();
-                tracing::warn!(node = %node, release = %id, "cannot apply release: {reason}");
-                return self.failed(id, "failed", reason);
+                Ok(plan) if plan.is_empty() => self
+                    .engine
+                    .enforce_filter(&spec)
+                    .map(|_| true)
+                    .map_err(|error| error.to_string()),
+                Ok(_) => Ok(false),
+                Err(error) => Err(error.to_string()),
+            };
+            match already {
+                Ok(true) => {
+                    tracing::info!(node = %node, release = %id, "release already applied; nothing to change");
+                    return ReleaseResult::AlreadyApplied;
+                }
+                Ok(false) => {}
+                Err(reason) => {
+                    tracing::warn!(node = %node, release = %id, "cannot apply release: {reason}");
+                    return self.failed(id, Phase::Failed, reason);
+                }
             }
         }
 
@@ -420,7 +421,7 @@ impl Reconciler {
         tracing::info!(node = %node, cluster = %cluster, generation = id.generation, step = id.step, attempt = id.attempt, "applying release {id} ({released_by})");
         let _ = events.send(ReleaseEvent::Applying);
         let started = Instant::now();
-        let result = self.engine.plan(&spec).and_then(|plan| {
+        let result = plan.and_then(|plan| {
             let conflicts: Vec<String> = plan.conflicts.iter().map(ToString::to_string).collect();
             if !plan.is_empty() {
                 tracing::info!(node = %spec.node, "plan:\n{}", plan.render().trim_end());
@@ -470,7 +471,7 @@ impl Reconciler {
                     restart_window.is_some(),
                     started.elapsed(),
                 );
-                self.failed(id, "rolled_back", reason.clone());
+                self.failed(id, Phase::RolledBack, reason.clone());
                 ReleaseResult::RolledBack {
                     reason,
                     restart_window,
@@ -480,19 +481,19 @@ impl Reconciler {
                 let reason = error.to_string();
                 tracing::error!(node = %node, cluster = %cluster, generation = id.generation, "release {id} failed: {reason}");
                 crate::metrics::record_apply("failed", false, started.elapsed());
-                self.failed(id, "failed", reason)
+                self.failed(id, Phase::Failed, reason)
             }
         }
     }
 
-    /// Remember a release that failed (`phase` "failed") or rolled back here, also across a
-    /// restart of the agent, so the same release is answered the same way and not applied again.
-    fn failed(&mut self, id: ReleaseId, phase: &str, reason: String) -> ReleaseResult {
+    /// Remember a release that failed or rolled back here (`phase`), also across a restart of the
+    /// agent, so the same release is answered the same way and not applied again.
+    fn failed(&mut self, id: ReleaseId, phase: Phase, reason: String) -> ReleaseResult {
         let failed = FailedRelease {
             generation: id.generation,
             step: id.step,
             attempt: id.attempt,
-            phase: phase.to_string(),
+            phase,
             reason: reason.clone(),
             at_unix_ms: state::now_unix_ms(),
         };

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kreach_domain::desired::NodeSpec;
+use kreach_domain::report::Phase;
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::fsio;
@@ -129,8 +130,8 @@ pub struct FailedRelease {
     pub generation: u64,
     pub step: u32,
     pub attempt: u32,
-    /// The reported phase: "rolled_back" or "failed".
-    pub phase: String,
+    /// The reported phase: rolled back or failed (stored as "rolled_back" / "failed").
+    pub phase: Phase,
     pub reason: String,
     pub at_unix_ms: u64,
 }
@@ -249,11 +250,14 @@ mod tests {
             generation: 2,
             step: 3,
             attempt: 1,
-            phase: "rolled_back".into(),
+            phase: Phase::RolledBack,
             reason: "cannot bind".into(),
             at_unix_ms: 7,
         };
         save_failed(dir.path(), &failed).unwrap();
+        // The words the file has always held for the phase.
+        let text = std::fs::read_to_string(dir.path().join(FAILED_FILE)).unwrap();
+        assert!(text.contains(r#""phase": "rolled_back""#), "{text}");
         assert_eq!(load_failed(dir.path()).unwrap(), Some(failed));
         clear_failed(dir.path()).unwrap();
         assert_eq!(load_failed(dir.path()).unwrap(), None);
