@@ -172,10 +172,15 @@ impl Store {
 
     /// The format this store was written in; None: written before formats were numbered (1).
     pub fn format(&self) -> Result<Option<u64>, StoreError> {
+        self.meta(FORMAT_KEY)
+    }
+
+    /// The meta table's record under `key`, decoded; None when there is none.
+    fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(META).map_err(|e| self.io(e))?;
-        match table.get(FORMAT_KEY).map_err(|e| self.io(e))? {
-            Some(value) => self.decode(FORMAT_KEY, value.value()).map(Some),
+        match table.get(key).map_err(|e| self.io(e))? {
+            Some(value) => self.decode(key, value.value()).map(Some),
             None => Ok(None),
         }
     }
@@ -326,40 +331,29 @@ impl Store {
     }
 
     pub fn save_rollout<R: Serialize>(&self, rollout: &R) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(rollout).expect("serializable");
+        self.save_meta(ROLLOUT_KEY, rollout)
+    }
+
+    /// Replace the meta table's record under `key`, in a transaction of its own.
+    fn save_meta(&self, key: &str, value: &impl Serialize) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).expect("serializable");
         self.write(|txn| {
-            txn.open_table(META)?
-                .insert(ROLLOUT_KEY, bytes.as_slice())?;
+            txn.open_table(META)?.insert(key, bytes.as_slice())?;
             Ok(())
         })
     }
 
     /// The cluster's SCRAM users (salted credentials), as `kreachctl users` left them.
     pub fn scram_users<U: DeserializeOwned>(&self) -> Result<Vec<U>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
-        let table = txn.open_table(META).map_err(|e| self.io(e))?;
-        match table.get(SCRAM_USERS_KEY).map_err(|e| self.io(e))? {
-            Some(value) => self.decode(SCRAM_USERS_KEY, value.value()),
-            None => Ok(Vec::new()),
-        }
+        Ok(self.meta(SCRAM_USERS_KEY)?.unwrap_or_default())
     }
 
     pub fn save_scram_users<U: Serialize>(&self, users: &[U]) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(users).expect("serializable");
-        self.write(|txn| {
-            txn.open_table(META)?
-                .insert(SCRAM_USERS_KEY, bytes.as_slice())?;
-            Ok(())
-        })
+        self.save_meta(SCRAM_USERS_KEY, &users)
     }
 
     pub fn load_rollout<R: DeserializeOwned>(&self) -> Result<Option<R>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
-        let table = txn.open_table(META).map_err(|e| self.io(e))?;
-        match table.get(ROLLOUT_KEY).map_err(|e| self.io(e))? {
-            Some(value) => self.decode(ROLLOUT_KEY, value.value()).map(Some),
-            None => Ok(None),
-        }
+        self.meta(ROLLOUT_KEY)
     }
 
     pub fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
