@@ -105,8 +105,8 @@ impl Issuer {
         now: SystemTime,
     ) -> Result<Attached, String> {
         let mut attached = Attached::default();
-        let internal_tls = spec.internal.uses_tls();
-        let external_tls = spec.external.enabled && spec.external.uses_tls();
+        let internal_tls = spec.view_uses_tls(View::Private);
+        let external_tls = spec.view_uses_tls(View::Public);
         if !internal_tls && !external_tls {
             return Ok(attached);
         }

@@ -270,11 +270,7 @@ impl Core {
             return None;
         }
         let mut node_spec = kreach_domain::desired::client_node_spec(spec, node, member.view);
-        let tls = match member.view {
-            View::Private => spec.internal.uses_tls(),
-            View::Public => spec.external.enabled && spec.external.uses_tls(),
-        };
-        if tls {
+        if spec.view_uses_tls(member.view) {
             // Every broker of a TLS cluster holds the CA its clients trust.
             node_spec.kafka_ca_pem = spec
                 .brokers

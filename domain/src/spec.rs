@@ -171,6 +171,17 @@ impl ListenerSpecConfig {
     }
 }
 
+impl ClusterSpec {
+    /// Whether a client of `view` reaches the brokers over TLS (and so needs the Kafka CA): the
+    /// internal listener's protocol, or the external one's while public access is enabled.
+    pub fn view_uses_tls(&self, view: View) -> bool {
+        match view {
+            View::Private => self.internal.uses_tls(),
+            View::Public => self.external.enabled && self.external.uses_tls(),
+        }
+    }
+}
+
 /// `[tls]`: who signs the brokers' certificates for TLS listeners, and for how long.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSpec {
@@ -857,8 +868,9 @@ impl Compiler {
         };
         let sasl_mechanism =
             self.compile_sasl_mechanism(table, place, kind, security_protocol.as_deref());
-        let allow = self.compile_allow(
+        let allow = self.compile_cidrs(
             table,
+            "allow",
             place,
             enabled == Some(true) && kind == ListenerKind::External,
         );
@@ -926,14 +938,17 @@ impl Compiler {
         }
     }
 
-    fn compile_allow(
+    /// A list of CIDRs under `key` (empty when absent). `required`: the external listener's
+    /// `allow`, which must name at least one.
+    fn compile_cidrs(
         &mut self,
         table: &Table,
+        key: &str,
         place: &Place,
         required: bool,
     ) -> Option<Vec<IpNet>> {
-        let field = place.field("allow");
-        let items = match table.get("allow") {
+        let field = place.field(key);
+        let items = match table.get(key) {
             None if required => {
                 self.error(
                     &field,
@@ -1306,17 +1321,7 @@ impl Compiler {
                 ok = false;
             }
             let labels = self.string_table(table, "labels", &place);
-            let cidrs = match table.get("cidrs") {
-                None => Some(Vec::new()),
-                Some(Value::Array(items)) => self.cidr_items(items, &place.field("cidrs")),
-                Some(other) => {
-                    self.error(
-                        &place.field("cidrs"),
-                        format!("expected a list of CIDRs, found {}", other.type_str()),
-                    );
-                    None
-                }
-            };
+            let cidrs = self.compile_cidrs(table, "cidrs", &place, false);
             let nodes = match self.string(table, "nodes", &place) {
                 Some(glob) => match glob::Pattern::new(&glob) {
                     Ok(_) => Some(Some(glob)),
@@ -1363,32 +1368,19 @@ impl Compiler {
         key: &str,
         place: &Place,
     ) -> Option<BTreeMap<String, String>> {
+        if !table.contains_key(key) {
+            return Some(BTreeMap::new());
+        }
+        let entries = self.table(table, key, place)?;
         let field = place.field(key);
-        let entries = match table.get(key) {
-            None => return Some(BTreeMap::new()),
-            Some(Value::Table(entries)) => entries,
-            Some(other) => {
-                self.error(
-                    &field,
-                    format!("expected a table of strings, found {}", other.type_str()),
-                );
-                return None;
-            }
-        };
         let mut map = BTreeMap::new();
         let mut ok = true;
-        for (name, value) in entries {
-            match value.as_str() {
+        for name in entries.keys() {
+            match self.string(entries, name, &field) {
                 Some(text) => {
-                    map.insert(name.clone(), text.to_string());
+                    map.insert(name.clone(), text);
                 }
-                None => {
-                    self.error(
-                        &field.field(name),
-                        format!("expected a string, found {}", value.type_str()),
-                    );
-                    ok = false;
-                }
+                None => ok = false,
             }
         }
         ok.then_some(map)
