@@ -529,11 +529,19 @@ impl CoordinatorClient {
                 released_by: release.released_by,
                 events,
             })));
+        // The release's cluster, so that a coordinator of several clusters gives the report to
+        // that cluster's rollout.
+        let cluster = release
+            .spec
+            .as_ref()
+            .map(|spec| spec.cluster.clone())
+            .unwrap_or_default();
         let status = |phase: pb::Phase, reason: String| pb::NodeStatus {
             node: node.clone(),
             release: Some(id),
             phase: phase as i32,
             reason,
+            cluster: cluster.clone(),
             ..pb::NodeStatus::default()
         };
         // Not raced against anything: an apply, once started, finishes and is reported.

@@ -251,6 +251,7 @@ impl Transport {
             url: self.url(address),
             certs: self.certs_dir().unwrap_or_default(),
             insecure: self.mode == Mode::Plaintext,
+            cluster: String::new(),
         }
         .admin()
         .await
@@ -724,7 +725,7 @@ async fn measure(
 
     let mut admin = transport.admin(address).await?;
     let status = admin
-        .status(pb::StatusRequest {})
+        .status(pb::StatusRequest::default())
         .await
         .context("Status")?
         .into_inner();
@@ -777,7 +778,7 @@ async fn rollout(
         );
     }
     let mut watch = admin
-        .watch(pb::StatusRequest {})
+        .watch(pb::StatusRequest::default())
         .await
         .context("Watch")?
         .into_inner();

@@ -21,7 +21,7 @@ pub mod kreachctl {
         name = "kreachctl",
         version,
         about = "Operate kreach: validate and render cluster specs offline; plan, apply and follow rollouts on a coordinator; create the mutual-TLS certificates.",
-        after_help = "The commands that talk to the coordinator (plan, apply, status, check, rollout, history, rollback, nodes) take --coordinator URL, --certs DIR and --insecure (or KREACH_COORDINATOR and KREACH_CERTS); see their --help.\n\nExit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
+        after_help = "The commands that talk to the coordinator (plan, apply, status, check, rollout, history, rollback, nodes) take --coordinator URL, --certs DIR and --insecure (or KREACH_COORDINATOR and KREACH_CERTS), and --cluster NAME (or KREACH_CLUSTER) once the coordinator holds several clusters (plan and apply take it from the spec); see their --help.\n\nExit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
     )]
     pub struct Cli {
         /// Output format.
@@ -70,6 +70,7 @@ pub mod kreachctl {
                     url: legacy.coordinator.clone(),
                     certs: legacy.certs.clone(),
                     insecure: legacy.insecure,
+                    cluster: String::new(),
                 };
             };
             crate::ctl::Connection {
@@ -84,6 +85,7 @@ pub mod kreachctl {
                     legacy.certs.clone()
                 },
                 insecure: connect.insecure || legacy.insecure,
+                cluster: connect.cluster.clone(),
             }
         }
     }
@@ -94,6 +96,7 @@ pub mod kreachctl {
         pub coordinator: String,
         pub certs: PathBuf,
         pub insecure: bool,
+        pub cluster: String,
         coordinator_on_command_line: bool,
         certs_on_command_line: bool,
     }
@@ -124,6 +127,10 @@ pub mod kreachctl {
         /// Plaintext without certificates; only for a coordinator on a loopback address.
         #[arg(long, global = true)]
         insecure: bool,
+        /// Which of the coordinator's clusters (a spec's `cluster.name`); needed once it holds
+        /// more than one. plan and apply take the cluster from the spec.
+        #[arg(long, global = true, value_name = "NAME", env = "KREACH_CLUSTER")]
+        cluster: Option<String>,
     }
 
     impl FromArgMatches for ConnectArgs {
@@ -134,6 +141,7 @@ pub mod kreachctl {
                 coordinator: raw.coordinator,
                 certs: raw.certs,
                 insecure: raw.insecure,
+                cluster: raw.cluster.unwrap_or_default(),
                 coordinator_on_command_line: typed("coordinator"),
                 certs_on_command_line: typed("certs"),
             })

@@ -44,6 +44,9 @@ pub enum CoreError {
     TooManyAgents { node: String, limit: usize },
 }
 
+/// The store's file in a cluster's state directory.
+pub const STORE_FILE: &str = "coordinator.redb";
+
 /// The default of coordinator.toml's `max_agents`.
 pub const DEFAULT_MAX_AGENTS: usize = 10_000;
 
@@ -103,7 +106,7 @@ impl Core {
 
     /// [`Core::open`] with the clock every timer and timestamp of the core reads.
     pub fn open_with_clock(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Core, CoreError> {
-        let store = Arc::new(Store::open(&state_dir.join("coordinator.redb"))?);
+        let store = Arc::new(Store::open(&state_dir.join(STORE_FILE))?);
         let record: RolloutRecord = store.load_rollout()?.unwrap_or_default();
         let registry = Registry::load(store.agents()?, DEFAULT_MAX_AGENTS);
         let spec = store
@@ -412,6 +415,63 @@ impl Core {
             .subscribe();
         self.refresh_status();
         Ok(receiver)
+    }
+
+    /// Whether the newest spec lists `node`, as a broker or a client.
+    pub fn lists(&self, node: &str) -> bool {
+        self.spec.as_ref().is_some_and(|spec| {
+            spec.brokers.iter().any(|broker| broker.node == node)
+                || spec.clients.iter().any(|client| client.node == node)
+        })
+    }
+
+    /// Whether one of the newest spec's client groups selects `node`, as `entry` describes it.
+    pub fn selects(&self, node: &str, entry: &AgentEntry) -> bool {
+        self.spec.as_ref().is_some_and(|spec| {
+            !spec.client_groups.is_empty()
+                && matches!(groups::member_of(spec, node, entry), Some(Ok(_)))
+        })
+    }
+
+    /// Whether this cluster released something to `node` (a node dropped from the spec keeps
+    /// its last release, the removal of its hosts block).
+    pub fn has_release(&self, node: &str) -> bool {
+        self.effective_release_of(node).is_some()
+    }
+
+    /// What this cluster knows of `node`'s agent.
+    pub fn agent(&self, node: &str) -> Option<&AgentEntry> {
+        self.registry.get(node)
+    }
+
+    /// Every agent this cluster keeps a record of, by node name.
+    pub fn agent_nodes(&self) -> impl Iterator<Item = &String> {
+        self.registry.iter().map(|(node, _)| node)
+    }
+
+    /// Take `node`'s agent out of this cluster (it belongs to another one now): its record and
+    /// its release channel go; its stored record is removed at the next tick.
+    pub fn take_agent(&mut self, node: &str) -> Option<AgentEntry> {
+        self.channels.remove(node);
+        let entry = self.registry.take(node);
+        self.refresh_status();
+        entry
+    }
+
+    /// Take in `node`'s agent as another cluster had it (its streams, reports and facts), and
+    /// its release channel from this cluster.
+    pub fn adopt_agent(
+        &mut self,
+        node: &str,
+        entry: AgentEntry,
+    ) -> watch::Receiver<Option<pb::Release>> {
+        self.registry.insert(node, entry);
+        self.refresh_member(node);
+        self.refresh_status();
+        self.channels
+            .entry(node.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
     }
 
     pub fn disconnect(&mut self, node: &str) {
@@ -1234,7 +1294,7 @@ impl Core {
     }
 
     /// The newest spec's cluster name (None before the first apply).
-    fn cluster_name(&self) -> Option<&str> {
+    pub fn cluster_name(&self) -> Option<&str> {
         self.spec.as_ref().map(|spec| spec.name.as_str())
     }
 

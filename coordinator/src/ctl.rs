@@ -16,6 +16,8 @@ pub struct Connection {
     /// Directory with `ca.pem`, `admin.pem` and `admin.key` (from `kreachctl certs init`).
     pub certs: PathBuf,
     pub insecure: bool,
+    /// `--cluster`: which of the coordinator's clusters (empty: its only one).
+    pub cluster: String,
 }
 
 impl Connection {
@@ -737,6 +739,7 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
             .unwrap_or(Value::Null)
     };
     json!({
+        "cluster": status.cluster,
         "rollout": status.rollout.as_ref().map(|r| json!({
             "generation": r.generation,
             "state": r.state,

@@ -142,6 +142,8 @@ impl DryRuns {
                 diagnose: Some(pb::DiagnoseRequest {
                     node: node.to_string(),
                     broker,
+                    // An agent serves the one cluster it holds a release of.
+                    cluster: String::new(),
                 }),
             })
             .map_err(|unsent| match unsent {

@@ -1,5 +1,6 @@
-//! The gRPC edge: `AgentService` and `AdminService` over [`Core`], identity checks from mutual
-//! TLS, and the one place where errors become `tonic::Status`.
+//! The gRPC edge: `AgentService` and `AdminService` over [`Clusters`] (one core per Kafka
+//! cluster), identity checks from mutual TLS, and the one place where errors become
+//! `tonic::Status`.
 //!
 //! Identity: with TLS, a peer's certificate names it (`kreach://node/NAME`, `kreach://admin`); an
 //! agent may subscribe and report only for its own node, and only the admin certificate reaches
@@ -15,7 +16,8 @@ use pb::agent_service_server::AgentService;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::core::{Core, CoreError, PlanDraft};
+use crate::clusters::Clusters;
+use crate::core::{CoreError, PlanDraft};
 use crate::dry_run::{self, DryRuns, DRY_RUN_TIMEOUT};
 use crate::store::AuditBatch;
 use kreach_domain::report::{AgentHealth, AuditRecord, HostFacts, NodeReport};
@@ -23,7 +25,8 @@ use kreach_domain::report::{AgentHealth, AuditRecord, HostFacts, NodeReport};
 /// The most audit entries one AuditReport may carry (agents send batches of 500).
 pub const MAX_AUDIT_BATCH: usize = 1000;
 
-pub type SharedCore = Arc<Mutex<Core>>;
+/// Every cluster's core, behind one lock.
+pub type SharedClusters = Arc<Mutex<Clusters>>;
 
 /// Whether callers are authenticated by certificate.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -35,7 +38,7 @@ pub enum Auth {
 
 #[derive(Clone)]
 pub struct Services {
-    pub core: SharedCore,
+    pub clusters: SharedClusters,
     pub auth: Auth,
     /// The agents' dry-run streams, for plans checked against the hosts.
     pub dry_runs: DryRuns,
@@ -54,8 +57,8 @@ impl From<CoreError> for Status {
 }
 
 impl Services {
-    fn core(&self) -> MutexGuard<'_, Core> {
-        self.core
+    fn clusters(&self) -> MutexGuard<'_, Clusters> {
+        self.clusters
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -134,13 +137,13 @@ const DIAGNOSE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Marks the agent offline when its stream is dropped (the connection ended).
 struct Presence {
-    core: SharedCore,
+    clusters: SharedClusters,
     node: String,
 }
 
 impl Drop for Presence {
     fn drop(&mut self) {
-        self.core
+        self.clusters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .disconnect(&self.node);
@@ -160,9 +163,9 @@ impl AgentService for Services {
             return Err(Status::invalid_argument("SubscribeRequest.node is empty"));
         }
         self.require_node(&request, &node)?;
-        let receiver = self.core().subscribe(&node)?;
+        let receiver = self.clusters().subscribe(&node)?;
         let presence = Presence {
-            core: Arc::clone(&self.core),
+            clusters: Arc::clone(&self.clusters),
             node,
         };
         let stream =
@@ -180,7 +183,8 @@ impl AgentService for Services {
         let node = request.get_ref().node.clone();
         self.require_node(&request, &node)?;
         let report = NodeReport::from(request.get_ref());
-        self.core().report_status(&node, report)?;
+        let cluster = &request.get_ref().cluster;
+        self.clusters().report_status(&node, cluster, report)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -198,7 +202,7 @@ impl AgentService for Services {
         }
         // Off the core's lock: the writer commits every report queued meanwhile in one
         // transaction and answers each once it is stored.
-        let writer = self.core().report_writer();
+        let writer = self.clusters().report_writer(&node);
         let report = request.into_inner();
         let node = report.node;
         let last_seq = if report.records.is_empty() {
@@ -229,7 +233,7 @@ impl AgentService for Services {
         let node = request.get_ref().node.clone();
         self.require_node(&request, &node)?;
         let facts = HostFacts::from(request.get_ref());
-        self.core().report_facts(&node, facts)?;
+        self.clusters().report_facts(&node, facts)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -240,7 +244,7 @@ impl AgentService for Services {
         let node = request.get_ref().node.clone();
         self.require_node(&request, &node)?;
         let health = AgentHealth::from(request.get_ref());
-        self.core().report_health(&node, health)?;
+        self.clusters().report_health(&node, health)?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -300,8 +304,14 @@ impl AdminService for Services {
         request: Request<pb::DiagnoseRequest>,
     ) -> Result<Response<DiagnoseStream>, Status> {
         self.require_admin(&request)?;
-        let pb::DiagnoseRequest { node, broker } = request.into_inner();
-        self.core().client_of_newest_spec(&node)?;
+        let pb::DiagnoseRequest {
+            node,
+            broker,
+            cluster,
+        } = request.into_inner();
+        self.clusters()
+            .core(&cluster)?
+            .client_of_newest_spec(&node)?;
         let mut diagnosis = self
             .dry_runs
             .diagnose(&node, broker)
@@ -337,7 +347,7 @@ impl AdminService for Services {
         request: Request<pb::PlanRequest>,
     ) -> Result<Response<pb::PlanResponse>, Status> {
         self.require_admin(&request)?;
-        let draft = self.core().plan_draft(&request.get_ref().spec_toml)?;
+        let draft = self.clusters().plan_draft(&request.get_ref().spec_toml)?;
         Ok(Response::new(self.check_on_hosts(draft).await))
     }
 
@@ -348,11 +358,10 @@ impl AdminService for Services {
         self.require_admin(&request)?;
         let who = self.who(&request);
         let body = request.into_inner();
-        Ok(Response::new(self.core().apply(
+        Ok(Response::new(self.clusters().apply(
             &body.spec_toml,
             body.force,
             &who,
-            None,
         )?))
     }
 
@@ -361,7 +370,10 @@ impl AdminService for Services {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.require_admin(&request)?;
-        Ok(Response::new(self.core().status_response()))
+        let cluster = &request.get_ref().cluster;
+        Ok(Response::new(
+            self.clusters().core(cluster)?.status_response(),
+        ))
     }
 
     async fn watch(
@@ -369,7 +381,10 @@ impl AdminService for Services {
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<StatusStream>, Status> {
         self.require_admin(&request)?;
-        let receiver = self.core().watch_status();
+        let receiver = self
+            .clusters()
+            .core(&request.get_ref().cluster)?
+            .watch_status();
         let stream = tokio_stream::wrappers::WatchStream::new(receiver).map(Ok);
         Ok(Response::new(Box::pin(stream)))
     }
@@ -379,7 +394,8 @@ impl AdminService for Services {
         request: Request<pb::RolloutControl>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.require_admin(&request)?;
-        Ok(Response::new(self.core().pause()?))
+        let cluster = &request.get_ref().cluster;
+        Ok(Response::new(self.clusters().core(cluster)?.pause()?))
     }
 
     async fn resume(
@@ -387,7 +403,8 @@ impl AdminService for Services {
         request: Request<pb::RolloutControl>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.require_admin(&request)?;
-        Ok(Response::new(self.core().resume()?))
+        let cluster = &request.get_ref().cluster;
+        Ok(Response::new(self.clusters().core(cluster)?.resume()?))
     }
 
     async fn abort(
@@ -395,7 +412,8 @@ impl AdminService for Services {
         request: Request<pb::RolloutControl>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
         self.require_admin(&request)?;
-        Ok(Response::new(self.core().abort()?))
+        let cluster = &request.get_ref().cluster;
+        Ok(Response::new(self.clusters().core(cluster)?.abort()?))
     }
 
     async fn history(
@@ -403,7 +421,10 @@ impl AdminService for Services {
         request: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
         self.require_admin(&request)?;
-        Ok(Response::new(self.core().history(request.get_ref())?))
+        let body = request.get_ref();
+        Ok(Response::new(
+            self.clusters().core(&body.cluster)?.history(body)?,
+        ))
     }
 
     async fn rollback(
@@ -414,18 +435,22 @@ impl AdminService for Services {
         let who = self.who(&request);
         let body = request.into_inner();
         if body.dry_run {
-            let draft = self.core().rollback_draft(body.to)?;
+            let draft = self
+                .clusters()
+                .core(&body.cluster)?
+                .rollback_draft(body.to)?;
             return Ok(Response::new(pb::ApplyResponse {
                 generation: 0,
                 plan: Some(self.check_on_hosts(draft).await),
             }));
         }
-        Ok(Response::new(self.core().rollback(
-            body.to,
-            body.force,
-            body.dry_run,
-            &who,
-        )?))
+        let mut clusters = self.clusters();
+        let response =
+            clusters
+                .core(&body.cluster)?
+                .rollback(body.to, body.force, body.dry_run, &who)?;
+        clusters.reroute_all();
+        Ok(Response::new(response))
     }
 
     async fn nodes(
@@ -433,7 +458,8 @@ impl AdminService for Services {
         request: Request<pb::NodesRequest>,
     ) -> Result<Response<pb::NodesResponse>, Status> {
         self.require_admin(&request)?;
-        Ok(Response::new(self.core().nodes()))
+        let cluster = &request.get_ref().cluster;
+        Ok(Response::new(self.clusters().core(cluster)?.nodes()))
     }
 
     async fn client_config(
@@ -441,8 +467,11 @@ impl AdminService for Services {
         request: Request<pb::ClientConfigRequest>,
     ) -> Result<Response<pb::ClientConfigResponse>, Status> {
         self.require_admin(&request)?;
+        let body = request.get_ref();
         Ok(Response::new(
-            self.core().client_config(&request.get_ref().client)?,
+            self.clusters()
+                .core(&body.cluster)?
+                .client_config(&body.client)?,
         ))
     }
 
@@ -452,6 +481,9 @@ impl AdminService for Services {
     ) -> Result<Response<pb::UsersResponse>, Status> {
         self.require_admin(&request)?;
         let who = self.who(&request);
-        Ok(Response::new(self.core().users(request.get_ref(), &who)?))
+        let body = request.get_ref();
+        Ok(Response::new(
+            self.clusters().core(&body.cluster)?.users(body, &who)?,
+        ))
     }
 }

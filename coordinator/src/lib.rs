@@ -2,6 +2,7 @@
 
 pub mod certs;
 pub mod cli;
+pub mod clusters;
 pub mod config;
 pub mod core;
 pub mod ctl;

@@ -181,18 +181,32 @@ impl Registry {
         self.agents.is_empty()
     }
 
-    /// The records changed since the last call, as the store keeps them.
-    pub fn take_changed(&mut self) -> Vec<(String, AgentRecord)> {
+    /// Take `node`'s record out (it moves to another cluster's registry); its stored record is
+    /// removed at the next [`Registry::take_changed`].
+    pub fn take(&mut self, node: &str) -> Option<AgentEntry> {
+        let entry = self.agents.remove(node)?;
+        self.changed.insert(node.to_string());
+        Some(entry)
+    }
+
+    /// Put in a record taken out of another registry, as it was (its streams included).
+    pub fn insert(&mut self, node: &str, entry: AgentEntry) {
+        self.agents.insert(node.to_string(), entry);
+        self.changed.insert(node.to_string());
+    }
+
+    /// The records changed since the last call, as the store keeps them; None for a record
+    /// taken out.
+    pub fn take_changed(&mut self) -> Vec<(String, Option<AgentRecord>)> {
         std::mem::take(&mut self.changed)
             .into_iter()
-            .filter_map(|node| {
-                let entry = self.agents.get(&node)?;
-                let record = AgentRecord {
+            .map(|node| {
+                let record = self.agents.get(&node).map(|entry| AgentRecord {
                     status: entry.status.clone(),
                     facts: entry.facts.clone(),
                     last_seen_ms: entry.last_seen_ms,
-                };
-                Some((node, record))
+                });
+                (node, record)
             })
             .collect()
     }

@@ -430,15 +430,16 @@ impl Store {
     pub fn write_reports(
         &self,
         audits: &[AuditBatch],
-        agents: &[(String, AgentRecord)],
+        agents: &[(String, Option<AgentRecord>)],
     ) -> Result<Vec<u64>, StoreError> {
-        let encoded: Vec<(&str, Vec<u8>)> = agents
+        // None: the agent's record moved to another cluster's store; removed here.
+        let encoded: Vec<(&str, Option<Vec<u8>>)> = agents
             .iter()
             .map(|(node, record)| {
-                (
-                    node.as_str(),
-                    serde_json::to_vec(record).expect("serializable"),
-                )
+                let bytes = record
+                    .as_ref()
+                    .map(|record| serde_json::to_vec(record).expect("serializable"));
+                (node.as_str(), bytes)
             })
             .collect();
         let mut last_seqs = Vec::with_capacity(audits.len());
@@ -446,7 +447,14 @@ impl Store {
             if !encoded.is_empty() {
                 let mut table = txn.open_table(AGENTS)?;
                 for (node, bytes) in &encoded {
-                    table.insert(*node, bytes.as_slice())?;
+                    match bytes {
+                        Some(bytes) => {
+                            table.insert(*node, bytes.as_slice())?;
+                        }
+                        None => {
+                            table.remove(*node)?;
+                        }
+                    }
                 }
             }
             if !audits.is_empty() {

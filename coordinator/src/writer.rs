@@ -24,8 +24,8 @@ enum Job {
         batch: AuditBatch,
         done: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
     },
-    /// Keep agent records (no answer: nobody waits for them).
-    Agents(Vec<(String, AgentRecord)>),
+    /// Keep agent records, or remove them where None (no answer: nobody waits for them).
+    Agents(Vec<(String, Option<AgentRecord>)>),
     /// Answer once everything queued before it is committed.
     Flush(tokio::sync::oneshot::Sender<()>),
 }
@@ -63,8 +63,8 @@ impl ReportWriter {
         self.store.audit_last_seq(node)
     }
 
-    /// Queue agent records for the next commit.
-    pub fn save_agents(&self, records: Vec<(String, AgentRecord)>) {
+    /// Queue agent records for the next commit (None: remove the node's record).
+    pub fn save_agents(&self, records: Vec<(String, Option<AgentRecord>)>) {
         if !records.is_empty() && self.jobs.send(Job::Agents(records)).is_err() {
             tracing::error!("the report writer stopped: agent records were not saved");
         }
@@ -184,11 +184,11 @@ mod tests {
         }
         writer.save_agents(vec![(
             "c1".to_string(),
-            AgentRecord {
+            Some(AgentRecord {
                 status: None,
                 facts: None,
                 last_seen_ms: 42,
-            },
+            }),
         )]);
         tokio::task::spawn_blocking({
             let writer = writer.clone();
@@ -202,5 +202,11 @@ mod tests {
             assert_eq!(store.audit(node, None).unwrap().len(), 15, "{node}");
         }
         assert_eq!(store.agents().unwrap()[0].1.last_seen_ms, 42);
+        // A record that moved to another cluster's store is removed from this one.
+        writer.save_agents(vec![("c1".to_string(), None)]);
+        tokio::task::spawn_blocking(move || writer.flush())
+            .await
+            .unwrap();
+        assert!(store.agents().unwrap().is_empty());
     }
 }

@@ -371,7 +371,7 @@ async fn a_node_certificate_subscribes_and_reports_for_its_own_node() {
         .await
         .unwrap();
     let status = AdminServiceClient::new(admin)
-        .status(pb::StatusRequest {})
+        .status(pb::StatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -421,7 +421,7 @@ async fn a_certificate_from_another_ca_is_refused() {
     let client = ClientTls::with(&certs, foreign_admin);
     if let Ok(channel) = connect(&coordinator, &client).await {
         let result = AdminServiceClient::new(channel)
-            .status(pb::StatusRequest {})
+            .status(pb::StatusRequest::default())
             .await;
         let status = result.expect_err("a foreign admin certificate must not read the status");
         assert_ne!(
@@ -517,7 +517,7 @@ async fn a_node_cannot_act_for_another_node() {
         .await
         .unwrap();
     let status = AdminServiceClient::new(admin)
-        .status(pb::StatusRequest {})
+        .status(pb::StatusRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -537,11 +537,11 @@ async fn a_node_certificate_cannot_use_the_admin_service() {
         .unwrap();
     let mut admin = AdminServiceClient::new(channel);
     assert_denied(
-        admin.status(pb::StatusRequest {}).await,
+        admin.status(pb::StatusRequest::default()).await,
         &["admin certificate", "w1"],
     );
     assert_denied(
-        admin.pause(pb::RolloutControl {}).await,
+        admin.pause(pb::RolloutControl::default()).await,
         &["admin certificate"],
     );
 }
@@ -555,7 +555,7 @@ async fn the_admin_certificate_reaches_the_admin_service_only() {
         .unwrap();
 
     let status = AdminServiceClient::new(channel.clone())
-        .status(pb::StatusRequest {})
+        .status(pb::StatusRequest::default())
         .await;
     assert!(status.is_ok(), "{:?}", status.map_err(|s| status_text(&s)));
 

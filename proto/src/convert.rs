@@ -189,6 +189,7 @@ impl From<(&str, &report::NodeReport)> for pb::NodeStatus {
             restart_started_ms: report.restart_started_ms,
             restart_finished_ms: report.restart_finished_ms,
             reachability: report.reachability.iter().map(Into::into).collect(),
+            cluster: String::new(),
         }
     }
 }

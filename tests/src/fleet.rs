@@ -227,6 +227,9 @@ pub struct Fleet {
     /// A command put in front of a broker's restart command (key: its node), e.g. `sh -c '"$@" &&
     /// sleep 2' sh` to keep a restart in progress for a while.
     pub restart_wrapper: BTreeMap<String, Vec<String>>,
+    /// `KREACH_CLUSTER` for this fleet's kreachctl runs: needed once its coordinator holds
+    /// several clusters.
+    pub cluster: Option<String>,
 }
 
 pub struct Ctl {
@@ -244,8 +247,20 @@ impl Fleet {
             .unwrap_or_default()
     }
 
-    /// `brokers` brokers (ids 1..) and the given clients (node, view). Nothing runs yet.
+    /// `brokers` brokers (ids 1.., nodes `emr-worker-ID`) and the given clients (node, view).
+    /// Nothing runs yet.
     pub fn new(net: u8, brokers: u32, clients: &[(&str, &str)]) -> Result<Fleet> {
+        Fleet::with_broker_prefix(net, "emr-worker", brokers, clients)
+    }
+
+    /// [`Fleet::new`] with the brokers' nodes named `PREFIX-ID` (two fleets on one coordinator
+    /// need distinct node names).
+    pub fn with_broker_prefix(
+        net: u8,
+        prefix: &str,
+        brokers: u32,
+        clients: &[(&str, &str)],
+    ) -> Result<Fleet> {
         let dir = tempfile::tempdir()?;
         // One port number for all brokers' INTERNAL listeners (their addresses differ).
         let port = {
@@ -270,9 +285,10 @@ impl Fleet {
             views: BTreeMap::new(),
             env: BTreeMap::new(),
             restart_wrapper: BTreeMap::new(),
+            cluster: None,
         };
         for id in 1..=brokers {
-            let node = format!("emr-worker-{id}");
+            let node = format!("{prefix}-{id}");
             let ip = format!("127.0.{net}.{id}");
             let dir = fleet.dir.path().join(&node);
             std::fs::create_dir_all(dir.join("etc/kafka"))?;
@@ -514,11 +530,24 @@ impl Fleet {
     pub fn wait_until_online(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let expected = self.brokers.len() + self.clients.len() - self.idle.len();
+        // This fleet's own agents (another fleet's may share the coordinator).
+        let own: std::collections::BTreeSet<&str> = self
+            .brokers
+            .iter()
+            .map(|broker| broker.node.as_str())
+            .chain(self.clients.iter().map(|(node, _)| node.as_str()))
+            .collect();
         loop {
             let status = self.status_json()?;
             let online = status["nodes"]
                 .as_array()
-                .map(|nodes| nodes.iter().filter(|n| n["online"] == true).count())
+                .map(|nodes| {
+                    nodes
+                        .iter()
+                        .filter(|n| n["online"] == true)
+                        .filter(|n| n["node"].as_str().is_some_and(|node| own.contains(node)))
+                        .count()
+                })
                 .unwrap_or(0);
             if online == expected {
                 return Ok(());
@@ -530,6 +559,12 @@ impl Fleet {
         }
     }
 
+    /// Serve this fleet's agents from `other`'s coordinator (not one of its own): two clusters on
+    /// one coordinator.
+    pub fn share_coordinator(&mut self, other: &Fleet) {
+        self.coordinator_addr.clone_from(&other.coordinator_addr);
+    }
+
     pub fn ctl(&self, args: &[&str]) -> Result<Ctl> {
         self.ctl_with_input(args, "")
     }
@@ -537,7 +572,11 @@ impl Fleet {
     /// [`Fleet::ctl`] with `input` on kreachctl's standard input.
     pub fn ctl_with_input(&self, args: &[&str], input: &str) -> Result<Ctl> {
         use std::io::Write as _;
-        let mut child = Command::new(kreachctl_binary())
+        let mut command = Command::new(kreachctl_binary());
+        if let Some(cluster) = &self.cluster {
+            command.env("KREACH_CLUSTER", cluster);
+        }
+        let mut child = command
             .arg("--coordinator")
             .arg(format!("http://{}", self.coordinator_addr))
             .arg("--insecure")

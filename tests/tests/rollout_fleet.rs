@@ -2508,3 +2508,120 @@ fn agents_a_client_group_selects_enrol_themselves_during_a_rollout_and_leave_the
     assert_eq!(restarts.len(), 3, "{restarts:?}");
     assert!(max_concurrent(&windows) <= 1, "{restarts:?}");
 }
+
+#[test]
+fn two_clusters_on_one_coordinator_roll_out_on_their_own() {
+    // Cluster fleet-28: three brokers and a client; cluster fleet-29: two brokers (nodes
+    // kafka-b-N) and a client, served by fleet-28's coordinator.
+    let mut a = Fleet::new(28, 3, &[("etl-a", "private")]).unwrap();
+    let mut b = Fleet::with_broker_prefix(29, "kafka-b", 2, &[("etl-b", "private")]).unwrap();
+    a.start_coordinator().unwrap();
+    b.share_coordinator(&a);
+    a.start_agents(None).unwrap();
+    b.start_agents(None).unwrap();
+    let hostnames = FleetSpec {
+        hostnames: true,
+        ..FleetSpec::default()
+    };
+    apply(&a, &a.write_spec("a1.toml", &hostnames).unwrap());
+    a.wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    let b1 = b.write_spec("b1.toml", &hostnames).unwrap();
+    apply(&b, &b1);
+    a.cluster = Some("fleet-28".into());
+    b.cluster = Some("fleet-29".into());
+    b.wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+
+    // Each client holds its own cluster's names, and only those.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !(a.client_hosts("etl-a").contains("emr-worker-1.fleet-28")
+        && b.client_hosts("etl-b").contains("kafka-b-1.fleet-29"))
+    {
+        assert!(std::time::Instant::now() < deadline, "clients' names");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!a.client_hosts("etl-a").contains("fleet-29"));
+    assert!(!b.client_hosts("etl-b").contains("fleet-28"));
+
+    // Without --cluster, a request is refused naming both.
+    let saved = a.cluster.take();
+    let run = a.ctl(&["status"]).unwrap();
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert!(
+        run.stderr.contains(
+            "this coordinator holds 2 clusters (fleet-28, fleet-29): say which with --cluster NAME"
+        ),
+        "{}",
+        run.stderr
+    );
+    a.cluster = saved;
+    // A node is in one cluster: fleet-29's spec may not list a broker of fleet-28.
+    let stolen = b.dir.path().join("stolen.toml");
+    std::fs::write(
+        &stolen,
+        b.spec(&hostnames)
+            .replace("\"kafka-b-2\"", "\"emr-worker-2\""),
+    )
+    .unwrap();
+    let run = b
+        .ctl(&["apply", "--yes", "--force", stolen.to_str().unwrap()])
+        .unwrap();
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains(
+            "node \"emr-worker-2\" (broker in this spec) is listed in cluster \"fleet-28\"'s spec"
+        ),
+        "{}",
+        run.stderr
+    );
+
+    // A rolling restart of fleet-28 restarts each of its brokers once, one at a time, and
+    // nothing of fleet-29.
+    let since = now_ns();
+    apply(
+        &a,
+        &a.write_spec(
+            "a2.toml",
+            &FleetSpec {
+                external: true,
+                ..hostnames
+            },
+        )
+        .unwrap(),
+    );
+    let status_a = a
+        .wait_for_rollout("completed", Duration::from_secs(90))
+        .unwrap();
+    assert_eq!(status_a["rollout"]["generation"], 2, "{status_a:#}");
+    let restarts = restarts_since(&a, since);
+    let windows: Vec<Restart> = restarts.iter().map(|(_, r)| *r).collect();
+    assert_eq!(restarts.len(), 3, "{restarts:?}");
+    assert!(max_concurrent(&windows) <= 1, "{restarts:?}");
+    assert!(restarts_since(&b, since).is_empty(), "fleet-29 untouched");
+    let status_b = b.status_json().unwrap();
+    assert_eq!(status_b["cluster"], "fleet-29", "{status_b:#}");
+    assert_eq!(status_b["rollout"]["generation"], 1, "{status_b:#}");
+    assert_eq!(status_b["rollout"]["state"], "completed", "{status_b:#}");
+    let nodes: Vec<&str> = status_b["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|node| node["node"].as_str().unwrap())
+        .collect();
+    assert_eq!(nodes, ["etl-b", "kafka-b-1", "kafka-b-2"], "{status_b:#}");
+    for broker in &b.brokers {
+        assert!(!broker.properties().contains("EXTERNAL"), "{}", broker.node);
+    }
+    // Each cluster's history is its own.
+    let history = |fleet: &Fleet| {
+        let run = fleet.ctl(&["history", "--output", "json"]).unwrap();
+        assert_eq!(run.code, 0, "{}", run.stderr);
+        serde_json::from_str::<serde_json::Value>(&run.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!((history(&a), history(&b)), (2, 1));
+}

@@ -7,8 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use kreach_coordinator::cli::coordinator::Cli;
+use kreach_coordinator::clusters::Clusters;
 use kreach_coordinator::config::CoordinatorConfig;
-use kreach_coordinator::core::Core;
 use kreach_coordinator::grpc::{Auth, Services};
 use kreach_coordinator::tls_accept;
 use kreach_proto as pb;
@@ -64,16 +64,20 @@ fn raise_open_files_limit() {
 
 async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     raise_open_files_limit();
-    let mut core = Core::open(&config.state_dir).context("opening the store")?;
-    core.set_max_agents(config.max_agents);
-    let core = Arc::new(Mutex::new(core));
+    let mut clusters = Clusters::open(
+        &config.state_dir,
+        Arc::new(kreach_runtime::clock::SteadyWallClock::new()),
+    )
+    .context("opening the store")?;
+    clusters.set_max_agents(config.max_agents);
+    let core = Arc::new(Mutex::new(clusters));
     let auth = if config.tls.insecure {
         Auth::Insecure
     } else {
         Auth::MutualTls
     };
     let services = Services {
-        core: Arc::clone(&core),
+        clusters: Arc::clone(&core),
         auth,
         dry_runs: Default::default(),
     };
@@ -111,7 +115,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         let status = core
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .watch_status();
+            .watch_home_status();
         tokio::spawn(async move {
             if let Err(error) = kreach_coordinator::metrics::serve(metrics, status).await {
                 tracing::error!("the metrics endpoint stopped: {error}");

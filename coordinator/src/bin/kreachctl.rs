@@ -258,15 +258,33 @@ fn confirm(question: &str) -> anyhow::Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
+/// The cluster `apply` is about: the spec's `cluster.name`; a `--cluster` that names another one
+/// is refused (the spec, not the flag, says which cluster it is).
+fn spec_cluster(flag: &str, spec_toml: &str) -> anyhow::Result<String> {
+    let Ok(spec) = kreach_domain::spec::ClusterSpec::parse(spec_toml) else {
+        // The coordinator's plan names every problem of the spec.
+        return Ok(flag.to_string());
+    };
+    if !flag.is_empty() && flag != spec.name {
+        anyhow::bail!(
+            "--cluster {flag} but the spec is cluster {:?} (cluster.name): apply keys by the spec's name",
+            spec.name
+        );
+    }
+    Ok(spec.name)
+}
+
 async fn remote(cli: &Cli) -> anyhow::Result<u8> {
-    let connection = cli.connection();
+    let mut connection = cli.connection();
     let mut admin = connection.admin().await?;
     let fail = |status: tonic::Status| anyhow::anyhow!(ctl::status_message(&status));
     match &cli.command {
         Command::Plan { spec, force, .. } => {
+            let spec_toml = read_spec_file(spec)?;
+            spec_cluster(&connection.cluster, &spec_toml)?;
             let plan = admin
                 .plan(pb::PlanRequest {
-                    spec_toml: read_spec_file(spec)?,
+                    spec_toml,
                     force: *force,
                 })
                 .await
@@ -287,6 +305,8 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             ..
         } => {
             let spec_toml = read_spec_file(spec)?;
+            connection.cluster = spec_cluster(&connection.cluster, &spec_toml)?;
+            let cluster = connection.cluster.clone();
             let plan = admin
                 .plan(pb::PlanRequest {
                     spec_toml: spec_toml.clone(),
@@ -315,14 +335,16 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, None);
             if *wait {
-                return follow(cli, &mut admin).await;
+                return follow(cli, &mut admin, &cluster).await;
             }
             Ok(0)
         }
         Command::Status { watch, .. } => {
             if *watch {
                 let status = admin
-                    .status(pb::StatusRequest {})
+                    .status(pb::StatusRequest {
+                        cluster: connection.cluster.clone(),
+                    })
                     .await
                     .map_err(fail)?
                     .into_inner();
@@ -332,10 +354,12 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                         "no rollout to follow: no spec applied yet (kreachctl apply SPEC first)"
                     );
                 }
-                return follow(cli, &mut admin).await;
+                return follow(cli, &mut admin, &connection.cluster).await;
             }
             let status = admin
-                .status(pb::StatusRequest {})
+                .status(pb::StatusRequest {
+                    cluster: connection.cluster.clone(),
+                })
                 .await
                 .map_err(fail)?
                 .into_inner();
@@ -344,7 +368,9 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Check { .. } => {
             let status = admin
-                .status(pb::StatusRequest {})
+                .status(pb::StatusRequest {
+                    cluster: connection.cluster.clone(),
+                })
                 .await
                 .map_err(fail)?
                 .into_inner();
@@ -389,10 +415,13 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             })
         }
         Command::Rollout { action, .. } => {
+            let control = || pb::RolloutControl {
+                cluster: connection.cluster.clone(),
+            };
             let status = match action {
-                RolloutAction::Pause => admin.pause(pb::RolloutControl {}).await,
-                RolloutAction::Resume => admin.resume(pb::RolloutControl {}).await,
-                RolloutAction::Abort => admin.abort(pb::RolloutControl {}).await,
+                RolloutAction::Pause => admin.pause(control()).await,
+                RolloutAction::Resume => admin.resume(control()).await,
+                RolloutAction::Abort => admin.abort(control()).await,
             }
             .map_err(fail)?
             .into_inner();
@@ -404,6 +433,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .history(pb::HistoryRequest {
                     node: node.clone().unwrap_or_default(),
                     last: last.unwrap_or(0),
+                    cluster: connection.cluster.clone(),
                 })
                 .await
                 .map_err(fail)?
@@ -433,6 +463,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 to: *to,
                 force: *force,
                 dry_run,
+                cluster: connection.cluster.clone(),
             };
             let preview = admin
                 .rollback(request(true))
@@ -457,7 +488,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, Some(*to));
             if *wait {
-                return follow(cli, &mut admin).await;
+                return follow(cli, &mut admin, &connection.cluster).await;
             }
             Ok(0)
         }
@@ -465,6 +496,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             let config = admin
                 .client_config(pb::ClientConfigRequest {
                     client: client.clone(),
+                    cluster: connection.cluster.clone(),
                 })
                 .await
                 .map_err(fail)?
@@ -488,6 +520,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .diagnose(pb::DiagnoseRequest {
                     node: client.clone(),
                     broker: *broker,
+                    cluster: connection.cluster.clone(),
                 })
                 .await
                 .map_err(fail)?
@@ -570,6 +603,10 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                     ..pb::UsersRequest::default()
                 },
             };
+            let request = pb::UsersRequest {
+                cluster: connection.cluster.clone(),
+                ..request
+            };
             let response = admin.users(request).await.map_err(fail)?.into_inner();
             let mut text = String::new();
             if response.generation > 0 {
@@ -605,7 +642,9 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
         }
         Command::Nodes { .. } => {
             let nodes = admin
-                .nodes(pb::NodesRequest {})
+                .nodes(pb::NodesRequest {
+                    cluster: connection.cluster.clone(),
+                })
                 .await
                 .map_err(fail)?
                 .into_inner();
@@ -629,6 +668,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
 async fn follow(
     cli: &Cli,
     admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
+    cluster: &str,
 ) -> anyhow::Result<u8> {
     use std::io::IsTerminal;
     use tokio_stream::StreamExt;
@@ -637,7 +677,9 @@ async fn follow(
     let terminal = cli.output == Output::Table && std::io::stdout().is_terminal();
     let started = std::time::Instant::now();
     let mut stream = admin
-        .watch(pb::StatusRequest {})
+        .watch(pb::StatusRequest {
+            cluster: cluster.to_string(),
+        })
         .await
         .map_err(|status| anyhow::anyhow!(ctl::status_message(&status)))?
         .into_inner();

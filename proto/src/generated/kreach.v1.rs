@@ -193,6 +193,10 @@ pub struct DiagnoseRequest {
     /// Only this broker; unset: every broker of the client's view.
     #[prost(int32, optional, tag = "2")]
     pub broker: ::core::option::Option<i32>,
+    /// The cluster this is about, by its spec's cluster.name; empty: the coordinator's only cluster
+    /// (an error naming them when it holds several).
+    #[prost(string, tag = "3")]
+    pub cluster: ::prost::alloc::string::String,
 }
 /// One step a person would take by hand from a client host (resolve, TCP connect, TLS handshake,
 /// SASL login, ApiVersions, Metadata, advertised endpoint), against one broker.
@@ -379,6 +383,10 @@ pub struct NodeStatus {
     /// reachability as it was.
     #[prost(message, repeated, tag = "8")]
     pub reachability: ::prost::alloc::vec::Vec<Reachability>,
+    /// The cluster of the release this reports on (its NodeSpec.cluster), so that a coordinator
+    /// holding several clusters gives it to that cluster's rollout; empty from older agents.
+    #[prost(string, tag = "9")]
+    pub cluster: ::prost::alloc::string::String,
 }
 /// One broker endpoint, checked from a client host: resolved with the system resolver (the hosts
 /// file counts), connected to, and asked who it is.
@@ -450,6 +458,10 @@ pub struct UsersRequest {
     /// remove: the user's name (every mechanism of it).
     #[prost(string, tag = "3")]
     pub name: ::prost::alloc::string::String,
+    /// The cluster this is about, by its spec's cluster.name; empty: the coordinator's only cluster
+    /// (an error naming them when it holds several).
+    #[prost(string, tag = "4")]
+    pub cluster: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -562,8 +574,13 @@ pub struct ApplyResponse {
     pub plan: ::core::option::Option<PlanResponse>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct StatusRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StatusRequest {
+    /// The cluster this is about, by its spec's cluster.name; empty: the coordinator's only cluster
+    /// (an error naming them when it holds several).
+    #[prost(string, tag = "1")]
+    pub cluster: ::prost::alloc::string::String,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct NodeView {
@@ -668,8 +685,13 @@ pub struct ReachabilityRow {
     pub current: bool,
 }
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct RolloutControl {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RolloutControl {
+    /// The cluster this is about, by its spec's cluster.name; empty: the coordinator's only cluster
+    /// (an error naming them when it holds several).
+    #[prost(string, tag = "1")]
+    pub cluster: ::prost::alloc::string::String,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HistoryRequest {
@@ -679,6 +701,10 @@ pub struct HistoryRequest {
     /// At most this many of the node's latest changes (0: all kept, up to 1,000).
     #[prost(uint32, tag = "2")]
     pub last: u32,
+    /// The cluster this is about, by its spec's cluster.name; empty: the coordinator's only cluster
+    /// (an error naming them when it holds several).
+    #[prost(string, tag = "3")]
+    pub cluster: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -705,7 +731,7 @@ pub struct HistoryResponse {
     pub changes: ::prost::alloc::vec::Vec<AuditRecord>,
 }
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct RollbackRequest {
     #[prost(uint64, tag = "1")]
     pub to: u64,
@@ -714,16 +740,29 @@ pub struct RollbackRequest {
     /// Only plan it: the response carries the plan and generation 0, and nothing is applied.
     #[prost(bool, tag = "3")]
     pub dry_run: bool,
+    /// The cluster this is about, by its spec's cluster.name; empty: the coordinator's only cluster
+    /// (an error naming them when it holds several).
+    #[prost(string, tag = "4")]
+    pub cluster: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct NodesRequest {}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodesRequest {
+    /// The cluster this is about, by its spec's cluster.name; empty: the coordinator's only cluster
+    /// (an error naming them when it holds several).
+    #[prost(string, tag = "1")]
+    pub cluster: ::prost::alloc::string::String,
+}
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ClientConfigRequest {
     /// A client node of the newest spec.
     #[prost(string, tag = "1")]
     pub client: ::prost::alloc::string::String,
+    /// The cluster this is about, by its spec's cluster.name; empty: the coordinator's only cluster
+    /// (an error naming them when it holds several).
+    #[prost(string, tag = "2")]
+    pub cluster: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
