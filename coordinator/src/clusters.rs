@@ -54,6 +54,8 @@ pub struct Clusters {
     /// cluster's name: a core planned but not applied yet has no spec to say it.
     dirs: Vec<Option<String>>,
     agents: BTreeMap<String, Agent>,
+    /// Every core's status channel, for the metrics endpoint.
+    feeds: crate::metrics::StatusFeeds,
 }
 
 impl Clusters {
@@ -84,7 +86,11 @@ impl Clusters {
             cores,
             dirs,
             agents: BTreeMap::new(),
+            feeds: Default::default(),
         };
+        clusters
+            .feeds_mut()
+            .extend(clusters.cores.iter().map(Core::watch_status));
         // Where every known agent's record is (a record in two stores, from a move the store
         // did not finish, is kept in the first).
         for index in 0..clusters.cores.len() {
@@ -217,6 +223,7 @@ impl Clusters {
         std::fs::create_dir_all(&dir).map_err(|error| io_error(&dir, &error))?;
         let mut core = Core::open_with_clock(&dir, Arc::clone(&self.clock))?;
         core.set_max_agents(self.max_agents);
+        self.feeds_mut().push(core.watch_status());
         self.cores.push(core);
         self.dirs.push(Some(name.to_string()));
         tracing::info!(cluster = name, dir = %dir.display(), "a new cluster on this coordinator");
@@ -424,9 +431,18 @@ impl Clusters {
         Ok(())
     }
 
-    /// The home core's status channel (the metrics endpoint's).
-    pub fn watch_home_status(&self) -> watch::Receiver<pb::StatusResponse> {
-        self.cores[HOME].watch_status()
+    /// Every cluster's status channel, a cluster applied later included (the metrics
+    /// endpoint's).
+    pub fn status_feeds(&self) -> crate::metrics::StatusFeeds {
+        Arc::clone(&self.feeds)
+    }
+
+    fn feeds_mut(
+        &self,
+    ) -> std::sync::RwLockWriteGuard<'_, Vec<watch::Receiver<pb::StatusResponse>>> {
+        self.feeds
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

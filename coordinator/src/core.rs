@@ -336,7 +336,7 @@ impl Core {
                 _ => {
                     durable = true;
                     if let Some(cause) = event.pause_cause() {
-                        crate::metrics::record_pause(cause);
+                        crate::metrics::record_pause(cluster.unwrap_or_default(), cause);
                     }
                     tracing::info!(cluster, generation, node, event = ?event, "rollout event")
                 }

@@ -45,7 +45,8 @@ pub const TLS_REFUSALS: [&str; 9] = [
 
 /// What the coordinator counted since it started.
 struct Counters {
-    pauses: [AtomicU64; 6],
+    /// By cluster, then by [`PAUSE_CAUSES`].
+    pauses: std::sync::Mutex<std::collections::BTreeMap<String, [u64; 6]>>,
     tls_refusals: [AtomicU64; 9],
     /// How long each write transaction of the store took, commit (fsync) included.
     store_writes: Histogram,
@@ -61,10 +62,14 @@ fn counters() -> &'static Counters {
     })
 }
 
-/// Count a rollout pause by its cause (one of [`PAUSE_CAUSES`]).
-pub fn record_pause(cause: &str) {
+/// Count a rollout pause of `cluster` by its cause (one of [`PAUSE_CAUSES`]).
+pub fn record_pause(cluster: &str, cause: &str) {
     if let Some(index) = PAUSE_CAUSES.iter().position(|c| *c == cause) {
-        counters().pauses[index].fetch_add(1, Ordering::Relaxed);
+        let mut pauses = counters()
+            .pauses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        pauses.entry(cluster.to_string()).or_default()[index] += 1;
     }
 }
 
@@ -81,32 +86,43 @@ pub fn record_store_write(took: Duration) {
 }
 
 /// The counters for `cluster` in the 0.0.4 text format ([`kreach_domain::prometheus_text`]).
-fn write_counters(out: &mut String, cluster: &str) {
+/// The counters of `clusters` in the 0.0.4 text format ([`kreach_domain::prometheus_text`]):
+/// pauses by cluster; TLS refusals, which are the process's, under the first cluster's label.
+fn write_counters(out: &mut String, clusters: &[&str]) {
     let counters = counters();
-    let family = |out: &mut String, name, help, label, values: &[&str], counts: &[AtomicU64]| {
-        let samples = values.iter().zip(counts).map(|(value, count)| {
-            (
-                [("cluster", cluster), (label, *value)],
-                count.load(Ordering::Relaxed),
-            )
-        });
-        write_counter(out, name, help, samples);
-    };
-    family(
+    let pauses = counters
+        .pauses
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone();
+    let samples = clusters.iter().flat_map(|cluster| {
+        let counts = pauses.get(*cluster).copied().unwrap_or_default();
+        PAUSE_CAUSES
+            .iter()
+            .zip(counts)
+            .map(move |(cause, count)| ([("cluster", *cluster), ("cause", *cause)], count))
+    });
+    write_counter(
         out,
         "kreach_rollout_pauses_total",
         "Rollouts paused since the coordinator started, by cause (a node's gates rolled it back or failed, nodes silent past the health timeout, an agent offline, an operator)",
-        "cause",
-        &PAUSE_CAUSES,
-        &counters.pauses,
+        samples,
     );
-    family(
+    let first = clusters.first().copied().unwrap_or_default();
+    let samples = TLS_REFUSALS
+        .iter()
+        .zip(&counters.tls_refusals)
+        .map(|(reason, count)| {
+            (
+                [("cluster", first), ("reason", *reason)],
+                count.load(Ordering::Relaxed),
+            )
+        });
+    write_counter(
         out,
         "kreach_tls_handshakes_refused_total",
         "TLS handshakes the coordinator refused since it started, by reason",
-        "reason",
-        &TLS_REFUSALS,
-        &counters.tls_refusals,
+        samples,
     );
 }
 
@@ -138,10 +154,16 @@ fn node_state(node: &pb::NodeView) -> &'static str {
     }
 }
 
-/// The metrics text for `status`.
+/// The metrics text for one cluster's status.
 pub fn render(status: &pb::StatusResponse) -> String {
+    render_all(std::slice::from_ref(status))
+}
+
+/// The metrics text for every cluster of the coordinator, each series labelled with its
+/// cluster. The process's own counters (TLS refusals, store writes) are not any one cluster's:
+/// they carry the first cluster's label, as a single-cluster coordinator always had them.
+pub fn render_all(statuses: &[pb::StatusResponse]) -> String {
     let mut registry = Registry::with_prefix("kreach");
-    let cluster = status.cluster.as_str();
 
     gauges(
         &mut registry,
@@ -151,115 +173,120 @@ pub fn render(status: &pb::StatusResponse) -> String {
     .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
     .set(1);
 
-    let rollout = status.rollout.as_ref();
-    let phase = rollout.map(|r| r.state.as_str()).unwrap_or("none");
     let info = gauges(
         &mut registry,
         "rollout_info",
         "The newest rollout's phase (running, settling, paused, aborted, completed, none): 1 for the current one",
     );
-    for each in [
-        "running",
-        "settling",
-        "paused",
-        "aborted",
-        "completed",
-        "none",
-    ] {
-        info.get_or_create(&labels(&[("cluster", cluster), ("phase", each)]))
-            .set(i64::from(each == phase));
-    }
-    let cluster_only = labels(&[("cluster", cluster)]);
-    gauges(
+    let generation = gauges(
         &mut registry,
         "rollout_generation",
         "The newest rollout's generation (0: none yet)",
-    )
-    .get_or_create(&cluster_only)
-    .set(rollout.map_or(0, |r| r.generation as i64));
-    gauges(
+    );
+    let step = gauges(
         &mut registry,
         "rollout_step",
         "The newest rollout's current step (1-based; 0: none)",
-    )
-    .get_or_create(&cluster_only)
-    .set(rollout.map_or(0, |r| i64::from(r.current_step)));
-    gauges(
+    );
+    let steps = gauges(
         &mut registry,
         "rollout_steps",
         "How many steps the newest rollout has",
-    )
-    .get_or_create(&cluster_only)
-    .set(rollout.map_or(0, |r| i64::from(r.total_steps)));
-
+    );
     let nodes = gauges(
         &mut registry,
         "nodes",
         "Nodes by what their agent last reported (converged, applying, failed, rolled_back, unknown) or offline",
     );
-    for each in [
-        "converged",
-        "applying",
-        "failed",
-        "rolled_back",
-        "unknown",
-        "offline",
-    ] {
-        let count = status
-            .nodes
-            .iter()
-            .filter(|n| node_state(n) == each)
-            .count();
-        nodes
-            .get_or_create(&labels(&[("cluster", cluster), ("state", each)]))
-            .set(count as i64);
-    }
-    gauges(
+    let connected = gauges(
         &mut registry,
         "agents_connected",
         "Agents with an open session to this coordinator",
-    )
-    .get_or_create(&cluster_only)
-    .set(status.nodes.iter().filter(|n| n.online).count() as i64);
-    gauges(
+    );
+    let problems = gauges(
         &mut registry,
         "host_problems",
         "Problems agents report on their hosts: conflicting hosts lines, enforcement errors, firewall errors, dynamic overrides",
-    )
-    .get_or_create(&cluster_only)
-    .set(crate::ctl::host_problems(&status.nodes).len() as i64);
-
+    );
     let reachable = gauges(
         &mut registry,
         "reachability_up",
         "Whether a client reaches a broker of its view, as the client last reported (1 yes, 0 no)",
     );
-    for row in &status.reachability {
-        for cell in &row.brokers {
-            reachable
-                .get_or_create(&labels(&[
-                    ("cluster", cluster),
-                    ("client", &row.client),
-                    ("broker_id", &cell.broker_id.to_string()),
-                ]))
-                .set(i64::from(cell.ok));
-        }
-    }
-
     let expiry = Family::<Labels, Gauge<f64, AtomicU64>>::default();
     registry.register(
         "certificate_expiry_timestamp_seconds",
         "When a broker listener's TLS certificate expires (Unix seconds)",
         expiry.clone(),
     );
-    for cert in &status.certificates {
-        expiry
-            .get_or_create(&labels(&[
-                ("cluster", cluster),
-                ("node", &cert.node),
-                ("listener", &cert.listener),
-            ]))
-            .set(cert.not_after_ms as f64 / 1000.0);
+
+    for status in statuses {
+        let cluster = status.cluster.as_str();
+        let cluster_only = labels(&[("cluster", cluster)]);
+        let rollout = status.rollout.as_ref();
+        let phase = rollout.map(|r| r.state.as_str()).unwrap_or("none");
+        for each in [
+            "running",
+            "settling",
+            "paused",
+            "aborted",
+            "completed",
+            "none",
+        ] {
+            info.get_or_create(&labels(&[("cluster", cluster), ("phase", each)]))
+                .set(i64::from(each == phase));
+        }
+        generation
+            .get_or_create(&cluster_only)
+            .set(rollout.map_or(0, |r| r.generation as i64));
+        step.get_or_create(&cluster_only)
+            .set(rollout.map_or(0, |r| i64::from(r.current_step)));
+        steps
+            .get_or_create(&cluster_only)
+            .set(rollout.map_or(0, |r| i64::from(r.total_steps)));
+        for each in [
+            "converged",
+            "applying",
+            "failed",
+            "rolled_back",
+            "unknown",
+            "offline",
+        ] {
+            let count = status
+                .nodes
+                .iter()
+                .filter(|n| node_state(n) == each)
+                .count();
+            nodes
+                .get_or_create(&labels(&[("cluster", cluster), ("state", each)]))
+                .set(count as i64);
+        }
+        connected
+            .get_or_create(&cluster_only)
+            .set(status.nodes.iter().filter(|n| n.online).count() as i64);
+        problems
+            .get_or_create(&cluster_only)
+            .set(crate::ctl::host_problems(&status.nodes).len() as i64);
+        for row in &status.reachability {
+            for cell in &row.brokers {
+                reachable
+                    .get_or_create(&labels(&[
+                        ("cluster", cluster),
+                        ("client", &row.client),
+                        ("broker_id", &cell.broker_id.to_string()),
+                    ]))
+                    .set(i64::from(cell.ok));
+            }
+        }
+        for cert in &status.certificates {
+            expiry
+                .get_or_create(&labels(&[
+                    ("cluster", cluster),
+                    ("node", &cert.node),
+                    ("listener", &cert.listener),
+                ]))
+                .set(cert.not_after_ms as f64 / 1000.0);
+        }
     }
 
     registry.register(
@@ -271,19 +298,33 @@ pub fn render(status: &pb::StatusResponse) -> String {
     let mut text = String::new();
     prometheus_client::encoding::text::encode_registry(&mut text, &registry)
         .expect("writing to a String does not fail");
-    write_counters(&mut text, cluster);
+    let names: Vec<&str> = statuses.iter().map(|s| s.cluster.as_str()).collect();
+    write_counters(&mut text, &names);
     text
 }
 
-/// Serve `GET /metrics` on `listener` from the latest status until the process ends.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    status: tokio::sync::watch::Receiver<pb::StatusResponse>,
-) -> std::io::Result<()> {
+/// Every cluster's status channel, as the coordinator holds them (a cluster applied later joins).
+pub type StatusFeeds =
+    std::sync::Arc<std::sync::RwLock<Vec<tokio::sync::watch::Receiver<pb::StatusResponse>>>>;
+
+/// Serve `GET /metrics` on `listener` from every cluster's latest status until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, feeds: StatusFeeds) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let text = render(&status.borrow());
+            let mut statuses: Vec<pb::StatusResponse> = feeds
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .iter()
+                .map(|feed| feed.borrow().clone())
+                .collect();
+            // A cluster planned but never applied has no name and nothing to show; before
+            // any apply the one status (no cluster yet) is shown as always.
+            if statuses.len() > 1 {
+                statuses.retain(|status| !status.cluster.is_empty());
+            }
+            statuses.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+            let text = render_all(&statuses);
             async move {
                 (
                     [(
@@ -330,7 +371,7 @@ mod tests {
             }],
             ..pb::StatusResponse::default()
         };
-        record_pause("health_timeout");
+        record_pause("c", "health_timeout");
         record_tls_refusal("unknown_ca");
         record_store_write(Duration::from_millis(3));
         let text = render(&status);
@@ -363,5 +404,34 @@ mod tests {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn every_cluster_of_the_coordinator_has_its_series_under_one_family() {
+        let status = |cluster: &str, generation: u64| pb::StatusResponse {
+            cluster: cluster.into(),
+            rollout: Some(pb::RolloutView {
+                generation,
+                state: "completed".into(),
+                ..pb::RolloutView::default()
+            }),
+            ..pb::StatusResponse::default()
+        };
+        record_pause("kafka-b", "operator");
+        let text = render_all(&[status("kafka-a", 4), status("kafka-b", 1)]);
+        for line in [
+            "kreach_rollout_generation{cluster=\"kafka-a\"} 4",
+            "kreach_rollout_generation{cluster=\"kafka-b\"} 1",
+            "kreach_rollout_pauses_total{cluster=\"kafka-b\",cause=\"operator\"} 1",
+            "kreach_rollout_pauses_total{cluster=\"kafka-a\",cause=\"operator\"} 0",
+        ] {
+            assert!(text.contains(line), "no {line:?} in\n{text}");
+        }
+        // One HELP and TYPE per family, whatever the number of clusters.
+        assert_eq!(text.matches("# TYPE kreach_rollout_generation ").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE kreach_rollout_pauses_total ").count(),
+            1
+        );
     }
 }

@@ -2515,6 +2515,7 @@ fn two_clusters_on_one_coordinator_roll_out_on_their_own() {
     // kafka-b-N) and a client, served by fleet-28's coordinator.
     let mut a = Fleet::new(28, 3, &[("etl-a", "private")]).unwrap();
     let mut b = Fleet::with_broker_prefix(29, "kafka-b", 2, &[("etl-b", "private")]).unwrap();
+    a.coordinator_extra = "[metrics]\nlisten = \"127.0.0.1:0\"\n".to_string();
     a.start_coordinator().unwrap();
     b.share_coordinator(&a);
     a.start_agents(None).unwrap();
@@ -2624,4 +2625,18 @@ fn two_clusters_on_one_coordinator_roll_out_on_their_own() {
             .len()
     };
     assert_eq!((history(&a), history(&b)), (2, 1));
+    // The metrics endpoint shows both clusters, each by its name.
+    let metrics = http_get(
+        &metrics_address(a.coordinator.as_ref().unwrap()),
+        "/metrics",
+    );
+    for line in [
+        "kreach_rollout_generation{cluster=\"fleet-28\"} 2",
+        "kreach_rollout_generation{cluster=\"fleet-29\"} 1",
+        "kreach_agents_connected{cluster=\"fleet-28\"} 4",
+        "kreach_agents_connected{cluster=\"fleet-29\"} 3",
+        "kreach_rollout_info{cluster=\"fleet-29\",phase=\"completed\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no {line:?} in\n{metrics}");
+    }
 }

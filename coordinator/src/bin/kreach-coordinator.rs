@@ -115,7 +115,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         let status = core
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .watch_home_status();
+            .status_feeds();
         tokio::spawn(async move {
             if let Err(error) = kreach_coordinator::metrics::serve(metrics, status).await {
                 tracing::error!("the metrics endpoint stopped: {error}");
