@@ -2396,6 +2396,33 @@ fn agents_a_client_group_selects_enrol_themselves_during_a_rollout_and_leave_the
     let driver = r#"cluster = "spark-prod", role = "driver""#;
     fleet.labels.insert("driver-1".into(), driver.into());
     fleet.start_coordinator().unwrap();
+    // A second Kafka cluster on the same coordinator, applied first (so agents no cluster
+    // claims wait with it), with a client group of its own on other labels.
+    let mut other = Fleet::with_broker_prefix(30, "kafka-b", 2, &[("flink-1", "private")]).unwrap();
+    other.share_coordinator(&fleet);
+    other.unlisted.insert("flink-1".into());
+    other
+        .labels
+        .insert("flink-1".into(), r#"cluster = "flink-prod""#.into());
+    other.start_agents(None).unwrap();
+    let other_spec = other
+        .write_spec(
+            "b1.toml",
+            &FleetSpec {
+                hostnames: true,
+                client_groups: Some(
+                    "[[client_group]]\nname = \"flink\"\nlabels = { cluster = \"flink-prod\" }\n",
+                ),
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap();
+    apply(&other, &other_spec);
+    other.cluster = Some("fleet-30".into());
+    other
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    // Until fleet-27 is applied, its agents wait with fleet-30 (the only cluster).
     fleet.start_agents(Some(2)).unwrap();
 
     let gen1 = fleet
@@ -2411,8 +2438,11 @@ fn agents_a_client_group_selects_enrol_themselves_during_a_rollout_and_leave_the
             },
         )
         .unwrap();
+    let other_hosts = other.client_hosts("flink-1");
+    assert!(other_hosts.contains("kafka-b-1.fleet-30"), "{other_hosts}");
     let since = now_ns();
     apply(&fleet, &gen1);
+    fleet.cluster = Some("fleet-27".into());
     assert_eq!(
         fleet.status_json().unwrap()["rollout"]["state"],
         "running",
@@ -2425,7 +2455,8 @@ fn agents_a_client_group_selects_enrol_themselves_during_a_rollout_and_leave_the
         .collect();
     let has_names = |hosts: &str| names.iter().all(|name| hosts.contains(name.as_str()));
 
-    // One by one: each new agent's hosts file holds every broker's name soon after it starts.
+    // One by one: each new agent's hosts file holds every broker's name within 2 s of its start
+    // (connecting included).
     let mut took = Vec::new();
     let mut joined_while_running = 0;
     for task in &tasks {
@@ -2437,8 +2468,8 @@ fn agents_a_client_group_selects_enrol_themselves_during_a_rollout_and_leave_the
         fleet.restart_agent(task).unwrap();
         while !has_names(&fleet.client_hosts(task)) {
             assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "{task} has no broker names after 10 s:\n{}",
+                started.elapsed() < Duration::from_secs(2),
+                "{task} has no broker names 2 s after its agent started:\n{}",
                 fleet.client_hosts(task)
             );
             std::thread::sleep(Duration::from_millis(20));
@@ -2498,15 +2529,41 @@ fn agents_a_client_group_selects_enrol_themselves_during_a_rollout_and_leave_the
         role("task-01"),
         "client, private view (client group spark-task)"
     );
-    // The driver is no client: no names, no row, and status says it is not in the spec.
+    // The driver is no client: no names, no row. No cluster claims it, so it waits with the
+    // first cluster applied, whose status says it is not in the spec.
     assert!(!has_names(&fleet.client_hosts("driver-1")));
-    assert_eq!(role("driver-1"), "unknown (not in the spec)");
+    assert_eq!(role("driver-1"), "");
+    let unclaimed = other.status_json().unwrap();
+    let driver_row = unclaimed["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node"] == "driver-1")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        driver_row["role"], "unknown (not in the spec)",
+        "{unclaimed:#}"
+    );
 
     // The rollout itself went on as ever: every broker restarted once, one at a time.
     let restarts = restarts_since(&fleet, since);
     let windows: Vec<Restart> = restarts.iter().map(|(_, r)| *r).collect();
     assert_eq!(restarts.len(), 3, "{restarts:?}");
     assert!(max_concurrent(&windows) <= 1, "{restarts:?}");
+    // The other cluster was not touched: no restart, its group member's hosts file as it was,
+    // its rollout still generation 1, its matrix its own member only.
+    assert!(restarts_since(&other, since).is_empty());
+    assert_eq!(other.client_hosts("flink-1"), other_hosts);
+    let other_status = other.status_json().unwrap();
+    assert_eq!(other_status["rollout"]["generation"], 1, "{other_status:#}");
+    let rows: Vec<&str> = other_status["reachability"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["client"].as_str().unwrap())
+        .collect();
+    assert_eq!(rows, ["flink-1"], "{other_status:#}");
 }
 
 #[test]
