@@ -836,15 +836,14 @@ pub fn plan_files(
 
     let hosts_path = &config.manage.hosts_file;
     let hosts_old = read_text(files, hosts_path)?;
-    let edit = hosts::apply_block(
-        hosts_old.as_deref().unwrap_or(""),
-        &node_spec.cluster,
-        &node_spec.hosts_entries,
-    )
-    .map_err(|error| EngineError::Render {
-        path: hosts_path.clone(),
-        message: error.to_string(),
-    })?;
+    // This host holds one cluster's release: the block of any other cluster (one the node left,
+    // or the cluster's old name) goes in the same write.
+    let edit = hosts::retain_blocks(hosts_old.as_deref().unwrap_or(""), &[&node_spec.cluster])
+        .and_then(|kept| hosts::apply_block(&kept, &node_spec.cluster, &node_spec.hosts_entries))
+        .map_err(|error| EngineError::Render {
+            path: hosts_path.clone(),
+            message: error.to_string(),
+        })?;
     let conflicts = edit.conflicts;
     if hosts_old.as_deref() != Some(edit.content.as_str())
         && !(hosts_old.is_none() && edit.content.is_empty())

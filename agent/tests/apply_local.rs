@@ -196,7 +196,10 @@ fn clients_get_split_horizon_entries_and_every_other_byte_survives() {
             )),
             "{node}: {hosts:?}"
         );
-        assert_eq!(kreach_domain::hosts::strip_block(&hosts).unwrap(), original);
+        assert_eq!(
+            kreach_domain::hosts::retain_blocks(&hosts, &[]).unwrap(),
+            original
+        );
     }
 }
 
@@ -523,7 +526,7 @@ fn the_daemon_repairs_drift_in_its_own_block_and_leaves_other_edits_alone() {
         &hosts_path,
         2,
         || {
-            host.write_hosts(&kreach_domain::hosts::strip_block(&applied_hosts).unwrap());
+            host.write_hosts(&kreach_domain::hosts::retain_blocks(&applied_hosts, &[]).unwrap());
         },
         || host.hosts() == applied_hosts,
     );
@@ -643,7 +646,7 @@ fn a_restarted_agent_enforces_the_persisted_state_before_any_coordinator() {
     assert_eq!(host.agent(&["apply-local", "--spec", &spec]).code, 0);
     let applied = host.hosts();
     // While no agent runs, somebody removes kreach's entries.
-    host.write_hosts(&kreach_domain::hosts::strip_block(&applied).unwrap());
+    host.write_hosts(&kreach_domain::hosts::retain_blocks(&applied, &[]).unwrap());
     let mut daemon = host.spawn_agent(&["run"]);
     let took = wait_until(Duration::from_secs(5), || host.hosts() == applied);
     assert!(took < Duration::from_secs(5), "repaired at start-up");

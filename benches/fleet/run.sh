@@ -403,7 +403,7 @@ if [ "$with_ansible" = 1 ]; then
 import json, sys
 lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
 begin = next(i for i, line in enumerate(lines) if line.startswith("# BEGIN kreach"))
-end = next(i for i, line in enumerate(lines) if line == "# END kreach")
+end = next(i for i, line in enumerate(lines) if line.startswith("# END kreach"))
 print(json.dumps({
     "bench_files": sys.argv[2],
     "kreach_marker_begin": lines[begin][2:],

@@ -1,8 +1,13 @@
-//! The pure editor for kreach's block in `/etc/hosts`.
+//! The pure editor for kreach's blocks in `/etc/hosts`.
 //!
-//! Owns: finding, rendering, replacing and removing the one marked block
-//! (`# BEGIN kreach cluster=…` … `# END kreach`), reading the entries back out of it, validating the
-//! names we are asked to write, and spotting unmanaged lines that would shadow our names.
+//! Owns: finding, rendering, replacing and removing each cluster's marked block
+//! (`# BEGIN kreach CLUSTER` … `# END kreach CLUSTER`), reading the entries back out of one,
+//! validating the names we are asked to write, and spotting lines that would shadow our names:
+//! unmanaged lines, and another cluster's block mapping the same name elsewhere.
+//!
+//! The block of a kreach from before several clusters per host (`# BEGIN kreach cluster=NAME` …
+//! `# END kreach`) is that cluster's: the first apply for it rewrites it in place with today's
+//! markers, in the one write of that apply, so its names are never missing.
 //!
 //! Does not own: reading or writing the file (atomic writes, backups and bind-mount handling live in
 //! the agent), deciding which entries a node needs (see [`crate::desired`]), or fixing conflicting
@@ -16,9 +21,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 
-/// Every begin marker starts with this; the cluster name after it may differ between applies.
+/// Every begin marker starts with this, then the cluster's name.
 const BEGIN_PREFIX: &str = "# BEGIN kreach";
+/// Every end marker starts with this, then the cluster's name (none in the older format).
 const END_MARKER: &str = "# END kreach";
+/// The older begin marker's spelling of the name (`# BEGIN kreach cluster=NAME`).
+const LEGACY_NAME: &str = "cluster=";
 
 /// One managed line: an address and its names, long hostname first then short alias(es).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -27,9 +35,12 @@ pub struct HostsEntry {
     pub names: Vec<String>,
 }
 
-/// An unmanaged line outside our block that maps one of our names to a different address.
+/// A line outside our block that maps one of our names to a different address: an unmanaged
+/// line, or a line of another cluster's kreach block (`cluster`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostsConflict {
+    /// The other cluster whose kreach block has the line; None for an unmanaged line.
+    pub cluster: Option<String>,
     /// 1-based, counted in the text that was passed to [`apply_block`].
     pub line_number: usize,
     /// The name as kreach writes it (the line may spell it in another case).
@@ -43,12 +54,21 @@ pub struct HostsConflict {
 
 impl fmt::Display for HostsConflict {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "line {} maps {} to {}, but kreach manages it as {} \
-             (the resolver uses the first match; remove or fix that line)",
-            self.line_number, self.name, self.their_ip, self.our_ip
-        )
+        match &self.cluster {
+            None => write!(
+                f,
+                "line {} maps {} to {}, but kreach manages it as {} \
+                 (the resolver uses the first match; remove or fix that line)",
+                self.line_number, self.name, self.their_ip, self.our_ip
+            ),
+            Some(cluster) => write!(
+                f,
+                "line {} (cluster {cluster}'s kreach block) maps {} to {}, but this cluster \
+                 maps it to {}: two clusters claim the name and the resolver uses the first \
+                 match; fix one of the two specs",
+                self.line_number, self.name, self.their_ip, self.our_ip
+            ),
+        }
     }
 }
 
@@ -69,14 +89,24 @@ pub enum HostsError {
     UnterminatedBlock { line: usize },
     #[error(
         "line {line}: `{BEGIN_PREFIX}` inside the kreach block opened at line {open_line}; \
-         there must be exactly one block, fix the markers by hand"
+         blocks cannot nest, fix the markers by hand"
     )]
     NestedBlock { line: usize, open_line: usize },
     #[error(
-        "line {line}: a second kreach block (the first is at line {first_line}); \
-         delete one of them by hand"
+        "line {line}: a second kreach block of the same cluster (the first is at line \
+         {first_line}); delete one of them by hand"
     )]
     DuplicateBlock { line: usize, first_line: usize },
+    #[error(
+        "line {line}: `{END_MARKER} {end}` closes the block of {begin:?} opened at line \
+         {open_line}; fix the markers by hand"
+    )]
+    MismatchedEnd {
+        line: usize,
+        end: String,
+        open_line: usize,
+        begin: String,
+    },
     #[error(
         "line {line}: `{END_MARKER}` without a `{BEGIN_PREFIX}` line before it; \
          delete it or restore the missing BEGIN line"
@@ -102,9 +132,10 @@ pub enum HostsError {
 
 /// Render `original` with kreach's block for `cluster` set to exactly `entries` (empty entries => the block is removed entirely).
 ///
-/// An existing block is replaced where it stands; otherwise the block is appended. Conflicts are
+/// The cluster's block (or the older format's block named for it) is replaced where it stands;
+/// otherwise the block is appended. Other clusters' blocks are kept as they are. Conflicts are
 /// reported, never fixed, and do not stop the edit: our block is still correct for every name no
-/// unmanaged line shadows.
+/// other line shadows.
 pub fn apply_block(
     original: &str,
     cluster: &str,
@@ -114,8 +145,9 @@ pub fn apply_block(
     validate_entries(entries)?;
     crate::limits::check_text(original)?;
     let lines = split_lines(original);
-    let block = locate_block(&lines)?;
-    let conflicts = find_conflicts(&lines, block, entries);
+    let blocks = locate_blocks(&lines)?;
+    let block = block_of(&blocks, cluster);
+    let conflicts = find_conflicts(&lines, &blocks, block, entries);
 
     let content = match (block, entries.is_empty()) {
         (None, true) => original.to_owned(),
@@ -157,14 +189,15 @@ pub fn apply_block(
     Ok(HostsEdit { content, conflicts })
 }
 
-/// The entries currently inside kreach's block (None when there is no block).
+/// The entries currently inside `cluster`'s block (None when it has none).
 ///
 /// Blank and comment lines inside the block are skipped; any other line that is not an address
 /// followed by names is an error, because it means someone edited the block and we will not guess
 /// what they meant.
-pub fn read_block(content: &str) -> Result<Option<Vec<HostsEntry>>, HostsError> {
+pub fn read_block(content: &str, cluster: &str) -> Result<Option<Vec<HostsEntry>>, HostsError> {
     let lines = split_lines(content);
-    let Some(block) = locate_block(&lines)? else {
+    let blocks = locate_blocks(&lines)?;
+    let Some(block) = block_of(&blocks, cluster) else {
         return Ok(None);
     };
     let mut entries = Vec::with_capacity(block.end - block.begin);
@@ -206,13 +239,42 @@ pub fn lookup(content: &str, name: &str) -> Vec<IpAddr> {
     addresses
 }
 
-/// `content` with kreach's block (and only it) removed — the "outside region" used by tests and drift checks.
-pub fn strip_block(content: &str) -> Result<String, HostsError> {
+/// `content` with `cluster`'s block (and only it) removed.
+pub fn strip_block(content: &str, cluster: &str) -> Result<String, HostsError> {
     let lines = split_lines(content);
-    Ok(match locate_block(&lines)? {
+    let blocks = locate_blocks(&lines)?;
+    Ok(match block_of(&blocks, cluster) {
         Some(block) => remove_block(content, &lines, block),
         None => content.to_owned(),
     })
+}
+
+/// `content` without the kreach blocks of clusters other than `keep` (a block of the older
+/// format without a name is kept: it is the one cluster's of that time).
+pub fn retain_blocks(content: &str, keep: &[&str]) -> Result<String, HostsError> {
+    let mut content = content.to_owned();
+    // One block at a time: each removal moves the lines after it. Bounded by the block count.
+    loop {
+        let lines = split_lines(&content);
+        let blocks = locate_blocks(&lines)?;
+        let Some(drop) = blocks
+            .iter()
+            .find(|block| block.cluster.is_some_and(|name| !keep.contains(&name)))
+        else {
+            return Ok(content);
+        };
+        content = remove_block(&content, &lines, *drop);
+    }
+}
+
+/// The names of the clusters that have a kreach block in `content`, in file order (a block of
+/// the older format without a name is left out).
+pub fn block_clusters(content: &str) -> Result<Vec<String>, HostsError> {
+    let lines = split_lines(content);
+    Ok(locate_blocks(&lines)?
+        .iter()
+        .filter_map(|block| block.cluster.map(str::to_owned))
+        .collect())
 }
 
 const LF: &str = "\n";
@@ -259,14 +321,18 @@ fn split_lines(content: &str) -> Vec<Line<'_>> {
     lines
 }
 
-/// Indices into the line list of the BEGIN and END marker lines.
+/// Indices into the line list of the BEGIN and END marker lines, and whose block it is.
 #[derive(Debug, Clone, Copy)]
-struct Block {
+struct Block<'a> {
     begin: usize,
     end: usize,
+    /// The cluster the BEGIN line names; None for an older block without a name.
+    cluster: Option<&'a str>,
+    /// Written in the older format (`cluster=NAME`, an END without a name).
+    legacy: bool,
 }
 
-impl Block {
+impl Block<'_> {
     fn byte_start(&self, lines: &[Line<'_>]) -> usize {
         lines[self.begin].start
     }
@@ -281,67 +347,121 @@ impl Block {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Marker {
-    Begin,
-    End,
+enum Marker<'a> {
+    /// `cluster`: the name after the prefix (None: none); `legacy`: spelled `cluster=NAME`, or
+    /// no name at all.
+    Begin {
+        cluster: Option<&'a str>,
+        legacy: bool,
+    },
+    /// The name after the prefix (None in the older format).
+    End { cluster: Option<&'a str> },
 }
 
-fn marker(text: &str) -> Option<Marker> {
+fn marker(text: &str) -> Option<Marker<'_>> {
     // Require a word boundary so that, say, `# BEGIN kreachy` from some other tool is not ours.
-    let starts_with_word = |prefix: &str| {
+    let after = |prefix: &str| {
         text.trim_start()
             .strip_prefix(prefix)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+            .filter(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace))
+            // The first word after the prefix, unless it opens the "(managed by ...)" note.
+            .map(|rest| {
+                rest.split_whitespace()
+                    .next()
+                    .filter(|w| !w.starts_with('('))
+            })
     };
-    if starts_with_word(BEGIN_PREFIX) {
-        Some(Marker::Begin)
-    } else if starts_with_word(END_MARKER) {
-        Some(Marker::End)
-    } else {
-        None
+    if let Some(word) = after(BEGIN_PREFIX) {
+        return Some(match word {
+            None => Marker::Begin {
+                cluster: None,
+                legacy: true,
+            },
+            Some(word) => match word.strip_prefix(LEGACY_NAME) {
+                Some(name) => Marker::Begin {
+                    cluster: Some(name),
+                    legacy: true,
+                },
+                None => Marker::Begin {
+                    cluster: Some(word),
+                    legacy: false,
+                },
+            },
+        });
     }
+    after(END_MARKER).map(|cluster| Marker::End { cluster })
 }
 
-/// Finds the one block, rejecting every marker layout that would make us guess which lines are ours.
-fn locate_block(lines: &[Line<'_>]) -> Result<Option<Block>, HostsError> {
-    let mut open: Option<usize> = None;
-    let mut found: Option<Block> = None;
+/// The block `cluster` owns: its own, else an older one named for it or not named at all.
+fn block_of<'a>(blocks: &[Block<'a>], cluster: &str) -> Option<Block<'a>> {
+    let ours = |block: &&Block<'a>| !block.legacy && block.cluster == Some(cluster);
+    let older = |block: &&Block<'a>| block.legacy && block.cluster.is_none_or(|c| c == cluster);
+    blocks
+        .iter()
+        .find(ours)
+        .or_else(|| blocks.iter().find(older))
+        .copied()
+}
+
+/// Finds every block, rejecting every marker layout that would make us guess which lines are
+/// whose: nested blocks, a cluster's second block, an END that names another cluster than its
+/// BEGIN, a BEGIN without END or an END without BEGIN.
+fn locate_blocks<'a>(lines: &[Line<'a>]) -> Result<Vec<Block<'a>>, HostsError> {
+    let mut open: Option<(usize, Option<&'a str>, bool)> = None;
+    let mut found: Vec<Block<'a>> = Vec::new();
     for (index, line) in lines.iter().enumerate() {
         match (marker(line.text), open) {
             (None, _) => {}
-            (Some(Marker::Begin), Some(open_index)) => {
+            (Some(Marker::Begin { .. }), Some((open_index, ..))) => {
                 return Err(HostsError::NestedBlock {
                     line: line.number,
                     open_line: lines[open_index].number,
                 })
             }
-            (Some(Marker::Begin), None) => {
-                if let Some(first) = found {
+            (Some(Marker::Begin { cluster, legacy }), None) => {
+                // A cluster has one block; a block without a name (hand-written) is the only one.
+                let clash = |block: &&Block<'a>| {
+                    block.cluster == cluster || block.cluster.is_none() || cluster.is_none()
+                };
+                if let Some(first) = found.iter().find(clash) {
                     return Err(HostsError::DuplicateBlock {
                         line: line.number,
                         first_line: lines[first.begin].number,
                     });
                 }
-                open = Some(index);
+                open = Some((index, cluster, legacy));
             }
-            (Some(Marker::End), None) => {
+            (Some(Marker::End { .. }), None) => {
                 return Err(HostsError::EndWithoutBegin { line: line.number })
             }
-            (Some(Marker::End), Some(begin)) => {
-                found = Some(Block { begin, end: index });
+            (Some(Marker::End { cluster: end }), Some((begin, cluster, legacy))) => {
+                if let Some(end) = end.filter(|end| Some(*end) != cluster) {
+                    return Err(HostsError::MismatchedEnd {
+                        line: line.number,
+                        end: end.to_owned(),
+                        open_line: lines[begin].number,
+                        begin: cluster.unwrap_or_default().to_owned(),
+                    });
+                }
+                found.push(Block {
+                    begin,
+                    end: index,
+                    cluster,
+                    legacy,
+                });
                 open = None;
             }
         }
     }
     match open {
-        Some(begin) => Err(HostsError::UnterminatedBlock {
+        Some((begin, ..)) => Err(HostsError::UnterminatedBlock {
             line: lines[begin].number,
         }),
         None => Ok(found),
     }
 }
 
-fn remove_block(content: &str, lines: &[Line<'_>], block: Block) -> String {
+fn remove_block(content: &str, lines: &[Line<'_>], block: Block<'_>) -> String {
     let mut start = block.byte_start(lines);
     // An END line without an ending sits at the end of the file; the line before it got its ending
     // only because the block followed, so it goes too (this is what lets removal restore a file
@@ -355,7 +475,7 @@ fn remove_block(content: &str, lines: &[Line<'_>], block: Block) -> String {
     stripped
 }
 
-fn first_line_ending<'a>(lines: &[Line<'a>], skip: Option<Block>) -> Option<&'a str> {
+fn first_line_ending<'a>(lines: &[Line<'a>], skip: Option<Block<'_>>) -> Option<&'a str> {
     lines
         .iter()
         .enumerate()
@@ -366,7 +486,7 @@ fn first_line_ending<'a>(lines: &[Line<'a>], skip: Option<Block>) -> Option<&'a 
 
 /// The ending the block should use: the file's own (judged outside the block, so that a block that
 /// happens to come first does not decide for the operator's lines), else the block's, else LF.
-fn file_line_ending(lines: &[Line<'_>], block: Option<Block>) -> &'static str {
+fn file_line_ending(lines: &[Line<'_>], block: Option<Block<'_>>) -> &'static str {
     let found = first_line_ending(lines, block).or_else(|| first_line_ending(lines, None));
     if found == Some(CRLF) {
         CRLF
@@ -377,7 +497,7 @@ fn file_line_ending(lines: &[Line<'_>], block: Option<Block>) -> &'static str {
 
 fn render_block(cluster: &str, entries: &[HostsEntry], eol: &str, final_eol: bool) -> String {
     let mut block = format!(
-        "{BEGIN_PREFIX} cluster={cluster} (managed by kreach-agent; manual edits inside are reverted){eol}"
+        "{BEGIN_PREFIX} {cluster} (managed by kreach-agent; manual edits inside are reverted){eol}"
     );
     for entry in entries {
         block.push_str(&entry.ip.to_string());
@@ -386,6 +506,8 @@ fn render_block(cluster: &str, entries: &[HostsEntry], eol: &str, final_eol: boo
         block.push_str(eol);
     }
     block.push_str(END_MARKER);
+    block.push(' ');
+    block.push_str(cluster);
     if final_eol {
         block.push_str(eol);
     }
@@ -407,7 +529,8 @@ fn parse_hosts_line(text: &str) -> Option<(&str, IpAddr, Vec<&str>)> {
 
 fn find_conflicts(
     lines: &[Line<'_>],
-    block: Option<Block>,
+    blocks: &[Block<'_>],
+    block: Option<Block<'_>>,
     entries: &[HostsEntry],
 ) -> Vec<HostsConflict> {
     // Resolvers compare names case-insensitively, so index ours by their lowercase form.
@@ -429,6 +552,10 @@ fn find_conflicts(
         if block.is_some_and(|block| block.contains(index)) {
             continue;
         }
+        let cluster = blocks
+            .iter()
+            .find(|other| other.contains(index))
+            .map(|other| other.cluster.unwrap_or_default().to_owned());
         let Some((address, ip, names)) = parse_hosts_line(line.text) else {
             continue;
         };
@@ -442,6 +569,7 @@ fn find_conflicts(
                 continue;
             }
             conflicts.push(HostsConflict {
+                cluster: cluster.clone(),
                 line_number: line.number,
                 name: (*our_name).to_owned(),
                 their_ip: address.to_owned(),
@@ -468,6 +596,11 @@ fn validate_cluster(cluster: &str) -> Result<(), HostsError> {
     // would split the marker.
     if cluster.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return invalid("contains whitespace or a control character");
+    }
+    // The name is the marker's first word: `(` would read as the note after it, `cluster=` as
+    // the older format.
+    if cluster.starts_with('(') || cluster.starts_with(LEGACY_NAME) {
+        return invalid("starts with '(' or 'cluster='");
     }
     Ok(())
 }
@@ -561,6 +694,9 @@ mod tests {
     }
 
     const MARKER: &str =
+        "# BEGIN kreach prod (managed by kreach-agent; manual edits inside are reverted)";
+    /// The block of a kreach from before several clusters per host.
+    const OLDER_MARKER: &str =
         "# BEGIN kreach cluster=prod (managed by kreach-agent; manual edits inside are reverted)";
 
     #[test]
@@ -569,7 +705,7 @@ mod tests {
         assert_eq!(
             edit.content,
             format!(
-                "{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach\n"
+                "{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach prod\n"
             )
         );
         assert!(edit.conflicts.is_empty());
@@ -588,8 +724,8 @@ mod tests {
         let original = "127.0.0.1 localhost";
         let content = apply_block(original, "prod", &brokers()).unwrap().content;
         assert!(content.starts_with("127.0.0.1 localhost\n# BEGIN kreach"));
-        assert!(content.ends_with("# END kreach"));
-        assert_eq!(strip_block(&content).unwrap(), original);
+        assert!(content.ends_with("# END kreach prod"));
+        assert_eq!(strip_block(&content, "prod").unwrap(), original);
         assert_eq!(
             apply_block(&content, "prod", &brokers()).unwrap().content,
             content
@@ -600,7 +736,11 @@ mod tests {
     fn trailing_bare_carriage_return_survives_a_round_trip() {
         for original in ["x\r", "a\nb\r", "a\r\nb\r"] {
             let content = apply_block(original, "prod", &brokers()).unwrap().content;
-            assert_eq!(strip_block(&content).unwrap(), original, "{original:?}");
+            assert_eq!(
+                strip_block(&content, "prod").unwrap(),
+                original,
+                "{original:?}"
+            );
             assert_eq!(
                 apply_block(&content, "prod", &brokers()).unwrap().content,
                 content,
@@ -617,7 +757,7 @@ mod tests {
         assert_eq!(
             edit.content,
             format!(
-                "{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach\n127.0.0.1 localhost\n"
+                "{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach prod\n127.0.0.1 localhost\n"
             )
         );
     }
@@ -626,12 +766,12 @@ mod tests {
     fn read_block_skips_comments_and_rejects_garbage() {
         let content = format!("{MARKER}\n# note\n\n10.0.0.1 a b # why\n# END kreach\n");
         assert_eq!(
-            read_block(&content).unwrap(),
+            read_block(&content, "prod").unwrap(),
             Some(vec![entry("10.0.0.1", &["a", "b"])])
         );
         let content = format!("{MARKER}\nnot-an-ip a\n# END kreach\n");
         assert_eq!(
-            read_block(&content).unwrap_err(),
+            read_block(&content, "prod").unwrap_err(),
             HostsError::InvalidBlockLine {
                 line: 2,
                 reason: "\"not-an-ip\" is not an IP address".to_owned()
@@ -639,10 +779,10 @@ mod tests {
         );
         let content = format!("x\n{MARKER}\n10.0.0.1\n# END kreach\n");
         assert!(matches!(
-            read_block(&content),
+            read_block(&content, "prod"),
             Err(HostsError::InvalidBlockLine { line: 3, .. })
         ));
-        assert_eq!(read_block("127.0.0.1 localhost\n").unwrap(), None);
+        assert_eq!(read_block("127.0.0.1 localhost\n", "prod").unwrap(), None);
     }
 
     #[test]
@@ -652,7 +792,7 @@ mod tests {
         assert_eq!(
             edit.content,
             format!(
-                "a\n{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach\nz\n"
+                "a\n{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach prod\nz\n"
             )
         );
     }
@@ -661,8 +801,21 @@ mod tests {
     fn markers_need_a_word_boundary_and_may_be_indented() {
         assert_eq!(marker("# BEGIN kreachy"), None);
         assert_eq!(marker("# END kreach2"), None);
-        assert_eq!(marker("  # BEGIN kreach cluster=x"), Some(Marker::Begin));
-        assert_eq!(marker("# END kreach  "), Some(Marker::End));
+        let begin = |cluster, legacy| Some(Marker::Begin { cluster, legacy });
+        assert_eq!(marker("  # BEGIN kreach cluster=x"), begin(Some("x"), true));
+        assert_eq!(
+            marker("# BEGIN kreach x (managed ...)"),
+            begin(Some("x"), false)
+        );
+        assert_eq!(marker("# BEGIN kreach (managed ...)"), begin(None, true));
+        assert_eq!(
+            marker("# END kreach  "),
+            Some(Marker::End { cluster: None })
+        );
+        assert_eq!(
+            marker("# END kreach x"),
+            Some(Marker::End { cluster: Some("x") })
+        );
         assert_eq!(marker("#BEGIN kreach"), None);
     }
 
@@ -762,5 +915,50 @@ mod tests {
                 Err(HostsError::InvalidClusterName { .. })
             ));
         }
+    }
+
+    #[test]
+    fn the_older_block_is_rewritten_in_place_with_todays_markers() {
+        let content = format!("a\n{OLDER_MARKER}\n10.0.0.1\tb-1\n# END kreach\nz\n");
+        assert_eq!(
+            read_block(&content, "prod").unwrap(),
+            Some(vec![entry("10.0.0.1", &["b-1"])])
+        );
+        let edit = apply_block(&content, "prod", &brokers()).unwrap();
+        assert_eq!(
+            edit.content,
+            format!(
+                "a\n{MARKER}\n10.0.1.24\tb-1.kafka.internal b-1\n10.0.1.25\tb-2.kafka.internal b-2\n# END kreach prod\nz\n"
+            )
+        );
+        // An older block of another name is another cluster's: kept, ours appended.
+        let edit = apply_block(&content, "orders", &brokers()).unwrap();
+        assert!(edit.content.starts_with(&content), "{}", edit.content);
+        assert_eq!(block_clusters(&edit.content).unwrap(), ["prod", "orders"]);
+        // A host that holds one cluster drops the others' blocks in the same write (a renamed
+        // cluster's older block included).
+        let kept = retain_blocks(&content, &["orders"]).unwrap();
+        assert_eq!(kept, "a\nz\n");
+    }
+
+    #[test]
+    fn another_clusters_block_mapping_our_name_elsewhere_is_a_conflict() {
+        let payments =
+            "# BEGIN kreach payments\n10.9.9.9\tb-1.kafka.internal\n# END kreach payments\n";
+        let edit = apply_block(payments, "prod", &brokers()).unwrap();
+        assert_eq!(edit.conflicts.len(), 1, "{:?}", edit.conflicts);
+        let conflict = &edit.conflicts[0];
+        assert_eq!(conflict.cluster.as_deref(), Some("payments"));
+        assert_eq!(
+            conflict.to_string(),
+            "line 2 (cluster payments's kreach block) maps b-1.kafka.internal to 10.9.9.9, but this cluster maps it to 10.0.1.24: two clusters claim the name and the resolver uses the first match; fix one of the two specs"
+        );
+        // The same address in both blocks is no conflict.
+        let same =
+            "# BEGIN kreach payments\n10.0.1.24\tb-1.kafka.internal\n# END kreach payments\n";
+        assert!(apply_block(same, "prod", &brokers())
+            .unwrap()
+            .conflicts
+            .is_empty());
     }
 }

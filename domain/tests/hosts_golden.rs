@@ -47,11 +47,11 @@ fn check_case(name: &str) {
         "{name}: applying twice changed the file"
     );
     assert_eq!(
-        strip_block(&expected).unwrap(),
-        strip_block(&input).unwrap(),
+        strip_block(&expected, &case.cluster).unwrap(),
+        strip_block(&input, &case.cluster).unwrap(),
         "{name}: the outside region changed"
     );
-    let read_back = read_block(&expected).unwrap();
+    let read_back = read_block(&expected, &case.cluster).unwrap();
     if case.entries.is_empty() {
         assert_eq!(read_back, None, "{name}: a block is left behind");
     } else {
@@ -83,7 +83,13 @@ const CASES: &[&str] = &[
     "remove-block",
     "remove-block-no-final-newline",
     "replace-block",
+    "second-cluster",
 ];
+
+#[test]
+fn second_cluster() {
+    check_case("second-cluster");
+}
 
 #[test]
 fn conflict() {

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use kreach_domain::hosts::{apply_block, read_block, strip_block, HostsEntry};
+use kreach_domain::hosts::{apply_block, read_block, retain_blocks, strip_block, HostsEntry};
 use proptest::prelude::*;
 
 fn is_marker_like(text: &str) -> bool {
@@ -129,13 +129,13 @@ proptest! {
     fn apply_strip_and_remove_give_back_the_original(
         original in surrounding(), cluster in cluster(), entries in entries()
     ) {
-        prop_assert_eq!(read_block(&original).unwrap(), None);
-        prop_assert_eq!(strip_block(&original).unwrap(), original.clone());
+        prop_assert_eq!(read_block(&original, &cluster).unwrap(), None);
+        prop_assert_eq!(strip_block(&original, &cluster).unwrap(), original.clone());
         prop_assert_eq!(apply_block(&original, &cluster, &[]).unwrap().content, original.clone());
 
         let applied = apply_block(&original, &cluster, &entries).unwrap().content;
-        prop_assert_eq!(strip_block(&applied).unwrap(), original.clone());
-        prop_assert_eq!(read_block(&applied).unwrap(), Some(entries.clone()));
+        prop_assert_eq!(strip_block(&applied, &cluster).unwrap(), original.clone());
+        prop_assert_eq!(read_block(&applied, &cluster).unwrap(), Some(entries.clone()));
         prop_assert_eq!(
             apply_block(&applied, &cluster, &entries).unwrap().content,
             applied.clone(),
@@ -147,19 +147,43 @@ proptest! {
     #[test]
     fn replacing_the_block_keeps_everything_around_it(
         original in surrounding(),
-        first in (cluster(), entries()),
-        second in (cluster(), entries()),
+        cluster in cluster(),
+        first in entries(),
+        second in entries(),
     ) {
-        let applied = apply_block(&original, &first.0, &first.1).unwrap().content;
-        let replaced = apply_block(&applied, &second.0, &second.1).unwrap().content;
-        prop_assert_eq!(strip_block(&replaced).unwrap(), original.clone());
-        prop_assert_eq!(read_block(&replaced).unwrap(), Some(second.1.clone()));
+        let applied = apply_block(&original, &cluster, &first).unwrap().content;
+        let replaced = apply_block(&applied, &cluster, &second).unwrap().content;
+        prop_assert_eq!(strip_block(&replaced, &cluster).unwrap(), original.clone());
+        prop_assert_eq!(read_block(&replaced, &cluster).unwrap(), Some(second.clone()));
         // The block stays where it was: same prefix as the first apply.
         let block_start = applied.find("# BEGIN kreach").unwrap();
         prop_assert_eq!(&replaced[..block_start], &applied[..block_start]);
         // Going back gives the first result exactly.
-        prop_assert_eq!(apply_block(&replaced, &first.0, &first.1).unwrap().content, applied);
-        prop_assert_eq!(apply_block(&replaced, &second.0, &[]).unwrap().content, original);
+        prop_assert_eq!(apply_block(&replaced, &cluster, &first).unwrap().content, applied);
+        prop_assert_eq!(apply_block(&replaced, &cluster, &[]).unwrap().content, original);
+    }
+
+    /// A host that uses two clusters has a block for each: writing one never touches the other,
+    /// and removing one gives back the file as it was before that one was added.
+    #[test]
+    fn a_second_clusters_block_leaves_the_first_and_everything_around_alone(
+        original in surrounding(),
+        first in (cluster(), entries()),
+        second in (cluster(), entries()),
+    ) {
+        prop_assume!(first.0 != second.0);
+        let one = apply_block(&original, &first.0, &first.1).unwrap().content;
+        let both = apply_block(&one, &second.0, &second.1).unwrap().content;
+        prop_assert_eq!(read_block(&both, &first.0).unwrap(), Some(first.1.clone()));
+        prop_assert_eq!(read_block(&both, &second.0).unwrap(), Some(second.1.clone()));
+        prop_assert_eq!(strip_block(&both, &second.0).unwrap(), one.clone());
+        prop_assert_eq!(retain_blocks(&both, &[first.0.as_str()]).unwrap(), one.clone());
+        prop_assert_eq!(
+            apply_block(&both, &first.0, &first.1).unwrap().content,
+            both.clone(),
+            "writing the first cluster's block again changed the file"
+        );
+        prop_assert_eq!(retain_blocks(&both, &[]).unwrap(), original);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Fuzzes the hosts-file editor (`kreach_domain::hosts`): whatever the file and the desired entries,
 //! nothing panics; and whenever `apply_block` accepts the file,
-//! - every byte outside the managed block survives: `strip_block(apply(x)) == strip_block(x)`, and
-//!   for a file without a block `strip_block(apply(x)) == x`;
-//! - the block reads back as exactly the desired entries (`read_block`);
+//! - every byte outside the cluster's block survives (other clusters' blocks included):
+//!   `strip_block(apply(x)) == strip_block(x)`, and for a file without its block
+//!   `strip_block(apply(x)) == x`;
+//! - the cluster's block reads back as exactly the desired entries (`read_block`);
 //! - applying again changes nothing, and applying no entries removes the block.
 #![no_main]
 
@@ -136,6 +137,7 @@ fn is_layout_error(error: &HostsError) -> bool {
             | HostsError::NestedBlock { .. }
             | HostsError::DuplicateBlock { .. }
             | HostsError::EndWithoutBegin { .. }
+            | HostsError::MismatchedEnd { .. }
     )
 }
 
@@ -151,8 +153,8 @@ fuzz_target!(|data: &[u8]| {
     };
 
     // Readers on their own: no panic, and they agree on whether the block layout is valid.
-    let stripped = strip_block(file);
-    let read = read_block(file);
+    let stripped = strip_block(file, &cluster);
+    let read = read_block(file, &cluster);
     if let Err(error) = &stripped {
         let _ = error.to_string();
         assert!(is_layout_error(error), "strip_block: unexpected error {error:?}");
@@ -163,8 +165,8 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(stripped) = &stripped {
         // Stripping is final: no block is left to strip.
-        assert_eq!(strip_block(stripped).as_ref(), Ok(stripped));
-        assert_eq!(read_block(stripped), Ok(None));
+        assert_eq!(strip_block(stripped, &cluster).as_ref(), Ok(stripped));
+        assert_eq!(read_block(stripped, &cluster), Ok(None));
     }
 
     let edit = match apply_block(file, &cluster, &entries) {
@@ -183,7 +185,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // Every byte outside the managed region survives.
-    let after = strip_block(&edit.content).expect("the edited file must have a valid block layout");
+    let after = strip_block(&edit.content, &cluster).expect("the edited file must have a valid block layout");
     assert_eq!(after, stripped, "bytes outside the block changed\nbefore: {file:?}\nafter:  {:?}", edit.content);
     if let Ok(None) = read {
         assert_eq!(after, file, "a file without a block did not come back byte for byte");
@@ -191,7 +193,7 @@ fuzz_target!(|data: &[u8]| {
 
     // The block reads back as the desired entries (no block for no entries).
     let expected = if entries.is_empty() { None } else { Some(entries.clone()) };
-    assert_eq!(read_block(&edit.content), Ok(expected), "the block does not read back\nafter: {:?}", edit.content);
+    assert_eq!(read_block(&edit.content, &cluster), Ok(expected), "the block does not read back\nafter: {:?}", edit.content);
 
     // Idempotent.
     let again = apply_block(&edit.content, &cluster, &entries).expect("re-applying must succeed");

@@ -311,10 +311,13 @@ fn apply_local_restarts_kafka_through_systemd_then_has_nothing_to_change() {
         "unmanaged lines kept first:\n{hosts}"
     );
     let begin = hosts
-        .find("# BEGIN kreach cluster=emr-48742")
+        .find("# BEGIN kreach emr-48742 ")
         .unwrap_or_else(|| panic!("no kreach block:\n{hosts}"));
     let block = &hosts[begin..];
-    assert!(block.trim_end().ends_with("# END kreach"), "{hosts}");
+    assert!(
+        block.trim_end().ends_with("# END kreach emr-48742"),
+        "{hosts}"
+    );
     for id in 1..=3 {
         let name = format!("emr-worker-{id}.cluster-48742");
         let line = block

@@ -276,12 +276,19 @@ const LIFECYCLE_SPEC: &str = "[cluster]\nname = \"emr-48742\"\n\n\
 [[broker]]\nid = 2\nnode = \"emr-worker-2\"\nhostname = \"emr-worker-2.cluster-48742\"\nprivate_ip = \"198.18.0.12\"\n\n\
 [[client]]\nnode = \"etl-1\"\nview = \"private\"\n";
 
-/// The kreach block of a hosts file, markers included.
+/// The (first) kreach block of a hosts file, markers included, the whole END line too.
 fn kreach_block(hosts: &str) -> Option<String> {
     let begin = hosts.find("# BEGIN kreach")?;
     let end = hosts[begin..].find("# END kreach")? + begin;
-    Some(hosts[begin..end + "# END kreach".len()].to_owned())
+    let line_end = hosts[end..].find('\n').map_or(hosts.len(), |at| end + at);
+    Some(hosts[begin..line_end].to_owned())
 }
+
+/// The block an agent from before several clusters per host wrote for cluster emr-48742
+/// (`cluster=NAME` in its BEGIN line, an END line without a name), mapping emr-worker-1.
+const OLDER_BLOCK: &str = "# BEGIN kreach cluster=emr-48742 (managed by kreach-agent; manual edits inside are reverted)\n\
+198.18.0.11\temr-worker-1.cluster-48742 emr-worker-1\n\
+# END kreach\n";
 
 fn lifecycle(machine: &Machine, debs: &Debs, scratch: &Path) -> Result<()> {
     let started = Instant::now();
@@ -298,6 +305,11 @@ fn lifecycle(machine: &Machine, debs: &Debs, scratch: &Path) -> Result<()> {
         "after install the unit is {enabled}"
     );
     machine.write(AGENT_TOML, EDITED_AGENT_TOML, 0o644)?;
+    // The hosts file as the agent before several clusters per host left it: its one block in the
+    // older markers. (The previous package here is today's binary repackaged, so the block is
+    // written as that agent wrote it.)
+    let hosts_before = machine.read("/etc/hosts")?;
+    machine.write("/etc/hosts", &format!("{hosts_before}{OLDER_BLOCK}"), 0o644)?;
     machine.restart(AGENT_UNIT)?;
     machine.wait_active(AGENT_UNIT)?;
     let invocation_before = machine.unit(AGENT_UNIT, "InvocationID")?;
@@ -330,15 +342,32 @@ fn lifecycle(machine: &Machine, debs: &Debs, scratch: &Path) -> Result<()> {
     // A last applied state: stop the service, apply a spec locally, start it again.
     machine.sh("systemctl stop kreach-agent.service")?;
     machine.write("/root/cluster.toml", LIFECYCLE_SPEC, 0o644)?;
+    // The older block becomes the cluster's block of today in the apply's one write: a reader
+    // polling the file meanwhile (bounded: 3,000 reads) never finds emr-worker-1 missing.
     let applied = machine
-        .sh("kreach-agent --config /etc/kreach/agent.toml apply-local --spec /root/cluster.toml 2>&1")
+        .sh("(for i in $(seq 1 3000); do grep -q 'emr-worker-1.cluster-48742' /etc/hosts || echo MISSING; done > /root/hosts-reads) & reader=$!; \
+             kreach-agent --config /etc/kreach/agent.toml apply-local --spec /root/cluster.toml 2>&1; wait $reader")
         .context("kreach-agent apply-local")?;
+    let reads = machine.read("/root/hosts-reads")?;
+    ensure!(
+        !reads.contains("MISSING"),
+        "emr-worker-1 was missing from /etc/hosts during the migration of the older block ({} reads)",
+        reads.matches("MISSING").count()
+    );
     let hosts = machine.read("/etc/hosts")?;
     let block = kreach_block(&hosts)
         .with_context(|| format!("no kreach block after apply-local:\n{hosts}\n{applied}"))?;
     ensure!(
         block.contains("198.18.0.11") && block.contains("emr-worker-1.cluster-48742"),
         "the block does not map emr-worker-1: {block}"
+    );
+    ensure!(
+        hosts.starts_with(&hosts_before)
+            && block.starts_with("# BEGIN kreach emr-48742 (")
+            && block.ends_with("\n# END kreach emr-48742")
+            && hosts.matches("# BEGIN kreach").count() == 1
+            && !hosts.contains("cluster=emr-48742"),
+        "the older block was not rewritten in place with today's markers:\n{hosts}"
     );
     machine.sh("systemctl start kreach-agent.service")?;
     machine.wait_active(AGENT_UNIT)?;

@@ -940,7 +940,7 @@ fn the_plan_shows_the_hosts_real_files_and_a_dropped_node_loses_its_block() {
     for node in ["etl-2", "etl-3"] {
         assert!(fleet
             .client_hosts(node)
-            .contains("# BEGIN kreach cluster=fleet-24"));
+            .contains("# BEGIN kreach fleet-24 "));
     }
 
     // Generation 2 drops etl-2 (online) and etl-3 (offline).
@@ -976,7 +976,7 @@ fn the_plan_shows_the_hosts_real_files_and_a_dropped_node_loses_its_block() {
             .as_str()
             .unwrap()
             .lines()
-            .any(|l| l.starts_with("-# BEGIN kreach cluster=fleet-24")),
+            .any(|l| l.starts_with("-# BEGIN kreach fleet-24 ")),
         "{etl2:#}"
     );
     let etl3 = plan_node(&plan, "etl-3");
