@@ -18,20 +18,33 @@
 //! FANOUT_TLS=0 cargo bench -p kreach-coordinator --bench fanout     # plaintext
 //! cargo bench -p kreach-coordinator --bench fanout -- --plaintext   # plaintext (--tls: TLS)
 //! cargo bench -p kreach-coordinator --bench fanout -- --group       # clients as a client group
+//! cargo bench -p kreach-coordinator --bench fanout -- --clusters 20 # 20 clusters, 5,000 agents
+//! FANOUT_CLUSTERS=20 cargo bench -p kreach-coordinator --bench fanout  # the same
 //! ```
 //!
 //! With `--group` (or `FANOUT_GROUP=1`) only the first client is listed in the spec; the other
 //! 999 are members of a `[[client_group]]` that selects them by a label they report with their
 //! host facts before subscribing, so they get their releases as copies of the listed client's.
 //!
+//! With `--clusters N` (or `FANOUT_CLUSTERS=N`; N > 1, at most 40) the coordinator holds N Kafka
+//! clusters (`fanout-k00`, `fanout-k01`, ...), each of 3 brokers and 247 clients (250 agents, so
+//! 20 clusters are 5,000 agents; node names `k07-kafka-1`, `k07-c0123`, ...). Every agent
+//! connects, generation 1 of each cluster is applied and waited for one after the other, then
+//! the measured change is generation 2 of cluster `fanout-k00` only (its brokers' private
+//! addresses move): the figures are over its 250 agents, and the report counts the agents of the
+//! other clusters that got a release meanwhile (there should be none). With `--group` each
+//! cluster lists its first client and selects the others by the label
+//! `role = "fanout-client-k07"`. The overall deadline is 900s instead of 120s.
+//!
 //! The simulated agents touch no files: they report PHASE_CONVERGED for every release they
 //! receive. All traffic stays on 127.0.0.1, and every wait is bounded by one overall deadline.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -46,11 +59,76 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-const CLIENTS: usize = 1000;
-const BROKERS: usize = 3;
-const AGENTS: usize = CLIENTS + BROKERS;
-/// The whole run, from making the certificates to reading the coordinator's memory.
-const DEADLINE: Duration = Duration::from_secs(120);
+/// How many clusters, and how many agents of which kind in each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    clusters: usize,
+    brokers: usize,
+    clients: usize,
+}
+
+/// Set once in `run`, from `--clusters` / `FANOUT_CLUSTERS`.
+static SHAPE: OnceLock<Shape> = OnceLock::new();
+
+/// The most clusters `--clusters` takes: 40 × 250 agents is the coordinator's default
+/// `max_agents` (10,000).
+const MAX_CLUSTERS: usize = 40;
+
+impl Shape {
+    /// One cluster: 1,000 clients and 3 brokers (the issue's figure); several: 247 clients and 3
+    /// brokers each, 250 agents per cluster.
+    fn for_clusters(clusters: usize) -> Shape {
+        if clusters <= 1 {
+            Shape {
+                clusters: 1,
+                brokers: 3,
+                clients: 1000,
+            }
+        } else {
+            Shape {
+                clusters,
+                brokers: 3,
+                clients: 247,
+            }
+        }
+    }
+
+    fn multi(self) -> bool {
+        self.clusters > 1
+    }
+
+    fn per_cluster(self) -> usize {
+        self.brokers + self.clients
+    }
+
+    fn agents(self) -> usize {
+        self.clusters * self.per_cluster()
+    }
+
+    /// The indexes of `cluster`'s agents: its brokers first, then its clients.
+    fn agents_of(self, cluster: usize) -> Range<usize> {
+        cluster * self.per_cluster()..(cluster + 1) * self.per_cluster()
+    }
+
+    /// The cluster of agent `index`, and its index within that cluster.
+    fn place(self, index: usize) -> (usize, usize) {
+        (index / self.per_cluster(), index % self.per_cluster())
+    }
+
+    /// The whole run, from making the certificates to reading the coordinator's memory.
+    fn deadline(self) -> Duration {
+        if self.multi() {
+            Duration::from_secs(900)
+        } else {
+            Duration::from_secs(120)
+        }
+    }
+}
+
+fn shape() -> Shape {
+    *SHAPE.get().expect("the shape is set at the start of run")
+}
+
 /// Connections opened at once: a burst of 1,000 SYNs can overflow the listen backlog, and a
 /// dropped SYN costs a one-second retransmit that would measure the kernel, not the coordinator.
 const CONNECT_CONCURRENCY: usize = 100;
@@ -58,7 +136,9 @@ const CONNECT_CONCURRENCY: usize = 100;
 /// gen 2: one expand); the cap only bounds the loop.
 const MAX_RELEASES_PER_AGENT: usize = 32;
 /// File descriptors the coordinator needs: one socket per agent plus its own few.
-const COORDINATOR_FILES_NEEDED: u64 = AGENTS as u64 + 64;
+fn coordinator_files_needed() -> u64 {
+    shape().agents() as u64 + 64
+}
 /// The limit the coordinator is started with (under prlimit) when its inherited hard limit is too
 /// low: it raises its soft limit to the hard one itself, but cannot go past the hard one.
 const PRLIMIT_NOFILE: u64 = 65536;
@@ -77,26 +157,49 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run() -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + DEADLINE;
-    let mode = Mode::from_args_and_env()?;
-    println!(
-        "fanout: mode: {}; clients: {}",
-        mode.describe(),
-        if group_mode() {
-            "1 listed, 999 members of a client group (--group)"
-        } else {
-            "1,000 listed"
-        }
-    );
+    let started = std::time::Instant::now();
+    let (mode, clusters) = Mode::from_args_and_env()?;
+    SHAPE
+        .set(Shape::for_clusters(clusters))
+        .map_err(|_| anyhow::anyhow!("the shape was set twice"))?;
+    let shape = shape();
+    let deadline_secs = shape.deadline().as_secs();
+    let deadline = started + shape.deadline();
+    if shape.multi() {
+        println!(
+            "fanout: mode: {}; {} clusters, clients: {}",
+            mode.describe(),
+            shape.clusters,
+            if group_mode() {
+                format!(
+                    "1 listed, {} members of a client group per cluster (--group)",
+                    shape.clients - 1
+                )
+            } else {
+                format!("{} listed per cluster", shape.clients)
+            }
+        );
+    } else {
+        println!(
+            "fanout: mode: {}; clients: {}",
+            mode.describe(),
+            if group_mode() {
+                "1 listed, 999 members of a client group (--group)"
+            } else {
+                "1,000 listed"
+            }
+        );
+    }
     let transport = Transport::prepare(mode)?;
     if let Some(took) = transport.certs_took {
         println!(
-            "fanout: CA, coordinator, admin and {AGENTS} node certificates made in {:.0} ms",
+            "fanout: CA, coordinator, admin and {} node certificates made in {:.0} ms",
+            shape.agents(),
             took.as_secs_f64() * 1e3
         );
     }
     if std::time::Instant::now() >= deadline {
-        bail!("the overall {}s deadline passed", DEADLINE.as_secs());
+        bail!("the overall {deadline_secs}s deadline passed");
     }
 
     // The coordinator starts first, so it inherits the limit a real deployment would give it, not
@@ -119,7 +222,7 @@ fn run() -> anyhow::Result<()> {
         let deadline = Instant::from_std(deadline);
         tokio::time::timeout_at(deadline, measure(&coordinator, &transport, deadline))
             .await
-            .unwrap_or_else(|_| bail!("the overall {}s deadline passed", DEADLINE.as_secs()))
+            .unwrap_or_else(|_| bail!("the overall {deadline_secs}s deadline passed"))
     });
     // Peak memory is read after the run and before the kill.
     let memory = read_memory(coordinator.pid());
@@ -152,26 +255,42 @@ enum Mode {
 }
 
 impl Mode {
-    /// `--tls` / `--plaintext` after `--` win over `FANOUT_TLS` (`1`/`0`); the default is TLS.
-    /// `--bench`, which `cargo bench` passes to every bench, is ignored.
-    fn from_args_and_env() -> anyhow::Result<Mode> {
+    /// The mode and the number of clusters. `--tls` / `--plaintext` after `--` win over
+    /// `FANOUT_TLS` (`1`/`0`); the default is TLS. `--clusters N` wins over `FANOUT_CLUSTERS=N`;
+    /// the default is 1. `--bench`, which `cargo bench` passes to every bench, is ignored.
+    fn from_args_and_env() -> anyhow::Result<(Mode, usize)> {
         let mut mode = match std::env::var("FANOUT_TLS").as_deref() {
             Err(_) | Ok("") | Ok("1") | Ok("true") | Ok("yes") => Mode::MutualTls,
             Ok("0") | Ok("false") | Ok("no") => Mode::Plaintext,
             Ok(other) => bail!("FANOUT_TLS={other:?}: use 1 (mutual TLS, the default) or 0"),
         };
-        for arg in std::env::args().skip(1) {
+        let mut clusters = match std::env::var("FANOUT_CLUSTERS").as_deref() {
+            Err(_) | Ok("") => 1,
+            Ok(value) => parse_clusters(value).context("FANOUT_CLUSTERS")?,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--bench" => {}
                 "--tls" => mode = Mode::MutualTls,
                 "--plaintext" => mode = Mode::Plaintext,
                 "--group" => {}
-                other => {
-                    bail!("unknown argument {other:?}: use --tls (the default), --plaintext or --group")
+                "--clusters" => {
+                    let value = args
+                        .next()
+                        .context("--clusters needs a number, e.g. --clusters 20")?;
+                    clusters = parse_clusters(&value).context("--clusters")?;
                 }
+                other => match other.strip_prefix("--clusters=") {
+                    Some(value) => clusters = parse_clusters(value).context("--clusters")?,
+                    None => bail!(
+                        "unknown argument {other:?}: use --tls (the default), --plaintext, \
+                         --group or --clusters N"
+                    ),
+                },
             }
         }
-        Ok(mode)
+        Ok((mode, clusters))
     }
 
     fn describe(self) -> &'static str {
@@ -189,6 +308,18 @@ impl Mode {
             Mode::Plaintext => "plaintext",
         }
     }
+}
+
+/// A number of clusters: 1 to [`MAX_CLUSTERS`].
+fn parse_clusters(value: &str) -> anyhow::Result<usize> {
+    let clusters: usize = value
+        .trim()
+        .parse()
+        .with_context(|| format!("{value:?} is not a number of clusters"))?;
+    if !(1..=MAX_CLUSTERS).contains(&clusters) {
+        bail!("{clusters} clusters: use 1 to {MAX_CLUSTERS}");
+    }
+    Ok(clusters)
 }
 
 /// The mode, and for mutual TLS the certificate directory `kreachctl certs init` would write.
@@ -211,7 +342,7 @@ impl Transport {
         let certs = tempfile::tempdir().context("creating the certificate directory")?;
         // The coordinator's certificate names the address the agents dial, as an operator's would.
         let coordinator_names = ["127.0.0.1".to_string(), "localhost".to_string()];
-        let nodes: Vec<String> = (0..AGENTS).map(node_name).collect();
+        let nodes: Vec<String> = (0..shape().agents()).map(node_name).collect();
         tls::init_certs(certs.path(), &coordinator_names, &nodes, 1, false)
             .context("making the certificates")?;
         Ok(Transport {
@@ -262,11 +393,38 @@ impl Transport {
 // -------------------------------------------------------------------------------------------
 // The spec
 
+/// One cluster: `kafka-1`.., `c0000`..; several: `k07-kafka-1`.., `k07-c0000`.. (unique across
+/// the clusters).
 fn node_name(index: usize) -> String {
-    if index < BROKERS {
-        format!("kafka-{}", index + 1)
+    let shape = shape();
+    let (cluster, local) = shape.place(index);
+    let prefix = if shape.multi() {
+        format!("k{cluster:02}-")
     } else {
-        format!("c{:04}", index - BROKERS)
+        String::new()
+    };
+    if local < shape.brokers {
+        format!("{prefix}kafka-{}", local + 1)
+    } else {
+        format!("{prefix}c{:04}", local - shape.brokers)
+    }
+}
+
+/// One cluster: `fanout-bench`; several: `fanout-k00`, `fanout-k01`, ...
+fn cluster_name(cluster: usize) -> String {
+    if shape().multi() {
+        format!("fanout-k{cluster:02}")
+    } else {
+        "fanout-bench".to_string()
+    }
+}
+
+/// The label value a cluster's client group selects its members by (`--group`).
+fn group_label(cluster: usize) -> String {
+    if shape().multi() {
+        format!("fanout-client-k{cluster:02}")
+    } else {
+        "fanout-client".to_string()
     }
 }
 
@@ -284,31 +442,39 @@ fn group_mode() -> bool {
     })
 }
 
-fn spec_toml(subnet: u8) -> String {
-    let mut spec = String::from(
-        "[cluster]\nname = \"fanout-bench\"\nmetadata = \"kraft\"\n\n\
+/// The spec of cluster `cluster` (0 when there is one). Broker private addresses repeat across
+/// clusters: nothing dials them.
+fn spec_toml(cluster: usize, subnet: u8) -> String {
+    let shape = shape();
+    let name = cluster_name(cluster);
+    let agents = shape.agents_of(cluster);
+    let mut spec = format!(
+        "[cluster]\nname = \"{name}\"\nmetadata = \"kraft\"\n\n\
          [listeners.internal]\nname = \"INTERNAL\"\nport = 9092\nadvertise = \"hostname\"\n\n\
          [rollout]\nmax_unavailable = 1\nhealth_timeout = \"60s\"\nsettle = \"0s\"\n",
     );
-    for broker in 1..=BROKERS {
+    for broker in 1..=shape.brokers {
+        let node = node_name(agents.start + broker - 1);
         spec.push_str(&format!(
-            "\n[[broker]]\nid = {broker}\nnode = \"kafka-{broker}\"\n\
-             hostname = \"kafka-{broker}.fanout-bench\"\n\
+            "\n[[broker]]\nid = {broker}\nnode = \"{node}\"\n\
+             hostname = \"{node}.{name}\"\n\
              private_ip = \"198.18.{subnet}.{}\"\npublic_ip = \"198.19.0.{}\"\n",
             10 + broker,
             10 + broker
         ));
     }
-    let listed = if group_mode() { 1 } else { CLIENTS };
+    let listed = if group_mode() { 1 } else { shape.clients };
     for client in 0..listed {
+        let node = node_name(agents.start + shape.brokers + client);
         spec.push_str(&format!(
-            "\n[[client]]\nnode = \"c{client:04}\"\nview = \"private\"\n"
+            "\n[[client]]\nnode = \"{node}\"\nview = \"private\"\n"
         ));
     }
     if group_mode() {
-        spec.push_str(
-            "\n[[client_group]]\nname = \"fanout\"\nlabels = { role = \"fanout-client\" }\n",
-        );
+        spec.push_str(&format!(
+            "\n[[client_group]]\nname = \"fanout\"\nlabels = {{ role = \"{}\" }}\n",
+            group_label(cluster)
+        ));
     }
     spec
 }
@@ -353,7 +519,7 @@ impl Coordinator {
         let prlimit = find_in_path("prlimit");
         let wanted = match forced {
             Some(limit) => Some(limit),
-            None if inherited_hard < COORDINATOR_FILES_NEEDED => Some(PRLIMIT_NOFILE),
+            None if inherited_hard < coordinator_files_needed() => Some(PRLIMIT_NOFILE),
             None => None,
         };
         let (mut command, nofile_note) = match (wanted, &prlimit) {
@@ -372,8 +538,9 @@ impl Coordinator {
             (Some(limit), None) => {
                 println!(
                     "fanout: WARNING: the coordinator gets RLIMIT_NOFILE hard {inherited_hard} \
-                     (needs ~{COORDINATOR_FILES_NEEDED}) and there is no prlimit to give it {limit}; \
-                     it may refuse connections"
+                     (needs ~{}) and there is no prlimit to give it {limit}; \
+                     it may refuse connections",
+                    coordinator_files_needed()
                 );
                 (
                     Command::new(binary),
@@ -589,13 +756,14 @@ async fn agent_loop(
     let mut client = AgentServiceClient::new(channel)
         .max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(pb::MAX_MESSAGE_BYTES);
-    if group_mode() && agent > BROKERS {
+    let (cluster, local) = shape().place(agent);
+    if group_mode() && local > shape().brokers {
         // A group member is selected by the labels of its host facts.
         client
             .report_facts(pb::HostFacts {
                 node: node.clone(),
                 agent_version: "fanout-bench".to_string(),
-                labels: [("role".to_string(), "fanout-client".to_string())].into(),
+                labels: [("role".to_string(), group_label(cluster))].into(),
                 ..Default::default()
             })
             .await
@@ -623,12 +791,18 @@ async fn agent_loop(
         let id = release
             .id
             .ok_or_else(|| "a release without an id".to_string())?;
+        // Its report names the release's cluster, as the agent's does.
+        let release_cluster = release
+            .spec
+            .as_ref()
+            .map(|spec| spec.cluster.clone())
+            .unwrap_or_default();
         let has_new_addresses = release.spec.as_ref().is_some_and(|spec| {
             spec.hosts_entries
                 .iter()
                 .filter(|entry| entry.ip.starts_with("198.18.1."))
                 .count()
-                == BROKERS
+                == shape().brokers
         });
         let _ = events.send(AgentEvent::Received {
             agent,
@@ -641,6 +815,7 @@ async fn agent_loop(
                 node: node.clone(),
                 release: Some(id),
                 phase: pb::Phase::Converged as i32,
+                cluster: release_cluster,
                 ..Default::default()
             })
             .await
@@ -660,32 +835,46 @@ async fn agent_loop(
 /// What one generation's rollout looked like from outside.
 struct GenerationFigures {
     steps: Vec<pb::PlannedStep>,
+    /// When the Apply call was sent.
+    apply_sent: Instant,
     apply_call: Duration,
-    /// Per agent, ms from the Apply call returning to the first release of this generation
-    /// (negative: it arrived before the Apply response did).
+    /// Per agent of the cluster, ms from the Apply call returning to the first release of this
+    /// generation (negative: it arrived before the Apply response did).
     received_ms: Vec<f64>,
-    /// Per agent, ms from the Apply call returning to the coordinator acknowledging (the
-    /// ReportStatus call returning) that agent's CONVERGED report of this generation; for an agent
-    /// with several releases in the generation, its last one seen.
+    /// Per agent of the cluster, ms from the Apply call returning to the coordinator
+    /// acknowledging (the ReportStatus call returning) that agent's CONVERGED report of this
+    /// generation; for an agent with several releases in the generation, its last one seen.
     reported_ms: Vec<f64>,
     /// The Watch stream showing this generation completed, ms since Apply returned.
     completed_ms: f64,
     wrong_addresses: usize,
+    /// The agents of other clusters that received a release after the Apply call was sent.
+    other_cluster_agents: BTreeSet<usize>,
 }
 
 struct Figures {
     connect: Duration,
     online: usize,
     coordinator_open_files: Option<usize>,
+    /// Generation 1 of the measured cluster (the first one).
     first: GenerationFigures,
+    /// Several clusters: generation 1 of every cluster, one after the other, from the first Plan
+    /// call to the last rollout completed.
+    first_all: Duration,
     measured: GenerationFigures,
 }
+
+/// Several clusters: after the measured rollout completed, how long to go on watching for
+/// releases to the other clusters' agents (a stray one could come a moment later).
+const OTHER_CLUSTERS_LINGER: Duration = Duration::from_secs(1);
 
 async fn measure(
     coordinator: &Coordinator,
     transport: &Transport,
     deadline: Instant,
 ) -> anyhow::Result<Figures> {
+    let shape = shape();
+    let total = shape.agents();
     let address = coordinator.address;
     let target = Arc::new(AgentTarget {
         url: transport.url(address),
@@ -696,7 +885,7 @@ async fn measure(
     let mut agents = JoinSet::new();
 
     let connect_started = Instant::now();
-    for agent in 0..AGENTS {
+    for agent in 0..total {
         agents.spawn(run_agent(
             agent,
             Arc::clone(&target),
@@ -706,11 +895,11 @@ async fn measure(
     }
     drop(sender);
     let mut subscribed = 0;
-    while subscribed < AGENTS {
+    while subscribed < total {
         match events.recv().await {
             Some(AgentEvent::Subscribed) => subscribed += 1,
             Some(AgentEvent::Failed { agent, error }) => bail!(
-                "agent {} failed after {subscribed}/{AGENTS} had subscribed: {error}",
+                "agent {} failed after {subscribed}/{total} had subscribed: {error}",
                 node_name(agent)
             ),
             Some(_) => {}
@@ -719,11 +908,12 @@ async fn measure(
     }
     let connect = connect_started.elapsed();
     println!(
-        "fanout: {AGENTS} agents subscribed in {:.0} ms",
+        "fanout: {total} agents subscribed in {:.0} ms",
         connect.as_secs_f64() * 1e3
     );
 
     let mut admin = transport.admin(address).await?;
+    // Before the first apply every agent is with the coordinator's home core, which this asks.
     let status = admin
         .status(pb::StatusRequest::default())
         .await
@@ -734,31 +924,98 @@ async fn measure(
         .ok()
         .map(|entries| entries.count());
 
-    let first = rollout(&mut admin, &mut events, 1, &spec_toml(0), deadline)
+    let first_started = Instant::now();
+    let mut first = None;
+    for cluster in 0..shape.clusters {
+        let name = cluster_name(cluster);
+        let figures = rollout(
+            &mut admin,
+            &mut events,
+            &name,
+            shape.agents_of(cluster),
+            1,
+            &spec_toml(cluster, 0),
+            deadline,
+        )
         .await
-        .context("generation 1 (first apply)")?;
-    let measured = rollout(&mut admin, &mut events, 2, &spec_toml(1), deadline)
-        .await
-        .context("generation 2 (the brokers' private addresses move)")?;
+        .with_context(|| {
+            if shape.multi() {
+                format!("generation 1 of {name} (first apply)")
+            } else {
+                "generation 1 (first apply)".to_string()
+            }
+        })?;
+        first.get_or_insert(figures);
+    }
+    let first_all = first_started.elapsed();
+    let first = first.context("no cluster")?;
+    if shape.multi() {
+        println!(
+            "fanout: generation 1 of all {} clusters applied and completed in {:.0} ms",
+            shape.clusters,
+            first_all.as_secs_f64() * 1e3
+        );
+    }
+
+    let measured_agents = shape.agents_of(0);
+    let mut measured = rollout(
+        &mut admin,
+        &mut events,
+        &cluster_name(0),
+        measured_agents.clone(),
+        2,
+        &spec_toml(0, 1),
+        deadline,
+    )
+    .await
+    .context("generation 2 (the brokers' private addresses move)")?;
+    if shape.multi() {
+        // A release to another cluster's agent could follow a moment after the rollout
+        // completed: watch a little longer (bounded by the deadline too).
+        let until = (Instant::now() + OTHER_CLUSTERS_LINGER).min(deadline);
+        loop {
+            tokio::select! {
+                event = events.recv() => match event {
+                    Some(AgentEvent::Received { agent, at, .. })
+                        if !measured_agents.contains(&agent) && at >= measured.apply_sent =>
+                    {
+                        measured.other_cluster_agents.insert(agent);
+                    }
+                    Some(AgentEvent::Failed { agent, error }) => {
+                        bail!("agent {} failed: {error}", node_name(agent))
+                    }
+                    Some(_) => {}
+                    None => bail!("every agent task ended"),
+                },
+                _ = tokio::time::sleep_until(until) => break,
+            }
+        }
+    }
     agents.abort_all();
     Ok(Figures {
         connect,
         online,
         coordinator_open_files,
         first,
+        first_all,
         measured,
     })
 }
 
-/// Plan and apply `spec` as `generation`, then wait until every agent has its release and the
-/// coordinator's status shows the rollout completed.
+/// Plan and apply `spec` (cluster `cluster`'s) as `generation`, then wait until each of the
+/// cluster's agents (`agents`, by index) has its release and the coordinator's status of that
+/// cluster shows the rollout completed. The events of other agents are ignored, failures
+/// aside; those of them that received a release after Apply was sent are counted.
 async fn rollout(
     admin: &mut AdminServiceClient<Channel>,
     events: &mut mpsc::UnboundedReceiver<AgentEvent>,
+    cluster: &str,
+    agents: Range<usize>,
     generation: u64,
     spec: &str,
     deadline: Instant,
 ) -> anyhow::Result<GenerationFigures> {
+    let multi = shape().multi();
     let plan = admin
         .plan(pb::PlanRequest {
             spec_toml: spec.to_string(),
@@ -767,7 +1024,11 @@ async fn rollout(
         .await
         .context("Plan")?
         .into_inner();
-    println!("fanout: generation {generation} plan:");
+    if multi {
+        println!("fanout: {cluster} generation {generation} plan:");
+    } else {
+        println!("fanout: generation {generation} plan:");
+    }
     for step in &plan.steps {
         println!(
             "  step {}: {:<18} {:>4} node(s){}",
@@ -777,11 +1038,21 @@ async fn rollout(
             if step.restarts { "  RESTARTS" } else { "" }
         );
     }
-    let mut watch = admin
-        .watch(pb::StatusRequest::default())
-        .await
-        .context("Watch")?
-        .into_inner();
+    // One cluster: the coordinator's only one (no name needed, before the first apply too).
+    let watch_request = pb::StatusRequest {
+        cluster: if multi {
+            cluster.to_string()
+        } else {
+            String::new()
+        },
+    };
+    // A cluster's first spec makes it: until then there is nothing of it to watch, so then the
+    // Watch opens right after the Apply (it starts with the status as it is by then).
+    let watch = match admin.watch(watch_request.clone()).await {
+        Ok(response) => Some(response.into_inner()),
+        Err(status) if status.code() == tonic::Code::NotFound && generation == 1 => None,
+        Err(status) => return Err(status).context("Watch"),
+    };
 
     let apply_sent = Instant::now();
     let applied = admin
@@ -795,10 +1066,18 @@ async fn rollout(
     let apply_returned = Instant::now();
     if applied.generation != generation {
         bail!(
-            "the coordinator applied generation {}, expected {generation}",
+            "the coordinator applied generation {} of {cluster}, expected {generation}",
             applied.generation
         );
     }
+    let mut watch = match watch {
+        Some(watch) => watch,
+        None => admin
+            .watch(watch_request)
+            .await
+            .context("Watch")?
+            .into_inner(),
+    };
     let since = |at: Instant| -> f64 {
         if at >= apply_returned {
             (at - apply_returned).as_secs_f64() * 1e3
@@ -807,29 +1086,38 @@ async fn rollout(
         }
     };
 
-    let mut received: Vec<Option<Instant>> = vec![None; AGENTS];
+    let count = agents.len();
+    let mut received: Vec<Option<Instant>> = vec![None; count];
     let mut received_count = 0;
-    let mut reported: Vec<Option<Instant>> = vec![None; AGENTS];
+    let mut reported: Vec<Option<Instant>> = vec![None; count];
     let mut reported_count = 0;
     let mut wrong_addresses = 0;
+    let mut other_cluster_agents = BTreeSet::new();
     let mut completed: Option<Instant> = None;
     let mut last_state = String::new();
     // Until every agent had its release and its report acknowledged, and the status shows the
     // rollout completed (the coordinator may complete it a moment before the last acks arrive).
-    while received_count < AGENTS || reported_count < AGENTS || completed.is_none() {
+    while received_count < count || reported_count < count || completed.is_none() {
         tokio::select! {
             event = events.recv() => match event {
+                Some(AgentEvent::Received { agent, at, .. }) if !agents.contains(&agent) => {
+                    if at >= apply_sent {
+                        other_cluster_agents.insert(agent);
+                    }
+                }
                 Some(AgentEvent::Received { agent, generation: g, at, has_new_addresses })
-                    if g == generation && received[agent].is_none() =>
+                    if g == generation && received[agent - agents.start].is_none() =>
                 {
-                    received[agent] = Some(at);
+                    received[agent - agents.start] = Some(at);
                     received_count += 1;
                     if generation == 2 && !has_new_addresses {
                         wrong_addresses += 1;
                     }
                 }
-                Some(AgentEvent::Reported { agent, generation: g, at }) if g == generation => {
-                    if reported[agent].replace(at).is_none() {
+                Some(AgentEvent::Reported { agent, generation: g, at })
+                    if g == generation && agents.contains(&agent) =>
+                {
+                    if reported[agent - agents.start].replace(at).is_none() {
                         reported_count += 1;
                     }
                 }
@@ -856,19 +1144,21 @@ async fn rollout(
                 }
             },
             _ = tokio::time::sleep_until(deadline) => bail!(
-                "deadline: {received_count}/{AGENTS} agents had the release, \
-                 {reported_count}/{AGENTS} had their report acknowledged; coordinator: {last_state}"
+                "deadline: {received_count}/{count} agents had the release, \
+                 {reported_count}/{count} had their report acknowledged; coordinator: {last_state}"
             ),
         }
     }
     let completed = completed.expect("loop ends only when completed");
     Ok(GenerationFigures {
         steps: plan.steps,
+        apply_sent,
         apply_call: apply_returned - apply_sent,
         received_ms: received.into_iter().flatten().map(since).collect(),
         reported_ms: reported.into_iter().flatten().map(since).collect(),
         completed_ms: since(completed),
         wrong_addresses,
+        other_cluster_agents,
     })
 }
 
@@ -911,11 +1201,24 @@ fn print_report(transport: &Transport, figures: &Figures, memory: &Memory) {
     let target_p99_ms = TARGET_P99.as_secs_f64() * 1e3;
     let verdict = |ok: bool| if ok { "ok" } else { "MISSED" };
     let restarts = generation.steps.iter().any(|step| step.restarts);
+    let shape = shape();
+    let total = shape.agents();
+    // The measured cluster's agents (all of them when there is one cluster).
+    let measured_agents = shape.per_cluster();
 
     println!();
-    println!(
-        "fanout: {CLIENTS} clients + {BROKERS} brokers, hosts-only change (brokers' private_ip moved)"
-    );
+    if shape.multi() {
+        println!(
+            "fanout: {} clusters × ({} clients + {} brokers) = {total} agents; \
+             hosts-only change of one cluster (its {measured_agents} agents)",
+            shape.clusters, shape.clients, shape.brokers
+        );
+    } else {
+        println!(
+            "fanout: {} clients + {} brokers, hosts-only change (brokers' private_ip moved)",
+            shape.clients, shape.brokers
+        );
+    }
     println!("  mode: {}", transport.mode.describe());
     println!(
         "  measured plan: {}{}",
@@ -937,7 +1240,7 @@ fn print_report(transport: &Transport, figures: &Figures, memory: &Memory) {
     };
     row(
         "agents connected + subscribed",
-        format!("{}/{AGENTS}", figures.online),
+        format!("{}/{total}", figures.online),
         "",
     );
     row(
@@ -952,7 +1255,7 @@ fn print_report(transport: &Transport, figures: &Figures, memory: &Memory) {
     );
     row(
         "agents with the new release",
-        format!("{}/{AGENTS}", generation.received_ms.len()),
+        format!("{}/{measured_agents}", generation.received_ms.len()),
         "",
     );
     row(
@@ -977,7 +1280,7 @@ fn print_report(transport: &Transport, figures: &Figures, memory: &Memory) {
     );
     row(
         "agents whose CONVERGED report was acked",
-        format!("{}/{AGENTS}", generation.reported_ms.len()),
+        format!("{}/{measured_agents}", generation.reported_ms.len()),
         "",
     );
     row(
@@ -1011,13 +1314,27 @@ fn print_report(transport: &Transport, figures: &Figures, memory: &Memory) {
         format!("{:.1}", generation.completed_ms),
         "",
     );
+    if shape.multi() {
+        let others = generation.other_cluster_agents.len();
+        row(
+            "agents of other clusters that got a release",
+            format!("{others}/{}", total - measured_agents),
+            &format!("0 {}", verdict(others == 0)),
+        );
+    }
+    // The memory target is the 1,000-agent run's; several clusters report their figure only.
+    let memory_target = if shape.clusters == 1 {
+        format!(
+            "< {TARGET_MEMORY_MIB:.0} {}",
+            verdict(peak_mib < TARGET_MEMORY_MIB)
+        )
+    } else {
+        String::new()
+    };
     row(
         "coordinator VmHWM (MiB, after the run)",
         format!("{peak_mib:.1}"),
-        &format!(
-            "< {TARGET_MEMORY_MIB:.0} {}",
-            verdict(peak_mib < TARGET_MEMORY_MIB)
-        ),
+        &memory_target,
     );
     row(
         "  coordinator VmRSS at the end (MiB)",
@@ -1033,7 +1350,11 @@ fn print_report(transport: &Transport, figures: &Figures, memory: &Memory) {
     }
     let first = &figures.first;
     row(
-        "(gen 1, first apply) report p99 / completed (ms)",
+        if shape.multi() {
+            "(gen 1 of this cluster) report p99 / completed (ms)"
+        } else {
+            "(gen 1, first apply) report p99 / completed (ms)"
+        },
         format!(
             "{:.0} / {:.0}",
             Spread::of(&first.reported_ms).p99,
@@ -1041,11 +1362,27 @@ fn print_report(transport: &Transport, figures: &Figures, memory: &Memory) {
         ),
         "",
     );
+    if shape.multi() {
+        row(
+            "(gen 1 of all clusters, one after the other) (ms)",
+            format!("{:.0}", figures.first_all.as_secs_f64() * 1e3),
+            "",
+        );
+    }
+    let clusters_note = if shape.multi() {
+        format!(
+            " clusters={} other_cluster_agents_released={}",
+            shape.clusters,
+            generation.other_cluster_agents.len()
+        )
+    } else {
+        String::new()
+    };
     // One line per run, for collecting several runs.
     println!(
         "fanout: summary mode={} connect_ms={:.0} apply_call_ms={:.1} \
          received_ms(p50/p99/max)={:.1}/{:.1}/{:.1} reported_ms(p50/p99/max)={:.1}/{:.1}/{:.1} \
-         completed_ms={:.1} vmhwm_mib={peak_mib:.1}",
+         completed_ms={:.1} vmhwm_mib={peak_mib:.1}{clusters_note}",
         transport.mode.short(),
         figures.connect.as_secs_f64() * 1e3,
         generation.apply_call.as_secs_f64() * 1e3,
