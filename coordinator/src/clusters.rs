@@ -50,9 +50,9 @@ pub struct Clusters {
     /// `cores[HOME]` is the home core; the others have a spec (or are being planned for the
     /// first time).
     cores: Vec<Core>,
-    /// The directory name under `clusters/` of each core (None: the home core), which is its
-    /// cluster's name: a core planned but not applied yet has no spec to say it.
-    dirs: Vec<Option<String>>,
+    /// The cluster name each core was opened for (None: the home core), for a core planned but
+    /// not applied yet, which has no spec to say it.
+    pending: Vec<Option<String>>,
     agents: BTreeMap<String, Agent>,
     /// Every core's status channel, for the metrics endpoint.
     feeds: crate::metrics::StatusFeeds,
@@ -62,7 +62,7 @@ impl Clusters {
     /// Open the home core at `state_dir` and every cluster under `state_dir/clusters/`.
     pub fn open(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Clusters, CoreError> {
         let mut cores = vec![Core::open_with_clock(state_dir, Arc::clone(&clock))?];
-        let mut dirs = vec![None];
+        let mut pending = vec![None];
         let dir = state_dir.join(CLUSTERS_DIR);
         if dir.is_dir() {
             let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -73,7 +73,7 @@ impl Clusters {
             names.sort();
             for path in names {
                 cores.push(Core::open_with_clock(&path, Arc::clone(&clock))?);
-                dirs.push(
+                pending.push(
                     path.file_name()
                         .map(|name| name.to_string_lossy().into_owned()),
                 );
@@ -84,7 +84,7 @@ impl Clusters {
             clock,
             max_agents: DEFAULT_MAX_AGENTS,
             cores,
-            dirs,
+            pending,
             agents: BTreeMap::new(),
             feeds: Default::default(),
         };
@@ -164,9 +164,10 @@ impl Clusters {
     }
 
     /// The core a spec is planned or applied on: its cluster's, the home core for the first
-    /// spec, or a new core for a new cluster name. Refuses a spec that lists a node another
-    /// cluster's spec lists (a node belongs to one cluster). The agents it lists that no cluster
-    /// claims are moved to it first, so that the plan sees their facts (keys, controller).
+    /// spec, the cluster whose brokers are exactly this spec's (the cluster renamed), or a new
+    /// core for a new cluster name. Refuses a spec that lists a node another cluster's spec lists
+    /// (a node belongs to one cluster). The agents it lists that no cluster claims are moved to
+    /// it first, so that the plan sees their facts (keys, controller).
     fn core_for_spec(&mut self, spec_toml: &str) -> Result<usize, CoreError> {
         let Ok(spec) = ClusterSpec::parse(spec_toml) else {
             // The core's own parse reports every problem.
@@ -174,9 +175,13 @@ impl Clusters {
         };
         let name = Some(spec.name.as_str());
         let existing = (0..self.cores.len()).find(|&index| {
-            self.cores[index].cluster_name() == name || self.dirs[index].as_deref() == name
+            let core = &self.cores[index];
+            core.cluster_name() == name
+                || (core.cluster_name().is_none() && self.pending[index].as_deref() == name)
         });
-        let existing = existing.or((self.cores[HOME].cluster_name().is_none()).then_some(HOME));
+        let existing = existing
+            .or_else(|| self.renamed(&spec))
+            .or((self.cores[HOME].cluster_name().is_none()).then_some(HOME));
         let listed = spec
             .brokers
             .iter()
@@ -191,7 +196,7 @@ impl Clusters {
                 .find(|&other| Some(other) != existing && self.cores[other].lists(node));
             if let Some(other) = other {
                 return Err(CoreError::Refused(format!(
-                    "node {node:?} ({role} in this spec) is listed in cluster {:?}'s spec; a node belongs to one cluster of a coordinator (drop it from that cluster first)",
+                    "node {node:?} ({role} in this spec) is listed in cluster {:?}'s spec; a node belongs to one cluster of a coordinator (drop it from that cluster first; a spec with exactly that cluster's brokers renames it)",
                     self.cores[other].cluster_name().unwrap_or_default()
                 )));
             }
@@ -217,15 +222,33 @@ impl Clusters {
         Ok(index)
     }
 
-    /// Open a core for a new cluster under `clusters/NAME/`.
+    /// The cluster a spec of a new name renames: the one whose brokers are exactly its brokers.
+    fn renamed(&self, spec: &ClusterSpec) -> Option<usize> {
+        let brokers: std::collections::BTreeSet<&str> =
+            spec.brokers.iter().map(|b| b.node.as_str()).collect();
+        (0..self.cores.len()).find(|&index| {
+            self.cores[index].spec().is_some_and(|theirs| {
+                let theirs: std::collections::BTreeSet<&str> =
+                    theirs.brokers.iter().map(|b| b.node.as_str()).collect();
+                !theirs.is_empty() && theirs == brokers
+            })
+        })
+    }
+
+    /// Open a core for a new cluster under `clusters/NAME/` (`NAME.2`, ... when a renamed
+    /// cluster keeps that directory).
     fn new_core(&mut self, name: &str) -> Result<usize, CoreError> {
-        let dir = self.state_dir.join(CLUSTERS_DIR).join(name);
+        let base = self.state_dir.join(CLUSTERS_DIR);
+        let dir = std::iter::once(base.join(name))
+            .chain((2..).map(|n| base.join(format!("{name}.{n}"))))
+            .find(|dir| !dir.exists())
+            .expect("an unused directory name");
         std::fs::create_dir_all(&dir).map_err(|error| io_error(&dir, &error))?;
         let mut core = Core::open_with_clock(&dir, Arc::clone(&self.clock))?;
         core.set_max_agents(self.max_agents);
         self.feeds_mut().push(core.watch_status());
         self.cores.push(core);
-        self.dirs.push(Some(name.to_string()));
+        self.pending.push(Some(name.to_string()));
         tracing::info!(cluster = name, dir = %dir.display(), "a new cluster on this coordinator");
         Ok(self.cores.len() - 1)
     }
@@ -605,13 +628,18 @@ mod tests {
         clusters
             .apply(&spec("kafka-a", "a1", &["c1"]), true, "test")
             .unwrap();
+        // kafka-b's brokers: b1 and a1, which is kafka-a's.
+        let stealing = spec("kafka-b", "b1", &[]).replace(
+            "[[broker]]",
+            "[[broker]]\nid = 2\nnode = \"a1\"\nhostname = \"a1.kafka-b\"\nprivate_ip = \"10.0.0.2\"\n[[broker]]",
+        );
         let error = clusters
-            .apply(&spec("kafka-b", "a1", &[]), true, "test")
+            .apply(&stealing, true, "test")
             .unwrap_err()
             .to_string();
         assert_eq!(
             error,
-            "node \"a1\" (broker in this spec) is listed in cluster \"kafka-a\"'s spec; a node belongs to one cluster of a coordinator (drop it from that cluster first)"
+            "node \"a1\" (broker in this spec) is listed in cluster \"kafka-a\"'s spec; a node belongs to one cluster of a coordinator (drop it from that cluster first; a spec with exactly that cluster's brokers renames it)"
         );
         let error = clusters
             .plan_draft(&spec("kafka-b", "b1", &["c1"]))
@@ -679,5 +707,36 @@ mod tests {
         let mut reopened = reopen(dir.path());
         assert!(reopened.core("kafka-a").unwrap().agent("c1").is_none());
         assert!(reopened.core("kafka-b").unwrap().agent("c1").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_spec_of_a_new_name_with_exactly_a_clusters_brokers_renames_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut clusters = open(dir.path());
+        clusters
+            .apply(&spec("kafka-a", "a1", &[]), true, "test")
+            .unwrap();
+        clusters
+            .apply(&spec("kafka-b", "b1", &[]), true, "test")
+            .unwrap();
+        clusters.core("kafka-b").unwrap().abort().unwrap();
+        let renamed = clusters
+            .apply(&spec("kafka-b2", "b1", &["c1"]), true, "test")
+            .unwrap();
+        assert_eq!(renamed.generation, 2, "the same cluster's next generation");
+        assert_eq!(clusters.names(), ["kafka-a", "kafka-b2"]);
+        // The old name is free again: a new cluster with other brokers gets it.
+        let again = clusters
+            .apply(&spec("kafka-b", "x1", &[]), true, "test")
+            .unwrap();
+        assert_eq!(again.generation, 1);
+        assert_eq!(clusters.names(), ["kafka-a", "kafka-b", "kafka-b2"]);
+        assert!(dir
+            .path()
+            .join("clusters/kafka-b.2/coordinator.redb")
+            .is_file());
+        drop(clusters);
+        let reopened = reopen(dir.path());
+        assert_eq!(reopened.names(), ["kafka-a", "kafka-b", "kafka-b2"]);
     }
 }

@@ -417,6 +417,11 @@ impl Core {
         Ok(receiver)
     }
 
+    /// The newest spec (None before the first apply).
+    pub fn spec(&self) -> Option<&ClusterSpec> {
+        self.spec.as_ref()
+    }
+
     /// Whether the newest spec lists `node`, as a broker or a client.
     pub fn lists(&self, node: &str) -> bool {
         self.spec.as_ref().is_some_and(|spec| {
