@@ -308,8 +308,15 @@ fn lifecycle(machine: &Machine, debs: &Debs, scratch: &Path) -> Result<()> {
     // The hosts file as the agent before several clusters per host left it: its one block in the
     // older markers. (The previous package here is today's binary repackaged, so the block is
     // written as that agent wrote it.)
-    let hosts_before = machine.read("/etc/hosts")?;
-    machine.write("/etc/hosts", &format!("{hosts_before}{OLDER_BLOCK}"), 0o644)?;
+    // (The container image has no /etc/hosts of its own: lines around the block stand for the
+    // operator's.)
+    let hosts_before = "127.0.0.1\tlocalhost\n";
+    let hosts_after = "::1\tlocalhost ip6-localhost\n";
+    machine.write(
+        "/etc/hosts",
+        &format!("{hosts_before}{OLDER_BLOCK}{hosts_after}"),
+        0o644,
+    )?;
     machine.restart(AGENT_UNIT)?;
     machine.wait_active(AGENT_UNIT)?;
     let invocation_before = machine.unit(AGENT_UNIT, "InvocationID")?;
@@ -362,7 +369,8 @@ fn lifecycle(machine: &Machine, debs: &Debs, scratch: &Path) -> Result<()> {
         "the block does not map emr-worker-1: {block}"
     );
     ensure!(
-        hosts.starts_with(&hosts_before)
+        hosts.starts_with(hosts_before)
+            && hosts.ends_with(&format!("# END kreach emr-48742\n{hosts_after}"))
             && block.starts_with("# BEGIN kreach emr-48742 (")
             && block.ends_with("\n# END kreach emr-48742")
             && hosts.matches("# BEGIN kreach").count() == 1
