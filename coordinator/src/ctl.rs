@@ -420,6 +420,10 @@ pub fn client_properties(config: &pb::ClientConfigResponse, java: bool) -> Vec<(
 
 pub fn status_text(status: &pb::StatusResponse) -> String {
     let mut out = String::new();
+    // Which of the coordinator's clusters this is (it may hold several).
+    if !status.cluster.is_empty() {
+        out.push_str(&format!("cluster: {}\n", status.cluster));
+    }
     match &status.rollout {
         Some(rollout) => {
             out.push_str(&rollout_line(rollout));
@@ -1137,6 +1141,33 @@ mod tests {
                 std::time::Duration::from_secs(41)
             ),
             "step 1 of 2: 0 of 1 node(s) converged, 41 s"
+        );
+    }
+
+    #[test]
+    fn status_says_which_cluster_it_is_about() {
+        let status = pb::StatusResponse {
+            cluster: "kafka-b".into(),
+            rollout: Some(pb::RolloutView {
+                generation: 3,
+                state: "completed".into(),
+                current_step: 1,
+                total_steps: 1,
+                ..pb::RolloutView::default()
+            }),
+            ..pb::StatusResponse::default()
+        };
+        assert!(
+            status_text(&status)
+                .starts_with("cluster: kafka-b\nrollout: generation 3 completed (step 1 of 1)\n"),
+            "{}",
+            status_text(&status)
+        );
+        // Before the first apply there is no cluster to name.
+        let none = status_text(&pb::StatusResponse::default());
+        assert!(
+            none.starts_with("rollout: none (no spec applied yet)\n"),
+            "{none}"
         );
     }
 

@@ -2659,6 +2659,13 @@ fn two_clusters_on_one_coordinator_roll_out_on_their_own() {
     assert!(restarts_since(&b, since).is_empty(), "fleet-29 untouched");
     let status_b = b.status_json().unwrap();
     assert_eq!(status_b["cluster"], "fleet-29", "{status_b:#}");
+    let text = b.ctl(&["status"]).unwrap();
+    assert!(
+        text.stdout
+            .starts_with("cluster: fleet-29\nrollout: generation 1 completed"),
+        "{}",
+        text.stdout
+    );
     assert_eq!(status_b["rollout"]["generation"], 1, "{status_b:#}");
     assert_eq!(status_b["rollout"]["state"], "completed", "{status_b:#}");
     let nodes: Vec<&str> = status_b["nodes"]
