@@ -21,7 +21,7 @@ pub mod kreachctl {
         name = "kreachctl",
         version,
         about = "Operate kreach: validate and render cluster specs offline; plan, apply and follow rollouts on a coordinator; create the mutual-TLS certificates.",
-        after_help = "The commands that talk to the coordinator (plan, apply, status, check, rollout, history, rollback, nodes) take --coordinator URL, --certs DIR and --insecure (or KREACH_COORDINATOR and KREACH_CERTS), and --cluster NAME (or KREACH_CLUSTER) once the coordinator holds several clusters (plan and apply take it from the spec); see their --help.\n\nExit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
+        after_help = "The commands that talk to the coordinator (plan, apply, status, check, rollout, history, rollback, nodes, clusters, ...) take --coordinator URL, --certs DIR and --insecure (or KREACH_COORDINATOR and KREACH_CERTS), and --cluster NAME (or KREACH_CLUSTER) once the coordinator holds several clusters (plan and apply take it from the spec); see their --help.\n\nExit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
     )]
     pub struct Cli {
         /// Output format.
@@ -281,6 +281,12 @@ pub mod kreachctl {
             #[command(flatten)]
             connect: ConnectArgs,
         },
+        /// The Kafka clusters this coordinator holds (one per spec `cluster.name`): each one's
+        /// newest generation, its rollout's state, and its nodes with their agents connected.
+        Clusters {
+            #[command(flatten)]
+            connect: ConnectArgs,
+        },
         /// Print the properties a Kafka client on CLIENT's host needs to reach the cluster: the
         /// bootstrap servers of its view, the listener's security protocol and SASL mechanism,
         /// and the Kafka CA file its agent installs (TLS listeners).
@@ -353,6 +359,7 @@ pub mod kreachctl {
                 | Command::History { connect, .. }
                 | Command::Rollback { connect, .. }
                 | Command::Nodes { connect }
+                | Command::Clusters { connect }
                 | Command::ClientConfig { connect, .. }
                 | Command::Diagnose { connect, .. }
                 | Command::Users { connect, .. } => Some(connect),

@@ -124,6 +124,18 @@ impl Clusters {
         names
     }
 
+    /// One line per cluster (those with a spec), by name, from each one's latest status.
+    pub fn summaries(&self) -> pb::ClustersResponse {
+        let mut clusters: Vec<pb::ClusterSummary> = self
+            .cores
+            .iter()
+            .filter(|core| core.cluster_name().is_some())
+            .map(|core| summary(&core.watch_status().borrow()))
+            .collect();
+        clusters.sort_by(|a, b| a.name.cmp(&b.name));
+        pb::ClustersResponse { clusters }
+    }
+
     /// The core an admin request is about: the cluster it names, or the only one.
     pub fn core(&mut self, cluster: &str) -> Result<&mut Core, CoreError> {
         let index = self.index(cluster)?;
@@ -499,6 +511,24 @@ impl Agent {
                 }
             }
         }));
+    }
+}
+
+/// A cluster's line in `kreachctl clusters`.
+fn summary(status: &pb::StatusResponse) -> pb::ClusterSummary {
+    let rollout = status.rollout.clone().unwrap_or_default();
+    pb::ClusterSummary {
+        name: status.cluster.clone(),
+        generation: rollout.generation,
+        state: if rollout.state.is_empty() {
+            "none".to_string()
+        } else {
+            rollout.state
+        },
+        nodes: status.nodes.len() as u32,
+        online: status.nodes.iter().filter(|node| node.online).count() as u32,
+        paused_node: rollout.paused_node,
+        paused_reason: rollout.paused_reason,
     }
 }
 

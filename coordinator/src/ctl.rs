@@ -905,6 +905,45 @@ fn labels_text(labels: &std::collections::BTreeMap<String, String>) -> String {
         .join(",")
 }
 
+/// `kreachctl clusters`: one row per cluster.
+pub fn clusters_text(response: &pb::ClustersResponse) -> String {
+    if response.clusters.is_empty() {
+        return "no cluster yet: no spec has been applied to this coordinator\n".to_string();
+    }
+    let rows: Vec<Vec<String>> = response
+        .clusters
+        .iter()
+        .map(|cluster| {
+            let rollout = if cluster.state == "paused" {
+                format!("paused at {}", cluster.paused_node)
+            } else {
+                cluster.state.clone()
+            };
+            vec![
+                cluster.name.clone(),
+                cluster.generation.to_string(),
+                rollout,
+                cluster.nodes.to_string(),
+                cluster.online.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &["CLUSTER", "GENERATION", "ROLLOUT", "NODES", "ONLINE"],
+        &rows,
+    )
+}
+
+pub fn clusters_json(response: &pb::ClustersResponse) -> Value {
+    Value::Array(
+        response
+            .clusters
+            .iter()
+            .map(|c| json!({"cluster": c.name, "generation": c.generation, "state": c.state, "nodes": c.nodes, "online": c.online, "paused_node": c.paused_node, "paused_reason": c.paused_reason}))
+            .collect(),
+    )
+}
+
 pub fn nodes_json(nodes: &pb::NodesResponse) -> Value {
     Value::Array(
         nodes
@@ -1141,6 +1180,36 @@ mod tests {
                 std::time::Duration::from_secs(41)
             ),
             "step 1 of 2: 0 of 1 node(s) converged, 41 s"
+        );
+    }
+
+    #[test]
+    fn clusters_are_one_row_each_and_a_paused_one_says_where() {
+        let summary = |name: &str, state: &str, paused: &str| pb::ClusterSummary {
+            name: name.into(),
+            generation: 4,
+            state: state.into(),
+            nodes: 250,
+            online: 249,
+            paused_node: paused.into(),
+            paused_reason: String::new(),
+        };
+        let response = pb::ClustersResponse {
+            clusters: vec![
+                summary("kafka-a", "completed", ""),
+                summary("kafka-b", "paused", "b-2"),
+            ],
+        };
+        assert_eq!(
+            clusters_text(&response),
+            "CLUSTER  GENERATION  ROLLOUT        NODES  ONLINE\n\
+             kafka-a  4           completed      250    249\n\
+             kafka-b  4           paused at b-2  250    249\n"
+        );
+        assert_eq!(clusters_json(&response)[1]["paused_node"], "b-2");
+        assert_eq!(
+            clusters_text(&pb::ClustersResponse::default()),
+            "no cluster yet: no spec has been applied to this coordinator\n"
         );
     }
 

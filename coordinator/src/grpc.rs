@@ -462,6 +462,14 @@ impl AdminService for Services {
         Ok(Response::new(self.clusters().core(cluster)?.nodes()))
     }
 
+    async fn clusters(
+        &self,
+        request: Request<pb::ClustersRequest>,
+    ) -> Result<Response<pb::ClustersResponse>, Status> {
+        self.require_admin(&request)?;
+        Ok(Response::new(self.clusters().summaries()))
+    }
+
     async fn client_config(
         &self,
         request: Request<pb::ClientConfigRequest>,

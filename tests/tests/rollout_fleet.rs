@@ -2678,6 +2678,24 @@ fn two_clusters_on_one_coordinator_roll_out_on_their_own() {
     for broker in &b.brokers {
         assert!(!broker.properties().contains("EXTERNAL"), "{}", broker.node);
     }
+    // `clusters` lists both, each with its own generation and agents.
+    let run = a.ctl(&["clusters"]).unwrap();
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let rows: Vec<Vec<&str>> = run
+        .stdout
+        .lines()
+        .map(|line| line.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["CLUSTER", "GENERATION", "ROLLOUT", "NODES", "ONLINE"],
+            vec!["fleet-28", "2", "completed", "4", "4"],
+            vec!["fleet-29", "1", "completed", "3", "3"],
+        ],
+        "{}",
+        run.stdout
+    );
     // Each cluster's history is its own.
     let history = |fleet: &Fleet| {
         let run = fleet.ctl(&["history", "--output", "json"]).unwrap();

@@ -651,6 +651,19 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             print_value(cli, ctl::nodes_text(&nodes), ctl::nodes_json(&nodes));
             Ok(0)
         }
+        Command::Clusters { .. } => {
+            let clusters = admin
+                .clusters(pb::ClustersRequest {})
+                .await
+                .map_err(fail)?
+                .into_inner();
+            print_value(
+                cli,
+                ctl::clusters_text(&clusters),
+                ctl::clusters_json(&clusters),
+            );
+            Ok(0)
+        }
         Command::Validate { .. }
         | Command::Render { .. }
         | Command::Certs { .. }

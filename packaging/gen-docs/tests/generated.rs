@@ -47,6 +47,7 @@ fn every_page_a_man_page_refers_to_exists() {
         "kreachctl-history.1",
         "kreachctl-rollback.1",
         "kreachctl-nodes.1",
+        "kreachctl-clusters.1",
         "kreachctl-rollout.1",
         "kreachctl-rollout-pause.1",
         "kreachctl-rollout-resume.1",

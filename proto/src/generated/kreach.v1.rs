@@ -787,6 +787,39 @@ pub struct ClientConfigResponse {
     pub ca_path: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClustersRequest {}
+/// One cluster of the coordinator, as its status shows it.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClusterSummary {
+    /// The spec's cluster.name.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    /// The newest rollout: its generation and state ("running", "paused", "completed", ...).
+    #[prost(uint64, tag = "2")]
+    pub generation: u64,
+    #[prost(string, tag = "3")]
+    pub state: ::prost::alloc::string::String,
+    /// The nodes its status lists, and how many of their agents are connected.
+    #[prost(uint32, tag = "4")]
+    pub nodes: u32,
+    #[prost(uint32, tag = "5")]
+    pub online: u32,
+    /// A paused rollout: where and why.
+    #[prost(string, tag = "6")]
+    pub paused_node: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub paused_reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ClustersResponse {
+    /// By name.
+    #[prost(message, repeated, tag = "1")]
+    pub clusters: ::prost::alloc::vec::Vec<ClusterSummary>,
+}
+#[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct NodesResponse {
     #[prost(message, repeated, tag = "1")]
@@ -1969,6 +2002,31 @@ pub mod admin_service_client {
                 .insert(GrpcMethod::new("kreach.v1.AdminService", "Nodes"));
             self.inner.unary(req, path, codec).await
         }
+        /// Every cluster this coordinator holds, one line each.
+        pub async fn clusters(
+            &mut self,
+            request: impl tonic::IntoRequest<super::ClustersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ClustersResponse>,
+            tonic::Status,
+        > {
+            self.inner
+                .ready()
+                .await
+                .map_err(|e| {
+                    tonic::Status::unknown(
+                        format!("Service was not ready: {}", e.into()),
+                    )
+                })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/kreach.v1.AdminService/Clusters",
+            );
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("kreach.v1.AdminService", "Clusters"));
+            self.inner.unary(req, path, codec).await
+        }
         /// What a Kafka client on a client host needs to reach the cluster (`kreachctl client-config`).
         pub async fn client_config(
             &mut self,
@@ -2105,6 +2163,14 @@ pub mod admin_service_server {
             &self,
             request: tonic::Request<super::NodesRequest>,
         ) -> std::result::Result<tonic::Response<super::NodesResponse>, tonic::Status>;
+        /// Every cluster this coordinator holds, one line each.
+        async fn clusters(
+            &self,
+            request: tonic::Request<super::ClustersRequest>,
+        ) -> std::result::Result<
+            tonic::Response<super::ClustersResponse>,
+            tonic::Status,
+        >;
         /// What a Kafka client on a client host needs to reach the cluster (`kreachctl client-config`).
         async fn client_config(
             &self,
@@ -2641,6 +2707,51 @@ pub mod admin_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = NodesSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/kreach.v1.AdminService/Clusters" => {
+                    #[allow(non_camel_case_types)]
+                    struct ClustersSvc<T: AdminService>(pub Arc<T>);
+                    impl<
+                        T: AdminService,
+                    > tonic::server::UnaryService<super::ClustersRequest>
+                    for ClustersSvc<T> {
+                        type Response = super::ClustersResponse;
+                        type Future = BoxFuture<
+                            tonic::Response<Self::Response>,
+                            tonic::Status,
+                        >;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::ClustersRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as AdminService>::clusters(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = ClustersSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(
