@@ -194,7 +194,7 @@ impl Clusters {
         let existing = existing
             .or_else(|| self.renamed(&spec))
             .or((self.cores[HOME].cluster_name().is_none()).then_some(HOME));
-        let listed = spec
+        let listed: Vec<(&str, &str)> = spec
             .brokers
             .iter()
             .map(|broker| (broker.node.as_str(), "broker"))
@@ -202,8 +202,9 @@ impl Clusters {
                 spec.clients
                     .iter()
                     .map(|client| (client.node.as_str(), "client")),
-            );
-        for (node, role) in listed {
+            )
+            .collect();
+        for &(node, role) in &listed {
             let other = (0..self.cores.len())
                 .find(|&other| Some(other) != existing && self.cores[other].lists(node));
             if let Some(other) = other {
@@ -217,12 +218,7 @@ impl Clusters {
             Some(index) => index,
             None => self.new_core(&spec.name)?,
         };
-        for node in spec
-            .brokers
-            .iter()
-            .map(|broker| &broker.node)
-            .chain(spec.clients.iter().map(|client| &client.node))
-        {
+        for &(node, _) in &listed {
             if self
                 .agents
                 .get(node)
@@ -302,27 +298,19 @@ impl Clusters {
     }
 
     /// The core `node` belongs to now: the cluster whose spec lists it, else one whose client
-    /// group selects it, else one that released to it, else where it is.
+    /// group selects it, else one that released to it (where it is first, for the last two),
+    /// else where it is.
     fn route(&self, node: &str) -> usize {
         let here = self.agents.get(node).map_or(HOME, |agent| agent.core);
-        if let Some(index) = (0..self.cores.len()).find(|&index| self.cores[index].lists(node)) {
-            return index;
-        }
-        if let Some(entry) = self.cores[here].agent(node) {
-            if self.cores[here].selects(node, entry) {
-                return here;
-            }
-            if let Some(index) =
-                (0..self.cores.len()).find(|&index| self.cores[index].selects(node, entry))
-            {
-                return index;
-            }
-        }
-        if self.cores[here].has_release(node) {
-            return here;
-        }
-        (0..self.cores.len())
-            .find(|&index| self.cores[index].has_release(node))
+        let entry = self.cores[here].agent(node);
+        let first = |test: &dyn Fn(&Core) -> bool| {
+            std::iter::once(here)
+                .chain(0..self.cores.len())
+                .find(|&index| test(&self.cores[index]))
+        };
+        first(&|core| core.lists(node))
+            .or_else(|| first(&|core| entry.is_some_and(|entry| core.selects(node, entry))))
+            .or_else(|| first(&|core| core.has_release(node)))
             .unwrap_or(here)
     }
 
@@ -497,17 +485,15 @@ impl Agent {
         if let Some(forward) = self.forward.take() {
             forward.abort();
         }
-        // Nothing of the core it followed before stays on the stream.
+        // What the core holds now, at once: nothing of the core it followed before stays on
+        // the stream. Then every later change and nudge.
         self.out.send_replace(receiver.borrow_and_update().clone());
         let out = Arc::clone(&self.out);
         self.forward = Some(tokio::spawn(async move {
-            loop {
+            while receiver.changed().await.is_ok() {
                 let release = receiver.borrow_and_update().clone();
                 if release.is_some() {
                     out.send_replace(release);
-                }
-                if receiver.changed().await.is_err() {
-                    return;
                 }
             }
         }));

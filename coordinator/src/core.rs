@@ -199,14 +199,17 @@ impl Core {
         self.status.send_replace(status);
     }
 
+    /// `node`'s release channel, made empty the first time.
+    fn channel(&mut self, node: &str) -> &watch::Sender<Option<pb::Release>> {
+        self.channels
+            .entry(node.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+    }
+
     /// Put `release` on `node`'s channel unless it is there already.
     fn send_release(&mut self, node: String, release: &rollout::Release) {
         let wire = to_wire_release(release);
-        let sender = self
-            .channels
-            .entry(node)
-            .or_insert_with(|| watch::channel(None).0);
-        sender.send_if_modified(|current| {
+        self.channel(&node).send_if_modified(|current| {
             if current.as_ref() == Some(&wire) {
                 false
             } else {
@@ -408,11 +411,7 @@ impl Core {
         self.registry.admit(node)?;
         self.registry.connected(node, self.clock.now_ms());
         self.refresh_member(node);
-        let receiver = self
-            .channels
-            .entry(node.to_string())
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
+        let receiver = self.channel(node).subscribe();
         self.refresh_status();
         Ok(receiver)
     }
@@ -425,8 +424,7 @@ impl Core {
     /// Whether the newest spec lists `node`, as a broker or a client.
     pub fn lists(&self, node: &str) -> bool {
         self.spec.as_ref().is_some_and(|spec| {
-            spec.brokers.iter().any(|broker| broker.node == node)
-                || spec.clients.iter().any(|client| client.node == node)
+            spec.broker_by_node(node).is_some() || spec.client_by_node(node).is_some()
         })
     }
 
@@ -473,10 +471,7 @@ impl Core {
         self.registry.insert(node, entry);
         self.refresh_member(node);
         self.refresh_status();
-        self.channels
-            .entry(node.to_string())
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe()
+        self.channel(node).subscribe()
     }
 
     pub fn disconnect(&mut self, node: &str) {
