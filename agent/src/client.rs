@@ -299,6 +299,7 @@ impl CoordinatorClient {
         };
         let config = self.config.clone();
         let applied = self.reconciler.applied();
+        let reconciler = self.reconciler.clone();
         let task = tokio::spawn(async move {
             loop {
                 let request = match requests.message().await {
@@ -322,8 +323,9 @@ impl CoordinatorClient {
                     continue;
                 }
                 let config = config.clone();
+                let held = reconciler.held();
                 let report = match tokio::task::spawn_blocking(move || {
-                    crate::dry_run::answer(&config, &request)
+                    crate::dry_run::answer(&config, &held, &request)
                 })
                 .await
                 {
@@ -527,6 +529,7 @@ impl CoordinatorClient {
                 id: ReleaseId::from(&id),
                 spec,
                 released_by: release.released_by,
+                clusters: release.clusters,
                 events,
             })));
         // The release's cluster, so that a coordinator of several clusters gives the report to

@@ -15,7 +15,12 @@ use crate::engine;
 
 /// Answer one dry-run request for the node `config` describes. Never fails: a spec that cannot be
 /// rendered here (not this node, invalid, server.properties missing, ...) is answered with `error`.
-pub fn answer(config: &AgentConfig, request: &pb::DryRunRequest) -> pb::DryRunReport {
+/// `held` is the clusters this host holds: their hosts blocks stay, as in an apply.
+pub fn answer(
+    config: &AgentConfig,
+    held: &engine::Held,
+    request: &pb::DryRunRequest,
+) -> pb::DryRunReport {
     let mut report = pb::DryRunReport {
         node: config.node.clone(),
         id: request.id,
@@ -26,7 +31,8 @@ pub fn answer(config: &AgentConfig, request: &pb::DryRunRequest) -> pb::DryRunRe
         Some(wire) => NodeSpec::try_from(wire).map_err(|error| error.to_string()),
     };
     let plan = spec.and_then(|spec| {
-        engine::plan_files(&crate::fsio::Disk, config, &spec).map_err(|error| error.to_string())
+        engine::plan_files(&crate::fsio::Disk, config, &spec, held)
+            .map_err(|error| error.to_string())
     });
     match plan {
         Ok(plan) => {
@@ -107,7 +113,11 @@ mod tests {
         std::fs::create_dir(dir.path().join("state")).unwrap();
         let before = snapshot(dir.path());
 
-        let report = answer(&config(dir.path()), &request("emr-worker-2"));
+        let report = answer(
+            &config(dir.path()),
+            &Default::default(),
+            &request("emr-worker-2"),
+        );
 
         assert_eq!((report.node.as_str(), report.id), ("emr-worker-2", 7));
         assert_eq!(report.error, "");
@@ -158,7 +168,8 @@ mod tests {
         // Its hosts file as an earlier release left it.
         let mut request = request("emr-worker-2");
         let spec = NodeSpec::try_from(request.spec.as_ref().unwrap()).unwrap();
-        let plan = engine::plan_files(&crate::fsio::Disk, &config, &spec).unwrap();
+        let plan =
+            engine::plan_files(&crate::fsio::Disk, &config, &spec, &Default::default()).unwrap();
         let hosts = &plan.changes[0];
         std::fs::write(&hosts.path, &hosts.new).unwrap();
         // What the coordinator releases a broker dropped from the spec: no entries, no listeners.
@@ -168,7 +179,7 @@ mod tests {
             ..spec
         };
         request.spec = Some(pb::NodeSpec::from(&dropped));
-        let report = answer(&config, &request);
+        let report = answer(&config, &Default::default(), &request);
         assert_eq!(report.error, "");
         assert!(
             report
@@ -187,7 +198,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("hosts"), HOSTS).unwrap();
         // Another node's spec.
-        let report = answer(&config(dir.path()), &request("etl-9"));
+        let report = answer(&config(dir.path()), &Default::default(), &request("etl-9"));
         assert!(
             report.error.contains("but this agent is \"emr-worker-2\""),
             "{}",
@@ -195,11 +206,19 @@ mod tests {
         );
         assert!(report.diff.is_empty() && report.restart_unit.is_empty());
         // This node's spec, but server.properties is missing.
-        let report = answer(&config(dir.path()), &request("emr-worker-2"));
+        let report = answer(
+            &config(dir.path()),
+            &Default::default(),
+            &request("emr-worker-2"),
+        );
         assert!(report.error.contains("does not exist"), "{}", report.error);
         // The apply would be refused: the plan says why instead of showing a diff.
         std::fs::write(dir.path().join("server.properties"), PROPERTIES).unwrap();
-        let report = answer(&config(dir.path()), &request_on("emr-worker-2", 9092));
+        let report = answer(
+            &config(dir.path()),
+            &Default::default(),
+            &request_on("emr-worker-2", 9092),
+        );
         assert!(
             report
                 .error
@@ -214,6 +233,7 @@ mod tests {
         // No spec at all.
         let report = answer(
             &config(dir.path()),
+            &Default::default(),
             &pb::DryRunRequest {
                 id: 1,
                 spec: None,

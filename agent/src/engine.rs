@@ -228,6 +228,44 @@ pub struct Engine {
     packet_filter: Box<dyn PacketFilter>,
     /// Restart windows and the applied state's time: the system's clock, or a test's.
     clock: Box<dyn Clock>,
+    /// The clusters whose releases this host holds (a client of several clusters).
+    held: Held,
+}
+
+/// The clusters whose releases a host holds, as its reconciler lays them out: their hosts blocks
+/// stay when one of them is planned, and the primary's state is `state_dir/applied.json` while
+/// each other's is `state_dir/clusters/NAME/`. The default (none) is a host of one cluster: a
+/// plan keeps only its own cluster's block, and the state is the state directory's own.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// The cluster of the broker's release, else the first cluster whose release was applied.
+    pub primary: Option<String>,
+    /// Every cluster held, the primary included.
+    pub clusters: Vec<String>,
+}
+
+impl Held {
+    /// Where the applied state of `cluster`'s release is kept.
+    pub fn state_dir(&self, root: &Path, cluster: &str) -> PathBuf {
+        if self
+            .primary
+            .as_deref()
+            .is_none_or(|primary| primary == cluster)
+        {
+            root.to_path_buf()
+        } else {
+            state::cluster_dir(root, cluster)
+        }
+    }
+
+    /// The clusters whose blocks a plan for `cluster` keeps: its own and every one held.
+    pub fn keep<'a>(&'a self, cluster: &'a str) -> Vec<&'a str> {
+        let mut keep: Vec<&str> = self.clusters.iter().map(String::as_str).collect();
+        if !keep.contains(&cluster) {
+            keep.push(cluster);
+        }
+        keep
+    }
 }
 
 impl Engine {
@@ -243,7 +281,18 @@ impl Engine {
             files: Box::new(fsio::Disk),
             packet_filter: Box::new(Nft::default()),
             clock: Box::new(SteadyWallClock::new()),
+            held: Held::default(),
         }
+    }
+
+    /// The clusters this host holds from now on (the reconciler's layout): what a plan keeps and
+    /// where an apply keeps its state.
+    pub fn set_held(&mut self, held: Held) {
+        self.held = held;
+    }
+
+    pub fn held(&self) -> &Held {
+        &self.held
     }
 
     /// The same engine reading time from `clock` (the unit tests' own).
@@ -299,7 +348,7 @@ impl Engine {
 
     /// Render every managed file for `node_spec` and compare with what is on disk. No side effects.
     pub fn plan(&self, node_spec: &NodeSpec) -> Result<Plan, EngineError> {
-        plan_files(self.files.as_ref(), &self.config, node_spec)
+        plan_files(self.files.as_ref(), &self.config, node_spec, &self.held)
     }
 
     /// Carry out `plan`: back up and write every changed file, restart Kafka when its listener
@@ -399,7 +448,10 @@ impl Engine {
             applied_at_unix_ms: self.clock.now_ms(),
             node_spec: plan.node_spec.clone(),
         };
-        state::save(state_dir, &applied)?;
+        state::save(
+            &self.held.state_dir(state_dir, &plan.node_spec.cluster),
+            &applied,
+        )?;
         Ok(Outcome::Converged {
             applied: Box::new(applied),
             written: written.into_iter().map(|w| (w.path, w.method)).collect(),
@@ -825,6 +877,7 @@ pub fn plan_files(
     files: &dyn Files,
     config: &AgentConfig,
     node_spec: &NodeSpec,
+    held: &Held,
 ) -> Result<Plan, EngineError> {
     if node_spec.node != config.node {
         return Err(EngineError::WrongNode {
@@ -836,14 +889,17 @@ pub fn plan_files(
 
     let hosts_path = &config.manage.hosts_file;
     let hosts_old = read_text(files, hosts_path)?;
-    // This host holds one cluster's release: the block of any other cluster (one the node left,
-    // or the cluster's old name) goes in the same write.
-    let edit = hosts::retain_blocks(hosts_old.as_deref().unwrap_or(""), &[&node_spec.cluster])
-        .and_then(|kept| hosts::apply_block(&kept, &node_spec.cluster, &node_spec.hosts_entries))
-        .map_err(|error| EngineError::Render {
-            path: hosts_path.clone(),
-            message: error.to_string(),
-        })?;
+    // The blocks of the clusters this host holds stay; that of any other cluster (one the node
+    // left, or the cluster's old name) goes in the same write.
+    let edit = hosts::retain_blocks(
+        hosts_old.as_deref().unwrap_or(""),
+        &held.keep(&node_spec.cluster),
+    )
+    .and_then(|kept| hosts::apply_block(&kept, &node_spec.cluster, &node_spec.hosts_entries))
+    .map_err(|error| EngineError::Render {
+        path: hosts_path.clone(),
+        message: error.to_string(),
+    })?;
     let conflicts = edit.conflicts;
     if hosts_old.as_deref() != Some(edit.content.as_str())
         && !(hosts_old.is_none() && edit.content.is_empty())

@@ -18,7 +18,7 @@
 //! about every [`drift::SAFETY_CHECK_PERIOD`] and, on brokers, for the filter check every
 //! `reachability.period`, both jittered.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use kreach_domain::report::Phase;
 use tokio::sync::watch;
 
 use crate::drift;
-use crate::engine::{Engine, Outcome, RestartWindow};
+use crate::engine::{Engine, Held, Outcome, RestartWindow};
 use crate::health::HealthBoard;
 use crate::jitter::{first_delay, jittered, random_unit};
 use crate::state::{self, AppliedState, FailedRelease, ReleaseId};
@@ -56,6 +56,10 @@ pub struct ReleaseRequest {
     /// remembered as failed, like a release that failed here).
     pub spec: Result<NodeSpec, String>,
     pub released_by: String,
+    /// Every cluster the coordinator serves this node (`Release.clusters`): the clusters held
+    /// here that it does not name are dropped, their hosts blocks with them. Empty (a coordinator
+    /// of one cluster, `apply-local`): the release's own cluster only.
+    pub clusters: Vec<String>,
     /// [`ReleaseEvent::Applying`] when the files are about to change, then one
     /// [`ReleaseEvent::Done`].
     pub events: tokio::sync::mpsc::UnboundedSender<ReleaseEvent>,
@@ -94,14 +98,49 @@ pub enum ReleaseResult {
 pub struct Reconciler {
     engine: Engine,
     commands: Receiver<Command>,
+    /// The primary cluster's applied state: a broker's cluster, else the first cluster whose
+    /// release this host applied (`state_dir/applied.json`).
     applied: watch::Sender<Option<AppliedState>>,
+    /// The primary's failed release (or one whose spec could not be read).
     failed: Option<FailedRelease>,
+    /// The other clusters this host is a client of, each with its own state
+    /// (`state_dir/clusters/NAME/`).
+    secondary: BTreeMap<String, Slot>,
+    /// The clusters held, for readers (dry runs keep their blocks as an apply does).
+    held: watch::Sender<Held>,
     health: std::sync::Arc<HealthBoard>,
     /// The release last logged as enforced, and who released it.
     enforcing: Option<(ReleaseId, String)>,
     waiting_logged: bool,
     /// The conflicts last logged: a new or a resolved one is said once, not at every check.
     reported_conflicts: Vec<String>,
+}
+
+/// A release of a cluster other than the primary one, as this host holds it.
+#[derive(Debug, Default)]
+struct Slot {
+    applied: Option<AppliedState>,
+    failed: Option<FailedRelease>,
+}
+
+/// Where a release goes among the clusters held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Primary,
+    Secondary(String),
+}
+
+/// What a release does to the clusters held, decided before anything is applied.
+#[derive(Debug)]
+struct Layout {
+    target: Target,
+    /// The clusters held once it converged.
+    held: Held,
+    /// The primary's cluster, held on as a secondary one (a broker's release of another
+    /// cluster made that one primary).
+    demoted: Option<String>,
+    /// The clusters held now that the release does not name: no longer served.
+    dropped: Vec<String>,
 }
 
 /// The applied state as the reconciler holds it (None: nothing applied yet), for readers.
@@ -112,6 +151,7 @@ pub type AppliedWatch = watch::Receiver<Option<AppliedState>>;
 pub struct Handle {
     commands: Sender<Command>,
     applied: AppliedWatch,
+    held: watch::Receiver<Held>,
 }
 
 impl Handle {
@@ -129,14 +169,19 @@ impl Handle {
     pub fn commands(&self) -> Sender<Command> {
         self.commands.clone()
     }
+
+    /// The clusters this host holds releases of now.
+    pub fn held(&self) -> Held {
+        self.held.borrow().clone()
+    }
 }
 
 impl Reconciler {
     /// Read the persisted applied state and failed release (the only reads of them in a running
     /// agent) and make the actor. Errors reading either are logged and the actor starts without
     /// them, as the agent always did: it waits for a release.
-    pub fn new(engine: Engine, health: std::sync::Arc<HealthBoard>) -> (Reconciler, Handle) {
-        let config = engine.config();
+    pub fn new(mut engine: Engine, health: std::sync::Arc<HealthBoard>) -> (Reconciler, Handle) {
+        let config = engine.config().clone();
         let applied = match state::load(&config.state_dir) {
             Ok(applied) => applied,
             Err(error) => {
@@ -154,17 +199,44 @@ impl Reconciler {
         if let Some(failed) = &failed {
             tracing::info!(node = %config.node, release = %failed.release(), "remembering a failed release from the previous run: it is not applied again until the coordinator retries it");
         }
+        let mut secondary = BTreeMap::new();
+        for cluster in state::cluster_dirs(&config.state_dir) {
+            let dir = state::cluster_dir(&config.state_dir, &cluster);
+            let slot = Slot {
+                applied: state::load(&dir).unwrap_or_else(|error| {
+                    tracing::error!(node = %config.node, cluster = %cluster, "cannot enforce the applied state: {error}");
+                    None
+                }),
+                failed: state::load_failed(&dir).unwrap_or_else(|error| {
+                    tracing::warn!(node = %config.node, cluster = %cluster, "{error}");
+                    None
+                }),
+            };
+            secondary.insert(cluster, slot);
+        }
+        let primary = applied
+            .as_ref()
+            .map(|applied| applied.node_spec.cluster.clone());
+        let held = Held {
+            clusters: primary.iter().chain(secondary.keys()).cloned().collect(),
+            primary,
+        };
+        engine.set_held(held.clone());
         let (commands_tx, commands) = std::sync::mpsc::channel();
         let (applied_tx, applied_rx) = watch::channel(applied);
+        let (held_tx, held_rx) = watch::channel(held);
         let handle = Handle {
             commands: commands_tx,
             applied: applied_rx,
+            held: held_rx,
         };
         let reconciler = Reconciler {
             engine,
             commands,
             applied: applied_tx,
             failed,
+            secondary,
+            held: held_tx,
             health,
             enforcing: None,
             waiting_logged: false,
@@ -243,16 +315,34 @@ impl Reconciler {
         &self.engine.config().node
     }
 
-    /// Enforce the applied state once: write back drifted files, report conflicts.
+    /// Every applied state held, with the directory that keeps it: the primary's first.
+    fn held_states(&self) -> Vec<(PathBuf, AppliedState)> {
+        let root = &self.engine.config().state_dir;
+        let primary = self.applied.borrow().clone();
+        primary
+            .map(|applied| (root.clone(), applied))
+            .into_iter()
+            .chain(self.secondary.iter().filter_map(|(cluster, slot)| {
+                let applied = slot.applied.clone()?;
+                Some((state::cluster_dir(root, cluster), applied))
+            }))
+            .collect()
+    }
+
+    /// Enforce the applied states once: write back drifted files, report conflicts.
     fn check(&mut self, watcher: &mut notify::RecommendedWatcher) {
-        let Some(applied) = self.applied.borrow().clone() else {
+        let states = self.held_states();
+        if states.is_empty() {
             if !self.waiting_logged {
                 tracing::info!(node = %self.node(), "no applied state yet; waiting for a spec (apply-local or a coordinator)");
                 self.waiting_logged = true;
             }
             return;
-        };
-        self.keep_state_file(&applied);
+        }
+        for (dir, applied) in &states {
+            self.keep_state_file(dir, applied);
+        }
+        let applied = &states[0].1;
         let current = (applied.release(), applied.released_by.clone());
         if self.enforcing.as_ref() != Some(&current) {
             tracing::info!(
@@ -266,49 +356,56 @@ impl Reconciler {
             self.enforcing = Some(current);
         }
         let firewall = crate::firewall::describe(self.engine.config(), &applied.node_spec);
-        match drift::check_and_repair(&self.engine, &applied) {
-            Ok(checked) => {
-                crate::health::update(&self.health, |health| {
-                    health.conflicts.clone_from(&checked.conflicts);
-                    health.enforce_error.clear();
-                    if !checked.repaired.is_empty() {
-                        health.repairs += 1;
-                        health.last_repair_ms = state::now_unix_ms();
-                    }
-                    // A filter error stays until the filter check itself clears it.
-                    if !health.firewall.starts_with("error") {
-                        health.firewall = firewall;
-                    }
-                });
-                for path in &checked.repaired {
-                    drift::rewatch_file(watcher, path);
+        // Each cluster's own files (its hosts block; a broker's properties), the others' blocks
+        // kept: one check per cluster held.
+        let mut conflicts = Vec::new();
+        let mut repaired = Vec::new();
+        let mut failure = None;
+        for (_, applied) in &states {
+            match drift::check_and_repair(&self.engine, applied) {
+                Ok(checked) => {
+                    conflicts.extend(checked.conflicts);
+                    repaired.extend(checked.repaired);
                 }
-                if checked.conflicts != self.reported_conflicts {
-                    for conflict in &checked.conflicts {
-                        if !self.reported_conflicts.contains(conflict) {
-                            tracing::warn!(node = %applied.node_spec.node, "conflict: {conflict}");
-                        }
-                    }
-                    if checked.conflicts.is_empty() {
-                        tracing::info!(node = %applied.node_spec.node, "no unmanaged hosts line shadows kreach's entries any more");
-                    }
-                    self.reported_conflicts = checked.conflicts;
+                Err(error) => {
+                    tracing::error!(node = %applied.node_spec.node, cluster = %applied.node_spec.cluster, "cannot enforce the applied state: {error}");
+                    failure.get_or_insert_with(|| error.to_string());
                 }
             }
-            Err(error) => {
-                tracing::error!(node = %applied.node_spec.node, "cannot enforce the applied state: {error}");
-                crate::health::update(&self.health, |health| {
-                    health.enforce_error = error.to_string();
-                });
+        }
+        conflicts.dedup();
+        crate::health::update(&self.health, |health| {
+            health.conflicts.clone_from(&conflicts);
+            health.enforce_error = failure.clone().unwrap_or_default();
+            if !repaired.is_empty() {
+                health.repairs += 1;
+                health.last_repair_ms = state::now_unix_ms();
             }
+            // A filter error stays until the filter check itself clears it.
+            if !health.firewall.starts_with("error") {
+                health.firewall = firewall;
+            }
+        });
+        for path in &repaired {
+            drift::rewatch_file(watcher, path);
+        }
+        if conflicts != self.reported_conflicts {
+            for conflict in &conflicts {
+                if !self.reported_conflicts.contains(conflict) {
+                    tracing::warn!(node = %applied.node_spec.node, "conflict: {conflict}");
+                }
+            }
+            if conflicts.is_empty() {
+                tracing::info!(node = %applied.node_spec.node, "no unmanaged hosts line shadows kreach's entries any more");
+            }
+            self.reported_conflicts = conflicts;
         }
     }
 
     /// The applied state's file is for the next start: if it went (the state directory removed
     /// under us), write it back from memory.
-    fn keep_state_file(&self, applied: &AppliedState) {
+    fn keep_state_file(&self, state_dir: &std::path::Path, applied: &AppliedState) {
         let config = self.engine.config();
-        let state_dir = &config.state_dir;
         if state::exists(state_dir) {
             return;
         }
@@ -361,36 +458,183 @@ impl Reconciler {
             id,
             spec,
             released_by,
+            clusters,
             events,
         } = request;
-        let result = self.decide(id, spec, &released_by, &events);
+        let result = self.decide(id, spec, &clusters, &released_by, &events);
         let _ = events.send(ReleaseEvent::Done(result));
+    }
+
+    /// Where a release of `spec` goes among the clusters held, and what it does to them.
+    /// `served` is every cluster the coordinator serves this node (empty: `spec`'s only).
+    fn layout(&self, spec: &NodeSpec, served: &[String]) -> Layout {
+        let cluster = spec.cluster.as_str();
+        let served_here =
+            |name: &str| name == cluster || served.iter().any(|served| served == name);
+        let primary = self
+            .applied
+            .borrow()
+            .as_ref()
+            .map(|applied| applied.node_spec.cluster.clone());
+        let is_broker = matches!(spec.role, NodeRole::Broker { .. });
+        // A broker's cluster is its primary; a client's release replaces the primary's when it is
+        // the same cluster, when there is none, or when the primary is no longer served (the
+        // cluster renamed, or the node left it).
+        let target = match &primary {
+            Some(primary) if primary != cluster && !is_broker && served_here(primary) => {
+                Target::Secondary(cluster.to_string())
+            }
+            _ => Target::Primary,
+        };
+        let demoted = primary.clone().filter(|primary| {
+            target == Target::Primary && primary != cluster && served_here(primary)
+        });
+        let dropped: Vec<String> = self
+            .secondary
+            .keys()
+            .filter(|name| !served_here(name))
+            .cloned()
+            .collect();
+        let new_primary = match &target {
+            Target::Primary => Some(cluster.to_string()),
+            Target::Secondary(_) => primary.clone(),
+        };
+        let mut clusters: Vec<String> = new_primary.iter().cloned().collect();
+        for name in std::iter::once(cluster.to_string())
+            .chain(demoted.clone())
+            .chain(
+                self.secondary
+                    .keys()
+                    .filter(|name| served_here(name))
+                    .cloned(),
+            )
+        {
+            if !clusters.contains(&name) {
+                clusters.push(name);
+            }
+        }
+        Layout {
+            target,
+            held: Held {
+                primary: new_primary,
+                clusters,
+            },
+            demoted,
+            dropped,
+        }
+    }
+
+    /// The failed release remembered for `target`.
+    fn failed_of(&self, target: &Target) -> Option<&FailedRelease> {
+        match target {
+            Target::Primary => self.failed.as_ref(),
+            Target::Secondary(cluster) => self.secondary.get(cluster)?.failed.as_ref(),
+        }
+    }
+
+    /// The state last applied for `target`: a promoted secondary's own, else the primary's.
+    fn previous_of(&self, target: &Target, cluster: &str) -> Option<AppliedState> {
+        match target {
+            Target::Primary => self
+                .secondary
+                .get(cluster)
+                .and_then(|slot| slot.applied.clone())
+                .or_else(|| self.applied.borrow().clone()),
+            Target::Secondary(cluster) => self.secondary.get(cluster)?.applied.clone(),
+        }
     }
 
     fn decide(
         &mut self,
         id: ReleaseId,
         spec: Result<NodeSpec, String>,
+        served: &[String],
         released_by: &str,
         events: &tokio::sync::mpsc::UnboundedSender<ReleaseEvent>,
     ) -> ReleaseResult {
         let node = self.node().to_string();
-        if let Some(failed) = self.failed.as_ref().filter(|failed| failed.release() == id) {
+        let layout = spec.as_ref().ok().map(|spec| self.layout(spec, served));
+        let target = layout
+            .as_ref()
+            .map_or(Target::Primary, |layout| layout.target.clone());
+        if let Some(failed) = self
+            .failed_of(&target)
+            .filter(|failed| failed.release() == id)
+        {
             tracing::info!(node = %node, release = %id, "release already failed here; reporting that again instead of re-applying");
             return ReleaseResult::FailedBefore(failed.clone());
         }
-        let spec = match spec {
-            Ok(spec) => spec,
-            Err(reason) => {
+        let (spec, layout) = match (spec, layout) {
+            (Ok(spec), Some(layout)) => (spec, layout),
+            (Err(reason), _) => {
                 let reason = format!("{reason}; nothing was applied");
                 tracing::warn!(node = %node, release = %id, "refusing release: {reason}");
-                return self.failed(id, Phase::Failed, reason);
+                return self.failed(&target, id, Phase::Failed, reason);
             }
+            (Ok(_), None) => unreachable!("a readable spec has a layout"),
         };
-        let applied = self.applied.borrow().clone();
+        let previous = self.previous_of(&target, &spec.cluster);
+        // Planned as the clusters will be held once it converged: the blocks of the clusters the
+        // release no longer names go in the same write.
+        let before = self.engine.held().clone();
+        self.engine.set_held(layout.held.clone());
+        let result = self.apply(id, spec, previous, &layout, released_by, events);
+        if matches!(result, ReleaseResult::Converged { .. }) {
+            self.settle(&layout);
+        } else if !matches!(result, ReleaseResult::AlreadyApplied) {
+            self.engine.set_held(before);
+        }
+        result
+    }
+
+    /// The clusters held after a release converged: the primary's state kept as a secondary's
+    /// when it was demoted, a promoted secondary's directory gone, the clusters no longer served
+    /// forgotten.
+    fn settle(&mut self, layout: &Layout) {
+        let root = self.engine.config().state_dir.clone();
+        let node = self.node().to_string();
+        if let (Some(demoted), Target::Primary) = (&layout.demoted, &layout.target) {
+            // `applied` holds the new primary already; the old one was saved in `previous`.
+            if let Some(slot) = self.secondary.get(demoted) {
+                if let Some(applied) = &slot.applied {
+                    if let Err(error) = state::save(&state::cluster_dir(&root, demoted), applied) {
+                        tracing::warn!(node = %node, cluster = %demoted, "{error}");
+                    }
+                }
+            }
+        }
+        if let Some(primary) = &layout.held.primary {
+            if self.secondary.remove(primary).is_some() {
+                if let Err(error) = state::remove_cluster_dir(&root, primary) {
+                    tracing::warn!(node = %node, cluster = %primary, "{error}");
+                }
+            }
+        }
+        for cluster in &layout.dropped {
+            self.secondary.remove(cluster);
+            tracing::info!(node = %node, cluster = %cluster, "no longer a client of cluster {cluster}: its hosts block was removed");
+            if let Err(error) = state::remove_cluster_dir(&root, cluster) {
+                tracing::warn!(node = %node, cluster = %cluster, "{error}");
+            }
+        }
+        self.held.send_replace(layout.held.clone());
+    }
+
+    /// Plan and apply `spec` over `previous` (the state last applied for its cluster).
+    fn apply(
+        &mut self,
+        id: ReleaseId,
+        spec: NodeSpec,
+        previous: Option<AppliedState>,
+        layout: &Layout,
+        released_by: &str,
+        events: &tokio::sync::mpsc::UnboundedSender<ReleaseEvent>,
+    ) -> ReleaseResult {
+        let node = self.node().to_string();
+        let target = &layout.target;
         let plan = self.engine.plan(&spec);
         // Already applied and nothing drifted: say so without touching anything.
-        let same = applied
+        let same = previous
             .as_ref()
             .is_some_and(|applied| applied.release() == id && applied.node_spec == spec);
         if same {
@@ -412,7 +656,7 @@ impl Reconciler {
                 Ok(false) => {}
                 Err(reason) => {
                     tracing::warn!(node = %node, release = %id, "cannot apply release: {reason}");
-                    return self.failed(id, Phase::Failed, reason);
+                    return self.failed(target, id, Phase::Failed, reason);
                 }
             }
         }
@@ -427,7 +671,7 @@ impl Reconciler {
                 tracing::info!(node = %spec.node, "plan:\n{}", plan.render().trim_end());
             }
             self.engine
-                .apply(&plan, applied.as_ref(), id, released_by)
+                .apply(&plan, previous.as_ref(), id, released_by)
                 .map(|outcome| (outcome, conflicts))
         });
         match result {
@@ -446,11 +690,7 @@ impl Reconciler {
                     restart_window.is_some(),
                     started.elapsed(),
                 );
-                self.applied.send_replace(Some(*applied));
-                self.failed = None;
-                if let Err(error) = state::clear_failed(&self.engine.config().state_dir) {
-                    tracing::warn!(node = %node, "{error}");
-                }
+                self.hold(target, layout, *applied);
                 ReleaseResult::Converged {
                     checks,
                     restart_window,
@@ -471,7 +711,7 @@ impl Reconciler {
                     restart_window.is_some(),
                     started.elapsed(),
                 );
-                self.failed(id, Phase::RolledBack, reason.clone());
+                self.failed(target, id, Phase::RolledBack, reason.clone());
                 ReleaseResult::RolledBack {
                     reason,
                     restart_window,
@@ -481,14 +721,56 @@ impl Reconciler {
                 let reason = error.to_string();
                 tracing::error!(node = %node, cluster = %cluster, generation = id.generation, "release {id} failed: {reason}");
                 crate::metrics::record_apply("failed", false, started.elapsed());
-                self.failed(id, Phase::Failed, reason)
+                self.failed(target, id, Phase::Failed, reason)
             }
+        }
+    }
+
+    /// Hold a converged release in its slot and forget the slot's failed release.
+    fn hold(&mut self, target: &Target, layout: &Layout, applied: AppliedState) {
+        let root = self.engine.config().state_dir.clone();
+        let dir = match target {
+            Target::Primary => {
+                // The primary replaced: a demoted one is held on as a secondary.
+                let old = self.applied.send_replace(Some(applied));
+                if let (Some(demoted), Some(old)) = (&layout.demoted, old) {
+                    let failed = self.failed.take();
+                    self.secondary.insert(
+                        demoted.clone(),
+                        Slot {
+                            applied: Some(old),
+                            failed,
+                        },
+                    );
+                }
+                self.failed = None;
+                root
+            }
+            Target::Secondary(cluster) => {
+                self.secondary.insert(
+                    cluster.clone(),
+                    Slot {
+                        applied: Some(applied),
+                        failed: None,
+                    },
+                );
+                state::cluster_dir(&root, cluster)
+            }
+        };
+        if let Err(error) = state::clear_failed(&dir) {
+            tracing::warn!(node = %self.node(), "{error}");
         }
     }
 
     /// Remember a release that failed or rolled back here (`phase`), also across a restart of the
     /// agent, so the same release is answered the same way and not applied again.
-    fn failed(&mut self, id: ReleaseId, phase: Phase, reason: String) -> ReleaseResult {
+    fn failed(
+        &mut self,
+        target: &Target,
+        id: ReleaseId,
+        phase: Phase,
+        reason: String,
+    ) -> ReleaseResult {
         let failed = FailedRelease {
             generation: id.generation,
             step: id.step,
@@ -497,11 +779,21 @@ impl Reconciler {
             reason: reason.clone(),
             at_unix_ms: state::now_unix_ms(),
         };
-        if let Err(error) = state::save_failed(&self.engine.config().state_dir, &failed) {
+        let root = &self.engine.config().state_dir;
+        let dir = match target {
+            Target::Primary => root.clone(),
+            Target::Secondary(cluster) => state::cluster_dir(root, cluster),
+        };
+        if let Err(error) = state::save_failed(&dir, &failed) {
             // Still kept in memory: only a restart of this agent would apply the release again.
             tracing::warn!(node = %self.node(), "cannot persist the failed release: {error}");
         }
-        self.failed = Some(failed);
+        match target {
+            Target::Primary => self.failed = Some(failed),
+            Target::Secondary(cluster) => {
+                self.secondary.entry(cluster.clone()).or_default().failed = Some(failed)
+            }
+        }
         ReleaseResult::Failed { reason }
     }
 }
@@ -563,11 +855,22 @@ mod tests {
         id: ReleaseId,
         spec: Result<NodeSpec, String>,
     ) -> (bool, ReleaseResult) {
+        release_of(handle, id, spec, &[]).await
+    }
+
+    /// The same, from a coordinator that serves this node `clusters`.
+    async fn release_of(
+        handle: &Handle,
+        id: ReleaseId,
+        spec: Result<NodeSpec, String>,
+        clusters: &[&str],
+    ) -> (bool, ReleaseResult) {
         let (events, mut answers) = unbounded_channel();
         let request = ReleaseRequest {
             id,
             spec,
             released_by: "test".into(),
+            clusters: clusters.iter().map(ToString::to_string).collect(),
             events,
         };
         assert!(handle.send(Command::Release(Box::new(request))));
@@ -664,6 +967,103 @@ mod tests {
         assert!(crate::state::load_failed(&dir.path().join("state"))
             .unwrap()
             .is_none());
+        handle.send(Command::Stop);
+        task.await.unwrap().unwrap();
+    }
+
+    /// etl-1's node spec in a cluster `name` whose one broker `b1.NAME` is at `ip`.
+    fn client_of(name: &str, ip: &str) -> NodeSpec {
+        let spec = SPEC
+            .replace("name = \"c\"", &format!("name = \"{name}\""))
+            .replace("b1.c", &format!("b1.{name}"))
+            .replace("198.18.0.11", ip);
+        kreach_domain::desired::node_spec(
+            &kreach_domain::spec::ClusterSpec::parse(&spec).unwrap(),
+            "etl-1",
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_client_of_two_clusters_holds_a_block_and_a_state_for_each() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let hosts = || std::fs::read_to_string(dir.path().join("hosts")).unwrap();
+        let (handle, task) = start(dir.path());
+        let (orders, payments) = (
+            client_of("orders", "198.18.0.11"),
+            client_of("payments", "198.18.0.21"),
+        );
+
+        let (_, result) = release_of(&handle, id(1), Ok(orders.clone()), &["orders"]).await;
+        assert!(
+            matches!(result, ReleaseResult::Converged { .. }),
+            "{result:?}"
+        );
+        // payments now serves the node too: its block is added beside orders', whose release
+        // (generation 3 too: generations are per cluster) is still held.
+        let (_, result) = release_of(
+            &handle,
+            id(1),
+            Ok(payments.clone()),
+            &["orders", "payments"],
+        )
+        .await;
+        assert!(
+            matches!(result, ReleaseResult::Converged { .. }),
+            "{result:?}"
+        );
+        let both = hosts();
+        assert!(both.contains("# BEGIN kreach orders"), "{both}");
+        assert!(both.contains("198.18.0.11\tb1.orders"), "{both}");
+        assert!(both.contains("# BEGIN kreach payments"), "{both}");
+        assert!(both.contains("198.18.0.21\tb1.payments"), "{both}");
+        assert_eq!(
+            handle.held().clusters,
+            ["orders".to_string(), "payments".to_string()]
+        );
+        assert!(dir
+            .path()
+            .join("state/clusters/payments/applied.json")
+            .is_file());
+        // orders' release again (a reconnect): nothing to change, payments' block stays.
+        let (applying, again) =
+            release_of(&handle, id(1), Ok(orders.clone()), &["orders", "payments"]).await;
+        assert_eq!((applying, again), (false, ReleaseResult::AlreadyApplied));
+        assert_eq!(hosts(), both);
+
+        // Drift in the second cluster's block is repaired too.
+        std::fs::write(
+            dir.path().join("hosts"),
+            hosts().replace("198.18.0.21", "198.18.0.99"),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while hosts() != both {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not repaired:\n{}",
+                hosts()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(handle.send(Command::Stop));
+        task.await.unwrap().unwrap();
+
+        // A restarted agent holds both again; a release that no longer names payments drops
+        // its block and its state.
+        let (handle, task) = start(dir.path());
+        assert_eq!(handle.held().clusters.len(), 2);
+        let (applying, result) = release_of(&handle, id(2), Ok(orders.clone()), &["orders"]).await;
+        assert!(
+            applying && matches!(result, ReleaseResult::Converged { .. }),
+            "{result:?}"
+        );
+        let after = hosts();
+        assert!(after.contains("198.18.0.11\tb1.orders"), "{after}");
+        assert!(!after.contains("payments"), "{after}");
+        assert!(!dir.path().join("state/clusters/payments").exists());
+        assert_eq!(handle.held().clusters, ["orders".to_string()]);
         handle.send(Command::Stop);
         task.await.unwrap().unwrap();
     }

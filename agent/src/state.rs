@@ -17,6 +17,7 @@ use crate::fsio;
 const STATE_FILE: &str = "applied.json";
 const FAILED_FILE: &str = "failed-release.json";
 const LOCK_FILE: &str = "agent.lock";
+const CLUSTERS_DIR: &str = "clusters";
 /// Held by `kreach-agent run` for its whole life (the engine's `agent.lock` is taken per apply, so
 /// it cannot be this one: a second flock from the same process would be refused).
 const DAEMON_LOCK_FILE: &str = "daemon.lock";
@@ -77,6 +78,36 @@ pub enum StateError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// Where the state of a release of `cluster` lives when it is not the host's primary cluster (a
+/// client of several clusters): `state_dir/clusters/NAME/`, with its own `applied.json` and
+/// `failed-release.json`.
+pub fn cluster_dir(state_dir: &Path, cluster: &str) -> PathBuf {
+    state_dir.join(CLUSTERS_DIR).join(cluster)
+}
+
+/// The clusters with a state directory under `state_dir/clusters/`, sorted.
+pub fn cluster_dirs(state_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(state_dir.join(CLUSTERS_DIR))
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Remove a cluster's state directory (the host is no longer its client).
+pub fn remove_cluster_dir(state_dir: &Path, cluster: &str) -> Result<(), StateError> {
+    let path = cluster_dir(state_dir, cluster);
+    match std::fs::remove_dir_all(&path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Remove { path, source }),
+    }
 }
 
 pub fn ensure_state_dir(state_dir: &Path) -> Result<(), StateError> {

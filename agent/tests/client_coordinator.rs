@@ -222,6 +222,7 @@ fn the_agent_applies_releases_reports_them_and_keeps_enforcing_while_the_coordin
         id: Some(id),
         spec: Some(pb::NodeSpec::from(&desired)),
         released_by: "rollout gen 7 step 1: clients".into(),
+        clusters: Vec::new(),
     };
     let coordinator = TestCoordinator::start(0, vec![release.clone()]);
     let port = coordinator.port;
@@ -356,11 +357,13 @@ fn releases_for_another_node_or_with_invalid_wire_data_fail_and_change_nothing()
                 &node_spec(&spec, "emr-worker-1").unwrap(),
             )),
             released_by: "test".into(),
+            clusters: Vec::new(),
         },
         pb::Release {
             id: Some(bad_address),
             spec: Some(invalid),
             released_by: "test".into(),
+            clusters: Vec::new(),
         },
     ];
     let coordinator = TestCoordinator::start(0, releases);

@@ -33,14 +33,49 @@ const CLUSTERS_DIR: &str = "clusters";
 /// The home core's index in [`Clusters::cores`].
 const HOME: usize = 0;
 
-/// An agent's place: the core that keeps its record and its release stream.
+/// What an agent's release stream carries: the latest release of every cluster it is attached
+/// to, each with a number that changes whenever that release changes or is sent again (a
+/// nudge), and the names of those clusters (stamped on every release sent, so that the agent
+/// drops the clusters it no longer belongs to).
+#[derive(Debug, Clone, Default)]
+pub struct Releases {
+    pub clusters: Vec<String>,
+    pub by_core: BTreeMap<usize, (u64, pb::Release)>,
+}
+
+impl Releases {
+    /// The releases not sent yet according to `sent` (the numbers last sent, by core), which
+    /// is brought up to date; each stamped with the clusters attached.
+    pub fn unsent(&self, sent: &mut BTreeMap<usize, u64>) -> Vec<pb::Release> {
+        sent.retain(|core, _| self.by_core.contains_key(core));
+        self.by_core
+            .iter()
+            .filter(|(core, (seq, _))| sent.insert(**core, *seq) != Some(*seq))
+            .map(|(_, (_, release))| pb::Release {
+                clusters: self.clusters.clone(),
+                ..release.clone()
+            })
+            .collect()
+    }
+}
+
+/// Numbers for [`Releases`]: unique in the process, so a release sent again is never mistaken
+/// for one already sent.
+static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn next_seq() -> u64 {
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An agent's place: the cores it is attached to (its primary first: a broker's cluster, else
+/// the first that claimed it), each keeping a record of it and feeding its release stream.
 struct Agent {
-    core: usize,
-    /// Its release stream, fed from its core's channel by `forward`.
-    out: Arc<watch::Sender<Option<pb::Release>>>,
+    cores: Vec<usize>,
+    /// Its release stream, fed from each core's channel by `forwards`.
+    out: Arc<watch::Sender<Releases>>,
     /// Release streams open now.
     connections: u32,
-    forward: Option<tokio::task::JoinHandle<()>>,
+    forwards: BTreeMap<usize, tokio::task::JoinHandle<()>>,
 }
 
 pub struct Clusters {
@@ -91,16 +126,17 @@ impl Clusters {
         clusters
             .feeds_mut()
             .extend(clusters.cores.iter().map(Core::watch_status));
-        // Where every known agent's record is (a record in two stores, from a move the store
-        // did not finish, is kept in the first).
+        // Where every known agent's records are: each store that keeps one is a cluster the
+        // agent is attached to (checked again when it connects).
         for index in 0..clusters.cores.len() {
             let nodes: Vec<String> = clusters.cores[index].agent_nodes().cloned().collect();
             for node in nodes {
-                if clusters.agents.contains_key(&node) {
-                    clusters.cores[index].take_agent(&node);
-                    continue;
+                match clusters.agents.get_mut(&node) {
+                    Some(agent) => agent.cores.push(index),
+                    None => {
+                        clusters.agents.insert(node, Agent::new(index));
+                    }
                 }
-                clusters.agents.insert(node, Agent::new(index));
             }
         }
         Ok(clusters)
@@ -177,9 +213,9 @@ impl Clusters {
 
     /// The core a spec is planned or applied on: its cluster's, the home core for the first
     /// spec, the cluster whose brokers are exactly this spec's (the cluster renamed), or a new
-    /// core for a new cluster name. Refuses a spec that lists a node another cluster's spec lists
-    /// (a node belongs to one cluster). The agents it lists that no cluster claims are moved to
-    /// it first, so that the plan sees their facts (keys, controller).
+    /// core for a new cluster name. Refuses a spec whose broker is another cluster's broker (a
+    /// host is a broker of one cluster; it may be a client of several). The agents it lists are
+    /// attached to it first, so that the plan sees their facts (keys, controller).
     fn core_for_spec(&mut self, spec_toml: &str) -> Result<usize, CoreError> {
         let Ok(spec) = ClusterSpec::parse(spec_toml) else {
             // The core's own parse reports every problem.
@@ -194,22 +230,17 @@ impl Clusters {
         let existing = existing
             .or_else(|| self.renamed(&spec))
             .or((self.cores[HOME].cluster_name().is_none()).then_some(HOME));
-        let listed: Vec<(&str, &str)> = spec
-            .brokers
-            .iter()
-            .map(|broker| (broker.node.as_str(), "broker"))
-            .chain(
-                spec.clients
-                    .iter()
-                    .map(|client| (client.node.as_str(), "client")),
-            )
-            .collect();
-        for &(node, role) in &listed {
-            let other = (0..self.cores.len())
-                .find(|&other| Some(other) != existing && self.cores[other].lists(node));
+        for broker in &spec.brokers {
+            let node = broker.node.as_str();
+            let other = (0..self.cores.len()).find(|&other| {
+                Some(other) != existing
+                    && self.cores[other]
+                        .spec()
+                        .is_some_and(|theirs| theirs.broker_by_node(node).is_some())
+            });
             if let Some(other) = other {
                 return Err(CoreError::Refused(format!(
-                    "node {node:?} ({role} in this spec) is listed in cluster {:?}'s spec; a node belongs to one cluster of a coordinator (drop it from that cluster first; a spec with exactly that cluster's brokers renames it)",
+                    "node {node:?} is a broker in this spec and in cluster {:?}'s; a host is a broker of one cluster (it may be a client of several): drop it from that cluster first, or give a spec with exactly that cluster's brokers to rename it",
                     self.cores[other].cluster_name().unwrap_or_default()
                 )));
             }
@@ -218,13 +249,14 @@ impl Clusters {
             Some(index) => index,
             None => self.new_core(&spec.name)?,
         };
-        for &(node, _) in &listed {
-            if self
-                .agents
-                .get(node)
-                .is_some_and(|agent| agent.core != index && !self.claimed(node, agent.core))
-            {
-                self.move_agent(node, index);
+        let listed = spec
+            .brokers
+            .iter()
+            .map(|broker| &broker.node)
+            .chain(spec.clients.iter().map(|client| &client.node));
+        for node in listed {
+            if self.agents.contains_key(node) {
+                self.attach(node, index);
             }
         }
         Ok(index)
@@ -263,7 +295,10 @@ impl Clusters {
 
     pub fn plan_draft(&mut self, spec_toml: &str) -> Result<crate::core::PlanDraft, CoreError> {
         let index = self.core_for_spec(spec_toml)?;
-        self.cores[index].plan_draft(spec_toml)
+        let draft = self.cores[index].plan_draft(spec_toml);
+        // Nothing applied: the agents attached for the plan's sake go back.
+        self.reroute_all();
+        draft
     }
 
     pub fn apply(
@@ -287,31 +322,49 @@ impl Clusters {
     }
 
     /// Whether the core at `index` claims `node`: lists it, selects it by a client group, or
-    /// released to it.
-    fn claimed(&self, node: &str, index: usize) -> bool {
+    /// released to it (a node dropped from a spec gets the removal of its block).
+    fn claims(
+        &self,
+        node: &str,
+        index: usize,
+        entry: Option<&crate::registry::AgentEntry>,
+    ) -> bool {
         let core = &self.cores[index];
         core.lists(node)
+            || entry.is_some_and(|entry| core.selects(node, entry))
             || core.has_release(node)
-            || core
-                .agent(node)
-                .is_some_and(|entry| core.selects(node, entry))
     }
 
-    /// The core `node` belongs to now: the cluster whose spec lists it, else one whose client
-    /// group selects it, else one that released to it (where it is first, for the last two),
-    /// else where it is.
-    fn route(&self, node: &str) -> usize {
-        let here = self.agents.get(node).map_or(HOME, |agent| agent.core);
-        let entry = self.cores[here].agent(node);
-        let first = |test: &dyn Fn(&Core) -> bool| {
-            std::iter::once(here)
-                .chain(0..self.cores.len())
-                .find(|&index| test(&self.cores[index]))
-        };
-        first(&|core| core.lists(node))
-            .or_else(|| first(&|core| entry.is_some_and(|entry| core.selects(node, entry))))
-            .or_else(|| first(&|core| core.has_release(node)))
-            .unwrap_or(here)
+    /// The cores `node` belongs to now: every cluster that claims it, the one where it is a
+    /// broker first, then those it is attached to already (in their order); none claiming it,
+    /// the first it is attached to (the home core for an agent not seen yet).
+    fn route(&self, node: &str) -> Vec<usize> {
+        let attached = self
+            .agents
+            .get(node)
+            .map_or_else(|| vec![HOME], |agent| agent.cores.clone());
+        let entry = attached
+            .iter()
+            .find_map(|&index| self.cores[index].agent(node));
+        let broker = (0..self.cores.len()).find(|&index| {
+            self.cores[index]
+                .spec()
+                .is_some_and(|spec| spec.broker_by_node(node).is_some())
+        });
+        let mut cores: Vec<usize> = Vec::new();
+        for index in broker
+            .into_iter()
+            .chain(attached.iter().copied())
+            .chain(0..self.cores.len())
+        {
+            if !cores.contains(&index) && self.claims(node, index, entry) {
+                cores.push(index);
+            }
+        }
+        if cores.is_empty() {
+            cores.push(attached[0]);
+        }
+        cores
     }
 
     fn reroute(&mut self, node: &str) {
@@ -319,39 +372,109 @@ impl Clusters {
             return;
         };
         let target = self.route(node);
-        if target != agent.core {
-            self.move_agent(node, target);
+        if target == agent.cores {
+            return;
         }
+        for &index in &target {
+            self.attach(node, index);
+        }
+        let stale: Vec<usize> = self.agents[node]
+            .cores
+            .iter()
+            .copied()
+            .filter(|index| !target.contains(index))
+            .collect();
+        for index in stale {
+            self.detach(node, index);
+        }
+        let agent = self.agents.get_mut(node).expect("checked above");
+        agent.cores = target;
+        self.stamp(node);
     }
 
-    /// Move `node`'s record and release stream to the core at `target`.
-    fn move_agent(&mut self, node: &str, target: usize) {
-        let Some(agent) = self.agents.get_mut(node) else {
+    /// Attach `node`'s agent to the core at `index` too: a record there as the cores it is
+    /// attached to know it (connections, facts, health; no report on a release of this
+    /// cluster yet) and that core's release on its stream.
+    fn attach(&mut self, node: &str, index: usize) {
+        let Some(agent) = self.agents.get(node) else {
             return;
         };
-        let from = agent.core;
-        let Some(entry) = self.cores[from].take_agent(node) else {
-            agent.core = target;
+        if agent.cores.contains(&index) {
+            return;
+        }
+        let known = agent
+            .cores
+            .iter()
+            .find_map(|&other| self.cores[other].agent(node).cloned());
+        let Some(mut entry) = known else {
+            let agent = self.agents.get_mut(node).expect("checked above");
+            agent.cores.push(index);
             return;
         };
         tracing::info!(
             node,
-            from = self.cores[from].cluster_name().unwrap_or("(none)"),
-            to = self.cores[target].cluster_name().unwrap_or("(none)"),
-            "agent moves to another cluster"
+            cluster = self.cores[index].cluster_name().unwrap_or("(none)"),
+            "agent attached to a cluster"
         );
-        let receiver = self.cores[target].adopt_agent(node, entry);
-        agent.core = target;
+        entry.status = None;
+        entry.reachability_at_ms = 0;
+        let receiver = self.cores[index].adopt_agent(node, entry);
+        let agent = self.agents.get_mut(node).expect("checked above");
+        agent.cores.push(index);
         if agent.connections > 0 {
-            agent.follow(receiver);
+            agent.follow(index, receiver);
         }
+        self.stamp(node);
+    }
+
+    /// Detach `node`'s agent from the core at `index`: its record there goes (from the store at
+    /// the next tick) and its stream no longer carries that core's release.
+    fn detach(&mut self, node: &str, index: usize) {
+        let Some(agent) = self.agents.get_mut(node) else {
+            return;
+        };
+        agent.cores.retain(|&core| core != index);
+        agent.unfollow(index);
+        if self.cores[index].take_agent(node).is_some() {
+            tracing::info!(
+                node,
+                cluster = self.cores[index].cluster_name().unwrap_or("(none)"),
+                "agent detached from a cluster"
+            );
+        }
+        self.stamp(node);
+    }
+
+    /// Put the names of the clusters `node` is attached to on its stream (every release is sent
+    /// again with them when they changed).
+    fn stamp(&mut self, node: &str) {
+        let Some(agent) = self.agents.get(node) else {
+            return;
+        };
+        let names: Vec<String> = agent
+            .cores
+            .iter()
+            .filter_map(|&index| {
+                self.cores[index]
+                    .cluster_name()
+                    .or(self.pending[index].as_deref())
+                    .map(str::to_string)
+            })
+            .collect();
+        agent.out.send_if_modified(|releases| {
+            if releases.clusters == names {
+                return false;
+            }
+            releases.clusters = names;
+            for (seq, _) in releases.by_core.values_mut() {
+                *seq = next_seq();
+            }
+            true
+        });
     }
 
     /// `node`'s agent opened its release stream.
-    pub fn subscribe(
-        &mut self,
-        node: &str,
-    ) -> Result<watch::Receiver<Option<pb::Release>>, CoreError> {
+    pub fn subscribe(&mut self, node: &str) -> Result<watch::Receiver<Releases>, CoreError> {
         if !self.agents.contains_key(node) {
             let known: usize = self.agents.len();
             if known >= self.max_agents {
@@ -362,22 +485,35 @@ impl Clusters {
             }
             self.agents.insert(node.to_string(), Agent::new(HOME));
         }
-        let here = self.agents[node].core;
-        let receiver = match self.cores[here].subscribe(node) {
-            Ok(receiver) => receiver,
-            Err(error) => {
-                if self.agents[node].connections == 0 && self.cores[here].agent(node).is_none() {
-                    self.agents.remove(node);
+        let attached = self.agents[node].cores.clone();
+        let mut receivers = Vec::new();
+        for &index in &attached {
+            match self.cores[index].subscribe(node) {
+                Ok(receiver) => receivers.push((index, receiver)),
+                Err(error) => {
+                    for &(index, _) in &receivers {
+                        self.cores[index].disconnect(node);
+                    }
+                    if self.agents[node].connections == 0
+                        && attached
+                            .iter()
+                            .all(|&index| self.cores[index].agent(node).is_none())
+                    {
+                        self.agents.remove(node);
+                    }
+                    return Err(error);
                 }
-                return Err(error);
             }
-        };
+        }
         let agent = self.agents.get_mut(node).expect("inserted above");
         agent.connections += 1;
-        if agent.forward.is_none() {
-            agent.follow(receiver);
+        for (index, receiver) in receivers {
+            if !agent.forwards.contains_key(&index) {
+                agent.follow(index, receiver);
+            }
         }
         let out = agent.out.subscribe();
+        self.stamp(node);
         self.reroute(node);
         Ok(out)
     }
@@ -389,50 +525,78 @@ impl Clusters {
         };
         agent.connections = agent.connections.saturating_sub(1);
         if agent.connections == 0 {
-            if let Some(forward) = agent.forward.take() {
+            for (_, forward) in std::mem::take(&mut agent.forwards) {
                 forward.abort();
             }
         }
-        let here = agent.core;
-        self.cores[here].disconnect(node);
+        for index in agent.cores.clone() {
+            self.cores[index].disconnect(node);
+        }
     }
 
-    /// The core that keeps `node`'s record (the home core for a node not seen yet).
-    fn core_of(&mut self, node: &str) -> &mut Core {
-        let index = self.agents.get(node).map_or(HOME, |agent| agent.core);
-        &mut self.cores[index]
+    /// The cores `node` is attached to (the home core for a node not seen yet), its primary
+    /// first.
+    fn cores_of(&self, node: &str) -> Vec<usize> {
+        self.agents
+            .get(node)
+            .map_or_else(|| vec![HOME], |agent| agent.cores.clone())
     }
 
-    /// `node`'s report on a release of `cluster` (empty from agents before several clusters):
-    /// to that cluster's rollout; a report on another cluster's release than the one the node
-    /// belongs to now (it moved meanwhile) is dropped.
+    /// `node`'s report on a release of `cluster` (empty from agents before several clusters,
+    /// and for reachability: its primary cluster): to that cluster's rollout; a report on the
+    /// release of a cluster the node is not attached to (any more) is dropped.
     pub fn report_status(
         &mut self,
         node: &str,
         cluster: &str,
         report: NodeReport,
     ) -> Result<(), CoreError> {
-        let core = self.core_of(node);
-        if !cluster.is_empty() && core.cluster_name().is_some_and(|name| name != cluster) {
-            tracing::debug!(node, cluster, "report on another cluster's release dropped");
+        let cores = self.cores_of(node);
+        let index = if cluster.is_empty() {
+            Some(cores[0])
+        } else {
+            cores
+                .iter()
+                .copied()
+                .find(|&index| self.cores[index].cluster_name() == Some(cluster))
+                .or_else(|| {
+                    // The home core before its first spec takes what it is sent.
+                    (cores == [HOME] && self.cores[HOME].cluster_name().is_none()).then_some(HOME)
+                })
+        };
+        let Some(index) = index else {
+            tracing::debug!(
+                node,
+                cluster,
+                "report on a release of a cluster the node left dropped"
+            );
             return Ok(());
-        }
-        core.report_status(node, report)
+        };
+        self.cores[index].report_status(node, report)
     }
 
+    /// `node`'s facts, to every cluster it is attached to; then where it belongs (its labels
+    /// may select it into a client group).
     pub fn report_facts(&mut self, node: &str, facts: HostFacts) -> Result<(), CoreError> {
-        self.core_of(node).report_facts(node, facts)?;
+        for index in self.cores_of(node) {
+            self.cores[index].report_facts(node, facts.clone())?;
+        }
         self.reroute(node);
         Ok(())
     }
 
+    /// `node`'s health (its hosts conflicts among it), to every cluster it is attached to.
     pub fn report_health(&mut self, node: &str, health: AgentHealth) -> Result<(), CoreError> {
-        self.core_of(node).report_health(node, health)
+        for index in self.cores_of(node) {
+            self.cores[index].report_health(node, health.clone())?;
+        }
+        Ok(())
     }
 
-    /// The report writer of the store that keeps `node`'s audit trail.
+    /// The report writer of the store that keeps `node`'s audit trail (its primary cluster's).
     pub fn report_writer(&mut self, node: &str) -> ReportWriter {
-        self.core_of(node).report_writer()
+        let index = self.cores_of(node)[0];
+        self.cores[index].report_writer()
     }
 
     /// Every core's periodic work.
@@ -472,31 +636,50 @@ impl Clusters {
 impl Agent {
     fn new(core: usize) -> Agent {
         Agent {
-            core,
-            out: Arc::new(watch::channel(None).0),
+            cores: vec![core],
+            out: Arc::new(watch::channel(Releases::default()).0),
             connections: 0,
-            forward: None,
+            forwards: BTreeMap::new(),
         }
     }
 
-    /// Feed the agent's stream from `receiver` (its core's channel for it), every change and
-    /// every nudge, instead of from wherever it was fed before.
-    fn follow(&mut self, mut receiver: watch::Receiver<Option<pb::Release>>) {
-        if let Some(forward) = self.forward.take() {
+    /// Feed the agent's stream with the release of the core at `index` from `receiver` (that
+    /// core's channel for it): what it holds now, then every later change and nudge.
+    fn follow(&mut self, index: usize, mut receiver: watch::Receiver<Option<pb::Release>>) {
+        if let Some(forward) = self.forwards.remove(&index) {
             forward.abort();
         }
-        // What the core holds now, at once: nothing of the core it followed before stays on
-        // the stream. Then every later change and nudge.
-        self.out.send_replace(receiver.borrow_and_update().clone());
-        let out = Arc::clone(&self.out);
-        self.forward = Some(tokio::spawn(async move {
-            while receiver.changed().await.is_ok() {
-                let release = receiver.borrow_and_update().clone();
-                if release.is_some() {
-                    out.send_replace(release);
+        let put = move |out: &watch::Sender<Releases>, release: Option<pb::Release>| {
+            out.send_if_modified(|releases| match release {
+                Some(release) => {
+                    releases.by_core.insert(index, (next_seq(), release));
+                    true
                 }
-            }
-        }));
+                None => releases.by_core.remove(&index).is_some(),
+            });
+        };
+        put(&self.out, receiver.borrow_and_update().clone());
+        let out = Arc::clone(&self.out);
+        self.forwards.insert(
+            index,
+            tokio::spawn(async move {
+                while receiver.changed().await.is_ok() {
+                    let release = receiver.borrow_and_update().clone();
+                    if release.is_some() {
+                        put(&out, release);
+                    }
+                }
+            }),
+        );
+    }
+
+    /// The core at `index` no longer feeds the stream.
+    fn unfollow(&mut self, index: usize) {
+        if let Some(forward) = self.forwards.remove(&index) {
+            forward.abort();
+        }
+        self.out
+            .send_if_modified(|releases| releases.by_core.remove(&index).is_some());
     }
 }
 
@@ -559,11 +742,21 @@ mod tests {
         }
     }
 
-    /// The next release on `stream`, within 5 s.
-    async fn next_release(stream: &mut watch::Receiver<Option<pb::Release>>) -> pb::Release {
+    /// The release of `cluster` on `stream`, within 5 s, as the agent gets it.
+    async fn release_of(stream: &mut watch::Receiver<Releases>, cluster: &str) -> pb::Release {
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
             loop {
-                if let Some(release) = stream.borrow_and_update().clone() {
+                let releases = stream.borrow_and_update().clone();
+                let found = releases
+                    .unsent(&mut BTreeMap::new())
+                    .into_iter()
+                    .find(|release| {
+                        release
+                            .spec
+                            .as_ref()
+                            .is_some_and(|spec| spec.cluster == cluster)
+                    });
+                if let Some(release) = found {
                     return release;
                 }
                 stream.changed().await.unwrap();
@@ -644,7 +837,7 @@ mod tests {
         clusters
             .apply(&spec("kafka-a", "a1", &["c1"]), true, "test")
             .unwrap();
-        // kafka-b's brokers: b1 and a1, which is kafka-a's.
+        // kafka-b's brokers: b1 and a1, which is kafka-a's broker.
         let stealing = spec("kafka-b", "b1", &[]).replace(
             "[[broker]]",
             "[[broker]]\nid = 2\nnode = \"a1\"\nhostname = \"a1.kafka-b\"\nprivate_ip = \"10.0.0.2\"\n[[broker]]",
@@ -655,19 +848,15 @@ mod tests {
             .to_string();
         assert_eq!(
             error,
-            "node \"a1\" (broker in this spec) is listed in cluster \"kafka-a\"'s spec; a node belongs to one cluster of a coordinator (drop it from that cluster first; a spec with exactly that cluster's brokers renames it)"
-        );
-        let error = clusters
-            .plan_draft(&spec("kafka-b", "b1", &["c1"]))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            error.starts_with("node \"c1\" (client in this spec) is listed in cluster \"kafka-a\""),
-            "{error}"
+            "node \"a1\" is a broker in this spec and in cluster \"kafka-a\"'s; a host is a broker of one cluster (it may be a client of several): drop it from that cluster first, or give a spec with exactly that cluster's brokers to rename it"
         );
         // Nothing of kafka-b was applied.
         assert_eq!(clusters.names(), ["kafka-a"]);
+        // A client of kafka-a, and kafka-a's broker, may be clients of kafka-b too.
+        let shared = spec("kafka-b", "b1", &["c1", "a1"]);
+        assert!(clusters.plan_draft(&shared).is_ok());
+        clusters.apply(&shared, true, "test").unwrap();
+        assert_eq!(clusters.names(), ["kafka-a", "kafka-b"]);
     }
 
     #[tokio::test]
@@ -679,13 +868,14 @@ mod tests {
             .unwrap();
         // c1 connects while no cluster lists it: the home cluster keeps it, unlisted.
         let mut stream = clusters.subscribe("c1").unwrap();
-        assert!(stream.borrow().is_none());
+        assert!(stream.borrow().by_core.is_empty());
         assert!(clusters.core("").unwrap().agent("c1").is_some());
 
         clusters
             .apply(&spec("kafka-b", "b1", &["c1"]), true, "test")
             .unwrap();
-        let release = next_release(&mut stream).await;
+        let release = release_of(&mut stream, "kafka-b").await;
+        assert_eq!(release.clusters, ["kafka-b"], "kafka-a never served it");
         let node_spec = release.spec.unwrap();
         assert_eq!(
             (node_spec.cluster.as_str(), node_spec.node.as_str()),
@@ -754,5 +944,83 @@ mod tests {
         drop(clusters);
         let reopened = reopen(dir.path());
         assert_eq!(reopened.names(), ["kafka-a", "kafka-b", "kafka-b2"]);
+    }
+
+    #[tokio::test]
+    async fn a_client_of_two_clusters_gets_both_releases_on_its_stream_and_reports_to_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut clusters = open(dir.path());
+        let mut stream = clusters.subscribe("c1").unwrap();
+        // Its facts, as every agent reports them when it connects (what the stores keep).
+        clusters.report_facts("c1", HostFacts::default()).unwrap();
+        clusters
+            .apply(&spec("kafka-a", "a1", &["c1"]), true, "test")
+            .unwrap();
+        clusters
+            .apply(&spec("kafka-b", "b1", &["c1"]), true, "test")
+            .unwrap();
+        let a = release_of(&mut stream, "kafka-a").await;
+        let b = release_of(&mut stream, "kafka-b").await;
+        assert_eq!(a.clusters, ["kafka-a", "kafka-b"]);
+        assert_eq!(b.clusters, ["kafka-a", "kafka-b"]);
+        // Both keep a record of it, online.
+        for name in ["kafka-a", "kafka-b"] {
+            let core = clusters.core(name).unwrap();
+            assert!(
+                core.agent("c1").is_some_and(|entry| entry.online()),
+                "{name}"
+            );
+        }
+        // Each report reaches the rollout of its release's cluster only.
+        let converged = |release: &pb::Release| NodeReport {
+            release: release.id.as_ref().map(Into::into),
+            phase: kreach_domain::report::Phase::Converged,
+            ..NodeReport::default()
+        };
+        clusters
+            .report_status("c1", "kafka-b", converged(&b))
+            .unwrap();
+        assert!(clusters
+            .core("kafka-b")
+            .unwrap()
+            .agent("c1")
+            .unwrap()
+            .status
+            .is_some());
+        assert!(clusters
+            .core("kafka-a")
+            .unwrap()
+            .agent("c1")
+            .unwrap()
+            .status
+            .is_none());
+        // Its health (its hosts conflicts) is shown by both.
+        let health = AgentHealth {
+            conflicts: vec!["line 3 maps b1.kafka-b elsewhere".into()],
+            ..AgentHealth::default()
+        };
+        clusters.report_health("c1", health).unwrap();
+        for name in ["kafka-a", "kafka-b"] {
+            let core = clusters.core(name).unwrap();
+            let entry = core.agent("c1").unwrap();
+            assert_eq!(entry.health.as_ref().unwrap().conflicts.len(), 1, "{name}");
+        }
+        // A restart of the coordinator finds it attached to both.
+        clusters.disconnect("c1");
+        drop(stream);
+        tokio::task::spawn_blocking(move || {
+            clusters.tick().unwrap();
+            clusters.flush_reports().unwrap();
+        })
+        .await
+        .unwrap();
+        let mut reopened = reopen(dir.path());
+        for name in ["kafka-a", "kafka-b"] {
+            assert!(reopened.core(name).unwrap().agent("c1").is_some(), "{name}");
+        }
+        let mut stream = reopened.subscribe("c1").unwrap();
+        let b = release_of(&mut stream, "kafka-b").await;
+        assert_eq!(b.clusters, ["kafka-a", "kafka-b"]);
+        release_of(&mut stream, "kafka-a").await;
     }
 }

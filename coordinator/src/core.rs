@@ -1369,6 +1369,8 @@ fn to_wire_release(release: &rollout::Release) -> pb::Release {
         id: Some(wire_id(release)),
         spec: Some(pb::NodeSpec::from(&release.spec)),
         released_by: release.released_by.clone(),
+        // The hub stamps the clusters the node is attached to on the way out.
+        clusters: Vec::new(),
     }
 }
 

@@ -135,6 +135,38 @@ type DiagnoseStream = Pin<Box<dyn Stream<Item = Result<pb::DiagnoseStep, Status>
 /// the agent's own timeouts, a few seconds; a slow system resolver takes longer).
 const DIAGNOSE_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// An agent's release stream: each release of every cluster the agent is attached to, once per
+/// change or nudge, in the order of their clusters.
+struct ReleaseFeed {
+    releases: tokio_stream::wrappers::WatchStream<crate::clusters::Releases>,
+    /// The number of each cluster's release last sent, by core.
+    sent: std::collections::BTreeMap<usize, u64>,
+    ready: std::collections::VecDeque<pb::Release>,
+    _presence: Presence,
+}
+
+impl Stream for ReleaseFeed {
+    type Item = Result<pb::Release, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        loop {
+            if let Some(release) = self.ready.pop_front() {
+                return std::task::Poll::Ready(Some(Ok(release)));
+            }
+            match std::task::ready!(Pin::new(&mut self.releases).poll_next(cx)) {
+                None => return std::task::Poll::Ready(None),
+                Some(releases) => {
+                    let feed = &mut *self;
+                    feed.ready.extend(releases.unsent(&mut feed.sent));
+                }
+            }
+        }
+    }
+}
+
 /// Marks the agent offline when its stream is dropped (the connection ended).
 struct Presence {
     clusters: SharedClusters,
@@ -168,11 +200,12 @@ impl AgentService for Services {
             clusters: Arc::clone(&self.clusters),
             node,
         };
-        let stream =
-            tokio_stream::wrappers::WatchStream::new(receiver).filter_map(move |release| {
-                let _alive = &presence;
-                release.map(Ok)
-            });
+        let stream = ReleaseFeed {
+            releases: tokio_stream::wrappers::WatchStream::new(receiver),
+            sent: Default::default(),
+            ready: Default::default(),
+            _presence: presence,
+        };
         Ok(Response::new(Box::pin(stream)))
     }
 

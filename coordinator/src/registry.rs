@@ -14,7 +14,7 @@ use crate::core::CoreError;
 use crate::store::AgentRecord;
 
 /// What the coordinator knows of one agent.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct AgentEntry {
     /// Release streams open now (0: offline).
     pub connections: u32,

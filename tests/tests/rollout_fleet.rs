@@ -2566,6 +2566,168 @@ fn agents_a_client_group_selects_enrol_themselves_during_a_rollout_and_leave_the
     assert_eq!(rows, ["flink-1"], "{other_status:#}");
 }
 
+/// The block of `cluster` in a hosts file, marker lines included ("" when there is none).
+fn hosts_block(hosts: &str, cluster: &str) -> String {
+    let begin = format!("# BEGIN kreach {cluster} ");
+    let end = format!("# END kreach {cluster}");
+    let mut block = String::new();
+    let mut inside = false;
+    for line in hosts.lines() {
+        inside |= line.starts_with(&begin);
+        if inside {
+            block.push_str(line);
+            block.push('\n');
+        }
+        if line == end {
+            inside = false;
+        }
+    }
+    block
+}
+
+#[test]
+fn a_client_of_two_clusters_holds_both_blocks_and_a_name_both_claim_is_a_conflict_in_both() {
+    // fleet-31: two brokers and the client etl-x; fleet-32: two brokers (kafka-b-N), and etl-x
+    // listed as its client too. One coordinator serves both.
+    let mut a = Fleet::new(31, 2, &[("etl-x", "private")]).unwrap();
+    let mut b = Fleet::with_broker_prefix(32, "kafka-b", 2, &[]).unwrap();
+    a.start_coordinator().unwrap();
+    b.share_coordinator(&a);
+    a.start_agents(None).unwrap();
+    b.start_agents(None).unwrap();
+    let hostnames = FleetSpec {
+        hostnames: true,
+        ..FleetSpec::default()
+    };
+    let with_etl_x = |spec: String| spec + "\n[[client]]\nnode = \"etl-x\"\nview = \"private\"\n";
+    apply(&a, &a.write_spec("a1.toml", &hostnames).unwrap());
+    a.wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    let b1 = b.dir.path().join("b1.toml");
+    std::fs::write(&b1, with_etl_x(b.spec(&hostnames))).unwrap();
+    apply(&b, &b1);
+    a.cluster = Some("fleet-31".into());
+    b.cluster = Some("fleet-32".into());
+    b.wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+
+    // etl-x holds one block per cluster, each with its cluster's names.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while hosts_block(&a.client_hosts("etl-x"), "fleet-32").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "etl-x never got fleet-32's block:\n{}",
+            a.client_hosts("etl-x")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hosts = a.client_hosts("etl-x");
+    let block_a = hosts_block(&hosts, "fleet-31");
+    let block_b = hosts_block(&hosts, "fleet-32");
+    assert!(
+        block_a.contains("127.0.31.1\temr-worker-1.fleet-31"),
+        "{hosts}"
+    );
+    assert!(!block_a.contains("fleet-32"), "{hosts}");
+    assert!(block_b.contains("\tkafka-b-1.fleet-32"), "{hosts}");
+    assert!(!block_b.contains("fleet-31"), "{hosts}");
+    // Both clusters count it as their client, converged on their own release.
+    for fleet in [&a, &b] {
+        let status = fleet.status_json().unwrap();
+        let row = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|node| node["node"] == "etl-x")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(row["phase"], "converged", "{status:#}");
+    }
+
+    // A rolling restart of fleet-31 leaves fleet-32's block byte for byte and its brokers alone.
+    let since = now_ns();
+    apply(
+        &a,
+        &a.write_spec(
+            "a2.toml",
+            &FleetSpec {
+                external: true,
+                ..hostnames
+            },
+        )
+        .unwrap(),
+    );
+    a.wait_for_rollout("completed", Duration::from_secs(90))
+        .unwrap();
+    assert_eq!(restarts_since(&a, since).len(), 2);
+    assert!(restarts_since(&b, since).is_empty(), "fleet-32 untouched");
+    assert_eq!(hosts_block(&a.client_hosts("etl-x"), "fleet-32"), block_b);
+
+    // fleet-32 now names a broker as fleet-31 names one of its own, at another address: etl-x
+    // reports the conflict, and both clusters' status show it.
+    let b2 = b.dir.path().join("b2.toml");
+    std::fs::write(
+        &b2,
+        with_etl_x(b.spec(&hostnames)).replace("kafka-b-1.fleet-32", "emr-worker-1.fleet-31"),
+    )
+    .unwrap();
+    apply(&b, &b2);
+    b.wait_for_rollout("completed", Duration::from_secs(90))
+        .unwrap();
+    let conflict_of = |fleet: &Fleet| -> Option<String> {
+        let status = fleet.status_json().unwrap();
+        status["host_problems"]
+            .as_array()?
+            .iter()
+            .filter_map(|problem| problem.as_str())
+            .find(|problem| {
+                problem.starts_with("etl-x: conflict: ")
+                    && problem.contains("emr-worker-1.fleet-31")
+            })
+            .map(str::to_string)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while conflict_of(&a).is_none() || conflict_of(&b).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the conflict is not in both statuses: {:?} / {:?}\n{}",
+            conflict_of(&a),
+            conflict_of(&b),
+            a.client_hosts("etl-x")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let conflict = conflict_of(&b).unwrap();
+    eprintln!("in both statuses' host problems: {conflict}");
+    assert!(conflict.contains("127.0.32.1"), "{conflict}");
+    assert!(conflict.contains("127.0.31.1"), "{conflict}");
+
+    // fleet-32 drops etl-x: its block goes, fleet-31's stays, and the conflict is gone.
+    let b3 = b.write_spec("b3.toml", &hostnames).unwrap();
+    apply(&b, &b3);
+    b.wait_for_rollout("completed", Duration::from_secs(90))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !hosts_block(&a.client_hosts("etl-x"), "fleet-32").is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "fleet-32's block stays:\n{}",
+            a.client_hosts("etl-x")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let hosts = a.client_hosts("etl-x");
+    assert!(
+        hosts_block(&hosts, "fleet-31").contains("emr-worker-1.fleet-31"),
+        "{hosts}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while conflict_of(&a).is_some() {
+        assert!(std::time::Instant::now() < deadline, "the conflict stays");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn two_clusters_on_one_coordinator_roll_out_on_their_own() {
     // Cluster fleet-28: three brokers and a client; cluster fleet-29: two brokers (nodes
@@ -2614,7 +2776,8 @@ fn two_clusters_on_one_coordinator_roll_out_on_their_own() {
         run.stderr
     );
     a.cluster = saved;
-    // A node is in one cluster: fleet-29's spec may not list a broker of fleet-28.
+    // A host is a broker of one cluster: fleet-29's spec may not make a broker of fleet-28 its
+    // broker too.
     let stolen = b.dir.path().join("stolen.toml");
     std::fs::write(
         &stolen,
@@ -2628,7 +2791,7 @@ fn two_clusters_on_one_coordinator_roll_out_on_their_own() {
     assert_ne!(run.code, 0);
     assert!(
         run.stderr.contains(
-            "node \"emr-worker-2\" (broker in this spec) is listed in cluster \"fleet-28\"'s spec"
+            "node \"emr-worker-2\" is a broker in this spec and in cluster \"fleet-28\"'s"
         ),
         "{}",
         run.stderr

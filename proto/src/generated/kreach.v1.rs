@@ -348,6 +348,11 @@ pub struct Release {
     /// Who released it, for the audit trail (e.g. "rollout gen 7 step 2: brokers \[2\]").
     #[prost(string, tag = "3")]
     pub released_by: ::prost::alloc::string::String,
+    /// Every cluster this coordinator serves the node (a client of several clusters gets each one's
+    /// release on its one stream). The agent drops the clusters it holds that are not named here,
+    /// their hosts blocks with them. Empty (an older coordinator): this release's cluster only.
+    #[prost(string, repeated, tag = "4")]
+    pub clusters: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
