@@ -39,6 +39,11 @@ use kreach_tests::netns::{self, Link, Net, Segment};
 const E2E_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/e2e-net");
 const DOMAIN: &str = "cluster-48742";
 const STORE: &str = "198.18.0.100:9092";
+/// The second cluster's own store (a test of a client of two clusters).
+const STORE_B: &str = "198.18.0.101:9092";
+/// The second cluster: its name and its brokers' ids (nodes kafka-b-N).
+const CLUSTER_B: &str = "e2e-net-b";
+const BROKERS_B: [u32; 2] = [4, 5];
 const COORDINATOR_PRIVATE: &str = "198.18.0.250";
 const COORDINATOR_PUBLIC: &str = "198.19.0.250";
 const COORDINATOR_PORT: u16 = 7443;
@@ -131,6 +136,8 @@ struct Broker {
     node: String,
     host: String,
     dir: PathBuf,
+    /// The store its Kafka serves (`host:port`).
+    store: &'static str,
 }
 
 impl Broker {
@@ -208,6 +215,8 @@ struct Cluster {
     tools: Tools,
     test: String,
     brokers: Vec<Broker>,
+    /// The second cluster's brokers (empty unless started with [`Cluster::start_two`]).
+    brokers_b: Vec<Broker>,
     /// (node, host, view)
     clients: Vec<(String, String, &'static str)>,
     certs: PathBuf,
@@ -226,11 +235,25 @@ impl Cluster {
     /// The topology, the store, the coordinator, every broker's Kafka and every agent, and
     /// generation 1 (private access only) rolled out.
     fn start(test: &str, tools: Tools) -> Result<Cluster> {
+        Cluster::start_with(test, tools, false)
+    }
+
+    /// [`Cluster::start`] with a second cluster beside it: its own store and two brokers
+    /// (kafka-b-4, kafka-b-5), their agents connected to the same coordinator, no spec of it
+    /// applied yet.
+    fn start_two(test: &str, tools: Tools) -> Result<Cluster> {
+        Cluster::start_with(test, tools, true)
+    }
+
+    fn start_with(test: &str, tools: Tools, second: bool) -> Result<Cluster> {
         // Build (or find) the binaries before any namespace exists.
         let (agent, coordinator, ctl) = (agent_binary(), coordinator_binary(), kreachctl_binary());
         let started = Instant::now();
         let mut net = Net::new(test)?;
         net.add_host("store", &[Link::new(Segment::Private, "198.18.0.100/24")])?;
+        if second {
+            net.add_host("store-b", &[Link::new(Segment::Private, "198.18.0.101/24")])?;
+        }
         net.add_host(
             "coord",
             &[
@@ -256,6 +279,25 @@ impl Cluster {
                 node,
                 host,
                 dir,
+                store: STORE,
+            });
+        }
+        let mut brokers_b = Vec::new();
+        for id in BROKERS_B.iter().copied().filter(|_| second) {
+            let host = format!("brk{id}");
+            net.add_host(
+                &host,
+                &[Link::new(Segment::Private, &format!("198.18.0.{id}/24"))],
+            )?;
+            let node = format!("kafka-b-{id}");
+            let dir = net.dir().join(&node);
+            std::fs::create_dir_all(&dir)?;
+            brokers_b.push(Broker {
+                id,
+                node,
+                host,
+                dir,
+                store: STORE_B,
             });
         }
         net.add_host("etl", &[Link::new(Segment::Private, "198.18.0.10/24")])?;
@@ -272,6 +314,7 @@ impl Cluster {
             tools,
             test: test.to_string(),
             brokers,
+            brokers_b,
             clients: vec![
                 ("etl-1".into(), "etl".into(), "private"),
                 ("laptop-1".into(), "laptop".into(), "public"),
@@ -291,18 +334,26 @@ impl Cluster {
         }
         netns::run(&mut init)?;
 
-        // The store: the one broker that holds the data, behind every broker host's proxies.
-        let mut store = cluster.net.command("store", &cluster.tools.tansu);
-        store.args([
-            "broker",
-            "--listener-url",
-            &format!("tcp://{STORE}"),
-            "--advertised-listener-url",
-            &format!("tcp://{STORE}"),
-            "--storage-engine",
-            "memory://tansu/",
-        ]);
-        cluster.net.spawn("store", &mut store)?;
+        // The store: the one broker that holds the data, behind every broker host's proxies (and
+        // the second cluster's own).
+        let stores: &[(&str, &str)] = if second {
+            &[("store", STORE), ("store-b", STORE_B)]
+        } else {
+            &[("store", STORE)]
+        };
+        for &(host, address) in stores {
+            let mut store = cluster.net.command(host, &cluster.tools.tansu);
+            store.args([
+                "broker",
+                "--listener-url",
+                &format!("tcp://{address}"),
+                "--advertised-listener-url",
+                &format!("tcp://{address}"),
+                "--storage-engine",
+                "memory://tansu/",
+            ]);
+            cluster.net.spawn(host, &mut store)?;
+        }
 
         // The coordinator.
         let coordinator_dir = cluster.net.dir().join("coordinator");
@@ -326,7 +377,7 @@ impl Cluster {
         cluster.net.spawn("coordinator", &mut command)?;
 
         // Each broker's Kafka as it ran before kreach: INTERNAL only, advertising the private IP.
-        for broker in &cluster.brokers {
+        for broker in cluster.brokers.iter().chain(&cluster.brokers_b) {
             std::fs::write(
                 broker.properties_path(),
                 format!(
@@ -341,8 +392,10 @@ impl Cluster {
                 ),
             )?;
         }
-        cluster.wait_for_store()?;
-        for broker in &cluster.brokers {
+        for &(host, address) in stores {
+            cluster.wait_for_store(host, address)?;
+        }
+        for broker in cluster.brokers.iter().chain(&cluster.brokers_b) {
             let restart = cluster.launcher_restart(broker);
             let argv: Vec<&str> = restart.iter().map(String::as_str).collect();
             let output = cluster
@@ -357,7 +410,7 @@ impl Cluster {
         }
 
         // Every agent, in its host, with its own hostname.
-        for broker in &cluster.brokers {
+        for broker in cluster.brokers.iter().chain(&cluster.brokers_b) {
             let restart = cluster.launcher_restart(broker);
             let status = [
                 "python3".to_string(),
@@ -384,7 +437,7 @@ impl Cluster {
         for (node, host, _) in cluster.clients.clone() {
             cluster.write_client_config(&node, &host)?;
         }
-        for broker in &cluster.brokers {
+        for broker in cluster.brokers.iter().chain(&cluster.brokers_b) {
             let mut command = agent_command(
                 &cluster.net,
                 &broker.host,
@@ -420,6 +473,7 @@ impl Cluster {
     fn nodes(&self) -> Vec<String> {
         self.brokers
             .iter()
+            .chain(&self.brokers_b)
             .map(|b| b.node.clone())
             .chain(self.clients.iter().map(|(node, _, _)| node.clone()))
             .collect()
@@ -437,7 +491,7 @@ impl Cluster {
             "--tansu".into(),
             self.tools.tansu.display().to_string(),
             "--origin".into(),
-            format!("tcp://{STORE}"),
+            format!("tcp://{}", broker.store),
         ]
     }
 
@@ -482,7 +536,8 @@ impl Cluster {
         Ok(())
     }
 
-    fn wait_for_store(&self) -> Result<()> {
+    /// Wait until the store on `host` accepts connections at `address`.
+    fn wait_for_store(&self, host: &str, address: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let output = self.net.exec(
@@ -492,8 +547,8 @@ impl Cluster {
                     "-c",
                     &format!(
                         "import socket; socket.create_connection(({:?}, {}), timeout=1).close()",
-                        STORE.split(':').next().unwrap(),
-                        STORE.split(':').nth(1).unwrap()
+                        address.split(':').next().unwrap(),
+                        address.split(':').nth(1).unwrap()
                     ),
                 ],
                 Duration::from_secs(5),
@@ -503,8 +558,8 @@ impl Cluster {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "the store broker does not accept connections on {STORE}; its log:\n{}",
-                    self.net.daemon("store").log()
+                    "the store broker does not accept connections on {address}; its log:\n{}",
+                    self.net.daemon(host).log()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -540,7 +595,7 @@ impl Cluster {
 
     fn wait_until_online(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let expected = self.brokers.len() + self.clients.len();
+        let expected = self.brokers.len() + self.brokers_b.len() + self.clients.len();
         loop {
             let status = self.ctl(&["status", "--output", "json"])?;
             let online = serde_json::from_str::<serde_json::Value>(&status.stdout)
@@ -926,14 +981,58 @@ impl Cluster {
         self.ctl(&["apply", "--yes", "--wait", &spec])
     }
 
+    /// The second cluster's spec: its two brokers in hostname mode, and etl-1 (a client of the
+    /// first cluster) as its private client too.
+    fn spec_b(&self) -> String {
+        let mut text = format!(
+            "[cluster]\nname = \"{CLUSTER_B}\"\nmetadata = \"kraft\"\n\n\
+             [listeners.internal]\nname = \"INTERNAL\"\nport = 9092\nadvertise = \"hostname\"\n"
+        );
+        for broker in &self.brokers_b {
+            text += &format!(
+                "\n[[broker]]\nid = {}\nnode = {:?}\nhostname = {:?}\nprivate_ip = {:?}\n",
+                broker.id,
+                broker.node,
+                broker.hostname(),
+                broker.private_ip(),
+            );
+        }
+        text += "\n[[client]]\nnode = \"etl-1\"\nview = \"private\"\n";
+        text += "\n[rollout]\nmax_unavailable = 1\nhealth_timeout = \"60s\"\nsettle = \"2s\"\n";
+        text
+    }
+
+    /// `status --output json` of one of the coordinator's clusters.
+    fn status_of(&self, cluster: &str) -> Result<serde_json::Value> {
+        let run = self.ctl(&["status", "--cluster", cluster, "--output", "json"])?;
+        ensure!(
+            run.code == 0,
+            "kreachctl status --cluster {cluster} failed: {}",
+            run.stderr
+        );
+        Ok(serde_json::from_str(&run.stdout)?)
+    }
+
     /// Everything to look at when a scenario fails.
     fn diagnostics(&self) -> String {
-        let status = self
-            .ctl(&["status"])
-            .map(|c| format!("{}{}", c.stdout, c.stderr))
-            .unwrap_or_else(|e| format!("(kreachctl status failed: {e:#})"));
-        let mut out = format!("\n===== kreachctl status =====\n{status}\n");
-        for broker in &self.brokers {
+        let mut out = String::new();
+        let clusters: &[&str] = if self.brokers_b.is_empty() {
+            &[""]
+        } else {
+            &["e2e-net", CLUSTER_B]
+        };
+        for cluster in clusters {
+            let mut args = vec!["status"];
+            if !cluster.is_empty() {
+                args.extend(["--cluster", cluster]);
+            }
+            let status = self
+                .ctl(&args)
+                .map(|c| format!("{}{}", c.stdout, c.stderr))
+                .unwrap_or_else(|e| format!("(kreachctl status failed: {e:#})"));
+            out += &format!("\n===== kreachctl {} =====\n{status}\n", args.join(" "));
+        }
+        for broker in self.brokers.iter().chain(&self.brokers_b) {
             out += &format!(
                 "===== {} server.properties =====\n{}\n",
                 broker.node,
@@ -1017,11 +1116,19 @@ fn librdkafka_tls(ca_option: &str) -> [&str; 6] {
 /// Run a scenario on a fresh cluster; on failure print the scenario's error, the last status and
 /// the logs, keep the directory, and fail the test.
 fn scenario(test: &str, body: impl FnOnce(&mut Cluster) -> Result<()>) {
+    scenario_with(test, Cluster::start, body)
+}
+
+fn scenario_with(
+    test: &str,
+    start: fn(&str, Tools) -> Result<Cluster>,
+    body: impl FnOnce(&mut Cluster) -> Result<()>,
+) {
     let Some(tools) = tools_or_skip(test) else {
         return;
     };
     let started = Instant::now();
-    let mut cluster = match Cluster::start(test, tools) {
+    let mut cluster = match start(test, tools) {
         Ok(cluster) => cluster,
         Err(error) => panic!("e2e-net {test}: setting up the cluster failed: {error:#}"),
     };
@@ -1583,6 +1690,106 @@ fn hostname_mode_maps_names_per_view_before_any_broker_switches() {
             output.status.code(),
             String::from_utf8_lossy(&output.stderr)
         );
+        Ok(())
+    })
+}
+
+/// A client of two clusters (issue 14): etl-1 is a client of the first cluster (three brokers,
+/// one store) and, listed in its spec too, of a second cluster served by the same coordinator
+/// (two brokers kafka-b-N, a store of its own). Its /etc/hosts holds one block per cluster; it
+/// produces and consumes through each cluster's hostnames, and each cluster advertises its own
+/// names; both clusters' status show it converged on their own release.
+#[test]
+fn one_client_uses_two_clusters_through_their_hostnames() {
+    scenario_with("two_clusters", Cluster::start_two, |cluster| {
+        let applied = cluster.apply(&SpecOptions {
+            hostnames: true,
+            ..SpecOptions::private_only()
+        })?;
+        ensure!(
+            applied.code == 0,
+            "hostname mode of e2e-net did not complete (exit {}):\n{}{}",
+            applied.code,
+            applied.stdout,
+            applied.stderr
+        );
+        let spec_b = cluster.net.dir().join("spec-b.toml");
+        std::fs::write(&spec_b, cluster.spec_b())?;
+        let applied = cluster.ctl(&["apply", "--yes", "--wait", &spec_b.display().to_string()])?;
+        ensure!(
+            applied.code == 0,
+            "{CLUSTER_B}'s generation 1 did not complete (exit {}):\n{}{}",
+            applied.code,
+            applied.stdout,
+            applied.stderr
+        );
+
+        // One block per cluster in etl's /etc/hosts, each with its own cluster's names.
+        let path = cluster.net.hosts_file("etl");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let hosts = loop {
+            let hosts = std::fs::read_to_string(&path)?;
+            if cluster
+                .brokers_b
+                .iter()
+                .all(|broker| maps(&hosts, &broker.private_ip(), &broker.hostname()))
+            {
+                break hosts;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "etl's /etc/hosts never mapped {CLUSTER_B}'s names:\n{hosts}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        println!("etl's /etc/hosts, a client of two clusters:\n{hosts}");
+        for (name, brokers) in [
+            ("e2e-net", &cluster.brokers),
+            (CLUSTER_B, &cluster.brokers_b),
+        ] {
+            let begin = format!("# BEGIN kreach {name} (");
+            let block: String = hosts
+                .lines()
+                .skip_while(|line| !line.starts_with(&begin))
+                .take_while(|line| *line != format!("# END kreach {name}"))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            for broker in brokers {
+                ensure!(
+                    maps(&block, &broker.private_ip(), &broker.hostname()),
+                    "{name}'s block does not map {}:\n{hosts}",
+                    broker.hostname()
+                );
+            }
+        }
+
+        // A round trip on each cluster through its names, and each advertises its own.
+        for (name, brokers) in [
+            ("e2e-net", &cluster.brokers),
+            (CLUSTER_B, &cluster.brokers_b),
+        ] {
+            let by_name = |b: &Broker| format!("{}:9092", b.hostname());
+            let bootstrap = brokers.iter().map(by_name).collect::<Vec<_>>().join(",");
+            cluster.produce_and_consume("etl", &bootstrap, &format!("two-clusters-{name}"), 200)?;
+            for broker in brokers {
+                let endpoint = by_name(broker);
+                let advertised = cluster.advertised("etl", &endpoint)?;
+                ensure!(
+                    advertised == BTreeSet::from([endpoint.clone()]),
+                    "through {endpoint} etl sees {advertised:?} advertised ({name})"
+                );
+            }
+            let status = cluster.status_of(name)?;
+            let row = status["nodes"]
+                .as_array()
+                .and_then(|nodes| nodes.iter().find(|node| node["node"] == "etl-1"))
+                .cloned()
+                .unwrap_or_default();
+            ensure!(
+                row["phase"] == "converged",
+                "{name}'s status does not show etl-1 converged: {status:#}"
+            );
+        }
         Ok(())
     })
 }
