@@ -26,7 +26,6 @@ use crate::engine::RestartWindow;
 use crate::facts::{self, HostFacts};
 use crate::jitter::{jittered, random_unit, PeriodicTimer};
 use crate::reach::EndpointReach;
-use crate::reachability::Checked;
 use crate::reconciler::{self, Command, ReleaseEvent, ReleaseRequest, ReleaseResult};
 use crate::state::{self, ReleaseId};
 
@@ -210,7 +209,9 @@ impl CoordinatorClient {
         );
 
         // A new session reports the latest reachability again: the coordinator may have restarted.
-        let mut reported_reachability: Option<Vec<EndpointReach>> = None;
+        // What was last reported for each cluster this host is a client of.
+        let mut reported_reachability: std::collections::BTreeMap<String, Vec<EndpointReach>> =
+            Default::default();
         let mut reachability = self.reachability.results();
         reachability.mark_changed();
         // And its health: every session starts with a report of it.
@@ -230,17 +231,24 @@ impl CoordinatorClient {
                     }
                     let latest = reachability.borrow_and_update().clone();
                     if let Some(latest) = latest {
-                        // Only a change is reported (the time of the check aside), or an answer.
-                        if latest.asked || reported_reachability.as_ref() != Some(&latest.endpoints) {
-                            let failing = latest.endpoints.iter().filter(|reach| !reach.ok()).count();
-                            tracing::info!(node = %self.config.node, endpoints = latest.endpoints.len(), failing, "reachability changed; reporting it");
+                        // Each cluster's view to that cluster; only a change is reported (the
+                        // time of the check aside), or an answer.
+                        let primary = (!latest.cluster.is_empty())
+                            .then(|| (latest.cluster.clone(), latest.endpoints.clone()));
+                        for (cluster, endpoints) in primary.into_iter().chain(latest.others.clone()) {
+                            if !latest.asked && reported_reachability.get(&cluster) == Some(&endpoints) {
+                                continue;
+                            }
+                            let failing = endpoints.iter().filter(|reach| !reach.ok()).count();
+                            tracing::info!(node = %self.config.node, cluster = %cluster, endpoints = endpoints.len(), failing, "reachability changed; reporting it");
                             report(&mut client, pb::NodeStatus {
                                 node: self.config.node.clone(),
                                 phase: pb::Phase::Unspecified as i32,
-                                reachability: wire_reachability(&latest),
+                                reachability: wire_reachability(&endpoints, latest.at_ms),
+                                cluster: cluster.clone(),
                                 ..pb::NodeStatus::default()
                             }).await?;
-                            reported_reachability = Some(latest.endpoints);
+                            reported_reachability.insert(cluster, endpoints);
                         }
                     }
                 }
@@ -618,10 +626,9 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// A reachability result as `kreach.v1` reports it.
-fn wire_reachability(checked: &Checked) -> Vec<pb::Reachability> {
-    checked
-        .endpoints
+/// A reachability result (checked at `at_ms`) as `kreach.v1` reports it.
+fn wire_reachability(endpoints: &[EndpointReach], at_ms: u64) -> Vec<pb::Reachability> {
+    endpoints
         .iter()
         .map(|reach| pb::Reachability {
             broker_id: reach.broker_id,
@@ -631,7 +638,7 @@ fn wire_reachability(checked: &Checked) -> Vec<pb::Reachability> {
                 .map(|failure| failure.reason().to_string())
                 .unwrap_or_default(),
             endpoint: reach.endpoint.clone(),
-            checked_at_ms: checked.at_ms,
+            checked_at_ms: at_ms,
             detail: reach.detail.clone(),
         })
         .collect()

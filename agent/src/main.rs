@@ -381,7 +381,7 @@ fn run_daemon(config: AgentConfig) -> anyhow::Result<u8> {
                 tracing::info!(node = %config.node, url = %coordinator.url, "following the coordinator's releases");
                 // Reachability is checked whether or not the coordinator is there; the latest
                 // result is reported by whichever session is up.
-                let (checker, checking) = kreach_agent::reachability::start(config.clone(), handle.applied(), cancel.clone());
+                let (checker, checking) = kreach_agent::reachability::start(config.clone(), handle.applied(), handle.secondary(), cancel.clone());
                 tasks.spawn(checking);
                 reachability = Some(checker.results());
                 if config.manage.probe == ProbeKind::Kafka && config.manage.kafka_properties.is_some() {

@@ -17,12 +17,18 @@ use crate::config::AgentConfig;
 use crate::jitter::PeriodicTimer;
 use crate::reach::EndpointReach;
 use crate::reconciler::AppliedWatch;
+use crate::state::AppliedState;
 
 /// One reachability check's result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checked {
-    /// Every endpoint of the view, as this host reached it.
+    /// Every endpoint of the view of the host's primary cluster, as this host reached it (empty
+    /// when the host is that cluster's broker).
     pub endpoints: Vec<EndpointReach>,
+    /// That cluster's name (empty when the host is its broker).
+    pub cluster: String,
+    /// Every other cluster this host is a client of, with the endpoints of its view.
+    pub others: Vec<(String, Vec<EndpointReach>)>,
     /// When the check ran (Unix milliseconds).
     pub at_ms: u64,
     /// Whether it answers a check asked for (after an apply, or the coordinator handing the
@@ -54,11 +60,18 @@ impl Checker {
 pub fn start(
     config: AgentConfig,
     applied: AppliedWatch,
+    secondary: watch::Receiver<Vec<AppliedState>>,
     cancel: CancellationToken,
 ) -> (Checker, impl std::future::Future<Output = ()>) {
     let check_now = Arc::new(Notify::new());
     let (sender, results) = watch::channel(None);
-    let checking = check_reachability(config, Arc::clone(&check_now), sender, applied, cancel);
+    let checking = check_reachability(
+        config,
+        Arc::clone(&check_now),
+        sender,
+        (applied, secondary),
+        cancel,
+    );
     (Checker { check_now, results }, checking)
 }
 
@@ -90,14 +103,14 @@ pub fn sasl_login(
     }
 }
 
-/// Check reachability after each apply (`check_now`) and every `reachability.period` on client
-/// hosts (the applied state the reconciler holds says which role this node has), and publish
-/// each result.
+/// Check reachability after each apply (`check_now`) and every `reachability.period` for every
+/// cluster this host is a client of (the applied states the reconciler holds say which: the
+/// primary one unless the host is its broker, and every secondary one), and publish each result.
 async fn check_reachability(
     config: AgentConfig,
     check_now: Arc<Notify>,
     results: watch::Sender<Option<Checked>>,
-    applied: AppliedWatch,
+    (applied, secondary): (AppliedWatch, watch::Receiver<Vec<AppliedState>>),
     cancel: CancellationToken,
 ) {
     // A first check at once (what can this host reach now?), then periodic checks from a random
@@ -116,48 +129,39 @@ async fn check_reachability(
             }
         };
         // Only clients check; a broker (or a node with nothing applied yet) has nothing to reach.
-        let Some(spec) = applied
+        let is_client =
+            |spec: &kreach_domain::desired::NodeSpec| matches!(spec.role, NodeRole::Client { .. });
+        let primary = applied
             .borrow()
             .as_ref()
-            .map(|applied| &applied.node_spec)
-            .filter(|spec| matches!(spec.role, NodeRole::Client { .. }))
-            .cloned()
-        else {
+            .map(|applied| applied.node_spec.clone())
+            .filter(is_client);
+        let others: Vec<_> = secondary
+            .borrow()
+            .iter()
+            .map(|applied| applied.node_spec.clone())
+            .filter(is_client)
+            .collect();
+        if primary.is_none() && others.is_empty() {
             continue;
-        };
-        let node = config.node.clone();
+        }
         let config_for_check = config.clone();
         let check = tokio::task::spawn_blocking(move || {
-            // The view's listener speaks TLS when the release carries the Kafka CA.
-            let tls = if spec.kafka_ca_pem.is_empty() {
-                None
-            } else {
-                match crate::kafka::TlsClient::from_ca_pem(&spec.kafka_ca_pem) {
-                    Ok(tls) => Some(tls),
-                    Err(error) => {
-                        tracing::warn!(node = %node, "reachability: {error}; checking without TLS");
-                        None
-                    }
-                }
-            };
-            let system = crate::reach::SystemNetwork {
-                timeout: crate::reach::CONNECT_TIMEOUT,
-                tls,
-                sasl: sasl_login(&config_for_check, &spec.sasl_mechanism, &node),
-            };
-            let hosts_file;
-            let network: &dyn crate::reach::Network = match config_for_check.reachability.resolve {
-                crate::config::Resolve::System => &system,
-                crate::config::Resolve::HostsFile => {
-                    hosts_file = crate::reach::HostsFileNetwork {
-                        path: config_for_check.manage.hosts_file.clone(),
-                        system,
-                    };
-                    &hosts_file
-                }
-            };
             let at_ms = crate::state::now_unix_ms();
-            Some((crate::reach::check(network, &spec.bootstrap), at_ms))
+            let (cluster, endpoints) = primary
+                .map(|spec| (spec.cluster.clone(), check_view(&config_for_check, &spec)))
+                .unwrap_or_default();
+            let others = others
+                .iter()
+                .map(|spec| (spec.cluster.clone(), check_view(&config_for_check, spec)))
+                .collect();
+            Checked {
+                endpoints,
+                cluster,
+                others,
+                at_ms,
+                asked,
+            }
         });
         // A check whose connects are timing out must not hold up a stop: it is left behind (the
         // runtime does not wait for it either, see run_daemon's shutdown_timeout).
@@ -167,17 +171,46 @@ async fn check_reachability(
             checked = check => checked,
         };
         match checked {
-            Ok(Some((endpoints, at_ms))) => {
-                results.send_replace(Some(Checked {
-                    endpoints,
-                    at_ms,
-                    asked,
-                }));
+            Ok(checked) => {
+                results.send_replace(Some(checked));
             }
-            Ok(None) => {}
             Err(error) => {
                 tracing::error!(node = %config.node, "reachability check failed: {error}")
             }
         }
     }
+}
+
+/// What this host reaches of the brokers of `spec`'s view, through the names it resolves.
+fn check_view(config: &AgentConfig, spec: &kreach_domain::desired::NodeSpec) -> Vec<EndpointReach> {
+    let node = &config.node;
+    // The view's listener speaks TLS when the release carries the Kafka CA.
+    let tls = if spec.kafka_ca_pem.is_empty() {
+        None
+    } else {
+        match crate::kafka::TlsClient::from_ca_pem(&spec.kafka_ca_pem) {
+            Ok(tls) => Some(tls),
+            Err(error) => {
+                tracing::warn!(node = %node, cluster = %spec.cluster, "reachability: {error}; checking without TLS");
+                None
+            }
+        }
+    };
+    let system = crate::reach::SystemNetwork {
+        timeout: crate::reach::CONNECT_TIMEOUT,
+        tls,
+        sasl: sasl_login(config, &spec.sasl_mechanism, node),
+    };
+    let hosts_file;
+    let network: &dyn crate::reach::Network = match config.reachability.resolve {
+        crate::config::Resolve::System => &system,
+        crate::config::Resolve::HostsFile => {
+            hosts_file = crate::reach::HostsFileNetwork {
+                path: config.manage.hosts_file.clone(),
+                system,
+            };
+            &hosts_file
+        }
+    };
+    crate::reach::check(network, &spec.bootstrap)
 }

@@ -108,6 +108,8 @@ pub struct Reconciler {
     secondary: BTreeMap<String, Slot>,
     /// The clusters held, for readers (dry runs keep their blocks as an apply does).
     held: watch::Sender<Held>,
+    /// The secondary clusters' applied states, for readers (the reachability check).
+    secondary_applied: watch::Sender<Vec<AppliedState>>,
     health: std::sync::Arc<HealthBoard>,
     /// The release last logged as enforced, and who released it.
     enforcing: Option<(ReleaseId, String)>,
@@ -152,6 +154,7 @@ pub struct Handle {
     commands: Sender<Command>,
     applied: AppliedWatch,
     held: watch::Receiver<Held>,
+    secondary: watch::Receiver<Vec<AppliedState>>,
 }
 
 impl Handle {
@@ -173,6 +176,12 @@ impl Handle {
     /// The clusters this host holds releases of now.
     pub fn held(&self) -> Held {
         self.held.borrow().clone()
+    }
+
+    /// The applied states of the clusters held besides the primary one (a client of several
+    /// clusters), by cluster name.
+    pub fn secondary(&self) -> watch::Receiver<Vec<AppliedState>> {
+        self.secondary.clone()
     }
 }
 
@@ -225,10 +234,12 @@ impl Reconciler {
         let (commands_tx, commands) = std::sync::mpsc::channel();
         let (applied_tx, applied_rx) = watch::channel(applied);
         let (held_tx, held_rx) = watch::channel(held);
+        let (secondary_tx, secondary_rx) = watch::channel(secondary_states(&secondary));
         let handle = Handle {
             commands: commands_tx,
             applied: applied_rx,
             held: held_rx,
+            secondary: secondary_rx,
         };
         let reconciler = Reconciler {
             engine,
@@ -237,6 +248,7 @@ impl Reconciler {
             failed,
             secondary,
             held: held_tx,
+            secondary_applied: secondary_tx,
             health,
             enforcing: None,
             waiting_logged: false,
@@ -618,6 +630,8 @@ impl Reconciler {
             }
         }
         self.held.send_replace(layout.held.clone());
+        self.secondary_applied
+            .send_replace(secondary_states(&self.secondary));
     }
 
     /// Plan and apply `spec` over `previous` (the state last applied for its cluster).
@@ -796,6 +810,14 @@ impl Reconciler {
         }
         ReleaseResult::Failed { reason }
     }
+}
+
+/// The secondary slots' applied states, in cluster order.
+fn secondary_states(secondary: &BTreeMap<String, Slot>) -> Vec<AppliedState> {
+    secondary
+        .values()
+        .filter_map(|slot| slot.applied.clone())
+        .collect()
 }
 
 /// Start the actor on a thread of the blocking pool with its file watcher: `watching` fires once

@@ -1789,6 +1789,23 @@ fn one_client_uses_two_clusters_through_their_hostnames() {
                 row["phase"] == "converged",
                 "{name}'s status does not show etl-1 converged: {status:#}"
             );
+            // Each cluster's matrix has etl-1's own checks of that cluster's brokers.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let check = cluster.ctl(&["check", "--cluster", name])?;
+                if check.code == 0 {
+                    println!("kreachctl check --cluster {name}:\n{}", check.stdout);
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "kreachctl check --cluster {name} (exit {}):\n{}{}",
+                    check.code,
+                    check.stdout,
+                    check.stderr
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
         }
         Ok(())
     })
