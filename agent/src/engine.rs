@@ -258,6 +258,21 @@ impl Held {
         }
     }
 
+    /// The clusters `state_dir` holds besides `primary` (a client of several clusters), with
+    /// `primary` as the primary one: what `apply-local` of `primary`'s spec keeps.
+    pub fn with_primary_in(state_dir: &Path, primary: &str) -> Held {
+        let mut clusters = vec![primary.to_string()];
+        clusters.extend(
+            state::cluster_dirs(state_dir)
+                .into_iter()
+                .filter(|cluster| cluster != primary),
+        );
+        Held {
+            primary: Some(primary.to_string()),
+            clusters,
+        }
+    }
+
     /// The clusters whose blocks a plan for `cluster` keeps: its own and every one held.
     pub fn keep<'a>(&'a self, cluster: &'a str) -> Vec<&'a str> {
         let mut keep: Vec<&str> = self.clusters.iter().map(String::as_str).collect();
@@ -1112,6 +1127,49 @@ fn read_text(files: &dyn Files, path: &Path) -> Result<Option<String>, EngineErr
 mod tests {
     use super::*;
     use crate::service::ServiceError;
+
+    #[test]
+    fn a_plan_keeps_the_blocks_of_the_clusters_held_and_drops_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display();
+        let config = AgentConfig::parse(&format!(
+            "node = \"etl-1\"\nstate_dir = \"{root}/state\"\n[manage]\nhosts_file = \"{root}/hosts\"\n"
+        ))
+        .unwrap();
+        let block = |cluster: &str, ip: &str| {
+            format!(
+                "# BEGIN kreach {cluster} (managed by kreach-agent; manual edits inside are reverted)\n{ip}\tb1.{cluster}\n# END kreach {cluster}\n"
+            )
+        };
+        std::fs::write(
+            dir.path().join("hosts"),
+            format!(
+                "127.0.0.1 localhost\n{}{}",
+                block("payments", "198.18.0.21"),
+                block("old-name", "198.18.0.31")
+            ),
+        )
+        .unwrap();
+        // payments' state is held here (a client of two clusters); old-name's is not.
+        std::fs::create_dir_all(dir.path().join("state/clusters/payments")).unwrap();
+        let spec = kreach_domain::spec::ClusterSpec::parse(
+            "[cluster]\nname = \"orders\"\n[listeners.internal]\nadvertise = \"hostname\"\n\
+             [[broker]]\nid = 1\nnode = \"b1\"\nhostname = \"b1.orders\"\nprivate_ip = \"198.18.0.11\"\n\
+             [[client]]\nnode = \"etl-1\"\n",
+        )
+        .unwrap();
+        let node_spec = kreach_domain::desired::node_spec(&spec, "etl-1").unwrap();
+        let held = Held::with_primary_in(&config.state_dir, "orders");
+        assert_eq!(held.clusters, ["orders", "payments"]);
+        let plan = plan_files(&fsio::Disk, &config, &node_spec, &held).unwrap();
+        let hosts = &plan.changes[0].new;
+        assert!(hosts.contains(&block("payments", "198.18.0.21")), "{hosts}");
+        assert!(hosts.contains("198.18.0.11\tb1.orders"), "{hosts}");
+        assert!(!hosts.contains("old-name"), "{hosts}");
+        // A host of one cluster (nothing held) keeps its own block only.
+        let plan = plan_files(&fsio::Disk, &config, &node_spec, &Held::default()).unwrap();
+        assert!(!plan.changes[0].new.contains("payments"));
+    }
     use crate::verify::{KeystoreReload, ListenerProbe};
     use kreach_domain::gates::{GateCheck, RunningListener};
     use std::sync::{Arc, Mutex};

@@ -210,7 +210,13 @@ fn apply_local(
         config: config.clone(),
     });
     let probe = health_probe(&config);
-    let engine = Engine::new(config, services, probe);
+    let mut engine = Engine::new(config, services, probe);
+    // A client of several clusters keeps the other clusters' blocks (their releases are the
+    // coordinator's).
+    engine.set_held(kreach_agent::engine::Held::with_primary_in(
+        &engine.config().state_dir,
+        &desired.cluster,
+    ));
     // What this node applied last: read once, here (the daemon's reconciler holds its own copy).
     let previous = state::load(&engine.config().state_dir)?;
     let plan = match engine.plan(&desired) {

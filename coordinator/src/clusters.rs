@@ -407,8 +407,18 @@ impl Clusters {
             .iter()
             .find_map(|&other| self.cores[other].agent(node).cloned());
         let Some(mut entry) = known else {
+            // No record anywhere yet: a connected agent gets one here as it connected.
+            let receiver = if agent.connections > 0 {
+                self.cores[index].subscribe(node).ok()
+            } else {
+                None
+            };
             let agent = self.agents.get_mut(node).expect("checked above");
             agent.cores.push(index);
+            if let Some(receiver) = receiver {
+                agent.follow(index, receiver);
+            }
+            self.stamp(node);
             return;
         };
         tracing::info!(
