@@ -738,8 +738,14 @@ fn sigkill_during_apply_never_leaves_a_torn_file() {
         old_seen > 0 && new_seen > 0,
         "kills landed both before and after the write: {old_seen} old, {new_seen} new"
     );
-    // A later apply cleans up any temp file a killed writer left.
-    assert_eq!(host.agent(&["apply-local", "--spec", &spec_a]).code, 0);
+    // A later apply that writes cleans up any temp file a killed writer left (one with nothing
+    // to change writes nothing: the spec the file does not match yet).
+    let before = host.hosts();
+    let writes = [&spec_a, &spec_b]
+        .into_iter()
+        .find(|spec| expected_client_hosts(&before, spec) != before)
+        .expect("one of the two specs changes the file");
+    assert_eq!(host.agent(&["apply-local", "--spec", writes]).code, 0);
     let leftovers: Vec<_> = std::fs::read_dir(host.etc())
         .unwrap()
         .flatten()
