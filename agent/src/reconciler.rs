@@ -1089,4 +1089,50 @@ mod tests {
         handle.send(Command::Stop);
         task.await.unwrap().unwrap();
     }
+
+    #[tokio::test]
+    async fn a_secondary_cluster_becomes_primary_when_the_primary_no_longer_serves_the_host() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let hosts = || std::fs::read_to_string(dir.path().join("hosts")).unwrap();
+        let (handle, task) = start(dir.path());
+        let (orders, payments) = (
+            client_of("orders", "198.18.0.11"),
+            client_of("payments", "198.18.0.21"),
+        );
+        release_of(&handle, id(1), Ok(orders), &["orders"]).await;
+        release_of(
+            &handle,
+            id(1),
+            Ok(payments.clone()),
+            &["orders", "payments"],
+        )
+        .await;
+        assert_eq!(handle.held().primary.as_deref(), Some("orders"));
+
+        // orders drops the host: payments' release (sent again with the new list) takes the
+        // primary's place, and orders' block goes in the same write.
+        let (applying, result) = release_of(&handle, id(1), Ok(payments), &["payments"]).await;
+        assert!(
+            applying && matches!(result, ReleaseResult::Converged { .. }),
+            "{result:?}"
+        );
+        let after = hosts();
+        assert!(!after.contains("orders"), "{after}");
+        assert!(after.contains("198.18.0.21\tb1.payments"), "{after}");
+        assert_eq!(handle.held().primary.as_deref(), Some("payments"));
+        assert_eq!(handle.held().clusters, ["payments".to_string()]);
+        let primary = handle.applied().borrow().clone().unwrap();
+        assert_eq!(primary.node_spec.cluster, "payments");
+        assert!(handle.secondary().borrow().is_empty());
+        assert!(!dir.path().join("state/clusters/payments").exists());
+        handle.send(Command::Stop);
+        task.await.unwrap().unwrap();
+
+        // A restarted agent holds payments as its primary, from applied.json.
+        let (handle, task) = start(dir.path());
+        assert_eq!(handle.held().clusters, ["payments".to_string()]);
+        handle.send(Command::Stop);
+        task.await.unwrap().unwrap();
+    }
 }
