@@ -232,12 +232,8 @@ impl Clusters {
             .or((self.cores[HOME].cluster_name().is_none()).then_some(HOME));
         for broker in &spec.brokers {
             let node = broker.node.as_str();
-            let other = (0..self.cores.len()).find(|&other| {
-                Some(other) != existing
-                    && self.cores[other]
-                        .spec()
-                        .is_some_and(|theirs| theirs.broker_by_node(node).is_some())
-            });
+            let other = (0..self.cores.len())
+                .find(|&other| Some(other) != existing && self.cores[other].lists_broker(node));
             if let Some(other) = other {
                 return Err(CoreError::Refused(format!(
                     "node {node:?} is a broker in this spec and in cluster {:?}'s; a host is a broker of one cluster (it may be a client of several): drop it from that cluster first, or give a spec with exactly that cluster's brokers to rename it",
@@ -257,6 +253,7 @@ impl Clusters {
         for node in listed {
             if self.agents.contains_key(node) {
                 self.attach(node, index);
+                self.stamp(node);
             }
         }
         Ok(index)
@@ -346,11 +343,7 @@ impl Clusters {
         let entry = attached
             .iter()
             .find_map(|&index| self.cores[index].agent(node));
-        let broker = (0..self.cores.len()).find(|&index| {
-            self.cores[index]
-                .spec()
-                .is_some_and(|spec| spec.broker_by_node(node).is_some())
-        });
+        let broker = (0..self.cores.len()).find(|&index| self.cores[index].lists_broker(node));
         let mut cores: Vec<usize> = Vec::new();
         for index in broker
             .into_iter()
@@ -394,7 +387,7 @@ impl Clusters {
 
     /// Attach `node`'s agent to the core at `index` too: a record there as the cores it is
     /// attached to know it (connections, facts, health; no report on a release of this
-    /// cluster yet) and that core's release on its stream.
+    /// cluster yet) and that core's release on its stream. The caller stamps the stream.
     fn attach(&mut self, node: &str, index: usize) {
         let Some(agent) = self.agents.get(node) else {
             return;
@@ -402,43 +395,36 @@ impl Clusters {
         if agent.cores.contains(&index) {
             return;
         }
+        let connected = agent.connections > 0;
         let known = agent
             .cores
             .iter()
             .find_map(|&other| self.cores[other].agent(node).cloned());
-        let Some(mut entry) = known else {
-            // No record anywhere yet: a connected agent gets one here as it connected.
-            let receiver = if agent.connections > 0 {
-                self.cores[index].subscribe(node).ok()
-            } else {
-                None
-            };
-            let agent = self.agents.get_mut(node).expect("checked above");
-            agent.cores.push(index);
-            if let Some(receiver) = receiver {
-                agent.follow(index, receiver);
+        let receiver = match known {
+            Some(mut entry) => {
+                tracing::info!(
+                    node,
+                    cluster = self.cores[index].cluster_name().unwrap_or("(none)"),
+                    "agent attached to a cluster"
+                );
+                entry.status = None;
+                entry.reachability_at_ms = 0;
+                Some(self.cores[index].adopt_agent(node, entry))
             }
-            self.stamp(node);
-            return;
+            // No record anywhere yet: a connected agent gets one here as it connected.
+            None if connected => self.cores[index].subscribe(node).ok(),
+            None => None,
         };
-        tracing::info!(
-            node,
-            cluster = self.cores[index].cluster_name().unwrap_or("(none)"),
-            "agent attached to a cluster"
-        );
-        entry.status = None;
-        entry.reachability_at_ms = 0;
-        let receiver = self.cores[index].adopt_agent(node, entry);
         let agent = self.agents.get_mut(node).expect("checked above");
         agent.cores.push(index);
-        if agent.connections > 0 {
+        if let Some(receiver) = receiver.filter(|_| connected) {
             agent.follow(index, receiver);
         }
-        self.stamp(node);
     }
 
     /// Detach `node`'s agent from the core at `index`: its record there goes (from the store at
-    /// the next tick) and its stream no longer carries that core's release.
+    /// the next tick) and its stream no longer carries that core's release. The caller stamps
+    /// the stream.
     fn detach(&mut self, node: &str, index: usize) {
         let Some(agent) = self.agents.get_mut(node) else {
             return;
@@ -452,7 +438,6 @@ impl Clusters {
                 "agent detached from a cluster"
             );
         }
-        self.stamp(node);
     }
 
     /// Put the names of the clusters `node` is attached to on its stream (every release is sent
@@ -752,6 +737,17 @@ mod tests {
         }
     }
 
+    /// Store what `clusters` holds, drop it and open the state directory again.
+    async fn restart(mut clusters: Clusters, dir: &Path) -> Clusters {
+        tokio::task::spawn_blocking(move || {
+            clusters.tick().unwrap();
+            clusters.flush_reports().unwrap();
+        })
+        .await
+        .unwrap();
+        reopen(dir)
+    }
+
     /// The release of `cluster` on `stream`, within 5 s, as the agent gets it.
     async fn release_of(stream: &mut watch::Receiver<Releases>, cluster: &str) -> pb::Release {
         tokio::time::timeout(std::time::Duration::from_secs(5), async {
@@ -914,13 +910,7 @@ mod tests {
         // After a restart the record is in kafka-b's store, not in kafka-a's.
         clusters.disconnect("c1");
         drop(stream);
-        tokio::task::spawn_blocking(move || {
-            clusters.tick().unwrap();
-            clusters.flush_reports().unwrap();
-        })
-        .await
-        .unwrap();
-        let mut reopened = reopen(dir.path());
+        let mut reopened = restart(clusters, dir.path()).await;
         assert!(reopened.core("kafka-a").unwrap().agent("c1").is_none());
         assert!(reopened.core("kafka-b").unwrap().agent("c1").is_some());
     }
@@ -1018,13 +1008,7 @@ mod tests {
         // A restart of the coordinator finds it attached to both.
         clusters.disconnect("c1");
         drop(stream);
-        tokio::task::spawn_blocking(move || {
-            clusters.tick().unwrap();
-            clusters.flush_reports().unwrap();
-        })
-        .await
-        .unwrap();
-        let mut reopened = reopen(dir.path());
+        let mut reopened = restart(clusters, dir.path()).await;
         for name in ["kafka-a", "kafka-b"] {
             assert!(reopened.core(name).unwrap().agent("c1").is_some(), "{name}");
         }

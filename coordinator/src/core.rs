@@ -421,6 +421,13 @@ impl Core {
         self.spec.as_ref()
     }
 
+    /// Whether the newest spec lists `node` as a broker.
+    pub fn lists_broker(&self, node: &str) -> bool {
+        self.spec
+            .as_ref()
+            .is_some_and(|spec| spec.broker_by_node(node).is_some())
+    }
+
     /// Whether the newest spec lists `node`, as a broker or a client.
     pub fn lists(&self, node: &str) -> bool {
         self.spec.as_ref().is_some_and(|spec| {
