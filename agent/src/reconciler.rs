@@ -871,6 +871,19 @@ mod tests {
         (handle, task)
     }
 
+    /// Wait up to 10 s for `done`: the drift check repaired the hosts file.
+    async fn repaired(hosts: &dyn Fn() -> String, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not repaired:\n{}",
+                hosts()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Send a release and collect what the reconciler answers.
     async fn release(
         handle: &Handle,
@@ -961,17 +974,10 @@ mod tests {
             hosts().replace("198.18.0.11", "198.18.0.99"),
         )
         .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !hosts().contains("198.18.0.11\tb1.c")
-            || !crate::state::exists(&dir.path().join("state"))
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not repaired:\n{}",
-                hosts()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        repaired(&hosts, || {
+            hosts().contains("198.18.0.11\tb1.c") && crate::state::exists(&dir.path().join("state"))
+        })
+        .await;
         assert!(handle.send(Command::Stop));
         task.await.unwrap().unwrap();
 
@@ -1060,15 +1066,7 @@ mod tests {
             hosts().replace("198.18.0.21", "198.18.0.99"),
         )
         .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while hosts() != both {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "not repaired:\n{}",
-                hosts()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        repaired(&hosts, || hosts() == both).await;
         assert!(handle.send(Command::Stop));
         task.await.unwrap().unwrap();
 
