@@ -1,7 +1,7 @@
 //! Whether a test's real parts are here, and what happens when they are not.
 //!
 //! Every test that needs something beyond cargo (root, network namespaces, the tansu broker, the
-//! Kafka clients, nftables, the systemd-nspawn rootfs, the built packages, libfaketime) asks here
+//! Kafka clients, nftables, the systemd-nspawn rootfs, the built packages, libfaketime, etcd) asks here
 //! first. A missing part **fails** the test with the command that installs it. The only way to
 //! not run such a test is to opt out of its tier explicitly:
 //!
@@ -14,7 +14,12 @@
 //! file, appends one line to it; `tests/run.sh` counts those lines and prints them at the end.
 //!
 //! Owns: the tier names, the opt-out variable, the messages. Does not own: how each tier finds its
-//! parts (the tiers' own harnesses), or installing them (`tests/install.sh`).
+//! parts (the tiers' own harnesses, except the `ha` tier's etcd cluster, [`etcd`]), or installing
+//! them (`tests/install.sh`).
+
+pub mod etcd;
+
+pub use etcd::EtcdCluster;
 
 use std::fmt;
 use std::io::Write;
@@ -39,10 +44,18 @@ pub enum Tier {
     E2eSystemd,
     /// Planned faults (crashes, full disks, clock jumps): root, libfaketime.
     Faults,
+    /// etcd from Debian (`etcd-server`), three members on loopback started by the test.
+    Ha,
 }
 
 impl Tier {
-    pub const ALL: [Tier; 4] = [Tier::Root, Tier::E2eNet, Tier::E2eSystemd, Tier::Faults];
+    pub const ALL: [Tier; 5] = [
+        Tier::Root,
+        Tier::E2eNet,
+        Tier::E2eSystemd,
+        Tier::Faults,
+        Tier::Ha,
+    ];
 
     /// The name used in `KREACH_SKIP`.
     pub fn name(self) -> &'static str {
@@ -51,6 +64,7 @@ impl Tier {
             Tier::E2eNet => "e2e-net",
             Tier::E2eSystemd => "e2e-systemd",
             Tier::Faults => "faults",
+            Tier::Ha => "ha",
         }
     }
 
@@ -227,6 +241,14 @@ mod tests {
         assert!(opted_out_in(Some("root, e2e-net"), Tier::E2eNet));
         assert!(!opted_out_in(Some("e2e-netx,root"), Tier::E2eNet));
         assert!(opted_out_in(Some("all"), Tier::Faults));
+        assert!(opted_out_in(Some("ha"), Tier::Ha));
+        assert!(!opted_out_in(Some("ha"), Tier::Root));
+    }
+
+    #[test]
+    fn every_tier_is_listed_once_under_its_own_name() {
+        let names: Vec<&str> = Tier::ALL.iter().map(|tier| tier.name()).collect();
+        assert_eq!(names, ["root", "e2e-net", "e2e-systemd", "faults", "ha"]);
     }
 
     #[test]
