@@ -287,6 +287,12 @@ async fn a_killed_member_is_skipped_and_every_write_lands() {
     }
     let (kvs, _) = etcd.get_prefix(b"f/").await.unwrap();
     assert_eq!(kvs.len(), 31);
+
+    // Back from its data dir, member 0 catches up on what it missed.
+    running.cluster.restart(0);
+    running.cluster.wait_healthy(0, Duration::from_secs(10));
+    let only_member_0 = client(vec![running.cluster.endpoint(0)], true);
+    assert_eq!(only_member_0.get_prefix(b"f/").await.unwrap().0.len(), 31);
 }
 
 #[tokio::test]
