@@ -164,12 +164,10 @@ pub struct TxnResult {
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
     /// No member answered: each was unreachable, had no leader, or timed out.
-    #[error(
-        "no etcd member answered (tried {}): {last_error}; check that the members run and have quorum",
-        endpoints.join(", ")
-    )]
+    #[error("no etcd member answered: {last_error}; check that the members run and have quorum")]
     Unavailable {
         endpoints: Vec<String>,
+        /// Each member's own failure, `URL: why`, joined with `; `.
         last_error: String,
     },
     /// etcd answered and refused the request, e.g. "etcdserver: too many operations in txn
@@ -468,6 +466,7 @@ impl Client {
         let first = inner.preferred.load(Ordering::Relaxed) % count;
         let mut tried = Vec::with_capacity(count);
         let mut last_error = None;
+        let mut reasons = Vec::with_capacity(count);
         for index in (0..count).map(|offset| (first + offset) % count) {
             let endpoint = &inner.endpoints[index];
             tried.push(endpoint.clone());
@@ -495,18 +494,22 @@ impl Client {
                     })
                 }
                 Attempt::Failover(error) => {
-                    tracing::warn!(endpoint, %error, "etcd member failed; trying the next");
+                    // Debug only: a caller that retries (a campaign, a lease renewal) would
+                    // repeat it several times a second; the error it gets names every member.
+                    tracing::debug!(endpoint, %error, "etcd member failed; trying the next");
+                    reasons.push(format!("{endpoint}: {error}"));
                     last_error = Some(error);
                 }
                 Attempt::TimedOut => {
-                    tracing::warn!(endpoint, timeout = ?inner.timeout, "etcd member did not answer in time; trying the next");
+                    tracing::debug!(endpoint, timeout = ?inner.timeout, "etcd member did not answer in time; trying the next");
+                    reasons.push(format!("{endpoint}: no answer within {:?}", inner.timeout));
                 }
             }
         }
         Err(match last_error {
-            Some(last_error) => Error::Unavailable {
+            Some(_) => Error::Unavailable {
                 endpoints: tried,
-                last_error,
+                last_error: reasons.join("; "),
             },
             None => Error::Timeout {
                 endpoints: tried,
