@@ -24,6 +24,9 @@ type PendingKey = (String, String, Vec<String>, String);
 
 pub struct Issuer {
     state_dir: PathBuf,
+    /// A shared (etcd) store keeps kreach's Kafka CA, so every coordinator that leads issues from
+    /// the same CA; None: it is kept in `state_dir/kafka-ca`.
+    shared: Option<std::sync::Arc<crate::store::Store>>,
     pending: Mutex<BTreeMap<PendingKey, ListenerCertificate>>,
 }
 
@@ -37,7 +40,16 @@ pub struct Attached {
 
 impl Issuer {
     pub fn new(state_dir: &Path) -> Issuer {
+        Issuer::with_store(state_dir, None)
+    }
+
+    /// An issuer that keeps kreach's Kafka CA in `shared` (a store of several coordinators).
+    pub fn with_store(
+        state_dir: &Path,
+        shared: Option<std::sync::Arc<crate::store::Store>>,
+    ) -> Issuer {
         Issuer {
+            shared,
             state_dir: state_dir.to_path_buf(),
             pending: Mutex::new(BTreeMap::new()),
         }
@@ -63,6 +75,24 @@ impl Issuer {
                         ca_key.display()
                     )
                 })
+            }
+            TlsIssuer::Kreach if self.shared.is_some() => {
+                let store = self.shared.as_ref().expect("shared");
+                if let Some(stored) = store.kafka_ca().map_err(|e| format!("the Kafka CA: {e}"))? {
+                    return KafkaCa::from_pem(&stored.cert_pem, &stored.key_pem).map_err(|error| {
+                        format!("the Kafka CA in {}: {error}", store.path().display())
+                    });
+                }
+                let ca = KafkaCa::create(&spec.name, now)
+                    .map_err(|error| format!("the Kafka CA: {error}"))?;
+                store
+                    .save_kafka_ca(&crate::store::StoredCa {
+                        cert_pem: ca.cert_pem.clone(),
+                        key_pem: ca.key_pem.clone(),
+                    })
+                    .map_err(|e| format!("the Kafka CA: {e}"))?;
+                tracing::info!(store = %store.path().display(), cluster = %spec.name, "created the Kafka CA");
+                Ok(ca)
             }
             TlsIssuer::Kreach => {
                 let dir = self.state_dir.join(KAFKA_CA_DIR);

@@ -479,8 +479,35 @@ pub mod coordinator {
         about = "Holds kreach's desired state and rolls changes out across agents: one broker step at a time, health-gated, controller last, pausing on failure."
     )]
     pub struct Cli {
-        /// The coordinator's config (listen address, state directory, TLS files).
-        #[arg(long, short, default_value = "/etc/kreach/coordinator.toml")]
+        /// The coordinator's config (listen address, state directory, TLS files, [store]).
+        #[arg(
+            long,
+            short,
+            default_value = "/etc/kreach/coordinator.toml",
+            global = true
+        )]
         pub config: PathBuf,
+        /// Without a command: run the coordinator.
+        #[command(subcommand)]
+        pub command: Option<Command>,
+    }
+
+    #[derive(clap::Subcommand)]
+    pub enum Command {
+        /// Move every store (generations, rollout state, agent records, audit) from redb to etcd
+        /// or back. The etcd side is the config's [store]; refuses, changing nothing, while a
+        /// coordinator runs on either side, while a rollout is moving, or when the destination
+        /// already holds a store.
+        #[command(
+            after_help = "Examples:\n  kreach-coordinator --config /etc/kreach/coordinator.toml migrate --from redb:/var/lib/kreach-coordinator --to etcd\n  kreach-coordinator migrate --from etcd --to redb:/var/lib/kreach-coordinator\n\nExit codes: 0 moved; 1 refused or failed (nothing changed at the destination unless it says so); 2 the config or the arguments are invalid."
+        )]
+        Migrate {
+            /// Where the stores are now: `redb:PATH` (the state directory) or `etcd`.
+            #[arg(long, value_name = "redb:PATH|etcd")]
+            from: String,
+            /// Where they go: `etcd` or `redb:PATH` (an empty state directory).
+            #[arg(long, value_name = "etcd|redb:PATH")]
+            to: String,
+        },
     }
 }

@@ -28,7 +28,7 @@ use crate::core::{Core, CoreError, DEFAULT_MAX_AGENTS};
 use crate::writer::ReportWriter;
 
 /// Where the cores of further clusters live, under the state directory.
-const CLUSTERS_DIR: &str = "clusters";
+pub const CLUSTERS_DIR: &str = "clusters";
 
 /// The home core's index in [`Clusters::cores`].
 const HOME: usize = 0;
@@ -80,6 +80,7 @@ struct Agent {
 
 pub struct Clusters {
     state_dir: PathBuf,
+    root: crate::store::StoreRoot,
     clock: Arc<dyn Clock>,
     max_agents: usize,
     /// `cores[HOME]` is the home core; the others have a spec (or are being planned for the
@@ -96,10 +97,38 @@ pub struct Clusters {
 impl Clusters {
     /// Open the home core at `state_dir` and every cluster under `state_dir/clusters/`.
     pub fn open(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Clusters, CoreError> {
-        let mut cores = vec![Core::open_with_clock(state_dir, Arc::clone(&clock))?];
+        Clusters::open_in(state_dir, crate::store::StoreRoot::Redb, clock)
+    }
+
+    /// [`Clusters::open`] with the stores `root` keeps: with etcd, the clusters are the ones its
+    /// index lists (each with a local directory under `state_dir/clusters/` for its files).
+    pub fn open_in(
+        state_dir: &Path,
+        root: crate::store::StoreRoot,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Clusters, CoreError> {
+        let mut cores = vec![Core::open_in(state_dir, &root, None, Arc::clone(&clock))?];
         let mut pending = vec![None];
         let dir = state_dir.join(CLUSTERS_DIR);
-        if dir.is_dir() {
+        if let crate::store::StoreRoot::Etcd(handle) = &root {
+            let names = handle.cluster_names().map_err(|message| {
+                CoreError::Store(crate::store::StoreError::Io {
+                    path: PathBuf::from(format!("etcd:{}/index/", handle.prefix())),
+                    message,
+                })
+            })?;
+            for name in names {
+                let path = dir.join(&name);
+                std::fs::create_dir_all(&path).map_err(|error| io_error(&path, &error))?;
+                cores.push(Core::open_in(
+                    &path,
+                    &root,
+                    Some(&name),
+                    Arc::clone(&clock),
+                )?);
+                pending.push(Some(name));
+            }
+        } else if dir.is_dir() {
             let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
                 .map_err(|error| io_error(&dir, &error))?
                 .filter_map(|entry| entry.ok().map(|entry| entry.path()))
@@ -116,6 +145,7 @@ impl Clusters {
         }
         let mut clusters = Clusters {
             state_dir: state_dir.to_path_buf(),
+            root,
             clock,
             max_agents: DEFAULT_MAX_AGENTS,
             cores,
@@ -281,7 +311,15 @@ impl Clusters {
             .find(|dir| !dir.exists())
             .expect("an unused directory name");
         std::fs::create_dir_all(&dir).map_err(|error| io_error(&dir, &error))?;
-        let mut core = Core::open_with_clock(&dir, Arc::clone(&self.clock))?;
+        let stored_as = dir
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned());
+        let mut core = Core::open_in(
+            &dir,
+            &self.root,
+            stored_as.as_deref(),
+            Arc::clone(&self.clock),
+        )?;
         core.set_max_agents(self.max_agents);
         self.feeds_mut().push(core.watch_status());
         self.cores.push(core);

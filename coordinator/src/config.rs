@@ -22,6 +22,142 @@ pub struct CoordinatorConfig {
     pub tls: TlsConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+}
+
+/// `[store]`: where generations, rollouts and agent records are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `redb` (the default: one file under `state_dir`) or `etcd` (shared by several
+    /// coordinators, one of which leads).
+    #[serde(default)]
+    pub kind: StoreKind,
+    /// etcd only: the members' client URLs, `http://host:2379` or `https://host:2379`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// etcd only: every key this coordinator writes starts with it (several kreach installations
+    /// may share one etcd).
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// etcd only, for `https://` endpoints: the CA that signed the members' certificates, and
+    /// this coordinator's client certificate and key when etcd asks for one.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// etcd only: the leader's lease; a coordinator that cannot renew it stops releasing steps
+    /// within this time, and another one takes over after it.
+    #[serde(
+        default = "default_lease_ttl",
+        deserialize_with = "deserialize_duration"
+    )]
+    pub lease_ttl: std::time::Duration,
+    /// etcd only: the URL agents and kreachctl reach this coordinator at, which followers name
+    /// as the leader's (default: from `listen`).
+    pub advertise: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Redb,
+    Etcd,
+}
+
+impl Default for StoreConfig {
+    fn default() -> StoreConfig {
+        StoreConfig {
+            kind: StoreKind::Redb,
+            endpoints: Vec::new(),
+            prefix: default_prefix(),
+            ca: None,
+            cert: None,
+            key: None,
+            lease_ttl: default_lease_ttl(),
+            advertise: None,
+        }
+    }
+}
+
+fn default_prefix() -> String {
+    "/kreach".to_string()
+}
+
+fn default_lease_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
+}
+
+fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::time::Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    kreach_domain::spec::parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+impl StoreConfig {
+    fn problems(&self, config: &CoordinatorConfig) -> Option<String> {
+        let etcd_only = [
+            ("endpoints", !self.endpoints.is_empty()),
+            ("ca", self.ca.is_some()),
+            ("cert", self.cert.is_some()),
+            ("key", self.key.is_some()),
+            ("advertise", self.advertise.is_some()),
+            ("prefix", self.prefix != default_prefix()),
+            ("lease_ttl", self.lease_ttl != default_lease_ttl()),
+        ];
+        if self.kind == StoreKind::Redb {
+            return etcd_only.iter().find(|(_, set)| *set).map(|(key, _)| {
+                format!("store.{key}: only for kind = \"etcd\" (the store is redb, a file under state_dir)")
+            });
+        }
+        if self.endpoints.is_empty() {
+            return Some(
+                "store.endpoints: kind = \"etcd\" needs the members' client URLs, e.g. [\"https://etcd-1:2379\", \"https://etcd-2:2379\", \"https://etcd-3:2379\"]"
+                    .to_string(),
+            );
+        }
+        for (index, url) in self.endpoints.iter().enumerate() {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.parse::<tonic::transport::Uri>().is_err() {
+                return Some(format!(
+                    "store.endpoints[{index}]: {url:?} is not an http:// or https:// URL"
+                ));
+            }
+            if url.starts_with("https://") && self.ca.is_none() {
+                return Some(format!(
+                    "store.endpoints[{index}]: {url:?} is https: set store.ca (the CA that signed the etcd members' certificates)"
+                ));
+            }
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Some("store.cert and store.key: set both or neither".to_string());
+        }
+        if !self.prefix.starts_with('/') || self.prefix.ends_with('/') || self.prefix.len() < 2 {
+            return Some(format!(
+                "store.prefix: {:?} must start with '/' and not end with it, e.g. \"/kreach/prod\"",
+                self.prefix
+            ));
+        }
+        let ttl = self.lease_ttl.as_secs_f64();
+        if !(2.0..=120.0).contains(&ttl) {
+            return Some(format!(
+                "store.lease_ttl: {ttl}s is outside 2s..120s (the default is 10s)"
+            ));
+        }
+        match &self.advertise {
+            Some(url) if !(url.starts_with("https://") || url.starts_with("http://")) => {
+                Some(format!("store.advertise: {url:?} must be an https:// URL"))
+            }
+            None if config.listen.ip().is_unspecified() => Some(format!(
+                "store.advertise: listen is {}, so set the URL agents and kreachctl reach this coordinator at, e.g. \"https://coord-1.example:{}\"",
+                config.listen,
+                config.listen.port()
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// `[metrics]`: Prometheus metrics over plain HTTP, off unless `listen` is set.
@@ -83,6 +219,9 @@ impl CoordinatorConfig {
                     .to_string(),
             );
         }
+        if let Some(problem) = config.store.problems(&config) {
+            return Err(problem);
+        }
         Ok(config)
     }
 }
@@ -113,5 +252,61 @@ mod tests {
         assert!(CoordinatorConfig::parse("lisen = 1")
             .unwrap_err()
             .contains("lisen"));
+    }
+
+    #[test]
+    fn an_etcd_store_needs_endpoints_and_a_url_to_advertise_and_redb_takes_no_etcd_keys() {
+        let base = "listen = \"127.0.0.1:7443\"\n[tls]\ninsecure = true\n[store]\n";
+        let config = CoordinatorConfig::parse(&format!(
+            "{base}kind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"5s\"\n"
+        ))
+        .unwrap();
+        assert_eq!(config.store.kind, StoreKind::Etcd);
+        assert_eq!(config.store.prefix, "/kreach");
+        assert_eq!(config.store.lease_ttl.as_secs(), 5);
+        assert_eq!(
+            CoordinatorConfig::parse(&format!("{base}kind = \"redb\"\n"))
+                .unwrap()
+                .store,
+            StoreConfig::default()
+        );
+        for (store, expected) in [
+            (
+                "kind = \"etcd\"\n",
+                "store.endpoints: kind = \"etcd\" needs",
+            ),
+            (
+                "kind = \"etcd\"\nendpoints = [\"http://a:2379\", \"etcd-2:2379\"]\n",
+                "store.endpoints[1]: \"etcd-2:2379\" is not an http:// or https:// URL",
+            ),
+            (
+                "kind = \"etcd\"\nendpoints = [\"https://a:2379\"]\n",
+                "is https: set store.ca",
+            ),
+            (
+                "kind = \"etcd\"\nendpoints = [\"http://a:2379\"]\nprefix = \"kreach/\"\n",
+                "store.prefix: \"kreach/\" must start with '/'",
+            ),
+            (
+                "kind = \"etcd\"\nendpoints = [\"http://a:2379\"]\nlease_ttl = \"1s\"\n",
+                "store.lease_ttl: 1s is outside 2s..120s",
+            ),
+            (
+                "endpoints = [\"http://a:2379\"]\n",
+                "store.endpoints: only for kind = \"etcd\"",
+            ),
+            ("kind = \"zookeeper\"\n", "unknown variant `zookeeper`"),
+        ] {
+            let error = CoordinatorConfig::parse(&format!("{base}{store}")).unwrap_err();
+            assert!(error.contains(expected), "{store}: {error}");
+        }
+        let error = CoordinatorConfig::parse(
+            "listen = \"0.0.0.0:7443\"\n[tls]\nca = \"/c\"\ncert = \"/c\"\nkey = \"/k\"\n[store]\nkind = \"etcd\"\nendpoints = [\"http://a:2379\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            error.contains("store.advertise: listen is 0.0.0.0:7443"),
+            "{error}"
+        );
     }
 }

@@ -45,7 +45,7 @@ pub enum CoreError {
 }
 
 /// The store's file in a cluster's state directory.
-pub const STORE_FILE: &str = "coordinator.redb";
+pub use crate::store::STORE_FILE;
 
 /// The default of coordinator.toml's `max_agents`.
 pub const DEFAULT_MAX_AGENTS: usize = 10_000;
@@ -56,6 +56,19 @@ pub const DEFAULT_MAX_AGENTS: usize = 10_000;
 struct RolloutRecord {
     rollout: Option<Rollout>,
     base: BTreeMap<String, rollout::Release>,
+}
+
+/// The generation whose rollout `store` holds as still moving (running or settling between
+/// steps), if any: `kreach-coordinator migrate` refuses to move such a store.
+pub fn rollout_moving(store: &Store) -> Result<Option<u64>, CoreError> {
+    let record: RolloutRecord = store.load_rollout()?.unwrap_or_default();
+    Ok(record.rollout.and_then(|rollout| {
+        matches!(
+            rollout.state(),
+            rollout::RolloutState::Running | rollout::RolloutState::Settling { .. }
+        )
+        .then(|| rollout.generation())
+    }))
 }
 
 pub struct Core {
@@ -106,7 +119,18 @@ impl Core {
 
     /// [`Core::open`] with the clock every timer and timestamp of the core reads.
     pub fn open_with_clock(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Core, CoreError> {
-        let store = Arc::new(Store::open(&state_dir.join(STORE_FILE))?);
+        Core::open_in(state_dir, &crate::store::StoreRoot::Redb, None, clock)
+    }
+
+    /// Open the core whose store `root` keeps for `cluster` (None: the home core), with its
+    /// local files (the Kafka CA) under `state_dir`.
+    pub fn open_in(
+        state_dir: &Path,
+        root: &crate::store::StoreRoot,
+        cluster: Option<&str>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Core, CoreError> {
+        let store = Arc::new(root.open(state_dir, cluster)?);
         let record: RolloutRecord = store.load_rollout()?.unwrap_or_default();
         let registry = Registry::load(store.agents()?, DEFAULT_MAX_AGENTS);
         let spec = store
@@ -115,6 +139,10 @@ impl Core {
             .and_then(|newest| ClusterSpec::parse(&newest.spec_toml).ok());
         let (status, _) = watch::channel(pb::StatusResponse::default());
         let reports = ReportWriter::start(Arc::clone(&store));
+        let issuer = crate::certs::Issuer::with_store(
+            state_dir,
+            store.is_shared().then(|| Arc::clone(&store)),
+        );
         let mut core = Core {
             store,
             reports,
@@ -124,7 +152,7 @@ impl Core {
             status,
             spec,
             status_dirty: false,
-            issuer: crate::certs::Issuer::new(state_dir),
+            issuer,
             completed_at_ms: 0,
             renewal_checked_ms: 0,
             renewal_refused_ms: None,

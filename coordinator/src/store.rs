@@ -47,6 +47,34 @@ pub struct AuditBatch {
     pub restarted: bool,
 }
 
+/// An audit entry at its ordinal, encoded.
+type OrdinalEntry = (u64, Vec<u8>);
+
+/// What one audit batch adds to a node's trail: the entries to keep, each at its ordinal, and the
+/// ordinal below which older entries go. Moves `cursor` past them.
+fn plan_audit(cursor: &mut AuditCursor, batch: &AuditBatch) -> (Vec<OrdinalEntry>, Option<u64>) {
+    let mut kept = Vec::new();
+    for (index, record) in batch.entries.iter().enumerate() {
+        let fresh = if batch.restarted && index == 0 {
+            true
+        } else {
+            record.seq > cursor.last_seq
+        };
+        if !fresh {
+            continue;
+        }
+        kept.push((
+            cursor.next_ordinal,
+            serde_json::to_vec(record).expect("serializable"),
+        ));
+        cursor.next_ordinal += 1;
+        cursor.last_seq = record.seq;
+    }
+    let below = (cursor.next_ordinal > AUDIT_KEPT_PER_NODE)
+        .then(|| cursor.next_ordinal - AUDIT_KEPT_PER_NODE);
+    (kept, below)
+}
+
 /// [`Store::append_audit`]'s work inside a write transaction; returns the node's highest seq kept.
 fn append_audit_in(
     cursors: &mut redb::Table<'_, &'static str, &'static [u8]>,
@@ -58,22 +86,11 @@ fn append_audit_in(
         .get(node)?
         .and_then(|value| serde_json::from_slice(value.value()).ok())
         .unwrap_or_default();
-    for (index, record) in batch.entries.iter().enumerate() {
-        let fresh = if batch.restarted && index == 0 {
-            true
-        } else {
-            record.seq > cursor.last_seq
-        };
-        if !fresh {
-            continue;
-        }
-        let bytes = serde_json::to_vec(record).expect("serializable");
-        table.insert((node, cursor.next_ordinal), bytes.as_slice())?;
-        cursor.next_ordinal += 1;
-        cursor.last_seq = record.seq;
+    let (kept, below) = plan_audit(&mut cursor, batch);
+    for (ordinal, bytes) in &kept {
+        table.insert((node, *ordinal), bytes.as_slice())?;
     }
-    if cursor.next_ordinal > AUDIT_KEPT_PER_NODE {
-        let below = cursor.next_ordinal - AUDIT_KEPT_PER_NODE;
+    if let Some(below) = below {
         table.retain_in((node, 0)..(node, below), |_, _| false)?;
     }
     let encoded = serde_json::to_vec(&cursor).expect("serializable");
@@ -82,6 +99,16 @@ fn append_audit_in(
 }
 
 const ROLLOUT_KEY: &str = "rollout";
+/// The Kafka CA kreach made, kept in a shared (etcd) store so every coordinator that leads issues
+/// from the same one; a redb store's coordinator keeps it in `state_dir/kafka-ca` instead.
+pub const KAFKA_CA_KEY: &str = "kafka_ca";
+
+/// The Kafka CA's certificate and key, PEM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
 /// The SCRAM users of `kreachctl users` (a JSON list of salted credentials).
 const SCRAM_USERS_KEY: &str = "scram_users";
 
@@ -134,9 +161,40 @@ pub enum StoreError {
     Newer { path: PathBuf, found: u64 },
 }
 
+/// Where a coordinator's stores are: one redb file per state directory, or keys in one etcd.
+#[derive(Clone, Default)]
+pub enum StoreRoot {
+    #[default]
+    Redb,
+    Etcd(std::sync::Arc<crate::etcd_store::EtcdHandle>),
+}
+
+impl StoreRoot {
+    /// The store of the home core (`cluster` None, kept in `dir`) or of the cluster stored as
+    /// `cluster` (kept in `dir` = `state_dir/clusters/NAME` with redb).
+    pub fn open(&self, dir: &Path, cluster: Option<&str>) -> Result<Store, StoreError> {
+        match self {
+            StoreRoot::Redb => Store::open(&dir.join(STORE_FILE)),
+            StoreRoot::Etcd(handle) => Store::open_etcd(crate::etcd_store::EtcdStore::new(
+                std::sync::Arc::clone(handle),
+                cluster,
+            )),
+        }
+    }
+}
+
+/// The redb store's file in a state directory.
+pub const STORE_FILE: &str = "coordinator.redb";
+
 pub struct Store {
-    db: Database,
+    backend: Backend,
+    /// Where it is, for messages: the redb file, or `etcd:PREFIX/...`.
     path: PathBuf,
+}
+
+enum Backend {
+    Redb(Database),
+    Etcd(crate::etcd_store::EtcdStore),
 }
 
 impl Store {
@@ -154,7 +212,7 @@ impl Store {
             message: error.to_string(),
         })?;
         let store = Store {
-            db,
+            backend: Backend::Redb(db),
             path: path.to_path_buf(),
         };
         // Create the tables so that readers never meet a missing one.
@@ -170,6 +228,50 @@ impl Store {
         Ok(store)
     }
 
+    /// Open (or create) a store on etcd. A new one is marked with [`FORMAT`] (and, for a
+    /// cluster's store, its index entry); one from a newer coordinator is refused.
+    pub fn open_etcd(etcd: crate::etcd_store::EtcdStore) -> Result<Store, StoreError> {
+        let store = Store {
+            path: PathBuf::from(etcd.location()),
+            backend: Backend::Etcd(etcd),
+        };
+        match store.format()? {
+            Some(FORMAT) => Ok(store),
+            Some(found) if found > FORMAT => Err(StoreError::Newer {
+                path: store.path.clone(),
+                found,
+            }),
+            _ => {
+                let marker = serde_json::to_vec(&FORMAT).expect("serializable");
+                let ops = store.etcd().expect("etcd").create_ops(marker);
+                store.commit(ops)?;
+                Ok(store)
+            }
+        }
+    }
+
+    fn etcd(&self) -> Option<&crate::etcd_store::EtcdStore> {
+        match &self.backend {
+            Backend::Etcd(etcd) => Some(etcd),
+            Backend::Redb(_) => None,
+        }
+    }
+
+    fn db(&self) -> &Database {
+        match &self.backend {
+            Backend::Redb(db) => db,
+            Backend::Etcd(_) => unreachable!("redb only"),
+        }
+    }
+
+    fn commit(&self, ops: Vec<kreach_etcd::Op>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let etcd = self.etcd().expect("etcd");
+        etcd.commit(ops).map_err(|e| self.io(e))?;
+        crate::metrics::record_store_write(started.elapsed());
+        Ok(())
+    }
+
     /// The format this store was written in; None: written before formats were numbered (1).
     pub fn format(&self) -> Result<Option<u64>, StoreError> {
         self.meta(FORMAT_KEY)
@@ -177,7 +279,13 @@ impl Store {
 
     /// The meta table's record under `key`, decoded; None when there is none.
     fn meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        if let Some(etcd) = self.etcd() {
+            return match etcd.meta(key).map_err(|e| self.io(e))? {
+                Some(bytes) => self.decode(key, &bytes).map(Some),
+                None => Ok(None),
+            };
+        }
+        let txn = self.db().begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(META).map_err(|e| self.io(e))?;
         match table.get(key).map_err(|e| self.io(e))? {
             Some(value) => self.decode(key, value.value()).map(Some),
@@ -298,7 +406,7 @@ impl Store {
         body: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
         let started = std::time::Instant::now();
-        let txn = self.db.begin_write().map_err(|e| self.io(e))?;
+        let txn = self.db().begin_write().map_err(|e| self.io(e))?;
         body(&txn).map_err(|e| self.io(e))?;
         txn.commit().map_err(|e| self.io(e))?;
         crate::metrics::record_store_write(started.elapsed());
@@ -321,6 +429,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         let generation = serde_json::to_vec(record).expect("serializable");
         let rollout = serde_json::to_vec(rollout).expect("serializable");
+        if let Some(etcd) = self.etcd() {
+            return self.commit(vec![
+                etcd.put_generation(record.generation, generation),
+                etcd.put_meta(ROLLOUT_KEY, rollout),
+            ]);
+        }
         self.write(|txn| {
             txn.open_table(GENERATIONS)?
                 .insert(record.generation, generation.as_slice())?;
@@ -337,6 +451,9 @@ impl Store {
     /// Replace the meta table's record under `key`, in a transaction of its own.
     fn save_meta(&self, key: &str, value: &impl Serialize) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(value).expect("serializable");
+        if let Some(etcd) = self.etcd() {
+            return self.commit(vec![etcd.put_meta(key, bytes)]);
+        }
         self.write(|txn| {
             txn.open_table(META)?.insert(key, bytes.as_slice())?;
             Ok(())
@@ -352,12 +469,34 @@ impl Store {
         self.save_meta(SCRAM_USERS_KEY, &users)
     }
 
+    /// Whether several coordinators share this store (etcd): what each would keep in its own
+    /// state directory goes in the store instead.
+    pub fn is_shared(&self) -> bool {
+        self.etcd().is_some()
+    }
+
+    pub fn kafka_ca(&self) -> Result<Option<StoredCa>, StoreError> {
+        self.meta(KAFKA_CA_KEY)
+    }
+
+    pub fn save_kafka_ca(&self, ca: &StoredCa) -> Result<(), StoreError> {
+        self.save_meta(KAFKA_CA_KEY, ca)
+    }
+
     pub fn load_rollout<R: DeserializeOwned>(&self) -> Result<Option<R>, StoreError> {
         self.meta(ROLLOUT_KEY)
     }
 
     pub fn generations(&self) -> Result<Vec<GenerationRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        if let Some(etcd) = self.etcd() {
+            return etcd
+                .generations()
+                .map_err(|e| self.io(e))?
+                .iter()
+                .map(|(n, bytes)| self.decode(&format!("generation {n}"), bytes))
+                .collect();
+        }
+        let txn = self.db().begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(GENERATIONS).map_err(|e| self.io(e))?;
         let mut records = Vec::new();
         for item in table.iter().map_err(|e| self.io(e))? {
@@ -368,7 +507,15 @@ impl Store {
     }
 
     pub fn generation(&self, generation: u64) -> Result<Option<GenerationRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        if let Some(etcd) = self.etcd() {
+            return match etcd.generation(generation).map_err(|e| self.io(e))? {
+                Some(bytes) => self
+                    .decode(&format!("generation {generation}"), &bytes)
+                    .map(Some),
+                None => Ok(None),
+            };
+        }
+        let txn = self.db().begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(GENERATIONS).map_err(|e| self.io(e))?;
         match table.get(generation).map_err(|e| self.io(e))? {
             Some(value) => self
@@ -379,11 +526,7 @@ impl Store {
     }
 
     pub fn save_agent(&self, node: &str, record: &AgentRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).expect("serializable");
-        self.write(|txn| {
-            txn.open_table(AGENTS)?.insert(node, bytes.as_slice())?;
-            Ok(())
-        })
+        self.save_agents(&[(node.to_string(), record.clone())])
     }
 
     /// Save many agent records in one transaction.
@@ -397,6 +540,14 @@ impl Store {
                 )
             })
             .collect();
+        if let Some(etcd) = self.etcd() {
+            return self.commit(
+                encoded
+                    .into_iter()
+                    .map(|(node, bytes)| etcd.put_agent(node, bytes))
+                    .collect(),
+            );
+        }
         self.write(|txn| {
             let mut table = txn.open_table(AGENTS)?;
             for (node, bytes) in &encoded {
@@ -443,6 +594,55 @@ impl Store {
             })
             .collect();
         let mut last_seqs = Vec::with_capacity(audits.len());
+        if let Some(etcd) = self.etcd() {
+            // One op per key: etcd refuses a transaction that writes a key twice, or puts a key
+            // inside a range it deletes.
+            let mut agent_ops: std::collections::BTreeMap<&str, kreach_etcd::Op> =
+                Default::default();
+            for (node, bytes) in encoded {
+                let op = match bytes {
+                    Some(bytes) => etcd.put_agent(node, bytes),
+                    None => etcd.delete_agent(node),
+                };
+                agent_ops.insert(node, op);
+            }
+            let mut ops: Vec<kreach_etcd::Op> = agent_ops.into_values().collect();
+            let mut trails: std::collections::BTreeMap<&str, (AuditCursor, Vec<OrdinalEntry>)> =
+                Default::default();
+            for batch in audits {
+                let node = batch.node.as_str();
+                if !trails.contains_key(node) {
+                    let cursor = match etcd.cursor(node).map_err(|e| self.io(e))? {
+                        Some(bytes) => self.decode(&format!("audit cursor {node}"), &bytes)?,
+                        None => AuditCursor::default(),
+                    };
+                    trails.insert(node, (cursor, Vec::new()));
+                }
+                let (cursor, kept) = trails.get_mut(node).expect("read above");
+                kept.extend(plan_audit(cursor, batch).0);
+                last_seqs.push(cursor.last_seq);
+            }
+            let mut cursor_ops = Vec::new();
+            for (node, (cursor, kept)) in trails {
+                let below = cursor.next_ordinal.saturating_sub(AUDIT_KEPT_PER_NODE);
+                for (ordinal, bytes) in kept {
+                    if ordinal >= below {
+                        ops.push(etcd.put_audit(node, ordinal, bytes));
+                    }
+                }
+                if below > 0 {
+                    ops.push(etcd.delete_audit_below(node, below));
+                }
+                cursor_ops.push(
+                    etcd.put_cursor(node, serde_json::to_vec(&cursor).expect("serializable")),
+                );
+            }
+            // The cursors last: a write cut in several transactions never has a cursor ahead
+            // of the entries it counts.
+            ops.extend(cursor_ops);
+            self.commit(ops)?;
+            return Ok(last_seqs);
+        }
         self.write(|txn| {
             if !encoded.is_empty() {
                 let mut table = txn.open_table(AGENTS)?;
@@ -471,7 +671,14 @@ impl Store {
 
     /// The highest agent seq kept for `node` (0: none).
     pub fn audit_last_seq(&self, node: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        if let Some(etcd) = self.etcd() {
+            let cursor: AuditCursor = match etcd.cursor(node).map_err(|e| self.io(e))? {
+                Some(bytes) => self.decode(&format!("audit cursor {node}"), &bytes)?,
+                None => AuditCursor::default(),
+            };
+            return Ok(cursor.last_seq);
+        }
+        let txn = self.db().begin_read().map_err(|e| self.io(e))?;
         let cursors = txn.open_table(AUDIT_CURSORS).map_err(|e| self.io(e))?;
         let cursor: AuditCursor = match cursors.get(node).map_err(|e| self.io(e))? {
             Some(value) => self.decode(&format!("audit cursor {node}"), value.value())?,
@@ -482,9 +689,18 @@ impl Store {
 
     /// `node`'s kept audit entries, oldest first; at most the `last` latest when set.
     pub fn audit(&self, node: &str, last: Option<usize>) -> Result<Vec<AuditRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
-        let table = txn.open_table(AUDIT).map_err(|e| self.io(e))?;
         let mut entries = Vec::new();
+        if let Some(etcd) = self.etcd() {
+            for bytes in etcd.audit(node).map_err(|e| self.io(e))? {
+                entries.push(self.decode(&format!("audit {node}"), &bytes)?);
+            }
+            if let Some(last) = last {
+                entries.drain(..entries.len().saturating_sub(last));
+            }
+            return Ok(entries);
+        }
+        let txn = self.db().begin_read().map_err(|e| self.io(e))?;
+        let table = txn.open_table(AUDIT).map_err(|e| self.io(e))?;
         for item in table
             .range((node, 0)..=(node, u64::MAX))
             .map_err(|e| self.io(e))?
@@ -500,7 +716,18 @@ impl Store {
     }
 
     pub fn agents(&self) -> Result<Vec<(String, AgentRecord)>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.io(e))?;
+        if let Some(etcd) = self.etcd() {
+            return etcd
+                .agents()
+                .map_err(|e| self.io(e))?
+                .into_iter()
+                .map(|(node, bytes)| {
+                    let record = self.decode(&format!("agent {node}"), &bytes)?;
+                    Ok((node, record))
+                })
+                .collect();
+        }
+        let txn = self.db().begin_read().map_err(|e| self.io(e))?;
         let table = txn.open_table(AGENTS).map_err(|e| self.io(e))?;
         let mut records = Vec::new();
         for item in table.iter().map_err(|e| self.io(e))? {
@@ -510,6 +737,151 @@ impl Store {
             records.push((node, record));
         }
         Ok(records)
+    }
+}
+
+/// Every record of a store as it is kept (JSON), for `kreach-coordinator migrate`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Dump {
+    /// The meta records but the format marker (the rollout, the SCRAM users).
+    pub meta: Vec<(String, Vec<u8>)>,
+    pub generations: Vec<(u64, Vec<u8>)>,
+    pub agents: Vec<(String, Vec<u8>)>,
+    /// (node, ordinal, entry)
+    pub audit: Vec<(String, u64, Vec<u8>)>,
+    pub cursors: Vec<(String, Vec<u8>)>,
+}
+
+impl Dump {
+    /// `3 generations, 5 agents, 120 audit entries`
+    pub fn summary(&self) -> String {
+        format!(
+            "{} generation(s), {} agent record(s), {} audit entries",
+            self.generations.len(),
+            self.agents.len(),
+            self.audit.len()
+        )
+    }
+}
+
+impl Store {
+    /// Every record, as kept.
+    pub fn dump(&self) -> Result<Dump, StoreError> {
+        if let Some(etcd) = self.etcd() {
+            let io = |e| self.io(e);
+            let mut dump = Dump {
+                meta: etcd.list("meta").map_err(io)?,
+                generations: etcd.generations().map_err(io)?,
+                agents: etcd.list("agent").map_err(io)?,
+                audit: Vec::new(),
+                cursors: etcd.list("cursor").map_err(io)?,
+            };
+            dump.meta.retain(|(key, _)| key != FORMAT_KEY);
+            for (rest, bytes) in etcd.list("audit").map_err(io)? {
+                let parsed = rest
+                    .rsplit_once('/')
+                    .and_then(|(node, n)| Some((node.to_string(), n.parse::<u64>().ok()?)));
+                let Some((node, ordinal)) = parsed else {
+                    return Err(StoreError::Corrupt {
+                        path: self.path.clone(),
+                        key: format!("audit/{rest}"),
+                        message: "not NODE/ORDINAL".into(),
+                    });
+                };
+                dump.audit.push((node, ordinal, bytes));
+            }
+            return Ok(dump);
+        }
+        let txn = self.db().begin_read().map_err(|e| self.io(e))?;
+        let read = || -> Result<Dump, redb::Error> {
+            let mut dump = Dump::default();
+            for item in txn.open_table(META)?.iter()? {
+                let (key, value) = item?;
+                if key.value() != FORMAT_KEY {
+                    dump.meta
+                        .push((key.value().to_string(), value.value().to_vec()));
+                }
+            }
+            for item in txn.open_table(GENERATIONS)?.iter()? {
+                let (key, value) = item?;
+                dump.generations.push((key.value(), value.value().to_vec()));
+            }
+            for item in txn.open_table(AGENTS)?.iter()? {
+                let (key, value) = item?;
+                dump.agents
+                    .push((key.value().to_string(), value.value().to_vec()));
+            }
+            for item in txn.open_table(AUDIT)?.iter()? {
+                let (key, value) = item?;
+                let (node, ordinal) = key.value();
+                dump.audit
+                    .push((node.to_string(), ordinal, value.value().to_vec()));
+            }
+            for item in txn.open_table(AUDIT_CURSORS)?.iter()? {
+                let (key, value) = item?;
+                dump.cursors
+                    .push((key.value().to_string(), value.value().to_vec()));
+            }
+            Ok(dump)
+        };
+        read().map_err(|e| self.io(e))
+    }
+
+    /// Write every record of `dump` into this (new, empty) store.
+    pub fn load(&self, dump: &Dump) -> Result<(), StoreError> {
+        if let Some(etcd) = self.etcd() {
+            let mut ops = Vec::new();
+            ops.extend(
+                dump.generations
+                    .iter()
+                    .map(|(n, b)| etcd.put_generation(*n, b.clone())),
+            );
+            ops.extend(
+                dump.agents
+                    .iter()
+                    .map(|(node, b)| etcd.put_agent(node, b.clone())),
+            );
+            ops.extend(
+                dump.audit
+                    .iter()
+                    .map(|(node, n, b)| etcd.put_audit(node, *n, b.clone())),
+            );
+            ops.extend(
+                dump.cursors
+                    .iter()
+                    .map(|(node, b)| etcd.put_cursor(node, b.clone())),
+            );
+            // The rollout last: a store cut short has no rollout pointing past its generations.
+            ops.extend(
+                dump.meta
+                    .iter()
+                    .map(|(key, b)| etcd.put_meta(key, b.clone())),
+            );
+            return self.commit(ops);
+        }
+        self.write(|txn| {
+            let mut table = txn.open_table(GENERATIONS)?;
+            for (n, bytes) in &dump.generations {
+                table.insert(*n, bytes.as_slice())?;
+            }
+            let mut table = txn.open_table(AGENTS)?;
+            for (node, bytes) in &dump.agents {
+                table.insert(node.as_str(), bytes.as_slice())?;
+            }
+            let mut table = txn.open_table(AUDIT)?;
+            for (node, n, bytes) in &dump.audit {
+                table.insert((node.as_str(), *n), bytes.as_slice())?;
+            }
+            let mut table = txn.open_table(AUDIT_CURSORS)?;
+            for (node, bytes) in &dump.cursors {
+                table.insert(node.as_str(), bytes.as_slice())?;
+            }
+            let mut table = txn.open_table(META)?;
+            for (key, bytes) in &dump.meta {
+                table.insert(key.as_str(), bytes.as_slice())?;
+            }
+            Ok(())
+        })
     }
 }
 

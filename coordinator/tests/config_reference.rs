@@ -13,12 +13,26 @@ cert = "/probe/coordinator.pem"
 key = "/probe/coordinator.key"
 "#;
 
+/// The `[store]` keys for etcd only are accepted with an etcd store.
+const ETCD_BASE: &str = r#"
+[tls]
+ca = "/probe/ca.pem"
+cert = "/probe/coordinator.pem"
+key = "/probe/coordinator.key"
+[store]
+kind = "etcd"
+endpoints = ["https://etcd-1:2379"]
+ca = "/probe/etcd-ca.pem"
+cert = "/probe/etcd-client.pem"
+key = "/probe/etcd-client.key"
+"#;
+
 #[test]
 fn the_coordinator_config_reference_matches_the_parser_and_the_example() {
     reference_support::check_config_reference(
         "coordinator-config.md",
         include_str!("../../packaging/coordinator.toml.example"),
-        &[BASE],
+        &[BASE, ETCD_BASE],
         &|text| CoordinatorConfig::parse(text).map(|config| format!("{config:?}")),
     );
 }

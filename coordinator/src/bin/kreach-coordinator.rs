@@ -8,8 +8,11 @@ use anyhow::Context;
 use clap::Parser;
 use kreach_coordinator::cli::coordinator::Cli;
 use kreach_coordinator::clusters::Clusters;
-use kreach_coordinator::config::CoordinatorConfig;
+use kreach_coordinator::config::{CoordinatorConfig, StoreKind};
+use kreach_coordinator::etcd_store::EtcdHandle;
 use kreach_coordinator::grpc::{Auth, Services};
+use kreach_coordinator::leader::{self, Refusal, Standing};
+use kreach_coordinator::store::StoreRoot;
 use kreach_coordinator::tls_accept;
 use kreach_proto as pb;
 use tonic::transport::Server;
@@ -27,6 +30,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(kreach_coordinator::cli::coordinator::Command::Migrate { from, to }) = &cli.command
+    {
+        let sides = kreach_coordinator::migrate::parse_side("from", from).and_then(|from| {
+            kreach_coordinator::migrate::parse_side("to", to).map(|to| (from, to))
+        });
+        let (from, to) = match sides {
+            Ok(sides) => sides,
+            Err(error) => {
+                eprintln!("kreach-coordinator migrate: {error}");
+                return ExitCode::from(2);
+            }
+        };
+        return match kreach_coordinator::migrate::run(&config, &from, &to, &mut std::io::stdout()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("kreach-coordinator migrate: {error}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -64,11 +87,162 @@ fn raise_open_files_limit() {
 
 async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     raise_open_files_limit();
-    let mut clusters = Clusters::open(
-        &config.state_dir,
-        Arc::new(kreach_runtime::clock::SteadyWallClock::new()),
-    )
-    .context("opening the store")?;
+    let tls = server_tls(&config)?;
+    let listener = std::net::TcpListener::bind(config.listen)
+        .with_context(|| format!("binding {}", config.listen))?;
+    listener.set_nonblocking(true)?;
+    let address = listener.local_addr()?;
+    let clock = Arc::new(kreach_runtime::clock::SteadyWallClock::new());
+    let etcd = match config.store.kind {
+        StoreKind::Redb => None,
+        StoreKind::Etcd => {
+            Some(EtcdHandle::from_config(&config.store).map_err(anyhow::Error::msg)?)
+        }
+    };
+    let Some(etcd) = etcd else {
+        let clusters = Clusters::open(&config.state_dir, clock).context("opening the store")?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        return lead(&config, clusters, listener, tls, None)
+            .await
+            .map(|_| ());
+    };
+
+    // Follow (answering every call with who leads) until elected.
+    let me = config.store.advertise.clone().unwrap_or_else(|| {
+        let scheme = if config.tls.insecure { "http" } else { "https" };
+        format!("{scheme}://{address}")
+    });
+    let (standing, standing_now) = tokio::sync::watch::channel(Standing::Starting);
+    let (stop_following, follow_stopped) = tokio::sync::oneshot::channel::<()>();
+    let router = Server::builder()
+        .add_service(Refusal::<
+            pb::agent_service_server::AgentServiceServer<Services>,
+        >::new(standing_now.clone()))
+        .add_service(Refusal::<
+            pb::admin_service_server::AdminServiceServer<Services>,
+        >::new(standing_now));
+    let following = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
+    let mut follower = spawn_server(router, following, tls.clone(), async {
+        let _ = follow_stopped.await;
+    });
+    tracing::info!(address = %address, me = %me, prefix = %config.store.prefix, "kreach-coordinator listening on {address}, campaigning to lead (etcd store)");
+    kreach_runtime::daemon::systemd_notify::ready(&format!("listening on {address}, campaigning"));
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let won = tokio::select! {
+        won = leader::campaign(&etcd, &me, config.store.lease_ttl, &standing) => won,
+        _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
+        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
+        served = &mut follower => {
+            served.context("the server task")?.context("serving")?;
+            anyhow::bail!("the follower's server ended");
+        }
+    };
+    let _ = stop_following.send(());
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut follower)
+        .await
+        .is_err()
+    {
+        follower.abort();
+    }
+    drop(terminate);
+
+    etcd.set_fence(Some(won.fence.clone()));
+    let lost = tokio::spawn(leader::hold(
+        Arc::clone(&etcd),
+        won.clone(),
+        config.store.lease_ttl,
+    ));
+    let opened = {
+        let (etcd, state_dir) = (Arc::clone(&etcd), config.state_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            Clusters::open_in(&state_dir, StoreRoot::Etcd(etcd), clock)
+        })
+        .await?
+    };
+    let clusters = match opened {
+        Ok(clusters) => clusters,
+        Err(error) => {
+            leader::resign(&etcd, won.lease).await;
+            return Err(error).context("opening the store");
+        }
+    };
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    match lead(&config, clusters, listener, tls, Some(lost)).await? {
+        Ended::Stopped => {
+            leader::resign(&etcd, won.lease).await;
+            Ok(())
+        }
+        Ended::Deposed(why) => {
+            tracing::error!("stopped leading: {why}; starting again as a follower");
+            restart_self()
+        }
+    }
+}
+
+/// Start again from the top, as a new process in this one (same pid, same arguments): a
+/// deposed leader drops every bit of state it held and campaigns like a coordinator just started.
+fn restart_self() -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let mut args = std::env::args_os();
+    let argv0 = args.next().unwrap_or_else(|| "kreach-coordinator".into());
+    let error = std::process::Command::new("/proc/self/exe")
+        .arg0(argv0)
+        .args(args)
+        .exec();
+    Err(error).context("starting again as a follower")
+}
+
+fn server_tls(
+    config: &CoordinatorConfig,
+) -> anyhow::Result<Option<tokio_rustls::rustls::ServerConfig>> {
+    if config.tls.insecure {
+        return Ok(None);
+    }
+    let (ca, cert, key) = (
+        config.tls.ca.as_ref().expect("validated"),
+        config.tls.cert.as_ref().expect("validated"),
+        config.tls.key.as_ref().expect("validated"),
+    );
+    let files = kreach_runtime::tls::load_tls_files(ca, cert, key)?;
+    Ok(Some(
+        tls_accept::server_config(&files.ca_pem, &files.cert_pem, &files.key_pem)
+            .context("configuring TLS")?,
+    ))
+}
+
+fn spawn_server(
+    router: tonic::transport::server::Router,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
+    match tls {
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )),
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(tls_accept::accept_loop(listener, tls)),
+            shutdown,
+        )),
+    }
+}
+
+/// How leading ended.
+enum Ended {
+    Stopped,
+    Deposed(String),
+}
+
+/// Serve `clusters` on `listener` until SIGTERM/SIGINT, or until `lost` says leadership is gone.
+async fn lead(
+    config: &CoordinatorConfig,
+    mut clusters: Clusters,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::rustls::ServerConfig>,
+    lost: Option<tokio::task::JoinHandle<String>>,
+) -> anyhow::Result<Ended> {
     clusters.set_max_agents(config.max_agents);
     let core = Arc::new(Mutex::new(clusters));
     let auth = if config.tls.insecure {
@@ -81,25 +255,6 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         auth,
         dry_runs: Default::default(),
     };
-
-    let tls = if config.tls.insecure {
-        None
-    } else {
-        let (ca, cert, key) = (
-            config.tls.ca.as_ref().expect("validated"),
-            config.tls.cert.as_ref().expect("validated"),
-            config.tls.key.as_ref().expect("validated"),
-        );
-        let files = kreach_runtime::tls::load_tls_files(ca, cert, key)?;
-        Some(
-            tls_accept::server_config(&files.ca_pem, &files.cert_pem, &files.key_pem)
-                .context("configuring TLS")?,
-        )
-    };
-
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
     let address = listener.local_addr()?;
     tracing::info!(
         address = %address,
@@ -148,6 +303,15 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let shutdown = async {
         let _ = stop_receiver.await;
     };
+    let mut lost = lost;
+    let deposed = async {
+        match lost.as_mut() {
+            Some(lost) => lost
+                .await
+                .unwrap_or_else(|error| format!("the lease task failed: {error}")),
+            None => std::future::pending().await,
+        }
+    };
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_service(
@@ -158,21 +322,13 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
             pb::admin_service_server::AdminServiceServer::new(services)
                 .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
         );
-    let mut server = match tls {
-        None => tokio::spawn(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )),
-        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
-            tokio_stream::wrappers::ReceiverStream::new(tls_accept::accept_loop(listener, tls)),
-            shutdown,
-        )),
-    };
+    let mut server = spawn_server(router, listener, tls, shutdown);
     // The store is open and the listener bound: connections queue in the backlog until serving.
     kreach_runtime::daemon::systemd_notify::ready(&format!("listening on {address}"));
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    let ended = Ended::Stopped;
     tokio::select! {
         served = &mut server => {
             // The server ended by itself: an error (it never stops otherwise).
@@ -180,6 +336,12 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         }
         _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        why = deposed => {
+            // Stop releasing at once: nothing more is sent, and the store refuses our writes.
+            ticker.abort();
+            server.abort();
+            return Ok(Ended::Deposed(why));
+        }
     }
     kreach_runtime::daemon::systemd_notify::stopping();
     let _ = stop_sender.send(());
@@ -206,5 +368,5 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     if let Ok(Err(error)) = flushed {
         tracing::error!("flushing agent records at shutdown failed: {error}");
     }
-    Ok(())
+    Ok(ended)
 }
