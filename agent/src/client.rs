@@ -123,10 +123,15 @@ impl CoordinatorClient {
     }
 
     async fn follow(&mut self, cancel: &CancellationToken) {
+        let mut rotation = Rotation::new(self.coordinator.url.all().to_vec());
+        // Failed rounds of URLs since the last working session: each one backs off longer.
         let mut failures = 0u32;
+        // Per URL, the last failure logged at warn: a repeat of it is only a debug line.
+        let mut warned: std::collections::BTreeMap<String, String> = Default::default();
         loop {
+            let url = rotation.current().to_string();
             let mut subscribed_at = None;
-            let result = self.session(cancel, &mut subscribed_at).await;
+            let result = self.session(cancel, &url, &mut subscribed_at).await;
             if cancel.is_cancelled() {
                 break;
             }
@@ -134,17 +139,56 @@ impl CoordinatorClient {
                 Ok(()) => break,
                 Err(error) => error,
             };
+            if subscribed_at.is_some() {
+                warned.clear();
+            }
             if subscribed_at.is_some_and(|at: Instant| at.elapsed() > STABLE_SESSION) {
                 failures = 0;
+                rotation.worked();
             }
-            let delay = backoff_delay(failures, random_unit());
-            failures = failures.saturating_add(1);
-            tracing::warn!(
-                node = %self.config.node,
-                url = %self.coordinator.url,
-                "coordinator connection lost: {reason}; reconnecting in {} ms (still enforcing the last applied state)",
-                delay.as_millis()
-            );
+            let leader = leader_named(&reason);
+            let back_off = rotation.failed(leader.as_deref());
+            let next = rotation.current().to_string();
+            let delay = if back_off {
+                let delay = backoff_delay(failures, random_unit());
+                failures = failures.saturating_add(1);
+                delay
+            } else {
+                Duration::ZERO
+            };
+            let next_text = if next == url {
+                format!("reconnecting in {} ms", delay.as_millis())
+            } else if back_off {
+                format!(
+                    "every coordinator failed; trying {next} in {} ms",
+                    delay.as_millis()
+                )
+            } else if leader
+                .as_deref()
+                .is_some_and(|leader| same_url(leader, &next))
+            {
+                format!("trying the leader it named, {next}")
+            } else {
+                format!("trying {next}")
+            };
+            let text = reason.to_string();
+            if warned.get(&url) != Some(&text) {
+                tracing::warn!(
+                    node = %self.config.node,
+                    url = %url,
+                    "coordinator connection lost: {text}; {next_text} (still enforcing the last applied state)"
+                );
+                warned.insert(url, text);
+            } else {
+                tracing::debug!(
+                    node = %self.config.node,
+                    url = %url,
+                    "coordinator connection lost again: {text}; {next_text}"
+                );
+            }
+            if delay.is_zero() {
+                continue;
+            }
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
@@ -157,20 +201,21 @@ impl CoordinatorClient {
     async fn session(
         &mut self,
         cancel: &CancellationToken,
+        url: &str,
         subscribed_at: &mut Option<Instant>,
     ) -> Result<(), ClientError> {
-        let endpoint = endpoint(&self.coordinator)?;
+        let endpoint = endpoint(&self.coordinator, url)?;
         let channel = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
             connected = tokio::time::timeout(CALL_TIMEOUT, endpoint.connect()) => match connected {
                 Ok(Ok(channel)) => channel,
                 Ok(Err(error)) => return Err(ClientError::Connect {
-                    url: self.coordinator.url.clone(),
+                    url: url.to_string(),
                     detail: kreach_runtime::tls::explain_transport(error_chain(&error)),
                 }),
                 Err(_) => return Err(ClientError::Connect {
-                    url: self.coordinator.url.clone(),
+                    url: url.to_string(),
                     detail: format!("no connection within {CALL_TIMEOUT:?}"),
                 }),
             },
@@ -203,7 +248,7 @@ impl CoordinatorClient {
         let _dry_runs = self.start_dry_runs(&client).await?;
         tracing::info!(
             node = %self.config.node,
-            url = %self.coordinator.url,
+            url = %url,
             applied = %applied.map(|id| describe(&id)).unwrap_or_else(|| "nothing".into()),
             "subscribed to the coordinator"
         );
@@ -681,13 +726,14 @@ async fn call<T>(
     }
 }
 
-/// The channel's endpoint; the PEM files are read at every connect so renewed files take effect.
-fn endpoint(coordinator: &CoordinatorConfig) -> Result<Endpoint, ClientError> {
+/// The channel's endpoint to `url` (one of `coordinator`'s); the PEM files are read at every
+/// connect so renewed files take effect.
+fn endpoint(coordinator: &CoordinatorConfig, url: &str) -> Result<Endpoint, ClientError> {
     let endpoint_error = |source| ClientError::Endpoint {
-        url: coordinator.url.clone(),
+        url: url.to_string(),
         source,
     };
-    let mut endpoint = Endpoint::from_shared(coordinator.url.clone())
+    let mut endpoint = Endpoint::from_shared(url.to_string())
         .map_err(endpoint_error)?
         .connect_timeout(CALL_TIMEOUT)
         // Detect a coordinator that vanished without closing the connection. The interval is
@@ -708,12 +754,95 @@ fn endpoint(coordinator: &CoordinatorConfig) -> Result<Endpoint, ClientError> {
         let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&files.ca_pem))
             .identity(Identity::from_pem(&files.cert_pem, &files.key_pem));
-        if let Some(host) = coordinator.host() {
+        // The server name is the host of the URL being connected to, not of the first listed.
+        if let Some(host) = crate::config::url_host(url) {
             tls = tls.domain_name(host);
         }
         endpoint = endpoint.tls_config(tls).map_err(endpoint_error)?;
     }
     Ok(endpoint)
+}
+
+/// Which of the configured coordinators the next connection attempt goes to, and whether to back
+/// off before it. Pure, so the order is testable.
+///
+/// Each attempt after a failure goes to the next URL in the list, or to the leader a follower
+/// named when that is one of the list; only after as many failed attempts as there are URLs (a
+/// full round) does the agent back off. With one URL every failure is a full round: the same
+/// backoff as before several URLs were possible.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    urls: Vec<String>,
+    current: usize,
+    /// Attempts that failed since the last back-off or the last working session.
+    failed_in_round: usize,
+}
+
+impl Rotation {
+    pub fn new(urls: Vec<String>) -> Rotation {
+        assert!(!urls.is_empty(), "a checked config lists at least one URL");
+        Rotation {
+            urls,
+            current: 0,
+            failed_in_round: 0,
+        }
+    }
+
+    /// The URL the next attempt goes to.
+    pub fn current(&self) -> &str {
+        &self.urls[self.current]
+    }
+
+    /// The attempt to [`Rotation::current`] failed; `leader` is the URL a follower named, if it
+    /// did. Moves on, and says whether a full round failed (back off first).
+    pub fn failed(&mut self, leader: Option<&str>) -> bool {
+        self.failed_in_round += 1;
+        self.current = leader
+            .and_then(|leader| self.urls.iter().position(|url| same_url(url, leader)))
+            .unwrap_or((self.current + 1) % self.urls.len());
+        if self.failed_in_round >= self.urls.len() {
+            self.failed_in_round = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The session was a working one: the next failure starts a new round.
+    pub fn worked(&mut self) {
+        self.failed_in_round = 0;
+    }
+}
+
+/// Two spellings of one coordinator URL (a trailing `/` aside, scheme and host in any case).
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// The metadata key in which a follower coordinator names the leader's URL.
+pub const LEADER_METADATA: &str = "kreach-leader";
+
+/// The leader's URL when `error` is a follower's "not the leader" answer that names one.
+fn leader_named(error: &ClientError) -> Option<String> {
+    let ClientError::Rpc { status, .. } = error else {
+        return None;
+    };
+    leader_of(status)
+}
+
+/// The `kreach-leader` metadata of an `UNAVAILABLE` "not the leader: ..." status.
+pub fn leader_of(status: &tonic::Status) -> Option<String> {
+    if status.code() != tonic::Code::Unavailable || !status.message().starts_with("not the leader")
+    {
+        return None;
+    }
+    status
+        .metadata()
+        .get(LEADER_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .map(|url| url.trim().to_string())
+        .filter(|url| !url.is_empty())
 }
 
 /// The release this node last applied from a coordinator; none after only `apply-local`
@@ -757,6 +886,90 @@ fn rpc_failure(status: &tonic::Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rotation(urls: &[&str]) -> Rotation {
+        Rotation::new(urls.iter().map(ToString::to_string).collect())
+    }
+
+    #[test]
+    fn one_url_backs_off_after_every_failure_as_before() {
+        let mut one = rotation(&["https://c:7443"]);
+        for _ in 0..3 {
+            assert!(one.failed(None));
+            assert_eq!(one.current(), "https://c:7443");
+        }
+        // A leader it does not list is not followed.
+        assert!(one.failed(Some("https://elsewhere:7443")));
+        assert_eq!(one.current(), "https://c:7443");
+    }
+
+    #[test]
+    fn several_urls_are_tried_in_turn_and_back_off_only_after_a_full_round() {
+        let mut urls = rotation(&["https://a:7443", "https://b:7443", "https://c:7443"]);
+        assert_eq!(urls.current(), "https://a:7443");
+        assert!(!urls.failed(None));
+        assert_eq!(urls.current(), "https://b:7443");
+        assert!(!urls.failed(None));
+        assert_eq!(urls.current(), "https://c:7443");
+        // The third failure in a row completes the round: back off, then start over at a.
+        assert!(urls.failed(None));
+        assert_eq!(urls.current(), "https://a:7443");
+        // A working session starts a new round.
+        assert!(!urls.failed(None));
+        urls.worked();
+        assert!(!urls.failed(None));
+        assert!(!urls.failed(None));
+        assert!(urls.failed(None));
+    }
+
+    #[test]
+    fn a_follower_sends_the_next_attempt_to_the_leader_it_names_if_listed() {
+        let mut urls = rotation(&["https://a:7443", "https://b:7443", "https://c:7443"]);
+        // a is a follower naming c (as written with a trailing slash): c next, not b, no backoff.
+        assert!(!urls.failed(Some("https://c:7443/")));
+        assert_eq!(urls.current(), "https://c:7443");
+        // A leader outside the list is ignored: the next in the list.
+        assert!(!urls.failed(Some("https://10.0.0.9:7443")));
+        assert_eq!(urls.current(), "https://a:7443");
+        // Followers naming each other cannot loop without backing off: still one per round.
+        assert!(urls.failed(Some("https://b:7443")));
+        assert_eq!(urls.current(), "https://b:7443");
+    }
+
+    #[test]
+    fn only_a_not_the_leader_answer_names_a_leader() {
+        let with_leader = |code, message: &str| {
+            let mut status = tonic::Status::new(code, message);
+            status
+                .metadata_mut()
+                .insert(LEADER_METADATA, "https://b:7443".parse().unwrap());
+            status
+        };
+        let follower = with_leader(
+            tonic::Code::Unavailable,
+            "not the leader: this coordinator follows; the leader is at https://b:7443",
+        );
+        assert_eq!(leader_of(&follower).as_deref(), Some("https://b:7443"));
+        let error = ClientError::Rpc {
+            call: "ReportFacts",
+            status: follower,
+        };
+        assert_eq!(leader_named(&error).as_deref(), Some("https://b:7443"));
+        assert_eq!(
+            leader_of(&with_leader(tonic::Code::Unavailable, "connection refused")),
+            None
+        );
+        assert_eq!(
+            leader_of(&with_leader(tonic::Code::Internal, "not the leader: x")),
+            None
+        );
+        assert_eq!(
+            leader_of(&tonic::Status::unavailable(
+                "not the leader: no coordinator leads (etcd: timeout)"
+            )),
+            None
+        );
+    }
 
     #[test]
     fn backoff_doubles_from_200_ms_to_a_10_s_cap() {

@@ -102,8 +102,9 @@ fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
-    /// `https://host:port`; `http://` only with `insecure = true` on a loopback host.
-    pub url: String,
+    /// `https://host:port`, or a list of them (the coordinators of a highly available setup,
+    /// tried in turn); `http://` only with `insecure = true` on a loopback host.
+    pub url: CoordinatorUrls,
     /// PEM: the CA that signed the coordinator's certificate.
     pub ca: Option<PathBuf>,
     /// PEM: this node's certificate (from `kreachctl certs init`), naming the node.
@@ -121,50 +122,145 @@ pub struct CoordinatorConfig {
     pub facts_period: std::time::Duration,
 }
 
+/// `[coordinator] url`: one URL (`url = "https://c:7443"`) or several (`url = ["https://c1:7443",
+/// "https://c2:7443"]`), in the order the agent tries them. Kept as written: whether each is a
+/// usable URL is [`CoordinatorConfig`]'s check, which names the entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoordinatorUrls {
+    urls: Vec<String>,
+    /// Written as a list: its problems name the entry (`coordinator.url[2]`).
+    listed: bool,
+}
+
+impl CoordinatorUrls {
+    /// The URLs in the order written; never empty in a checked config.
+    pub fn all(&self) -> &[String] {
+        &self.urls
+    }
+
+    /// The first URL (the only one, unless several are listed).
+    pub fn first(&self) -> &str {
+        self.urls.first().map(String::as_str).unwrap_or("")
+    }
+}
+
+impl std::fmt::Display for CoordinatorUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.urls.join(", "))
+    }
+}
+
+impl From<&str> for CoordinatorUrls {
+    fn from(url: &str) -> Self {
+        CoordinatorUrls {
+            urls: vec![url.to_string()],
+            listed: false,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CoordinatorUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged, expecting = "a URL string or a list of URL strings")]
+        enum Written {
+            One(String),
+            Several(Vec<String>),
+        }
+        Ok(match Written::deserialize(deserializer)? {
+            Written::One(url) => CoordinatorUrls {
+                urls: vec![url],
+                listed: false,
+            },
+            Written::Several(urls) => CoordinatorUrls { urls, listed: true },
+        })
+    }
+}
+
 fn default_facts_period() -> std::time::Duration {
     std::time::Duration::from_secs(30)
 }
 
-impl CoordinatorConfig {
-    /// The URL's host without brackets, for TLS server-name checks.
-    pub fn host(&self) -> Option<String> {
-        let uri: tonic::transport::Uri = self.url.parse().ok()?;
-        uri.host().map(|host| {
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string()
-        })
-    }
+/// The URL's host without brackets, for TLS server-name checks: the host of the URL being
+/// connected to, which differs per coordinator when several are listed.
+pub fn url_host(url: &str) -> Option<String> {
+    let uri: tonic::transport::Uri = url.parse().ok()?;
+    uri.host().map(|host| {
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
+    })
+}
 
+impl CoordinatorConfig {
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let uri: tonic::transport::Uri = match self.url.parse() {
-            Ok(uri) => uri,
-            Err(error) => {
-                return vec![format!(
-                    "coordinator.url: {:?} is not a URL ({error}); write e.g. \"https://kreach-coordinator:7443\"",
-                    self.url
-                )]
-            }
-        };
-        let Some(host) = self.host().filter(|host| !host.is_empty()) else {
-            return vec![format!(
-                "coordinator.url: {:?} names no host; write e.g. \"https://kreach-coordinator:7443\"",
-                self.url
-            )];
-        };
         if self.facts_period < std::time::Duration::from_secs(1) {
             problems.push(
                 "coordinator.facts_period: must be at least \"1s\" (each read walks the process table)"
                     .to_string(),
             );
         }
+        let urls = self.url.all();
+        if urls.is_empty() {
+            problems.push(
+                "coordinator.url: an empty list; name at least one coordinator, e.g. url = [\"https://kreach-coordinator:7443\"]"
+                    .to_string(),
+            );
+            return problems;
+        }
+        let mut tls_problems = std::collections::BTreeSet::new();
+        for (index, url) in urls.iter().enumerate() {
+            let key = if self.url.listed {
+                format!("coordinator.url[{index}]")
+            } else {
+                "coordinator.url".to_string()
+            };
+            if let Some(first) = urls[..index].iter().position(|earlier| earlier == url) {
+                problems.push(format!(
+                    "{key}: {url:?} is also coordinator.url[{first}]; list each coordinator once"
+                ));
+                continue;
+            }
+            let (url_problems, tls) = self.url_problems(&key, url);
+            problems.extend(url_problems);
+            // The TLS files serve every URL: each of their problems is said once.
+            tls_problems.extend(tls);
+        }
+        problems.extend(tls_problems);
+        problems
+    }
+
+    /// What is wrong with one URL (`key` names it), and separately what is wrong with the TLS
+    /// settings for it.
+    fn url_problems(&self, key: &str, url: &str) -> (Vec<String>, Vec<String>) {
+        let mut problems = Vec::new();
+        let mut tls_problems = Vec::new();
+        let uri: tonic::transport::Uri = match url.parse() {
+            Ok(uri) => uri,
+            Err(error) => {
+                return (
+                    vec![format!(
+                        "{key}: {url:?} is not a URL ({error}); write e.g. \"https://kreach-coordinator:7443\""
+                    )],
+                    tls_problems,
+                )
+            }
+        };
+        let Some(host) = url_host(url).filter(|host| !host.is_empty()) else {
+            return (
+                vec![format!(
+                    "{key}: {url:?} names no host; write e.g. \"https://kreach-coordinator:7443\""
+                )],
+                tls_problems,
+            );
+        };
         let tls_files = [("ca", &self.ca), ("cert", &self.cert), ("key", &self.key)];
         match (uri.scheme_str(), self.insecure) {
             (Some("https"), false) => {
                 for (key, value) in tls_files {
                     if value.is_none() {
-                        problems.push(format!(
+                        tls_problems.push(format!(
                             "coordinator.{key}: missing; mutual TLS needs ca, cert and key (PEM files from `kreachctl certs init`)"
                         ));
                     }
@@ -178,25 +274,21 @@ impl CoordinatorConfig {
                 }
                 for (key, value) in tls_files {
                     if value.is_some() {
-                        problems.push(format!(
+                        tls_problems.push(format!(
                             "coordinator.{key}: not used with insecure = true; remove it or use https://"
                         ));
                     }
                 }
             }
             (Some("http"), false) => problems.push(format!(
-                "coordinator.url: {:?} is plaintext; use https:// (or, for a coordinator on this host only, set insecure = true)",
-                self.url
+                "{key}: {url:?} is plaintext; use https:// (or, for a coordinator on this host only, set insecure = true)"
             )),
-            (Some("https"), true) => problems.push(
+            (Some("https"), true) => tls_problems.push(
                 "coordinator.insecure: insecure = true needs an http:// URL; remove insecure to use TLS".to_string(),
             ),
-            _ => problems.push(format!(
-                "coordinator.url: {:?} must start with https://",
-                self.url
-            )),
+            _ => problems.push(format!("{key}: {url:?} must start with https://")),
         }
-        problems
+        (problems, tls_problems)
     }
 }
 
@@ -445,8 +537,11 @@ mod tests {
         assert_eq!(config.manage.hosts_file, PathBuf::from("/etc/hosts"));
         assert_eq!(config.service_manager.kind, ServiceManagerKind::Systemd);
         let coordinator = config.coordinator.expect("the example has a coordinator");
-        assert_eq!(coordinator.url, "https://kreach-coordinator:7443");
-        assert_eq!(coordinator.host().as_deref(), Some("kreach-coordinator"));
+        assert_eq!(coordinator.url.all(), ["https://kreach-coordinator:7443"]);
+        assert_eq!(
+            url_host(coordinator.url.first()).as_deref(),
+            Some("kreach-coordinator")
+        );
         assert!(!coordinator.insecure);
     }
 
@@ -460,6 +555,96 @@ mod tests {
     fn without_a_coordinator_section_the_agent_is_stand_alone() {
         let config = AgentConfig::parse("node = \"etl-1\"\n[manage]\n").unwrap();
         assert_eq!(config.coordinator, None);
+    }
+
+    const TLS_FILES: &str = "ca = \"/ca.pem\"\ncert = \"/node.pem\"\nkey = \"/node.key\"\n";
+
+    #[test]
+    fn the_url_is_one_string_or_a_list_tried_in_the_order_written() {
+        let one = with_coordinator(&format!("url = \"https://coord-1:7443\"\n{TLS_FILES}"))
+            .unwrap()
+            .coordinator
+            .unwrap();
+        assert_eq!(one.url.all(), ["https://coord-1:7443"]);
+        let several = with_coordinator(&format!(
+            "url = [\"https://coord-1:7443\", \"https://coord-2:7443\", \"https://[::1]:7443\"]\n{TLS_FILES}"
+        ))
+        .unwrap()
+        .coordinator
+        .unwrap();
+        assert_eq!(
+            several.url.all(),
+            [
+                "https://coord-1:7443",
+                "https://coord-2:7443",
+                "https://[::1]:7443"
+            ]
+        );
+        // Each URL's own host is the TLS server name when connecting to it.
+        let hosts: Vec<_> = several.url.all().iter().map(|url| url_host(url)).collect();
+        assert_eq!(
+            hosts,
+            [
+                Some("coord-1".to_string()),
+                Some("coord-2".to_string()),
+                Some("::1".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_entry_of_the_list_is_named_by_its_index() {
+        let error = with_coordinator(&format!(
+            "url = [\"https://coord-1:7443\", \"http://coord-2:7443\", \"ftp://coord-3\"]\n{TLS_FILES}"
+        ))
+        .unwrap_err();
+        assert!(
+            error.contains("coordinator.url[1]: \"http://coord-2:7443\" is plaintext")
+                && error.contains("coordinator.url[2]: \"ftp://coord-3\" must start with https://")
+                && !error.contains("coordinator.url[0]"),
+            "{error}"
+        );
+        let error = with_coordinator(&format!("url = [\"https://c:7443\", \"\"]\n{TLS_FILES}"))
+            .unwrap_err();
+        assert!(error.starts_with("coordinator.url[1]: \"\""), "{error}");
+        // The TLS files serve every URL: a missing one is said once, not once per URL.
+        let error =
+            with_coordinator("url = [\"https://a:7443\", \"https://b:7443\"]\n").unwrap_err();
+        assert_eq!(
+            error.matches("coordinator.ca: missing").count(),
+            1,
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_empty_list_a_duplicate_or_a_list_of_non_strings_is_an_error() {
+        let error = with_coordinator(&format!("url = []\n{TLS_FILES}")).unwrap_err();
+        assert!(
+            error.contains("coordinator.url: an empty list; name at least one coordinator"),
+            "{error}"
+        );
+        let error = with_coordinator(&format!(
+            "url = [\"https://a:7443\", \"https://b:7443\", \"https://a:7443\"]\n{TLS_FILES}"
+        ))
+        .unwrap_err();
+        assert!(
+            error.contains(
+                "coordinator.url[2]: \"https://a:7443\" is also coordinator.url[0]; list each coordinator once"
+            ),
+            "{error}"
+        );
+        let error = with_coordinator(&format!("url = [7443]\n{TLS_FILES}")).unwrap_err();
+        assert!(
+            error.contains("a URL string or a list of URL strings"),
+            "{error}"
+        );
+        // A single URL keeps its messages without an index.
+        let error = with_coordinator("url = \"http://c:7443\"\n").unwrap_err();
+        assert!(
+            error.starts_with("coordinator.url: \"http://c:7443\" is plaintext"),
+            "{error}"
+        );
     }
 
     #[test]

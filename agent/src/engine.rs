@@ -1124,7 +1124,7 @@ fn read_text(files: &dyn Files, path: &Path) -> Result<Option<String>, EngineErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::service::ServiceError;
 
@@ -1256,9 +1256,11 @@ mod tests {
         }
     }
 
-    struct Fixture {
-        dir: tempfile::TempDir,
-        restarts: Arc<Mutex<u32>>,
+    /// A broker host in a temporary directory whose Kafka restarts are counted (the reconciler's
+    /// tests use it too).
+    pub(crate) struct Fixture {
+        pub(crate) dir: tempfile::TempDir,
+        pub(crate) restarts: Arc<Mutex<u32>>,
         asked: Asked,
         verified: Verified,
         reloads: Reloads,
@@ -1267,7 +1269,7 @@ mod tests {
     const INITIAL: &str = "listeners=INTERNAL://127.0.0.1:9092\nadvertised.listeners=INTERNAL://old-name:9092\nlistener.security.protocol.map=INTERNAL:PLAINTEXT\n";
 
     impl Fixture {
-        fn new() -> Fixture {
+        pub(crate) fn new() -> Fixture {
             let dir = tempfile::tempdir().unwrap();
             std::fs::write(dir.path().join("hosts"), "127.0.0.1 localhost\n").unwrap();
             std::fs::write(dir.path().join("server.properties"), INITIAL).unwrap();
@@ -1280,7 +1282,11 @@ mod tests {
             }
         }
 
-        fn engine(&self, refuse: Option<&str>, post: Result<Vec<GateCheck>, String>) -> Engine {
+        pub(crate) fn engine(
+            &self,
+            refuse: Option<&str>,
+            post: Result<Vec<GateCheck>, String>,
+        ) -> Engine {
             self.engine_answering(refuse, vec![post])
         }
 
@@ -1319,7 +1325,7 @@ mod tests {
             )
         }
 
-        fn node_spec(&self) -> NodeSpec {
+        pub(crate) fn node_spec(&self) -> NodeSpec {
             let spec = kreach_domain::spec::ClusterSpec::parse(
                 "[cluster]\nname = \"c\"\n[listeners.internal]\nport = 9092\nbind = \"127.0.0.1\"\nadvertise = \"hostname\"\n\
                  [[broker]]\nid = 2\nnode = \"emr-worker-2\"\nhostname = \"emr-worker-2.c\"\nprivate_ip = \"198.18.0.12\"\n",
@@ -1328,7 +1334,7 @@ mod tests {
             kreach_domain::desired::node_spec(&spec, "emr-worker-2").unwrap()
         }
 
-        fn read(&self, name: &str) -> String {
+        pub(crate) fn read(&self, name: &str) -> String {
             std::fs::read_to_string(self.dir.path().join(name)).unwrap()
         }
     }

@@ -999,6 +999,63 @@ mod tests {
         task.await.unwrap().unwrap();
     }
 
+    #[tokio::test]
+    async fn a_release_already_held_handed_again_by_another_coordinator_changes_nothing() {
+        // A broker: its first release rewrites server.properties and restarts Kafka once.
+        let fixture = crate::engine::tests::Fixture::new();
+        let engine = fixture.engine(None, Ok(vec![]));
+        let (reconciler, handle) =
+            Reconciler::new(engine, std::sync::Arc::new(crate::health::board()));
+        let (watching, _) = tokio::sync::oneshot::channel();
+        let task = spawn(reconciler, &handle, watching);
+        let spec = fixture.node_spec();
+        let (applying, result) = release(&handle, id(1), Ok(spec.clone())).await;
+        assert!(
+            applying && matches!(result, ReleaseResult::Converged { .. }),
+            "{result:?}"
+        );
+        assert_eq!(*fixture.restarts.lock().unwrap(), 1);
+        let (properties, hosts) = (fixture.read("server.properties"), fixture.read("hosts"));
+        assert!(properties.contains("emr-worker-2.c"), "{properties}");
+
+        // After a failover the new leader (sharing the store) hands the same release: the same
+        // id and content, released by another coordinator. Releases are compared by id and
+        // node spec, never by who sent them: nothing is applied, Kafka is not restarted.
+        let (events, mut answers) = unbounded_channel();
+        assert!(handle.send(Command::Release(Box::new(ReleaseRequest {
+            id: id(1),
+            spec: Ok(spec.clone()),
+            released_by: "coordinator-2 (after a failover)".into(),
+            clusters: Vec::new(),
+            events,
+        }))));
+        let mut applying = false;
+        let again = loop {
+            match answers.recv().await.expect("an answer") {
+                ReleaseEvent::Applying => applying = true,
+                ReleaseEvent::Done(result) => break result,
+            }
+        };
+        assert_eq!((applying, again), (false, ReleaseResult::AlreadyApplied));
+        assert_eq!(
+            *fixture.restarts.lock().unwrap(),
+            1,
+            "Kafka restarted again"
+        );
+        assert_eq!(fixture.read("server.properties"), properties);
+        assert_eq!(fixture.read("hosts"), hosts);
+        assert_eq!(
+            handle
+                .applied()
+                .borrow()
+                .as_ref()
+                .map(AppliedState::release),
+            Some(id(1))
+        );
+        assert!(handle.send(Command::Stop));
+        task.await.unwrap().unwrap();
+    }
+
     /// etl-1's node spec in a cluster `name` whose one broker `b1.NAME` is at `ip`.
     fn client_of(name: &str, ip: &str) -> NodeSpec {
         let spec = SPEC

@@ -21,7 +21,7 @@ pub mod kreachctl {
         name = "kreachctl",
         version,
         about = "Operate kreach: validate and render cluster specs offline; plan, apply and follow rollouts on a coordinator; create the mutual-TLS certificates.",
-        after_help = "The commands that talk to the coordinator (plan, apply, status, check, rollout, history, rollback, nodes, clusters, ...) take --coordinator URL, --certs DIR and --insecure (or KREACH_COORDINATOR and KREACH_CERTS), and --cluster NAME (or KREACH_CLUSTER) once the coordinator holds several clusters (plan and apply take it from the spec); see their --help.\n\nExit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
+        after_help = "The commands that talk to the coordinator (plan, apply, status, check, rollout, history, rollback, nodes, clusters, ...) take --coordinator URL[,URL...], --certs DIR and --insecure (or KREACH_COORDINATOR and KREACH_CERTS), and --cluster NAME (or KREACH_CLUSTER) once the coordinator holds several clusters (plan and apply take it from the spec); see their --help.\n\nExit codes: 0 success; 1 failure (unreachable coordinator, unreadable file, refused request); 2 the spec is invalid (a file over 4 MiB or not UTF-8 included) or the node is unknown; 3 the rollout paused or was aborted (status --watch, apply --wait); 4 (check) some client cannot reach some broker it should, or has not reported yet."
     )]
     pub struct Cli {
         /// Output format.
@@ -105,7 +105,10 @@ pub mod kreachctl {
     /// it beats the hidden spelling before the command, and that one beats the environment).
     #[derive(Args)]
     struct RawConnectArgs {
-        /// The coordinator's URL.
+        /// The coordinator's URL, or several separated by commas
+        /// (`https://coord-1:7443,https://coord-2:7443`): the coordinators of a highly available
+        /// setup, tried in order; one that cannot be reached, or that follows (`not the leader`),
+        /// is passed over for the leader it names, else for the next.
         #[arg(
             long,
             global = true,

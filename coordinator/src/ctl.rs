@@ -12,6 +12,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 /// Where the coordinator is and how to authenticate.
 #[derive(Debug, Clone)]
 pub struct Connection {
+    /// `--coordinator`: one URL, or several separated by commas (the coordinators of a highly
+    /// available setup; see [`Connection::admin`]).
     pub url: String,
     /// Directory with `ca.pem`, `admin.pem` and `admin.key` (from `kreachctl certs init`).
     pub certs: PathBuf,
@@ -20,12 +22,126 @@ pub struct Connection {
     pub cluster: String,
 }
 
+/// The metadata key in which a follower coordinator names the leader's URL.
+pub const LEADER_METADATA: &str = "kreach-leader";
+
+/// How long the leader check of one coordinator may take, once connected.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why one of several coordinators was passed over.
+struct PassedOver {
+    reason: String,
+    /// The leader it named (`kreach-leader`), if it is a follower that knows one.
+    leader: Option<String>,
+}
+
 impl Connection {
-    pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
-        let uri: tonic::transport::Uri = self
+    /// The URLs of `--coordinator`, in the order given: split at commas, each trimmed. An empty
+    /// entry or one given twice is an error.
+    pub fn urls(&self) -> anyhow::Result<Vec<String>> {
+        let urls: Vec<String> = self
             .url
+            .split(',')
+            .map(|url| url.trim().to_string())
+            .collect();
+        if urls.len() == 1 {
+            // One URL is taken as given, as before lists were possible.
+            return Ok(vec![self.url.clone()]);
+        }
+        for (index, url) in urls.iter().enumerate() {
+            if url.is_empty() {
+                anyhow::bail!(
+                    "--coordinator {:?}: entry {} is empty; separate the URLs with single commas",
+                    self.url,
+                    index + 1
+                );
+            }
+            if urls[..index].contains(url) {
+                anyhow::bail!(
+                    "--coordinator {:?}: {url} is listed twice; list each coordinator once",
+                    self.url
+                );
+            }
+        }
+        Ok(urls)
+    }
+
+    /// A client of the coordinator that leads. With one URL, that coordinator, as it always was.
+    /// With several, they are tried in order: one that refuses the connection, or answers
+    /// `UNAVAILABLE` (a follower says `not the leader`), is passed over for the leader it names
+    /// in `kreach-leader` when that is one of the list, else for the next one; each URL at most
+    /// once. Whether a coordinator leads is asked with one cheap call (`Clusters`), since a
+    /// follower accepts connections. When none answers, the error names each URL and its reason.
+    pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
+        let urls = self.urls()?;
+        if let [url] = urls.as_slice() {
+            return self.admin_at(url).await;
+        }
+        // Every URL is checked before any is tried: a typo is an error, not a reason to skip.
+        let endpoints = urls
+            .iter()
+            .map(|url| self.endpoint(url))
+            .collect::<anyhow::Result<Vec<Endpoint>>>()?;
+        let mut tried = vec![false; urls.len()];
+        let mut reasons = Vec::new();
+        let mut index = 0;
+        loop {
+            tried[index] = true;
+            let passed_over = match endpoints[index].connect().await {
+                Err(error) => PassedOver {
+                    reason: kreach_runtime::tls::explain_transport(
+                        kreach_runtime::tls::error_chain(&error),
+                    ),
+                    leader: None,
+                },
+                Ok(channel) => {
+                    let mut admin = admin_client(channel);
+                    match tokio::time::timeout(
+                        PROBE_TIMEOUT,
+                        admin.clusters(pb::ClustersRequest {}),
+                    )
+                    .await
+                    {
+                        Err(_) => PassedOver {
+                            reason: format!("no answer within {PROBE_TIMEOUT:?}"),
+                            leader: None,
+                        },
+                        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                            PassedOver {
+                                reason: kreach_runtime::tls::with_causes(
+                                    status.message(),
+                                    std::error::Error::source(&status),
+                                ),
+                                leader: leader_of(&status),
+                            }
+                        }
+                        // It leads; any other refusal is the command's to report.
+                        Ok(_) => return Ok(admin),
+                    }
+                }
+            };
+            reasons.push(format!("{}: {}", urls[index], passed_over.reason));
+            let leader = passed_over
+                .leader
+                .and_then(|leader| urls.iter().position(|url| same_url(url, &leader)))
+                .filter(|&leader| !tried[leader]);
+            let next = leader.or_else(|| {
+                (1..urls.len())
+                    .map(|step| (index + step) % urls.len())
+                    .find(|&candidate| !tried[candidate])
+            });
+            match next {
+                Some(next) => index = next,
+                None => anyhow::bail!("no coordinator answered: {}", reasons.join("; ")),
+            }
+        }
+    }
+
+    /// The endpoint of one coordinator, with this connection's TLS settings.
+    fn endpoint(&self, url: &str) -> anyhow::Result<Endpoint> {
+        let uri: tonic::transport::Uri = url
             .parse()
-            .map_err(|e| anyhow::anyhow!("--coordinator {:?} is not a URL: {e}", self.url))?;
+            .map_err(|e| anyhow::anyhow!("--coordinator {url:?} is not a URL: {e}"))?;
         let host = uri
             .host()
             .unwrap_or("")
@@ -54,15 +170,48 @@ impl Connection {
                     .domain_name(host.clone()),
             )?;
         }
-        let channel = endpoint.connect().await.map_err(|e| {
+        Ok(endpoint)
+    }
+
+    /// The one coordinator at `url`, with the errors kreachctl has always given.
+    async fn admin_at(&self, url: &str) -> anyhow::Result<AdminServiceClient<Channel>> {
+        let channel = self.endpoint(url)?.connect().await.map_err(|e| {
             anyhow::anyhow!(
                 "cannot reach the coordinator at {}: {}",
-                self.url,
+                url,
                 kreach_runtime::tls::explain_transport(kreach_runtime::tls::error_chain(&e))
             )
         })?;
-        Ok(AdminServiceClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES))
+        Ok(admin_client(channel))
     }
+}
+
+fn admin_client(channel: Channel) -> AdminServiceClient<Channel> {
+    AdminServiceClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+}
+
+/// Two spellings of one coordinator URL (a trailing `/` aside, in any case).
+fn same_url(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/')
+        .eq_ignore_ascii_case(b.trim_end_matches('/'))
+}
+
+/// Whether `status` is a follower coordinator's answer: `UNAVAILABLE`, `not the leader: ...`.
+pub fn is_not_the_leader(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unavailable && status.message().starts_with("not the leader")
+}
+
+/// The leader a follower's `not the leader` answer names in `kreach-leader` metadata.
+pub fn leader_of(status: &tonic::Status) -> Option<String> {
+    if !is_not_the_leader(status) {
+        return None;
+    }
+    status
+        .metadata()
+        .get(LEADER_METADATA)
+        .and_then(|value| value.to_str().ok())
+        .map(|url| url.trim().to_string())
+        .filter(|url| !url.is_empty())
 }
 
 /// A gRPC error as an operator reads it.
@@ -73,6 +222,9 @@ pub fn status_message(status: &tonic::Status) -> String {
         return kreach_runtime::tls::explain_transport(message);
     }
     let hint = match status.code() {
+        tonic::Code::Unavailable if is_not_the_leader(status) => {
+            " (list every coordinator in --coordinator, comma-separated, and kreachctl goes to the leader)"
+        }
         tonic::Code::Unavailable => " (is kreach-coordinator running, and is --coordinator right?)",
         // With TLS 1.3 a refused client certificate shows up only as a closed connection.
         tonic::Code::Cancelled => {
@@ -1238,6 +1390,57 @@ mod tests {
             none.starts_with("rollout: none (no spec applied yet)\n"),
             "{none}"
         );
+    }
+
+    fn connection(url: &str) -> Connection {
+        Connection {
+            url: url.to_string(),
+            certs: PathBuf::new(),
+            insecure: true,
+            cluster: String::new(),
+        }
+    }
+
+    #[test]
+    fn coordinator_urls_are_comma_separated_and_one_is_taken_as_given() {
+        assert_eq!(
+            connection("https://a:7443").urls().unwrap(),
+            ["https://a:7443"]
+        );
+        assert_eq!(
+            connection("https://a:7443, https://b:7443,https://c:7443")
+                .urls()
+                .unwrap(),
+            ["https://a:7443", "https://b:7443", "https://c:7443"]
+        );
+        let error = connection("https://a:7443,").urls().unwrap_err();
+        assert!(error.to_string().contains("entry 2 is empty"), "{error}");
+        let error = connection("https://a:7443,https://a:7443")
+            .urls()
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("https://a:7443 is listed twice; list each coordinator once"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_follower_is_told_apart_and_its_leader_read() {
+        let mut follower = tonic::Status::unavailable("not the leader: the leader is at https://b");
+        follower
+            .metadata_mut()
+            .insert(LEADER_METADATA, "https://b:7443".parse().unwrap());
+        assert_eq!(leader_of(&follower).as_deref(), Some("https://b:7443"));
+        assert!(status_message(&follower).contains("list every coordinator in --coordinator"));
+        let leaderless =
+            tonic::Status::unavailable("not the leader: no coordinator leads (etcd: x)");
+        assert!(is_not_the_leader(&leaderless) && leader_of(&leaderless).is_none());
+        let down = tonic::Status::unavailable("connection refused");
+        assert!(!is_not_the_leader(&down));
+        assert!(status_message(&down).contains("is kreach-coordinator running"));
+        assert!(same_url("https://B:7443/", "https://b:7443"));
     }
 
     #[test]

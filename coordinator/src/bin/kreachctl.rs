@@ -335,7 +335,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, None);
             if *wait {
-                return follow(cli, &mut admin, &cluster).await;
+                return follow(cli, &connection, &mut admin, &cluster).await;
             }
             Ok(0)
         }
@@ -354,7 +354,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                         "no rollout to follow: no spec applied yet (kreachctl apply SPEC first)"
                     );
                 }
-                return follow(cli, &mut admin, &connection.cluster).await;
+                return follow(cli, &connection, &mut admin, &connection.cluster).await;
             }
             let status = admin
                 .status(pb::StatusRequest {
@@ -488,7 +488,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, Some(*to));
             if *wait {
-                return follow(cli, &mut admin, &connection.cluster).await;
+                return follow(cli, &connection, &mut admin, &connection.cluster).await;
             }
             Ok(0)
         }
@@ -680,6 +680,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
 /// answer.
 async fn follow(
     cli: &Cli,
+    connection: &ctl::Connection,
     admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
     cluster: &str,
 ) -> anyhow::Result<u8> {
@@ -687,15 +688,28 @@ async fn follow(
     use tokio_stream::StreamExt;
     /// How long a completed rollout waits for clients' first reachability reports.
     const REACHABILITY_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+    /// With several coordinators: how often a lost stream is followed on another one.
+    const RECONNECTS: u32 = 10;
     let terminal = cli.output == Output::Table && std::io::stdout().is_terminal();
     let started = std::time::Instant::now();
-    let mut stream = admin
-        .watch(pb::StatusRequest {
+    let watch = |admin: &mut pb::admin_service_client::AdminServiceClient<_>| {
+        let mut admin = admin.clone();
+        let request = pb::StatusRequest {
             cluster: cluster.to_string(),
-        })
-        .await
-        .map_err(|status| anyhow::anyhow!(ctl::status_message(&status)))?
-        .into_inner();
+        };
+        async move {
+            admin
+                .watch(request)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|status| anyhow::anyhow!(ctl::status_message(&status)))
+        }
+    };
+    let mut stream = watch(admin).await?;
+    // A stream lost with several coordinators listed (the leader stopped or stepped down) is
+    // followed again on the one that leads now, through the same list.
+    let failover = connection.urls()?.len() > 1;
+    let mut reconnects = 0;
     let mut previous: Option<pb::StatusResponse> = None;
     let mut completed_at: Option<std::time::Instant> = None;
     loop {
@@ -704,14 +718,34 @@ async fn follow(
             .map(|at| REACHABILITY_GRACE.saturating_sub(at.elapsed()))
             .unwrap_or(std::time::Duration::MAX);
         let update = match tokio::time::timeout(wait, stream.next()).await {
-            Ok(Some(update)) => update,
-            Ok(None) => anyhow::bail!("the coordinator closed the status stream"),
+            Ok(Some(update)) => Some(update),
+            Ok(None) => None,
             Err(_) => {
                 println!("(some clients have not reported their reachability yet: `kreachctl check` shows them as they do)");
                 return Ok(0);
             }
         };
-        let status = update.map_err(|status| anyhow::anyhow!(ctl::status_message(&status)))?;
+        let received = match update {
+            Some(Ok(status)) => Ok(status),
+            Some(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                Err(ctl::status_message(&status))
+            }
+            Some(Err(status)) => anyhow::bail!(ctl::status_message(&status)),
+            None => Err("the coordinator closed the status stream".to_string()),
+        };
+        let status = match received {
+            Ok(status) => status,
+            Err(lost) if !failover || reconnects >= RECONNECTS => anyhow::bail!(lost),
+            Err(lost) => {
+                reconnects += 1;
+                eprintln!(
+                    "kreachctl: {lost}; following the rollout on the coordinator that leads now"
+                );
+                *admin = connection.admin().await?;
+                stream = watch(admin).await?;
+                continue;
+            }
+        };
         if previous.as_ref() != Some(&status) {
             match cli.output {
                 Output::Json => println!(
