@@ -230,6 +230,9 @@ pub struct Fleet {
     /// `KREACH_CLUSTER` for this fleet's kreachctl runs: needed once its coordinator holds
     /// several clusters.
     pub cluster: Option<String>,
+    /// Several coordinators (`http://host:port` each) instead of `coordinator_addr`'s one: the
+    /// agents' `url` list and kreachctl's `--coordinator` list.
+    pub coordinator_urls: Vec<String>,
 }
 
 pub struct Ctl {
@@ -286,6 +289,7 @@ impl Fleet {
             env: BTreeMap::new(),
             restart_wrapper: BTreeMap::new(),
             cluster: None,
+            coordinator_urls: Vec::new(),
         };
         for id in 1..=brokers {
             let node = format!("{prefix}-{id}");
@@ -450,7 +454,7 @@ impl Fleet {
                 "node = \"{node}\"\nstate_dir = {state:?}\n{labels}[manage]\nhosts_file = {hosts:?}\nkafka_properties = {props:?}\nprobe = {probe:?}\nkafka_tls_dir = {tls:?}\n\
                  controller_check = [\"test\", \"-e\", {flag:?}]\n\
                  [service_manager]\nkind = \"command\"\nrestart = {restart:?}\n\
-                 [coordinator]\nurl = \"http://{addr}\"\ninsecure = true\nfacts_period = \"1s\"\n",
+                 [coordinator]\nurl = {url}\ninsecure = true\nfacts_period = \"1s\"\n",
                 node = broker.node,
                 labels = self.labels_line(&broker.node),
                 state = broker.state_dir().display().to_string(),
@@ -458,7 +462,7 @@ impl Fleet {
                 props = broker.properties_path().display().to_string(),
                 tls = broker.dir.join("kafka-tls").display().to_string(),
                 flag = flag.display().to_string(),
-                addr = self.coordinator_addr,
+                url = self.agent_url(),
                 probe = self.probe,
             );
             std::fs::write(
@@ -468,12 +472,12 @@ impl Fleet {
         }
         for (node, dir) in &self.clients {
             let config = format!(
-                "node = \"{node}\"\nstate_dir = {:?}\n{}[manage]\nhosts_file = {:?}\nkafka_ca_dir = {:?}\n[coordinator]\nurl = \"http://{}\"\ninsecure = true\nfacts_period = \"1s\"\n",
+                "node = \"{node}\"\nstate_dir = {:?}\n{}[manage]\nhosts_file = {:?}\nkafka_ca_dir = {:?}\n[coordinator]\nurl = {}\ninsecure = true\nfacts_period = \"1s\"\n",
                 dir.join("state").display().to_string(),
                 self.labels_line(node),
                 dir.join("etc/hosts").display().to_string(),
                 dir.join("kafka-ca").display().to_string(),
-                self.coordinator_addr
+                self.agent_url()
             );
             std::fs::write(
                 dir.join("agent.toml"),
@@ -491,6 +495,24 @@ impl Fleet {
             self.spawn_agent(&node, &dir)?;
         }
         self.wait_until_online(Duration::from_secs(20))
+    }
+
+    /// The agents' `[coordinator] url`, as TOML: one URL, or the list of `coordinator_urls`.
+    fn agent_url(&self) -> String {
+        if self.coordinator_urls.is_empty() {
+            format!("\"http://{}\"", self.coordinator_addr)
+        } else {
+            format!("{:?}", self.coordinator_urls)
+        }
+    }
+
+    /// kreachctl's `--coordinator`: one URL, or `coordinator_urls` comma-separated.
+    pub fn ctl_url(&self) -> String {
+        if self.coordinator_urls.is_empty() {
+            format!("http://{}", self.coordinator_addr)
+        } else {
+            self.coordinator_urls.join(",")
+        }
     }
 
     fn spawn_agent(&mut self, node: &str, dir: &Path) -> Result<()> {
@@ -578,7 +600,7 @@ impl Fleet {
         }
         let mut child = command
             .arg("--coordinator")
-            .arg(format!("http://{}", self.coordinator_addr))
+            .arg(self.ctl_url())
             .arg("--insecure")
             .args(args)
             .stdin(Stdio::piped())

@@ -2,5 +2,6 @@
 
 pub mod artifacts;
 pub mod fleet;
+pub mod ha;
 pub mod netns;
 pub mod nspawn;

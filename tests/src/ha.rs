@@ -1,0 +1,121 @@
+//! The high-availability harness (issue 16): coordinators sharing a real etcd (Debian's
+//! `etcd-server`, members started by the test on loopback), in front of a fleet of stand-in
+//! agents. Used by `tests/ha_etcd.rs` and the failover benchmark.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kreach_test_parts::etcd::EtcdCluster;
+
+use crate::fleet::{coordinator_binary, Fleet, FleetSpec, Proc};
+
+/// The coordinators' `lease_ttl`, seconds: short, so failover is quick in a test.
+pub const LEASE_TTL_S: u64 = 3;
+
+/// Coordinators on one etcd prefix, each with its own state directory and port.
+pub struct Coordinators {
+    pub configs: Vec<std::path::PathBuf>,
+    pub urls: Vec<String>,
+    pub procs: Vec<Option<Proc>>,
+}
+
+impl Coordinators {
+    pub fn new(fleet: &Fleet, etcd: &EtcdCluster, count: usize) -> Coordinators {
+        let mut configs = Vec::new();
+        let mut urls = Vec::new();
+        for index in 0..count {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let url = format!("http://127.0.0.1:{port}");
+            let config = fleet.dir.path().join(format!("coordinator-{index}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "listen = \"127.0.0.1:{port}\"\nstate_dir = {:?}\n[tls]\ninsecure = true\n\
+                     [store]\nkind = \"etcd\"\nendpoints = {:?}\nprefix = \"/kreach-test\"\n\
+                     lease_ttl = \"{LEASE_TTL_S}s\"\nadvertise = {url:?}\n",
+                    fleet
+                        .dir
+                        .path()
+                        .join(format!("coordinator-{index}"))
+                        .display()
+                        .to_string(),
+                    etcd.endpoints(),
+                ),
+            )
+            .unwrap();
+            configs.push(config);
+            urls.push(url);
+        }
+        let mut coordinators = Coordinators {
+            configs,
+            urls,
+            procs: Vec::new(),
+        };
+        for index in 0..count {
+            coordinators.procs.push(None);
+            coordinators.start(index);
+        }
+        coordinators
+    }
+
+    pub fn start(&mut self, index: usize) {
+        let mut command = Command::new(coordinator_binary());
+        command.arg("--config").arg(&self.configs[index]);
+        let proc = Proc::spawn(&mut command).unwrap();
+        proc.wait_for_log("listening on", Duration::from_secs(20))
+            .unwrap();
+        self.procs[index] = Some(proc);
+    }
+
+    /// The index of the coordinator that leads now (its log says it was elected and it was not
+    /// killed), waiting up to `timeout`.
+    pub fn leader(&self, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for (index, proc) in self.procs.iter().enumerate() {
+                if let Some(proc) = proc {
+                    let log = proc.log();
+                    let elected = log.matches("elected leader of the coordinators").count();
+                    let lost = log.matches("stopped leading").count();
+                    if elected > lost {
+                        return index;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no coordinator leads after {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn apply(fleet: &Fleet, spec: &std::path::Path) {
+    let run = fleet
+        .ctl(&["apply", "--yes", "--force", spec.to_str().unwrap()])
+        .unwrap();
+    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+}
+
+/// Etcd, three coordinators, three brokers and a client on generation 1.
+pub fn ha_fleet(test: &str, net: u8) -> Option<(EtcdCluster, Coordinators, Fleet)> {
+    let etcd = EtcdCluster::start(test, 3)?;
+    let mut fleet = Fleet::new(net, 3, &[("etl-1", "private")]).unwrap();
+    let coordinators = Coordinators::new(&fleet, &etcd, 3);
+    fleet.coordinator_urls = coordinators.urls.clone();
+    coordinators.leader(Duration::from_secs(20));
+    fleet.start_agents(Some(3)).unwrap();
+    let gen1 = fleet
+        .write_spec("gen1.toml", &FleetSpec::default())
+        .unwrap();
+    apply(&fleet, &gen1);
+    fleet
+        .wait_for_rollout("completed", Duration::from_secs(60))
+        .unwrap();
+    Some((etcd, coordinators, fleet))
+}
