@@ -49,10 +49,10 @@ fi
 
 if skipped ha; then
   echo "== ha: opted out (KREACH_SKIP), not installed"
-elif [ -x /usr/bin/etcd ]; then  # the path test-parts/src/etcd.rs runs
-  echo "== ha: /usr/bin/etcd is here"
+elif [ -x /usr/bin/etcd ] && command -v nft >/dev/null 2>&1; then  # the path test-parts/src/etcd.rs runs
+  echo "== ha: /usr/bin/etcd and nft are here"
 else
-  echo "== ha: Debian etcd-server (the tests start their own members on free loopback ports)"
+  echo "== ha: Debian etcd-server (the tests start their own members on free loopback ports) and nftables (the partition test)"
   # The package's postinst starts etcd on 2379/2380 through invoke-rc.d; a policy-rc.d that
   # exits 101 forbids that start. Docker images ship one; elsewhere write it (only if absent).
   if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -60,5 +60,5 @@ else
     chmod 755 /usr/sbin/policy-rc.d
   fi
   apt-get update -q
-  apt-get install -y -q --no-install-recommends etcd-server
+  apt-get install -y -q --no-install-recommends etcd-server nftables
 fi

@@ -17,10 +17,29 @@ pub struct Coordinators {
     pub configs: Vec<std::path::PathBuf>,
     pub urls: Vec<String>,
     pub procs: Vec<Option<Proc>>,
+    /// Each coordinator's own user id (so a firewall rule can single out its traffic), when
+    /// they run as users of their own; None: as the test's user.
+    pub uids: Option<Vec<u32>>,
 }
 
 impl Coordinators {
     pub fn new(fleet: &Fleet, etcd: &EtcdCluster, count: usize) -> Coordinators {
+        Coordinators::new_as(fleet, etcd, count, None)
+    }
+
+    /// [`Coordinators::new`], coordinator N running as user `uids[N]` (root only): its state
+    /// directory is given to that user, and the fleet's directory opened for reading.
+    pub fn new_as(
+        fleet: &Fleet,
+        etcd: &EtcdCluster,
+        count: usize,
+        uids: Option<Vec<u32>>,
+    ) -> Coordinators {
+        if uids.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(fleet.dir.path(), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
         let mut configs = Vec::new();
         let mut urls = Vec::new();
         for index in 0..count {
@@ -47,6 +66,11 @@ impl Coordinators {
                 ),
             )
             .unwrap();
+            if let Some(uids) = &uids {
+                let state = fleet.dir.path().join(format!("coordinator-{index}"));
+                std::fs::create_dir_all(&state).unwrap();
+                std::os::unix::fs::chown(&state, Some(uids[index]), Some(uids[index])).unwrap();
+            }
             configs.push(config);
             urls.push(url);
         }
@@ -54,6 +78,7 @@ impl Coordinators {
             configs,
             urls,
             procs: Vec::new(),
+            uids,
         };
         for index in 0..count {
             coordinators.procs.push(None);
@@ -63,7 +88,19 @@ impl Coordinators {
     }
 
     pub fn start(&mut self, index: usize) {
-        let mut command = Command::new(coordinator_binary());
+        let mut command = match &self.uids {
+            // setpriv execs the coordinator: the pid is the coordinator's.
+            Some(uids) => {
+                let mut command = Command::new("setpriv");
+                command
+                    .arg(format!("--reuid={}", uids[index]))
+                    .arg(format!("--regid={}", uids[index]))
+                    .arg("--clear-groups")
+                    .arg(coordinator_binary());
+                command
+            }
+            None => Command::new(coordinator_binary()),
+        };
         command.arg("--config").arg(&self.configs[index]);
         let proc = Proc::spawn(&mut command).unwrap();
         proc.wait_for_log("listening on", Duration::from_secs(20))

@@ -150,3 +150,163 @@ fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_sa
         .collect();
     assert_eq!(order, vec![1, 2, 3]);
 }
+
+/// Run `body` on a thread inside a network namespace of its own (with only loopback), so that the
+/// firewall rules it sets and every process it starts stay there; the namespace is removed after.
+fn in_own_netns(test: &str, body: impl FnOnce() + Send + 'static) {
+    let mut net = kreach_tests::netns::Net::new(test).unwrap();
+    net.add_host("ha", &[]).unwrap();
+    let path = format!("/var/run/netns/{}", net.ns("ha"));
+    let outcome = std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap();
+        nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
+        body();
+    })
+    .join();
+    drop(net);
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn nft(args: &str) {
+    let status = std::process::Command::new("nft")
+        .args(args.split_whitespace())
+        .status()
+        .unwrap();
+    assert!(status.success(), "nft {args}");
+}
+
+#[test]
+fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_when_back() {
+    use kreach_test_parts::{require, Missing, Tier};
+    let test = "ha_partition";
+    let missing = if !kreach_test_parts::is_root() {
+        Some(Missing::not_root())
+    } else if std::process::Command::new("nft")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        Some(Missing::new(
+            "nft (Debian nftables)",
+            "apt-get install -y nftables",
+        ))
+    } else {
+        None
+    };
+    if !require(Tier::Ha, test, missing) {
+        return;
+    }
+    in_own_netns(test, move || {
+        let Some(etcd) = kreach_test_parts::etcd::EtcdCluster::start(test, 3) else {
+            return;
+        };
+        let mut fleet = kreach_tests::fleet::Fleet::new(44, 3, &[("etl-1", "private")]).unwrap();
+        // Each coordinator as a user of its own, so a rule can drop one coordinator's packets.
+        let uids = vec![64101, 64102, 64103];
+        let coordinators =
+            kreach_tests::ha::Coordinators::new_as(&fleet, &etcd, 3, Some(uids.clone()));
+        fleet.coordinator_urls = coordinators.urls.clone();
+        let first = coordinators.leader(Duration::from_secs(20));
+        fleet.start_agents(Some(3)).unwrap();
+        let gen1 = fleet
+            .write_spec("gen1.toml", &FleetSpec::default())
+            .unwrap();
+        apply(&fleet, &gen1);
+        fleet
+            .wait_for_rollout("completed", Duration::from_secs(60))
+            .unwrap();
+
+        let since = now_ns();
+        let gen2 = fleet
+            .write_spec(
+                "gen2.toml",
+                &FleetSpec {
+                    external: true,
+                    settle: "1s",
+                    ..FleetSpec::default()
+                },
+            )
+            .unwrap();
+        apply(&fleet, &gen2);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while restarts_since(&fleet, since).is_empty() {
+            assert!(Instant::now() < deadline, "broker 1 never restarted");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The partition: every packet of the leader to etcd is dropped (no reset: the
+        // connections hang, as over a link that went down). Agents still reach it.
+        let ports: Vec<String> = etcd
+            .endpoints()
+            .iter()
+            .map(|url| url.rsplit(':').next().unwrap().to_string())
+            .collect();
+        nft("add table inet kreach_ha");
+        nft("add chain inet kreach_ha out { type filter hook output priority 0 ; }");
+        nft(&format!(
+            "add rule inet kreach_ha out meta skuid {} tcp dport {{ {} }} drop",
+            uids[first],
+            ports.join(", ")
+        ));
+        let cut = Instant::now();
+        let cut_ns = now_ns();
+        let old = coordinators.procs[first].as_ref().unwrap();
+        old.wait_for_log("stopped leading", Duration::from_secs(LEASE_TTL_S * 2))
+            .unwrap();
+        let stopped_ms = cut.elapsed().as_millis();
+        let next = loop {
+            let next = coordinators.leader(Duration::from_secs(LEASE_TTL_S * 4));
+            if next != first {
+                break next;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let elected_ms = cut.elapsed().as_millis();
+        fleet
+            .wait_for_rollout("completed", Duration::from_secs(90))
+            .unwrap();
+        let restarts = restarts_since(&fleet, since);
+        let after_cut: Vec<String> = restarts
+            .iter()
+            .map(|(id, r)| {
+                format!(
+                    "broker {id} restart began {} ms after the cut",
+                    (r.start_ns as i128 - cut_ns as i128) / 1_000_000
+                )
+            })
+            .collect();
+        eprintln!(
+            "partition timeline: leader {first} cut off from etcd at 0 ms; it stopped leading at {stopped_ms} ms (lease_ttl {LEASE_TTL_S} s); coordinator {next} elected by {elected_ms} ms; {after_cut:?}"
+        );
+        assert!(
+            stopped_ms < u128::from(LEASE_TTL_S) * 1000,
+            "the cut-off leader stops within the lease TTL: {stopped_ms} ms"
+        );
+        // Cut off, the old leader released nothing: no broker began a restart after the cut
+        // until the new leader was elected (less 100 ms for seeing it in the log).
+        for (id, restart) in &restarts {
+            let at_ms = restart.start_ns.saturating_sub(cut_ns) / 1_000_000;
+            assert!(
+                restart.start_ns < cut_ns || at_ms + 100 >= elected_ms,
+                "broker {id} began a restart {at_ms} ms after the cut, before a new leader ({elected_ms} ms)"
+            );
+        }
+        let order: Vec<u32> = restarts.iter().map(|(id, _)| *id).collect();
+        assert_eq!(order, vec![1, 2, 3], "every broker restarted exactly once");
+        let windows: Vec<Restart> = restarts.iter().map(|(_, r)| *r).collect();
+        assert!(max_concurrent(&windows) <= 1, "{restarts:?}");
+
+        // The link comes back: the old leader follows the new one.
+        nft("delete table inet kreach_ha");
+        let url = &coordinators.urls[next];
+        coordinators.procs[first]
+            .as_ref()
+            .unwrap()
+            .wait_for_log(
+                &format!("leader={url}"),
+                Duration::from_secs(LEASE_TTL_S * 4),
+            )
+            .unwrap();
+    });
+}
