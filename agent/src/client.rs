@@ -128,6 +128,10 @@ impl CoordinatorClient {
         let mut failures = 0u32;
         // Per URL, the last failure logged at warn: a repeat of it is only a debug line.
         let mut warned: std::collections::BTreeMap<String, String> = Default::default();
+        // A coordinator answered "not the leader" in this round: they are electing one (which
+        // takes at most their lease TTL), so the round is retried soon instead of backing off
+        // longer each time.
+        let mut electing = false;
         loop {
             let url = rotation.current().to_string();
             let mut subscribed_at = None;
@@ -147,9 +151,12 @@ impl CoordinatorClient {
                 rotation.worked();
             }
             let leader = leader_named(&reason);
+            electing |= follower_answered(&reason);
             let back_off = rotation.failed(leader.as_deref());
             let next = rotation.current().to_string();
-            let delay = if back_off {
+            let delay = if back_off && std::mem::take(&mut electing) {
+                backoff_delay(ELECTION_FAILURES, random_unit())
+            } else if back_off {
                 let delay = backoff_delay(failures, random_unit());
                 failures = failures.saturating_add(1);
                 delay
@@ -822,6 +829,16 @@ fn same_url(a: &str, b: &str) -> bool {
 
 /// The metadata key in which a follower coordinator names the leader's URL.
 pub const LEADER_METADATA: &str = "kreach-leader";
+
+/// The backoff step of a round in which a coordinator answered "not the leader": about 400 ms,
+/// whatever failed before, so the agent reaches the new leader soon after it is elected.
+const ELECTION_FAILURES: u32 = 1;
+
+/// Whether `error` is a coordinator's "not the leader" answer (it runs; it does not lead now).
+fn follower_answered(error: &ClientError) -> bool {
+    matches!(error, ClientError::Rpc { status, .. }
+        if status.code() == tonic::Code::Unavailable && status.message().starts_with("not the leader"))
+}
 
 /// The leader's URL when `error` is a follower's "not the leader" answer that names one.
 fn leader_named(error: &ClientError) -> Option<String> {

@@ -65,6 +65,7 @@ fn every_page_a_man_page_refers_to_exists() {
         "kreach-agent-diagnose.8",
         "kreach-agent-completions.8",
         "kreach-coordinator.8",
+        "kreach-coordinator-migrate.8",
     ] {
         assert!(pages.contains(expected), "no {expected} in {pages:?}");
     }
