@@ -8,6 +8,8 @@
 //! Only a release received from the coordinator is ever applied (Rule 7: offline is safe).
 
 use crate::health::HealthBoard;
+pub use kreach_proto::leader::LEADER_METADATA;
+use kreach_proto::leader::{is_not_the_leader, leader_of, same_url};
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -821,23 +823,13 @@ impl Rotation {
     }
 }
 
-/// Two spellings of one coordinator URL (a trailing `/` aside, scheme and host in any case).
-fn same_url(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/')
-        .eq_ignore_ascii_case(b.trim_end_matches('/'))
-}
-
-/// The metadata key in which a follower coordinator names the leader's URL.
-pub const LEADER_METADATA: &str = "kreach-leader";
-
 /// The backoff step of a round in which a coordinator answered "not the leader": about 400 ms,
 /// whatever failed before, so the agent reaches the new leader soon after it is elected.
 const ELECTION_FAILURES: u32 = 1;
 
 /// Whether `error` is a coordinator's "not the leader" answer (it runs; it does not lead now).
 fn follower_answered(error: &ClientError) -> bool {
-    matches!(error, ClientError::Rpc { status, .. }
-        if status.code() == tonic::Code::Unavailable && status.message().starts_with("not the leader"))
+    matches!(error, ClientError::Rpc { status, .. } if is_not_the_leader(status))
 }
 
 /// The leader's URL when `error` is a follower's "not the leader" answer that names one.
@@ -846,20 +838,6 @@ fn leader_named(error: &ClientError) -> Option<String> {
         return None;
     };
     leader_of(status)
-}
-
-/// The `kreach-leader` metadata of an `UNAVAILABLE` "not the leader: ..." status.
-pub fn leader_of(status: &tonic::Status) -> Option<String> {
-    if status.code() != tonic::Code::Unavailable || !status.message().starts_with("not the leader")
-    {
-        return None;
-    }
-    status
-        .metadata()
-        .get(LEADER_METADATA)
-        .and_then(|value| value.to_str().ok())
-        .map(|url| url.trim().to_string())
-        .filter(|url| !url.is_empty())
 }
 
 /// The release this node last applied from a coordinator; none after only `apply-local`

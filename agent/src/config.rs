@@ -91,12 +91,7 @@ fn default_reachability_period() -> std::time::Duration {
     std::time::Duration::from_secs(30)
 }
 
-fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<std::time::Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    kreach_domain::spec::parse_duration(&text).map_err(serde::de::Error::custom)
-}
+use kreach_domain::spec::deserialize_duration;
 
 /// Where the coordinator is and how this node proves who it is (mutual TLS).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

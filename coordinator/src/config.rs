@@ -89,12 +89,7 @@ fn default_lease_ttl() -> std::time::Duration {
     std::time::Duration::from_secs(10)
 }
 
-fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
-    deserializer: D,
-) -> Result<std::time::Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    kreach_domain::spec::parse_duration(&text).map_err(serde::de::Error::custom)
-}
+use kreach_domain::spec::deserialize_duration;
 
 impl StoreConfig {
     fn problems(&self, config: &CoordinatorConfig) -> Option<String> {

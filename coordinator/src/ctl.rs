@@ -1,6 +1,7 @@
 //! `kreachctl`'s side of the admin API: connecting with the admin certificate, and turning
 //! responses into tables for people and JSON for scripts.
 
+use kreach_proto::leader::{is_not_the_leader, leader_of, same_url};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ pub struct Connection {
 }
 
 /// The metadata key in which a follower coordinator names the leader's URL.
-pub const LEADER_METADATA: &str = "kreach-leader";
+pub use kreach_proto::leader::LEADER_METADATA;
 
 /// How long the leader check of one coordinator may take, once connected.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -188,30 +189,6 @@ impl Connection {
 
 fn admin_client(channel: Channel) -> AdminServiceClient<Channel> {
     AdminServiceClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
-}
-
-/// Two spellings of one coordinator URL (a trailing `/` aside, in any case).
-fn same_url(a: &str, b: &str) -> bool {
-    a.trim_end_matches('/')
-        .eq_ignore_ascii_case(b.trim_end_matches('/'))
-}
-
-/// Whether `status` is a follower coordinator's answer: `UNAVAILABLE`, `not the leader: ...`.
-pub fn is_not_the_leader(status: &tonic::Status) -> bool {
-    status.code() == tonic::Code::Unavailable && status.message().starts_with("not the leader")
-}
-
-/// The leader a follower's `not the leader` answer names in `kreach-leader` metadata.
-pub fn leader_of(status: &tonic::Status) -> Option<String> {
-    if !is_not_the_leader(status) {
-        return None;
-    }
-    status
-        .metadata()
-        .get(LEADER_METADATA)
-        .and_then(|value| value.to_str().ok())
-        .map(|url| url.trim().to_string())
-        .filter(|url| !url.is_empty())
 }
 
 /// A gRPC error as an operator reads it.

@@ -141,6 +141,16 @@ impl EtcdHandle {
         self.deposed.subscribe()
     }
 
+    /// Run `future` on the etcd runtime: its one worker only ever runs etcd calls, never the
+    /// core's synchronous work, so what runs there (the leader lease's renewals) is never held up
+    /// by a store call blocked on an unreachable etcd.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        future: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.runtime.as_ref().expect("running").spawn(future)
+    }
+
     /// Run `future` on the etcd runtime and wait for it, from any thread.
     pub fn block<T: Send + 'static>(&self, future: impl Future<Output = T> + Send + 'static) -> T {
         let (sender, receiver) = std::sync::mpsc::sync_channel(1);

@@ -26,8 +26,7 @@ use tonic::server::NamedService;
 
 use crate::etcd_store::{EtcdHandle, Fence};
 
-/// The metadata key a follower names the leader's URL under.
-pub const LEADER_METADATA: &str = "kreach-leader";
+pub use kreach_proto::leader::LEADER_METADATA;
 
 /// How often a follower looks whether the leader key is free.
 const POLL: Duration = Duration::from_millis(200);
@@ -168,39 +167,45 @@ pub async fn campaign(
     }
 }
 
-/// Hold the leader lease; returns why leadership was lost.
+/// Hold the leader lease; returns why leadership was lost: at the latest two thirds of the TTL
+/// after the last renewal etcd confirmed, so it stops before etcd can let the key go.
 pub async fn hold(handle: Arc<EtcdHandle>, won: Won, ttl: Duration) -> String {
     let client = handle.client().clone();
     let every = ttl / 5;
     let give_up = ttl * 2 / 3;
     let mut renewed = Instant::now();
     let mut deposed = handle.deposed();
+    let mut why = String::new();
     loop {
+        let deadline = renewed + give_up;
+        let pause = every.min(deadline.saturating_duration_since(Instant::now()));
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = deposed.changed() => {
                 if let Some(why) = deposed.borrow().clone() {
                     return why;
                 }
             }
         }
-        let attempt = tokio::time::timeout(every, client.lease_keep_alive(won.lease)).await;
-        let why = match attempt {
-            Ok(Ok(left)) if left > 0 => {
-                renewed = Instant::now();
-                continue;
-            }
-            Ok(Ok(_)) => return "etcd says the leader lease expired".to_string(),
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("no answer within {every:?}"),
-        };
-        if renewed.elapsed() >= give_up {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return format!(
                 "the leader lease could not be renewed for {:?} (of its {ttl:?} TTL): {why}",
                 renewed.elapsed()
             );
         }
-        tracing::warn!("renewing the leader lease: {why}");
+        match tokio::time::timeout(every.min(left), client.lease_keep_alive(won.lease)).await {
+            Ok(Ok(remaining)) if remaining > 0 => renewed = Instant::now(),
+            Ok(Ok(_)) => return "etcd says the leader lease expired".to_string(),
+            Ok(Err(error)) => {
+                why = error.to_string();
+                tracing::warn!("renewing the leader lease: {why}");
+            }
+            Err(_) => {
+                why = format!("no answer within {:?}", every.min(left));
+                tracing::warn!("renewing the leader lease: {why}");
+            }
+        }
     }
 }
 

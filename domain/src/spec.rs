@@ -422,6 +422,15 @@ impl ClusterSpec {
     }
 }
 
+/// A config key written as a duration (`"30s"`, `"500ms"`, as [`parse_duration`] reads it), for
+/// `#[serde(deserialize_with = ...)]` in the agent's and the coordinator's configs.
+pub fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Duration, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
 /// Parse durations as operators write them: `500ms`, `10s`, `3m`, `1h`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();

@@ -12,6 +12,7 @@ mod generated {
 pub use generated::*;
 
 pub mod convert;
+pub mod leader;
 
 /// The API's package name, as it appears on the wire.
 pub const API_PACKAGE: &str = "kreach.v1";

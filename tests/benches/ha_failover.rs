@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, FleetSpec, Restart};
-use kreach_tests::ha::{apply, ha_fleet, LEASE_TTL_S};
+use kreach_tests::ha::{ha_fleet, LEASE_TTL_S};
 
 fn stats(label: &str, values: &mut [u128]) {
     values.sort_unstable();
@@ -49,15 +49,8 @@ fn main() {
                 },
             )
             .unwrap();
-        apply(&fleet, &spec);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while restarts_since(&fleet, since).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "trial {trial}: no broker restarted"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        fleet.apply_forced(&spec);
+        fleet.wait_for_a_restart(since, Duration::from_secs(60));
         let leader = coordinators.leader(Duration::from_secs(1));
         coordinators.procs[leader].as_mut().unwrap().kill9();
         let killed = now_ns();

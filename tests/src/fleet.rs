@@ -620,6 +620,32 @@ impl Fleet {
         })
     }
 
+    /// `kreachctl apply --yes --force SPEC`, which must succeed (`--force`: these stand-in brokers
+    /// share one host, so their host facts never match the spec).
+    pub fn apply_forced(&self, spec: &Path) {
+        let run = self
+            .ctl(&[
+                "apply",
+                "--yes",
+                "--force",
+                spec.to_str().expect("UTF-8 path"),
+            ])
+            .expect("kreachctl runs");
+        assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    }
+
+    /// Wait until some broker's restart began at or after `since_ns`.
+    pub fn wait_for_a_restart(&self, since_ns: u128, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while restarts_since(self, since_ns).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "no broker restarted within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn status_json(&self) -> Result<serde_json::Value> {
         let run = self.ctl(&["status", "--output", "json"])?;
         if run.code != 0 {

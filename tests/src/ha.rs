@@ -132,25 +132,28 @@ impl Coordinators {
     }
 }
 
-pub fn apply(fleet: &Fleet, spec: &std::path::Path) {
-    let run = fleet
-        .ctl(&["apply", "--yes", "--force", spec.to_str().unwrap()])
-        .unwrap();
-    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
-}
-
 /// Etcd, three coordinators, three brokers and a client on generation 1.
 pub fn ha_fleet(test: &str, net: u8) -> Option<(EtcdCluster, Coordinators, Fleet)> {
+    ha_fleet_as(test, net, None)
+}
+
+/// [`ha_fleet`] with each coordinator running as its user of `uids` (see
+/// [`Coordinators::new_as`]).
+pub fn ha_fleet_as(
+    test: &str,
+    net: u8,
+    uids: Option<Vec<u32>>,
+) -> Option<(EtcdCluster, Coordinators, Fleet)> {
     let etcd = EtcdCluster::start(test, 3)?;
     let mut fleet = Fleet::new(net, 3, &[("etl-1", "private")]).unwrap();
-    let coordinators = Coordinators::new(&fleet, &etcd, 3);
+    let coordinators = Coordinators::new_as(&fleet, &etcd, 3, uids);
     fleet.coordinator_urls = coordinators.urls.clone();
     coordinators.leader(Duration::from_secs(20));
     fleet.start_agents(Some(3)).unwrap();
     let gen1 = fleet
         .write_spec("gen1.toml", &FleetSpec::default())
         .unwrap();
-    apply(&fleet, &gen1);
+    fleet.apply_forced(&gen1);
     fleet
         .wait_for_rollout("completed", Duration::from_secs(60))
         .unwrap();

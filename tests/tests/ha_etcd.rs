@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, FleetSpec, Restart};
-use kreach_tests::ha::{apply, ha_fleet, LEASE_TTL_S};
+use kreach_tests::ha::{ha_fleet, ha_fleet_as, LEASE_TTL_S};
 
 #[test]
 fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly_once() {
@@ -26,12 +26,8 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
             },
         )
         .unwrap();
-    apply(&fleet, &gen2);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while restarts_since(&fleet, since).is_empty() {
-        assert!(Instant::now() < deadline, "broker 1 never restarted");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    fleet.apply_forced(&gen2);
+    fleet.wait_for_a_restart(since, Duration::from_secs(60));
     let first = coordinators.leader(Duration::from_secs(1));
     coordinators.procs[first].as_mut().unwrap().kill9();
     let killed_ns = now_ns();
@@ -199,24 +195,12 @@ fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_w
         return;
     }
     in_own_netns(test, move || {
-        let Some(etcd) = kreach_test_parts::etcd::EtcdCluster::start(test, 3) else {
-            return;
-        };
-        let mut fleet = kreach_tests::fleet::Fleet::new(44, 3, &[("etl-1", "private")]).unwrap();
         // Each coordinator as a user of its own, so a rule can drop one coordinator's packets.
         let uids = vec![64101, 64102, 64103];
-        let coordinators =
-            kreach_tests::ha::Coordinators::new_as(&fleet, &etcd, 3, Some(uids.clone()));
-        fleet.coordinator_urls = coordinators.urls.clone();
-        let first = coordinators.leader(Duration::from_secs(20));
-        fleet.start_agents(Some(3)).unwrap();
-        let gen1 = fleet
-            .write_spec("gen1.toml", &FleetSpec::default())
-            .unwrap();
-        apply(&fleet, &gen1);
-        fleet
-            .wait_for_rollout("completed", Duration::from_secs(60))
-            .unwrap();
+        let Some((etcd, coordinators, fleet)) = ha_fleet_as(test, 44, Some(uids.clone())) else {
+            return;
+        };
+        let first = coordinators.leader(Duration::from_secs(1));
 
         let since = now_ns();
         let gen2 = fleet
@@ -229,12 +213,8 @@ fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_w
                 },
             )
             .unwrap();
-        apply(&fleet, &gen2);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while restarts_since(&fleet, since).is_empty() {
-            assert!(Instant::now() < deadline, "broker 1 never restarted");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        fleet.apply_forced(&gen2);
+        fleet.wait_for_a_restart(since, Duration::from_secs(60));
         // The partition: every packet of the leader to etcd is dropped (no reset: the
         // connections hang, as over a link that went down). Agents still reach it.
         let ports: Vec<String> = etcd

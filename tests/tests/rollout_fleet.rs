@@ -13,10 +13,7 @@ use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, Fleet, FleetSp
 /// Apply with `--force`: these "brokers" share one host, so their host facts never match the spec
 /// (the refusal itself is checked in the first test).
 fn apply(fleet: &Fleet, spec: &std::path::Path) {
-    let run = fleet
-        .ctl(&["apply", "--yes", "--force", spec.to_str().unwrap()])
-        .unwrap();
-    assert_eq!(run.code, 0, "apply failed:\n{}\n{}", run.stdout, run.stderr);
+    fleet.apply_forced(spec);
 }
 
 /// A started fleet (coordinator, agents) with generation 1 — the default spec — rolled out.
@@ -571,14 +568,7 @@ fn kill_9_of_the_coordinator_mid_rollout_resumes_without_repeating_or_skipping_a
         .unwrap();
     apply(&fleet, &gen2);
     // As soon as the first broker has restarted, kill the coordinator without warning.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while restarts_since(&fleet, since).is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "broker 1 never restarted"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    fleet.wait_for_a_restart(since, Duration::from_secs(60));
     fleet.coordinator.as_mut().unwrap().kill9();
     std::thread::sleep(Duration::from_millis(500));
     fleet.start_coordinator().unwrap();

@@ -148,7 +148,9 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     drop(terminate);
 
     etcd.set_fence(Some(won.fence.clone()));
-    let lost = tokio::spawn(leader::hold(
+    // On the etcd runtime: the core's store calls block the main runtime's workers while etcd
+    // does not answer, and the renewals must go on (and give up in time) regardless.
+    let lost = etcd.spawn(leader::hold(
         Arc::clone(&etcd),
         won.clone(),
         config.store.lease_ttl,
