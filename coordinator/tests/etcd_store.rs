@@ -155,3 +155,143 @@ fn a_deposed_leaders_write_is_refused_inside_etcd_and_says_so() {
         "the refused write left nothing"
     );
 }
+
+/// One etcd member serving TLS and asking for client certificates, started and stopped (by pid)
+/// by the test.
+struct TlsMember {
+    child: std::process::Child,
+}
+
+impl Drop for TlsMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn certs(dir: &std::path::Path) {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_kreachctl"))
+        .args(["certs", "init", "--node", "etcd-client", "--certs"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn an_etcd_store_over_tls_with_a_client_certificate_and_a_wrong_ca_refused_with_the_reason() {
+    let test = "etcd_store_tls";
+    let missing = (!std::path::Path::new(kreach_test_parts::etcd::ETCD).exists()).then(|| {
+        kreach_test_parts::Missing::new(
+            "etcd (Debian etcd-server)",
+            kreach_test_parts::etcd::INSTALL_ETCD,
+        )
+    });
+    if !kreach_test_parts::require(kreach_test_parts::Tier::Ha, test, missing) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (good, other) = (dir.path().join("good"), dir.path().join("other"));
+    certs(&good);
+    certs(&other);
+    let (client_port, peer_port) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let child = std::process::Command::new(kreach_test_parts::etcd::ETCD)
+        .args(["--name", "m0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("m0={peer}")])
+        .arg("--cert-file")
+        .arg(good.join("coordinator.pem"))
+        .arg("--key-file")
+        .arg(good.join("coordinator.key"))
+        .arg("--trusted-ca-file")
+        .arg(good.join("ca.pem"))
+        .args([
+            "--client-cert-auth",
+            "--logger",
+            "zap",
+            "--log-level",
+            "error",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _member = TlsMember { child };
+    let config = |certs: &std::path::Path, with_client_cert: bool| {
+        let client = if with_client_cert {
+            format!(
+                "cert = {:?}\nkey = {:?}\n",
+                certs.join("nodes/etcd-client.pem"),
+                certs.join("nodes/etcd-client.key")
+            )
+        } else {
+            String::new()
+        };
+        kreach_coordinator::config::CoordinatorConfig::parse(&format!(
+            "listen = \"127.0.0.1:0\"\n[tls]\ninsecure = true\n[store]\nkind = \"etcd\"\nendpoints = [{url:?}]\nprefix = \"/tls\"\nca = {:?}\n{client}",
+            certs.join("ca.pem")
+        ))
+        .unwrap()
+    };
+    // The member takes a moment to start: retry the first write for a while.
+    let handle = EtcdHandle::from_config(&config(&good, true).store).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let store = loop {
+        match Store::open_etcd(EtcdStore::new(Arc::clone(&handle), None)) {
+            Ok(store) => break store,
+            Err(error) => {
+                assert!(std::time::Instant::now() < deadline, "{error}");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    };
+    store.save_rollout(&"over TLS").unwrap();
+    assert_eq!(
+        store.load_rollout::<String>().unwrap().as_deref(),
+        Some("over TLS")
+    );
+
+    // Another CA: the member's certificate is not trusted, and the error says so.
+    let handle = EtcdHandle::from_config(&config(&other, true).store).unwrap();
+    let error = Store::open_etcd(EtcdStore::new(handle, None))
+        .err()
+        .expect("refused")
+        .to_string();
+    eprintln!("another CA: {error}");
+    assert!(error.contains(&url), "{error}");
+    assert!(
+        error.to_lowercase().contains("certificate"),
+        "the reason names the certificate: {error}"
+    );
+    // No client certificate: the member refuses the connection.
+    let handle = EtcdHandle::from_config(&config(&good, false).store).unwrap();
+    let error = Store::open_etcd(EtcdStore::new(handle, None))
+        .err()
+        .expect("refused")
+        .to_string();
+    eprintln!("no client certificate: {error}");
+    assert!(error.contains(&url), "{error}");
+}

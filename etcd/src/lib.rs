@@ -164,7 +164,7 @@ pub struct TxnResult {
 #[derive(thiserror::Error, Debug)]
 pub enum Error {
     /// No member answered: each was unreachable, had no leader, or timed out.
-    #[error("no etcd member answered: {last_error}; check that the members run and have quorum")]
+    #[error("no etcd member answered: {last_error}; check that the members run and have quorum, and (with https) that each side trusts the other's certificate")]
     Unavailable {
         endpoints: Vec<String>,
         /// Each member's own failure, `URL: why`, joined with `; `.
