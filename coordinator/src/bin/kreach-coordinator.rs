@@ -127,6 +127,16 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     });
     tracing::info!(address = %address, me = %me, prefix = %config.store.prefix, "kreach-coordinator listening on {address}, campaigning to lead (etcd store)");
     kreach_runtime::daemon::systemd_notify::ready(&format!("listening on {address}, campaigning"));
+    // A follower may follow for ever: it keeps systemd's watchdog fed as a leader's ticker does.
+    let watchdog = kreach_runtime::daemon::systemd_notify::watchdog_interval().map(|every| {
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every);
+            loop {
+                interval.tick().await;
+                kreach_runtime::daemon::systemd_notify::watchdog();
+            }
+        })
+    });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     let won = tokio::select! {
@@ -139,6 +149,9 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         }
     };
     let _ = stop_following.send(());
+    if let Some(watchdog) = watchdog {
+        watchdog.abort();
+    }
     if tokio::time::timeout(SHUTDOWN_GRACE, &mut follower)
         .await
         .is_err()
