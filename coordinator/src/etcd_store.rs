@@ -94,7 +94,9 @@ impl EtcdHandle {
         let config = kreach_etcd::Config {
             endpoints: store.endpoints.clone(),
             tls,
-            timeout: (store.lease_ttl / 5).min(std::time::Duration::from_secs(2)),
+            // Per member and attempt; a store write waits for etcd's fsync, which a busy disk can
+            // make slow. The lease renewals bound their own attempts (leader::hold).
+            timeout: std::time::Duration::from_secs(2),
             require_leader: true,
         };
         EtcdHandle::new(config, &store.prefix)

@@ -75,12 +75,14 @@ pub struct Won {
 }
 
 /// Campaign until elected as `me` (the URL clients reach this coordinator at), telling
-/// `standing` who leads meanwhile.
+/// `standing` who leads meanwhile. Run it on the etcd runtime ([`EtcdHandle::spawn`]), as every
+/// etcd call of the coordinator: the client's connections live on the runtime that first polls
+/// them, and the main runtime's workers block on store calls.
 pub async fn campaign(
-    handle: &EtcdHandle,
-    me: &str,
+    handle: Arc<EtcdHandle>,
+    me: String,
     ttl: Duration,
-    standing: &watch::Sender<Standing>,
+    standing: watch::Sender<Standing>,
 ) -> Won {
     let client = handle.client().clone();
     let key = handle.leader_key();
@@ -145,7 +147,7 @@ pub async fn campaign(
                     match url {
                         // Its own key from before it started again (a kill, a lost lease): it
                         // expires with that lease, as nothing renews it.
-                        Some(url) if url == me => note(Standing::NoLeader(format!(
+                        Some(url) if url == *me => note(Standing::NoLeader(format!(
                             "the leader key still names this coordinator from before it started again; it expires within {ttl:?}"
                         ))),
                         Some(url) => note(Standing::Follows(url)),
@@ -194,7 +196,8 @@ pub async fn hold(handle: Arc<EtcdHandle>, won: Won, ttl: Duration) -> String {
                 renewed.elapsed()
             );
         }
-        match tokio::time::timeout(every.min(left), client.lease_keep_alive(won.lease)).await {
+        // A slow answer still counts while it comes before the deadline.
+        match tokio::time::timeout(left, client.lease_keep_alive(won.lease)).await {
             Ok(Ok(remaining)) if remaining > 0 => renewed = Instant::now(),
             Ok(Ok(_)) => return "etcd says the leader lease expired".to_string(),
             Ok(Err(error)) => {
@@ -202,7 +205,7 @@ pub async fn hold(handle: Arc<EtcdHandle>, won: Won, ttl: Duration) -> String {
                 tracing::warn!("renewing the leader lease: {why}");
             }
             Err(_) => {
-                why = format!("no answer within {:?}", every.min(left));
+                why = format!("no answer within {left:?}");
                 tracing::warn!("renewing the leader lease: {why}");
             }
         }
@@ -210,7 +213,7 @@ pub async fn hold(handle: Arc<EtcdHandle>, won: Won, ttl: Duration) -> String {
 }
 
 /// Give up the lease (a stopping leader), so another coordinator is elected at once.
-pub async fn resign(handle: &EtcdHandle, lease: i64) {
+pub async fn resign(handle: Arc<EtcdHandle>, lease: i64) {
     let attempt =
         tokio::time::timeout(Duration::from_secs(2), handle.client().lease_revoke(lease)).await;
     match attempt {

@@ -74,10 +74,18 @@ impl EtcdCluster {
     }
 
     fn try_start(members: usize, extra_listen: &[Vec<String>]) -> Result<EtcdCluster, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("kreach-etcd-")
-            .tempdir()
-            .map_err(|error| format!("a tempdir for the data dirs: {error}"))?;
+        // In memory where there is a tmpfs: etcd fsyncs every write, and on a disk busy with a
+        // build its answers (lease renewals included) can take seconds, which a test's short
+        // lease cannot tell from a partition.
+        let shm = std::path::Path::new("/dev/shm");
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("kreach-etcd-");
+        let dir = if shm.is_dir() {
+            builder.tempdir_in(shm)
+        } else {
+            builder.tempdir()
+        }
+        .map_err(|error| format!("a tempdir for the data dirs: {error}"))?;
         let ports = free_ports(2 * members)?;
         let (client_ports, peer_ports) = ports.split_at(members);
         let name = |i: usize| format!("m{i}");

@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, FleetSpec, Restart};
-use kreach_tests::ha::{ha_fleet, LEASE_TTL_S};
+use kreach_tests::ha::{ha_fleet, Ha, LEASE_TTL_S};
 
 fn stats(label: &str, values: &mut [u128]) {
     values.sort_unstable();
@@ -32,9 +32,14 @@ fn main() {
         .and_then(|at| args.get(at + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(10);
-    let Some((_etcd, mut coordinators, fleet)) = ha_fleet("ha_failover_bench", 43) else {
+    let Some(mut ha) = ha_fleet("ha_failover_bench", 43) else {
         return;
     };
+    let Ha {
+        coordinators,
+        fleet,
+        ..
+    } = &mut ha;
     println!("lease_ttl {LEASE_TTL_S}s, 3 coordinators, 3 etcd members, 3 brokers, settle 1s");
     let (mut elected, mut released) = (Vec::new(), Vec::new());
     for trial in 0..trials {
@@ -59,7 +64,7 @@ fn main() {
         let elected_ms = (now_ns() - killed) / 1_000_000;
         let deadline = Instant::now() + Duration::from_secs(60);
         let released_ms = loop {
-            let after = restarts_since(&fleet, since)
+            let after = restarts_since(fleet, since)
                 .into_iter()
                 .find(|(_, restart)| restart.start_ns > killed);
             if let Some((_, restart)) = after {
@@ -74,7 +79,7 @@ fn main() {
         fleet
             .wait_for_rollout("completed", Duration::from_secs(90))
             .unwrap();
-        let restarts = restarts_since(&fleet, since);
+        let restarts = restarts_since(fleet, since);
         let order: Vec<u32> = restarts.iter().map(|(id, _)| *id).collect();
         assert_eq!(order, vec![1, 2, 3], "trial {trial}: {restarts:?}");
         let windows: Vec<Restart> = restarts.iter().map(|(_, r)| *r).collect();

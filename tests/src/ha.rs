@@ -108,6 +108,22 @@ impl Coordinators {
         self.procs[index] = Some(proc);
     }
 
+    /// The end of every coordinator's log, for a failure's message.
+    pub fn logs_tail(&self) -> String {
+        let mut text = String::new();
+        for (index, proc) in self.procs.iter().enumerate() {
+            if let Some(proc) = proc {
+                let log = proc.log();
+                let start = log.len().saturating_sub(3000);
+                let start = (start..log.len())
+                    .find(|&at| log.is_char_boundary(at))
+                    .unwrap_or(log.len());
+                text += &format!("--- coordinator {index}:\n{}\n", &log[start..]);
+            }
+        }
+        text
+    }
+
     /// The index of the coordinator that leads now (its log says it was elected and it was not
     /// killed), waiting up to `timeout`.
     pub fn leader(&self, timeout: Duration) -> usize {
@@ -132,30 +148,50 @@ impl Coordinators {
     }
 }
 
+/// One HA setup at a time (nine etcd members would otherwise share two cores with nine
+/// coordinators and their fleets, and a test's 3 s lease could not tell load from a partition).
+/// Held by what [`ha_fleet`] returns until the test drops it.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What [`ha_fleet`] starts; dropping it stops everything and lets the next test start.
+pub struct Ha {
+    // Dropped in this order: the agents, the coordinators, etcd, then the turn.
+    pub fleet: Fleet,
+    pub coordinators: Coordinators,
+    pub etcd: EtcdCluster,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
 /// Etcd, three coordinators, three brokers and a client on generation 1.
-pub fn ha_fleet(test: &str, net: u8) -> Option<(EtcdCluster, Coordinators, Fleet)> {
+pub fn ha_fleet(test: &str, net: u8) -> Option<Ha> {
     ha_fleet_as(test, net, None)
 }
 
 /// [`ha_fleet`] with each coordinator running as its user of `uids` (see
 /// [`Coordinators::new_as`]).
-pub fn ha_fleet_as(
-    test: &str,
-    net: u8,
-    uids: Option<Vec<u32>>,
-) -> Option<(EtcdCluster, Coordinators, Fleet)> {
+pub fn ha_fleet_as(test: &str, net: u8, uids: Option<Vec<u32>>) -> Option<Ha> {
+    let turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let etcd = EtcdCluster::start(test, 3)?;
     let mut fleet = Fleet::new(net, 3, &[("etl-1", "private")]).unwrap();
     let coordinators = Coordinators::new_as(&fleet, &etcd, 3, uids);
     fleet.coordinator_urls = coordinators.urls.clone();
     coordinators.leader(Duration::from_secs(20));
-    fleet.start_agents(Some(3)).unwrap();
+    if let Err(error) = fleet.start_agents(Some(3)) {
+        panic!("{error}\n{}", coordinators.logs_tail());
+    }
     let gen1 = fleet
         .write_spec("gen1.toml", &FleetSpec::default())
         .unwrap();
     fleet.apply_forced(&gen1);
-    fleet
-        .wait_for_rollout("completed", Duration::from_secs(60))
-        .unwrap();
-    Some((etcd, coordinators, fleet))
+    if let Err(error) = fleet.wait_for_rollout("completed", Duration::from_secs(60)) {
+        panic!("{error}\n{}", coordinators.logs_tail());
+    }
+    Some(Ha {
+        etcd,
+        coordinators,
+        fleet,
+        _turn: turn,
+    })
 }

@@ -8,13 +8,18 @@
 use std::time::{Duration, Instant};
 
 use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, FleetSpec, Restart};
-use kreach_tests::ha::{ha_fleet, ha_fleet_as, LEASE_TTL_S};
+use kreach_tests::ha::{ha_fleet, ha_fleet_as, Ha, LEASE_TTL_S};
 
 #[test]
 fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly_once() {
-    let Some((_etcd, mut coordinators, fleet)) = ha_fleet("ha_leader_killed", 41) else {
+    let Some(mut ha) = ha_fleet("ha_leader_killed", 41) else {
         return;
     };
+    let Ha {
+        coordinators,
+        fleet,
+        ..
+    } = &mut ha;
     let since = now_ns();
     let gen2 = fleet
         .write_spec(
@@ -39,7 +44,7 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
     fleet
         .wait_for_rollout("completed", Duration::from_secs(90))
         .unwrap();
-    let restarts = restarts_since(&fleet, since);
+    let restarts = restarts_since(fleet, since);
     let after_kill = restarts
         .iter()
         .find(|(_, restart)| restart.start_ns > killed_ns)
@@ -70,9 +75,15 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
 
 #[test]
 fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_says_why() {
-    let Some((mut etcd, coordinators, fleet)) = ha_fleet("ha_quorum_lost", 42) else {
+    let Some(mut ha) = ha_fleet("ha_quorum_lost", 42) else {
         return;
     };
+    let Ha {
+        etcd,
+        coordinators,
+        fleet,
+        ..
+    } = &mut ha;
     let hosts_before = fleet.client_hosts("etl-1");
     let leader = coordinators.leader(Duration::from_secs(1));
     etcd.kill(1);
@@ -115,7 +126,7 @@ fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_sa
         .unwrap();
     assert_ne!(run.code, 0, "apply without quorum: {}", run.stdout);
     std::thread::sleep(Duration::from_secs(2));
-    assert!(restarts_since(&fleet, since).is_empty());
+    assert!(restarts_since(fleet, since).is_empty());
     assert_eq!(fleet.client_hosts("etl-1"), hosts_before);
 
     // Quorum back: a coordinator leads again and the change rolls out.
@@ -140,7 +151,7 @@ fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_sa
     fleet
         .wait_for_rollout("completed", Duration::from_secs(90))
         .unwrap();
-    let order: Vec<u32> = restarts_since(&fleet, since)
+    let order: Vec<u32> = restarts_since(fleet, since)
         .iter()
         .map(|(id, _)| *id)
         .collect();
@@ -197,9 +208,15 @@ fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_w
     in_own_netns(test, move || {
         // Each coordinator as a user of its own, so a rule can drop one coordinator's packets.
         let uids = vec![64101, 64102, 64103];
-        let Some((etcd, coordinators, fleet)) = ha_fleet_as(test, 44, Some(uids.clone())) else {
+        let Some(mut ha) = ha_fleet_as(test, 44, Some(uids.clone())) else {
             return;
         };
+        let Ha {
+            etcd,
+            coordinators,
+            fleet,
+            ..
+        } = &mut ha;
         let first = coordinators.leader(Duration::from_secs(1));
 
         let since = now_ns();
@@ -246,7 +263,7 @@ fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_w
         fleet
             .wait_for_rollout("completed", Duration::from_secs(90))
             .unwrap();
-        let restarts = restarts_since(&fleet, since);
+        let restarts = restarts_since(fleet, since);
         let after_cut: Vec<String> = restarts
             .iter()
             .map(|(id, r)| {

@@ -139,10 +139,18 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     });
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
+    // Every etcd call on the etcd runtime, so that the client's connections live there (see
+    // leader::campaign).
+    let mut campaign = etcd.spawn(leader::campaign(
+        Arc::clone(&etcd),
+        me.clone(),
+        config.store.lease_ttl,
+        standing,
+    ));
     let won = tokio::select! {
-        won = leader::campaign(&etcd, &me, config.store.lease_ttl, &standing) => won,
-        _ = terminate.recv() => { tracing::info!("SIGTERM: stopping"); return Ok(()); }
-        _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: stopping"); return Ok(()); }
+        won = &mut campaign => won.context("the campaign task")?,
+        _ = terminate.recv() => { campaign.abort(); tracing::info!("SIGTERM: stopping"); return Ok(()); }
+        _ = tokio::signal::ctrl_c() => { campaign.abort(); tracing::info!("SIGINT: stopping"); return Ok(()); }
         served = &mut follower => {
             served.context("the server task")?.context("serving")?;
             anyhow::bail!("the follower's server ended");
@@ -178,14 +186,18 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let clusters = match opened {
         Ok(clusters) => clusters,
         Err(error) => {
-            leader::resign(&etcd, won.lease).await;
+            let _ = etcd
+                .spawn(leader::resign(Arc::clone(&etcd), won.lease))
+                .await;
             return Err(error).context("opening the store");
         }
     };
     let listener = tokio::net::TcpListener::from_std(listener)?;
     match lead(&config, clusters, listener, tls, Some(lost)).await? {
         Ended::Stopped => {
-            leader::resign(&etcd, won.lease).await;
+            let _ = etcd
+                .spawn(leader::resign(Arc::clone(&etcd), won.lease))
+                .await;
             Ok(())
         }
         Ended::Deposed(why) => {
