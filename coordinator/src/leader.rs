@@ -72,6 +72,9 @@ impl Standing {
 pub struct Won {
     pub fence: Fence,
     pub lease: i64,
+    /// When the lease was last renewed (the request's sending, so no later than etcd's own
+    /// renewal): it lasts at least the TTL from here.
+    pub renewed: Instant,
 }
 
 /// Campaign until elected as `me` (the URL clients reach this coordinator at), telling
@@ -101,6 +104,7 @@ pub async fn campaign(
         standing.send_replace(standing_now);
     };
     loop {
+        let mut renewed = Instant::now();
         let lease = match client.lease_grant(ttl_secs).await {
             Ok((id, _)) => id,
             Err(error) => {
@@ -109,7 +113,6 @@ pub async fn campaign(
                 continue;
             }
         };
-        let mut renewed = Instant::now();
         loop {
             let txn = Txn {
                 when: vec![Compare::CreateRevision {
@@ -136,6 +139,7 @@ pub async fn campaign(
                             revision: result.revision,
                         },
                         lease,
+                        renewed,
                     };
                 }
                 Ok(result) => {
@@ -160,8 +164,9 @@ pub async fn campaign(
             tokio::time::sleep(POLL).await;
             // Keep the candidate's lease alive while it waits; a lost one is granted again.
             if renewed.elapsed() >= ttl / 3 {
+                let asked = Instant::now();
                 match client.lease_keep_alive(lease).await {
-                    Ok(left) if left > 0 => renewed = Instant::now(),
+                    Ok(left) if left > 0 => renewed = asked,
                     _ => break,
                 }
             }
@@ -175,7 +180,7 @@ pub async fn hold(handle: Arc<EtcdHandle>, won: Won, ttl: Duration) -> String {
     let client = handle.client().clone();
     let every = ttl / 5;
     let give_up = ttl * 2 / 3;
-    let mut renewed = Instant::now();
+    let mut renewed = won.renewed;
     let mut deposed = handle.deposed();
     let mut why = String::new();
     loop {
@@ -197,8 +202,9 @@ pub async fn hold(handle: Arc<EtcdHandle>, won: Won, ttl: Duration) -> String {
             );
         }
         // A slow answer still counts while it comes before the deadline.
+        let asked = Instant::now();
         match tokio::time::timeout(left, client.lease_keep_alive(won.lease)).await {
-            Ok(Ok(remaining)) if remaining > 0 => renewed = Instant::now(),
+            Ok(Ok(remaining)) if remaining > 0 => renewed = asked,
             Ok(Ok(_)) => return "etcd says the leader lease expired".to_string(),
             Ok(Err(error)) => {
                 why = error.to_string();

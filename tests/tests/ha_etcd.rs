@@ -104,6 +104,10 @@ fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_sa
 
     // Status, from any coordinator, says why nothing leads.
     let run = fleet.ctl(&["status"]).unwrap();
+    eprintln!(
+        "kreachctl status without quorum (exit {}):\n{}",
+        run.code, run.stderr
+    );
     assert_ne!(run.code, 0, "{}", run.stdout);
     assert!(
         run.stderr.contains("no coordinator leads"),
@@ -124,6 +128,10 @@ fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_sa
     let run = fleet
         .ctl(&["apply", "--yes", "--force", gen2.to_str().unwrap()])
         .unwrap();
+    eprintln!(
+        "kreachctl apply without quorum (exit {}):\n{}",
+        run.code, run.stderr
+    );
     assert_ne!(run.code, 0, "apply without quorum: {}", run.stdout);
     std::thread::sleep(Duration::from_secs(2));
     assert!(restarts_since(fleet, since).is_empty());
