@@ -102,8 +102,21 @@ fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_sa
             .unwrap_or_default()
     );
 
-    // Status, from any coordinator, says why nothing leads.
-    let run = fleet.ctl(&["status"]).unwrap();
+    // Status, from any coordinator, says why nothing leads: once the followers' own attempts at
+    // etcd failed too (until then they name the leader they last saw, which refuses connections
+    // while it starts again).
+    let deadline = Instant::now() + Duration::from_secs(LEASE_TTL_S * 3);
+    let run = loop {
+        let run = fleet.ctl(&["status"]).unwrap();
+        if run.stderr.contains("no coordinator leads") || Instant::now() > deadline {
+            break run;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    eprintln!(
+        "status says why {} ms after the leader stopped",
+        lost_at.elapsed().as_millis()
+    );
     eprintln!(
         "kreachctl status without quorum (exit {}):\n{}",
         run.code, run.stderr
