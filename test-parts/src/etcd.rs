@@ -77,10 +77,15 @@ impl EtcdCluster {
         // In memory where there is a tmpfs: etcd fsyncs every write, and on a disk busy with a
         // build its answers (lease renewals included) can take seconds, which a test's short
         // lease cannot tell from a partition.
+        // Only where it has room: each member preallocates a 64 MB write-ahead log, and a
+        // container's /dev/shm is often 64 MB in all.
         let shm = std::path::Path::new("/dev/shm");
+        let roomy = nix::sys::statvfs::statvfs(shm).is_ok_and(|stat| {
+            stat.blocks_available().saturating_mul(stat.fragment_size()) >= 1 << 30
+        });
         let mut builder = tempfile::Builder::new();
         builder.prefix("kreach-etcd-");
-        let dir = if shm.is_dir() {
+        let dir = if roomy {
             builder.tempdir_in(shm)
         } else {
             builder.tempdir()
