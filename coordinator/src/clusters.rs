@@ -94,6 +94,23 @@ pub struct Clusters {
     feeds: crate::metrics::StatusFeeds,
 }
 
+/// The clusters a redb state directory keeps beside its home store: the directories under
+/// `clusters/` that hold a store, by name, sorted.
+pub fn redb_cluster_names(state_dir: &Path) -> Result<Vec<String>, CoreError> {
+    let dir = state_dir.join(CLUSTERS_DIR);
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map_err(|error| io_error(&dir, &error))?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().join(crate::core::STORE_FILE).is_file())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
 impl Clusters {
     /// Open the home core at `state_dir` and every cluster under `state_dir/clusters/`.
     pub fn open(state_dir: &Path, clock: Arc<dyn Clock>) -> Result<Clusters, CoreError> {
@@ -110,38 +127,26 @@ impl Clusters {
         let mut cores = vec![Core::open_in(state_dir, &root, None, Arc::clone(&clock))?];
         let mut pending = vec![None];
         let dir = state_dir.join(CLUSTERS_DIR);
-        if let crate::store::StoreRoot::Etcd(handle) = &root {
-            let names = handle.cluster_names().map_err(|message| {
+        let names = match &root {
+            crate::store::StoreRoot::Etcd(handle) => handle.cluster_names().map_err(|message| {
                 CoreError::Store(crate::store::StoreError::Io {
                     path: PathBuf::from(format!("etcd:{}/index/", handle.prefix())),
                     message,
                 })
-            })?;
-            for name in names {
-                let path = dir.join(&name);
-                std::fs::create_dir_all(&path).map_err(|error| io_error(&path, &error))?;
-                cores.push(Core::open_in(
-                    &path,
-                    &root,
-                    Some(&name),
-                    Arc::clone(&clock),
-                )?);
-                pending.push(Some(name));
-            }
-        } else if dir.is_dir() {
-            let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .map_err(|error| io_error(&dir, &error))?
-                .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-                .filter(|path| path.join(crate::core::STORE_FILE).is_file())
-                .collect();
-            names.sort();
-            for path in names {
-                cores.push(Core::open_with_clock(&path, Arc::clone(&clock))?);
-                pending.push(
-                    path.file_name()
-                        .map(|name| name.to_string_lossy().into_owned()),
-                );
-            }
+            })?,
+            crate::store::StoreRoot::Redb => redb_cluster_names(state_dir)?,
+        };
+        for name in names {
+            // With etcd, a directory of its own for the cluster's local files.
+            let path = dir.join(&name);
+            std::fs::create_dir_all(&path).map_err(|error| io_error(&path, &error))?;
+            cores.push(Core::open_in(
+                &path,
+                &root,
+                Some(&name),
+                Arc::clone(&clock),
+            )?);
+            pending.push(Some(name));
         }
         let mut clusters = Clusters {
             state_dir: state_dir.to_path_buf(),

@@ -45,25 +45,17 @@ pub fn parse_side(flag: &str, text: &str) -> Result<Side, String> {
 }
 
 /// The redb stores under `dir`: the home one, then each cluster's (by its directory's name).
-fn redb_stores(dir: &Path) -> Vec<(Option<String>, PathBuf)> {
+fn redb_stores(dir: &Path) -> Result<Vec<(Option<String>, PathBuf)>, String> {
     let mut stores = Vec::new();
     if dir.join(STORE_FILE).is_file() {
         stores.push((None, dir.to_path_buf()));
     }
     let clusters = dir.join(crate::clusters::CLUSTERS_DIR);
-    let mut names: Vec<String> = std::fs::read_dir(&clusters)
-        .into_iter()
-        .flatten()
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.path().join(STORE_FILE).is_file())
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    stores.extend(names.into_iter().map(|name| {
+    for name in crate::clusters::redb_cluster_names(dir).map_err(|e| e.to_string())? {
         let path = clusters.join(&name);
-        (Some(name), path)
-    }));
-    stores
+        stores.push((Some(name), path));
+    }
+    Ok(stores)
 }
 
 fn label(name: &Option<String>) -> String {
@@ -109,7 +101,7 @@ pub fn run(
 
     // The sources, opened (a redb store in use by a running coordinator is refused here).
     let sources: Vec<(Option<String>, Store)> = if to_etcd {
-        let found = redb_stores(&dir);
+        let found = redb_stores(&dir)?;
         if found.is_empty() {
             return Err(format!(
                 "{} holds no coordinator store ({STORE_FILE}); nothing was changed",
@@ -156,7 +148,7 @@ pub fn run(
                 "etcd prefix {prefix} already holds {etcd_keys} key(s): choose an empty prefix ([store] prefix); nothing was changed"
             ));
         }
-    } else if !redb_stores(&dir).is_empty() {
+    } else if !redb_stores(&dir)?.is_empty() {
         return Err(format!(
             "{} already holds a coordinator store: choose an empty state directory; nothing was changed",
             dir.display()
