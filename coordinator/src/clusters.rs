@@ -177,6 +177,16 @@ impl Clusters {
         Ok(clusters)
     }
 
+    /// A follower's copy of the store: every cluster's agents' connections as the leader stored
+    /// them ([`Core::adopt_live`]). False when the leader's record is missing for any of them.
+    pub fn adopt_live(&mut self) -> Result<bool, CoreError> {
+        let mut known = true;
+        for core in &mut self.cores {
+            known &= core.adopt_live()?;
+        }
+        Ok(known)
+    }
+
     pub fn set_max_agents(&mut self, max_agents: usize) {
         self.max_agents = max_agents;
         for core in &mut self.cores {
@@ -204,7 +214,10 @@ impl Clusters {
             .map(|core| summary(&core.watch_status().borrow()))
             .collect();
         clusters.sort_by(|a, b| a.name.cmp(&b.name));
-        pb::ClustersResponse { clusters }
+        pb::ClustersResponse {
+            clusters,
+            ..Default::default()
+        }
     }
 
     /// The core an admin request is about: the cluster it names, or the only one.

@@ -94,6 +94,8 @@ pub struct Core {
     /// When certificates were last looked at for renewal, and when a renewal was last refused.
     renewal_checked_ms: u64,
     renewal_refused_ms: Option<u64>,
+    /// The connected agents last stored for followers (etcd); None: not stored since start.
+    live_stored: Option<Vec<String>>,
     /// Every timer and timestamp of the core (see [`kreach_domain::clock`]).
     clock: Arc<dyn Clock>,
 }
@@ -156,6 +158,7 @@ impl Core {
             completed_at_ms: 0,
             renewal_checked_ms: 0,
             renewal_refused_ms: None,
+            live_stored: None,
             clock,
         };
         if let Some(rollout) = &core.record.rollout {
@@ -603,6 +606,7 @@ impl Core {
             // then: not one fsync per agent, and none under this lock.
             self.reports.save_agents(records);
         }
+        self.store_live();
         self.renew_certificates(self.clock.now_ms());
         if self.status_dirty {
             self.status_dirty = false;
@@ -610,6 +614,38 @@ impl Core {
             self.status.send_replace(status);
         }
         Ok(())
+    }
+
+    /// With a shared store (etcd), keep which agents are connected here whenever that changed,
+    /// so that followers show it (see [`Core::adopt_live`]). One small write per tick at most.
+    fn store_live(&mut self) {
+        if !self.store.is_shared() {
+            return;
+        }
+        let nodes = self.registry.online_nodes();
+        if self.live_stored.as_ref() == Some(&nodes) {
+            return;
+        }
+        let record = crate::store::LiveRecord {
+            nodes,
+            at_ms: self.clock.now_ms(),
+        };
+        match self.store.save_live(&record) {
+            Ok(()) => self.live_stored = Some(record.nodes),
+            Err(error) => tracing::warn!("storing which agents are connected failed: {error}"),
+        }
+    }
+
+    /// A follower's copy of the store: take the agents' connections from the leader's record of
+    /// them. False when there is none (no coordinator leads): every agent is shown offline for
+    /// want of knowing, which the follower says.
+    pub fn adopt_live(&mut self) -> Result<bool, CoreError> {
+        let live = self.store.live()?;
+        self.registry
+            .set_online(live.as_ref().map_or(&[][..], |live| &live.nodes));
+        let status = self.status_response();
+        self.status.send_replace(status);
+        Ok(live.is_some())
     }
 
     /// Certificate renewal, by itself: once a certificate some broker holds is within `[tls]
@@ -1165,8 +1201,8 @@ impl Core {
             .map(pb::AuditRecord::from)
             .collect();
         Ok(pb::HistoryResponse {
-            generations: Vec::new(),
             changes,
+            ..Default::default()
         })
     }
 
@@ -1199,7 +1235,7 @@ impl Core {
             .collect();
         Ok(pb::HistoryResponse {
             generations,
-            changes: Vec::new(),
+            ..Default::default()
         })
     }
 

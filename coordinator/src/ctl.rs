@@ -72,7 +72,10 @@ impl Connection {
     /// `UNAVAILABLE` (a follower says `not the leader`), is passed over for the leader it names
     /// in `kreach-leader` when that is one of the list, else for the next one; each URL at most
     /// once. Whether a coordinator leads is asked with one cheap call (`Clusters`), since a
-    /// follower accepts connections. When none answers, the error names each URL and its reason.
+    /// follower accepts connections and answers reads (its answer says `served_by`). When no
+    /// coordinator leads but a follower answered, that follower: reads are served from the
+    /// store, and what only the leader does is refused saying why. When none answers, the error
+    /// names each URL and its reason.
     pub async fn admin(&self) -> anyhow::Result<AdminServiceClient<Channel>> {
         let urls = self.urls()?;
         if let [url] = urls.as_slice() {
@@ -85,6 +88,7 @@ impl Connection {
             .collect::<anyhow::Result<Vec<Endpoint>>>()?;
         let mut tried = vec![false; urls.len()];
         let mut reasons = Vec::new();
+        let mut follower = None;
         let mut index = 0;
         loop {
             tried[index] = true;
@@ -116,6 +120,16 @@ impl Connection {
                                 leader: leader_of(&status),
                             }
                         }
+                        Ok(Ok(answer)) if !answer.get_ref().served_by.is_empty() => {
+                            let leader = answer
+                                .metadata()
+                                .get(LEADER_METADATA)
+                                .and_then(|value| value.to_str().ok())
+                                .map(str::to_string);
+                            let reason = format!("answers as {}", answer.get_ref().served_by);
+                            follower.get_or_insert(admin);
+                            PassedOver { reason, leader }
+                        }
                         // It leads; any other refusal is the command's to report.
                         Ok(_) => return Ok(admin),
                     }
@@ -131,9 +145,13 @@ impl Connection {
                     .map(|step| (index + step) % urls.len())
                     .find(|&candidate| !tried[candidate])
             });
-            match next {
-                Some(next) => index = next,
-                None => anyhow::bail!("no coordinator answered: {}", reasons.join("; ")),
+            match (next, follower) {
+                (Some(next), unused) => {
+                    index = next;
+                    follower = unused;
+                }
+                (None, Some(follower)) => return Ok(follower),
+                (None, None) => anyhow::bail!("no coordinator answered: {}", reasons.join("; ")),
             }
         }
     }
@@ -490,7 +508,7 @@ pub fn status_events(
         let was_online = previous
             .and_then(|previous| previous.nodes.iter().find(|n| n.node == node.node))
             .is_none_or(|n| n.online);
-        if was_online && !node.online {
+        if was_online && !node.online && !now.liveness_unknown {
             events.push(format!("  {} ({}): agent OFFLINE", node.node, node.role));
         }
     }
@@ -547,8 +565,51 @@ pub fn client_properties(config: &pb::ClientConfigResponse, java: bool) -> Vec<(
     properties
 }
 
+/// A follower's answer says so (several coordinators on etcd): the line kreachctl prints on
+/// standard error for it. None from the coordinator that leads.
+pub fn served_by_note(served_by: &str, liveness_unknown: bool) -> Option<String> {
+    if served_by.is_empty() {
+        return None;
+    }
+    let mut note = format!("kreachctl: answered by {served_by}");
+    if liveness_unknown {
+        note.push_str(UNKNOWN_LIVENESS);
+    }
+    Some(note)
+}
+
+const UNKNOWN_LIVENESS: &str =
+    "; the agents' connections are unknown while no coordinator leads (AGENT \"unknown\")";
+
+/// The AGENT column: whether the agent is connected, or `unknown` (see `liveness_unknown`).
+fn agent_text(online: bool, unknown: bool) -> &'static str {
+    match (unknown, online) {
+        (true, _) => "unknown",
+        (false, true) => "online",
+        (false, false) => "OFFLINE",
+    }
+}
+
+/// `online` in JSON: null when unknown.
+fn online_json(online: bool, unknown: bool) -> Value {
+    if unknown {
+        Value::Null
+    } else {
+        Value::Bool(online)
+    }
+}
+
 pub fn status_text(status: &pb::StatusResponse) -> String {
     let mut out = String::new();
+    if !status.served_by.is_empty() {
+        out.push_str(&format!("answered by {}", status.served_by));
+        if status.liveness_unknown {
+            out.push_str(UNKNOWN_LIVENESS);
+        }
+        out.push_str(
+            "\n(the hosts' health goes to the leader alone: a follower does not show it)\n",
+        );
+    }
     // Which of the coordinator's clusters this is (it may hold several).
     if !status.cluster.is_empty() {
         out.push_str(&format!("cluster: {}\n", status.cluster));
@@ -561,7 +622,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
                 let offline: Vec<&str> = status
                     .nodes
                     .iter()
-                    .filter(|node| !node.online)
+                    .filter(|node| !node.online && !status.liveness_unknown)
                     .map(|node| node.node.as_str())
                     .collect();
                 let waiting: Vec<String> = rollout
@@ -598,7 +659,7 @@ pub fn status_text(status: &pb::StatusResponse) -> String {
             vec![
                 node.node.clone(),
                 node.role.clone(),
-                if node.online { "online" } else { "OFFLINE" }.to_string(),
+                agent_text(node.online, status.liveness_unknown).to_string(),
                 release_text(&node.released),
                 reported
                     .map(|s| release_text(&s.release))
@@ -873,6 +934,8 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
     };
     json!({
         "cluster": status.cluster,
+        "served_by": status.served_by,
+        "liveness_unknown": status.liveness_unknown,
         "rollout": status.rollout.as_ref().map(|r| json!({
             "generation": r.generation,
             "state": r.state,
@@ -888,7 +951,7 @@ pub fn status_json(status: &pb::StatusResponse) -> Value {
         "nodes": status.nodes.iter().map(|n| json!({
             "node": n.node,
             "role": n.role,
-            "online": n.online,
+            "online": online_json(n.online, status.liveness_unknown),
             "released": release(&n.released),
             "applied": n.status.as_ref().map(|s| release(&s.release)).unwrap_or(Value::Null),
             "phase": n.status.as_ref().map(|s| phase_text(s.phase)).unwrap_or("-"),
@@ -997,7 +1060,7 @@ pub fn nodes_text(nodes: &pb::NodesResponse) -> String {
         .map(|(facts, online)| {
             vec![
                 facts.node.clone(),
-                if *online { "online" } else { "OFFLINE" }.to_string(),
+                agent_text(*online, nodes.liveness_unknown).to_string(),
                 facts.hostname.clone(),
                 facts.fqdn.clone(),
                 facts.addresses.join(","),
@@ -1053,7 +1116,11 @@ pub fn clusters_text(response: &pb::ClustersResponse) -> String {
                 cluster.generation.to_string(),
                 rollout,
                 cluster.nodes.to_string(),
-                cluster.online.to_string(),
+                if response.liveness_unknown {
+                    "unknown".to_string()
+                } else {
+                    cluster.online.to_string()
+                },
             ]
         })
         .collect();
@@ -1068,7 +1135,7 @@ pub fn clusters_json(response: &pb::ClustersResponse) -> Value {
         response
             .clusters
             .iter()
-            .map(|c| json!({"cluster": c.name, "generation": c.generation, "state": c.state, "nodes": c.nodes, "online": c.online, "paused_node": c.paused_node, "paused_reason": c.paused_reason}))
+            .map(|c| json!({"cluster": c.name, "generation": c.generation, "state": c.state, "nodes": c.nodes, "online": if response.liveness_unknown { Value::Null } else { json!(c.online) }, "paused_node": c.paused_node, "paused_reason": c.paused_reason}))
             .collect(),
     )
 }
@@ -1079,7 +1146,7 @@ pub fn nodes_json(nodes: &pb::NodesResponse) -> Value {
             .nodes
             .iter()
             .zip(nodes.online.iter().chain(std::iter::repeat(&false)))
-            .map(|(f, online)| json!({"node": f.node, "online": online, "hostname": f.hostname, "fqdn": f.fqdn, "addresses": f.addresses, "kafka_running": f.kafka_running, "kafka_controller": f.kafka_controller, "agent_version": f.agent_version, "labels": f.labels}))
+            .map(|(f, online)| json!({"node": f.node, "online": online_json(*online, nodes.liveness_unknown), "hostname": f.hostname, "fqdn": f.fqdn, "addresses": f.addresses, "kafka_running": f.kafka_running, "kafka_controller": f.kafka_controller, "agent_version": f.agent_version, "labels": f.labels}))
             .collect(),
     )
 }
@@ -1323,11 +1390,12 @@ mod tests {
             paused_node: paused.into(),
             paused_reason: String::new(),
         };
-        let response = pb::ClustersResponse {
+        let mut response = pb::ClustersResponse {
             clusters: vec![
                 summary("kafka-a", "completed", ""),
                 summary("kafka-b", "paused", "b-2"),
             ],
+            ..Default::default()
         };
         assert_eq!(
             clusters_text(&response),
@@ -1336,6 +1404,25 @@ mod tests {
              kafka-b  4           paused at b-2  250    249\n"
         );
         assert_eq!(clusters_json(&response)[1]["paused_node"], "b-2");
+        // From a follower while no coordinator leads: nobody knows who is connected.
+        response.served_by = "a follower, from the etcd store; no coordinator leads (x)".into();
+        response.liveness_unknown = true;
+        assert_eq!(
+            clusters_text(&response),
+            "CLUSTER  GENERATION  ROLLOUT        NODES  ONLINE\n\
+             kafka-a  4           completed      250    unknown\n\
+             kafka-b  4           paused at b-2  250    unknown\n"
+        );
+        assert_eq!(clusters_json(&response)[0]["online"], Value::Null);
+        assert_eq!(
+            served_by_note(&response.served_by, response.liveness_unknown).unwrap(),
+            "kreachctl: answered by a follower, from the etcd store; no coordinator leads (x); the agents' connections are unknown while no coordinator leads (AGENT \"unknown\")"
+        );
+        assert_eq!(
+            served_by_note("", false),
+            None,
+            "the leader's answer is plain"
+        );
         assert_eq!(
             clusters_text(&pb::ClustersResponse::default()),
             "no cluster yet: no spec has been applied to this coordinator\n"

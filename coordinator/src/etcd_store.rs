@@ -7,7 +7,7 @@
 //!
 //! Key layout, for a store at `ROOT` (`PREFIX/home/` or `PREFIX/clusters/NAME/`):
 //! `ROOT meta/KEY`, `ROOT gen/N` (20 digits), `ROOT agent/NODE`, `ROOT audit/NODE/ORDINAL`,
-//! `ROOT cursor/NODE`; and `PREFIX/index/NAME` for each cluster store, `PREFIX/leader` for the
+//! `ROOT cursor/NODE`, `ROOT live` (the agents connected to the leader, on its lease); and `PREFIX/index/NAME` for each cluster store, `PREFIX/leader` for the
 //! leader key.
 //!
 //! **Fencing.** A leader's store carries the leader key and its create revision; every write is a
@@ -35,11 +35,13 @@ pub const MAX_BYTES: usize = 1_400_000;
 /// Revisions kept before the coordinator compacts the older ones.
 pub const KEEP_REVISIONS: i64 = 10_000;
 
-/// The leader key and the create revision this coordinator's election gave it.
+/// The leader key and the create revision this coordinator's election gave it, with the lease
+/// that keeps the key (and the records that last only as long as this coordinator leads).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fence {
     pub key: Vec<u8>,
     pub revision: i64,
+    pub lease: i64,
 }
 
 /// One etcd connection for the whole process, with a runtime of its own so that the store's
@@ -52,10 +54,30 @@ pub struct EtcdHandle {
     fence: Mutex<Option<Fence>>,
     deposed: tokio::sync::watch::Sender<Option<String>>,
     compacted: AtomicI64,
+    /// A follower's reader: every write is refused (see [`EtcdHandle::reader`]).
+    read_only: bool,
 }
 
 impl EtcdHandle {
     pub fn new(config: kreach_etcd::Config, prefix: &str) -> Result<Arc<EtcdHandle>, String> {
+        EtcdHandle::open(config, prefix, false)
+    }
+
+    /// A connection of its own for a follower's reads of the store: every write through it is
+    /// refused, so that nothing a follower does (opening a store not created yet, say) can write
+    /// beside the leader's fenced writes.
+    pub fn new_reader(
+        config: kreach_etcd::Config,
+        prefix: &str,
+    ) -> Result<Arc<EtcdHandle>, String> {
+        EtcdHandle::open(config, prefix, true)
+    }
+
+    fn open(
+        config: kreach_etcd::Config,
+        prefix: &str,
+        read_only: bool,
+    ) -> Result<Arc<EtcdHandle>, String> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("kreach-etcd")
@@ -73,11 +95,21 @@ impl EtcdHandle {
             fence: Mutex::new(None),
             deposed: tokio::sync::watch::channel(None).0,
             compacted: AtomicI64::new(0),
+            read_only,
         }))
     }
 
     /// The connection `[store]` describes (kind = "etcd"): its endpoints, TLS files and prefix.
     pub fn from_config(store: &crate::config::StoreConfig) -> Result<Arc<EtcdHandle>, String> {
+        EtcdHandle::new(EtcdHandle::client_config(store)?, &store.prefix)
+    }
+
+    /// [`EtcdHandle::new_reader`] on the connection `[store]` describes.
+    pub fn reader(store: &crate::config::StoreConfig) -> Result<Arc<EtcdHandle>, String> {
+        EtcdHandle::new_reader(EtcdHandle::client_config(store)?, &store.prefix)
+    }
+
+    fn client_config(store: &crate::config::StoreConfig) -> Result<kreach_etcd::Config, String> {
         let read = |path: &std::path::Path| {
             std::fs::read(path)
                 .map_err(|error| format!("store: cannot read {}: {error}", path.display()))
@@ -99,7 +131,7 @@ impl EtcdHandle {
             timeout: std::time::Duration::from_secs(2),
             require_leader: true,
         };
-        EtcdHandle::new(config, &store.prefix)
+        Ok(config)
     }
 
     /// Who leads (the leader key's value), if anyone.
@@ -131,6 +163,16 @@ impl EtcdHandle {
     /// The leader key: who leads, as its URL; its create revision is the fencing token.
     pub fn leader_key(&self) -> Vec<u8> {
         format!("{}/leader", self.prefix).into_bytes()
+    }
+
+    /// The lease of the election this coordinator won (0: none), which records that last only as
+    /// long as it leads are attached to.
+    fn lease(&self) -> i64 {
+        self.fence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, |fence| fence.lease)
     }
 
     /// Fence every write from now on on `fence` (None: unfenced, for `migrate`).
@@ -180,6 +222,11 @@ impl EtcdHandle {
     pub fn commit(&self, ops: Vec<Op>) -> Result<(), String> {
         if ops.is_empty() {
             return Ok(());
+        }
+        if self.read_only {
+            return Err(
+                "this coordinator follows: it reads the store and never writes it".to_string(),
+            );
         }
         let fence = self.fence.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut revision = 0;
@@ -355,6 +402,24 @@ impl EtcdStore {
             ops.push(self.put(index.clone(), Vec::new()));
         }
         ops
+    }
+
+    /// The leader's record of which agents are connected to it, attached to its lease: it goes
+    /// when the leader stops leading (its lease revoked or expired), so a follower that finds
+    /// none knows that nobody knows. Kept outside `meta/`, which `migrate` copies.
+    pub fn put_live(&self, value: Vec<u8>) -> Op {
+        Op::Put {
+            key: format!("{}live", self.root).into_bytes(),
+            value,
+            lease: self.handle.lease(),
+        }
+    }
+
+    pub fn live(&self) -> Result<Option<Vec<u8>>, String> {
+        Ok(self
+            .handle
+            .get(format!("{}live", self.root).into_bytes())?
+            .map(|kv| kv.value))
     }
 
     pub fn put_generation(&self, generation: u64, value: Vec<u8>) -> Op {

@@ -56,15 +56,10 @@ impl From<CoreError> for Status {
     }
 }
 
-impl Services {
-    fn clusters(&self) -> MutexGuard<'_, Clusters> {
-        self.clusters
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn identity<T>(&self, request: &Request<T>) -> Result<Option<PeerIdentity>, Status> {
-        if self.auth == Auth::Insecure {
+impl Auth {
+    /// Who the caller is by its certificate (None: `insecure`, every caller trusted).
+    fn identity<T>(self, request: &Request<T>) -> Result<Option<PeerIdentity>, Status> {
+        if self == Auth::Insecure {
             return Ok(None);
         }
         let certs = request.peer_certs().ok_or_else(|| {
@@ -82,6 +77,28 @@ impl Services {
         })
     }
 
+    /// The caller must hold the admin certificate.
+    pub fn require_admin<T>(self, request: &Request<T>) -> Result<(), Status> {
+        match self.identity(request)? {
+            None | Some(PeerIdentity::Admin) => Ok(()),
+            Some(other) => Err(Status::permission_denied(format!(
+                "the admin service needs the admin certificate; this one is the {other} certificate"
+            ))),
+        }
+    }
+}
+
+impl Services {
+    fn clusters(&self) -> MutexGuard<'_, Clusters> {
+        self.clusters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn identity<T>(&self, request: &Request<T>) -> Result<Option<PeerIdentity>, Status> {
+        self.auth.identity(request)
+    }
+
     /// The caller must be the agent of `node`.
     fn require_node<T>(&self, request: &Request<T>, node: &str) -> Result<(), Status> {
         match self.identity(request)? {
@@ -97,12 +114,7 @@ impl Services {
     }
 
     fn require_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        match self.identity(request)? {
-            None | Some(PeerIdentity::Admin) => Ok(()),
-            Some(other) => Err(Status::permission_denied(format!(
-                "the admin service needs the admin certificate; this one is the {other} certificate"
-            ))),
-        }
+        self.auth.require_admin(request)
     }
 
     /// Ask the agents of `draft` to dry-run their node's spec (all at once, at most
@@ -127,9 +139,9 @@ impl Services {
 }
 
 type ReleaseStream = Pin<Box<dyn Stream<Item = Result<pb::Release, Status>> + Send>>;
-type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::StatusResponse, Status>> + Send>>;
+pub type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::StatusResponse, Status>> + Send>>;
 type DryRunStream = Pin<Box<dyn Stream<Item = Result<pb::DryRunRequest, Status>> + Send>>;
-type DiagnoseStream = Pin<Box<dyn Stream<Item = Result<pb::DiagnoseStep, Status>> + Send>>;
+pub type DiagnoseStream = Pin<Box<dyn Stream<Item = Result<pb::DiagnoseStep, Status>> + Send>>;
 
 /// How long a diagnosis may go without a step before kreachctl is told (each step is bounded by
 /// the agent's own timeouts, a few seconds; a slow system resolver takes longer).

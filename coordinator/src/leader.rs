@@ -67,11 +67,10 @@ impl Standing {
     }
 }
 
-/// A won election: the fencing token and the lease that keeps it.
+/// A won election: the fencing token, with the lease that keeps it.
 #[derive(Clone, Debug)]
 pub struct Won {
     pub fence: Fence,
-    pub lease: i64,
     /// When the lease was last renewed (the request's sending, so no later than etcd's own
     /// renewal): it lasts at least the TTL from here.
     pub renewed: Instant,
@@ -137,8 +136,8 @@ pub async fn campaign(
                         fence: Fence {
                             key,
                             revision: result.revision,
+                            lease,
                         },
-                        lease,
                         renewed,
                     };
                 }
@@ -203,7 +202,7 @@ pub async fn hold(handle: Arc<EtcdHandle>, won: Won, ttl: Duration) -> String {
         }
         // A slow answer still counts while it comes before the deadline.
         let asked = Instant::now();
-        match tokio::time::timeout(left, client.lease_keep_alive(won.lease)).await {
+        match tokio::time::timeout(left, client.lease_keep_alive(won.fence.lease)).await {
             Ok(Ok(remaining)) if remaining > 0 => renewed = asked,
             Ok(Ok(_)) => return "etcd says the leader lease expired".to_string(),
             Ok(Err(error)) => {

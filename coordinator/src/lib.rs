@@ -8,6 +8,7 @@ pub mod core;
 pub mod ctl;
 pub mod dry_run;
 pub mod etcd_store;
+pub mod follower;
 pub mod groups;
 pub mod grpc;
 pub mod leader;

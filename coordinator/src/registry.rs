@@ -163,6 +163,25 @@ impl Registry {
         self.agents.contains_key(node)
     }
 
+    /// The nodes whose agents have a release stream open, sorted.
+    pub fn online_nodes(&self) -> Vec<String> {
+        self.agents
+            .iter()
+            .filter(|(_, entry)| entry.online())
+            .map(|(node, _)| node.clone())
+            .collect()
+    }
+
+    /// A follower's copy: `nodes` are connected to the leader (one stream each), the rest not.
+    pub fn set_online(&mut self, nodes: &[String]) {
+        for entry in self.agents.values_mut() {
+            entry.connections = 0;
+        }
+        for node in nodes {
+            self.agents.entry(node.clone()).or_default().connections = 1;
+        }
+    }
+
     /// Whether `node`'s agent has a release stream open.
     pub fn online(&self, node: &str) -> bool {
         self.agents.get(node).is_some_and(AgentEntry::online)

@@ -135,6 +135,16 @@ pub struct AgentRecord {
     pub last_seen_ms: u64,
 }
 
+/// Which agents have a release stream open to the coordinator that leads, as it last stored them
+/// (see [`Store::save_live`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveRecord {
+    /// Sorted.
+    pub nodes: Vec<String>,
+    /// When the leader stored it (it stores it again whenever the set changes).
+    pub at_ms: u64,
+}
+
 /// An agent record as format 1 kept it: the wire messages, protobuf-encoded.
 #[derive(Deserialize)]
 struct AgentRecordV1 {
@@ -473,6 +483,27 @@ impl Store {
     /// state directory goes in the store instead.
     pub fn is_shared(&self) -> bool {
         self.etcd().is_some()
+    }
+
+    /// Keep which agents are connected to this coordinator, for followers to show (etcd only,
+    /// on the leader's lease; with redb there are no followers and nothing is written).
+    pub fn save_live(&self, record: &LiveRecord) -> Result<(), StoreError> {
+        let Some(etcd) = self.etcd() else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(record).expect("serializable");
+        self.commit(vec![etcd.put_live(bytes)])
+    }
+
+    /// The leader's [`LiveRecord`]; None when no coordinator leads (or with redb).
+    pub fn live(&self) -> Result<Option<LiveRecord>, StoreError> {
+        let Some(etcd) = self.etcd() else {
+            return Ok(None);
+        };
+        match etcd.live().map_err(|e| self.io(e))? {
+            Some(bytes) => self.decode("live", &bytes).map(Some),
+            None => Ok(None),
+        }
     }
 
     pub fn kafka_ca(&self) -> Result<Option<StoredCa>, StoreError> {

@@ -168,6 +168,7 @@ pub fn status(inputs: &StatusInputs<'_>) -> pb::StatusResponse {
             .unwrap_or_default(),
         certificates,
         cluster: cluster.to_string(),
+        ..Default::default()
     }
 }
 

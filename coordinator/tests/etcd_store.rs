@@ -122,6 +122,7 @@ fn a_deposed_leaders_write_is_refused_inside_etcd_and_says_so() {
     handle.set_fence(Some(Fence {
         key: key.clone(),
         revision,
+        lease: 0,
     }));
     let store = Store::open_etcd(EtcdStore::new(Arc::clone(&handle), None)).unwrap();
     store.save_rollout(&"step 1").unwrap();

@@ -10,6 +10,7 @@ use kreach_coordinator::cli::coordinator::Cli;
 use kreach_coordinator::clusters::Clusters;
 use kreach_coordinator::config::{CoordinatorConfig, StoreKind};
 use kreach_coordinator::etcd_store::EtcdHandle;
+use kreach_coordinator::follower::Follower;
 use kreach_coordinator::grpc::{Auth, Services};
 use kreach_coordinator::leader::{self, Refusal, Standing};
 use kreach_coordinator::store::StoreRoot;
@@ -107,20 +108,29 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
             .map(|_| ());
     };
 
-    // Follow (answering every call with who leads) until elected.
+    // Follow until elected: the reads from the store, every other call answered with who leads.
     let me = config.store.advertise.clone().unwrap_or_else(|| {
         let scheme = if config.tls.insecure { "http" } else { "https" };
         format!("{scheme}://{address}")
     });
     let (standing, standing_now) = tokio::sync::watch::channel(Standing::Starting);
     let (stop_following, follow_stopped) = tokio::sync::oneshot::channel::<()>();
+    let reader = EtcdHandle::reader(&config.store).map_err(anyhow::Error::msg)?;
+    let reads = Follower::new(
+        reader,
+        config.state_dir.clone(),
+        clock.clone(),
+        standing_now.clone(),
+        auth(&config),
+    );
     let router = Server::builder()
         .add_service(Refusal::<
             pb::agent_service_server::AgentServiceServer<Services>,
-        >::new(standing_now.clone()))
-        .add_service(Refusal::<
-            pb::admin_service_server::AdminServiceServer<Services>,
-        >::new(standing_now));
+        >::new(standing_now))
+        .add_service(
+            pb::admin_service_server::AdminServiceServer::new(reads)
+                .max_decoding_message_size(pb::MAX_MESSAGE_BYTES),
+        );
     let following = tokio::net::TcpListener::from_std(listener.try_clone()?)?;
     let mut follower = spawn_server(router, following, tls.clone(), async {
         let _ = follow_stopped.await;
@@ -187,7 +197,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         Ok(clusters) => clusters,
         Err(error) => {
             let _ = etcd
-                .spawn(leader::resign(Arc::clone(&etcd), won.lease))
+                .spawn(leader::resign(Arc::clone(&etcd), won.fence.lease))
                 .await;
             return Err(error).context("opening the store");
         }
@@ -196,7 +206,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     match lead(&config, clusters, listener, tls, Some(lost)).await? {
         Ended::Stopped => {
             let _ = etcd
-                .spawn(leader::resign(Arc::clone(&etcd), won.lease))
+                .spawn(leader::resign(Arc::clone(&etcd), won.fence.lease))
                 .await;
             Ok(())
         }
@@ -256,6 +266,14 @@ fn spawn_server(
     }
 }
 
+fn auth(config: &CoordinatorConfig) -> Auth {
+    if config.tls.insecure {
+        Auth::Insecure
+    } else {
+        Auth::MutualTls
+    }
+}
+
 /// How leading ended.
 enum Ended {
     Stopped,
@@ -272,14 +290,9 @@ async fn lead(
 ) -> anyhow::Result<Ended> {
     clusters.set_max_agents(config.max_agents);
     let core = Arc::new(Mutex::new(clusters));
-    let auth = if config.tls.insecure {
-        Auth::Insecure
-    } else {
-        Auth::MutualTls
-    };
     let services = Services {
         clusters: Arc::clone(&core),
-        auth,
+        auth: auth(config),
         dry_runs: Default::default(),
     };
     let address = listener.local_addr()?;

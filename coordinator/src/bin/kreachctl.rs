@@ -377,6 +377,14 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             if status.rollout.is_none() {
                 anyhow::bail!("no spec applied yet: nothing to check (kreachctl apply SPEC first)");
             }
+            if !status.served_by.is_empty() {
+                // Agents report their hosts' problems to the leader alone: a pass here could
+                // hide one.
+                anyhow::bail!(
+                    "check needs the coordinator that leads, and none answered: this is {} (give kreachctl every coordinator's URL, or try again once one leads)",
+                    status.served_by
+                );
+            }
             let failures = ctl::check_failures(&status.reachability);
             let mut problems = ctl::host_problems(&status.nodes);
             problems.extend(ctl::certificate_problems(&status.certificates));
@@ -438,6 +446,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .await
                 .map_err(fail)?
                 .into_inner();
+            note_served_by(&history.served_by, false);
             match node {
                 None => print_value(
                     cli,
@@ -648,6 +657,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .await
                 .map_err(fail)?
                 .into_inner();
+            note_served_by(&nodes.served_by, nodes.liveness_unknown);
             print_value(cli, ctl::nodes_text(&nodes), ctl::nodes_json(&nodes));
             Ok(0)
         }
@@ -657,6 +667,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                 .await
                 .map_err(fail)?
                 .into_inner();
+            note_served_by(&clusters.served_by, clusters.liveness_unknown);
             print_value(
                 cli,
                 ctl::clusters_text(&clusters),
@@ -788,5 +799,12 @@ async fn follow(
             Some("paused") | Some("aborted") => return Ok(EXIT_ROLLOUT_STOPPED),
             _ => {}
         }
+    }
+}
+
+/// A follower's answer: say so on standard error (standard output stays the answer itself).
+fn note_served_by(served_by: &str, liveness_unknown: bool) {
+    if let Some(note) = ctl::served_by_note(served_by, liveness_unknown) {
+        eprintln!("{note}");
     }
 }

@@ -650,6 +650,14 @@ pub struct StatusResponse {
     /// The newest spec's cluster name (empty before the first apply).
     #[prost(string, tag = "6")]
     pub cluster: ::prost::alloc::string::String,
+    /// Empty from the coordinator that leads. From a follower (several coordinators on etcd): that
+    /// it answered from the shared store, and who leads.
+    #[prost(string, tag = "7")]
+    pub served_by: ::prost::alloc::string::String,
+    /// True when the agents' connections are not known (a follower answering while no coordinator
+    /// leads): every node's `online` is false for want of knowing, not because it is offline.
+    #[prost(bool, tag = "8")]
+    pub liveness_unknown: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -734,6 +742,9 @@ pub struct HistoryResponse {
     /// For HistoryRequest.node: the node's changes, oldest first.
     #[prost(message, repeated, tag = "2")]
     pub changes: ::prost::alloc::vec::Vec<AuditRecord>,
+    /// As in StatusResponse.
+    #[prost(string, tag = "3")]
+    pub served_by: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -823,6 +834,11 @@ pub struct ClustersResponse {
     /// By name.
     #[prost(message, repeated, tag = "1")]
     pub clusters: ::prost::alloc::vec::Vec<ClusterSummary>,
+    /// As in StatusResponse.
+    #[prost(string, tag = "2")]
+    pub served_by: ::prost::alloc::string::String,
+    #[prost(bool, tag = "3")]
+    pub liveness_unknown: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -831,6 +847,11 @@ pub struct NodesResponse {
     pub nodes: ::prost::alloc::vec::Vec<HostFacts>,
     #[prost(bool, repeated, tag = "2")]
     pub online: ::prost::alloc::vec::Vec<bool>,
+    /// As in StatusResponse.
+    #[prost(string, tag = "3")]
+    pub served_by: ::prost::alloc::string::String,
+    #[prost(bool, tag = "4")]
+    pub liveness_unknown: bool,
 }
 #[allow(clippy::all)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
