@@ -178,11 +178,12 @@ impl Clusters {
     }
 
     /// A follower's copy of the store: every cluster's agents' connections as the leader stored
-    /// them ([`Core::adopt_live`]). False when the leader's record is missing for any of them.
-    pub fn adopt_live(&mut self) -> Result<bool, CoreError> {
+    /// them ([`Core::adopt_live`], `trust` as there). False when the leader's record is missing
+    /// for any of them.
+    pub fn adopt_live(&mut self, trust: bool) -> Result<bool, CoreError> {
         let mut known = true;
         for core in &mut self.cores {
-            known &= core.adopt_live()?;
+            known &= core.adopt_live(trust)?;
         }
         Ok(known)
     }

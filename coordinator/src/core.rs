@@ -637,10 +637,11 @@ impl Core {
     }
 
     /// A follower's copy of the store: take the agents' connections from the leader's record of
-    /// them. False when there is none (no coordinator leads): every agent is shown offline for
-    /// want of knowing, which the follower says.
-    pub fn adopt_live(&mut self) -> Result<bool, CoreError> {
-        let live = self.store.live()?;
+    /// them. False when there is none (no coordinator leads), or when `trust` is false (the
+    /// follower knows the record cannot be current): every agent is shown offline for want of
+    /// knowing, which the follower says.
+    pub fn adopt_live(&mut self, trust: bool) -> Result<bool, CoreError> {
+        let live = if trust { self.store.live()? } else { None };
         self.registry
             .set_online(live.as_ref().map_or(&[][..], |live| &live.nodes));
         let status = self.status_response();

@@ -217,8 +217,11 @@ pub fn status_message(status: &tonic::Status) -> String {
         return kreach_runtime::tls::explain_transport(message);
     }
     let hint = match status.code() {
-        tonic::Code::Unavailable if is_not_the_leader(status) => {
+        tonic::Code::Unavailable if leader_of(status).is_some() => {
             " (list every coordinator in --coordinator, comma-separated, and kreachctl goes to the leader)"
+        }
+        tonic::Code::Unavailable if is_not_the_leader(status) => {
+            " (nothing can be changed until a coordinator leads again; status, history and nodes still answer)"
         }
         tonic::Code::Unavailable => " (is kreach-coordinator running, and is --coordinator right?)",
         // With TLS 1.3 a refused client certificate shows up only as a closed connection.

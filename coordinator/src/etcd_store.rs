@@ -54,8 +54,13 @@ pub struct EtcdHandle {
     fence: Mutex<Option<Fence>>,
     deposed: tokio::sync::watch::Sender<Option<String>>,
     compacted: AtomicI64,
-    /// A follower's reader: every write is refused (see [`EtcdHandle::reader`]).
+    /// A follower's reader: every write is refused (see [`EtcdHandle::new_reader`]).
     read_only: bool,
+    /// A reader's second connection, for reads etcd cannot answer linearizably (no quorum):
+    /// any member's own copy, without asking for a leader.
+    fallback: Option<Client>,
+    /// Why a read since [`EtcdHandle::take_stale`] came from one member's own copy.
+    stale: Mutex<Option<String>>,
 }
 
 impl EtcdHandle {
@@ -65,7 +70,9 @@ impl EtcdHandle {
 
     /// A connection of its own for a follower's reads of the store: every write through it is
     /// refused, so that nothing a follower does (opening a store not created yet, say) can write
-    /// beside the leader's fenced writes.
+    /// beside the leader's fenced writes. A read etcd cannot answer linearizably (it has lost
+    /// quorum) is answered from one member's own copy instead, which may be stale; the handle
+    /// says so ([`EtcdHandle::take_stale`]).
     pub fn new_reader(
         config: kreach_etcd::Config,
         prefix: &str,
@@ -78,15 +85,21 @@ impl EtcdHandle {
         prefix: &str,
         read_only: bool,
     ) -> Result<Arc<EtcdHandle>, String> {
+        let fallback_config = read_only.then(|| kreach_etcd::Config {
+            require_leader: false,
+            ..config.clone()
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("kreach-etcd")
             .enable_all()
             .build()
             .map_err(|error| format!("cannot start the etcd client's runtime: {error}"))?;
-        let client = {
+        let (client, fallback) = {
             let _inside = runtime.enter();
-            Client::new(config).map_err(|error| format!("store.endpoints: {error}"))?
+            let client =
+                |config| Client::new(config).map_err(|error| format!("store.endpoints: {error}"));
+            (client(config)?, fallback_config.map(client).transpose()?)
         };
         Ok(Arc::new(EtcdHandle {
             client,
@@ -96,6 +109,8 @@ impl EtcdHandle {
             deposed: tokio::sync::watch::channel(None).0,
             compacted: AtomicI64::new(0),
             read_only,
+            fallback,
+            stale: Mutex::new(None),
         }))
     }
 
@@ -207,10 +222,7 @@ impl EtcdHandle {
     /// The stores' names under `PREFIX/index/` (one per cluster store besides the home one).
     pub fn cluster_names(&self) -> Result<Vec<String>, String> {
         let prefix = format!("{}/index/", self.prefix);
-        let client = self.client.clone();
-        let (kvs, _) = self
-            .block(async move { client.get_prefix(prefix.as_bytes()).await })
-            .map_err(|error| error.to_string())?;
+        let kvs = self.get_prefix(prefix.into_bytes())?;
         let skip = self.prefix.len() + "/index/".len();
         Ok(kvs
             .iter()
@@ -281,15 +293,50 @@ impl EtcdHandle {
 
     fn get(&self, key: Vec<u8>) -> Result<Option<KeyValue>, String> {
         let client = self.client.clone();
-        self.block(async move { client.get(&key).await })
-            .map_err(|error| error.to_string())
+        let again = key.clone();
+        let read = self.block(async move { client.get(&key).await });
+        self.or_stale(read, |client| async move {
+            client.get_serializable(&again).await
+        })
     }
 
     fn get_prefix(&self, prefix: Vec<u8>) -> Result<Vec<KeyValue>, String> {
         let client = self.client.clone();
-        self.block(async move { client.get_prefix(&prefix).await })
-            .map(|(kvs, _)| kvs)
-            .map_err(|error| error.to_string())
+        let again = prefix.clone();
+        let read = self.block(async move { client.get_prefix(&prefix).await });
+        self.or_stale(read, |client| async move {
+            client.get_prefix_serializable(&again).await
+        })
+        .map(|(kvs, _)| kvs)
+    }
+
+    /// `read`, or where it failed and this is a reader, the same read from one member's own
+    /// copy (noted for [`EtcdHandle::take_stale`]).
+    fn or_stale<T: Send + 'static, F>(
+        &self,
+        read: Result<T, kreach_etcd::Error>,
+        stale: impl FnOnce(Client) -> F,
+    ) -> Result<T, String>
+    where
+        F: Future<Output = Result<T, kreach_etcd::Error>> + Send + 'static,
+    {
+        let error = match (read, &self.fallback) {
+            (Ok(value), _) => return Ok(value),
+            (Err(error), None) => return Err(error.to_string()),
+            (Err(error), Some(_)) => error.to_string(),
+        };
+        let fallback = self.fallback.clone().expect("a reader");
+        let value = self.block(stale(fallback)).map_err(|stale_error| {
+            format!("{error}; and from any member's own copy: {stale_error}")
+        })?;
+        *self.stale.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+        Ok(value)
+    }
+
+    /// Why reads since the last call were answered from one member's own copy (etcd could not
+    /// answer them linearizably); None when every read was linearizable.
+    pub fn take_stale(&self) -> Option<String> {
+        self.stale.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 

@@ -47,8 +47,10 @@ struct Inner {
 struct Copy {
     at: Instant,
     services: Services,
-    /// The leader's record of the agents' connections was there for every cluster.
+    /// The leader's record of the agents' connections was there for every cluster, and current.
     live_known: bool,
+    /// Why etcd could not answer linearizably, when the copy came from one member's own store.
+    stale: Option<String>,
 }
 
 impl Follower {
@@ -85,18 +87,27 @@ impl Follower {
             return Ok(fresh.clone());
         }
         let at = Instant::now();
+        // Without a leader, or from a member's own copy, the leader's record of its agents may
+        // be left over (without quorum etcd cannot expire the lease it is on).
+        let leader_known = matches!(self.standing(), Standing::Follows(_));
         let (reader, state_dir, clock) = (
             Arc::clone(&self.0.reader),
             self.0.state_dir.clone(),
             Arc::clone(&self.0.clock),
         );
         let read = tokio::task::spawn_blocking(move || {
-            let mut clusters = Clusters::open_in(&state_dir, StoreRoot::Etcd(reader), clock)?;
-            let live_known = clusters.adopt_live()?;
-            Ok::<_, crate::core::CoreError>((clusters, live_known))
+            reader.take_stale();
+            let root = StoreRoot::Etcd(Arc::clone(&reader));
+            let mut clusters = Clusters::open_in(&state_dir, root, clock)?;
+            let mut live_known = clusters.adopt_live(leader_known)?;
+            let stale = reader.take_stale();
+            if stale.is_some() && live_known {
+                live_known = clusters.adopt_live(false)?;
+            }
+            Ok::<_, crate::core::CoreError>((clusters, live_known, stale))
         })
         .await;
-        let (clusters, live_known) = match read {
+        let (clusters, live_known, stale) = match read {
             Ok(Ok(read)) => read,
             Ok(Err(error)) => return Err(self.unreadable(&error.to_string())),
             Err(error) => return Err(self.unreadable(&error.to_string())),
@@ -109,6 +120,7 @@ impl Follower {
                 dry_runs: Default::default(),
             },
             live_known,
+            stale,
         };
         *copy = Some(fresh.clone());
         Ok(fresh)
@@ -127,14 +139,25 @@ impl Follower {
         )
     }
 
-    /// Who answered, for `served_by`.
-    fn served_by(&self) -> String {
-        let who = match self.standing() {
+    /// Who answered from what, for `served_by`.
+    fn served_by(&self, copy: &Copy) -> String {
+        let standing = self.standing();
+        let who = match &standing {
             Standing::Follows(url) => format!("the leader is at {url}"),
             Standing::NoLeader(why) => format!("no coordinator leads ({why})"),
             Standing::Starting => "it has not heard yet who leads".to_string(),
         };
-        format!("a follower, from the etcd store; {who}")
+        let from = match (&copy.stale, &standing) {
+            (None, _) => "from the etcd store".to_string(),
+            // Why etcd answers nothing up to date is the same as why nobody leads, said below.
+            (Some(_), Standing::NoLeader(_)) => {
+                "from one etcd member's own copy of the store, which may be stale".to_string()
+            }
+            (Some(why), _) => format!(
+                "from one etcd member's own copy of the store, which may be stale (etcd answered no up-to-date read: {why})"
+            ),
+        };
+        format!("a follower, {from}; {who}")
     }
 
     /// `response` as the answer of this follower: the leader's URL in `kreach-leader`, as a
@@ -158,7 +181,7 @@ impl Follower {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .core(cluster)?
             .status_response();
-        status.served_by = self.served_by();
+        status.served_by = self.served_by(&copy);
         status.liveness_unknown = !copy.live_known;
         Ok(status)
     }
@@ -225,7 +248,7 @@ impl AdminService for Follower {
         self.0.auth.require_admin(&request)?;
         let copy = self.copy().await?;
         let mut response = copy.services.history(request).await?;
-        response.get_mut().served_by = self.served_by();
+        response.get_mut().served_by = self.served_by(&copy);
         Ok(self.answer(response))
     }
 
@@ -236,7 +259,7 @@ impl AdminService for Follower {
         self.0.auth.require_admin(&request)?;
         let copy = self.copy().await?;
         let mut response = copy.services.nodes(request).await?;
-        response.get_mut().served_by = self.served_by();
+        response.get_mut().served_by = self.served_by(&copy);
         response.get_mut().liveness_unknown = !copy.live_known;
         Ok(self.answer(response))
     }
@@ -248,7 +271,7 @@ impl AdminService for Follower {
         self.0.auth.require_admin(&request)?;
         let copy = self.copy().await?;
         let mut response = copy.services.clusters(request).await?;
-        response.get_mut().served_by = self.served_by();
+        response.get_mut().served_by = self.served_by(&copy);
         response.get_mut().liveness_unknown = !copy.live_known;
         Ok(self.answer(response))
     }

@@ -274,7 +274,17 @@ impl Client {
 
     /// One key (linearizable read), or `None` when it does not exist.
     pub async fn get(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
-        let request = convert::range_request(key, Vec::new(), false);
+        self.get_one(key, false).await
+    }
+
+    /// [`Client::get`] answered by any member from its local store (see
+    /// [`Client::get_prefix_serializable`]): it may be stale.
+    pub async fn get_serializable(&self, key: &[u8]) -> Result<Option<KeyValue>, Error> {
+        self.get_one(key, true).await
+    }
+
+    async fn get_one(&self, key: &[u8], serializable: bool) -> Result<Option<KeyValue>, Error> {
+        let request = convert::range_request(key, Vec::new(), serializable);
         let response = self
             .call(|channel| {
                 let request = self.request(request.clone());

@@ -347,4 +347,10 @@ async fn without_quorum_writes_fail_fast_and_serializable_reads_still_answer() {
     let (kvs, _) = reader.get_prefix_serializable(b"q/").await.unwrap();
     assert_eq!(kvs.len(), 1);
     assert_eq!(kvs[0].value, b"last known", "the stale read still answers");
+    let kv = reader.get_serializable(b"q/state").await.unwrap().unwrap();
+    assert_eq!(kv.value, b"last known", "one key too");
+    assert!(
+        reader.get(b"q/state").await.is_err(),
+        "a linearizable read has no answer without quorum"
+    );
 }

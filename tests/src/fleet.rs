@@ -593,6 +593,15 @@ impl Fleet {
 
     /// [`Fleet::ctl`] with `input` on kreachctl's standard input.
     pub fn ctl_with_input(&self, args: &[&str], input: &str) -> Result<Ctl> {
+        self.ctl_at_with_input(&self.ctl_url(), args, input)
+    }
+
+    /// [`Fleet::ctl`] given `--coordinator url` (one of several coordinators, say).
+    pub fn ctl_at(&self, url: &str, args: &[&str]) -> Result<Ctl> {
+        self.ctl_at_with_input(url, args, "")
+    }
+
+    fn ctl_at_with_input(&self, url: &str, args: &[&str], input: &str) -> Result<Ctl> {
         use std::io::Write as _;
         let mut command = Command::new(kreachctl_binary());
         if let Some(cluster) = &self.cluster {
@@ -600,7 +609,7 @@ impl Fleet {
         }
         let mut child = command
             .arg("--coordinator")
-            .arg(self.ctl_url())
+            .arg(url)
             .arg("--insecure")
             .args(args)
             .stdin(Stdio::piped())

@@ -20,6 +20,45 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
         fleet,
         ..
     } = &mut ha;
+
+    // A follower, asked alone, answers the reads from the store: the leader's generation, and
+    // every agent connected (to the leader); a change it refuses, naming the leader.
+    let leader = coordinators.leader(Duration::from_secs(1));
+    let follower = &coordinators.urls[(leader + 1) % 3];
+    let status = follower_status(fleet, follower, &coordinators.urls[leader], 4);
+    assert_eq!(status["rollout"]["generation"], 1);
+    assert_eq!(status["rollout"]["state"], "completed");
+    for args in [&["history"][..], &["nodes"]] {
+        let run = fleet.ctl_at(follower, args).unwrap();
+        assert_eq!(run.code, 0, "{args:?} on a follower: {}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("answered by a follower, from the etcd store; the leader is at"),
+            "{}",
+            run.stderr
+        );
+        eprintln!(
+            "kreachctl {args:?} on a follower:\n{}{}",
+            run.stderr, run.stdout
+        );
+    }
+    let gen1 = fleet.dir.path().join("gen1.toml");
+    let run = fleet
+        .ctl_at(
+            follower,
+            &["apply", "--yes", "--force", gen1.to_str().unwrap()],
+        )
+        .unwrap();
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr.contains(&format!(
+            "not the leader: this coordinator follows; the leader is at {}",
+            coordinators.urls[leader]
+        )),
+        "{}",
+        run.stderr
+    );
+
     let since = now_ns();
     let gen2 = fleet
         .write_spec(
@@ -64,13 +103,58 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
         "never more than max_unavailable = 1 down: {restarts:?}"
     );
 
-    // The killed coordinator comes back as a follower and names the leader.
+    // The killed coordinator comes back as a follower and names the leader; asked alone, it
+    // shows the rollout the new leader finished, and the agents connected to that one.
     coordinators.start(first);
     let back = coordinators.procs[first].as_ref().unwrap();
     back.wait_for_log("following the leader", Duration::from_secs(10))
         .unwrap();
     let status = fleet.status_json().unwrap();
     assert_eq!(status["rollout"]["state"], "completed");
+    let status = follower_status(
+        fleet,
+        &coordinators.urls[first],
+        &coordinators.urls[next],
+        4,
+    );
+    assert_eq!(status["rollout"]["generation"], 2);
+    assert_eq!(status["rollout"]["state"], "completed");
+}
+
+/// `kreachctl status` asked of `follower` alone, once it names `leader` and shows all `nodes`
+/// online (waiting up to 10 s: the leader stores its agents at its next tick, and the follower
+/// reads the store again once its copy is a second old).
+fn follower_status(
+    fleet: &kreach_tests::fleet::Fleet,
+    follower: &str,
+    leader: &str,
+    nodes: usize,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let run = fleet
+            .ctl_at(follower, &["status", "--output", "json"])
+            .unwrap();
+        let status: Option<serde_json::Value> = serde_json::from_str(&run.stdout).ok();
+        if let Some(status) = status.filter(|status| {
+            status["served_by"]
+                == format!("a follower, from the etcd store; the leader is at {leader}")
+                && status["liveness_unknown"] == false
+                && status["nodes"].as_array().is_some_and(|all| {
+                    all.len() == nodes && all.iter().all(|node| node["online"] == true)
+                })
+        }) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status on the follower {follower} (exit {}): {}\n{}",
+            run.code,
+            run.stdout,
+            run.stderr
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }
 
 #[test]
@@ -104,11 +188,12 @@ fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_sa
 
     // Status, from any coordinator, says why nothing leads: once the followers' own attempts at
     // etcd failed too (until then they name the leader they last saw, which refuses connections
-    // while it starts again).
+    // while it starts again). A follower answers it from the surviving member's own copy of the
+    // store, says so, and does not pretend to know which agents are connected.
     let deadline = Instant::now() + Duration::from_secs(LEASE_TTL_S * 3);
     let run = loop {
         let run = fleet.ctl(&["status"]).unwrap();
-        if run.stderr.contains("no coordinator leads") || Instant::now() > deadline {
+        if run.stdout.contains("no coordinator leads") || Instant::now() > deadline {
             break run;
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -118,14 +203,37 @@ fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_sa
         lost_at.elapsed().as_millis()
     );
     eprintln!(
-        "kreachctl status without quorum (exit {}):\n{}",
-        run.code, run.stderr
+        "kreachctl status without quorum (exit {}):\n{}{}",
+        run.code, run.stdout, run.stderr
     );
-    assert_ne!(run.code, 0, "{}", run.stdout);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let first = run.stdout.lines().next().unwrap_or_default();
     assert!(
-        run.stderr.contains("no coordinator leads"),
+        first.starts_with("answered by a follower, from one etcd member's own copy of the store, which may be stale")
+            && first.contains("no coordinator leads")
+            && first.contains("the agents' connections are unknown while no coordinator leads"),
         "status says why: {}",
-        run.stderr
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("rollout: generation 1"),
+        "{}",
+        run.stdout
+    );
+    let agents: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|line| {
+            (line.starts_with("emr-worker-") || line.starts_with("etl-1 "))
+                && line.contains(" gen 1 step ")
+        })
+        .collect();
+    assert_eq!(agents.len(), 4, "{}", run.stdout);
+    assert!(
+        agents
+            .iter()
+            .all(|row| row.contains(" unknown ") && !row.contains("OFFLINE")),
+        "{agents:?}"
     );
     // A change is refused, and no broker restarts.
     let since = now_ns();
