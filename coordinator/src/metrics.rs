@@ -154,6 +154,35 @@ fn node_state(node: &pb::NodeView) -> &'static str {
     }
 }
 
+/// The gauges of the process itself: its version, and whether it leads.
+fn process_gauges(leading: bool) -> Registry {
+    let mut registry = Registry::with_prefix("kreach");
+    gauges(
+        &mut registry,
+        "build_info",
+        "The running kreach-coordinator's version",
+    )
+    .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
+    .set(1);
+    let leader = Gauge::<i64>::default();
+    leader.set(i64::from(leading));
+    registry.register(
+        "coordinator_leader",
+        "1 when this coordinator leads (it releases steps, and its metrics cover the clusters); 0 while it follows (several coordinators on etcd)",
+        leader,
+    );
+    registry
+}
+
+/// The metrics text of a coordinator that follows: only the process's own gauges (the clusters
+/// are the leader's to report, so that no series is counted twice).
+pub fn render_following() -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode_registry(&mut text, &process_gauges(false))
+        .expect("writing to a String does not fail");
+    text
+}
+
 /// The metrics text for one cluster's status.
 pub fn render(status: &pb::StatusResponse) -> String {
     render_all(std::slice::from_ref(status))
@@ -163,15 +192,7 @@ pub fn render(status: &pb::StatusResponse) -> String {
 /// cluster. The process's own counters (TLS refusals, store writes) are not any one cluster's:
 /// they carry the first cluster's label, as a single-cluster coordinator always had them.
 pub fn render_all(statuses: &[pb::StatusResponse]) -> String {
-    let mut registry = Registry::with_prefix("kreach");
-
-    gauges(
-        &mut registry,
-        "build_info",
-        "The running kreach-coordinator's version",
-    )
-    .get_or_create(&labels(&[("version", env!("CARGO_PKG_VERSION"))]))
-    .set(1);
+    let mut registry = process_gauges(true);
 
     let info = gauges(
         &mut registry,
@@ -307,24 +328,27 @@ pub fn render_all(statuses: &[pb::StatusResponse]) -> String {
 pub type StatusFeeds =
     std::sync::Arc<std::sync::RwLock<Vec<tokio::sync::watch::Receiver<pb::StatusResponse>>>>;
 
-/// Serve `GET /metrics` on `listener` from every cluster's latest status until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, feeds: StatusFeeds) -> std::io::Result<()> {
+/// Where `/metrics` takes the clusters from: None while this coordinator follows, every
+/// cluster's status channel once it leads. One endpoint for the process's life, whatever its role.
+pub type MetricsSource = std::sync::Arc<std::sync::RwLock<Option<StatusFeeds>>>;
+
+/// Serve `GET /metrics` on `listener` until the process ends: from every cluster's latest status
+/// while `source` holds them, else [`render_following`].
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    source: MetricsSource,
+) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let mut statuses: Vec<pb::StatusResponse> = feeds
+            let feeds = source
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .iter()
-                .map(|feed| feed.borrow().clone())
-                .collect();
-            // A cluster planned but never applied has no name and nothing to show; before
-            // any apply the one status (no cluster yet) is shown as always.
-            if statuses.len() > 1 {
-                statuses.retain(|status| !status.cluster.is_empty());
-            }
-            statuses.sort_by(|a, b| a.cluster.cmp(&b.cluster));
-            let text = render_all(&statuses);
+                .clone();
+            let text = match feeds {
+                Some(feeds) => render_leading(&feeds),
+                None => render_following(),
+            };
             async move {
                 (
                     [(
@@ -337,6 +361,22 @@ pub async fn serve(listener: tokio::net::TcpListener, feeds: StatusFeeds) -> std
         }),
     );
     axum::serve(listener, app).await
+}
+
+fn render_leading(feeds: &StatusFeeds) -> String {
+    let mut statuses: Vec<pb::StatusResponse> = feeds
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .iter()
+        .map(|feed| feed.borrow().clone())
+        .collect();
+    // A cluster planned but never applied has no name and nothing to show; before
+    // any apply the one status (no cluster yet) is shown as always.
+    if statuses.len() > 1 {
+        statuses.retain(|status| !status.cluster.is_empty());
+    }
+    statuses.sort_by(|a, b| a.cluster.cmp(&b.cluster));
+    render_all(&statuses)
 }
 
 #[cfg(test)]
@@ -400,10 +440,22 @@ mod tests {
             "kreach_agents_connected{cluster=\"c\"} 1",
             "kreach_certificate_expiry_timestamp_seconds{cluster=\"c\",node=\"b1\",listener=\"EXTERNAL\"} 1800000000.0",
             "# TYPE kreach_build_info gauge",
+            "kreach_coordinator_leader 1",
         ] {
             assert!(text.contains(line), "no {line:?} in\n{text}");
         }
         assert!(!text.contains("# EOF"), "{text}");
+    }
+
+    #[test]
+    fn a_follower_says_it_follows_and_reports_no_cluster() {
+        let text = render_following();
+        assert!(text.contains("kreach_coordinator_leader 0"), "{text}");
+        assert!(text.contains("# TYPE kreach_build_info gauge"), "{text}");
+        assert!(
+            !text.contains("cluster="),
+            "the clusters are the leader's to report: {text}"
+        );
     }
 
     #[test]

@@ -770,3 +770,34 @@ pub fn max_concurrent(restarts: &[Restart]) -> usize {
     }
     most as usize
 }
+
+/// The `ADDRESS:PORT` a process logged its metrics endpoint on ("metrics on http://ADDR/metrics").
+pub fn metrics_address(process: &Proc) -> String {
+    let line = process
+        .wait_for_log("metrics on http://", Duration::from_secs(10))
+        .unwrap();
+    line.split("metrics on http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string()
+}
+
+/// `GET path` on `address` over plain HTTP/1.1; the body.
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}

@@ -55,7 +55,8 @@ impl Coordinators {
                 format!(
                     "listen = \"127.0.0.1:{port}\"\nstate_dir = {:?}\n[tls]\ninsecure = true\n\
                      [store]\nkind = \"etcd\"\nendpoints = {:?}\nprefix = \"/kreach-test\"\n\
-                     lease_ttl = \"{LEASE_TTL_S}s\"\nadvertise = {url:?}\n",
+                     lease_ttl = \"{LEASE_TTL_S}s\"\nadvertise = {url:?}\n\
+                     [metrics]\nlisten = \"127.0.0.1:0\"\n",
                     fleet
                         .dir
                         .path()

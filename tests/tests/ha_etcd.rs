@@ -7,7 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, FleetSpec, Restart};
+use kreach_tests::fleet::{
+    http_get, max_concurrent, metrics_address, now_ns, restarts_since, FleetSpec, Restart,
+};
 use kreach_tests::ha::{ha_fleet, ha_fleet_as, Ha, LEASE_TTL_S};
 
 #[test]
@@ -42,6 +44,24 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
             run.stderr, run.stdout
         );
     }
+    // Each serves /metrics: the leader its clusters, a follower only that it follows.
+    let scrape = |index: usize| {
+        http_get(
+            &metrics_address(coordinators.procs[index].as_ref().unwrap()),
+            "/metrics",
+        )
+    };
+    let leading = scrape(leader);
+    assert!(
+        leading.contains("kreach_coordinator_leader 1")
+            && leading.contains("kreach_rollout_generation{cluster=\"fleet-41\"} 1"),
+        "{leading}"
+    );
+    let following = scrape((leader + 1) % 3);
+    assert!(
+        following.contains("kreach_coordinator_leader 0") && !following.contains("cluster="),
+        "{following}"
+    );
     let gen1 = fleet.dir.path().join("gen1.toml");
     let run = fleet
         .ctl_at(
@@ -119,6 +139,16 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
     );
     assert_eq!(status["rollout"]["generation"], 2);
     assert_eq!(status["rollout"]["state"], "completed");
+    // The new leader's metrics cover the cluster now.
+    let leading = http_get(
+        &metrics_address(coordinators.procs[next].as_ref().unwrap()),
+        "/metrics",
+    );
+    assert!(
+        leading.contains("kreach_coordinator_leader 1")
+            && leading.contains("kreach_rollout_generation{cluster=\"fleet-41\"} 2"),
+        "{leading}"
+    );
 }
 
 /// `kreachctl status` asked of `follower` alone, once it names `leader` and shows all `nodes`

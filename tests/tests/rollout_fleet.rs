@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, Fleet, FleetSpec, Restart};
+use kreach_tests::fleet::{
+    http_get, max_concurrent, metrics_address, now_ns, restarts_since, Fleet, FleetSpec, Restart,
+};
 
 /// Apply with `--force`: these "brokers" share one host, so their host facts never match the spec
 /// (the refusal itself is checked in the first test).
@@ -1907,18 +1909,6 @@ fn scram_users_are_salted_by_kreachctl_stored_without_the_password_and_kept_by_e
     );
 }
 
-/// The `ADDRESS:PORT` a process logged its metrics endpoint on ("metrics on http://ADDR/metrics").
-fn metrics_address(process: &kreach_tests::fleet::Proc) -> String {
-    let line = process
-        .wait_for_log("metrics on http://", Duration::from_secs(10))
-        .unwrap();
-    line.split("metrics on http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap()
-        .to_string()
-}
-
 /// Where `promtool` (Debian's prometheus package) is, or the test fails saying how to install it.
 fn promtool_or_fail(test: &str) -> Option<&'static str> {
     let promtool = ["/usr/bin/promtool", "/usr/local/bin/promtool"]
@@ -1936,25 +1926,6 @@ fn promtool_or_fail(test: &str) -> Option<&'static str> {
     )
     .then_some(promtool)
     .flatten()
-}
-
-/// `GET path` on `address` over plain HTTP/1.1; the body.
-fn http_get(address: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
 }
 
 #[test]

@@ -94,6 +94,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     listener.set_nonblocking(true)?;
     let address = listener.local_addr()?;
     let clock = Arc::new(kreach_runtime::clock::SteadyWallClock::new());
+    let metrics = start_metrics(&config).await?;
     let etcd = match config.store.kind {
         StoreKind::Redb => None,
         StoreKind::Etcd => {
@@ -103,7 +104,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
     let Some(etcd) = etcd else {
         let clusters = Clusters::open(&config.state_dir, clock).context("opening the store")?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        return lead(&config, clusters, listener, tls, None)
+        return lead(&config, clusters, listener, tls, None, metrics)
             .await
             .map(|_| ());
     };
@@ -203,7 +204,7 @@ async fn serve(config: CoordinatorConfig) -> anyhow::Result<()> {
         }
     };
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    match lead(&config, clusters, listener, tls, Some(lost)).await? {
+    match lead(&config, clusters, listener, tls, Some(lost), metrics).await? {
         Ended::Stopped => {
             let _ = etcd
                 .spawn(leader::resign(Arc::clone(&etcd), won.fence.lease))
@@ -280,6 +281,28 @@ enum Ended {
     Deposed(String),
 }
 
+/// `[metrics] listen`: the endpoint, for the process's life (a follower's shows that it follows;
+/// [`lead`] gives it the clusters).
+async fn start_metrics(
+    config: &CoordinatorConfig,
+) -> anyhow::Result<Option<kreach_coordinator::metrics::MetricsSource>> {
+    let Some(address) = config.metrics.listen else {
+        return Ok(None);
+    };
+    let metrics = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("binding the metrics endpoint {address}"))?;
+    tracing::info!(address = %metrics.local_addr()?, "metrics on http://{}/metrics", metrics.local_addr()?);
+    let source = kreach_coordinator::metrics::MetricsSource::default();
+    let serving = Arc::clone(&source);
+    tokio::spawn(async move {
+        if let Err(error) = kreach_coordinator::metrics::serve(metrics, serving).await {
+            tracing::error!("the metrics endpoint stopped: {error}");
+        }
+    });
+    Ok(Some(source))
+}
+
 /// Serve `clusters` on `listener` until SIGTERM/SIGINT, or until `lost` says leadership is gone.
 async fn lead(
     config: &CoordinatorConfig,
@@ -287,6 +310,7 @@ async fn lead(
     listener: tokio::net::TcpListener,
     tls: Option<tokio_rustls::rustls::ServerConfig>,
     lost: Option<tokio::task::JoinHandle<String>>,
+    metrics: Option<kreach_coordinator::metrics::MetricsSource>,
 ) -> anyhow::Result<Ended> {
     clusters.set_max_agents(config.max_agents);
     let core = Arc::new(Mutex::new(clusters));
@@ -302,20 +326,12 @@ async fn lead(
         "kreach-coordinator listening on {address}"
     );
 
-    if let Some(address) = config.metrics.listen {
-        let metrics = tokio::net::TcpListener::bind(address)
-            .await
-            .with_context(|| format!("binding the metrics endpoint {address}"))?;
-        tracing::info!(address = %metrics.local_addr()?, "metrics on http://{}/metrics", metrics.local_addr()?);
-        let status = core
+    if let Some(source) = metrics {
+        let feeds = core
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .status_feeds();
-        tokio::spawn(async move {
-            if let Err(error) = kreach_coordinator::metrics::serve(metrics, status).await {
-                tracing::error!("the metrics endpoint stopped: {error}");
-            }
-        });
+        *source.write().unwrap_or_else(|p| p.into_inner()) = Some(feeds);
     }
 
     // Watchdog pings come from the rollout ticker: a wedged core (its mutex, the store) stops them.
