@@ -111,15 +111,14 @@ impl Connection {
                             reason: format!("no answer within {PROBE_TIMEOUT:?}"),
                             leader: None,
                         },
-                        Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                            PassedOver {
-                                reason: kreach_runtime::tls::with_causes(
-                                    status.message(),
-                                    std::error::Error::source(&status),
-                                ),
-                                leader: leader_of(&status),
-                            }
-                        }
+                        // A follower's refusal, or one dying as it was asked.
+                        Ok(Err(status)) if is_lost_connection(&status) => PassedOver {
+                            reason: kreach_runtime::tls::with_causes(
+                                status.message(),
+                                std::error::Error::source(&status),
+                            ),
+                            leader: leader_of(&status),
+                        },
                         Ok(Ok(answer)) if !answer.get_ref().served_by.is_empty() => {
                             let leader = answer
                                 .metadata()
@@ -207,6 +206,21 @@ impl Connection {
 
 fn admin_client(channel: Channel) -> AdminServiceClient<Channel> {
     AdminServiceClient::new(channel).max_decoding_message_size(pb::MAX_MESSAGE_BYTES)
+}
+
+/// Whether `status` ended a call because the coordinator went away or stopped serving it (its
+/// connection broke, it stopped, it no longer leads), rather than refused what was asked: a
+/// coordinator killed mid-call ends it with a transport error (`Unknown`, the transport's error
+/// as its source), one stopping or deposed with `Unavailable` or `Cancelled`.
+pub fn is_lost_connection(status: &tonic::Status) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Cancelled => true,
+        tonic::Code::Unknown | tonic::Code::Internal => {
+            std::error::Error::source(status).is_some()
+                || status.message().contains("h2 protocol error")
+        }
+        _ => false,
+    }
 }
 
 /// A gRPC error as an operator reads it.

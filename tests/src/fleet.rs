@@ -241,6 +241,16 @@ pub struct Ctl {
     pub stderr: String,
 }
 
+impl Ctl {
+    fn from_output(output: std::process::Output) -> Ctl {
+        Ctl {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
 impl Fleet {
     /// The `labels = { .. }` line of `node`'s agent.toml, or nothing.
     fn labels_line(&self, node: &str) -> String {
@@ -603,30 +613,38 @@ impl Fleet {
 
     fn ctl_at_with_input(&self, url: &str, args: &[&str], input: &str) -> Result<Ctl> {
         use std::io::Write as _;
+        let mut child = self.ctl_command(url, args).spawn()?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(input.as_bytes())?;
+        Ok(Ctl::from_output(child.wait_with_output()?))
+    }
+
+    /// [`Fleet::ctl`] started in the background (`apply --wait` across a failover, say).
+    pub fn ctl_spawn(&self, args: &[&str]) -> Result<RunningCtl> {
+        let child = self
+            .ctl_command(&self.ctl_url(), args)
+            .stdin(Stdio::null())
+            .spawn()?;
+        Ok(RunningCtl(Some(child)))
+    }
+
+    fn ctl_command(&self, url: &str, args: &[&str]) -> Command {
         let mut command = Command::new(kreachctl_binary());
         if let Some(cluster) = &self.cluster {
             command.env("KREACH_CLUSTER", cluster);
         }
-        let mut child = command
+        command
             .arg("--coordinator")
             .arg(url)
             .arg("--insecure")
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())?;
-        let output = child.wait_with_output()?;
-        Ok(Ctl {
-            code: output.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-        })
+            .stderr(Stdio::piped());
+        command
     }
 
     /// `kreachctl apply --yes --force SPEC`, which must succeed (`--force`: these stand-in brokers
@@ -800,4 +818,33 @@ pub fn http_get(address: &str, path: &str) -> String {
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_string()
+}
+
+/// A kreachctl running in the background ([`Fleet::ctl_spawn`]); killed (by its pid) if dropped
+/// while it runs.
+pub struct RunningCtl(Option<Child>);
+
+impl RunningCtl {
+    /// Its output once it exits; an error (and it is killed) when it runs past `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Result<Ctl> {
+        let deadline = Instant::now() + timeout;
+        let child = self.0.as_mut().expect("running");
+        while child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("kreachctl still runs after {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let child = self.0.take().expect("running");
+        Ok(Ctl::from_output(child.wait_with_output()?))
+    }
+}
+
+impl Drop for RunningCtl {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

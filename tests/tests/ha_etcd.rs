@@ -90,7 +90,16 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
             },
         )
         .unwrap();
-    fleet.apply_forced(&gen2);
+    // kreachctl follows the rollout (`apply --wait`) across the failover.
+    let waiting = fleet
+        .ctl_spawn(&[
+            "apply",
+            "--yes",
+            "--force",
+            "--wait",
+            gen2.to_str().unwrap(),
+        ])
+        .unwrap();
     fleet.wait_for_a_restart(since, Duration::from_secs(60));
     let first = coordinators.leader(Duration::from_secs(1));
     coordinators.procs[first].as_mut().unwrap().kill9();
@@ -103,6 +112,19 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
     fleet
         .wait_for_rollout("completed", Duration::from_secs(90))
         .unwrap();
+    let waited = waiting.wait(Duration::from_secs(60)).unwrap();
+    eprintln!(
+        "kreachctl apply --wait across the failover (exit {}):\n{}{}",
+        waited.code, waited.stdout, waited.stderr
+    );
+    assert_eq!(waited.code, 0, "{}{}", waited.stdout, waited.stderr);
+    assert!(
+        waited
+            .stderr
+            .contains("following the rollout on the coordinator that leads now"),
+        "{}",
+        waited.stderr
+    );
     let restarts = restarts_since(fleet, since);
     let after_kill = restarts
         .iter()

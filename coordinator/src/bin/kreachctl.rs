@@ -335,7 +335,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, None);
             if *wait {
-                return follow(cli, &connection, &mut admin, &cluster).await;
+                return follow(cli, &connection, &mut admin, &cluster, applied.generation).await;
             }
             Ok(0)
         }
@@ -354,7 +354,7 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
                         "no rollout to follow: no spec applied yet (kreachctl apply SPEC first)"
                     );
                 }
-                return follow(cli, &connection, &mut admin, &connection.cluster).await;
+                return follow(cli, &connection, &mut admin, &connection.cluster, 0).await;
             }
             let status = admin
                 .status(pb::StatusRequest {
@@ -497,7 +497,14 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
             with_reviewed_diffs(&mut applied, &plan);
             print_applied(cli, &applied, Some(*to));
             if *wait {
-                return follow(cli, &connection, &mut admin, &connection.cluster).await;
+                return follow(
+                    cli,
+                    &connection,
+                    &mut admin,
+                    &connection.cluster,
+                    applied.generation,
+                )
+                .await;
             }
             Ok(0)
         }
@@ -688,12 +695,14 @@ async fn remote(cli: &Cli) -> anyhow::Result<u8> {
 /// status is redrawn in place under a progress line; otherwise (a pipe, a log) one line per event;
 /// `--output json` prints each new status. A completed rollout is followed a little longer, until
 /// every online client reported its reachability, so that `check` right after gives the final
-/// answer.
+/// answer. `generation`: the one just applied (0: whatever rollout is newest); an older one's
+/// state ends nothing.
 async fn follow(
     cli: &Cli,
     connection: &ctl::Connection,
     admin: &mut pb::admin_service_client::AdminServiceClient<tonic::transport::Channel>,
     cluster: &str,
+    generation: u64,
 ) -> anyhow::Result<u8> {
     use std::io::IsTerminal;
     use tokio_stream::StreamExt;
@@ -738,7 +747,7 @@ async fn follow(
         };
         let received = match update {
             Some(Ok(status)) => Ok(status),
-            Some(Err(status)) if status.code() == tonic::Code::Unavailable => {
+            Some(Err(status)) if ctl::is_lost_connection(&status) => {
                 Err(ctl::status_message(&status))
             }
             Some(Err(status)) => anyhow::bail!(ctl::status_message(&status)),
@@ -757,6 +766,15 @@ async fn follow(
                 continue;
             }
         };
+        // A status from before `generation` (a follower's copy of the store, up to a second old,
+        // while the leader changes) says nothing of its rollout: not shown, and it ends nothing.
+        if status
+            .rollout
+            .as_ref()
+            .is_none_or(|rollout| rollout.generation < generation)
+        {
+            continue;
+        }
         if previous.as_ref() != Some(&status) {
             match cli.output {
                 Output::Json => println!(
