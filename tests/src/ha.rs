@@ -17,32 +17,15 @@ pub struct Coordinators {
     pub configs: Vec<std::path::PathBuf>,
     pub urls: Vec<String>,
     pub procs: Vec<Option<Proc>>,
-    /// Each coordinator's own user id (so a firewall rule can single out its traffic), when
-    /// they run as users of their own; None: as the test's user.
-    pub uids: Option<Vec<u32>>,
 }
 
 impl Coordinators {
-    pub fn new(fleet: &Fleet, etcd: &EtcdCluster, count: usize) -> Coordinators {
-        Coordinators::new_as(fleet, etcd, count, None)
-    }
-
-    /// [`Coordinators::new`], coordinator N running as user `uids[N]` (root only): its state
-    /// directory is given to that user, and the fleet's directory opened for reading.
-    pub fn new_as(
-        fleet: &Fleet,
-        etcd: &EtcdCluster,
-        count: usize,
-        uids: Option<Vec<u32>>,
-    ) -> Coordinators {
-        if uids.is_some() {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(fleet.dir.path(), std::fs::Permissions::from_mode(0o755))
-                .unwrap();
-        }
+    /// One coordinator per entry of `endpoints` (the etcd URLs it is given), all on one prefix.
+    /// Coordinator 0 starts first and leads before the others start, so a test knows who leads.
+    pub fn new(fleet: &Fleet, endpoints: &[Vec<String>]) -> Coordinators {
         let mut configs = Vec::new();
         let mut urls = Vec::new();
-        for index in 0..count {
+        for (index, endpoints) in endpoints.iter().enumerate() {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
@@ -54,7 +37,7 @@ impl Coordinators {
                 &config,
                 format!(
                     "listen = \"127.0.0.1:{port}\"\nstate_dir = {:?}\n[tls]\ninsecure = true\n\
-                     [store]\nkind = \"etcd\"\nendpoints = {:?}\nprefix = \"/kreach-test\"\n\
+                     [store]\nkind = \"etcd\"\nendpoints = {endpoints:?}\nprefix = \"/kreach-test\"\n\
                      lease_ttl = \"{LEASE_TTL_S}s\"\nadvertise = {url:?}\n\
                      [metrics]\nlisten = \"127.0.0.1:0\"\n",
                     fleet
@@ -63,47 +46,33 @@ impl Coordinators {
                         .join(format!("coordinator-{index}"))
                         .display()
                         .to_string(),
-                    etcd.endpoints(),
                 ),
             )
             .unwrap();
-            if let Some(uids) = &uids {
-                let state = fleet.dir.path().join(format!("coordinator-{index}"));
-                std::fs::create_dir_all(&state).unwrap();
-                std::os::unix::fs::chown(&state, Some(uids[index]), Some(uids[index])).unwrap();
-            }
             configs.push(config);
             urls.push(url);
         }
         let mut coordinators = Coordinators {
+            procs: configs.iter().map(|_| None).collect(),
             configs,
             urls,
-            procs: Vec::new(),
-            uids,
         };
-        for index in 0..count {
-            coordinators.procs.push(None);
+        for index in 0..coordinators.configs.len() {
             coordinators.start(index);
+            if index == 0 {
+                assert_eq!(coordinators.leader(Duration::from_secs(20)), 0);
+            }
         }
         coordinators
     }
 
     pub fn start(&mut self, index: usize) {
-        let mut command = match &self.uids {
-            // setpriv execs the coordinator: the pid is the coordinator's.
-            Some(uids) => {
-                let mut command = Command::new("setpriv");
-                command
-                    .arg(format!("--reuid={}", uids[index]))
-                    .arg(format!("--regid={}", uids[index]))
-                    .arg("--clear-groups")
-                    .arg(coordinator_binary());
-                command
-            }
-            None => Command::new(coordinator_binary()),
-        };
-        command.arg("--config").arg(&self.configs[index]);
-        let proc = Proc::spawn(&mut command).unwrap();
+        let proc = Proc::spawn(
+            Command::new(coordinator_binary())
+                .arg("--config")
+                .arg(&self.configs[index]),
+        )
+        .unwrap();
         proc.wait_for_log("listening on", Duration::from_secs(20))
             .unwrap();
         self.procs[index] = Some(proc);
@@ -160,25 +129,37 @@ pub struct Ha {
     pub fleet: Fleet,
     pub coordinators: Coordinators,
     pub etcd: EtcdCluster,
-    _turn: std::sync::MutexGuard<'static, ()>,
+    _turn: Option<std::sync::MutexGuard<'static, ()>>,
 }
 
-/// Etcd, three coordinators, three brokers and a client on generation 1.
-pub fn ha_fleet(test: &str, net: u8) -> Option<Ha> {
-    ha_fleet_as(test, net, None)
-}
-
-/// [`ha_fleet`] with each coordinator running as its user of `uids` (see
-/// [`Coordinators::new_as`]).
-pub fn ha_fleet_as(test: &str, net: u8, uids: Option<Vec<u32>>) -> Option<Ha> {
-    let turn = ONE_AT_A_TIME
+/// Wait for the turn to run an HA setup (see [`Ha`]); hold it until the setup is dropped.
+pub fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME
         .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Etcd (three members on loopback), three coordinators (0 leads), three brokers and a client
+/// on generation 1.
+pub fn ha_fleet(test: &str, net: u8) -> Option<Ha> {
+    let turn = one_at_a_time();
     let etcd = EtcdCluster::start(test, 3)?;
+    let endpoints = vec![etcd.endpoints(); 3];
+    Some(ha_fleet_on(Some(turn), etcd, net, &endpoints))
+}
+
+/// [`ha_fleet`] on an etcd the caller started (in a network namespace of its own, say),
+/// coordinator N given the etcd URLs `endpoints[N]`. `turn`: from [`one_at_a_time`], or None
+/// where the caller holds it on another thread.
+pub fn ha_fleet_on(
+    turn: Option<std::sync::MutexGuard<'static, ()>>,
+    etcd: EtcdCluster,
+    net: u8,
+    endpoints: &[Vec<String>],
+) -> Ha {
     let mut fleet = Fleet::new(net, 3, &[("etl-1", "private")]).unwrap();
-    let coordinators = Coordinators::new_as(&fleet, &etcd, 3, uids);
+    let coordinators = Coordinators::new(&fleet, endpoints);
     fleet.coordinator_urls = coordinators.urls.clone();
-    coordinators.leader(Duration::from_secs(20));
     if let Err(error) = fleet.start_agents(Some(3)) {
         panic!("{error}\n{}", coordinators.logs_tail());
     }
@@ -189,10 +170,10 @@ pub fn ha_fleet_as(test: &str, net: u8, uids: Option<Vec<u32>>) -> Option<Ha> {
     if let Err(error) = fleet.wait_for_rollout("completed", Duration::from_secs(60)) {
         panic!("{error}\n{}", coordinators.logs_tail());
     }
-    Some(Ha {
+    Ha {
         etcd,
         coordinators,
         fleet,
         _turn: turn,
-    })
+    }
 }

@@ -101,6 +101,8 @@ pub struct Net {
     /// Every namespace created, the bridge's first; host name → namespace name for the others.
     namespaces: Vec<String>,
     hosts: Vec<(String, String)>,
+    /// Host name → the bridge's port of each of its interfaces, in order.
+    ports: Vec<(String, Vec<String>)>,
     links: u32,
     dir: tempfile::TempDir,
     daemons: Vec<Daemon>,
@@ -125,6 +127,7 @@ impl Net {
             run,
             namespaces: Vec::new(),
             hosts: Vec::new(),
+            ports: Vec::new(),
             links: 0,
             dir,
             daemons: Vec::new(),
@@ -169,10 +172,12 @@ impl Net {
         let ns = format!("{}-{host}", self.run);
         self.create_namespace(&ns)?;
         self.hosts.push((host.to_string(), ns.clone()));
+        self.ports.push((host.to_string(), Vec::new()));
         for (index, link) in links.iter().enumerate() {
             self.links += 1;
             let device = format!("eth{index}");
             let port = format!("v{}{}", self.links, link.segment.letter());
+            self.ports.last_mut().expect("pushed").1.push(port.clone());
             ip(&[
                 "-n",
                 &ns,
@@ -204,6 +209,22 @@ impl Net {
             }
         }
         Ok(())
+    }
+
+    /// The switch of `host`'s interface `eth{index}`: its port on the bridge, to set down (the
+    /// link is gone: the host's side stays up with its address and routes, and its packets go
+    /// nowhere, as when a cable is pulled) and up again.
+    pub fn link_switch(&self, host: &str, index: usize) -> LinkSwitch {
+        let ports = &self
+            .ports
+            .iter()
+            .find(|(name, _)| name == host)
+            .unwrap_or_else(|| panic!("no host {host}"))
+            .1;
+        LinkSwitch {
+            bridge_ns: self.bridge_ns.clone(),
+            port: ports[index].clone(),
+        }
     }
 
     /// The namespace of `host`.
@@ -316,6 +337,21 @@ impl Drop for Net {
         for ns in self.namespaces.iter().rev() {
             remove_namespace(ns);
         }
+    }
+}
+
+/// One host interface's port on its bridge ([`Net::link_switch`]).
+#[derive(Debug, Clone)]
+pub struct LinkSwitch {
+    bridge_ns: String,
+    port: String,
+}
+
+impl LinkSwitch {
+    /// Set the link up or down.
+    pub fn set(&self, up: bool) -> Result<()> {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.bridge_ns, "link", "set", &self.port, state])
     }
 }
 

@@ -1,16 +1,18 @@
 //! High availability on etcd (issue 16): three coordinators share a three-member etcd (Debian's
-//! `etcd-server`, started by the test on loopback), one leads; agents (the fleet tier's stand-ins,
-//! real processes) and kreachctl know all three URLs.
+//! `etcd-server`, started by the test on loopback, or for the partition in a network namespace of
+//! its own), one leads; agents (the fleet tier's stand-ins, real processes) and kreachctl know all
+//! three URLs.
 //!
 //! The observer does not ask the coordinators: the stand-in Kafka's own restart log says when each
 //! broker was down.
 
 use std::time::{Duration, Instant};
 
+use kreach_test_parts::etcd::EtcdCluster;
 use kreach_tests::fleet::{
     http_get, max_concurrent, metrics_address, now_ns, restarts_since, FleetSpec, Restart,
 };
-use kreach_tests::ha::{ha_fleet, ha_fleet_as, Ha, LEASE_TTL_S};
+use kreach_tests::ha::{ha_fleet, ha_fleet_on, Ha, LEASE_TTL_S};
 
 #[test]
 fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly_once() {
@@ -339,66 +341,76 @@ fn without_etcd_quorum_no_step_is_released_agents_keep_their_state_and_status_sa
     assert_eq!(order, vec![1, 2, 3]);
 }
 
-/// Run `body` on a thread inside a network namespace of its own (with only loopback), so that the
-/// firewall rules it sets and every process it starts stay there; the namespace is removed after.
-fn in_own_netns(test: &str, body: impl FnOnce() + Send + 'static) {
-    let mut net = kreach_tests::netns::Net::new(test).unwrap();
-    net.add_host("ha", &[]).unwrap();
-    let path = format!("/var/run/netns/{}", net.ns("ha"));
+/// Run `body` on a thread inside the network namespace `ns`, so that every process it starts
+/// runs there; its result, or its panic.
+fn inside<T: Send + 'static>(ns: &str, body: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = format!("/var/run/netns/{ns}");
     let outcome = std::thread::spawn(move || {
         let file = std::fs::File::open(&path).unwrap();
         nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        body();
+        body()
     })
     .join();
-    drop(net);
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    outcome.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
-fn nft(args: &str) {
-    let status = std::process::Command::new("nft")
-        .args(args.split_whitespace())
-        .status()
-        .unwrap();
-    assert!(status.success(), "nft {args}");
-}
+/// The etcd host's client ports on its links (member N on `ETCD_PORT + N`).
+const ETCD_PORT: u16 = 23790;
 
 #[test]
 fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_when_back() {
     use kreach_test_parts::{require, Missing, Tier};
+    use kreach_tests::netns::{Link, Net, Segment};
     let test = "ha_partition";
-    let missing = if !kreach_test_parts::is_root() {
-        Some(Missing::not_root())
-    } else if std::process::Command::new("nft")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        Some(Missing::new(
-            "nft (Debian nftables)",
-            "apt-get install -y nftables",
-        ))
-    } else {
-        None
-    };
+    let missing = (!kreach_test_parts::is_root()).then(Missing::not_root);
     if !require(Tier::Ha, test, missing) {
         return;
     }
-    in_own_netns(test, move || {
-        // Each coordinator as a user of its own, so a rule can drop one coordinator's packets.
-        let uids = vec![64101, 64102, 64103];
-        let Some(mut ha) = ha_fleet_as(test, 44, Some(uids.clone())) else {
-            return;
-        };
+    // Two hosts, two links between them (each a veth pair to a bridge of its own): the host of
+    // the coordinators and agents, and etcd's. Coordinator 0 reaches etcd over the first link,
+    // coordinators 1 and 2 over the second, so the first going down cuts the leader alone.
+    let turn = kreach_tests::ha::one_at_a_time();
+    let mut net = Net::new(test).unwrap();
+    net.add_host(
+        "ha",
+        &[
+            Link::new(Segment::Private, "198.18.44.1/24"),
+            Link::new(Segment::Public, "198.19.44.1/24"),
+        ],
+    )
+    .unwrap();
+    net.add_host(
+        "etcd",
+        &[
+            Link::new(Segment::Private, "198.18.44.10/24"),
+            Link::new(Segment::Public, "198.19.44.10/24"),
+        ],
+    )
+    .unwrap();
+    let url = |link: &str, member: u16| format!("http://{link}:{}", ETCD_PORT + member);
+    let extra: Vec<Vec<String>> = (0..3)
+        .map(|member| vec![url("198.18.44.10", member), url("198.19.44.10", member)])
+        .collect();
+    let Some(etcd) = inside(net.ns("etcd"), move || {
+        EtcdCluster::start_with(test, 3, &extra)
+    }) else {
+        return;
+    };
+    let endpoints: Vec<Vec<String>> = ["198.18.44.10", "198.19.44.10", "198.19.44.10"]
+        .iter()
+        .map(|link| (0..3).map(|member| url(link, member)).collect())
+        .collect();
+    let leaders_link = net.link_switch("ha", 0);
+    inside(net.ns("ha").to_string().as_str(), move || {
+        // The turn stays with the test's thread (a lock guard is not sent across threads).
+        let mut ha = ha_fleet_on(None, etcd, 44, &endpoints);
         let Ha {
-            etcd,
             coordinators,
             fleet,
             ..
         } = &mut ha;
         let first = coordinators.leader(Duration::from_secs(1));
+        assert_eq!(first, 0, "coordinator 0 leads, on the first link");
 
         let since = now_ns();
         let gen2 = fleet
@@ -413,20 +425,9 @@ fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_w
             .unwrap();
         fleet.apply_forced(&gen2);
         fleet.wait_for_a_restart(since, Duration::from_secs(60));
-        // The partition: every packet of the leader to etcd is dropped (no reset: the
-        // connections hang, as over a link that went down). Agents still reach it.
-        let ports: Vec<String> = etcd
-            .endpoints()
-            .iter()
-            .map(|url| url.rsplit(':').next().unwrap().to_string())
-            .collect();
-        nft("add table inet kreach_ha");
-        nft("add chain inet kreach_ha out { type filter hook output priority 0 ; }");
-        nft(&format!(
-            "add rule inet kreach_ha out meta skuid {} tcp dport {{ {} }} drop",
-            uids[first],
-            ports.join(", ")
-        ));
+        // The partition: the leader's link to etcd goes down (its connections hang, nothing is
+        // refused). Agents still reach it (on the host's loopback).
+        leaders_link.set(false).unwrap();
         let cut = Instant::now();
         let cut_ns = now_ns();
         let old = coordinators.procs[first].as_ref().unwrap();
@@ -476,7 +477,7 @@ fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_w
         assert!(max_concurrent(&windows) <= 1, "{restarts:?}");
 
         // The link comes back: the old leader follows the new one.
-        nft("delete table inet kreach_ha");
+        leaders_link.set(true).unwrap();
         let url = &coordinators.urls[next];
         coordinators.procs[first]
             .as_ref()
@@ -487,4 +488,5 @@ fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_w
             )
             .unwrap();
     });
+    drop(turn);
 }
