@@ -119,6 +119,136 @@ fn coordinator_unit_is_ready_only_when_serving_and_stops_within_5s() {
     assert!(!accepts(&host, 7443), "7443 still answers after stop");
 }
 
+/// Wait until `check` holds, up to `timeout`; the journal of `unit` in the panic otherwise.
+fn wait_until(host: &Host, unit: &str, timeout: Duration, what: &str, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {timeout:?}; journal:\n{}",
+            journal(host, unit)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn coordinator_unit_on_etcd_follows_without_etcd_and_leads_again_under_its_watchdog() {
+    use kreach_test_parts::etcd::{ETCD, INSTALL_ETCD};
+    let test = "units-coordinator-etcd";
+    let missing = (!Path::new(ETCD).is_file())
+        .then(|| kreach_test_parts::Missing::new("etcd (Debian etcd-server)", INSTALL_ETCD));
+    if !kreach_test_parts::require(kreach_test_parts::Tier::Ha, test, missing) {
+        return;
+    }
+    let Some(host) = boot_or_skip(test) else {
+        return;
+    };
+    let unit = "kreach-coordinator.service";
+    install(&host, unit, "kreach-coordinator", "kreach-coordinator");
+    host.copy_in(
+        &unit_file("kreach.sysusers"),
+        "/usr/lib/sysusers.d/kreach.conf",
+    )
+    .unwrap();
+    host.exec_ok(&["systemd-sysusers"]).unwrap();
+    // One etcd member inside the host, as a transient unit of its own.
+    host.copy_in(Path::new(ETCD), "/usr/local/bin/etcd")
+        .unwrap();
+    let start_etcd = || {
+        host.exec_ok(&[
+            "systemd-run",
+            "--collect",
+            "--unit=etcd-test",
+            "/usr/local/bin/etcd",
+            "--data-dir=/var/lib/etcd-test",
+            "--listen-client-urls=http://127.0.0.1:2379",
+            "--advertise-client-urls=http://127.0.0.1:2379",
+            "--listen-peer-urls=http://127.0.0.1:2380",
+        ])
+        .unwrap();
+        wait_until(
+            &host,
+            "etcd-test.service",
+            Duration::from_secs(20),
+            "etcd answers",
+            || accepts(&host, 2379),
+        );
+    };
+    start_etcd();
+    host.write_file(
+        "/etc/kreach/coordinator.toml",
+        b"listen = \"127.0.0.1:7443\"\nstate_dir = \"/var/lib/kreach-coordinator\"\n\n[tls]\ninsecure = true\n\n\
+          [store]\nkind = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nlease_ttl = \"3s\"\n",
+        0o644,
+    )
+    .unwrap();
+    // The packaged unit, its watchdog shortened by a drop-in so that a follower must feed it
+    // within this test's time.
+    host.write_file(
+        "/etc/systemd/system/kreach-coordinator.service.d/watchdog.conf",
+        b"[Service]\nWatchdogSec=4s\n",
+        0o644,
+    )
+    .unwrap();
+    host.exec_ok(&["systemctl", "daemon-reload"]).unwrap();
+
+    // Ready as soon as it listens and campaigns; then elected.
+    if let Err(error) = host.exec_ok(&["systemctl", "start", unit]) {
+        panic!("{error:#}\njournal:\n{}", journal(&host, unit));
+    }
+    let elected = |times: usize| journal(&host, unit).matches("elected leader").count() >= times;
+    wait_until(&host, unit, Duration::from_secs(20), "elected", || {
+        elected(1)
+    });
+    let pid = host.unit_property(unit, "MainPID").unwrap();
+
+    // etcd goes: the leader stops leading within its lease and starts again as a follower, by
+    // executing itself again (same pid, so systemd keeps the service), which feeds the watchdog
+    // while it waits: still active, same pid, no restart, after twice the watchdog's time.
+    host.exec_ok(&["systemctl", "stop", "etcd-test.service"])
+        .unwrap();
+    wait_until(
+        &host,
+        unit,
+        Duration::from_secs(10),
+        "stopped leading",
+        || journal(&host, unit).contains("stopped leading"),
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    assert_eq!(
+        host.unit_property(unit, "ActiveState").unwrap(),
+        "active",
+        "journal:\n{}",
+        journal(&host, unit)
+    );
+    assert_eq!(host.unit_property(unit, "MainPID").unwrap(), pid);
+    assert_eq!(host.unit_property(unit, "NRestarts").unwrap(), "0");
+    assert!(
+        host.unit_property(unit, "StatusText")
+            .unwrap()
+            .ends_with("campaigning"),
+        "journal:\n{}",
+        journal(&host, unit)
+    );
+    assert!(
+        accepts(&host, 7443),
+        "a follower still answers (who leads, and the reads)"
+    );
+
+    // etcd back: it leads again, in the same process.
+    start_etcd();
+    wait_until(
+        &host,
+        unit,
+        Duration::from_secs(20),
+        "elected again",
+        || elected(2),
+    );
+    assert_eq!(host.unit_property(unit, "MainPID").unwrap(), pid);
+    stop_within_deadline(&host, unit);
+}
+
 #[test]
 fn agent_unit_is_ready_under_its_hardening_and_stops_within_5s() {
     let Some(host) = boot_or_skip("units-agent") else {
