@@ -212,8 +212,8 @@ fn coordinator_unit_on_etcd_follows_without_etcd_and_leads_again_under_its_watch
         &host,
         unit,
         Duration::from_secs(10),
-        "stopped leading",
-        || journal(&host, unit).contains("stopped leading"),
+        "stopped leading, starting again as a follower",
+        || journal(&host, unit).contains("starting again as a follower"),
     );
     std::thread::sleep(Duration::from_secs(8));
     assert_eq!(
