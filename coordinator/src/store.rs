@@ -171,6 +171,15 @@ pub enum StoreError {
     Newer { path: PathBuf, found: u64 },
 }
 
+/// Run one store write (a redb transaction, or etcd's), counting how long a successful one took
+/// in the store-write histogram of the metrics.
+fn timed_write(write: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError> {
+    let started = std::time::Instant::now();
+    write()?;
+    crate::metrics::record_store_write(started.elapsed());
+    Ok(())
+}
+
 /// Where a coordinator's stores are: one redb file per state directory, or keys in one etcd.
 #[derive(Clone, Default)]
 pub enum StoreRoot {
@@ -275,11 +284,10 @@ impl Store {
     }
 
     fn commit(&self, ops: Vec<kreach_etcd::Op>) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let etcd = self.etcd().expect("etcd");
-        etcd.commit(ops).map_err(|e| self.io(e))?;
-        crate::metrics::record_store_write(started.elapsed());
-        Ok(())
+        timed_write(|| {
+            let etcd = self.etcd().expect("etcd");
+            etcd.commit(ops).map_err(|e| self.io(e))
+        })
     }
 
     /// The format this store was written in; None: written before formats were numbered (1).
@@ -415,12 +423,11 @@ impl Store {
         &self,
         body: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let txn = self.db().begin_write().map_err(|e| self.io(e))?;
-        body(&txn).map_err(|e| self.io(e))?;
-        txn.commit().map_err(|e| self.io(e))?;
-        crate::metrics::record_store_write(started.elapsed());
-        Ok(())
+        timed_write(|| {
+            let txn = self.db().begin_write().map_err(|e| self.io(e))?;
+            body(&txn).map_err(|e| self.io(e))?;
+            txn.commit().map_err(|e| self.io(e))
+        })
     }
 
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<T, StoreError> {

@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, FleetSpec, Restart};
-use kreach_tests::ha::{ha_fleet, Ha, LEASE_TTL_S};
+use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, Restart};
+use kreach_tests::ha::{ha_fleet, roll_until_a_restart, Ha, LEASE_TTL_S};
 
 fn stats(label: &str, values: &mut [u128]) {
     values.sort_unstable();
@@ -43,19 +43,7 @@ fn main() {
     println!("lease_ttl {LEASE_TTL_S}s, 3 coordinators, 3 etcd members, 3 brokers, settle 1s");
     let (mut elected, mut released) = (Vec::new(), Vec::new());
     for trial in 0..trials {
-        let since = now_ns();
-        let spec = fleet
-            .write_spec(
-                &format!("trial-{trial}.toml"),
-                &FleetSpec {
-                    external: trial % 2 == 0,
-                    settle: "1s",
-                    ..FleetSpec::default()
-                },
-            )
-            .unwrap();
-        fleet.apply_forced(&spec);
-        fleet.wait_for_a_restart(since, Duration::from_secs(60));
+        let since = roll_until_a_restart(fleet, &format!("trial-{trial}.toml"), trial % 2 == 0);
         let leader = coordinators.leader(Duration::from_secs(1));
         coordinators.procs[leader].as_mut().unwrap().kill9();
         let killed = now_ns();

@@ -177,3 +177,27 @@ pub fn ha_fleet_on(
         _turn: turn,
     }
 }
+
+/// A spec `name` that restarts every broker when applied after generation 1's (`external`: with
+/// the EXTERNAL listener; alternate it to change again), with `settle = "1s"`.
+pub fn restarting_spec(fleet: &Fleet, name: &str, external: bool) -> std::path::PathBuf {
+    fleet
+        .write_spec(
+            name,
+            &FleetSpec {
+                external,
+                settle: "1s",
+                ..FleetSpec::default()
+            },
+        )
+        .unwrap()
+}
+
+/// Apply [`restarting_spec`] and wait until the first broker's restart began; when it was applied
+/// (`now_ns`).
+pub fn roll_until_a_restart(fleet: &Fleet, name: &str, external: bool) -> u128 {
+    let since = crate::fleet::now_ns();
+    fleet.apply_forced(&restarting_spec(fleet, name, external));
+    fleet.wait_for_a_restart(since, Duration::from_secs(60));
+    since
+}

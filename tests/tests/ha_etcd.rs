@@ -12,7 +12,9 @@ use kreach_test_parts::etcd::EtcdCluster;
 use kreach_tests::fleet::{
     http_get, max_concurrent, metrics_address, now_ns, restarts_since, FleetSpec, Restart,
 };
-use kreach_tests::ha::{ha_fleet, ha_fleet_on, Ha, LEASE_TTL_S};
+use kreach_tests::ha::{
+    ha_fleet, ha_fleet_on, restarting_spec, roll_until_a_restart, Ha, LEASE_TTL_S,
+};
 
 #[test]
 fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly_once() {
@@ -82,16 +84,7 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
     );
 
     let since = now_ns();
-    let gen2 = fleet
-        .write_spec(
-            "gen2.toml",
-            &FleetSpec {
-                external: true,
-                settle: "1s",
-                ..FleetSpec::default()
-            },
-        )
-        .unwrap();
+    let gen2 = restarting_spec(fleet, "gen2.toml", true);
     // kreachctl follows the rollout (`apply --wait`) across the failover.
     let waiting = fleet
         .ctl_spawn(&[
@@ -412,19 +405,7 @@ fn a_leader_cut_off_from_etcd_stops_releasing_within_the_lease_ttl_and_follows_w
         let first = coordinators.leader(Duration::from_secs(1));
         assert_eq!(first, 0, "coordinator 0 leads, on the first link");
 
-        let since = now_ns();
-        let gen2 = fleet
-            .write_spec(
-                "gen2.toml",
-                &FleetSpec {
-                    external: true,
-                    settle: "1s",
-                    ..FleetSpec::default()
-                },
-            )
-            .unwrap();
-        fleet.apply_forced(&gen2);
-        fleet.wait_for_a_restart(since, Duration::from_secs(60));
+        let since = roll_until_a_restart(fleet, "gen2.toml", true);
         // The partition: the leader's link to etcd goes down (its connections hang, nothing is
         // refused). Agents still reach it (on the host's loopback).
         leaders_link.set(false).unwrap();
