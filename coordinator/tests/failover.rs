@@ -1,126 +1,23 @@
 //! Several coordinator URLs, as an operator lists them for highly available coordinators: a real
-//! `kreach-coordinator` (the leader) on loopback, a stand-in follower that answers every call with
-//! `UNAVAILABLE` `not the leader: ...` and names the leader in `kreach-leader` metadata, and a
+//! `kreach-coordinator` (the leader) on loopback, a follower's refusal (the coordinator's own
+//! `Refusal` service, as a follower that cannot read the store answers every call: `UNAVAILABLE`
+//! `not the leader: ...`, the leader in `kreach-leader` metadata), and a
 //! URL nothing listens on (a stopped coordinator). `kreachctl` and `kreach-agent run` given all
 //! three reach the leader; `kreachctl` given only the other two names each URL and its reason.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kreach_proto as pb;
-use kreach_proto::admin_service_server::{AdminService, AdminServiceServer};
-use kreach_proto::agent_service_server::{AgentService, AgentServiceServer};
+use kreach_coordinator::grpc::Services;
+use kreach_coordinator::leader::{Refusal, Standing};
+use kreach_proto::admin_service_server::AdminServiceServer;
+use kreach_proto::agent_service_server::AgentServiceServer;
 use kreach_tests::fleet::{agent_binary, Proc};
-use tonic::{Request, Response, Status};
 
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_kreach-coordinator");
 const KREACHCTL: &str = env!("CARGO_BIN_EXE_kreachctl");
 /// How long any awaited condition may take.
 const DEADLINE: Duration = Duration::from_secs(60);
-
-/// A follower coordinator as agents and kreachctl see it: every call of both services is
-/// refused with the leader's URL.
-#[derive(Clone)]
-struct Follower {
-    leader: String,
-}
-
-impl Follower {
-    fn refuse(&self) -> Status {
-        let mut status = Status::unavailable(format!(
-            "not the leader: this coordinator follows; the leader is at {}",
-            self.leader
-        ));
-        status
-            .metadata_mut()
-            .insert("kreach-leader", self.leader.parse().unwrap());
-        status
-    }
-}
-
-type Refused<T> = Result<Response<T>, Status>;
-type NoStream<T> = tokio_stream::Empty<Result<T, Status>>;
-
-#[tonic::async_trait]
-impl AdminService for Follower {
-    async fn plan(&self, _: Request<pb::PlanRequest>) -> Refused<pb::PlanResponse> {
-        Err(self.refuse())
-    }
-    async fn apply(&self, _: Request<pb::ApplyRequest>) -> Refused<pb::ApplyResponse> {
-        Err(self.refuse())
-    }
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Refused<pb::StatusResponse> {
-        Err(self.refuse())
-    }
-    type WatchStream = NoStream<pb::StatusResponse>;
-    async fn watch(&self, _: Request<pb::StatusRequest>) -> Refused<Self::WatchStream> {
-        Err(self.refuse())
-    }
-    async fn pause(&self, _: Request<pb::RolloutControl>) -> Refused<pb::StatusResponse> {
-        Err(self.refuse())
-    }
-    async fn resume(&self, _: Request<pb::RolloutControl>) -> Refused<pb::StatusResponse> {
-        Err(self.refuse())
-    }
-    async fn abort(&self, _: Request<pb::RolloutControl>) -> Refused<pb::StatusResponse> {
-        Err(self.refuse())
-    }
-    async fn history(&self, _: Request<pb::HistoryRequest>) -> Refused<pb::HistoryResponse> {
-        Err(self.refuse())
-    }
-    async fn rollback(&self, _: Request<pb::RollbackRequest>) -> Refused<pb::ApplyResponse> {
-        Err(self.refuse())
-    }
-    async fn nodes(&self, _: Request<pb::NodesRequest>) -> Refused<pb::NodesResponse> {
-        Err(self.refuse())
-    }
-    async fn clusters(&self, _: Request<pb::ClustersRequest>) -> Refused<pb::ClustersResponse> {
-        Err(self.refuse())
-    }
-    async fn client_config(
-        &self,
-        _: Request<pb::ClientConfigRequest>,
-    ) -> Refused<pb::ClientConfigResponse> {
-        Err(self.refuse())
-    }
-    async fn users(&self, _: Request<pb::UsersRequest>) -> Refused<pb::UsersResponse> {
-        Err(self.refuse())
-    }
-    type DiagnoseStream = NoStream<pb::DiagnoseStep>;
-    async fn diagnose(&self, _: Request<pb::DiagnoseRequest>) -> Refused<Self::DiagnoseStream> {
-        Err(self.refuse())
-    }
-}
-
-#[tonic::async_trait]
-impl AgentService for Follower {
-    type SubscribeStream = NoStream<pb::Release>;
-    async fn subscribe(&self, _: Request<pb::SubscribeRequest>) -> Refused<Self::SubscribeStream> {
-        Err(self.refuse())
-    }
-    async fn report_status(&self, _: Request<pb::NodeStatus>) -> Refused<pb::Ack> {
-        Err(self.refuse())
-    }
-    async fn report_facts(&self, _: Request<pb::HostFacts>) -> Refused<pb::Ack> {
-        Err(self.refuse())
-    }
-    async fn report_audit(&self, _: Request<pb::AuditReport>) -> Refused<pb::AuditAck> {
-        Err(self.refuse())
-    }
-    async fn report_health(&self, _: Request<pb::AgentHealth>) -> Refused<pb::Ack> {
-        Err(self.refuse())
-    }
-    type DryRunsStream = NoStream<pb::DryRunRequest>;
-    async fn dry_runs(&self, _: Request<pb::DryRunSubscription>) -> Refused<Self::DryRunsStream> {
-        Err(self.refuse())
-    }
-    async fn report_dry_run(&self, _: Request<pb::DryRunReport>) -> Refused<pb::Ack> {
-        Err(self.refuse())
-    }
-    async fn report_diagnose(&self, _: Request<pb::DiagnoseStep>) -> Refused<pb::Ack> {
-        Err(self.refuse())
-    }
-}
 
 /// The leader, a follower naming it, and a URL nothing listens on.
 struct Coordinators {
@@ -165,13 +62,14 @@ impl Coordinators {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let follower_url = format!("http://{}", listener.local_addr().unwrap());
-        let follower = Follower {
-            leader: leader_url.clone(),
-        };
+        // The coordinator's own refusal, as a follower that cannot read the store answers.
+        let (_, standing) = tokio::sync::watch::channel(Standing::Follows(leader_url.clone()));
         runtime.spawn(
             tonic::transport::Server::builder()
-                .add_service(AdminServiceServer::new(follower.clone()))
-                .add_service(AgentServiceServer::new(follower))
+                .add_service(Refusal::<AdminServiceServer<Services>>::new(
+                    standing.clone(),
+                ))
+                .add_service(Refusal::<AgentServiceServer<Services>>::new(standing))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
 
