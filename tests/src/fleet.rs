@@ -803,21 +803,26 @@ pub fn metrics_address(process: &Proc) -> String {
 
 /// `GET path` on `address` over plain HTTP/1.1; the body.
 pub fn http_get(address: &str, path: &str) -> String {
+    http_get_checked(address, path).unwrap()
+}
+
+/// [`http_get`], an error unless it answers 200.
+pub fn http_get_checked(address: &str, path: &str) -> Result<String> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut stream = std::net::TcpStream::connect(address)
+        .with_context(|| format!("connecting to {address}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
+    )?;
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
+    stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path} on {address}: {head}");
+    }
+    Ok(body.to_string())
 }
 
 /// A kreachctl running in the background ([`Fleet::ctl_spawn`]); killed (by its pid) if dropped

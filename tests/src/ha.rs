@@ -16,6 +16,9 @@ pub const LEASE_TTL_S: u64 = 3;
 pub struct Coordinators {
     pub configs: Vec<std::path::PathBuf>,
     pub urls: Vec<String>,
+    /// Each one's `[metrics] listen` address: fixed, so that it stays when a deposed coordinator
+    /// executes itself again.
+    pub metrics: Vec<String>,
     pub procs: Vec<Option<Proc>>,
 }
 
@@ -25,13 +28,18 @@ impl Coordinators {
     pub fn new(fleet: &Fleet, endpoints: &[Vec<String>]) -> Coordinators {
         let mut configs = Vec::new();
         let mut urls = Vec::new();
-        for (index, endpoints) in endpoints.iter().enumerate() {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let mut metrics = Vec::new();
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
-                .port();
+                .port()
+        };
+        for (index, endpoints) in endpoints.iter().enumerate() {
+            let port = free_port();
             let url = format!("http://127.0.0.1:{port}");
+            let metrics_address = format!("127.0.0.1:{}", free_port());
             let config = fleet.dir.path().join(format!("coordinator-{index}.toml"));
             std::fs::write(
                 &config,
@@ -39,7 +47,7 @@ impl Coordinators {
                     "listen = \"127.0.0.1:{port}\"\nstate_dir = {:?}\n[tls]\ninsecure = true\n\
                      [store]\nkind = \"etcd\"\nendpoints = {endpoints:?}\nprefix = \"/kreach-test\"\n\
                      lease_ttl = \"{LEASE_TTL_S}s\"\nadvertise = {url:?}\n\
-                     [metrics]\nlisten = \"127.0.0.1:0\"\n",
+                     [metrics]\nlisten = {metrics_address:?}\n",
                     fleet
                         .dir
                         .path()
@@ -51,11 +59,13 @@ impl Coordinators {
             .unwrap();
             configs.push(config);
             urls.push(url);
+            metrics.push(metrics_address);
         }
         let mut coordinators = Coordinators {
             procs: configs.iter().map(|_| None).collect(),
             configs,
             urls,
+            metrics,
         };
         for index in 0..coordinators.configs.len() {
             coordinators.start(index);
@@ -76,6 +86,22 @@ impl Coordinators {
         proc.wait_for_log("listening on", Duration::from_secs(20))
             .unwrap();
         self.procs[index] = Some(proc);
+    }
+
+    /// `GET /metrics` of coordinator `index`, tried for up to 5 s (a coordinator that executed
+    /// itself again binds the port anew); every coordinator's log in the panic if it fails.
+    pub fn scrape(&self, index: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match crate::fleet::http_get_checked(&self.metrics[index], "/metrics") {
+                Ok(body) => return body,
+                Err(error) if Instant::now() > deadline => panic!(
+                    "metrics of coordinator {index}: {error:#}\n{}",
+                    self.logs_tail()
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// The end of every coordinator's log, for a failure's message.

@@ -9,9 +9,7 @@
 use std::time::{Duration, Instant};
 
 use kreach_test_parts::etcd::EtcdCluster;
-use kreach_tests::fleet::{
-    http_get, max_concurrent, metrics_address, now_ns, restarts_since, FleetSpec, Restart,
-};
+use kreach_tests::fleet::{max_concurrent, now_ns, restarts_since, FleetSpec, Restart};
 use kreach_tests::ha::{
     ha_fleet, ha_fleet_on, restarting_spec, roll_until_a_restart, Ha, LEASE_TTL_S,
 };
@@ -31,7 +29,7 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
     // every agent connected (to the leader); a change it refuses, naming the leader.
     let leader = coordinators.leader(Duration::from_secs(1));
     let follower = &coordinators.urls[(leader + 1) % 3];
-    let status = follower_status(fleet, follower, &coordinators.urls[leader], 4);
+    let status = follower_status(fleet, coordinators, follower, &coordinators.urls[leader], 4);
     assert_eq!(status["rollout"]["generation"], 1);
     assert_eq!(status["rollout"]["state"], "completed");
     for args in [&["history"][..], &["nodes"]] {
@@ -49,19 +47,13 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
         );
     }
     // Each serves /metrics: the leader its clusters, a follower only that it follows.
-    let scrape = |index: usize| {
-        http_get(
-            &metrics_address(coordinators.procs[index].as_ref().unwrap()),
-            "/metrics",
-        )
-    };
-    let leading = scrape(leader);
+    let leading = coordinators.scrape(leader);
     assert!(
         leading.contains("kreach_coordinator_leader 1")
             && leading.contains("kreach_rollout_generation{cluster=\"fleet-41\"} 1"),
         "{leading}"
     );
-    let following = scrape((leader + 1) % 3);
+    let following = coordinators.scrape((leader + 1) % 3);
     assert!(
         following.contains("kreach_coordinator_leader 0") && !following.contains("cluster="),
         "{following}"
@@ -150,6 +142,7 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
     assert_eq!(status["rollout"]["state"], "completed");
     let status = follower_status(
         fleet,
+        coordinators,
         &coordinators.urls[first],
         &coordinators.urls[next],
         4,
@@ -157,10 +150,7 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
     assert_eq!(status["rollout"]["generation"], 2);
     assert_eq!(status["rollout"]["state"], "completed");
     // The new leader's metrics cover the cluster now.
-    let leading = http_get(
-        &metrics_address(coordinators.procs[next].as_ref().unwrap()),
-        "/metrics",
-    );
+    let leading = coordinators.scrape(next);
     assert!(
         leading.contains("kreach_coordinator_leader 1")
             && leading.contains("kreach_rollout_generation{cluster=\"fleet-41\"} 2"),
@@ -169,15 +159,16 @@ fn the_leader_killed_mid_rollout_another_leads_and_every_broker_restarts_exactly
 }
 
 /// `kreachctl status` asked of `follower` alone, once it names `leader` and shows all `nodes`
-/// online (waiting up to 10 s: the leader stores its agents at its next tick, and the follower
+/// online (waiting up to 20 s: the leader stores its agents at its next tick, and the follower
 /// reads the store again once its copy is a second old).
 fn follower_status(
     fleet: &kreach_tests::fleet::Fleet,
+    coordinators: &kreach_tests::ha::Coordinators,
     follower: &str,
     leader: &str,
     nodes: usize,
 ) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let run = fleet
             .ctl_at(follower, &["status", "--output", "json"])
@@ -195,10 +186,11 @@ fn follower_status(
         }
         assert!(
             Instant::now() < deadline,
-            "status on the follower {follower} (exit {}): {}\n{}",
+            "status on the follower {follower} (exit {}): {}\n{}\n{}",
             run.code,
             run.stdout,
-            run.stderr
+            run.stderr,
+            coordinators.logs_tail()
         );
         std::thread::sleep(Duration::from_millis(300));
     }
