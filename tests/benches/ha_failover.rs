@@ -3,8 +3,9 @@
 //! broker, kills -9 the leader as soon as the first broker restarts, and measures the time from the
 //! kill to (a) another coordinator elected and (b) the next step released (the next broker's
 //! restart begins; the spec's settle of 1 s is in it). Every trial checks that each broker
-//! restarted exactly once and never two at a time. Prints figures; asserts only that the rollout
-//! is correct.
+//! restarted exactly once and never two at a time. Then times `kreachctl status` on the leader
+//! and on a follower (from its copy of the store). Prints figures; asserts only that the rollout
+//! is correct and the reads answer.
 //!
 //!     cargo bench -p kreach-tests --bench ha_failover -- [--trials N]
 
@@ -17,7 +18,7 @@ fn stats(label: &str, values: &mut [u128]) {
     values.sort_unstable();
     let median = values[values.len() / 2];
     println!(
-        "{label}: median {median} ms, min {} ms, max {} ms over {} trials",
+        "{label}: median {median} ms, min {} ms, max {} ms over {} runs",
         values[0],
         values[values.len() - 1],
         values.len()
@@ -81,4 +82,26 @@ fn main() {
     }
     stats("kill -9 → another coordinator elected", &mut elected);
     stats("kill -9 → next step released", &mut released);
+
+    // Reads: `kreachctl status` (the whole command) given the leader alone, and a follower alone,
+    // whose copy of the store is read again for each (it is older than a second by then).
+    let leader = coordinators.leader(Duration::from_secs(LEASE_TTL_S * 4));
+    let follower = (leader + 1) % coordinators.urls.len();
+    let (mut on_leader, mut on_follower) = (Vec::new(), Vec::new());
+    for _ in 0..trials.max(5) {
+        for (index, times) in [(leader, &mut on_leader), (follower, &mut on_follower)] {
+            std::thread::sleep(Duration::from_millis(1100));
+            let started = Instant::now();
+            let run = fleet
+                .ctl_at(&coordinators.urls[index], &["status"])
+                .unwrap();
+            assert_eq!(run.code, 0, "{}", run.stderr);
+            times.push(started.elapsed().as_millis());
+        }
+    }
+    stats("kreachctl status on the leader", &mut on_leader);
+    stats(
+        "kreachctl status on a follower (its copy read again)",
+        &mut on_follower,
+    );
 }
