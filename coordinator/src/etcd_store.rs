@@ -167,6 +167,11 @@ impl EtcdHandle {
             .count())
     }
 
+    /// A follower's reader ([`EtcdHandle::new_reader`]): it never writes.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     pub fn client(&self) -> &Client {
         &self.client
     }

@@ -260,6 +260,12 @@ impl Store {
                 path: store.path.clone(),
                 found,
             }),
+            None if store.etcd().expect("etcd").handle().is_read_only() => {
+                Err(StoreError::Io {
+                    path: store.path.clone(),
+                    message: "not there yet: no coordinator has led on this prefix (the first to lead creates it)".into(),
+                })
+            }
             _ => {
                 let marker = serde_json::to_vec(&FORMAT).expect("serializable");
                 let ops = store.etcd().expect("etcd").create_ops(marker);

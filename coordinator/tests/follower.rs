@@ -174,19 +174,33 @@ async fn a_follower_reads_the_store_shows_the_leaders_agents_and_refuses_writes(
         refused.message(),
         format!("not the leader: this coordinator follows; the leader is at {LEADER_URL}")
     );
-    // The follower's connection never writes, not even a new store's format marker.
-    let written = {
+    // The follower's connection never writes: not a new store's format marker (a store no
+    // coordinator has created is said to be missing), not a record of an existing one.
+    let (missing, written) = {
         let reader = Arc::clone(&reader);
         tokio::task::spawn_blocking(move || {
-            Store::open_etcd(EtcdStore::new(reader, Some("never"))).err()
+            let missing = Store::open_etcd(EtcdStore::new(Arc::clone(&reader), Some("never")))
+                .err()
+                .unwrap()
+                .to_string();
+            let home = Store::open_etcd(EtcdStore::new(reader, None)).unwrap();
+            let written = home
+                .save_rollout(&"a follower's write")
+                .unwrap_err()
+                .to_string();
+            (missing, written)
         })
         .await
         .unwrap()
     };
-    assert!(written
-        .unwrap()
-        .to_string()
-        .contains("this coordinator follows: it reads the store and never writes it"),);
+    assert_eq!(
+        missing,
+        "coordinator store etcd:/follower/clusters/never/: not there yet: no coordinator has led on this prefix (the first to lead creates it)"
+    );
+    assert!(
+        written.contains("this coordinator follows: it reads the store and never writes it"),
+        "{written}"
+    );
 
     // b1's agent goes away: the leader stores it at its next tick, the follower shows it once
     // its copy is older than FRESH.
