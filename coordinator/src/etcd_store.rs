@@ -325,12 +325,11 @@ impl EtcdHandle {
     where
         F: Future<Output = Result<T, kreach_etcd::Error>> + Send + 'static,
     {
-        let error = match (read, &self.fallback) {
+        let (error, fallback) = match (read, &self.fallback) {
             (Ok(value), _) => return Ok(value),
             (Err(error), None) => return Err(error.to_string()),
-            (Err(error), Some(_)) => error.to_string(),
+            (Err(error), Some(fallback)) => (error.to_string(), fallback.clone()),
         };
-        let fallback = self.fallback.clone().expect("a reader");
         let value = self.block(stale(fallback)).map_err(|stale_error| {
             format!("{error}; and from any member's own copy: {stale_error}")
         })?;

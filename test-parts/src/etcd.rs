@@ -39,6 +39,14 @@ struct Member {
     child: Option<Child>,
 }
 
+/// Whether the `ha` tier runs `test` with Debian's etcd: false when the user opted out; a
+/// missing etcd fails the test with the command that installs it.
+pub fn etcd_runs(test: &str) -> bool {
+    let missing = (!Path::new(ETCD).is_file())
+        .then(|| Missing::new("etcd (Debian etcd-server)", INSTALL_ETCD));
+    require(Tier::Ha, test, missing)
+}
+
 impl EtcdCluster {
     /// `members` etcd members, all healthy. `None` when the user opted out of the `ha` tier; a
     /// missing etcd fails the test with the command that installs it.
@@ -55,9 +63,7 @@ impl EtcdCluster {
         extra_listen: &[Vec<String>],
     ) -> Option<EtcdCluster> {
         assert!(members > 0, "an etcd cluster needs at least one member");
-        let missing = (!Path::new(ETCD).is_file())
-            .then(|| Missing::new("etcd (Debian etcd-server)", INSTALL_ETCD));
-        if !require(Tier::Ha, test, missing) {
+        if !etcd_runs(test) {
             return None;
         }
         // The ports are free when picked, but another test may take one before etcd binds it:

@@ -32,6 +32,20 @@ fn install(host: &Host, unit: &str, package: &str, binary: &str) {
     host.exec_ok(&["systemctl", "daemon-reload"]).unwrap();
 }
 
+/// Install the coordinator's unit and binary, and the kreach user it runs as (created from the
+/// sysusers file packages install); the unit's name.
+fn install_coordinator(host: &Host) -> &'static str {
+    let unit = "kreach-coordinator.service";
+    install(host, unit, "kreach-coordinator", "kreach-coordinator");
+    host.copy_in(
+        &unit_file("kreach.sysusers"),
+        "/usr/lib/sysusers.d/kreach.conf",
+    )
+    .unwrap();
+    host.exec_ok(&["systemd-sysusers"]).unwrap();
+    unit
+}
+
 fn accepts(host: &Host, port: u16) -> bool {
     let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
     host.exec(&["bash", "-c", &script])
@@ -85,15 +99,7 @@ fn coordinator_unit_is_ready_only_when_serving_and_stops_within_5s() {
     let Some(host) = boot_or_skip("units-coordinator") else {
         return;
     };
-    let unit = "kreach-coordinator.service";
-    install(&host, unit, "kreach-coordinator", "kreach-coordinator");
-    // The unit runs as the static kreach user, created from the sysusers file packages install.
-    host.copy_in(
-        &unit_file("kreach.sysusers"),
-        "/usr/lib/sysusers.d/kreach.conf",
-    )
-    .unwrap();
-    host.exec_ok(&["systemd-sysusers"]).unwrap();
+    let unit = install_coordinator(&host);
     host.write_file(
         "/etc/kreach/coordinator.toml",
         b"listen = \"127.0.0.1:7443\"\nstate_dir = \"/var/lib/kreach-coordinator\"\n\n[tls]\ninsecure = true\n",
@@ -134,24 +140,15 @@ fn wait_until(host: &Host, unit: &str, timeout: Duration, what: &str, check: imp
 
 #[test]
 fn coordinator_unit_on_etcd_follows_without_etcd_and_leads_again_under_its_watchdog() {
-    use kreach_test_parts::etcd::{ETCD, INSTALL_ETCD};
+    use kreach_test_parts::etcd::{etcd_runs, ETCD};
     let test = "units-coordinator-etcd";
-    let missing = (!Path::new(ETCD).is_file())
-        .then(|| kreach_test_parts::Missing::new("etcd (Debian etcd-server)", INSTALL_ETCD));
-    if !kreach_test_parts::require(kreach_test_parts::Tier::Ha, test, missing) {
+    if !etcd_runs(test) {
         return;
     }
     let Some(host) = boot_or_skip(test) else {
         return;
     };
-    let unit = "kreach-coordinator.service";
-    install(&host, unit, "kreach-coordinator", "kreach-coordinator");
-    host.copy_in(
-        &unit_file("kreach.sysusers"),
-        "/usr/lib/sysusers.d/kreach.conf",
-    )
-    .unwrap();
-    host.exec_ok(&["systemd-sysusers"]).unwrap();
+    let unit = install_coordinator(&host);
     // One etcd member inside the host, as a transient unit of its own.
     host.copy_in(Path::new(ETCD), "/usr/local/bin/etcd")
         .unwrap();
